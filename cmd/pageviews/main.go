@@ -1,0 +1,86 @@
+// Command pageviews is the page-view worker: it publishes page views from
+// /count/, counts them per page and tumbling window in Kafka-backed tables,
+// and reports them on /report/. See the README for the settings.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/pprof"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gofaust/pageviews/internal/config"
+)
+
+func main() {
+	err := run(context.Background(), os.Args[1:], os.Getenv, os.Stdout)
+	var cerr *config.Error
+	switch {
+	case err == nil:
+	case errors.As(err, &cerr):
+		fmt.Fprintln(os.Stderr, "pageviews:", err)
+		os.Exit(2)
+	default:
+		fmt.Fprintln(os.Stderr, "pageviews:", err)
+		os.Exit(1)
+	}
+}
+
+// run reads the configuration, handles signals and runs the worker until
+// TERM or INT (warm shutdown) or a fatal error.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	if len(args) > 0 {
+		return fmt.Errorf("unexpected arguments %q: every setting comes from the environment (see README)", args)
+	}
+	cfg, err := config.Load(getenv)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg, stdout)
+
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGQUIT)
+	defer signal.Stop(sigs)
+	go handleSignals(ctx, sigs, log)
+
+	return runWorker(ctx, cfg, log, workerHooks{clock: time.Now})
+}
+
+// handleSignals serves USR1 (dump goroutines, keep running) and QUIT (cold
+// shutdown: exit at once; the changelogs make that safe).
+func handleSignals(ctx context.Context, sigs <-chan os.Signal, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case s := <-sigs:
+			if s == syscall.SIGQUIT {
+				log.Warn("QUIT: cold shutdown, exiting without flushing; the changelogs hold the state")
+				os.Exit(3)
+			}
+			var b strings.Builder
+			_ = pprof.Lookup("goroutine").WriteTo(&b, 2)
+			log.Info("USR1: goroutine dump", "goroutines", pprof.Lookup("goroutine").Count(), "stacks", b.String())
+		}
+	}
+}
+
+func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	var h slog.Handler
+	if cfg.LogFormat == "text" {
+		h = slog.NewTextHandler(w, opts)
+	} else {
+		h = slog.NewJSONHandler(w, opts)
+	}
+	return slog.New(h).With("service", cfg.Service)
+}

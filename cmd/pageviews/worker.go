@@ -1,0 +1,249 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/heptiolabs/healthcheck"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/gofaust/pageviews/internal/config"
+	"github.com/gofaust/pageviews/internal/devbroker"
+	"github.com/gofaust/pageviews/internal/kafka"
+	"github.com/gofaust/pageviews/internal/pageview"
+	"github.com/gofaust/pageviews/internal/store"
+	"github.com/gofaust/pageviews/internal/stream"
+	"github.com/gofaust/pageviews/internal/table"
+	"github.com/gofaust/pageviews/internal/web"
+	"github.com/gofaust/pageviews/internal/window"
+)
+
+// workerHooks are what tests replace: the clock, and a callback with the
+// HTTP address once the server listens.
+type workerHooks struct {
+	clock     func() time.Time
+	listening func(addr string)
+}
+
+// runWorker wires the worker and runs it until ctx ends. Shutdown follows a
+// fixed order: stop fetching, flush and commit every partition, leave the
+// group, close the producer and the store, stop HTTP, stop the dev broker.
+func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks workerHooks) (err error) {
+	log.Info("starting", "config", cfg)
+	clock := hooks.clock
+
+	// Everything below registers its cleanup; after ctx ends, the cleanups
+	// run in reverse order, and SHUTDOWN_TIMEOUT bounds them.
+	var cleanups []func() error
+	defer func() {
+		done := make(chan error, 1)
+		go func() {
+			var errs []error
+			for i := len(cleanups) - 1; i >= 0; i-- {
+				errs = append(errs, cleanups[i]())
+			}
+			done <- errors.Join(errs...)
+		}()
+		select {
+		case cerr := <-done:
+			if err == nil {
+				err = cerr
+			}
+		case <-time.After(cfg.ShutdownTimeout):
+			if err == nil {
+				err = fmt.Errorf("shutdown did not finish within SHUTDOWN_TIMEOUT=%s", cfg.ShutdownTimeout)
+			}
+		}
+		if err == nil {
+			log.Info("stopped cleanly")
+		}
+	}()
+
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return fmt.Errorf("create DATA_DIR: %w", err)
+	}
+	brokers := cfg.Brokers
+	if cfg.Embedded() {
+		b, err := devbroker.Start(devbroker.Options{
+			Addr: cfg.EmbeddedAddr, DataDir: filepath.Join(cfg.DataDir, "kafka"),
+			Partitions: cfg.Partitions, Log: log.With("component", "devbroker"),
+		})
+		if err != nil {
+			return err
+		}
+		cleanups = append(cleanups, func() error { b.Close(); return nil })
+		brokers = b.Addrs()
+		log.Warn("KAFKA_BROKERS is empty: started the embedded dev broker; it is for development only, set KAFKA_BROKERS in production",
+			"addr", brokers[0], "data_dir", filepath.Join(cfg.DataDir, "kafka"))
+	}
+
+	db, wiped, err := store.Open(filepath.Join(cfg.DataDir, "state"), log.With("component", "store"))
+	if err != nil {
+		return err
+	}
+	if wiped {
+		log.Warn("local store was rebuilt empty; every partition recovers from offset 0")
+	}
+	cleanups = append(cleanups, db.Close)
+
+	win := window.Tumbling{Size: cfg.WindowSize, Expires: cfg.WindowExpires}
+	tables := pageview.Tables{
+		Views:  table.NewWindowed("views", cfg.ViewsChangelog(), table.Int64{}, db, win, clock),
+		Totals: table.New("totals", cfg.TotalsChangelog(), table.Int64{}, db),
+	}
+
+	clients, err := connect(cfg, brokers)
+	if err != nil {
+		return err
+	}
+	cleanups = append(cleanups, clients.close)
+
+	admin, err := sarama.NewClusterAdminFromClient(clients.admin)
+	if err != nil {
+		return fmt.Errorf("kafka admin: %w", err)
+	}
+	partitions, err := kafka.EnsureTopics(admin,
+		kafka.Topic{Name: cfg.Topic},
+		[]kafka.Topic{
+			{Name: cfg.ViewsChangelog(), Configs: kafka.WindowedChangelogConfigs(cfg.WindowSize, cfg.WindowExpires)},
+			{Name: cfg.TotalsChangelog(), Configs: kafka.ChangelogConfigs()},
+		},
+		[]kafka.Topic{{Name: cfg.DeadLetterTopic()}},
+		cfg.Partitions, cfg.Replication, log)
+	if err != nil {
+		return err
+	}
+	log.Info("topics ready", "partitions", partitions)
+
+	producer, err := kafka.NewProducer(clients.producer)
+	if err != nil {
+		return fmt.Errorf("kafka producer: %w", err)
+	}
+	cleanups = append(cleanups, producer.Close)
+
+	group, err := sarama.NewConsumerGroupFromClient(cfg.Group, clients.group)
+	if err != nil {
+		return fmt.Errorf("kafka consumer group: %w", err)
+	}
+	restore, err := sarama.NewConsumerFromClient(clients.restore)
+	if err != nil {
+		return fmt.Errorf("kafka changelog consumer: %w", err)
+	}
+	cleanups = append(cleanups, restore.Close)
+
+	state := stream.NewState()
+	rt := stream.New(stream.Options{
+		Topic:           cfg.Topic,
+		DeadLetterTopic: cfg.DeadLetterTopic(),
+		CommitInterval:  cfg.CommitInterval,
+		Tables:          []stream.Table{tables.Views, tables.Totals},
+		Handler:         &pageview.Agent{Tables: tables, Clock: clock},
+		Group:           group,
+		Client:          clients.group,
+		Restore:         restore,
+		Producer:        producer,
+		DB:              db,
+		State:           state,
+		Log:             log.With("component", "stream"),
+		Clock:           clock,
+	})
+
+	health := healthcheck.NewHandler()
+	health.AddLivenessCheck("goroutines", healthcheck.GoroutineCountCheck(10000))
+	health.AddReadinessCheck("group", func() error {
+		if ok, reason := state.Ready(); !ok {
+			return errors.New(reason)
+		}
+		return nil
+	})
+	srv := web.NewHTTPServer((&web.Server{
+		Publisher:      &pageview.Publisher{Sender: producer, Topic: cfg.Topic, Clock: clock},
+		Reporter:       &pageview.Reporter{Tables: tables, Clock: clock},
+		Readiness:      state,
+		Health:         health,
+		Log:            log.With("component", "web"),
+		PublishTimeout: 10 * time.Second,
+	}).Handler())
+	ln, err := net.Listen("tcp", cfg.WebAddr)
+	if err != nil {
+		return fmt.Errorf("listen on WEB_ADDR=%s: %w", cfg.WebAddr, err)
+	}
+	log.Info("http listening", "addr", ln.Addr().String())
+	if hooks.listening != nil {
+		hooks.listening(ln.Addr().String())
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := srv.Serve(ln); err != nil && !web.IsClosed(err) {
+			return fmt.Errorf("http: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		err := rt.Run(gctx)
+		// The runtime has flushed, committed and left the group. The web
+		// server keeps answering until here, then gets a grace period.
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if serr := srv.Shutdown(sctx); serr != nil && err == nil {
+			err = fmt.Errorf("stop http: %w", serr)
+		}
+		return err
+	})
+	return g.Wait()
+}
+
+// clients are separate sarama clients, so a long-polling fetch never delays
+// a produce acknowledgement on a shared connection.
+type clients struct {
+	admin, producer, group, restore sarama.Client
+}
+
+func connect(cfg *config.Config, brokers []string) (*clients, error) {
+	manual := map[string]bool{cfg.ViewsChangelog(): true, cfg.TotalsChangelog(): true}
+	mk := func(role string) (sarama.Client, error) {
+		sc := kafka.NewConfig(kafka.Options{
+			ClientID:       cfg.Service + "-" + role,
+			Group:          cfg.Group,
+			InstanceID:     cfg.InstanceID,
+			Cooperative:    true,
+			ManualTopics:   manual,
+			CommitInterval: cfg.CommitInterval,
+		})
+		c, err := sarama.NewClient(brokers, sc)
+		if err != nil {
+			return nil, fmt.Errorf("connect to kafka %v (%s client): %w", brokers, role, err)
+		}
+		return c, nil
+	}
+	var cs clients
+	var err error
+	for _, x := range []struct {
+		c    *sarama.Client
+		role string
+	}{{&cs.admin, "admin"}, {&cs.producer, "producer"}, {&cs.group, "group"}, {&cs.restore, "restore"}} {
+		if *x.c, err = mk(x.role); err != nil {
+			_ = cs.close()
+			return nil, err
+		}
+	}
+	return &cs, nil
+}
+
+func (c *clients) close() error {
+	var errs []error
+	for _, cl := range []sarama.Client{c.restore, c.group, c.producer, c.admin} {
+		if cl != nil && !cl.Closed() {
+			errs = append(errs, cl.Close())
+		}
+	}
+	return errors.Join(errs...)
+}

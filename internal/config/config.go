@@ -1,0 +1,255 @@
+// Package config reads the worker's settings from the environment into one
+// typed struct. Every variable is read once, at start, and validated; a bad
+// value is reported as an *Error naming the variable, the value and what is
+// allowed, so that main can exit with status 2 and one clear line.
+package config
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Guarantee is the processing guarantee of the worker.
+type Guarantee string
+
+// The processing guarantees a worker can run with.
+const (
+	AtLeastOnce Guarantee = "at_least_once"
+	ExactlyOnce Guarantee = "exactly_once"
+)
+
+// Config is the worker's whole configuration.
+type Config struct {
+	Service     string // DD_SERVICE: metric namespace, tracer service name
+	Env         string // DD_ENV
+	Version     string // DD_VERSION
+	Group       string // KAFKA_GROUP: consumer group, prefix of changelog topics
+	Topic       string // PAGE_VIEWS_TOPIC
+	Partitions  int32  // PARTITIONS: used when topics are created
+	Replication int16  // TOPIC_REPLICATION_FACTOR: -1 means the broker's default
+
+	WindowSize    time.Duration // WINDOW_SIZE
+	WindowExpires time.Duration // WINDOW_EXPIRES
+
+	Brokers      []string // KAFKA_BROKERS; empty starts the embedded dev broker
+	EmbeddedAddr string   // EMBEDDED_KAFKA_ADDR
+	InstanceID   string   // KAFKA_INSTANCE_ID: static membership
+	Guarantee    Guarantee
+
+	WebAddr         string        // WEB_ADDR
+	DataDir         string        // DATA_DIR
+	CommitInterval  time.Duration // COMMIT_INTERVAL
+	ShutdownTimeout time.Duration // SHUTDOWN_TIMEOUT
+
+	LogFormat string     // LOG_FORMAT: json or text
+	LogLevel  slog.Level // LOG_LEVEL
+}
+
+// Embedded reports whether the worker runs its own development broker.
+func (c *Config) Embedded() bool { return len(c.Brokers) == 0 }
+
+// ViewsChangelog is the changelog topic of the windowed views table.
+func (c *Config) ViewsChangelog() string { return c.Group + "-views-changelog" }
+
+// TotalsChangelog is the changelog topic of the totals table.
+func (c *Config) TotalsChangelog() string { return c.Group + "-totals-changelog" }
+
+// DeadLetterTopic receives records that cannot be processed.
+func (c *Config) DeadLetterTopic() string { return c.Topic + "-dlq" }
+
+// Error is a validation failure of one variable.
+type Error struct {
+	Var     string
+	Value   string
+	Allowed string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("config: %s=%q is invalid: want %s", e.Var, e.Value, e.Allowed)
+}
+
+// Load reads and validates the configuration. getenv is os.Getenv in
+// production and a map lookup in tests.
+func Load(getenv func(string) string) (*Config, error) {
+	r := reader{getenv: getenv}
+	c := &Config{
+		Service:         r.name("DD_SERVICE", "pageviews"),
+		Env:             r.str("DD_ENV", "dev"),
+		Version:         r.str("DD_VERSION", "dev"),
+		Group:           r.name("KAFKA_GROUP", "pageviews"),
+		Topic:           r.topic("PAGE_VIEWS_TOPIC", "page_views"),
+		Partitions:      int32(r.integer("PARTITIONS", 8, 1, 10000)),
+		Replication:     int16(r.integer("TOPIC_REPLICATION_FACTOR", -1, -1, 32)),
+		WindowSize:      r.duration("WINDOW_SIZE", time.Minute, time.Second),
+		WindowExpires:   r.duration("WINDOW_EXPIRES", 5*time.Minute, time.Second),
+		Brokers:         r.list("KAFKA_BROKERS"),
+		EmbeddedAddr:    r.addr("EMBEDDED_KAFKA_ADDR", "127.0.0.1:9092"),
+		InstanceID:      r.str("KAFKA_INSTANCE_ID", ""),
+		Guarantee:       Guarantee(r.oneOf("PROCESSING_GUARANTEE", string(AtLeastOnce), string(AtLeastOnce), string(ExactlyOnce))),
+		WebAddr:         r.addr("WEB_ADDR", ":8088"),
+		DataDir:         r.nonEmpty("DATA_DIR", "./data"),
+		CommitInterval:  r.duration("COMMIT_INTERVAL", time.Second, 10*time.Millisecond),
+		ShutdownTimeout: r.duration("SHUTDOWN_TIMEOUT", 30*time.Second, time.Second),
+		LogFormat:       r.oneOf("LOG_FORMAT", "json", "json", "text"),
+		LogLevel:        r.level("LOG_LEVEL", slog.LevelInfo),
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	if c.WindowExpires < c.WindowSize {
+		return nil, &Error{Var: "WINDOW_EXPIRES", Value: c.WindowExpires.String(),
+			Allowed: "a duration at least WINDOW_SIZE (" + c.WindowSize.String() + ")"}
+	}
+	if c.WindowSize%time.Millisecond != 0 {
+		return nil, &Error{Var: "WINDOW_SIZE", Value: c.WindowSize.String(), Allowed: "a whole number of milliseconds"}
+	}
+	return c, nil
+}
+
+// LogValue masks nothing today but keeps the effective configuration on one
+// log line; secrets added later must be masked here.
+func (c *Config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("service", c.Service),
+		slog.String("env", c.Env),
+		slog.String("version", c.Version),
+		slog.String("group", c.Group),
+		slog.String("topic", c.Topic),
+		slog.Int("partitions", int(c.Partitions)),
+		slog.Duration("window_size", c.WindowSize),
+		slog.Duration("window_expires", c.WindowExpires),
+		slog.String("brokers", strings.Join(c.Brokers, ",")),
+		slog.Bool("embedded_broker", c.Embedded()),
+		slog.String("instance_id", c.InstanceID),
+		slog.String("guarantee", string(c.Guarantee)),
+		slog.String("web_addr", c.WebAddr),
+		slog.String("data_dir", c.DataDir),
+		slog.Duration("commit_interval", c.CommitInterval),
+		slog.Duration("shutdown_timeout", c.ShutdownTimeout),
+	)
+}
+
+// reader keeps the first error so Load stays a flat list of fields.
+type reader struct {
+	getenv func(string) string
+	err    error
+}
+
+func (r *reader) fail(name, value, allowed string) {
+	if r.err == nil {
+		r.err = &Error{Var: name, Value: value, Allowed: allowed}
+	}
+}
+
+func (r *reader) str(name, def string) string {
+	if v := strings.TrimSpace(r.getenv(name)); v != "" {
+		return v
+	}
+	return def
+}
+
+func (r *reader) nonEmpty(name, def string) string { return r.str(name, def) }
+
+// name accepts what is safe as a metric namespace, group id and topic prefix.
+func (r *reader) name(name, def string) string {
+	v := r.str(name, def)
+	for i, c := range v {
+		ok := c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || (i > 0 && (c == '-' || c == '_'))
+		if !ok || len(v) > 100 {
+			r.fail(name, v, "lowercase letters, digits, '-' and '_', starting with a letter or digit, at most 100 characters")
+			return def
+		}
+	}
+	return v
+}
+
+func (r *reader) topic(name, def string) string {
+	v := r.str(name, def)
+	for _, c := range v {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.'
+		if !ok || len(v) > 200 || v == "." || v == ".." {
+			r.fail(name, v, "a Kafka topic name: letters, digits, '.', '_' and '-', at most 200 characters")
+			return def
+		}
+	}
+	return v
+}
+
+func (r *reader) integer(name string, def, lo, hi int) int {
+	raw := r.str(name, "")
+	if raw == "" {
+		return def
+	}
+	n, err := strconv.Atoi(raw)
+	if err != nil || n < lo || n > hi {
+		r.fail(name, raw, fmt.Sprintf("an integer from %d to %d", lo, hi))
+		return def
+	}
+	return n
+}
+
+func (r *reader) duration(name string, def, lo time.Duration) time.Duration {
+	raw := r.str(name, "")
+	if raw == "" {
+		return def
+	}
+	d, err := time.ParseDuration(raw)
+	if err != nil || d < lo {
+		r.fail(name, raw, "a Go duration such as 30s, 1m or 1h, at least "+lo.String())
+		return def
+	}
+	return d
+}
+
+func (r *reader) list(name string) []string {
+	var out []string
+	for _, part := range strings.Split(r.getenv(name), ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(part); err != nil {
+			r.fail(name, r.getenv(name), "a comma-separated list of host:port")
+			return nil
+		}
+		out = append(out, part)
+	}
+	return out
+}
+
+func (r *reader) addr(name, def string) string {
+	v := r.str(name, def)
+	if _, port, err := net.SplitHostPort(v); err != nil || port == "" {
+		r.fail(name, v, "host:port or :port")
+		return def
+	}
+	return v
+}
+
+func (r *reader) oneOf(name, def string, allowed ...string) string {
+	v := r.str(name, def)
+	for _, a := range allowed {
+		if v == a {
+			return v
+		}
+	}
+	r.fail(name, v, "one of "+strings.Join(allowed, ", "))
+	return def
+}
+
+func (r *reader) level(name string, def slog.Level) slog.Level {
+	raw := r.str(name, "")
+	if raw == "" {
+		return def
+	}
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(raw)); err != nil {
+		r.fail(name, raw, "one of debug, info, warn, error")
+		return def
+	}
+	return l
+}

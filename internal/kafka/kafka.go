@@ -1,0 +1,150 @@
+// Package kafka wraps the sarama client: the client configuration every part
+// of the worker shares, topic creation and the co-partitioning check, and a
+// producer whose callers wait for the broker's acknowledgement.
+package kafka
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/IBM/sarama"
+)
+
+// Version is the Kafka protocol version the worker speaks. Set explicitly:
+// sarama's default is far older and lacks cooperative rebalancing.
+var Version = sarama.V3_9_0_0
+
+// Options are the client settings that come from the worker's config.
+type Options struct {
+	ClientID       string
+	Group          string
+	InstanceID     string
+	Cooperative    bool
+	ManualTopics   map[string]bool // topics produced to an explicit partition (changelogs)
+	CommitInterval time.Duration
+}
+
+// NewConfig returns the sarama configuration of the worker: an idempotent
+// producer with acks=all, manual offset commits, consumption from the oldest
+// offset for a new group, and the chosen rebalance protocol.
+func NewConfig(o Options) *sarama.Config {
+	c := sarama.NewConfig()
+	c.Version = Version
+	c.ClientID = o.ClientID
+
+	c.Producer.Idempotent = true
+	c.Producer.RequiredAcks = sarama.WaitForAll
+	c.Producer.Return.Successes = true
+	c.Producer.Return.Errors = true
+	c.Producer.Retry.Max = 10
+	c.Producer.Retry.Backoff = 100 * time.Millisecond
+	c.Net.MaxOpenRequests = 1 // required by sarama for the idempotent producer
+	c.Producer.Flush.Bytes = 256 << 10
+	c.Producer.Flush.Frequency = time.Millisecond
+	manual := o.ManualTopics
+	c.Producer.Partitioner = func(topic string) sarama.Partitioner {
+		if manual[topic] {
+			return sarama.NewManualPartitioner(topic)
+		}
+		return sarama.NewHashPartitioner(topic)
+	}
+
+	c.Consumer.Return.Errors = true
+	c.Consumer.Offsets.Initial = sarama.OffsetOldest
+	// Offsets are committed by the stream runtime only after the state they
+	// depend on is durable; sarama must never commit on its own.
+	c.Consumer.Offsets.AutoCommit.Enable = false
+	c.Consumer.Fetch.Default = 1 << 20
+	c.Consumer.Group.InstanceId = o.InstanceID
+	if o.Cooperative {
+		c.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{sarama.NewBalanceStrategyCooperativeSticky()}
+	} else {
+		c.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{sarama.NewBalanceStrategySticky()}
+	}
+	c.Metadata.Retry.Max = 10
+	c.Metadata.Retry.Backoff = 250 * time.Millisecond
+	return c
+}
+
+// Topic is a topic the worker needs.
+type Topic struct {
+	Name    string
+	Configs map[string]string
+}
+
+// ErrCoPartitioning is returned when a table's changelog does not have as
+// many partitions as the source topic, so table partition p could not live
+// in changelog partition p.
+var ErrCoPartitioning = errors.New("topics are not co-partitioned")
+
+// EnsureTopics creates the source topic, the changelogs and the other topics
+// when missing, with partitions partitions (or as many as the source topic
+// already has), and verifies that every changelog has as many partitions as
+// the source. It returns that count.
+func EnsureTopics(admin sarama.ClusterAdmin, source Topic, changelogs, others []Topic, partitions int32, replication int16, log *slog.Logger) (int32, error) {
+	existing, err := admin.ListTopics()
+	if err != nil {
+		return 0, fmt.Errorf("list topics: %w", err)
+	}
+	if d, ok := existing[source.Name]; ok {
+		partitions = d.NumPartitions
+	}
+	all := append([]Topic{source}, changelogs...)
+	for _, t := range append(all, others...) {
+		if _, ok := existing[t.Name]; ok {
+			continue
+		}
+		detail := &sarama.TopicDetail{NumPartitions: partitions, ReplicationFactor: replication, ConfigEntries: map[string]*string{}}
+		for k, v := range t.Configs {
+			detail.ConfigEntries[k] = &v
+		}
+		err := admin.CreateTopic(t.Name, detail, false)
+		if err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
+			return 0, fmt.Errorf("create topic %s: %w", t.Name, err)
+		}
+		log.Info("created topic", "topic", t.Name, "partitions", partitions, "configs", t.Configs)
+	}
+	names := make([]string, len(all))
+	for i, t := range all {
+		names[i] = t.Name
+	}
+	meta, err := admin.DescribeTopics(names)
+	if err != nil {
+		return 0, fmt.Errorf("describe topics: %w", err)
+	}
+	counts := map[string]int{}
+	for _, m := range meta {
+		if !errors.Is(m.Err, sarama.ErrNoError) {
+			return 0, fmt.Errorf("describe topic %s: %w", m.Name, m.Err)
+		}
+		counts[m.Name] = len(m.Partitions)
+	}
+	for _, t := range changelogs {
+		if counts[t.Name] != counts[source.Name] {
+			return 0, fmt.Errorf("%w: %s has %d partitions but %s has %d; table partition p must live in changelog partition p, so delete the changelog or give it %d partitions",
+				ErrCoPartitioning, source.Name, counts[source.Name], t.Name, counts[t.Name], counts[source.Name])
+		}
+	}
+	return int32(counts[source.Name]), nil
+}
+
+// WindowedChangelogConfigs are the topic configs of a windowed table's
+// changelog: compacted, and deleted by time once far beyond expiry.
+func WindowedChangelogConfigs(size, expires time.Duration) map[string]string {
+	retention := 2 * (size + expires)
+	if retention < 7*24*time.Hour {
+		retention = 7 * 24 * time.Hour
+	}
+	return map[string]string{
+		"cleanup.policy": "compact,delete",
+		"retention.ms":   strconv.FormatInt(retention.Milliseconds(), 10),
+	}
+}
+
+// ChangelogConfigs are the topic configs of a plain table's changelog.
+func ChangelogConfigs() map[string]string {
+	return map[string]string{"cleanup.policy": "compact"}
+}

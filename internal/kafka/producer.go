@@ -1,0 +1,144 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	"github.com/IBM/sarama"
+)
+
+// Producer sends records through one idempotent async producer and lets
+// each caller wait for the acknowledgement of its own records.
+type Producer struct {
+	ap   sarama.AsyncProducer
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+// Ack is a group of records whose acknowledgements one caller waits for.
+type Ack struct {
+	mu      sync.Mutex
+	pending int
+	err     error
+	offsets map[int32]int64 // highest acknowledged offset per partition
+	done    chan struct{}
+}
+
+// NewAck returns an Ack for n records.
+func NewAck(n int) *Ack {
+	a := &Ack{pending: n, done: make(chan struct{})}
+	if n == 0 {
+		close(a.done)
+	}
+	return a
+}
+
+func (a *Ack) finish(partition int32, offset int64, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err != nil && a.err == nil {
+		a.err = err
+	}
+	if err == nil {
+		if a.offsets == nil {
+			a.offsets = make(map[int32]int64, 1)
+		}
+		if cur, ok := a.offsets[partition]; !ok || offset > cur {
+			a.offsets[partition] = offset
+		}
+	}
+	a.pending--
+	if a.pending == 0 {
+		close(a.done)
+	}
+}
+
+// Wait blocks until every record of the group is acknowledged or failed, or
+// ctx ends. It returns the first error.
+func (a *Ack) Wait(ctx context.Context) error {
+	select {
+	case <-a.done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.err
+}
+
+// Offset returns the highest acknowledged offset of partition p, or -1.
+func (a *Ack) Offset(p int32) int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if o, ok := a.offsets[p]; ok {
+		return o
+	}
+	return -1
+}
+
+// NewProducer starts a producer on client, whose config must come from
+// NewConfig.
+func NewProducer(client sarama.Client) (*Producer, error) {
+	ap, err := sarama.NewAsyncProducerFromClient(client)
+	if err != nil {
+		return nil, err
+	}
+	p := &Producer{ap: ap, done: make(chan struct{})}
+	p.wg.Add(2)
+	go func() {
+		defer p.wg.Done()
+		for m := range ap.Successes() {
+			if a, ok := m.Metadata.(*Ack); ok {
+				a.finish(m.Partition, m.Offset, nil)
+			}
+		}
+	}()
+	go func() {
+		defer p.wg.Done()
+		for e := range ap.Errors() {
+			if a, ok := e.Msg.Metadata.(*Ack); ok {
+				a.finish(e.Msg.Partition, -1, e.Err)
+			}
+		}
+	}()
+	return p, nil
+}
+
+// ErrClosed is returned when sending on a closed producer.
+var ErrClosed = errors.New("producer closed")
+
+// Send queues msgs, all belonging to ack. It does not wait.
+func (p *Producer) Send(ack *Ack, msgs ...*sarama.ProducerMessage) (err error) {
+	defer func() {
+		// Input panics once the producer is closed during shutdown.
+		if recover() != nil {
+			err = ErrClosed
+		}
+	}()
+	for _, m := range msgs {
+		m.Metadata = ack
+		p.ap.Input() <- m
+	}
+	return nil
+}
+
+// SendAndWait sends one record and waits for its acknowledgement. It
+// returns the record's partition and offset.
+func (p *Producer) SendAndWait(ctx context.Context, m *sarama.ProducerMessage) (int32, int64, error) {
+	ack := NewAck(1)
+	if err := p.Send(ack, m); err != nil {
+		return 0, 0, err
+	}
+	if err := ack.Wait(ctx); err != nil {
+		return 0, 0, err
+	}
+	return m.Partition, m.Offset, nil
+}
+
+// Close flushes what is queued and stops the producer.
+func (p *Producer) Close() error {
+	err := p.ap.Close()
+	p.wg.Wait()
+	return err
+}

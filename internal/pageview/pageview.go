@@ -1,0 +1,83 @@
+// Package pageview is the worker's domain: the PageView record, the agent
+// that counts page views into the views (windowed) and totals tables, the
+// per-page report, and the publisher behind /count/.
+//
+// This is the package a new worker replaces; the runtime packages (stream,
+// table, window, store, kafka) stay as they are.
+package pageview
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+	"unicode/utf8"
+)
+
+// PageView is the value of a record on the page-views topic; its key is the
+// page path.
+type PageView struct {
+	Page string `json:"page"`
+	// Count is the sender's in-memory counter when it sent the view.
+	Count int64 `json:"count"`
+	// Timestamp is the event time; the record timestamp is used when absent.
+	Timestamp time.Time `json:"timestamp,omitzero"`
+}
+
+// Limits on what a valid page view holds.
+const (
+	MaxPageLen = 1024
+	// MaxFuture is how far past the worker's clock an event time may be.
+	// Windows expire relative to the newest event time, so one absurd
+	// timestamp would otherwise expire every live window.
+	MaxFuture = time.Hour
+)
+
+// Errors that make a page view invalid.
+var (
+	ErrNoPage      = errors.New("page is missing")
+	ErrPageTooLong = fmt.Errorf("page is longer than %d bytes", MaxPageLen)
+	ErrBadPage     = errors.New("page is not valid UTF-8")
+	ErrFuture      = errors.New("timestamp is too far in the future")
+)
+
+// Decode parses and validates a PageView. now is the worker's clock, for the
+// future-timestamp check.
+func Decode(b []byte, now time.Time) (PageView, error) {
+	var pv PageView
+	if err := json.Unmarshal(b, &pv); err != nil {
+		return pv, fmt.Errorf("decode page view: %w", err)
+	}
+	switch {
+	case pv.Page == "":
+		return pv, ErrNoPage
+	case len(pv.Page) > MaxPageLen:
+		return pv, ErrPageTooLong
+	case !utf8.ValidString(pv.Page):
+		return pv, ErrBadPage
+	case !pv.Timestamp.IsZero() && pv.Timestamp.After(now.Add(MaxFuture)):
+		return pv, fmt.Errorf("%w: %s", ErrFuture, pv.Timestamp.Format(time.RFC3339Nano))
+	}
+	return pv, nil
+}
+
+// Encode renders a PageView as the JSON the topic carries, with the event
+// time in UTC at millisecond precision.
+func Encode(pv PageView) []byte {
+	b := make([]byte, 0, 64+len(pv.Page))
+	b = append(b, `{"page":`...)
+	b, _ = appendJSONString(b, pv.Page)
+	b = append(b, `,"count":`...)
+	b = fmt.Appendf(b, "%d", pv.Count)
+	if !pv.Timestamp.IsZero() {
+		b = append(b, `,"timestamp":"`...)
+		b = pv.Timestamp.UTC().AppendFormat(b, "2006-01-02T15:04:05.000Z07:00")
+		b = append(b, '"')
+	}
+	return append(b, '}')
+}
+
+func appendJSONString(b []byte, s string) ([]byte, error) {
+	q, err := json.Marshal(s)
+	return append(b, q...), err
+}

@@ -1,0 +1,266 @@
+// Package store keeps table state on local disk in Pebble.
+//
+// One DB holds every table of a worker. Each table partition has its own key
+// range, so one partition can be wiped or range-deleted without touching the
+// others, and a checkpoint per table partition records the changelog offset
+// the values correspond to. Values and their checkpoint are always written in
+// one batch, so the two never disagree after a crash.
+//
+// Writes are not synced: the Kafka changelog is the source of truth, and a
+// lost tail of the write-ahead log loses values and checkpoint together, which
+// recovery then replays from the changelog.
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// DB is the worker's local state store.
+type DB struct {
+	pdb *pebble.DB
+	dir string
+}
+
+// Open opens the store in dir, creating it when missing. A store that cannot
+// be opened or fails its consistency check is treated as corrupt: it is
+// wiped and created empty, and wiped reports that this happened, so every
+// table partition is rebuilt from its changelog.
+func Open(dir string, log *slog.Logger) (db *DB, wiped bool, err error) {
+	db, err = open(dir, log)
+	if err == nil {
+		return db, false, nil
+	}
+	log.Warn("local store is corrupt; wiping it and rebuilding every partition from the changelogs",
+		"dir", dir, "error", err)
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, false, fmt.Errorf("wipe corrupt store %s: %w", dir, err)
+	}
+	db, err = open(dir, log)
+	if err != nil {
+		return nil, true, err
+	}
+	return db, true, nil
+}
+
+func open(dir string, log *slog.Logger) (*DB, error) {
+	opts := &pebble.Options{Logger: pebbleLogger{log}}
+	pdb, err := pebble.Open(dir, opts)
+	if err != nil {
+		return nil, fmt.Errorf("open pebble %s: %w", dir, err)
+	}
+	// CheckLevels reads every table and verifies its checksums, so a
+	// truncated or damaged file is found now rather than on a later read.
+	if err := pdb.CheckLevels(nil); err != nil {
+		_ = pdb.Close()
+		return nil, fmt.Errorf("check pebble %s: %w", dir, err)
+	}
+	return &DB{pdb: pdb, dir: dir}, nil
+}
+
+// Close flushes memtables and closes the store.
+func (d *DB) Close() error {
+	if err := d.pdb.Flush(); err != nil {
+		_ = d.pdb.Close()
+		return fmt.Errorf("flush store: %w", err)
+	}
+	return d.pdb.Close()
+}
+
+// Metrics exposes Pebble's metrics for gauges.
+func (d *DB) Metrics() *pebble.Metrics { return d.pdb.Metrics() }
+
+// Key layout. Every key starts with a kind byte, the table name, a zero byte
+// and the partition as a big-endian uint32:
+//
+//	'd' table 0x00 partition userkey   a value
+//	'm' table 0x00 partition           the checkpoint
+const (
+	kindData = 'd'
+	kindMeta = 'm'
+)
+
+func prefix(kind byte, table string, partition int32, extra int) []byte {
+	k := make([]byte, 0, 1+len(table)+1+4+extra)
+	k = append(k, kind)
+	k = append(k, table...)
+	k = append(k, 0)
+	return binary.BigEndian.AppendUint32(k, uint32(partition))
+}
+
+// DataKey returns the store key of userKey in a table partition.
+func DataKey(table string, partition int32, userKey []byte) []byte {
+	return append(prefix(kindData, table, partition, len(userKey)), userKey...)
+}
+
+// dataBounds returns the key range of a whole table partition.
+func dataBounds(table string, partition int32) (lo, hi []byte) {
+	lo = prefix(kindData, table, partition, 0)
+	// Partitions are never negative, so partition+1 sorts after partition
+	// even at the top of the int32 range once read as uint32.
+	hi = prefix(kindData, table, partition+1, 0)
+	return lo, hi
+}
+
+// Checkpoint is what the store knows about a table partition: the changelog
+// offset of the last record its values include, and the partition's newest
+// event time (Unix ms) used for window expiry.
+type Checkpoint struct {
+	Offset    int64
+	Watermark int64
+}
+
+// Checkpoint returns the stored checkpoint of a table partition; ok is false
+// when the store holds nothing for it.
+func (d *DB) Checkpoint(table string, partition int32) (cp Checkpoint, ok bool, err error) {
+	v, closer, err := d.pdb.Get(prefix(kindMeta, table, partition, 0))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return Checkpoint{}, false, nil
+	}
+	if err != nil {
+		return Checkpoint{}, false, fmt.Errorf("read checkpoint %s/%d: %w", table, partition, err)
+	}
+	defer closer.Close()
+	if len(v) != 16 {
+		return Checkpoint{}, false, fmt.Errorf("read checkpoint %s/%d: %d bytes, want 16", table, partition, len(v))
+	}
+	return Checkpoint{
+		Offset:    int64(binary.BigEndian.Uint64(v)),
+		Watermark: int64(binary.BigEndian.Uint64(v[8:])),
+	}, true, nil
+}
+
+// Get appends the value of key to dst. ok is false when the key is absent.
+func (d *DB) Get(dst, key []byte) (val []byte, ok bool, err error) {
+	v, closer, err := d.pdb.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return dst, false, nil
+	}
+	if err != nil {
+		return dst, false, err
+	}
+	dst = append(dst, v...)
+	return dst, true, closer.Close()
+}
+
+// Scan calls fn for each key of a table partition that starts with
+// userPrefix, in key order, passing the user key (without the store prefix).
+// The slices are only valid during the call.
+func (d *DB) Scan(table string, partition int32, userPrefix []byte, fn func(userKey, value []byte) error) error {
+	lo := DataKey(table, partition, userPrefix)
+	var hi []byte
+	if len(userPrefix) == 0 {
+		_, hi = dataBounds(table, partition)
+	} else {
+		hi = upperBound(lo)
+	}
+	it, err := d.pdb.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return err
+	}
+	skip := len(prefix(kindData, table, partition, 0))
+	for ok := it.First(); ok; ok = it.Next() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			_ = it.Close()
+			return err
+		}
+		if err := fn(it.Key()[skip:], v); err != nil {
+			_ = it.Close()
+			return err
+		}
+	}
+	return it.Close()
+}
+
+// upperBound returns the smallest key greater than every key with prefix p.
+func upperBound(p []byte) []byte {
+	end := bytes.Clone(p)
+	for i := len(end) - 1; i >= 0; i-- {
+		end[i]++
+		if end[i] != 0 {
+			return end[:i+1]
+		}
+	}
+	return nil
+}
+
+// WipePartition removes every value and the checkpoint of a table partition.
+func (d *DB) WipePartition(table string, partition int32) error {
+	b := d.NewBatch()
+	lo, hi := dataBounds(table, partition)
+	if err := b.b.DeleteRange(lo, hi, nil); err != nil {
+		return err
+	}
+	if err := b.b.Delete(prefix(kindMeta, table, partition, 0), nil); err != nil {
+		return err
+	}
+	return b.Commit()
+}
+
+// Batch is an atomic group of writes.
+type Batch struct {
+	b *pebble.Batch
+}
+
+// NewBatch starts a batch.
+func (d *DB) NewBatch() *Batch { return &Batch{b: d.pdb.NewBatch()} }
+
+// Set writes value under a store key made with DataKey.
+func (b *Batch) Set(key, value []byte) error { return b.b.Set(key, value, nil) }
+
+// Delete removes a store key made with DataKey.
+func (b *Batch) Delete(key []byte) error { return b.b.Delete(key, nil) }
+
+// DeleteBelow removes every key of a table partition whose user key sorts
+// before userKey. Windowed tables order keys by window start, so expiry is
+// one range deletion.
+func (b *Batch) DeleteBelow(table string, partition int32, userKey []byte) error {
+	lo, _ := dataBounds(table, partition)
+	return b.b.DeleteRange(lo, DataKey(table, partition, userKey), nil)
+}
+
+// SetCheckpoint records the checkpoint of a table partition in the batch.
+func (b *Batch) SetCheckpoint(table string, partition int32, cp Checkpoint) error {
+	var v [16]byte
+	binary.BigEndian.PutUint64(v[:], uint64(cp.Offset))
+	binary.BigEndian.PutUint64(v[8:], uint64(cp.Watermark))
+	return b.b.Set(prefix(kindMeta, table, partition, 0), v[:], nil)
+}
+
+// Len is the number of operations in the batch.
+func (b *Batch) Len() int { return int(b.b.Count()) }
+
+// Commit applies the batch atomically, without syncing (see the package doc).
+func (b *Batch) Commit() error {
+	defer b.b.Close()
+	return b.b.Commit(pebble.NoSync)
+}
+
+// Discard drops the batch without applying it.
+func (b *Batch) Discard() { _ = b.b.Close() }
+
+// pebbleLogger routes Pebble's logs through slog.
+type pebbleLogger struct{ log *slog.Logger }
+
+func (l pebbleLogger) Infof(format string, args ...any) {
+	l.log.Debug(fmt.Sprintf(format, args...), "component", "pebble")
+}
+
+func (l pebbleLogger) Errorf(format string, args ...any) {
+	l.log.Error(fmt.Sprintf(format, args...), "component", "pebble")
+}
+
+// Fatalf must not return: Pebble calls it when continuing would corrupt the
+// store. The process dies and the changelog rebuilds the state on restart.
+func (l pebbleLogger) Fatalf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	l.log.Error(msg, "component", "pebble", "fatal", true)
+	panic("pebble: " + msg)
+}

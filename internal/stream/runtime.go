@@ -1,0 +1,313 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/IBM/sarama"
+
+	"github.com/gofaust/pageviews/internal/kafka"
+	"github.com/gofaust/pageviews/internal/store"
+)
+
+// Options wire a Runtime.
+type Options struct {
+	Topic           string // the source topic
+	DeadLetterTopic string
+	CommitInterval  time.Duration
+	Tables          []Table
+	Handler         Handler
+
+	Group    sarama.ConsumerGroup // consumes Topic
+	Client   sarama.Client        // reads changelog offsets
+	Restore  sarama.Consumer      // replays changelogs
+	Producer *kafka.Producer      // changelogs and dead letters
+	DB       *store.DB
+	State    *State
+	Log      *slog.Logger
+	Clock    func() time.Time
+}
+
+// Runtime runs the agent over the partitions the group assigns.
+type Runtime struct {
+	o Options
+
+	fatalOnce sync.Once
+	fatal     chan error
+}
+
+// New returns a runtime; Run starts it.
+func New(o Options) *Runtime {
+	if o.Clock == nil {
+		o.Clock = time.Now
+	}
+	return &Runtime{o: o, fatal: make(chan error, 1)}
+}
+
+// Run consumes until ctx ends or a partition fails in a way the runtime
+// cannot recover from. Before it returns, every partition has been flushed
+// and committed (on a clean stop) and the group has been left.
+func (r *Runtime) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for err := range r.o.Group.Errors() {
+			r.o.Log.Warn("consumer group error", "error", err)
+		}
+	})
+	var runErr error
+	for ctx.Err() == nil {
+		err := r.o.Group.Consume(ctx, []string{r.o.Topic}, (*groupHandler)(r))
+		select {
+		case runErr = <-r.fatal:
+			cancel()
+		default:
+		}
+		if runErr != nil || ctx.Err() != nil {
+			break
+		}
+		if errors.Is(err, sarama.ErrClosedConsumerGroup) {
+			break
+		}
+		if err != nil {
+			r.o.Log.Warn("consumer group session ended; joining again", "error", err)
+			select {
+			case <-time.After(time.Second):
+			case <-ctx.Done():
+			}
+		}
+	}
+	r.o.State.setJoined(false, 0)
+	closeErr := r.o.Group.Close()
+	wg.Wait()
+	if runErr != nil {
+		return runErr
+	}
+	if closeErr != nil {
+		return fmt.Errorf("leave group: %w", closeErr)
+	}
+	return nil
+}
+
+// fail stops the worker: a partition hit an error it cannot get past, and
+// leaving it unprocessed while the member still holds it would stall it.
+func (r *Runtime) fail(err error) {
+	r.fatalOnce.Do(func() {
+		r.o.State.setFatal(err)
+		r.fatal <- err
+	})
+}
+
+type groupHandler Runtime
+
+func (h *groupHandler) Setup(sess sarama.ConsumerGroupSession) error {
+	r := (*Runtime)(h)
+	r.o.State.setJoined(true, sess.GenerationID())
+	r.o.Log.Info("joined group", "generation", sess.GenerationID(), "member", sess.MemberID(), "claims", sess.Claims())
+	return nil
+}
+
+func (h *groupHandler) Cleanup(sess sarama.ConsumerGroupSession) error {
+	r := (*Runtime)(h)
+	r.o.State.setJoined(false, sess.GenerationID())
+	r.o.Log.Info("left group session", "generation", sess.GenerationID())
+	return nil
+}
+
+func (h *groupHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) error {
+	r := (*Runtime)(h)
+	w := &partitionWorker{r: r, p: claim.Partition(), sess: sess, log: r.o.Log.With("partition", claim.Partition()), last: -1}
+	if err := w.run(claim); err != nil {
+		err = fmt.Errorf("partition %d: %w", claim.Partition(), err)
+		r.o.Log.Error("partition failed; stopping the worker", "error", err)
+		r.fail(err)
+		return err
+	}
+	return nil
+}
+
+// partitionWorker owns one assigned partition: recovery, processing and
+// flushing all happen on its goroutine, so the tables' write-back caches
+// for the partition have a single writer.
+type partitionWorker struct {
+	r    *Runtime
+	p    int32
+	sess sarama.ConsumerGroupSession
+	log  *slog.Logger
+
+	last     int64 // offset of the last processed source record
+	flushed  int64 // offset of the last committed source record
+	dead     []*kafka.Ack
+	deadSent int
+}
+
+func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
+	r := w.r
+	r.o.State.assign(w.p, r.o.Clock())
+	defer r.o.State.revoke(w.p)
+	defer func() {
+		for _, t := range r.o.Tables {
+			t.Revoke(w.p)
+		}
+	}()
+	ctx := w.sess.Context()
+	if err := w.recover(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // revoked or stopping while recovering: nothing to flush
+		}
+		return err
+	}
+	r.o.State.recovered(w.p)
+	w.flushed = claim.InitialOffset() - 1
+	w.last = w.flushed
+
+	ticker := time.NewTicker(r.o.CommitInterval)
+	defer ticker.Stop()
+	msgs := claim.Messages()
+	for {
+		select {
+		case m, ok := <-msgs:
+			if !ok { // revoked
+				return w.flush(context.Background())
+			}
+			if err := w.process(m); err != nil {
+				return err
+			}
+			// Take what is already buffered without going back to select.
+			for drained := 0; drained < 1024; drained++ {
+				select {
+				case m, ok = <-msgs:
+					if !ok {
+						return w.flush(context.Background())
+					}
+					if err := w.process(m); err != nil {
+						return err
+					}
+					continue
+				default:
+				}
+				break
+			}
+		case <-ticker.C:
+			if err := w.flush(ctx); err != nil {
+				if ctx.Err() != nil {
+					return w.flush(context.Background())
+				}
+				return err
+			}
+		case <-ctx.Done():
+			return w.flush(context.Background())
+		}
+	}
+}
+
+func (w *partitionWorker) process(m *sarama.ConsumerMessage) error {
+	ev := Event{
+		Ctx:       context.Background(),
+		Partition: m.Partition,
+		Offset:    m.Offset,
+		Key:       m.Key,
+		Value:     m.Value,
+		Timestamp: m.Timestamp,
+		Headers:   m.Headers,
+	}
+	err := w.r.o.Handler.Handle(&ev)
+	if err != nil {
+		if !errors.Is(err, ErrInvalid) {
+			return fmt.Errorf("offset %d: %w", m.Offset, err)
+		}
+		if err := w.deadLetter(m, err); err != nil {
+			return err
+		}
+	}
+	w.last = m.Offset
+	return nil
+}
+
+// deadLetter queues the record for the dead-letter topic; the next flush
+// waits for it before it commits the source offset.
+func (w *partitionWorker) deadLetter(m *sarama.ConsumerMessage, cause error) error {
+	w.log.Warn("dead-lettering record", "offset", m.Offset, "error", cause)
+	dl := &sarama.ProducerMessage{
+		Topic: w.r.o.DeadLetterTopic,
+		Key:   sarama.ByteEncoder(m.Key),
+		Value: sarama.ByteEncoder(m.Value),
+		Headers: []sarama.RecordHeader{
+			{Key: []byte("error"), Value: []byte(cause.Error())},
+			{Key: []byte("source.topic"), Value: []byte(m.Topic)},
+			{Key: []byte("source.partition"), Value: strconv.AppendInt(nil, int64(m.Partition), 10)},
+			{Key: []byte("source.offset"), Value: strconv.AppendInt(nil, m.Offset, 10)},
+		},
+	}
+	ack := kafka.NewAck(1)
+	w.dead = append(w.dead, ack)
+	return w.r.o.Producer.Send(ack, dl)
+}
+
+// flush makes everything processed so far durable and commits it: the
+// changelog records and dead letters are acknowledged, then the store batch
+// is written, then the source offset is committed.
+func (w *partitionWorker) flush(ctx context.Context) error {
+	if w.last == w.flushed {
+		return nil
+	}
+	r := w.r
+	now := r.o.Clock()
+	acks := make([]*kafka.Ack, len(r.o.Tables))
+	for i, t := range r.o.Tables {
+		recs, err := t.Flush(w.p, now)
+		if err != nil {
+			return fmt.Errorf("flush %s: %w", t.Name(), err)
+		}
+		msgs := make([]*sarama.ProducerMessage, len(recs))
+		for j, rec := range recs {
+			msgs[j] = &sarama.ProducerMessage{
+				Topic:     t.Changelog(),
+				Partition: w.p,
+				Key:       sarama.ByteEncoder(rec.Key),
+				Value:     sarama.ByteEncoder(rec.Value),
+				Timestamp: rec.Timestamp,
+			}
+		}
+		acks[i] = kafka.NewAck(len(msgs))
+		if err := r.o.Producer.Send(acks[i], msgs...); err != nil {
+			return fmt.Errorf("produce %s: %w", t.Changelog(), err)
+		}
+	}
+	for i, a := range acks {
+		if err := a.Wait(ctx); err != nil {
+			return fmt.Errorf("produce %s: %w", r.o.Tables[i].Changelog(), err)
+		}
+	}
+	for _, a := range w.dead {
+		if err := a.Wait(ctx); err != nil {
+			return fmt.Errorf("produce %s: %w", r.o.DeadLetterTopic, err)
+		}
+	}
+	w.dead = w.dead[:0]
+
+	b := r.o.DB.NewBatch()
+	for i, t := range r.o.Tables {
+		if err := t.Write(w.p, b, acks[i].Offset(w.p)); err != nil {
+			b.Discard()
+			return fmt.Errorf("write %s: %w", t.Name(), err)
+		}
+	}
+	if err := b.Commit(); err != nil {
+		return fmt.Errorf("commit store batch: %w", err)
+	}
+	for _, t := range r.o.Tables {
+		t.Flushed(w.p)
+	}
+
+	w.sess.MarkOffset(r.o.Topic, w.p, w.last+1, "")
+	w.sess.Commit()
+	w.flushed = w.last
+	return nil
+}

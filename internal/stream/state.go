@@ -1,0 +1,124 @@
+package stream
+
+import (
+	"slices"
+	"sync"
+	"time"
+)
+
+// State is what the runtime tells the outside about its group membership and
+// partitions. It is safe for concurrent use; the web pages and probes read
+// it while the runtime writes it.
+type State struct {
+	mu         sync.Mutex
+	joined     bool
+	generation int32
+	rebalances int64
+	parts      map[int32]*PartitionState
+	fatal      error
+}
+
+// PartitionState describes one assigned partition.
+type PartitionState struct {
+	Recovering bool
+	Remaining  int64 // changelog records left to replay
+	Since      time.Time
+}
+
+// NewState returns the state of a worker that has not joined yet.
+func NewState() *State {
+	return &State{parts: make(map[int32]*PartitionState)}
+}
+
+func (s *State) setJoined(joined bool, generation int32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if joined && (!s.joined || generation != s.generation) {
+		s.rebalances++
+	}
+	s.joined, s.generation = joined, generation
+}
+
+func (s *State) setFatal(err error) {
+	s.mu.Lock()
+	s.fatal = err
+	s.mu.Unlock()
+}
+
+func (s *State) assign(p int32, now time.Time) {
+	s.mu.Lock()
+	s.parts[p] = &PartitionState{Recovering: true, Remaining: -1, Since: now}
+	s.mu.Unlock()
+}
+
+func (s *State) progress(p int32, remaining int64) {
+	s.mu.Lock()
+	if ps := s.parts[p]; ps != nil {
+		ps.Remaining = remaining
+	}
+	s.mu.Unlock()
+}
+
+func (s *State) recovered(p int32) {
+	s.mu.Lock()
+	if ps := s.parts[p]; ps != nil {
+		ps.Recovering, ps.Remaining = false, 0
+	}
+	s.mu.Unlock()
+}
+
+func (s *State) revoke(p int32) {
+	s.mu.Lock()
+	delete(s.parts, p)
+	s.mu.Unlock()
+}
+
+// Ready reports whether the worker has joined its group and recovered every
+// assigned partition; reason says why not.
+func (s *State) Ready() (ready bool, reason string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.fatal != nil:
+		return false, "failed: " + s.fatal.Error()
+	case !s.joined:
+		return false, "joining"
+	}
+	for _, ps := range s.parts {
+		if ps.Recovering {
+			return false, "recovering"
+		}
+	}
+	return true, ""
+}
+
+// Stale reports whether reads may be behind: the group is rebalancing or a
+// partition is recovering.
+func (s *State) Stale() bool {
+	ready, _ := s.Ready()
+	return !ready
+}
+
+// Assigned returns the partitions this worker holds, in order, and which of
+// them are still recovering.
+func (s *State) Assigned() (all, recovering []int32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for p, ps := range s.parts {
+		all = append(all, p)
+		if ps.Recovering {
+			recovering = append(recovering, p)
+		}
+	}
+	slices.Sort(all)
+	slices.Sort(recovering)
+	return all, recovering
+}
+
+// Generation returns the current group generation and how many times the
+// worker has (re)joined.
+func (s *State) Generation() (generation int32, rebalances int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.generation, s.rebalances
+}

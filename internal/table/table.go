@@ -1,0 +1,397 @@
+// Package table implements Faust-style tables: key/value state partitioned
+// exactly like the source topic, kept in the local store and backed by a
+// Kafka changelog topic.
+//
+// Updates go to a per-partition write-back cache. The stream runtime flushes
+// it once per commit interval: the dirty keys become changelog records (many
+// updates of one key in an interval become one record), and once the broker
+// has acknowledged them the values and the changelog offset are written to
+// the store in one batch. Reads see the cache first and the store second.
+//
+// Table is a plain table; Windowed keeps one value per key and tumbling
+// window and expires old windows by range deletion.
+package table
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/gofaust/pageviews/internal/store"
+)
+
+// Codec turns values into bytes and back. The same bytes are stored locally
+// and written to the changelog.
+type Codec[V any] interface {
+	Append(dst []byte, v V) []byte
+	Decode(b []byte) (V, error)
+}
+
+// Int64 stores integers as decimal text, readable with any Kafka tool.
+type Int64 struct{}
+
+// Append implements Codec.
+func (Int64) Append(dst []byte, v int64) []byte { return strconv.AppendInt(dst, v, 10) }
+
+// Decode implements Codec.
+func (Int64) Decode(b []byte) (int64, error) { return strconv.ParseInt(string(b), 10, 64) }
+
+// ErrNotAssigned is returned when a partition is used that this worker does
+// not hold.
+var ErrNotAssigned = errors.New("partition not assigned to this worker")
+
+// Record is a changelog record produced by a flush.
+type Record struct {
+	Key, Value []byte
+	Timestamp  time.Time
+}
+
+// maxCleanEntries bounds the clean entries one partition keeps cached
+// between flushes; above it the clean entries are dropped after a flush.
+const maxCleanEntries = 1 << 16
+
+// core holds what Table and Windowed share: partitions, cache and store.
+type core[V any] struct {
+	name      string
+	changelog string
+	codec     Codec[V]
+	db        *store.DB
+
+	// toChangelog and fromChangelog convert between user keys (the store's
+	// layout) and changelog keys.
+	toChangelog   func(dst, userKey []byte) []byte
+	fromChangelog func(dst, changelogKey []byte) ([]byte, error)
+
+	mu    sync.RWMutex
+	parts map[int32]*part[V]
+}
+
+type entry[V any] struct {
+	val   V
+	dirty bool
+}
+
+type part[V any] struct {
+	mu        sync.Mutex
+	cache     map[string]*entry[V]
+	dirty     []string // keys of dirty entries, in first-update order
+	watermark int64    // newest event time (Unix ms) seen, for expiry
+	offset    int64    // changelog offset of the last record the store holds; -1 for none
+	flushing  []string // keys handed out by Flush, cleared by Flushed
+	scratch   []byte
+	valBuf    []byte
+}
+
+// Name is the table's name, also its store key space.
+func (c *core[V]) Name() string { return c.name }
+
+// Changelog is the table's changelog topic.
+func (c *core[V]) Changelog() string { return c.changelog }
+
+func (c *core[V]) part(p int32) (*part[V], error) {
+	c.mu.RLock()
+	pt := c.parts[p]
+	c.mu.RUnlock()
+	if pt == nil {
+		return nil, fmt.Errorf("table %s partition %d: %w", c.name, p, ErrNotAssigned)
+	}
+	return pt, nil
+}
+
+// Assign makes partition p usable, starting from what the store holds, and
+// returns the stored checkpoint (ok false if the store holds nothing).
+func (c *core[V]) Assign(p int32) (store.Checkpoint, bool, error) {
+	cp, ok, err := c.db.Checkpoint(c.name, p)
+	if err != nil {
+		return cp, false, err
+	}
+	pt := &part[V]{cache: make(map[string]*entry[V]), offset: -1}
+	if ok {
+		pt.offset, pt.watermark = cp.Offset, cp.Watermark
+	}
+	c.mu.Lock()
+	c.parts[p] = pt
+	c.mu.Unlock()
+	return cp, ok, nil
+}
+
+// Revoke forgets partition p. Its store contents stay for a later
+// assignment; unflushed updates are dropped, so flush first.
+func (c *core[V]) Revoke(p int32) {
+	c.mu.Lock()
+	delete(c.parts, p)
+	c.mu.Unlock()
+}
+
+// Partitions lists the partitions this worker holds.
+func (c *core[V]) Partitions() []int32 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]int32, 0, len(c.parts))
+	for p := range c.parts {
+		out = append(out, p)
+	}
+	return out
+}
+
+// Wipe deletes everything the store holds for partition p, so it is rebuilt
+// from offset 0 of the changelog.
+func (c *core[V]) Wipe(p int32) error {
+	if err := c.db.WipePartition(c.name, p); err != nil {
+		return fmt.Errorf("wipe %s/%d: %w", c.name, p, err)
+	}
+	if pt, err := c.part(p); err == nil {
+		pt.mu.Lock()
+		clear(pt.cache)
+		pt.dirty, pt.offset, pt.watermark = nil, -1, 0
+		pt.mu.Unlock()
+	}
+	return nil
+}
+
+// update applies fn to the value of userKey in partition pt; pt.mu is held.
+func (c *core[V]) update(p int32, pt *part[V], userKey []byte, fn func(V) V) error {
+	if e, ok := pt.cache[string(userKey)]; ok {
+		e.val = fn(e.val)
+		if !e.dirty {
+			e.dirty = true
+			pt.dirty = append(pt.dirty, string(userKey))
+		}
+		return nil
+	}
+	v, _, err := c.load(p, pt, userKey)
+	if err != nil {
+		return err
+	}
+	k := string(userKey)
+	pt.cache[k] = &entry[V]{val: fn(v), dirty: true}
+	pt.dirty = append(pt.dirty, k)
+	return nil
+}
+
+// load reads userKey from the store; pt.mu is held.
+func (c *core[V]) load(p int32, pt *part[V], userKey []byte) (V, bool, error) {
+	var zero V
+	buf, ok, err := c.db.Get(pt.valBuf[:0], store.DataKey(c.name, p, userKey))
+	pt.valBuf = buf
+	if err != nil {
+		return zero, false, fmt.Errorf("read %s/%d: %w", c.name, p, err)
+	}
+	if !ok {
+		return zero, false, nil
+	}
+	v, err := c.codec.Decode(buf)
+	if err != nil {
+		return zero, false, fmt.Errorf("decode %s/%d: %w", c.name, p, err)
+	}
+	return v, true, nil
+}
+
+// get reads userKey through the cache.
+func (c *core[V]) get(p int32, userKey []byte) (V, bool, error) {
+	pt, err := c.part(p)
+	if err != nil {
+		var zero V
+		return zero, false, err
+	}
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	if e, ok := pt.cache[string(userKey)]; ok {
+		return e.val, true, nil
+	}
+	return c.load(p, pt, userKey)
+}
+
+// scan calls fn for every key of partition p under userPrefix, merging the
+// cache over the store.
+func (c *core[V]) scan(p int32, userPrefix []byte, fn func(userKey []byte, v V)) error {
+	pt, err := c.part(p)
+	if err != nil {
+		return err
+	}
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	err = c.db.Scan(c.name, p, userPrefix, func(k, raw []byte) error {
+		if _, cached := pt.cache[string(k)]; cached {
+			return nil
+		}
+		v, err := c.codec.Decode(raw)
+		if err != nil {
+			return fmt.Errorf("decode %s/%d: %w", c.name, p, err)
+		}
+		fn(k, v)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for k, e := range pt.cache {
+		if len(k) >= len(userPrefix) && k[:len(userPrefix)] == string(userPrefix) {
+			fn([]byte(k), e.val)
+		}
+	}
+	return nil
+}
+
+// Flush returns the changelog records of partition p's dirty keys. The
+// caller produces them, waits for the acknowledgements, then calls Write
+// and, after the store batch commits, Flushed.
+func (c *core[V]) Flush(p int32, ts time.Time) ([]Record, error) {
+	pt, err := c.part(p)
+	if err != nil {
+		return nil, err
+	}
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	recs := make([]Record, 0, len(pt.dirty))
+	for _, k := range pt.dirty {
+		e := pt.cache[k]
+		if e == nil { // expired while dirty
+			continue
+		}
+		recs = append(recs, Record{
+			Key:       c.toChangelog(nil, []byte(k)),
+			Value:     c.codec.Append(nil, e.val),
+			Timestamp: ts,
+		})
+	}
+	pt.flushing, pt.dirty = pt.dirty, nil
+	return recs, nil
+}
+
+// write adds the flushed values and the checkpoint to batch b. offset is the
+// highest changelog offset acknowledged for this flush, or -1 when the flush
+// produced nothing for this table.
+func (c *core[V]) write(p int32, b *store.Batch, offset int64, expire func(pt *part[V]) error) error {
+	pt, err := c.part(p)
+	if err != nil {
+		return err
+	}
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	for _, k := range pt.flushing {
+		e := pt.cache[k]
+		if e == nil {
+			continue
+		}
+		if err := b.Set(store.DataKey(c.name, p, []byte(k)), c.codec.Append(pt.valBuf[:0], e.val)); err != nil {
+			return err
+		}
+	}
+	if expire != nil {
+		if err := expire(pt); err != nil {
+			return err
+		}
+	}
+	if offset > pt.offset {
+		pt.offset = offset
+	}
+	return b.SetCheckpoint(c.name, p, store.Checkpoint{Offset: pt.offset, Watermark: pt.watermark})
+}
+
+// Flushed marks the entries written by the last flush clean, once the store
+// batch holding them has committed.
+func (c *core[V]) Flushed(p int32) {
+	pt, err := c.part(p)
+	if err != nil {
+		return
+	}
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	for _, k := range pt.flushing {
+		if e := pt.cache[k]; e != nil {
+			e.dirty = false
+		}
+	}
+	pt.flushing = pt.flushing[:0]
+	if len(pt.cache) > maxCleanEntries {
+		for k, e := range pt.cache {
+			if !e.dirty {
+				delete(pt.cache, k)
+			}
+		}
+	}
+}
+
+// Restore applies one changelog record during recovery to batch b. A nil
+// value deletes the key.
+func (c *core[V]) restore(p int32, b *store.Batch, key, value []byte, scratch []byte) ([]byte, error) {
+	uk, err := c.fromChangelog(scratch[:0], key)
+	if err != nil {
+		return scratch, fmt.Errorf("changelog %s/%d key %q: %w", c.changelog, p, key, err)
+	}
+	if value == nil {
+		return uk, b.Delete(store.DataKey(c.name, p, uk))
+	}
+	if _, err := c.codec.Decode(value); err != nil {
+		return uk, fmt.Errorf("changelog %s/%d value %q: %w", c.changelog, p, value, err)
+	}
+	return uk, b.Set(store.DataKey(c.name, p, uk), value)
+}
+
+// Table is a plain (not windowed) table.
+type Table[V any] struct {
+	core[V]
+}
+
+// New returns a plain table named name, backed by changelog.
+func New[V any](name, changelog string, codec Codec[V], db *store.DB) *Table[V] {
+	ident := func(dst, k []byte) []byte { return append(dst, k...) }
+	return &Table[V]{core[V]{
+		name: name, changelog: changelog, codec: codec, db: db,
+		toChangelog:   ident,
+		fromChangelog: func(dst, k []byte) ([]byte, error) { return append(dst, k...), nil },
+		parts:         make(map[int32]*part[V]),
+	}}
+}
+
+// Update applies fn to the value of key in partition p (the zero value when
+// absent).
+func (t *Table[V]) Update(p int32, key string, fn func(V) V) error {
+	pt, err := t.part(p)
+	if err != nil {
+		return err
+	}
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	pt.scratch = append(pt.scratch[:0], key...)
+	return t.update(p, pt, pt.scratch, fn)
+}
+
+// Get returns the value of key in partition p.
+func (t *Table[V]) Get(p int32, key string) (V, bool, error) {
+	return t.get(p, []byte(key))
+}
+
+// Scan calls fn for every key of partition p.
+func (t *Table[V]) Scan(p int32, fn func(key string, v V)) error {
+	return t.scan(p, nil, func(k []byte, v V) { fn(string(k), v) })
+}
+
+// Write adds the last flush of partition p to batch b.
+func (t *Table[V]) Write(p int32, b *store.Batch, offset int64) error {
+	return t.write(p, b, offset, nil)
+}
+
+// Restore applies one changelog record to batch b during recovery.
+func (t *Table[V]) Restore(p int32, b *store.Batch, key, value []byte, _ time.Time) error {
+	_, err := t.restore(p, b, key, value, nil)
+	return err
+}
+
+// Recovered finishes recovery of partition p once the store holds every
+// changelog record up to offset.
+func (t *Table[V]) Recovered(p int32, b *store.Batch, offset int64) error {
+	pt, err := t.part(p)
+	if err != nil {
+		return err
+	}
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	if offset > pt.offset {
+		pt.offset = offset
+	}
+	return b.SetCheckpoint(t.name, p, store.Checkpoint{Offset: pt.offset, Watermark: pt.watermark})
+}

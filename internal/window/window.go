@@ -1,0 +1,56 @@
+// Package window is the arithmetic of tumbling windows with Faust semantics.
+//
+// A window of size S holds the timestamps in [start, start+S), where
+// start = t - t mod S, aligned to the Unix epoch. Windows are identified by
+// their start in Unix milliseconds. A window expires when its end is older
+// than Expires before the newest event time seen on its partition.
+package window
+
+import "time"
+
+// Tumbling describes fixed-size, non-overlapping windows.
+type Tumbling struct {
+	Size    time.Duration
+	Expires time.Duration
+}
+
+// sizeMs is the window size in milliseconds; config guarantees at least 1s.
+func (w Tumbling) sizeMs() int64 { return w.Size.Milliseconds() }
+
+// Start returns the start (Unix ms) of the window that holds t.
+func (w Tumbling) Start(t time.Time) int64 {
+	return w.StartMs(t.UnixMilli())
+}
+
+// StartMs returns the start of the window that holds the Unix ms timestamp ms.
+// Timestamps before the epoch floor towards minus infinity.
+func (w Tumbling) StartMs(ms int64) int64 {
+	s := w.sizeMs()
+	r := ms % s
+	if r < 0 {
+		r += s
+	}
+	return ms - r
+}
+
+// End returns the exclusive end (Unix ms) of the window starting at start.
+func (w Tumbling) End(start int64) int64 { return start + w.sizeMs() }
+
+// Expired reports whether the window starting at start has expired when the
+// newest event time seen on its partition is watermark (Unix ms).
+func (w Tumbling) Expired(start, watermark int64) bool {
+	return w.End(start) < watermark-w.Expires.Milliseconds()
+}
+
+// FirstLive returns the start of the oldest window that has not expired at
+// watermark. Every window starting before it has expired, so expiry can
+// delete the key range below it.
+func (w Tumbling) FirstLive(watermark int64) int64 {
+	// End(start) >= watermark - expires  <=>  start >= watermark - expires - size.
+	lowest := watermark - w.Expires.Milliseconds() - w.sizeMs()
+	first := w.StartMs(lowest)
+	if first < lowest {
+		first += w.sizeMs()
+	}
+	return first
+}
