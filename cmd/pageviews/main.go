@@ -19,6 +19,10 @@ import (
 	"github.com/gofaust/pageviews/internal/config"
 )
 
+// version is set at build time (-ldflags "-X main.version=...") and is the
+// default of DD_VERSION.
+var version = "dev"
+
 func main() {
 	err := run(context.Background(), os.Args[1:], os.Getenv, os.Stdout)
 	var cerr *config.Error
@@ -42,6 +46,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	cfg, err := config.Load(getenv)
 	if err != nil {
 		return err
+	}
+	if getenv("DD_VERSION") == "" {
+		cfg.Version = version
 	}
 	log := newLogger(cfg, stdout)
 

@@ -2,7 +2,9 @@ package stream
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -15,82 +17,108 @@ const (
 	restoreBatch = 20000
 	// progressEvery is how often a long recovery logs its progress.
 	progressEvery = 5 * time.Second
-	// restoreIdle is how long recovery waits for a record before it asks
-	// the broker whether the high watermark was reached. Compaction and
-	// transaction markers leave gaps in offsets, so the last offset below the
-	// high watermark may never arrive.
+	// restoreIdle is how long recovery waits for a record before it treats
+	// the rest of the range as a gap. Compaction and transaction markers
+	// leave gaps in offsets, so the offset just below the high watermark
+	// may never arrive.
 	restoreIdle = 2 * time.Second
 )
 
+// errRevoked ends a recovery whose partition was taken away meanwhile.
+var errRevoked = errors.New("partition revoked during recovery")
+
+// restoring is the recovery of one table partition.
+type restoring struct {
+	t     Table
+	log   *slog.Logger
+	start int64 // first offset to replay
+	hwm   int64 // high watermark when recovery began
+	pc    sarama.PartitionConsumer
+}
+
 // recover replays each table's changelog partition from the offset after the
-// stored checkpoint to the high watermark.
-func (w *partitionWorker) recover(ctx context.Context) error {
+// stored checkpoint to the high watermark. All tables' replays are started
+// together so their fetches overlap. While it runs, the claim may deliver a
+// source record (kept in w.pending for processing afterwards) or be revoked
+// (errRevoked).
+func (w *partitionWorker) recover(ctx context.Context, msgs <-chan *sarama.ConsumerMessage) error {
+	var rs []*restoring
+	defer func() {
+		for _, r := range rs {
+			if r.pc != nil {
+				r.pc.AsyncClose()
+			}
+		}
+	}()
+	var total int64
 	for _, t := range w.r.o.Tables {
-		if err := w.recoverTable(ctx, t); err != nil {
+		r, err := w.prepare(t)
+		if err != nil {
 			return fmt.Errorf("recover %s: %w", t.Name(), err)
 		}
+		rs = append(rs, r)
+		total += r.hwm - r.start
 	}
+	w.r.o.State.progress(w.p, total)
+	for _, r := range rs {
+		if err := w.replay(ctx, r, &msgs); err != nil {
+			return fmt.Errorf("recover %s: %w", r.t.Name(), err)
+		}
+	}
+	w.r.o.State.progress(w.p, 0)
 	return nil
 }
 
-func (w *partitionWorker) recoverTable(ctx context.Context, t Table) error {
+// prepare reads the stored checkpoint and the changelog's offsets, decides
+// where replay starts, and starts the partition consumer when there is
+// anything to replay.
+func (w *partitionWorker) prepare(t Table) (*restoring, error) {
 	r := w.r
 	topic := t.Changelog()
 	cp, ok, err := t.Assign(w.p)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	hwm, err := r.o.Client.GetOffset(topic, w.p, sarama.OffsetNewest)
 	if err != nil {
-		return fmt.Errorf("high watermark of %s/%d: %w", topic, w.p, err)
+		return nil, fmt.Errorf("high watermark of %s/%d: %w", topic, w.p, err)
 	}
 	low, err := r.o.Client.GetOffset(topic, w.p, sarama.OffsetOldest)
 	if err != nil {
-		return fmt.Errorf("log start of %s/%d: %w", topic, w.p, err)
+		return nil, fmt.Errorf("log start of %s/%d: %w", topic, w.p, err)
 	}
+	log := w.log.With("table", t.Name(), "changelog", topic)
 	start := low
 	if ok {
-		start = cp.Offset + 1
-		if start > hwm {
-			w.log.Warn("local store is ahead of the changelog; wiping the partition and rebuilding it from the start",
-				"table", t.Name(), "stored_offset", cp.Offset, "high_watermark", hwm)
+		start = max(cp.Offset+1, low)
+		if cp.Offset+1 > hwm {
+			log.Warn("local store is ahead of the changelog; wiping the partition and rebuilding it from the start",
+				"stored_offset", cp.Offset, "high_watermark", hwm)
 			if err := t.Wipe(w.p); err != nil {
-				return err
+				return nil, err
 			}
-			start = low
-		}
-		if start < low {
-			start = low
+			start, ok = low, false
 		}
 	}
-	total := hwm - start
-	log := w.log.With("table", t.Name(), "changelog", topic)
-	log.Info("recovering", "from_offset", start, "high_watermark", hwm, "records", total, "stored", ok)
-	r.o.State.progress(w.p, total)
-	if total <= 0 {
-		b := r.o.DB.NewBatch()
-		if err := t.Recovered(w.p, b, -1); err != nil {
-			b.Discard()
-			return err
+	log.Info("recovering", "from_offset", start, "high_watermark", hwm, "records", max(hwm-start, 0), "stored", ok)
+	rs := &restoring{t: t, log: log, start: start, hwm: hwm}
+	if start < hwm {
+		rs.pc, err = r.o.Restore.ConsumePartition(topic, w.p, start)
+		if err != nil {
+			return nil, fmt.Errorf("consume %s/%d from %d: %w", topic, w.p, start, err)
 		}
-		return b.Commit()
 	}
+	return rs, nil
+}
 
-	pc, err := r.o.Restore.ConsumePartition(topic, w.p, start)
-	if err != nil {
-		return fmt.Errorf("consume %s/%d from %d: %w", topic, w.p, start, err)
-	}
-	defer pc.AsyncClose()
-
-	began := r.o.Clock()
-	nextLog := began.Add(progressEvery)
+// replay applies the changelog records of one table partition to the store,
+// committing a batch with a checkpoint every restoreBatch records.
+func (w *partitionWorker) replay(ctx context.Context, rs *restoring, msgs *<-chan *sarama.ConsumerMessage) error {
+	r := w.r
+	t := rs.t
 	b := r.o.DB.NewBatch()
 	defer func() { b.Discard() }()
-	last := start - 1
-	var replayed int64
-	idle := time.NewTimer(restoreIdle)
-	defer idle.Stop()
-
+	last := rs.start - 1
 	commit := func() error {
 		if err := t.Recovered(w.p, b, last); err != nil {
 			return err
@@ -101,10 +129,18 @@ func (w *partitionWorker) recoverTable(ctx context.Context, t Table) error {
 		b = r.o.DB.NewBatch()
 		return nil
 	}
+	if rs.pc == nil {
+		return commit()
+	}
 
-	for last+1 < hwm {
+	began := r.o.Clock()
+	nextLog := began.Add(progressEvery)
+	var replayed int64
+	idle := time.NewTimer(restoreIdle)
+	defer idle.Stop()
+	for last+1 < rs.hwm {
 		select {
-		case m := <-pc.Messages():
+		case m := <-rs.pc.Messages():
 			if err := t.Restore(w.p, b, m.Key, m.Value, m.Timestamp); err != nil {
 				return err
 			}
@@ -114,22 +150,22 @@ func (w *partitionWorker) recoverTable(ctx context.Context, t Table) error {
 				if err := commit(); err != nil {
 					return err
 				}
-				r.o.State.progress(w.p, hwm-last-1)
-				if now := r.o.Clock(); now.After(nextLog) {
-					nextLog = now.Add(progressEvery)
-					rate := float64(replayed) / now.Sub(began).Seconds()
-					left := hwm - last - 1
-					log.Info("recovery progress", "records_left", left, "records_per_second", int64(rate),
-						"eta", (time.Duration(float64(left) / rate * float64(time.Second))).Round(time.Second).String())
-				}
+				w.reportProgress(rs, last, replayed, began, &nextLog)
 			}
 			idle.Reset(restoreIdle) // since Go 1.23 Reset drops a pending expiry
-		case err := <-pc.Errors():
-			return fmt.Errorf("replay %s/%d: %w", topic, w.p, err)
+		case err := <-rs.pc.Errors():
+			return fmt.Errorf("replay %s/%d: %w", t.Changelog(), w.p, err)
+		case m, ok := <-*msgs:
+			if !ok {
+				return errRevoked
+			}
+			// A source record arrived early: keep it for after recovery and
+			// stop listening, so at most one is held.
+			w.pending = m
+			*msgs = nil
 		case <-idle.C:
-			// Nothing arrived for a while: the rest of the range is a gap.
-			log.Info("changelog has no records up to the high watermark; recovery complete", "last_offset", last, "high_watermark", hwm)
-			last = hwm - 1
+			rs.log.Info("changelog has no more records below the high watermark", "last_offset", last, "high_watermark", rs.hwm)
+			last = rs.hwm - 1
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -137,9 +173,21 @@ func (w *partitionWorker) recoverTable(ctx context.Context, t Table) error {
 	if err := commit(); err != nil {
 		return err
 	}
-	r.o.State.progress(w.p, 0)
 	elapsed := r.o.Clock().Sub(began)
-	log.Info("recovered", "records", replayed, "seconds", elapsed.Seconds(),
-		"records_per_second", int64(float64(replayed)/max(elapsed.Seconds(), 1e-9)))
+	rs.log.Info("recovered", "records", replayed, "seconds", elapsed.Seconds(),
+		"records_per_second", int64(float64(replayed)/max(elapsed.Seconds(), 1e-3)))
 	return nil
+}
+
+func (w *partitionWorker) reportProgress(rs *restoring, last, replayed int64, began time.Time, nextLog *time.Time) {
+	left := rs.hwm - last - 1
+	w.r.o.State.progress(w.p, left)
+	now := w.r.o.Clock()
+	if now.Before(*nextLog) {
+		return
+	}
+	*nextLog = now.Add(progressEvery)
+	rate := float64(replayed) / max(now.Sub(began).Seconds(), 1e-3)
+	eta := time.Duration(float64(left) / rate * float64(time.Second)).Round(time.Second)
+	rs.log.Info("recovery progress", "records_left", left, "records_per_second", int64(rate), "eta", eta.String())
 }

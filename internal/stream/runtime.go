@@ -141,10 +141,10 @@ type partitionWorker struct {
 	sess sarama.ConsumerGroupSession
 	log  *slog.Logger
 
-	last     int64 // offset of the last processed source record
-	flushed  int64 // offset of the last committed source record
-	dead     []*kafka.Ack
-	deadSent int
+	last    int64 // offset of the last processed source record
+	flushed int64 // offset of the last committed source record
+	dead    []*kafka.Ack
+	pending *sarama.ConsumerMessage // a source record received during recovery
 }
 
 func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
@@ -157,15 +157,22 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 		}
 	}()
 	ctx := w.sess.Context()
-	if err := w.recover(ctx); err != nil {
-		if ctx.Err() != nil {
-			return nil // revoked or stopping while recovering: nothing to flush
+	if err := w.recover(ctx, claim.Messages()); err != nil {
+		if ctx.Err() != nil || errors.Is(err, errRevoked) {
+			w.log.Info("recovery stopped: partition revoked or worker stopping")
+			return nil // nothing was processed, so nothing to flush
 		}
 		return err
 	}
 	r.o.State.recovered(w.p)
 	w.flushed = claim.InitialOffset() - 1
 	w.last = w.flushed
+	if w.pending != nil {
+		if err := w.process(w.pending); err != nil {
+			return err
+		}
+		w.pending = nil
+	}
 
 	ticker := time.NewTicker(r.o.CommitInterval)
 	defer ticker.Stop()

@@ -1,0 +1,44 @@
+# The page-view worker. `make help` lists the targets.
+
+GO        ?= go
+TOOL      := $(GO) tool -modfile=tools/go.mod
+BIN       := bin
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X main.version=$(VERSION)
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## build the worker and the dev broker into bin/
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/pageviews ./cmd/pageviews
+	$(GO) build -trimpath -o $(BIN)/devbroker ./cmd/devbroker
+
+.PHONY: run
+run: build ## run the worker on the embedded dev broker (nothing else to install)
+	$(BIN)/pageviews
+
+.PHONY: broker
+broker: build ## run the dev broker alone on 127.0.0.1:9092, for several workers (KAFKA_BROKERS=127.0.0.1:9092)
+	$(BIN)/devbroker -addr 127.0.0.1:9092 -data-dir data/devbroker
+
+.PHONY: test
+test: ## run every test (race detector on); slow suites have their own targets
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+.PHONY: test-short
+test-short: ## run the unit tests only
+	$(GO) test -short -count=1 ./...
+
+.PHONY: lint
+lint: ## go vet and staticcheck (pinned in tools/go.mod)
+	$(GO) vet ./...
+	$(TOOL) staticcheck ./...
+	@test -z "$$(gofmt -l cmd internal)" || { echo "gofmt needed:"; gofmt -l cmd internal; exit 1; }
+
+.PHONY: clean
+clean: ## remove build output and the local data directory
+	rm -rf $(BIN) data

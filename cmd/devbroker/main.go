@@ -1,0 +1,48 @@
+// Command devbroker runs the development Kafka-protocol broker as its own
+// process, so several workers on one laptop (or in tests) can share it. It
+// is the same broker the worker embeds when KAFKA_BROKERS is empty, and it
+// is for development and tests only.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/gofaust/pageviews/internal/devbroker"
+)
+
+func main() {
+	fs := flag.NewFlagSet("devbroker", flag.ContinueOnError)
+	addr := fs.String("addr", "127.0.0.1:9092", "address to listen on (port 0 picks a free port)")
+	dataDir := fs.String("data-dir", "", "directory for the broker's data; empty keeps everything in memory")
+	partitions := fs.Int("partitions", 8, "default partitions of auto-created topics")
+	verbose := fs.Bool("v", false, "log every request")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		os.Exit(2)
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	b, err := devbroker.Start(devbroker.Options{Addr: *addr, DataDir: *dataDir, Partitions: int32(*partitions), Log: log})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "devbroker:", err)
+		os.Exit(1)
+	}
+	// Tests read this line to learn the address when -addr has port 0.
+	fmt.Printf("devbroker listening on %s\n", b.Addrs()[0])
+	log.Info("dev broker started; for development and tests only", "addr", b.Addrs()[0], "data_dir", *dataDir)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	<-ctx.Done()
+	b.Close()
+	log.Info("dev broker stopped")
+}
