@@ -52,12 +52,16 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /report/{$}", s.report)
 	mux.HandleFunc("GET /live", s.Health.LiveEndpoint)
 	mux.HandleFunc("GET /ready", s.Health.ReadyEndpoint)
+	for _, path := range []string{"/{$}", "/ready/{$}", "/count/{$}", "/report/{$}", "/live", "/ready"} {
+		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", "GET, HEAD")
+			writeError(w, http.StatusMethodNotAllowed, r.Method+" is not allowed; use GET")
+		})
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		// The patterns above are GET-only; the mux answers 405 for their
-		// paths itself, so what reaches here is an unknown path.
 		writeError(w, http.StatusNotFound, "no such page: "+r.URL.Path)
 	})
-	return jsonErrors(mux)
+	return mux
 }
 
 func (s *Server) ready(w http.ResponseWriter, _ *http.Request) {
@@ -124,39 +128,6 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 func writeError(w http.ResponseWriter, status int, msg string) {
 	writeJSON(w, status, map[string]string{"error": msg})
 }
-
-// jsonErrors turns the plain-text errors the mux writes itself (405) into
-// JSON, so every error the worker answers is JSON.
-func jsonErrors(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		next.ServeHTTP(&errorRewriter{ResponseWriter: w}, r)
-	})
-}
-
-type errorRewriter struct {
-	http.ResponseWriter
-	swallow bool
-}
-
-func (e *errorRewriter) WriteHeader(status int) {
-	if status >= 400 && e.Header().Get("Content-Type") == "text/plain; charset=utf-8" {
-		e.swallow = true
-		e.Header().Del("X-Content-Type-Options")
-		writeError(e.ResponseWriter, status, http.StatusText(status))
-		return
-	}
-	e.ResponseWriter.WriteHeader(status)
-}
-
-func (e *errorRewriter) Write(b []byte) (int, error) {
-	if e.swallow {
-		return len(b), nil
-	}
-	return e.ResponseWriter.Write(b)
-}
-
-// ErrServerClosed is returned by Serve after Shutdown.
-var ErrServerClosed = http.ErrServerClosed
 
 // NewHTTPServer returns an http.Server with the timeouts a public endpoint
 // needs.
