@@ -19,7 +19,7 @@ build: ## build the worker and the dev broker into bin/
 
 .PHONY: run
 run: build ## run the worker on the embedded dev broker (nothing else to install)
-	$(BIN)/pageviews
+	LOG_FORMAT=$${LOG_FORMAT:-text} $(BIN)/pageviews
 
 .PHONY: broker
 broker: build ## run the dev broker alone on 127.0.0.1:9092, for several workers (KAFKA_BROKERS=127.0.0.1:9092)
