@@ -1,0 +1,455 @@
+// Command bench measures the worker as a real process against the dev broker
+// run as its own process: it preloads page views, runs the worker until
+// every record is processed and committed, and prints events/s, CPU seconds
+// and peak RSS. With -bare it also measures a bare sarama consumer reading
+// the same records without processing (the ceiling), and with -recovery the
+// rebuild of an empty DATA_DIR from the changelogs the run produced.
+//
+// It ends with machine-readable key=value lines.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/IBM/sarama"
+)
+
+type options struct {
+	worker, broker string
+	events, pages  int
+	partitions     int
+	bare, recovery bool
+	keep           bool
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.worker, "worker", "bin/pageviews", "worker binary")
+	flag.StringVar(&o.broker, "broker", "bin/devbroker", "dev broker binary")
+	flag.IntVar(&o.events, "events", envInt("BENCH_EVENTS", 1_000_000), "page views to preload")
+	flag.IntVar(&o.pages, "pages", 10_000, "distinct pages")
+	flag.IntVar(&o.partitions, "partitions", 8, "partitions of page_views")
+	flag.BoolVar(&o.bare, "bare", true, "also measure a bare sarama consumer")
+	flag.BoolVar(&o.recovery, "recovery", true, "also measure recovery of an empty DATA_DIR")
+	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory")
+	flag.Parse()
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+func run(o options) error {
+	dir, err := os.MkdirTemp("", "pageviews-bench-")
+	if err != nil {
+		return err
+	}
+	if !o.keep {
+		defer os.RemoveAll(dir)
+	}
+	broker, addr, err := startBroker(o.broker, filepath.Join(dir, "broker"))
+	if err != nil {
+		return err
+	}
+	defer stopProcess(broker)
+
+	fmt.Printf("machine: %d cores; events=%d pages=%d partitions=%d\n", numCPU(), o.events, o.pages, o.partitions)
+	began := time.Now()
+	if err := preload(addr, o); err != nil {
+		return fmt.Errorf("preload: %w", err)
+	}
+	fmt.Printf("preload: %d records in %.1fs\n", o.events, time.Since(began).Seconds())
+
+	agg, err := runWorker(o, addr, filepath.Join(dir, "worker"), "pageviews", int64(o.events))
+	if err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	fmt.Printf("worker:   %8.0f events/s  (%.2fs, cpu %.2fs, peak rss %.1f MiB)\n",
+		agg.rate, agg.seconds, agg.cpu, agg.rssMiB)
+
+	results := map[string]string{
+		"events_per_second": fmt.Sprintf("%.0f", agg.rate),
+		"peak_rss_mib":      fmt.Sprintf("%.1f", agg.rssMiB),
+		"cpu_seconds":       fmt.Sprintf("%.2f", agg.cpu),
+	}
+	if o.bare {
+		rate, err := bareConsume(addr, "page_views", o.partitions)
+		if err != nil {
+			return fmt.Errorf("bare consumer: %w", err)
+		}
+		fmt.Printf("bare:     %8.0f records/s (sarama consumer, no processing)\n", rate)
+		results["bare_records_per_second"] = fmt.Sprintf("%.0f", rate)
+		results["ratio_vs_bare"] = fmt.Sprintf("%.2f", agg.rate/rate)
+	}
+	if o.recovery {
+		rec, n, err := recoverWorker(o, addr, filepath.Join(dir, "recovery"))
+		if err != nil {
+			return fmt.Errorf("recovery: %w", err)
+		}
+		fmt.Printf("recovery: %8.0f records/s (%d changelog records)\n", rec, n)
+		results["recovery_records_per_second"] = fmt.Sprintf("%.0f", rec)
+		bare, err := bareConsume(addr, "pageviews-views-changelog", o.partitions)
+		if err == nil {
+			bare2, err2 := bareConsume(addr, "pageviews-totals-changelog", o.partitions)
+			if err2 == nil {
+				// Both changelogs are consumed in one recovery; compare
+				// with consuming both barely, one after the other.
+				views, totals := float64(changelogSize(addr, "pageviews-views-changelog")), float64(changelogSize(addr, "pageviews-totals-changelog"))
+				bareBoth := (views + totals) / (views/bare + totals/bare2)
+				fmt.Printf("bare changelog consume: %8.0f records/s\n", bareBoth)
+				results["recovery_ratio"] = fmt.Sprintf("%.2f", rec/bareBoth)
+			}
+		}
+	}
+	for _, k := range []string{"events_per_second", "bare_records_per_second", "ratio_vs_bare", "recovery_records_per_second", "recovery_ratio", "cpu_seconds", "peak_rss_mib"} {
+		if v, ok := results[k]; ok {
+			fmt.Printf("%s=%s\n", k, v)
+		}
+	}
+	return nil
+}
+
+func numCPU() int {
+	n := 0
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "processor") {
+			n++
+		}
+	}
+	return n
+}
+
+func startBroker(bin, dataDir string) (*exec.Cmd, string, error) {
+	cmd := exec.Command(bin, "-addr", "127.0.0.1:0")
+	_ = dataDir // the benchmark keeps the broker in memory, as a fast disk would
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, "", err
+	}
+	cmd.Stderr = io.Discard
+	if err := cmd.Start(); err != nil {
+		return nil, "", err
+	}
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		if addr, ok := strings.CutPrefix(sc.Text(), "devbroker listening on "); ok {
+			go func() { _, _ = io.Copy(io.Discard, out) }()
+			return cmd, addr, nil
+		}
+	}
+	_ = cmd.Process.Kill()
+	return nil, "", errors.New("dev broker exited before listening")
+}
+
+func stopProcess(cmd *exec.Cmd) {
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}
+
+func saramaConfig() *sarama.Config {
+	c := sarama.NewConfig()
+	c.Version = sarama.V3_9_0_0
+	c.Producer.Return.Successes = true
+	c.Producer.RequiredAcks = sarama.WaitForAll
+	c.Producer.Flush.Bytes = 512 << 10
+	c.Producer.Flush.Frequency = 5 * time.Millisecond
+	c.Consumer.Fetch.Default = 1 << 20
+	return c
+}
+
+// preload creates page_views and produces the events, spread over the
+// pages, with event times of now.
+func preload(addr string, o options) error {
+	cfg := saramaConfig()
+	admin, err := sarama.NewClusterAdmin([]string{addr}, cfg)
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	if err := admin.CreateTopic("page_views", &sarama.TopicDetail{NumPartitions: int32(o.partitions), ReplicationFactor: 1}, false); err != nil {
+		return err
+	}
+	p, err := sarama.NewAsyncProducer([]string{addr}, cfg)
+	if err != nil {
+		return err
+	}
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for range p.Successes() {
+		}
+	})
+	wg.Go(func() {
+		for range p.Errors() {
+			failed.Add(1)
+		}
+	})
+	now := time.Now().UTC()
+	ts := now.Format("2006-01-02T15:04:05.000Z")
+	for i := range o.events {
+		page := "/page/" + strconv.Itoa(i%o.pages)
+		v := `{"page":"` + page + `","count":` + strconv.Itoa(i+1) + `,"timestamp":"` + ts + `"}`
+		p.Input() <- &sarama.ProducerMessage{Topic: "page_views", Key: sarama.StringEncoder(page), Value: sarama.StringEncoder(v), Timestamp: now}
+	}
+	err = p.Close()
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		return fmt.Errorf("%d records failed", n)
+	}
+	return err
+}
+
+type aggResult struct {
+	rate, seconds, cpu, rssMiB float64
+}
+
+// runWorker runs the worker until the group's committed offsets cover want
+// records. The clock starts at the worker's first "joined group" log line.
+func runWorker(o options, addr, dataDir, group string, want int64) (aggResult, error) {
+	var res aggResult
+	cmd := exec.Command(o.worker)
+	cmd.Env = append(os.Environ(),
+		"KAFKA_BROKERS="+addr, "DATA_DIR="+dataDir, "WEB_ADDR=127.0.0.1:0", "KAFKA_GROUP="+group,
+		"LOG_FORMAT=json", "PARTITIONS="+strconv.Itoa(o.partitions), "WINDOW_SIZE=1h", "WINDOW_EXPIRES=2h")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return res, err
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return res, err
+	}
+	defer stopProcess(cmd)
+	joined := make(chan time.Time, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 1<<20), 1<<24)
+		sent := false
+		for sc.Scan() {
+			var l struct {
+				Time time.Time `json:"time"`
+				Msg  string    `json:"msg"`
+			}
+			if json.Unmarshal(sc.Bytes(), &l) == nil && l.Msg == "joined group" && !sent {
+				joined <- l.Time
+				sent = true
+			}
+		}
+	}()
+	var start time.Time
+	select {
+	case start = <-joined:
+	case <-time.After(60 * time.Second):
+		return res, errors.New("worker did not join its group within 60s")
+	}
+	admin, err := sarama.NewClusterAdmin([]string{addr}, saramaConfig())
+	if err != nil {
+		return res, err
+	}
+	defer admin.Close()
+	parts := make([]int32, o.partitions)
+	for i := range parts {
+		parts[i] = int32(i)
+	}
+	deadline := time.Now().Add(30 * time.Minute)
+	var end time.Time
+	var peak float64
+	for {
+		if r := rssHWM(cmd.Process.Pid); r > peak {
+			peak = r
+		}
+		resp, err := admin.ListConsumerGroupOffsets(group, map[string][]int32{"page_views": parts})
+		if err == nil {
+			var sum int64
+			for _, b := range resp.Blocks["page_views"] {
+				if b.Offset > 0 {
+					sum += b.Offset
+				}
+			}
+			if sum >= want {
+				end = time.Now()
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			return res, errors.New("worker did not commit every record within 30 minutes")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	res.seconds = end.Sub(start).Seconds()
+	res.rate = float64(want) / res.seconds
+	res.rssMiB = max(peak, rssHWM(cmd.Process.Pid))
+	stopProcess(cmd)
+	if cmd.ProcessState != nil {
+		res.cpu = (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
+	}
+	return res, nil
+}
+
+// rssHWM returns the peak resident set size of pid in MiB.
+func rssHWM(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmHWM:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// recoverWorker starts a worker with an empty DATA_DIR in the same group
+// (offsets are committed, so there is nothing to process) and reads the
+// recovery rate from its log: records replayed over the time from the first
+// "recovering" line to the last "recovered" line.
+func recoverWorker(o options, addr, dataDir string) (float64, int64, error) {
+	cmd := exec.Command(o.worker)
+	cmd.Env = append(os.Environ(),
+		"KAFKA_BROKERS="+addr, "DATA_DIR="+dataDir, "WEB_ADDR=127.0.0.1:0", "KAFKA_GROUP=pageviews",
+		"LOG_FORMAT=json", "WINDOW_SIZE=1h", "WINDOW_EXPIRES=2h")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := cmd.Start(); err != nil {
+		return 0, 0, err
+	}
+	defer stopProcess(cmd)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	var first, last time.Time
+	var records int64
+	recovered := 0
+	want := 2 * o.partitions
+	sc := bufio.NewScanner(out)
+	sc.Buffer(make([]byte, 1<<20), 1<<24)
+	var httpAddr string
+	for sc.Scan() && ctx.Err() == nil {
+		var l struct {
+			Time    time.Time `json:"time"`
+			Msg     string    `json:"msg"`
+			Records int64     `json:"records"`
+			Addr    string    `json:"addr"`
+		}
+		if json.Unmarshal(sc.Bytes(), &l) != nil {
+			continue
+		}
+		switch l.Msg {
+		case "http listening":
+			httpAddr = l.Addr
+		case "recovering":
+			if first.IsZero() {
+				first = l.Time
+			}
+		case "recovered":
+			records += l.Records
+			last = l.Time
+			recovered++
+		}
+		if recovered == want {
+			break
+		}
+	}
+	if recovered < want {
+		return 0, records, fmt.Errorf("only %d of %d table partitions recovered", recovered, want)
+	}
+	if httpAddr != "" {
+		if resp, err := http.Get("http://" + httpAddr + "/ready/"); err == nil {
+			resp.Body.Close()
+		}
+	}
+	go func() { _, _ = io.Copy(io.Discard, out) }()
+	return float64(records) / last.Sub(first).Seconds(), records, nil
+}
+
+func changelogSize(addr, topic string) int64 {
+	client, err := sarama.NewClient([]string{addr}, saramaConfig())
+	if err != nil {
+		return 0
+	}
+	defer client.Close()
+	parts, _ := client.Partitions(topic)
+	var n int64
+	for _, p := range parts {
+		hi, _ := client.GetOffset(topic, p, sarama.OffsetNewest)
+		lo, _ := client.GetOffset(topic, p, sarama.OffsetOldest)
+		n += hi - lo
+	}
+	return n
+}
+
+// bareConsume reads every record of topic with one sarama consumer and a
+// partition consumer per partition, doing nothing with them: the ceiling.
+func bareConsume(addr, topic string, partitions int) (float64, error) {
+	client, err := sarama.NewClient([]string{addr}, saramaConfig())
+	if err != nil {
+		return 0, err
+	}
+	defer client.Close()
+	consumer, err := sarama.NewConsumerFromClient(client)
+	if err != nil {
+		return 0, err
+	}
+	defer consumer.Close()
+	var total atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for p := range int32(partitions) {
+		hwm, err := client.GetOffset(topic, p, sarama.OffsetNewest)
+		if err != nil {
+			return 0, err
+		}
+		if hwm == 0 {
+			continue
+		}
+		pc, err := consumer.ConsumePartition(topic, p, sarama.OffsetOldest)
+		if err != nil {
+			return 0, err
+		}
+		wg.Go(func() {
+			defer pc.AsyncClose()
+			for m := range pc.Messages() {
+				total.Add(1)
+				if m.Offset+1 >= hwm {
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return float64(total.Load()) / time.Since(start).Seconds(), nil
+}
