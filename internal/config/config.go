@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	neturl "net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -39,6 +40,15 @@ type Config struct {
 	EmbeddedAddr string   // EMBEDDED_KAFKA_ADDR
 	InstanceID   string   // KAFKA_INSTANCE_ID: static membership
 	Guarantee    Guarantee
+	// Rebalance is the group protocol: cooperative (incremental) or eager.
+	Rebalance      string        // KAFKA_REBALANCE_PROTOCOL
+	SessionTimeout time.Duration // KAFKA_SESSION_TIMEOUT
+	// AdvertisedURL is where other workers reach this one's HTTP pages for
+	// cluster-wide reads; empty derives it from the hostname and WEB_ADDR.
+	AdvertisedURL string // ADVERTISED_URL
+	// StandbyReplicas is how many warm copies of each table partition other
+	// workers keep by tailing its changelog.
+	StandbyReplicas int // TABLE_STANDBY_REPLICAS
 
 	WebAddr         string        // WEB_ADDR
 	DataDir         string        // DATA_DIR
@@ -90,6 +100,10 @@ func Load(getenv func(string) string) (*Config, error) {
 		EmbeddedAddr:    r.addr("EMBEDDED_KAFKA_ADDR", "127.0.0.1:9092"),
 		InstanceID:      r.str("KAFKA_INSTANCE_ID", ""),
 		Guarantee:       Guarantee(r.oneOf("PROCESSING_GUARANTEE", string(AtLeastOnce), string(AtLeastOnce), string(ExactlyOnce))),
+		Rebalance:       r.oneOf("KAFKA_REBALANCE_PROTOCOL", "cooperative", "cooperative", "eager"),
+		SessionTimeout:  r.duration("KAFKA_SESSION_TIMEOUT", 30*time.Second, 6*time.Second),
+		AdvertisedURL:   r.url("ADVERTISED_URL"),
+		StandbyReplicas: r.integer("TABLE_STANDBY_REPLICAS", 0, 0, 3),
 		WebAddr:         r.addr("WEB_ADDR", ":8088"),
 		DataDir:         r.nonEmpty("DATA_DIR", "./data"),
 		CommitInterval:  r.duration("COMMIT_INTERVAL", time.Second, 10*time.Millisecond),
@@ -126,6 +140,10 @@ func (c *Config) LogValue() slog.Value {
 		slog.Bool("embedded_broker", c.Embedded()),
 		slog.String("instance_id", c.InstanceID),
 		slog.String("guarantee", string(c.Guarantee)),
+		slog.String("rebalance", c.Rebalance),
+		slog.Duration("session_timeout", c.SessionTimeout),
+		slog.String("advertised_url", c.AdvertisedURL),
+		slog.Int("standby_replicas", c.StandbyReplicas),
 		slog.String("web_addr", c.WebAddr),
 		slog.String("data_dir", c.DataDir),
 		slog.Duration("commit_interval", c.CommitInterval),
@@ -228,6 +246,19 @@ func (r *reader) addr(name, def string) string {
 		return def
 	}
 	return v
+}
+
+func (r *reader) url(name string) string {
+	v := r.str(name, "")
+	if v == "" {
+		return ""
+	}
+	u, err := neturl.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+		r.fail(name, v, "an absolute http(s) URL with no path, such as http://pageviews-0.pageviews:8088")
+		return ""
+	}
+	return strings.TrimSuffix(v, "/")
 }
 
 func (r *reader) oneOf(name, def string, allowed ...string) string {

@@ -74,6 +74,8 @@ func TestLoadDefaults(t *testing.T) {
 		EmbeddedAddr:    "127.0.0.1:9092",
 		InstanceID:      "",
 		Guarantee:       config.AtLeastOnce,
+		Rebalance:       "cooperative",
+		SessionTimeout:  30 * time.Second,
 		WebAddr:         ":8088",
 		DataDir:         "./data",
 		CommitInterval:  time.Second,

@@ -32,13 +32,19 @@ func inc(v int64) int64 { return v + 1 }
 // Handle counts one page view in the window of its event time and in the
 // page's total.
 func (a *Agent) Handle(ev *stream.Event) error {
-	pv, err := Decode(ev.Value, a.Clock())
+	now := a.Clock()
+	pv, err := Decode(ev.Value, now)
 	if err != nil {
 		return fmt.Errorf("%w: %w", stream.ErrInvalid, err)
 	}
 	ts := pv.Timestamp
 	if ts.IsZero() {
+		// The record timestamp comes from the producer's clock; hold it to
+		// the same limits as a timestamp in the value.
 		ts = ev.Timestamp
+		if err := CheckTime(ts, now); err != nil {
+			return fmt.Errorf("%w: record timestamp: %w", stream.ErrInvalid, err)
+		}
 	}
 	applied, err := a.Views.Update(ev.Partition, pv.Page, ts, inc)
 	if err != nil {
@@ -121,12 +127,15 @@ func (r *Reporter) Report(page string) (*Report, error) {
 	parts := r.Totals.Partitions()
 	slices.Sort(parts)
 	for _, p := range parts {
-		err := r.Totals.Scan(p, func(k string, v int64) { add(k, func(pr *PageReport) { pr.Count += v }) })
+		// Read the partition whole before merging it, so a partition revoked
+		// half-way adds nothing.
+		totals, nows, backs := map[string]int64{}, map[string]int64{}, map[string]int64{}
+		err := r.Totals.Scan(p, func(k string, v int64) { totals[k] += v })
 		if err == nil {
-			err = r.Views.ScanWindow(p, nowStart, func(k string, v int64) { add(k, func(pr *PageReport) { pr.Now += v }) })
+			err = r.Views.ScanWindow(p, nowStart, func(k string, v int64) { nows[k] += v })
 		}
 		if err == nil {
-			err = r.Views.ScanWindow(p, backStart, func(k string, v int64) { back[k] += v })
+			err = r.Views.ScanWindow(p, backStart, func(k string, v int64) { backs[k] += v })
 		}
 		if errors.Is(err, table.ErrNotAssigned) {
 			rep.Stale = true
@@ -134,6 +143,15 @@ func (r *Reporter) Report(page string) (*Report, error) {
 		}
 		if err != nil {
 			return nil, fmt.Errorf("report partition %d: %w", p, err)
+		}
+		for k, v := range totals {
+			add(k, func(pr *PageReport) { pr.Count += v })
+		}
+		for k, v := range nows {
+			add(k, func(pr *PageReport) { pr.Now += v })
+		}
+		for k, v := range backs {
+			back[k] += v
 		}
 	}
 	for k, pr := range rep.Pages {

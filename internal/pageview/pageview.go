@@ -39,14 +39,24 @@ var (
 	ErrPageTooLong = fmt.Errorf("page is longer than %d bytes", MaxPageLen)
 	ErrBadPage     = errors.New("page is not valid UTF-8")
 	ErrFuture      = errors.New("timestamp is too far in the future")
+	ErrBadTime     = errors.New("timestamp is outside the years 0000 to 9999")
+	ErrNotUTF8     = errors.New("record is not valid UTF-8")
 )
 
 // Decode parses and validates a PageView. now is the worker's clock, for the
 // future-timestamp check.
 func Decode(b []byte, now time.Time) (PageView, error) {
-	var pv PageView
-	if err := json.Unmarshal(b, &pv); err != nil {
-		return pv, fmt.Errorf("decode page view: %w", err)
+	// encoding/json would silently replace invalid UTF-8 with U+FFFD, making
+	// different raw pages one page; refuse such records instead.
+	if !utf8.Valid(b) {
+		return PageView{}, ErrNotUTF8
+	}
+	pv, ok := decodeFast(b)
+	if !ok {
+		var err error
+		if pv, err = decodeJSON(b); err != nil {
+			return pv, err
+		}
 	}
 	switch {
 	case pv.Page == "":
@@ -55,8 +65,33 @@ func Decode(b []byte, now time.Time) (PageView, error) {
 		return pv, ErrPageTooLong
 	case !utf8.ValidString(pv.Page):
 		return pv, ErrBadPage
-	case !pv.Timestamp.IsZero() && pv.Timestamp.After(now.Add(MaxFuture)):
-		return pv, fmt.Errorf("%w: %s", ErrFuture, pv.Timestamp.Format(time.RFC3339Nano))
+	case !pv.Timestamp.IsZero():
+		if err := CheckTime(pv.Timestamp, now); err != nil {
+			return pv, err
+		}
+	}
+	return pv, nil
+}
+
+// CheckTime rejects event times a window cannot sensibly hold: more than
+// MaxFuture ahead of now, or outside the years 0000 to 9999 in UTC (which
+// could not be written back as a PageView timestamp).
+func CheckTime(ts, now time.Time) error {
+	if y := ts.UTC().Year(); y < 0 || y > 9999 {
+		return fmt.Errorf("%w: %s", ErrBadTime, ts.Format(time.RFC3339Nano))
+	}
+	if ts.After(now.Add(MaxFuture)) {
+		return fmt.Errorf("%w: %s", ErrFuture, ts.Format(time.RFC3339Nano))
+	}
+	return nil
+}
+
+// decodeJSON is the general decoder, kept apart from Decode so that the
+// value Decode returns does not escape to the heap on the fast path.
+func decodeJSON(b []byte) (PageView, error) {
+	var pv PageView
+	if err := json.Unmarshal(b, &pv); err != nil {
+		return PageView{}, fmt.Errorf("decode page view: %w", err)
 	}
 	return pv, nil
 }

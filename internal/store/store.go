@@ -50,7 +50,18 @@ func Open(dir string, log *slog.Logger) (db *DB, wiped bool, err error) {
 }
 
 func open(dir string, log *slog.Logger) (*DB, error) {
-	opts := &pebble.Options{Logger: pebbleLogger{log}}
+	opts := &pebble.Options{
+		Logger: pebbleLogger{log},
+		EventListener: &pebble.EventListener{
+			// Pebble's default treats a checksum mismatch as fatal. Report it
+			// as an error instead: Open then wipes the store, and a read in a
+			// running worker fails its partition, whose restart rebuilds the
+			// state from the changelog.
+			DataCorruption: func(info pebble.DataCorruptionInfo) {
+				log.Error("store data corruption", "path", info.Path, "error", info.Details)
+			},
+		},
+	}
 	pdb, err := pebble.Open(dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("open pebble %s: %w", dir, err)

@@ -145,6 +145,7 @@ type partitionWorker struct {
 	flushed int64 // offset of the last committed source record
 	dead    []*kafka.Ack
 	pending *sarama.ConsumerMessage // a source record received during recovery
+	ev      Event
 }
 
 func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
@@ -215,7 +216,9 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 }
 
 func (w *partitionWorker) process(m *sarama.ConsumerMessage) error {
-	ev := Event{
+	// One Event is reused for every record of the partition: the handler
+	// must not keep it, and the hot path does not allocate for it.
+	w.ev = Event{
 		Ctx:       context.Background(),
 		Partition: m.Partition,
 		Offset:    m.Offset,
@@ -224,7 +227,7 @@ func (w *partitionWorker) process(m *sarama.ConsumerMessage) error {
 		Timestamp: m.Timestamp,
 		Headers:   m.Headers,
 	}
-	err := w.r.o.Handler.Handle(&ev)
+	err := w.r.o.Handler.Handle(&w.ev)
 	if err != nil {
 		if !errors.Is(err, ErrInvalid) {
 			return fmt.Errorf("offset %d: %w", m.Offset, err)

@@ -37,7 +37,7 @@ type Event struct {
 }
 
 // Handler is the agent: it processes one event, updating tables of the
-// event's partition. An error wrapping ErrInvalid sends the record to the
+// event's partition. The Event is only valid during the call. An error wrapping ErrInvalid sends the record to the
 // dead-letter topic and processing goes on; any other error stops the
 // partition.
 type Handler interface {

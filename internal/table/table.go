@@ -79,9 +79,17 @@ type part[V any] struct {
 	dirty     []string // keys of dirty entries, in first-update order
 	watermark int64    // newest event time (Unix ms) seen, for expiry
 	offset    int64    // changelog offset of the last record the store holds; -1 for none
-	flushing  []string // keys handed out by Flush, cleared by Flushed
-	scratch   []byte
-	valBuf    []byte
+	// flushing holds what the last Flush handed out, as sent: Write stores
+	// exactly these values, so the store never holds a value the changelog
+	// lacks. Flushed clears it.
+	flushing []flushed
+	scratch  []byte
+	valBuf   []byte
+}
+
+type flushed struct {
+	key   string
+	value []byte
 }
 
 // Name is the table's name, also its store key space.
@@ -235,9 +243,12 @@ func (c *core[V]) scan(p int32, userPrefix []byte, fn func(userKey []byte, v V))
 	return nil
 }
 
-// Flush returns the changelog records of partition p's dirty keys. The
-// caller produces them, waits for the acknowledgements, then calls Write
-// and, after the store batch commits, Flushed.
+// Flush returns the changelog records of partition p's dirty keys and marks
+// them clean; an update after Flush makes a key dirty again for the next
+// flush. The caller produces the records, waits for the acknowledgements,
+// then calls Write and, after the store batch commits, Flushed. A Flush that
+// follows an unfinished one (no Flushed) hands out the unfinished keys
+// again, so nothing is lost when a flush fails half-way.
 func (c *core[V]) Flush(p int32, ts time.Time) ([]Record, error) {
 	pt, err := c.part(p)
 	if err != nil {
@@ -245,19 +256,25 @@ func (c *core[V]) Flush(p int32, ts time.Time) ([]Record, error) {
 	}
 	pt.mu.Lock()
 	defer pt.mu.Unlock()
+	for _, f := range pt.flushing {
+		if e := pt.cache[f.key]; e != nil && !e.dirty {
+			e.dirty = true
+			pt.dirty = append(pt.dirty, f.key)
+		}
+	}
+	pt.flushing = pt.flushing[:0]
 	recs := make([]Record, 0, len(pt.dirty))
 	for _, k := range pt.dirty {
 		e := pt.cache[k]
-		if e == nil { // expired while dirty
+		if e == nil || !e.dirty { // expired while dirty
 			continue
 		}
-		recs = append(recs, Record{
-			Key:       c.toChangelog(nil, []byte(k)),
-			Value:     c.codec.Append(nil, e.val),
-			Timestamp: ts,
-		})
+		e.dirty = false
+		v := c.codec.Append(nil, e.val)
+		pt.flushing = append(pt.flushing, flushed{key: k, value: v})
+		recs = append(recs, Record{Key: c.toChangelog(nil, []byte(k)), Value: v, Timestamp: ts})
 	}
-	pt.flushing, pt.dirty = pt.dirty, nil
+	pt.dirty = pt.dirty[:0]
 	return recs, nil
 }
 
@@ -271,12 +288,8 @@ func (c *core[V]) write(p int32, b *store.Batch, offset int64, expire func(pt *p
 	}
 	pt.mu.Lock()
 	defer pt.mu.Unlock()
-	for _, k := range pt.flushing {
-		e := pt.cache[k]
-		if e == nil {
-			continue
-		}
-		if err := b.Set(store.DataKey(c.name, p, []byte(k)), c.codec.Append(pt.valBuf[:0], e.val)); err != nil {
+	for _, f := range pt.flushing {
+		if err := b.Set(store.DataKey(c.name, p, []byte(f.key)), f.value); err != nil {
 			return err
 		}
 	}
@@ -291,8 +304,8 @@ func (c *core[V]) write(p int32, b *store.Batch, offset int64, expire func(pt *p
 	return b.SetCheckpoint(c.name, p, store.Checkpoint{Offset: pt.offset, Watermark: pt.watermark})
 }
 
-// Flushed marks the entries written by the last flush clean, once the store
-// batch holding them has committed.
+// Flushed ends the last flush once the store batch holding it has
+// committed, and bounds the cache.
 func (c *core[V]) Flushed(p int32) {
 	pt, err := c.part(p)
 	if err != nil {
@@ -300,11 +313,6 @@ func (c *core[V]) Flushed(p int32) {
 	}
 	pt.mu.Lock()
 	defer pt.mu.Unlock()
-	for _, k := range pt.flushing {
-		if e := pt.cache[k]; e != nil {
-			e.dirty = false
-		}
-	}
 	pt.flushing = pt.flushing[:0]
 	if len(pt.cache) > maxCleanEntries {
 		for k, e := range pt.cache {

@@ -1,0 +1,47 @@
+package pageview
+
+import (
+	"log/slog"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/gofaust/pageviews/internal/store"
+	"github.com/gofaust/pageviews/internal/stream"
+	"github.com/gofaust/pageviews/internal/table"
+	"github.com/gofaust/pageviews/internal/window"
+)
+
+// BenchmarkAgentHandle measures the agent's hot path: decode one page view
+// and update both tables through the write-back cache, over 1,000 pages.
+func BenchmarkAgentHandle(b *testing.B) {
+	db, _, err := store.Open(b.TempDir(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	now := time.Date(2026, 11, 26, 16, 0, 30, 0, time.UTC)
+	clock := func() time.Time { return now }
+	tables := Tables{
+		Views:  table.NewWindowed("views", "v", table.Int64{}, db, window.Tumbling{Size: time.Minute, Expires: 5 * time.Minute}, clock),
+		Totals: table.New("totals", "t", table.Int64{}, db),
+	}
+	for _, t := range []stream.Table{tables.Views, tables.Totals} {
+		if _, _, err := t.Assign(0); err != nil {
+			b.Fatal(err)
+		}
+	}
+	a := &Agent{Tables: tables, Clock: clock}
+	evs := make([]stream.Event, 1000)
+	for i := range evs {
+		pv := PageView{Page: "/page/" + strconv.Itoa(i), Count: int64(i), Timestamp: now}
+		evs[i] = stream.Event{Value: Encode(pv), Timestamp: now}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		if err := a.Handle(&evs[i%len(evs)]); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
