@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -99,7 +100,16 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		Totals: table.New("totals", cfg.TotalsChangelog(), table.Int64{}, db),
 	}
 
-	clients, err := connect(cfg, brokers)
+	// Listen before joining the group: the group learns this worker's
+	// advertised URL, which depends on the port.
+	ln, err := net.Listen("tcp", cfg.WebAddr)
+	if err != nil {
+		return fmt.Errorf("listen on WEB_ADDR=%s: %w", cfg.WebAddr, err)
+	}
+	cleanups = append(cleanups, func() error { _ = ln.Close(); return nil })
+	self := advertisedURL(cfg, ln.Addr())
+
+	clients, err := connect(cfg, brokers, self)
 	if err != nil {
 		return err
 	}
@@ -163,19 +173,33 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		}
 		return nil
 	})
+	dirAdmin, err := sarama.NewClusterAdminFromClient(clients.group)
+	if err != nil {
+		return fmt.Errorf("kafka admin: %w", err)
+	}
+	router := &pageview.Router{
+		Local: &pageview.Reporter{Tables: tables, Clock: clock, Owned: state.Recovered},
+		Self:  self,
+		Owners: (&stream.Directory{
+			Admin: dirAdmin, Group: cfg.Group, Topic: cfg.Topic, TTL: time.Second,
+		}).Owners,
+		Partitions: func() (int32, error) {
+			ps, err := clients.group.Partitions(cfg.Topic)
+			return int32(len(ps)), err
+		},
+		Client: &http.Client{Timeout: 5 * time.Second},
+		Log:    log.With("component", "router"),
+	}
 	srv := web.NewHTTPServer((&web.Server{
 		Publisher:      &pageview.Publisher{Sender: producer, Topic: cfg.Topic, Clock: clock},
-		Reporter:       &pageview.Reporter{Tables: tables, Clock: clock},
+		Reporter:       router,
 		Readiness:      state,
 		Health:         health,
 		Log:            log.With("component", "web"),
 		PublishTimeout: 10 * time.Second,
 	}).Handler())
-	ln, err := net.Listen("tcp", cfg.WebAddr)
-	if err != nil {
-		return fmt.Errorf("listen on WEB_ADDR=%s: %w", cfg.WebAddr, err)
-	}
-	log.Info("http listening", "addr", ln.Addr().String())
+
+	log.Info("http listening", "addr", ln.Addr().String(), "advertised_url", self)
 	if hooks.listening != nil {
 		hooks.listening(ln.Addr().String())
 	}
@@ -207,16 +231,17 @@ type clients struct {
 	admin, producer, group, restore sarama.Client
 }
 
-func connect(cfg *config.Config, brokers []string) (*clients, error) {
+func connect(cfg *config.Config, brokers []string, self string) (*clients, error) {
 	manual := map[string]bool{cfg.ViewsChangelog(): true, cfg.TotalsChangelog(): true}
 	mk := func(role string) (sarama.Client, error) {
 		sc := kafka.NewConfig(kafka.Options{
 			ClientID:       cfg.Service + "-" + role,
 			Group:          cfg.Group,
 			InstanceID:     cfg.InstanceID,
-			Cooperative:    true,
+			Cooperative:    cfg.Rebalance == "cooperative",
 			ManualTopics:   manual,
-			CommitInterval: cfg.CommitInterval,
+			SessionTimeout: cfg.SessionTimeout,
+			Advertise:      []byte(self),
 		})
 		c, err := sarama.NewClient(brokers, sc)
 		if err != nil {
@@ -246,4 +271,22 @@ func (c *clients) close() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// advertisedURL is where other workers reach this one: ADVERTISED_URL, or
+// the listen address with an unspecified host replaced by the hostname.
+func advertisedURL(cfg *config.Config, addr net.Addr) string {
+	if cfg.AdvertisedURL != "" {
+		return cfg.AdvertisedURL
+	}
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return "http://" + addr.String()
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		if h, err := os.Hostname(); err == nil {
+			host = h
+		}
+	}
+	return "http://" + net.JoinHostPort(host, port)
 }

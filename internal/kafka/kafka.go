@@ -22,9 +22,12 @@ type Options struct {
 	ClientID       string
 	Group          string
 	InstanceID     string
-	Cooperative    bool
+	Cooperative    bool            // incremental (cooperative-sticky) rebalancing, else eager sticky
 	ManualTopics   map[string]bool // topics produced to an explicit partition (changelogs)
-	CommitInterval time.Duration
+	SessionTimeout time.Duration
+	// Advertise is what this member tells the rest of its group (its HTTP
+	// URL), through the subscription user data; see Advertise.
+	Advertise []byte
 }
 
 // NewConfig returns the sarama configuration of the worker: an idempotent
@@ -59,11 +62,15 @@ func NewConfig(o Options) *sarama.Config {
 	c.Consumer.Offsets.AutoCommit.Enable = false
 	c.Consumer.Fetch.Default = 1 << 20
 	c.Consumer.Group.InstanceId = o.InstanceID
-	if o.Cooperative {
-		c.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{sarama.NewBalanceStrategyCooperativeSticky()}
-	} else {
-		c.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{sarama.NewBalanceStrategySticky()}
+	if o.SessionTimeout > 0 {
+		c.Consumer.Group.Session.Timeout = o.SessionTimeout
+		c.Consumer.Group.Heartbeat.Interval = max(o.SessionTimeout/10, 500*time.Millisecond)
 	}
+	strategy := sarama.NewBalanceStrategySticky()
+	if o.Cooperative {
+		strategy = sarama.NewBalanceStrategyCooperativeSticky()
+	}
+	c.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{Advertise(strategy, o.Advertise)}
 	c.Metadata.Retry.Max = 10
 	c.Metadata.Retry.Backoff = 250 * time.Millisecond
 	return c

@@ -1,9 +1,7 @@
 package pageview
 
 import (
-	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/gofaust/pageviews/internal/stream"
@@ -78,87 +76,4 @@ func Trend(now, twoMinutesBack int64) string {
 	default:
 		return NotEnough
 	}
-}
-
-// PageReport is one page's line of the report.
-type PageReport struct {
-	Now    int64  `json:"page_views_within_1_minute"`
-	Count  int64  `json:"count"`
-	Report string `json:"report"`
-}
-
-// Report is what /report/ shows.
-type Report struct {
-	Now   int64                 `json:"page_views_within_1_minute"`
-	Count int64                 `json:"count"`
-	Pages map[string]PageReport `json:"pages"`
-	Stale bool                  `json:"stale"`
-}
-
-// ReservedPrefix starts the pages used by synthetic traffic (the livecheck);
-// they are counted like any other page but never reported.
-const ReservedPrefix = "/_pageviews/"
-
-// Reporter builds reports from the tables of the partitions this worker
-// holds.
-type Reporter struct {
-	Tables
-	Clock func() time.Time
-}
-
-// Report returns the report for every page, or only for page when it is not
-// empty. A partition revoked while the report is built is skipped; the
-// caller marks such a report stale.
-func (r *Reporter) Report(page string) (*Report, error) {
-	now := r.Clock()
-	win := r.Views.Window()
-	nowStart := win.Start(now)
-	backStart := win.Start(now.Add(-2 * time.Minute))
-	rep := &Report{Pages: map[string]PageReport{}}
-	add := func(key string, f func(*PageReport)) {
-		if page != "" && key != page || len(key) >= len(ReservedPrefix) && key[:len(ReservedPrefix)] == ReservedPrefix {
-			return
-		}
-		pr := rep.Pages[key]
-		f(&pr)
-		rep.Pages[key] = pr
-	}
-	back := map[string]int64{}
-	parts := r.Totals.Partitions()
-	slices.Sort(parts)
-	for _, p := range parts {
-		// Read the partition whole before merging it, so a partition revoked
-		// half-way adds nothing.
-		totals, nows, backs := map[string]int64{}, map[string]int64{}, map[string]int64{}
-		err := r.Totals.Scan(p, func(k string, v int64) { totals[k] += v })
-		if err == nil {
-			err = r.Views.ScanWindow(p, nowStart, func(k string, v int64) { nows[k] += v })
-		}
-		if err == nil {
-			err = r.Views.ScanWindow(p, backStart, func(k string, v int64) { backs[k] += v })
-		}
-		if errors.Is(err, table.ErrNotAssigned) {
-			rep.Stale = true
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("report partition %d: %w", p, err)
-		}
-		for k, v := range totals {
-			add(k, func(pr *PageReport) { pr.Count += v })
-		}
-		for k, v := range nows {
-			add(k, func(pr *PageReport) { pr.Now += v })
-		}
-		for k, v := range backs {
-			back[k] += v
-		}
-	}
-	for k, pr := range rep.Pages {
-		pr.Report = Trend(pr.Now, back[k])
-		rep.Pages[k] = pr
-		rep.Now += pr.Now
-		rep.Count += pr.Count
-	}
-	return rep, nil
 }

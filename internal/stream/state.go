@@ -115,6 +115,19 @@ func (s *State) Assigned() (all, recovering []int32) {
 	return all, recovering
 }
 
+// Recovered returns the assigned partitions that are processing (recovery
+// done), in order.
+func (s *State) Recovered() []int32 {
+	all, recovering := s.Assigned()
+	out := all[:0:0]
+	for _, p := range all {
+		if !slices.Contains(recovering, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // Generation returns the current group generation and how many times the
 // worker has (re)joined.
 func (s *State) Generation() (generation int32, rebalances int64) {

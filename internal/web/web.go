@@ -8,6 +8,8 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/heptiolabs/healthcheck"
@@ -20,9 +22,11 @@ type Publisher interface {
 	Publish(ctx context.Context, page string) (int64, error)
 }
 
-// Reporter builds the report of the tables.
+// Reporter builds the cluster-wide report, and the partial report of this
+// worker's partitions that peers ask for.
 type Reporter interface {
-	Report(page string) (*pageview.Report, error)
+	Report(ctx context.Context, page string) (*pageview.Report, error)
+	LocalPartial(page string, partitions []int32) (*pageview.Partial, error)
 }
 
 // Readiness tells whether the worker has joined and recovered.
@@ -94,7 +98,11 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	rep, err := s.Reporter.Report(page)
+	if r.URL.Query().Get("local") == "1" {
+		s.localReport(w, r, page)
+		return
+	}
+	rep, err := s.Reporter.Report(r.Context(), page)
 	if err != nil {
 		s.Log.Error("report failed", "error", err)
 		writeError(w, http.StatusInternalServerError, "report failed: "+err.Error())
@@ -104,6 +112,29 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) {
 		rep.Stale = true
 	}
 	writeJSON(w, http.StatusOK, rep)
+}
+
+// localReport answers a peer's request for the partitions this worker
+// holds: ?local=1&partitions=0,3 (all of them when partitions is absent).
+func (s *Server) localReport(w http.ResponseWriter, r *http.Request, page string) {
+	var parts []int32
+	if raw := r.URL.Query().Get("partitions"); raw != "" {
+		for _, f := range strings.Split(raw, ",") {
+			p, err := strconv.ParseInt(f, 10, 32)
+			if err != nil || p < 0 {
+				writeError(w, http.StatusBadRequest, "partitions must be a comma-separated list of partition numbers")
+				return
+			}
+			parts = append(parts, int32(p))
+		}
+	}
+	part, err := s.Reporter.LocalPartial(page, parts)
+	if err != nil {
+		s.Log.Error("local report failed", "error", err)
+		writeError(w, http.StatusInternalServerError, "report failed: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, part)
 }
 
 // pageParam reads the page query parameter and rejects unusable values.

@@ -1,0 +1,173 @@
+package pageview
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/gofaust/pageviews/internal/table"
+)
+
+// PageReport is one page's line of the report.
+type PageReport struct {
+	Now    int64  `json:"page_views_within_1_minute"`
+	Count  int64  `json:"count"`
+	Report string `json:"report"`
+}
+
+// Report is what /report/ shows.
+type Report struct {
+	Now   int64                 `json:"page_views_within_1_minute"`
+	Count int64                 `json:"count"`
+	Pages map[string]PageReport `json:"pages"`
+	Stale bool                  `json:"stale"`
+	// MissingPartitions lists the partitions the report could not read
+	// (owner unknown, recovering or unreachable); the numbers leave them out.
+	MissingPartitions []int32 `json:"missing_partitions,omitempty"`
+}
+
+// Counts are one page's raw numbers in some partitions: the window of now,
+// the window two minutes back, and the total. Reports from several
+// partitions add up; the report text is derived only after that.
+type Counts struct {
+	Now   int64 `json:"now"`
+	Back  int64 `json:"back"`
+	Count int64 `json:"count"`
+}
+
+// Partial is the part of a report that some partitions contribute.
+type Partial struct {
+	Partitions []int32           `json:"partitions"`
+	Pages      map[string]Counts `json:"pages"`
+}
+
+// Merge adds o's partitions and counts to p.
+func (p *Partial) Merge(o *Partial) {
+	p.Partitions = append(p.Partitions, o.Partitions...)
+	if p.Pages == nil {
+		p.Pages = map[string]Counts{}
+	}
+	for k, c := range o.Pages {
+		cur := p.Pages[k]
+		cur.Now += c.Now
+		cur.Back += c.Back
+		cur.Count += c.Count
+		p.Pages[k] = cur
+	}
+}
+
+// Report turns the counts into the page lines of the seed's report.
+func (p *Partial) Report() *Report {
+	rep := &Report{Pages: make(map[string]PageReport, len(p.Pages))}
+	for k, c := range p.Pages {
+		if c.Now == 0 && c.Count == 0 {
+			continue // only the window two minutes back: not a page of the report
+		}
+		rep.Pages[k] = PageReport{Now: c.Now, Count: c.Count, Report: Trend(c.Now, c.Back)}
+		rep.Now += c.Now
+		rep.Count += c.Count
+	}
+	return rep
+}
+
+// ReservedPrefix starts the pages used by synthetic traffic (the livecheck);
+// they are counted like any other page but never reported.
+const ReservedPrefix = "/_pageviews/"
+
+// Reporter reads the tables of the partitions this worker holds.
+type Reporter struct {
+	Tables
+	Clock func() time.Time
+	// Owned returns the partitions this worker holds and has recovered;
+	// nil means every partition the tables hold.
+	Owned func() []int32
+}
+
+// Report returns the report of this worker's own partitions, for every page
+// or only for page when it is not empty. A partition revoked while the
+// report is built is left out and the report marked stale.
+func (r *Reporter) Report(page string) (*Report, error) {
+	part, err := r.Local(page, nil)
+	if err != nil {
+		return nil, err
+	}
+	rep := part.Report()
+	owned := r.partitions()
+	if len(part.Partitions) < len(owned) {
+		rep.Stale = true
+		for _, p := range owned {
+			if !slices.Contains(part.Partitions, p) {
+				rep.MissingPartitions = append(rep.MissingPartitions, p)
+			}
+		}
+	}
+	return rep, nil
+}
+
+func (r *Reporter) partitions() []int32 {
+	var parts []int32
+	if r.Owned != nil {
+		parts = r.Owned()
+	} else {
+		parts = r.Totals.Partitions()
+	}
+	slices.Sort(parts)
+	return parts
+}
+
+// Local returns the counts of the partitions in want that this worker holds
+// (every partition it holds when want is nil). Partitions lists exactly the
+// partitions that were read, so a caller can tell what is missing.
+func (r *Reporter) Local(page string, want []int32) (*Partial, error) {
+	now := r.Clock()
+	win := r.Views.Window()
+	nowStart := win.Start(now)
+	backStart := win.Start(now.Add(-2 * time.Minute))
+	out := &Partial{Partitions: []int32{}, Pages: map[string]Counts{}}
+	for _, p := range r.partitions() {
+		if want != nil && !slices.Contains(want, p) {
+			continue
+		}
+		// Read the partition whole before merging it, so a partition revoked
+		// half-way adds nothing.
+		one := map[string]Counts{}
+		keep := func(k string) bool {
+			return (page == "" || k == page) && !strings.HasPrefix(k, ReservedPrefix)
+		}
+		err := r.Totals.Scan(p, func(k string, v int64) {
+			if keep(k) {
+				c := one[k]
+				c.Count += v
+				one[k] = c
+			}
+		})
+		if err == nil {
+			err = r.Views.ScanWindow(p, nowStart, func(k string, v int64) {
+				if keep(k) {
+					c := one[k]
+					c.Now += v
+					one[k] = c
+				}
+			})
+		}
+		if err == nil {
+			err = r.Views.ScanWindow(p, backStart, func(k string, v int64) {
+				if keep(k) {
+					c := one[k]
+					c.Back += v
+					one[k] = c
+				}
+			})
+		}
+		if errors.Is(err, table.ErrNotAssigned) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("report partition %d: %w", p, err)
+		}
+		out.Merge(&Partial{Partitions: []int32{p}, Pages: one})
+	}
+	return out, nil
+}
