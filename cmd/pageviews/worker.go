@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -161,6 +162,7 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		Producer:        producer,
 		DB:              db,
 		State:           state,
+		CommittedAt:     committedAt(admin, cfg.Group, cfg.Topic),
 		Log:             log.With("component", "stream"),
 		Clock:           clock,
 	})
@@ -289,4 +291,24 @@ func advertisedURL(cfg *config.Config, addr net.Addr) string {
 		}
 	}
 	return "http://" + net.JoinHostPort(host, port)
+}
+
+// committedAt reads the time a partition's offset was last committed from
+// the commit metadata the stream runtime writes.
+func committedAt(admin sarama.ClusterAdmin, group, topic string) func(p int32) (time.Time, bool) {
+	return func(p int32) (time.Time, bool) {
+		resp, err := admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: {p}})
+		if err != nil {
+			return time.Time{}, false
+		}
+		b := resp.GetBlock(topic, p)
+		if b == nil || b.Offset < 0 {
+			return time.Time{}, false
+		}
+		ms, err := strconv.ParseInt(b.Metadata, 10, 64)
+		if err != nil {
+			return time.Time{}, false
+		}
+		return time.UnixMilli(ms), true
+	}
 }

@@ -29,8 +29,11 @@ type Options struct {
 	Producer *kafka.Producer      // changelogs and dead letters
 	DB       *store.DB
 	State    *State
-	Log      *slog.Logger
-	Clock    func() time.Time
+	// CommittedAt returns when partition p's offset was last committed (the
+	// commit metadata), for the unprocessed-time figure; nil skips it.
+	CommittedAt func(p int32) (time.Time, bool)
+	Log         *slog.Logger
+	Clock       func() time.Time
 }
 
 // Runtime runs the agent over the partitions the group assigns.
@@ -123,6 +126,8 @@ func (h *groupHandler) Cleanup(sess sarama.ConsumerGroupSession) error {
 func (h *groupHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) error {
 	r := (*Runtime)(h)
 	w := &partitionWorker{r: r, p: claim.Partition(), sess: sess, log: r.o.Log.With("partition", claim.Partition()), last: -1}
+	w.log.Info("partition assigned", "generation", sess.GenerationID(), "offset", claim.InitialOffset())
+	defer w.log.Info("partition released", "generation", sess.GenerationID())
 	if err := w.run(claim); err != nil {
 		err = fmt.Errorf("partition %d: %w", claim.Partition(), err)
 		r.o.Log.Error("partition failed; stopping the worker", "error", err)
@@ -165,7 +170,7 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 		}
 		return err
 	}
-	r.o.State.recovered(w.p)
+	w.resumed()
 	w.flushed = claim.InitialOffset() - 1
 	w.last = w.flushed
 	if w.pending != nil {
@@ -182,7 +187,7 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 		select {
 		case m, ok := <-msgs:
 			if !ok { // revoked
-				return w.flush(context.Background())
+				return w.stop(ctx)
 			}
 			if err := w.process(m); err != nil {
 				return err
@@ -192,7 +197,7 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 				select {
 				case m, ok = <-msgs:
 					if !ok {
-						return w.flush(context.Background())
+						return w.stop(ctx)
 					}
 					if err := w.process(m); err != nil {
 						return err
@@ -205,14 +210,56 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 		case <-ticker.C:
 			if err := w.flush(ctx); err != nil {
 				if ctx.Err() != nil {
-					return w.flush(context.Background())
+					return w.stop(ctx)
 				}
 				return err
 			}
 		case <-ctx.Done():
-			return w.flush(context.Background())
+			return w.stop(ctx)
 		}
 	}
+}
+
+// resumed marks the partition recovered and logs how long it went
+// unprocessed: from the last commit of its previous owner (or of this
+// worker before a restart) to now.
+func (w *partitionWorker) resumed() {
+	r := w.r
+	if took, gen, n, done := r.o.State.recovered(w.p, time.Now()); done {
+		w.log.Info("all partitions processing", "rebalance_ms", took.Milliseconds(), "generation", gen, "partitions", n)
+	}
+	if r.o.CommittedAt == nil {
+		return
+	}
+	if at, ok := r.o.CommittedAt(w.p); ok {
+		w.log.Info("partition resumed", "unprocessed_ms", time.Since(at).Milliseconds(), "generation", w.sess.GenerationID())
+	}
+}
+
+// stop ends processing when the session ends or the partition is revoked.
+// While the worker still owns the partition (a rebalance, a revocation or a
+// shutdown) it flushes and commits. When the session ended because the
+// member lost its place in the group, another worker may already own the
+// partition: writing its changelog now would overwrite the new owner's
+// state, so the unflushed updates are dropped and the new owner processes
+// those events again from the last commit.
+func (w *partitionWorker) stop(ctx context.Context) error {
+	if ctx.Err() != nil {
+		if cause := context.Cause(ctx); lostMembership(cause) {
+			w.log.Warn("lost group membership; dropping unflushed updates for the new owner to redo", "cause", cause)
+			return nil
+		}
+	}
+	return w.flush(context.Background())
+}
+
+// lostMembership reports whether a session ended because this member is no
+// longer part of the group (fenced, expired, or a revocation that timed out).
+func lostMembership(cause error) bool {
+	return errors.Is(cause, sarama.ErrUnknownMemberId) ||
+		errors.Is(cause, sarama.ErrIllegalGeneration) ||
+		errors.Is(cause, sarama.ErrFencedInstancedId) ||
+		errors.Is(cause, sarama.ErrRebalanceTimedOut)
 }
 
 func (w *partitionWorker) process(m *sarama.ConsumerMessage) error {
@@ -316,7 +363,9 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 		t.Flushed(w.p)
 	}
 
-	w.sess.MarkOffset(r.o.Topic, w.p, w.last+1, "")
+	// The commit's metadata is when it was made: the next owner logs how
+	// long the partition went unprocessed from it.
+	w.sess.MarkOffset(r.o.Topic, w.p, w.last+1, strconv.FormatInt(time.Now().UnixMilli(), 10))
 	w.sess.Commit()
 	w.flushed = w.last
 	return nil

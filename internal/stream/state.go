@@ -16,6 +16,9 @@ type State struct {
 	rebalances int64
 	parts      map[int32]*PartitionState
 	fatal      error
+	// stalled is when the worker last stopped processing everything it
+	// holds (a join or an assignment); zero while all partitions process.
+	stalled time.Time
 }
 
 // PartitionState describes one assigned partition.
@@ -36,6 +39,9 @@ func (s *State) setJoined(joined bool, generation int32) {
 	if joined && (!s.joined || generation != s.generation) {
 		s.rebalances++
 	}
+	if s.stalled.IsZero() {
+		s.stalled = time.Now()
+	}
 	s.joined, s.generation = joined, generation
 }
 
@@ -48,6 +54,9 @@ func (s *State) setFatal(err error) {
 func (s *State) assign(p int32, now time.Time) {
 	s.mu.Lock()
 	s.parts[p] = &PartitionState{Recovering: true, Remaining: -1, Since: now}
+	if s.stalled.IsZero() {
+		s.stalled = time.Now()
+	}
 	s.mu.Unlock()
 }
 
@@ -59,12 +68,26 @@ func (s *State) progress(p int32, remaining int64) {
 	s.mu.Unlock()
 }
 
-func (s *State) recovered(p int32) {
+// recovered marks p processing. When that makes every held partition
+// process, done is true and took is how long the worker had not been
+// processing everything it holds (the rebalance as this worker saw it).
+func (s *State) recovered(p int32, now time.Time) (took time.Duration, generation int32, partitions int, done bool) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if ps := s.parts[p]; ps != nil {
 		ps.Recovering, ps.Remaining = false, 0
 	}
-	s.mu.Unlock()
+	for _, ps := range s.parts {
+		if ps.Recovering {
+			return 0, s.generation, len(s.parts), false
+		}
+	}
+	if !s.joined || s.stalled.IsZero() {
+		return 0, s.generation, len(s.parts), false
+	}
+	took = now.Sub(s.stalled)
+	s.stalled = time.Time{}
+	return took, s.generation, len(s.parts), true
 }
 
 func (s *State) revoke(p int32) {
