@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"reflect"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -74,5 +75,86 @@ func TestReportFromAnyWorker(t *testing.T) {
 				t.Errorf("partition %d reported by both workers", p)
 			}
 		}
+	}
+}
+
+// TestStandbyFailover: with TABLE_STANDBY_REPLICAS=1 a worker keeps warm
+// copies of the other's partitions, so when it takes them over it replays
+// only the changelog tail, and no count is lost.
+func TestStandbyFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	brokers := startDevBroker(t)
+	vars := func() map[string]string {
+		return map[string]string{
+			"KAFKA_BROKERS":          brokers,
+			"WEB_ADDR":               "127.0.0.1:0",
+			"DATA_DIR":               t.TempDir(),
+			"COMMIT_INTERVAL":        "100ms",
+			"TABLE_STANDBY_REPLICAS": "1",
+		}
+	}
+	now := time.Now().Truncate(time.Minute).Add(30 * time.Second)
+	clock := func() time.Time { return now }
+	a := startWorker(t, vars(), clock)
+	b := startWorker(t, vars(), clock)
+
+	var pa pageview.Partial
+	eventually(t, 30*time.Second, "both workers own partitions", func() (bool, string) {
+		var pb pageview.Partial
+		getJSON(t, a.base+"/report/?local=1", &pa)
+		getJSON(t, b.base+"/report/?local=1", &pb)
+		return len(pa.Partitions) > 0 && len(pb.Partitions) > 0 && len(pa.Partitions)+len(pb.Partitions) == 8,
+			fmt.Sprintf("a %v b %v", pa.Partitions, pb.Partitions)
+	})
+	const views = 300
+	for i := range views {
+		getJSON(t, a.base+"/count/?page=/p/"+strconv.Itoa(i%30), nil)
+	}
+	// b's copies of a's partitions reach the changelog's end.
+	eventually(t, 30*time.Second, "standby copies caught up on b", func() (bool, string) {
+		caught := map[string]bool{}
+		for _, l := range b.logs.all("standby copy caught up") {
+			caught[fmt.Sprint(l["table"], l["partition"])] = true
+		}
+		for _, p := range pa.Partitions {
+			if !caught[fmt.Sprint("views", p)] || !caught[fmt.Sprint("totals", p)] {
+				return false, fmt.Sprintf("caught up: %v, a holds %v", caught, pa.Partitions)
+			}
+		}
+		return true, ""
+	})
+	var before pageview.Report
+	eventually(t, 10*time.Second, "all views counted", func() (bool, string) {
+		before = pageview.Report{}
+		getJSON(t, b.base+"/report/", &before)
+		return before.Count == views && !before.Stale, fmt.Sprintf("%+v", before.Count)
+	})
+
+	a.stop(t)
+	var after pageview.Report
+	eventually(t, 60*time.Second, "b serves every partition", func() (bool, string) {
+		after = pageview.Report{}
+		getJSON(t, b.base+"/report/", &after)
+		return !after.Stale && after.Count == views, fmt.Sprintf("stale=%v count=%d missing=%v", after.Stale, after.Count, after.MissingPartitions)
+	})
+	if !reflect.DeepEqual(after.Pages, before.Pages) {
+		t.Errorf("report changed across the failover:\nbefore %v\nafter  %v", before.Pages, after.Pages)
+	}
+	// Every partition b took over recovered from its warm copy.
+	took := 0
+	for _, l := range b.logs.all("recovering") {
+		p := int32(l["partition"].(float64))
+		if !slices.Contains(pa.Partitions, p) {
+			continue
+		}
+		took++
+		if l["stored"] != true {
+			t.Errorf("partition %d table %v recovered without a standby copy: %v", p, l["table"], l)
+		}
+	}
+	if took != 2*len(pa.Partitions) {
+		t.Errorf("b logged %d recoveries of a's partitions, want %d", took, 2*len(pa.Partitions))
 	}
 }

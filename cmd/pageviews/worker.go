@@ -150,6 +150,27 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 	cleanups = append(cleanups, restore.Close)
 
 	state := stream.NewState()
+	dirAdmin, err := sarama.NewClusterAdminFromClient(clients.group)
+	if err != nil {
+		return fmt.Errorf("kafka admin: %w", err)
+	}
+	directory := &stream.Directory{Admin: dirAdmin, Group: cfg.Group, Topic: cfg.Topic, TTL: time.Second}
+	standby := &stream.Standby{
+		Replicas: cfg.StandbyReplicas,
+		Self:     self,
+		Owners:   directory.Owners,
+		// Separate table instances: a partition is held by the active
+		// tables or by the standby ones, never both.
+		Tables: []stream.Table{
+			table.NewWindowed("views", cfg.ViewsChangelog(), table.Int64{}, db, win, clock),
+			table.New("totals", cfg.TotalsChangelog(), table.Int64{}, db),
+		},
+		Client:  clients.restore,
+		Restore: restore,
+		DB:      db,
+		Log:     log.With("component", "standby"),
+		Every:   2 * time.Second,
+	}
 	rt := stream.New(stream.Options{
 		Topic:           cfg.Topic,
 		DeadLetterTopic: cfg.DeadLetterTopic(),
@@ -162,6 +183,7 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		Producer:        producer,
 		DB:              db,
 		State:           state,
+		Standby:         standby,
 		CommittedAt:     committedAt(admin, cfg.Group, cfg.Topic),
 		Log:             log.With("component", "stream"),
 		Clock:           clock,
@@ -175,16 +197,10 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		}
 		return nil
 	})
-	dirAdmin, err := sarama.NewClusterAdminFromClient(clients.group)
-	if err != nil {
-		return fmt.Errorf("kafka admin: %w", err)
-	}
 	router := &pageview.Router{
-		Local: &pageview.Reporter{Tables: tables, Clock: clock, Owned: state.Recovered},
-		Self:  self,
-		Owners: (&stream.Directory{
-			Admin: dirAdmin, Group: cfg.Group, Topic: cfg.Topic, TTL: time.Second,
-		}).Owners,
+		Local:  &pageview.Reporter{Tables: tables, Clock: clock, Owned: state.Recovered},
+		Self:   self,
+		Owners: directory.Owners,
 		Partitions: func() (int32, error) {
 			ps, err := clients.group.Partitions(cfg.Topic)
 			return int32(len(ps)), err
@@ -213,6 +229,7 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		}
 		return nil
 	})
+	g.Go(func() error { return standby.Run(gctx) })
 	g.Go(func() error {
 		err := rt.Run(gctx)
 		// The runtime has flushed, committed and left the group. The web

@@ -29,6 +29,9 @@ type Options struct {
 	Producer *kafka.Producer      // changelogs and dead letters
 	DB       *store.DB
 	State    *State
+	// Standby keeps warm copies of partitions this worker does not own;
+	// nil keeps none.
+	Standby *Standby
 	// CommittedAt returns when partition p's offset was last committed (the
 	// commit metadata), for the unprocessed-time figure; nil skips it.
 	CommittedAt func(p int32) (time.Time, bool)
@@ -157,6 +160,10 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 	r := w.r
 	r.o.State.assign(w.p, r.o.Clock())
 	defer r.o.State.revoke(w.p)
+	// The standby copy of this partition (if any) stops before recovery
+	// reads the store, and may start again once the partition is released.
+	r.o.Standby.Activate(w.p)
+	defer r.o.Standby.Deactivate(w.p)
 	defer func() {
 		for _, t := range r.o.Tables {
 			t.Revoke(w.p)

@@ -1,0 +1,294 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/IBM/sarama"
+
+	"github.com/gofaust/pageviews/internal/store"
+)
+
+// Standby keeps warm copies of table partitions this worker does not own by
+// tailing their changelogs into the local store (Faust's standby tables,
+// goka's hot standby, Kafka Streams' standby replicas). When such a
+// partition is assigned to this worker, its recovery only replays the
+// changelog records that arrived since the copy's last checkpoint.
+//
+// Which worker keeps which copy follows from the group: members are ordered
+// by their advertised URL, and the Replicas members after a partition's
+// owner keep a copy of it.
+type Standby struct {
+	Replicas int
+	Self     string
+	Owners   func() (map[int32]string, error)
+	// Tables are separate instances of the worker's tables over the same
+	// store: a partition is held by the active instance or the standby one,
+	// never both.
+	Tables  []Table
+	Client  sarama.Client
+	Restore sarama.Consumer
+	DB      *store.DB
+	Log     *slog.Logger
+	// Every is how often the standby set is recomputed.
+	Every time.Duration
+
+	mu      sync.Mutex
+	active  map[int32]bool // partitions the runtime processes here
+	tailers map[int32]*tailer
+}
+
+type tailer struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// Run keeps the standby set up to date until ctx ends.
+func (s *Standby) Run(ctx context.Context) error {
+	if s.Replicas <= 0 {
+		<-ctx.Done()
+		return nil
+	}
+	s.init()
+	t := time.NewTicker(s.Every)
+	defer t.Stop()
+	for {
+		s.reconcile(ctx)
+		select {
+		case <-ctx.Done():
+			s.mu.Lock()
+			for p := range s.tailers {
+				s.stopLocked(p)
+			}
+			s.mu.Unlock()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Standby) init() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.active == nil {
+		s.active = map[int32]bool{}
+		s.tailers = map[int32]*tailer{}
+	}
+}
+
+// Activate is called by the runtime before it recovers partition p: the
+// standby copy of p stops (its last batch committed) and is not restarted
+// until Deactivate.
+func (s *Standby) Activate(p int32) {
+	if s == nil || s.Replicas <= 0 {
+		return
+	}
+	s.init()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.active[p] = true
+	s.stopLocked(p)
+}
+
+// Deactivate is called by the runtime once it no longer processes p.
+func (s *Standby) Deactivate(p int32) {
+	if s == nil || s.Replicas <= 0 {
+		return
+	}
+	s.init()
+	s.mu.Lock()
+	delete(s.active, p)
+	s.mu.Unlock()
+}
+
+// Partitions lists the partitions this worker keeps standby copies of.
+func (s *Standby) Partitions() []int32 {
+	if s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]int32, 0, len(s.tailers))
+	for p := range s.tailers {
+		out = append(out, p)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (s *Standby) stopLocked(p int32) {
+	if tl := s.tailers[p]; tl != nil {
+		tl.cancel()
+		<-tl.done
+		delete(s.tailers, p)
+	}
+}
+
+// desired computes the partitions this worker should keep copies of.
+func (s *Standby) desired() (map[int32]bool, error) {
+	owners, err := s.Owners()
+	if err != nil {
+		return nil, err
+	}
+	members := []string{s.Self}
+	for _, u := range owners {
+		if !slices.Contains(members, u) {
+			members = append(members, u)
+		}
+	}
+	slices.Sort(members)
+	want := map[int32]bool{}
+	if len(members) < 2 {
+		return want, nil
+	}
+	for p, owner := range owners {
+		i := slices.Index(members, owner)
+		for k := 1; k <= s.Replicas && k < len(members); k++ {
+			if members[(i+k)%len(members)] == s.Self {
+				want[p] = true
+			}
+		}
+	}
+	return want, nil
+}
+
+func (s *Standby) reconcile(ctx context.Context) {
+	want, err := s.desired()
+	if err != nil {
+		s.Log.Debug("standby: group members unknown", "error", err)
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for p, tl := range s.tailers {
+		select {
+		case <-tl.done: // failed; started again below if still wanted
+			delete(s.tailers, p)
+			continue
+		default:
+		}
+		if !want[p] || s.active[p] {
+			s.stopLocked(p)
+			s.Log.Info("standby copy stopped", "partition", p)
+		}
+	}
+	for p := range want {
+		if s.active[p] || s.tailers[p] != nil {
+			continue
+		}
+		tctx, cancel := context.WithCancel(ctx)
+		tl := &tailer{cancel: cancel, done: make(chan struct{})}
+		s.tailers[p] = tl
+		s.Log.Info("standby copy started", "partition", p)
+		go func() {
+			defer close(tl.done)
+			if err := s.tail(tctx, p); err != nil && !errors.Is(err, context.Canceled) {
+				s.Log.Warn("standby copy failed; retrying at the next reconcile", "partition", p, "error", err)
+			}
+		}()
+	}
+}
+
+// tail follows every table's changelog partition p into the store until ctx
+// ends, committing a batch with a checkpoint at least every second.
+func (s *Standby) tail(ctx context.Context, p int32) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, len(s.Tables))
+	for _, t := range s.Tables {
+		wg.Go(func() {
+			if err := s.tailTable(ctx, t, p); err != nil {
+				errs <- fmt.Errorf("%s: %w", t.Name(), err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+func (s *Standby) tailTable(ctx context.Context, t Table, p int32) error {
+	cp, ok, err := t.Assign(p)
+	if err != nil {
+		return err
+	}
+	defer t.Revoke(p)
+	topic := t.Changelog()
+	hwm, err := s.Client.GetOffset(topic, p, sarama.OffsetNewest)
+	if err != nil {
+		return err
+	}
+	low, err := s.Client.GetOffset(topic, p, sarama.OffsetOldest)
+	if err != nil {
+		return err
+	}
+	start := low
+	if ok {
+		start = max(cp.Offset+1, low)
+		if cp.Offset+1 > hwm {
+			if err := t.Wipe(p); err != nil {
+				return err
+			}
+			start = low
+		}
+	}
+	pc, err := s.Restore.ConsumePartition(topic, p, start)
+	if err != nil {
+		return fmt.Errorf("consume %s/%d from %d: %w", topic, p, start, err)
+	}
+	defer pc.AsyncClose()
+
+	b := s.DB.NewBatch()
+	defer func() { b.Discard() }()
+	last, n := start-1, 0
+	caughtUp := false
+	logCaughtUp := func() {
+		if !caughtUp && last+1 >= hwm {
+			caughtUp = true
+			s.Log.Info("standby copy caught up", "partition", p, "table", t.Name(), "offset", last)
+		}
+	}
+	commit := func() error {
+		if n == 0 {
+			return nil
+		}
+		if err := t.Recovered(p, b, last); err != nil {
+			return err
+		}
+		if err := b.Commit(); err != nil {
+			return err
+		}
+		b, n = s.DB.NewBatch(), 0
+		logCaughtUp()
+		return nil
+	}
+	logCaughtUp()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case m := <-pc.Messages():
+			if err := t.Restore(p, b, m.Key, m.Value, m.Timestamp); err != nil {
+				return err
+			}
+			last, n = m.Offset, n+1
+			if n >= restoreBatch {
+				if err := commit(); err != nil {
+					return err
+				}
+			}
+		case err := <-pc.Errors():
+			return err
+		case <-tick.C:
+			if err := commit(); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return commit()
+		}
+	}
+}
