@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -253,7 +255,7 @@ type clients struct {
 func connect(cfg *config.Config, brokers []string, self string) (*clients, error) {
 	manual := map[string]bool{cfg.ViewsChangelog(): true, cfg.TotalsChangelog(): true}
 	mk := func(role string) (sarama.Client, error) {
-		sc := kafka.NewConfig(kafka.Options{
+		sc, err := kafka.NewConfig(kafka.Options{
 			ClientID:       cfg.Service + "-" + role,
 			Group:          cfg.Group,
 			InstanceID:     cfg.InstanceID,
@@ -261,10 +263,17 @@ func connect(cfg *config.Config, brokers []string, self string) (*clients, error
 			ManualTopics:   manual,
 			SessionTimeout: cfg.SessionTimeout,
 			Advertise:      []byte(self),
+			Security: kafka.Security{
+				TLS: cfg.TLS, CAFile: cfg.TLSCAFile, CertFile: cfg.TLSCertFile, KeyFile: cfg.TLSKeyFile,
+				ServerName: cfg.TLSServerName, SASLMechanism: cfg.SASLMechanism, User: cfg.SASLUser, Password: cfg.SASLPassword,
+			},
 		})
+		if err != nil {
+			return nil, err
+		}
 		c, err := sarama.NewClient(brokers, sc)
 		if err != nil {
-			return nil, fmt.Errorf("connect to kafka %v (%s client): %w", brokers, role, err)
+			return nil, fmt.Errorf("connect to kafka %v (%s client): %w%s", brokers, role, err, connectHint(cfg, err))
 		}
 		return c, nil
 	}
@@ -328,4 +337,24 @@ func committedAt(admin sarama.ClusterAdmin, group, topic string) func(p int32) (
 		}
 		return time.UnixMilli(ms), true
 	}
+}
+
+// connectHint names the likely cause of a failed connection: brokers often
+// just close the connection on bad credentials, which reads as EOF.
+func connectHint(cfg *config.Config, err error) string {
+	var unknownCA x509.UnknownAuthorityError
+	var badHost x509.HostnameError
+	switch {
+	case errors.Is(err, sarama.ErrSASLAuthenticationFailed),
+		cfg.SASLMechanism != "" && errors.Is(err, io.EOF):
+		return fmt.Sprintf(" (SASL %s authentication as %q failed or was refused: check KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD)",
+			cfg.SASLMechanism, cfg.SASLUser)
+	case errors.As(err, &unknownCA):
+		return " (TLS: the broker's certificate is not signed by a trusted CA: check KAFKA_TLS_CA_FILE)"
+	case errors.As(err, &badHost):
+		return " (TLS: the broker's certificate does not name the broker's host: check KAFKA_BROKERS or KAFKA_TLS_SERVER_NAME)"
+	case !cfg.TLS && errors.Is(err, io.EOF):
+		return " (the broker closed the connection: does it require TLS (KAFKA_TLS_ENABLED) or SASL?)"
+	}
+	return ""
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	neturl "net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -49,6 +50,16 @@ type Config struct {
 	// StandbyReplicas is how many warm copies of each table partition other
 	// workers keep by tailing its changelog.
 	StandbyReplicas int // TABLE_STANDBY_REPLICAS
+
+	// Kafka security. The password is never logged.
+	TLS           bool   // KAFKA_TLS_ENABLED
+	TLSCAFile     string // KAFKA_TLS_CA_FILE: PEM CA bundle; empty uses the system roots
+	TLSCertFile   string // KAFKA_TLS_CERT_FILE: client certificate (mutual TLS)
+	TLSKeyFile    string // KAFKA_TLS_KEY_FILE
+	TLSServerName string // KAFKA_TLS_SERVER_NAME: overrides the name checked in the broker's certificate
+	SASLMechanism string // KAFKA_SASL_MECHANISM: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, or empty
+	SASLUser      string // KAFKA_SASL_USERNAME
+	SASLPassword  string // KAFKA_SASL_PASSWORD
 
 	WebAddr         string        // WEB_ADDR
 	DataDir         string        // DATA_DIR
@@ -104,6 +115,14 @@ func Load(getenv func(string) string) (*Config, error) {
 		SessionTimeout:  r.duration("KAFKA_SESSION_TIMEOUT", 30*time.Second, 6*time.Second),
 		AdvertisedURL:   r.url("ADVERTISED_URL"),
 		StandbyReplicas: r.integer("TABLE_STANDBY_REPLICAS", 0, 0, 3),
+		TLS:             r.boolean("KAFKA_TLS_ENABLED"),
+		TLSCAFile:       r.file("KAFKA_TLS_CA_FILE"),
+		TLSCertFile:     r.file("KAFKA_TLS_CERT_FILE"),
+		TLSKeyFile:      r.file("KAFKA_TLS_KEY_FILE"),
+		TLSServerName:   r.str("KAFKA_TLS_SERVER_NAME", ""),
+		SASLMechanism:   r.oneOf("KAFKA_SASL_MECHANISM", "", "", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+		SASLUser:        r.str("KAFKA_SASL_USERNAME", ""),
+		SASLPassword:    r.getenv("KAFKA_SASL_PASSWORD"),
 		WebAddr:         r.addr("WEB_ADDR", ":8088"),
 		DataDir:         r.nonEmpty("DATA_DIR", "./data"),
 		CommitInterval:  r.duration("COMMIT_INTERVAL", time.Second, 10*time.Millisecond),
@@ -118,14 +137,20 @@ func Load(getenv func(string) string) (*Config, error) {
 		return nil, &Error{Var: "WINDOW_EXPIRES", Value: c.WindowExpires.String(),
 			Allowed: "a duration at least WINDOW_SIZE (" + c.WindowSize.String() + ")"}
 	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return nil, &Error{Var: "KAFKA_TLS_KEY_FILE", Value: c.TLSKeyFile, Allowed: "set together with KAFKA_TLS_CERT_FILE, or neither"}
+	}
+	if c.SASLMechanism != "" && (c.SASLUser == "" || c.SASLPassword == "") {
+		return nil, &Error{Var: "KAFKA_SASL_USERNAME", Value: c.SASLUser, Allowed: "a user name and KAFKA_SASL_PASSWORD when KAFKA_SASL_MECHANISM is set"}
+	}
 	if c.WindowSize%time.Millisecond != 0 {
 		return nil, &Error{Var: "WINDOW_SIZE", Value: c.WindowSize.String(), Allowed: "a whole number of milliseconds"}
 	}
 	return c, nil
 }
 
-// LogValue masks nothing today but keeps the effective configuration on one
-// log line; secrets added later must be masked here.
+// LogValue renders the effective configuration for the start-up log line,
+// with the SASL password masked.
 func (c *Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("service", c.Service),
@@ -144,12 +169,28 @@ func (c *Config) LogValue() slog.Value {
 		slog.Duration("session_timeout", c.SessionTimeout),
 		slog.String("advertised_url", c.AdvertisedURL),
 		slog.Int("standby_replicas", c.StandbyReplicas),
+		slog.Bool("tls", c.TLS),
+		slog.String("tls_ca_file", c.TLSCAFile),
+		slog.String("tls_cert_file", c.TLSCertFile),
+		slog.String("sasl_mechanism", c.SASLMechanism),
+		slog.String("sasl_username", c.SASLUser),
+		slog.String("sasl_password", mask(c.SASLPassword)),
 		slog.String("web_addr", c.WebAddr),
 		slog.String("data_dir", c.DataDir),
 		slog.Duration("commit_interval", c.CommitInterval),
 		slog.Duration("shutdown_timeout", c.ShutdownTimeout),
 	)
 }
+
+func mask(secret string) string {
+	if secret == "" {
+		return ""
+	}
+	return "*****"
+}
+
+// String never shows the SASL password either.
+func (c *Config) String() string { return c.LogValue().String() }
 
 // reader keeps the first error so Load stays a flat list of fields.
 type reader struct {
@@ -244,6 +285,33 @@ func (r *reader) addr(name, def string) string {
 	if _, port, err := net.SplitHostPort(v); err != nil || port == "" {
 		r.fail(name, v, "host:port or :port")
 		return def
+	}
+	return v
+}
+
+func (r *reader) boolean(name string) bool {
+	switch v := strings.ToLower(r.str(name, "")); v {
+	case "", "0", "false", "no":
+		return false
+	case "1", "true", "yes":
+		return true
+	default:
+		r.fail(name, v, "true or false")
+		return false
+	}
+}
+
+// file accepts a path to a readable file, or nothing.
+func (r *reader) file(name string) string {
+	v := r.str(name, "")
+	if v == "" {
+		return ""
+	}
+	if f, err := os.Open(v); err != nil {
+		r.fail(name, v, "a readable file ("+err.Error()+")")
+		return ""
+	} else {
+		_ = f.Close()
 	}
 	return v
 }

@@ -28,12 +28,13 @@ type Options struct {
 	// Advertise is what this member tells the rest of its group (its HTTP
 	// URL), through the subscription user data; see Advertise.
 	Advertise []byte
+	Security  Security
 }
 
 // NewConfig returns the sarama configuration of the worker: an idempotent
 // producer with acks=all, manual offset commits, consumption from the oldest
 // offset for a new group, and the chosen rebalance protocol.
-func NewConfig(o Options) *sarama.Config {
+func NewConfig(o Options) (*sarama.Config, error) {
 	c := sarama.NewConfig()
 	c.Version = Version
 	c.ClientID = o.ClientID
@@ -73,7 +74,13 @@ func NewConfig(o Options) *sarama.Config {
 	c.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{Advertise(strategy, o.Advertise)}
 	c.Metadata.Retry.Max = 10
 	c.Metadata.Retry.Backoff = 250 * time.Millisecond
-	return c
+	if err := o.Security.apply(c); err != nil {
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("kafka client config: %w", err)
+	}
+	return c, nil
 }
 
 // Topic is a topic the worker needs.
