@@ -186,6 +186,8 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		DB:              db,
 		State:           state,
 		Standby:         standby,
+		GroupID:         cfg.Group,
+		Transactions:    transactions(cfg, clients, brokers),
 		CommittedAt:     committedAt(admin, cfg.Group, cfg.Topic),
 		Log:             log.With("component", "stream"),
 		Clock:           clock,
@@ -250,10 +252,12 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 // a produce acknowledgement on a shared connection.
 type clients struct {
 	admin, producer, group, restore sarama.Client
+	base                            *sarama.Config // of the producer client, for transactional producers
 }
 
 func connect(cfg *config.Config, brokers []string, self string) (*clients, error) {
 	manual := map[string]bool{cfg.ViewsChangelog(): true, cfg.TotalsChangelog(): true}
+	var cs clients
 	mk := func(role string) (sarama.Client, error) {
 		sc, err := kafka.NewConfig(kafka.Options{
 			ClientID:       cfg.Service + "-" + role,
@@ -263,6 +267,7 @@ func connect(cfg *config.Config, brokers []string, self string) (*clients, error
 			ManualTopics:   manual,
 			SessionTimeout: cfg.SessionTimeout,
 			Advertise:      []byte(self),
+			ReadCommitted:  cfg.Guarantee == config.ExactlyOnce,
 			Security: kafka.Security{
 				TLS: cfg.TLS, CAFile: cfg.TLSCAFile, CertFile: cfg.TLSCertFile, KeyFile: cfg.TLSKeyFile,
 				ServerName: cfg.TLSServerName, SASLMechanism: cfg.SASLMechanism, User: cfg.SASLUser, Password: cfg.SASLPassword,
@@ -271,13 +276,15 @@ func connect(cfg *config.Config, brokers []string, self string) (*clients, error
 		if err != nil {
 			return nil, err
 		}
+		if role == "producer" {
+			cs.base = sc
+		}
 		c, err := sarama.NewClient(brokers, sc)
 		if err != nil {
 			return nil, fmt.Errorf("connect to kafka %v (%s client): %w%s", brokers, role, err, connectHint(cfg, err))
 		}
 		return c, nil
 	}
-	var cs clients
 	var err error
 	for _, x := range []struct {
 		c    *sarama.Client
@@ -357,4 +364,17 @@ func connectHint(cfg *config.Config, err error) string {
 		return " (the broker closed the connection: does it require TLS (KAFKA_TLS_ENABLED) or SASL?)"
 	}
 	return ""
+}
+
+// transactions returns the per-partition transactional producer factory for
+// exactly-once processing, or nil for at-least-once. The transactional id is
+// stable per partition, so whichever worker owns the partition next fences
+// the previous owner.
+func transactions(cfg *config.Config, cs *clients, brokers []string) func(p int32) (*kafka.Producer, error) {
+	if cfg.Guarantee != config.ExactlyOnce {
+		return nil
+	}
+	return func(p int32) (*kafka.Producer, error) {
+		return kafka.NewTransactionalProducer(brokers, cs.base, fmt.Sprintf("%s-%s-%d", cfg.Group, cfg.Topic, p))
+	}
 }

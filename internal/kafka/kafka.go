@@ -29,6 +29,9 @@ type Options struct {
 	// URL), through the subscription user data; see Advertise.
 	Advertise []byte
 	Security  Security
+	// ReadCommitted makes consumers skip records of open and aborted
+	// transactions (exactly-once processing).
+	ReadCommitted bool
 }
 
 // NewConfig returns the sarama configuration of the worker: an idempotent
@@ -57,6 +60,9 @@ func NewConfig(o Options) (*sarama.Config, error) {
 	}
 
 	c.Consumer.Return.Errors = true
+	if o.ReadCommitted {
+		c.Consumer.IsolationLevel = sarama.ReadCommitted
+	}
 	c.Consumer.Offsets.Initial = sarama.OffsetOldest
 	// Offsets are committed by the stream runtime only after the state they
 	// depend on is durable; sarama must never commit on its own.

@@ -3,7 +3,9 @@ package kafka
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
+	"time"
 
 	"github.com/IBM/sarama"
 )
@@ -84,6 +86,57 @@ func NewProducer(client sarama.Client) (*Producer, error) {
 	if err != nil {
 		return nil, err
 	}
+	return wrap(ap), nil
+}
+
+// NewTransactionalProducer starts a producer with its own client whose
+// transactional id is id. Starting it fences any older producer with the
+// same id (a zombie owner of the partition) and aborts its open transaction.
+func NewTransactionalProducer(brokers []string, base *sarama.Config, id string) (*Producer, error) {
+	c := *base
+	c.Producer.Transaction.ID = id
+	c.Producer.Transaction.Timeout = time.Minute
+	c.Producer.Idempotent = true
+	c.Producer.RequiredAcks = sarama.WaitForAll
+	c.Net.MaxOpenRequests = 1
+	c.ClientID = base.ClientID + "-txn"
+	ap, err := sarama.NewAsyncProducer(brokers, &c)
+	if err != nil {
+		return nil, fmt.Errorf("transactional producer %s: %w", id, err)
+	}
+	return wrap(ap), nil
+}
+
+// Begin starts a transaction unless one is open.
+func (p *Producer) Begin() error {
+	if p.ap.TxnStatus()&sarama.ProducerTxnFlagInTransaction != 0 {
+		return nil
+	}
+	return p.ap.BeginTxn()
+}
+
+// InTransaction reports whether a transaction is open.
+func (p *Producer) InTransaction() bool {
+	return p.ap.TxnStatus()&sarama.ProducerTxnFlagInTransaction != 0
+}
+
+// CommitWithOffsets adds the consumer offsets to the open transaction and
+// commits it: the records sent in it and the offsets become visible
+// together, or not at all.
+func (p *Producer) CommitWithOffsets(offsets map[string][]*sarama.PartitionOffsetMetadata, group *sarama.ConsumerGroupMetadata) error {
+	if err := p.ap.AddOffsetsToTxnWithGroupMetadata(offsets, group); err != nil {
+		return fmt.Errorf("add offsets to transaction: %w", err)
+	}
+	if err := p.ap.CommitTxn(); err != nil {
+		return fmt.Errorf("commit transaction: %w", err)
+	}
+	return nil
+}
+
+// Abort aborts the open transaction.
+func (p *Producer) Abort() error { return p.ap.AbortTxn() }
+
+func wrap(ap sarama.AsyncProducer) *Producer {
 	p := &Producer{ap: ap, done: make(chan struct{})}
 	p.wg.Add(2)
 	go func() {
@@ -102,7 +155,7 @@ func NewProducer(client sarama.Client) (*Producer, error) {
 			}
 		}
 	}()
-	return p, nil
+	return p
 }
 
 // ErrClosed is returned when sending on a closed producer.

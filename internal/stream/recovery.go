@@ -22,6 +22,10 @@ const (
 	// leave gaps in offsets, so the offset just below the high watermark
 	// may never arrive.
 	restoreIdle = 2 * time.Second
+	// markerIdle is the shorter wait when only a transaction marker can be
+	// left below the high watermark: under exactly-once every transaction
+	// ends with a commit marker that a read_committed consumer never sees.
+	markerIdle = 200 * time.Millisecond
 )
 
 // errRevoked ends a recovery whose partition was taken away meanwhile.
@@ -136,7 +140,13 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, msgs *<-cha
 	began := r.o.Clock()
 	nextLog := began.Add(progressEvery)
 	var replayed int64
-	idle := time.NewTimer(restoreIdle)
+	idleFor := func() time.Duration {
+		if r.o.Transactions != nil && last+2 >= rs.hwm {
+			return markerIdle
+		}
+		return restoreIdle
+	}
+	idle := time.NewTimer(idleFor())
 	defer idle.Stop()
 	for last+1 < rs.hwm {
 		select {
@@ -152,7 +162,7 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, msgs *<-cha
 				}
 				w.reportProgress(rs, last, replayed, began, &nextLog)
 			}
-			idle.Reset(restoreIdle) // since Go 1.23 Reset drops a pending expiry
+			idle.Reset(idleFor()) // since Go 1.23 Reset drops a pending expiry
 		case err := <-rs.pc.Errors():
 			return fmt.Errorf("replay %s/%d: %w", t.Changelog(), w.p, err)
 		case m, ok := <-*msgs:
@@ -164,7 +174,9 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, msgs *<-cha
 			w.pending = m
 			*msgs = nil
 		case <-idle.C:
-			rs.log.Info("changelog has no more records below the high watermark", "last_offset", last, "high_watermark", rs.hwm)
+			if last+2 < rs.hwm || r.o.Transactions == nil {
+				rs.log.Info("changelog has no more records below the high watermark", "last_offset", last, "high_watermark", rs.hwm)
+			}
 			last = rs.hwm - 1
 		case <-ctx.Done():
 			return ctx.Err()

@@ -29,6 +29,14 @@ type Options struct {
 	Producer *kafka.Producer      // changelogs and dead letters
 	DB       *store.DB
 	State    *State
+	// Transactions, when set, runs exactly-once processing: it returns the
+	// transactional producer of partition p (a stable transactional id per
+	// partition, so the next owner fences this one). Each commit interval
+	// is then one transaction holding the changelog records, the dead
+	// letters and the source offset.
+	Transactions func(p int32) (*kafka.Producer, error)
+	// GroupID is the consumer group, for the offsets of transactions.
+	GroupID string
 	// Standby keeps warm copies of partitions this worker does not own;
 	// nil keeps none.
 	Standby *Standby
@@ -153,6 +161,7 @@ type partitionWorker struct {
 	flushed int64 // offset of the last committed source record
 	dead    []*kafka.Ack
 	pending *sarama.ConsumerMessage // a source record received during recovery
+	txp     *kafka.Producer         // this partition's transactional producer (exactly-once)
 	ev      Event
 }
 
@@ -169,6 +178,20 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 			t.Revoke(w.p)
 		}
 	}()
+	if r.o.Transactions != nil {
+		// Before recovery: starting the producer fences the previous owner
+		// and aborts its open transaction, so the changelog's end is final.
+		txp, err := r.o.Transactions(w.p)
+		if err != nil {
+			return err
+		}
+		w.txp = txp
+		defer func() {
+			if err := txp.Close(); err != nil {
+				w.log.Warn("close transactional producer", "error", err)
+			}
+		}()
+	}
 	ctx := w.sess.Context()
 	if err := w.recover(ctx, claim.Messages()); err != nil {
 		if ctx.Err() != nil || errors.Is(err, errRevoked) {
@@ -311,7 +334,23 @@ func (w *partitionWorker) deadLetter(m *sarama.ConsumerMessage, cause error) err
 	}
 	ack := kafka.NewAck(1)
 	w.dead = append(w.dead, ack)
-	return w.r.o.Producer.Send(ack, dl)
+	p, err := w.producer()
+	if err != nil {
+		return err
+	}
+	return p.Send(ack, dl)
+}
+
+// producer returns where this partition's records go: its open transaction
+// under exactly-once, else the shared producer.
+func (w *partitionWorker) producer() (*kafka.Producer, error) {
+	if w.txp == nil {
+		return w.r.o.Producer, nil
+	}
+	if err := w.txp.Begin(); err != nil {
+		return nil, fmt.Errorf("begin transaction: %w", err)
+	}
+	return w.txp, nil
 }
 
 // flush makes everything processed so far durable and commits it: the
@@ -323,6 +362,10 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 	}
 	r := w.r
 	now := r.o.Clock()
+	prod, err := w.producer()
+	if err != nil {
+		return err
+	}
 	acks := make([]*kafka.Ack, len(r.o.Tables))
 	for i, t := range r.o.Tables {
 		recs, err := t.Flush(w.p, now)
@@ -340,8 +383,21 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 			}
 		}
 		acks[i] = kafka.NewAck(len(msgs))
-		if err := r.o.Producer.Send(acks[i], msgs...); err != nil {
+		if err := prod.Send(acks[i], msgs...); err != nil {
 			return fmt.Errorf("produce %s: %w", t.Changelog(), err)
+		}
+	}
+	commitMeta := strconv.FormatInt(time.Now().UnixMilli(), 10)
+	if w.txp != nil {
+		offsets := map[string][]*sarama.PartitionOffsetMetadata{
+			r.o.Topic: {{Partition: w.p, Offset: w.last + 1, Metadata: &commitMeta}},
+		}
+		group := &sarama.ConsumerGroupMetadata{GroupID: r.o.GroupID, GenerationID: w.sess.GenerationID(), MemberID: w.sess.MemberID()}
+		if err := w.txp.CommitWithOffsets(offsets, group); err != nil {
+			if aerr := w.txp.Abort(); aerr != nil {
+				w.log.Warn("abort transaction", "error", aerr)
+			}
+			return err
 		}
 	}
 	for i, a := range acks {
@@ -370,10 +426,12 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 		t.Flushed(w.p)
 	}
 
-	// The commit's metadata is when it was made: the next owner logs how
-	// long the partition went unprocessed from it.
-	w.sess.MarkOffset(r.o.Topic, w.p, w.last+1, strconv.FormatInt(time.Now().UnixMilli(), 10))
-	w.sess.Commit()
+	if w.txp == nil {
+		// The commit's metadata is when it was made: the next owner logs
+		// how long the partition went unprocessed from it.
+		w.sess.MarkOffset(r.o.Topic, w.p, w.last+1, commitMeta)
+		w.sess.Commit()
+	}
 	w.flushed = w.last
 	return nil
 }
