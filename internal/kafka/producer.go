@@ -69,6 +69,18 @@ func (a *Ack) Wait(ctx context.Context) error {
 	return a.err
 }
 
+// Failed reports whether every record is done and one of them failed.
+func (a *Ack) Failed() bool {
+	select {
+	case <-a.done:
+	default:
+		return false
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.err != nil
+}
+
 // Offset returns the highest acknowledged offset of partition p, or -1.
 func (a *Ack) Offset(p int32) int64 {
 	a.mu.Lock()

@@ -159,7 +159,7 @@ type partitionWorker struct {
 
 	last    int64 // offset of the last processed source record
 	flushed int64 // offset of the last committed source record
-	dead    []*kafka.Ack
+	dead    []deadLetter
 	pending *sarama.ConsumerMessage // a source record received during recovery
 	txp     *kafka.Producer         // this partition's transactional producer (exactly-once)
 	ev      Event
@@ -238,7 +238,7 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 				break
 			}
 		case <-ticker.C:
-			if err := w.flush(ctx); err != nil {
+			if err := w.flushRetrying(ctx); err != nil {
 				if ctx.Err() != nil {
 					return w.stop(ctx)
 				}
@@ -333,12 +333,58 @@ func (w *partitionWorker) deadLetter(m *sarama.ConsumerMessage, cause error) err
 		},
 	}
 	ack := kafka.NewAck(1)
-	w.dead = append(w.dead, ack)
+	w.dead = append(w.dead, deadLetter{msg: dl, ack: ack})
 	p, err := w.producer()
 	if err != nil {
 		return err
 	}
 	return p.Send(ack, dl)
+}
+
+// deadLetter is a dead-letter record and the acknowledgement the next flush
+// waits for; a record whose send failed is sent again by the next flush.
+type deadLetter struct {
+	msg *sarama.ProducerMessage
+	ack *kafka.Ack
+}
+
+// produceError marks a failure to get records acknowledged by the brokers,
+// which a later attempt may overcome (unlike a failing local store).
+type produceError struct{ err error }
+
+func (e *produceError) Error() string { return e.err.Error() }
+func (e *produceError) Unwrap() error { return e.err }
+
+// flushRetrying flushes; while the brokers cannot take the records it
+// retries with backoff, and the partition waits (nothing is committed, so
+// nothing is lost). The partition shows as stalled meanwhile, which makes
+// the worker not ready. Under exactly-once a failed transaction leaves the
+// producer in an unknown state, so the partition fails instead and the
+// worker restarts from the last committed transaction.
+func (w *partitionWorker) flushRetrying(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := w.flush(ctx)
+		if err == nil {
+			if attempt > 1 {
+				w.r.o.State.stall(w.p, nil)
+				w.log.Info("flush succeeded again", "attempts", attempt)
+			}
+			return nil
+		}
+		var pe *produceError
+		if ctx.Err() != nil || w.txp != nil || !errors.As(err, &pe) {
+			return err
+		}
+		w.r.o.State.stall(w.p, err)
+		w.log.Warn("flush failed; retrying", "attempt", attempt, "backoff", backoff.String(), "error", err)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
 }
 
 // producer returns where this partition's records go: its open transaction
@@ -384,7 +430,15 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 		}
 		acks[i] = kafka.NewAck(len(msgs))
 		if err := prod.Send(acks[i], msgs...); err != nil {
-			return fmt.Errorf("produce %s: %w", t.Changelog(), err)
+			return &produceError{fmt.Errorf("produce %s: %w", t.Changelog(), err)}
+		}
+	}
+	for i, d := range w.dead {
+		if d.ack.Failed() {
+			w.dead[i].ack = kafka.NewAck(1)
+			if err := prod.Send(w.dead[i].ack, d.msg); err != nil {
+				return &produceError{fmt.Errorf("produce %s: %w", r.o.DeadLetterTopic, err)}
+			}
 		}
 	}
 	commitMeta := strconv.FormatInt(time.Now().UnixMilli(), 10)
@@ -402,12 +456,12 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 	}
 	for i, a := range acks {
 		if err := a.Wait(ctx); err != nil {
-			return fmt.Errorf("produce %s: %w", r.o.Tables[i].Changelog(), err)
+			return &produceError{fmt.Errorf("produce %s: %w", r.o.Tables[i].Changelog(), err)}
 		}
 	}
-	for _, a := range w.dead {
-		if err := a.Wait(ctx); err != nil {
-			return fmt.Errorf("produce %s: %w", r.o.DeadLetterTopic, err)
+	for _, d := range w.dead {
+		if err := d.ack.Wait(ctx); err != nil {
+			return &produceError{fmt.Errorf("produce %s: %w", r.o.DeadLetterTopic, err)}
 		}
 	}
 	w.dead = w.dead[:0]

@@ -26,6 +26,7 @@ type PartitionState struct {
 	Recovering bool
 	Remaining  int64 // changelog records left to replay
 	Since      time.Time
+	Stalled    error // why the partition cannot commit right now
 }
 
 // NewState returns the state of a worker that has not joined yet.
@@ -108,11 +109,25 @@ func (s *State) Ready() (ready bool, reason string) {
 		return false, "joining"
 	}
 	for _, ps := range s.parts {
+		if ps.Stalled != nil {
+			return false, "cannot commit: " + ps.Stalled.Error()
+		}
+	}
+	for _, ps := range s.parts {
 		if ps.Recovering {
 			return false, "recovering"
 		}
 	}
 	return true, ""
+}
+
+// stall records that partition p cannot commit (err), or can again (nil).
+func (s *State) stall(p int32, err error) {
+	s.mu.Lock()
+	if ps := s.parts[p]; ps != nil {
+		ps.Stalled = err
+	}
+	s.mu.Unlock()
 }
 
 // Stale reports whether reads may be behind: the group is rebalancing or a
