@@ -21,6 +21,7 @@ func main() {
 	addr := fs.String("addr", "127.0.0.1:9092", "address to listen on (port 0 picks a free port)")
 	dataDir := fs.String("data-dir", "", "directory for the broker's data; empty keeps everything in memory")
 	partitions := fs.Int("partitions", 8, "default partitions of auto-created topics")
+	advertise := fs.String("advertise", "", "address to advertise to clients instead of -addr (a proxy in front of the broker)")
 	verbose := fs.Bool("v", false, "log every request")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
@@ -31,13 +32,15 @@ func main() {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
-	b, err := devbroker.Start(devbroker.Options{Addr: *addr, DataDir: *dataDir, Partitions: int32(*partitions), Log: log})
+	b, err := devbroker.Start(devbroker.Options{Addr: *addr, DataDir: *dataDir, Partitions: int32(*partitions), Advertise: *advertise, Log: log})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "devbroker:", err)
 		os.Exit(1)
 	}
-	// Tests read this line to learn the address when -addr has port 0.
+	// Tests read this line to learn the address when -addr has port 0 (with
+	// -advertise it is the advertised address).
 	fmt.Printf("devbroker listening on %s\n", b.Addrs()[0])
+
 	log.Info("dev broker started; for development and tests only", "addr", b.Addrs()[0], "data_dir", *dataDir)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

@@ -19,7 +19,11 @@ type Options struct {
 	Addr       string // host:port to listen on; port 0 picks one
 	DataDir    string // where the broker keeps its log; empty keeps it in memory
 	Partitions int32  // default partitions of auto-created topics
-	Log        *slog.Logger
+	// Advertise, when set, is the address the broker tells clients to use
+	// instead of the one it listens on: a proxy in front of it (fault
+	// injection tests) or a port forward.
+	Advertise string
+	Log       *slog.Logger
 }
 
 // Broker is a running dev broker.
@@ -34,8 +38,19 @@ func Start(o Options) (*Broker, error) {
 		kfake.DefaultNumPartitions(int(max(o.Partitions, 1))),
 		kfake.ListenFn(func(network, _ string) (net.Listener, error) {
 			// kfake listens on 127.0.0.1 with a random port unless told
-			// otherwise; listen where the worker was configured to.
-			return net.Listen(network, o.Addr)
+			// otherwise; listen where the worker was configured to. kfake
+			// advertises the listener's address, so an advertised address
+			// is a listener that reports it.
+			ln, err := net.Listen(network, o.Addr)
+			if err != nil || o.Advertise == "" {
+				return ln, err
+			}
+			adv, err := net.ResolveTCPAddr("tcp", o.Advertise)
+			if err != nil {
+				_ = ln.Close()
+				return nil, fmt.Errorf("advertised address %q: %w", o.Advertise, err)
+			}
+			return advertised{Listener: ln, addr: adv}, nil
 		}),
 		kfake.GroupMinSessionTimeout(time.Second),
 	}
@@ -52,7 +67,14 @@ func Start(o Options) (*Broker, error) {
 	return &Broker{c: c}, nil
 }
 
-// Addrs returns the broker's listen addresses.
+type advertised struct {
+	net.Listener
+	addr net.Addr
+}
+
+func (a advertised) Addr() net.Addr { return a.addr }
+
+// Addrs returns the addresses the broker advertises.
 func (b *Broker) Addrs() []string { return b.c.ListenAddrs() }
 
 // Close stops the broker, writing its state to the data directory.
