@@ -5,6 +5,7 @@ go 1.26.0
 require github.com/cockroachdb/pebble/v2 v2.1.7
 
 require (
+	github.com/DataDog/datadog-go/v5 v5.9.1 // indirect
 	github.com/DataDog/zstd v1.5.7 // indirect
 	github.com/IBM/sarama v1.61.1 // indirect
 	github.com/RaduBerinde/axisds v0.1.0 // indirect

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/gofaust/pageviews/internal/config"
 	"github.com/gofaust/pageviews/internal/devbroker"
 	"github.com/gofaust/pageviews/internal/kafka"
+	"github.com/gofaust/pageviews/internal/metrics"
 	"github.com/gofaust/pageviews/internal/pageview"
 	"github.com/gofaust/pageviews/internal/store"
 	"github.com/gofaust/pageviews/internal/stream"
@@ -88,6 +90,18 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 			"addr", brokers[0], "data_dir", filepath.Join(cfg.DataDir, "kafka"))
 	}
 
+	mc, err := metrics.New(metrics.Options{Addr: cfg.StatsdAddr, Namespace: cfg.Service, Tags: globalTags(cfg)})
+	if err != nil {
+		return err
+	}
+	if mc.Enabled() {
+		log.Info("sending metrics to DogStatsD", "addr", cfg.StatsdAddr, "namespace", cfg.Service+".")
+	} else {
+		log.Info("metrics off: set DD_AGENT_HOST or DD_DOGSTATSD_URL to send them to DogStatsD")
+	}
+	cleanups = append(cleanups, mc.Close)
+	streamHooks := &metrics.StreamHooks{C: mc, Topic: cfg.Topic}
+
 	db, wiped, err := store.Open(filepath.Join(cfg.DataDir, "state"), log.With("component", "store"))
 	if err != nil {
 		return err
@@ -122,23 +136,31 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 	if err != nil {
 		return fmt.Errorf("kafka admin: %w", err)
 	}
-	partitions, err := kafka.EnsureTopics(admin,
-		kafka.Topic{Name: cfg.Topic},
-		[]kafka.Topic{
-			{Name: cfg.ViewsChangelog(), Configs: kafka.WindowedChangelogConfigs(cfg.WindowSize, cfg.WindowExpires)},
-			{Name: cfg.TotalsChangelog(), Configs: kafka.ChangelogConfigs()},
-		},
-		[]kafka.Topic{{Name: cfg.DeadLetterTopic()}},
-		cfg.Partitions, cfg.Replication, log)
-	if err != nil {
+	sched := &stream.Scheduler{Now: time.Now, After: time.After, Log: log.With("component", "scheduler")}
+	// A task: the topics must exist, co-partitioned, before processing.
+	sched.Task("topics", func(context.Context) error {
+		partitions, err := kafka.EnsureTopics(admin,
+			kafka.Topic{Name: cfg.Topic},
+			[]kafka.Topic{
+				{Name: cfg.ViewsChangelog(), Configs: kafka.WindowedChangelogConfigs(cfg.WindowSize, cfg.WindowExpires)},
+				{Name: cfg.TotalsChangelog(), Configs: kafka.ChangelogConfigs()},
+			},
+			[]kafka.Topic{{Name: cfg.DeadLetterTopic()}},
+			cfg.Partitions, cfg.Replication, log)
+		if err == nil {
+			log.Info("topics ready", "partitions", partitions)
+		}
+		return err
+	})
+	if err := sched.RunTasks(ctx); err != nil {
 		return err
 	}
-	log.Info("topics ready", "partitions", partitions)
 
 	producer, err := kafka.NewProducer(clients.producer)
 	if err != nil {
 		return fmt.Errorf("kafka producer: %w", err)
 	}
+	producer.OnAck = mc.OnAck
 	cleanups = append(cleanups, producer.Close)
 
 	group, err := sarama.NewConsumerGroupFromClient(cfg.Group, clients.group)
@@ -178,23 +200,26 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		DeadLetterTopic: cfg.DeadLetterTopic(),
 		CommitInterval:  cfg.CommitInterval,
 		Tables:          []stream.Table{tables.Views, tables.Totals},
-		Handler:         &pageview.Agent{Tables: tables, Clock: clock},
-		Group:           group,
-		Client:          clients.group,
-		Restore:         restore,
-		Producer:        producer,
-		DB:              db,
-		State:           state,
-		Standby:         standby,
-		GroupID:         cfg.Group,
-		Transactions:    transactions(cfg, clients, brokers),
-		CommittedAt:     committedAt(admin, cfg.Group, cfg.Topic),
-		Log:             log.With("component", "stream"),
-		Clock:           clock,
+		Handler: &pageview.Agent{Tables: tables, Clock: clock,
+			Late: func(p int32) { streamHooks.Late("views", p) }},
+		Group:        group,
+		Client:       clients.group,
+		Restore:      restore,
+		Producer:     producer,
+		DB:           db,
+		State:        state,
+		Standby:      standby,
+		GroupID:      cfg.Group,
+		Transactions: transactions(cfg, clients, brokers),
+		CommittedAt:  committedAt(admin, cfg.Group, cfg.Topic),
+		Hooks:        streamHooks,
+		Log:          log.With("component", "stream"),
+		Clock:        clock,
 	})
 
 	health := healthcheck.NewHandler()
 	health.AddLivenessCheck("goroutines", healthcheck.GoroutineCountCheck(10000))
+	health.AddLivenessCheck("processing", func() error { return state.Live(cfg.StallTimeout) })
 	health.AddReadinessCheck("group", func() error {
 		if ok, reason := state.Ready(); !ok {
 			return errors.New(reason)
@@ -212,14 +237,63 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		Client: &http.Client{Timeout: 5 * time.Second},
 		Log:    log.With("component", "router"),
 	}
-	srv := web.NewHTTPServer((&web.Server{
-		Publisher:      &pageview.Publisher{Sender: producer, Topic: cfg.Topic, Clock: clock},
+	publisher := &pageview.Publisher{Sender: producer, Topic: cfg.Topic, Clock: clock}
+	livecheck := &pageview.Livecheck{
+		Publish: publisher.Publish,
+		Count:   router.Count,
+		SLO:     cfg.LivecheckSLO,
+		Poll:    100 * time.Millisecond,
+		Sleep:   sleep,
+		Now:     time.Now,
+		Observe: func(ok bool, took time.Duration, err error) {
+			if ok {
+				mc.Count(metrics.LivecheckSuccess, 1)
+				mc.Timing(metrics.LivecheckLatency, took)
+				return
+			}
+			mc.Count(metrics.LivecheckFailure, 1)
+			log.Warn("livecheck failed", "error", err)
+		},
+	}
+	// Timers: the livecheck once per group (on the leader), the sampled
+	// gauges on every worker; a crontab logs the table summary.
+	sched.Leader = func() bool { return slices.Contains(state.Recovered(), 0) }
+	if cfg.LivecheckInterval > 0 {
+		sched.Timer("livecheck", cfg.LivecheckInterval, true, livecheck.Run)
+	}
+	sampler := &metrics.Sampler{
+		C:          mc,
+		Tables:     map[string]interface{ Stats() table.Stats }{"views": tables.Views, "totals": tables.Totals},
+		Store:      db,
+		Partitions: func() int { all, _ := state.Assigned(); return len(all) },
+		Standby:    func() int { return len(standby.Partitions()) },
+	}
+	sched.Timer("gauges", cfg.MetricsInterval, false, func(context.Context) error {
+		sampler.Sample()
+		all, _ := state.Assigned()
+		streamHooks.Zero(all, []string{cfg.Topic, cfg.ViewsChangelog(), cfg.TotalsChangelog(), cfg.DeadLetterTopic()}, "views")
+		return nil
+	})
+	if err := sched.Crontab("summary", "*/15 * * * *", true, func(ctx context.Context) error {
+		rep, err := router.Report(ctx, "")
+		if err != nil {
+			return err
+		}
+		log.Info("table summary", "pages", len(rep.Pages), "views_total", rep.Count, "views_in_window", rep.Now, "stale", rep.Stale)
+		return nil
+	}); err != nil {
+		return err
+	}
+
+	srv := web.NewHTTPServer(mc.HTTP((&web.Server{
+		Publisher:      publisher,
 		Reporter:       router,
 		Readiness:      state,
 		Health:         health,
+		Livecheck:      livecheck.Check,
 		Log:            log.With("component", "web"),
 		PublishTimeout: 10 * time.Second,
-	}).Handler())
+	}).Handler(), web.Route))
 
 	log.Info("http listening", "addr", ln.Addr().String(), "advertised_url", self)
 	if hooks.listening != nil {
@@ -234,6 +308,7 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		return nil
 	})
 	g.Go(func() error { return standby.Run(gctx) })
+	g.Go(func() error { return sched.Run(gctx) })
 	g.Go(func() error {
 		err := rt.Run(gctx)
 		// The runtime has flushed, committed and left the group. The web
@@ -376,5 +451,30 @@ func transactions(cfg *config.Config, cs *clients, brokers []string) func(p int3
 	}
 	return func(p int32) (*kafka.Producer, error) {
 		return kafka.NewTransactionalProducer(brokers, cs.base, fmt.Sprintf("%s-%s-%d", cfg.Group, cfg.Topic, p))
+	}
+}
+
+// globalTags are the unified service tags that datadog-go does not already
+// add from the process environment.
+func globalTags(cfg *config.Config) []string {
+	var tags []string
+	if os.Getenv("DD_ENV") == "" {
+		tags = append(tags, metrics.Tag("env", cfg.Env))
+	}
+	if os.Getenv("DD_VERSION") == "" {
+		tags = append(tags, metrics.Tag("version", cfg.Version))
+	}
+	return tags
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }

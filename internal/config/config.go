@@ -66,6 +66,13 @@ type Config struct {
 	CommitInterval  time.Duration // COMMIT_INTERVAL
 	ShutdownTimeout time.Duration // SHUTDOWN_TIMEOUT
 
+	// Observability.
+	StatsdAddr        string        // DD_DOGSTATSD_URL, or DD_AGENT_HOST[:DD_DOGSTATSD_PORT]; empty turns metrics off
+	LivecheckInterval time.Duration // LIVECHECK_INTERVAL; 0 turns the livecheck off
+	LivecheckSLO      time.Duration // LIVECHECK_SLO
+	StallTimeout      time.Duration // STALL_TIMEOUT: a lagging partition whose loop is stuck this long makes the worker not live
+	MetricsInterval   time.Duration // METRICS_INTERVAL: how often sampled gauges are sent
+
 	LogFormat string     // LOG_FORMAT: json or text
 	LogLevel  slog.Level // LOG_LEVEL
 }
@@ -98,37 +105,42 @@ func (e *Error) Error() string {
 func Load(getenv func(string) string) (*Config, error) {
 	r := reader{getenv: getenv}
 	c := &Config{
-		Service:         r.name("DD_SERVICE", "pageviews"),
-		Env:             r.str("DD_ENV", "dev"),
-		Version:         r.str("DD_VERSION", "dev"),
-		Group:           r.name("KAFKA_GROUP", "pageviews"),
-		Topic:           r.topic("PAGE_VIEWS_TOPIC", "page_views"),
-		Partitions:      int32(r.integer("PARTITIONS", 8, 1, 10000)),
-		Replication:     int16(r.integer("TOPIC_REPLICATION_FACTOR", -1, -1, 32)),
-		WindowSize:      r.duration("WINDOW_SIZE", time.Minute, time.Second),
-		WindowExpires:   r.duration("WINDOW_EXPIRES", 5*time.Minute, time.Second),
-		Brokers:         r.list("KAFKA_BROKERS"),
-		EmbeddedAddr:    r.addr("EMBEDDED_KAFKA_ADDR", "127.0.0.1:9092"),
-		InstanceID:      r.str("KAFKA_INSTANCE_ID", ""),
-		Guarantee:       Guarantee(r.oneOf("PROCESSING_GUARANTEE", string(AtLeastOnce), string(AtLeastOnce), string(ExactlyOnce))),
-		Rebalance:       r.oneOf("KAFKA_REBALANCE_PROTOCOL", "cooperative", "cooperative", "eager"),
-		SessionTimeout:  r.duration("KAFKA_SESSION_TIMEOUT", 30*time.Second, 6*time.Second),
-		AdvertisedURL:   r.url("ADVERTISED_URL"),
-		StandbyReplicas: r.integer("TABLE_STANDBY_REPLICAS", 0, 0, 3),
-		TLS:             r.boolean("KAFKA_TLS_ENABLED"),
-		TLSCAFile:       r.file("KAFKA_TLS_CA_FILE"),
-		TLSCertFile:     r.file("KAFKA_TLS_CERT_FILE"),
-		TLSKeyFile:      r.file("KAFKA_TLS_KEY_FILE"),
-		TLSServerName:   r.str("KAFKA_TLS_SERVER_NAME", ""),
-		SASLMechanism:   r.oneOf("KAFKA_SASL_MECHANISM", "", "", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
-		SASLUser:        r.str("KAFKA_SASL_USERNAME", ""),
-		SASLPassword:    r.getenv("KAFKA_SASL_PASSWORD"),
-		WebAddr:         r.addr("WEB_ADDR", ":8088"),
-		DataDir:         r.nonEmpty("DATA_DIR", "./data"),
-		CommitInterval:  r.duration("COMMIT_INTERVAL", time.Second, 10*time.Millisecond),
-		ShutdownTimeout: r.duration("SHUTDOWN_TIMEOUT", 30*time.Second, time.Second),
-		LogFormat:       r.oneOf("LOG_FORMAT", "json", "json", "text"),
-		LogLevel:        r.level("LOG_LEVEL", slog.LevelInfo),
+		Service:           r.name("DD_SERVICE", "pageviews"),
+		Env:               r.str("DD_ENV", "dev"),
+		Version:           r.str("DD_VERSION", "dev"),
+		Group:             r.name("KAFKA_GROUP", "pageviews"),
+		Topic:             r.topic("PAGE_VIEWS_TOPIC", "page_views"),
+		Partitions:        int32(r.integer("PARTITIONS", 8, 1, 10000)),
+		Replication:       int16(r.integer("TOPIC_REPLICATION_FACTOR", -1, -1, 32)),
+		WindowSize:        r.duration("WINDOW_SIZE", time.Minute, time.Second),
+		WindowExpires:     r.duration("WINDOW_EXPIRES", 5*time.Minute, time.Second),
+		Brokers:           r.list("KAFKA_BROKERS"),
+		EmbeddedAddr:      r.addr("EMBEDDED_KAFKA_ADDR", "127.0.0.1:9092"),
+		InstanceID:        r.str("KAFKA_INSTANCE_ID", ""),
+		Guarantee:         Guarantee(r.oneOf("PROCESSING_GUARANTEE", string(AtLeastOnce), string(AtLeastOnce), string(ExactlyOnce))),
+		Rebalance:         r.oneOf("KAFKA_REBALANCE_PROTOCOL", "cooperative", "cooperative", "eager"),
+		SessionTimeout:    r.duration("KAFKA_SESSION_TIMEOUT", 30*time.Second, 6*time.Second),
+		AdvertisedURL:     r.url("ADVERTISED_URL"),
+		StandbyReplicas:   r.integer("TABLE_STANDBY_REPLICAS", 0, 0, 3),
+		TLS:               r.boolean("KAFKA_TLS_ENABLED"),
+		TLSCAFile:         r.file("KAFKA_TLS_CA_FILE"),
+		TLSCertFile:       r.file("KAFKA_TLS_CERT_FILE"),
+		TLSKeyFile:        r.file("KAFKA_TLS_KEY_FILE"),
+		TLSServerName:     r.str("KAFKA_TLS_SERVER_NAME", ""),
+		SASLMechanism:     r.oneOf("KAFKA_SASL_MECHANISM", "", "", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+		SASLUser:          r.str("KAFKA_SASL_USERNAME", ""),
+		SASLPassword:      r.getenv("KAFKA_SASL_PASSWORD"),
+		WebAddr:           r.addr("WEB_ADDR", ":8088"),
+		DataDir:           r.nonEmpty("DATA_DIR", "./data"),
+		CommitInterval:    r.duration("COMMIT_INTERVAL", time.Second, 10*time.Millisecond),
+		ShutdownTimeout:   r.duration("SHUTDOWN_TIMEOUT", 30*time.Second, time.Second),
+		StatsdAddr:        r.statsdAddr(),
+		LivecheckInterval: r.durationOrZero("LIVECHECK_INTERVAL", 30*time.Second, time.Second),
+		LivecheckSLO:      r.duration("LIVECHECK_SLO", 10*time.Second, 100*time.Millisecond),
+		StallTimeout:      r.duration("STALL_TIMEOUT", 2*time.Minute, time.Second),
+		MetricsInterval:   r.duration("METRICS_INTERVAL", 10*time.Second, 100*time.Millisecond),
+		LogFormat:         r.oneOf("LOG_FORMAT", "json", "json", "text"),
+		LogLevel:          r.level("LOG_LEVEL", slog.LevelInfo),
 	}
 	if r.err != nil {
 		return nil, r.err
@@ -176,6 +188,10 @@ func (c *Config) LogValue() slog.Value {
 		slog.String("sasl_username", c.SASLUser),
 		slog.String("sasl_password", mask(c.SASLPassword)),
 		slog.String("web_addr", c.WebAddr),
+		slog.String("statsd_addr", c.StatsdAddr),
+		slog.Duration("livecheck_interval", c.LivecheckInterval),
+		slog.Duration("livecheck_slo", c.LivecheckSLO),
+		slog.Duration("stall_timeout", c.StallTimeout),
 		slog.String("data_dir", c.DataDir),
 		slog.Duration("commit_interval", c.CommitInterval),
 		slog.Duration("shutdown_timeout", c.ShutdownTimeout),
@@ -287,6 +303,41 @@ func (r *reader) addr(name, def string) string {
 		return def
 	}
 	return v
+}
+
+// durationOrZero is duration, where "0" turns the feature off.
+func (r *reader) durationOrZero(name string, def, lo time.Duration) time.Duration {
+	if strings.TrimSpace(r.getenv(name)) == "0" {
+		return 0
+	}
+	return r.duration(name, def, lo)
+}
+
+// statsdAddr follows the datadog-go conventions: DD_DOGSTATSD_URL
+// (unix:///path or udp://host:port) wins over DD_AGENT_HOST and
+// DD_DOGSTATSD_PORT (default 8125).
+func (r *reader) statsdAddr() string {
+	if u := r.str("DD_DOGSTATSD_URL", ""); u != "" {
+		switch {
+		case strings.HasPrefix(u, "unix://"):
+			return u
+		case strings.HasPrefix(u, "udp://"):
+			return strings.TrimPrefix(u, "udp://")
+		default:
+			r.fail("DD_DOGSTATSD_URL", u, "unix:///path/to/dsd.socket or udp://host:port")
+			return ""
+		}
+	}
+	host := r.str("DD_AGENT_HOST", "")
+	if host == "" {
+		return ""
+	}
+	port := r.str("DD_DOGSTATSD_PORT", "8125")
+	if n, err := strconv.Atoi(port); err != nil || n <= 0 || n > 65535 {
+		r.fail("DD_DOGSTATSD_PORT", port, "a port number")
+		return ""
+	}
+	return net.JoinHostPort(host, port)
 }
 
 func (r *reader) boolean(name string) bool {

@@ -82,6 +82,11 @@ func TestLoadDefaults(t *testing.T) {
 		ShutdownTimeout: 30 * time.Second,
 		LogFormat:       "json",
 		LogLevel:        slog.LevelInfo,
+
+		LivecheckInterval: 30 * time.Second,
+		LivecheckSLO:      10 * time.Second,
+		StallTimeout:      2 * time.Minute,
+		MetricsInterval:   10 * time.Second,
 	}
 	if !equalConfig(*c, want) {
 		t.Errorf("Load(empty) =\n%+v\nwant\n%+v", *c, want)

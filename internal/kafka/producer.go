@@ -16,6 +16,8 @@ type Producer struct {
 	ap   sarama.AsyncProducer
 	done chan struct{}
 	wg   sync.WaitGroup
+	// OnAck observes every record's outcome (metrics); set it before use.
+	OnAck func(topic string, latency time.Duration, err error)
 }
 
 // Ack is a group of records whose acknowledgements one caller waits for.
@@ -25,6 +27,7 @@ type Ack struct {
 	err     error
 	offsets map[int32]int64 // highest acknowledged offset per partition
 	done    chan struct{}
+	sent    time.Time
 }
 
 // NewAck returns an Ack for n records.
@@ -155,6 +158,9 @@ func wrap(ap sarama.AsyncProducer) *Producer {
 		defer p.wg.Done()
 		for m := range ap.Successes() {
 			if a, ok := m.Metadata.(*Ack); ok {
+				if p.OnAck != nil {
+					p.OnAck(m.Topic, time.Since(a.sent), nil)
+				}
 				a.finish(m.Partition, m.Offset, nil)
 			}
 		}
@@ -163,6 +169,9 @@ func wrap(ap sarama.AsyncProducer) *Producer {
 		defer p.wg.Done()
 		for e := range ap.Errors() {
 			if a, ok := e.Msg.Metadata.(*Ack); ok {
+				if p.OnAck != nil {
+					p.OnAck(e.Msg.Topic, time.Since(a.sent), e.Err)
+				}
 				a.finish(e.Msg.Partition, -1, e.Err)
 			}
 		}
@@ -181,6 +190,7 @@ func (p *Producer) Send(ack *Ack, msgs ...*sarama.ProducerMessage) (err error) {
 			err = ErrClosed
 		}
 	}()
+	ack.sent = time.Now()
 	for _, m := range msgs {
 		m.Metadata = ack
 		p.ap.Input() <- m

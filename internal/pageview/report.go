@@ -89,7 +89,7 @@ type Reporter struct {
 // or only for page when it is not empty. A partition revoked while the
 // report is built is left out and the report marked stale.
 func (r *Reporter) Report(page string) (*Report, error) {
-	part, err := r.Local(page, nil)
+	part, err := r.Local(page, nil, false)
 	if err != nil {
 		return nil, err
 	}
@@ -119,8 +119,9 @@ func (r *Reporter) partitions() []int32 {
 
 // Local returns the counts of the partitions in want that this worker holds
 // (every partition it holds when want is nil). Partitions lists exactly the
-// partitions that were read, so a caller can tell what is missing.
-func (r *Reporter) Local(page string, want []int32) (*Partial, error) {
+// partitions that were read, so a caller can tell what is missing. Pages
+// under ReservedPrefix are left out unless reserved is true.
+func (r *Reporter) Local(page string, want []int32, reserved bool) (*Partial, error) {
 	now := r.Clock()
 	win := r.Views.Window()
 	nowStart := win.Start(now)
@@ -134,7 +135,7 @@ func (r *Reporter) Local(page string, want []int32) (*Partial, error) {
 		// half-way adds nothing.
 		one := map[string]Counts{}
 		keep := func(k string) bool {
-			return (page == "" || k == page) && !strings.HasPrefix(k, ReservedPrefix)
+			return (page == "" || k == page) && (reserved || !strings.HasPrefix(k, ReservedPrefix))
 		}
 		err := r.Totals.Scan(p, func(k string, v int64) {
 			if keep(k) {

@@ -31,15 +31,42 @@ type Router struct {
 }
 
 // LocalPartial serves a peer's request for this worker's partitions.
-func (rt *Router) LocalPartial(page string, partitions []int32) (*Partial, error) {
-	return rt.Local.Local(page, partitions)
+func (rt *Router) LocalPartial(page string, partitions []int32, reserved bool) (*Partial, error) {
+	return rt.Local.Local(page, partitions, reserved)
 }
 
 // Report builds the cluster-wide report for every page, or only for page.
 func (rt *Router) Report(ctx context.Context, page string) (*Report, error) {
+	total, n, err := rt.gather(ctx, page, false)
+	if err != nil {
+		return nil, err
+	}
+	rep := total.Report()
+	for p := range n {
+		if !slices.Contains(total.Partitions, p) {
+			rep.MissingPartitions = append(rep.MissingPartitions, p)
+		}
+	}
+	rep.Stale = len(rep.MissingPartitions) > 0
+	return rep, nil
+}
+
+// Count returns the cluster-wide counts of one page, reserved pages
+// included (the livecheck reads its synthetic page this way), and whether
+// every partition answered.
+func (rt *Router) Count(ctx context.Context, page string) (Counts, bool, error) {
+	total, n, err := rt.gather(ctx, page, true)
+	if err != nil {
+		return Counts{}, false, err
+	}
+	return total.Pages[page], len(total.Partitions) == int(n), nil
+}
+
+// gather asks every partition's owner for its counts and merges them.
+func (rt *Router) gather(ctx context.Context, page string, reserved bool) (*Partial, int32, error) {
 	n, err := rt.Partitions()
 	if err != nil {
-		return nil, fmt.Errorf("partitions of the source topic: %w", err)
+		return nil, 0, fmt.Errorf("partitions of the source topic: %w", err)
 	}
 	owners, err := rt.Owners()
 	if err != nil {
@@ -63,9 +90,9 @@ func (rt *Router) Report(ctx context.Context, page string) (*Report, error) {
 			var part *Partial
 			var err error
 			if owner == rt.Self {
-				part, err = rt.Local.Local(page, parts)
+				part, err = rt.Local.Local(page, parts, reserved)
 			} else {
-				part, err = rt.fetch(ctx, owner, page, parts)
+				part, err = rt.fetch(ctx, owner, page, parts, reserved)
 			}
 			if err != nil {
 				rt.Log.Warn("report: partitions unavailable", "owner", owner, "partitions", parts, "error", err)
@@ -86,19 +113,14 @@ func (rt *Router) Report(ctx context.Context, page string) (*Report, error) {
 		})
 	}
 	wg.Wait()
-
-	rep := total.Report()
-	for p := range n {
-		if !slices.Contains(total.Partitions, p) {
-			rep.MissingPartitions = append(rep.MissingPartitions, p)
-		}
-	}
-	rep.Stale = len(rep.MissingPartitions) > 0
-	return rep, nil
+	return total, n, nil
 }
 
-func (rt *Router) fetch(ctx context.Context, owner, page string, parts []int32) (*Partial, error) {
+func (rt *Router) fetch(ctx context.Context, owner, page string, parts []int32, reserved bool) (*Partial, error) {
 	q := url.Values{"local": {"1"}}
+	if reserved {
+		q.Set("reserved", "1")
+	}
 	if page != "" {
 		q.Set("page", page)
 	}

@@ -18,14 +18,29 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
 )
 
 // DB is the worker's local state store.
 type DB struct {
-	pdb *pebble.DB
-	dir string
+	pdb    *pebble.DB
+	dir    string
+	stalls *atomic.Int64
+}
+
+// Stats are what the store reports for gauges.
+type Stats struct {
+	DiskBytes   uint64
+	Compactions int64
+	WriteStalls int64
+}
+
+// Stats returns the store's size and cumulative compaction and stall counts.
+func (d *DB) Stats() Stats {
+	m := d.pdb.Metrics()
+	return Stats{DiskBytes: m.DiskSpaceUsage(), Compactions: m.Compact.Count, WriteStalls: d.stalls.Load()}
 }
 
 // Open opens the store in dir, creating it when missing. A store that cannot
@@ -50,6 +65,7 @@ func Open(dir string, log *slog.Logger) (db *DB, wiped bool, err error) {
 }
 
 func open(dir string, log *slog.Logger) (*DB, error) {
+	stalls := new(atomic.Int64)
 	opts := &pebble.Options{
 		Logger: pebbleLogger{log},
 		EventListener: &pebble.EventListener{
@@ -59,6 +75,10 @@ func open(dir string, log *slog.Logger) (*DB, error) {
 			// state from the changelog.
 			DataCorruption: func(info pebble.DataCorruptionInfo) {
 				log.Error("store data corruption", "path", info.Path, "error", info.Details)
+			},
+			WriteStallBegin: func(info pebble.WriteStallBeginInfo) {
+				stalls.Add(1)
+				log.Warn("store write stall", "reason", info.Reason)
 			},
 		},
 	}
@@ -72,7 +92,7 @@ func open(dir string, log *slog.Logger) (*DB, error) {
 		_ = pdb.Close()
 		return nil, fmt.Errorf("check pebble %s: %w", dir, err)
 	}
-	return &DB{pdb: pdb, dir: dir}, nil
+	return &DB{pdb: pdb, dir: dir, stalls: stalls}, nil
 }
 
 // Close flushes memtables and closes the store.

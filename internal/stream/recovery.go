@@ -65,6 +65,9 @@ func (w *partitionWorker) recover(ctx context.Context, msgs <-chan *sarama.Consu
 	}
 	w.r.o.State.progress(w.p, total)
 	for _, r := range rs {
+		w.r.o.Hooks.RecoveryProgress(r.t.Name(), w.p, max(r.hwm-r.start, 0), -1, 0)
+	}
+	for _, r := range rs {
 		if err := w.replay(ctx, r, &msgs); err != nil {
 			return fmt.Errorf("recover %s: %w", r.t.Name(), err)
 		}
@@ -186,6 +189,7 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, msgs *<-cha
 		return err
 	}
 	elapsed := r.o.Clock().Sub(began)
+	r.o.Hooks.RecoveryProgress(t.Name(), w.p, 0, 0, replayed%restoreBatch)
 	rs.log.Info("recovered", "records", replayed, "seconds", elapsed.Seconds(),
 		"records_per_second", int64(float64(replayed)/max(elapsed.Seconds(), 1e-3)))
 	return nil
@@ -195,11 +199,12 @@ func (w *partitionWorker) reportProgress(rs *restoring, last, replayed int64, be
 	left := rs.hwm - last - 1
 	w.r.o.State.progress(w.p, left)
 	now := w.r.o.Clock()
+	rate := float64(replayed) / max(now.Sub(began).Seconds(), 1e-3)
+	w.r.o.Hooks.RecoveryProgress(rs.t.Name(), w.p, left, time.Duration(float64(left)/rate*float64(time.Second)), restoreBatch)
 	if now.Before(*nextLog) {
 		return
 	}
 	*nextLog = now.Add(progressEvery)
-	rate := float64(replayed) / max(now.Sub(began).Seconds(), 1e-3)
 	eta := time.Duration(float64(left) / rate * float64(time.Second)).Round(time.Second)
 	rs.log.Info("recovery progress", "records_left", left, "records_per_second", int64(rate), "eta", eta.String())
 }

@@ -37,6 +37,8 @@ type Options struct {
 	Transactions func(p int32) (*kafka.Producer, error)
 	// GroupID is the consumer group, for the offsets of transactions.
 	GroupID string
+	// Hooks observe the runtime (metrics); nil observes nothing.
+	Hooks Hooks
 	// Standby keeps warm copies of partitions this worker does not own;
 	// nil keeps none.
 	Standby *Standby
@@ -59,6 +61,9 @@ type Runtime struct {
 func New(o Options) *Runtime {
 	if o.Clock == nil {
 		o.Clock = time.Now
+	}
+	if o.Hooks == nil {
+		o.Hooks = NopHooks{}
 	}
 	return &Runtime{o: o, fatal: make(chan error, 1)}
 }
@@ -123,6 +128,7 @@ type groupHandler Runtime
 func (h *groupHandler) Setup(sess sarama.ConsumerGroupSession) error {
 	r := (*Runtime)(h)
 	r.o.State.setJoined(true, sess.GenerationID())
+	r.o.Hooks.Joined(sess.GenerationID())
 	r.o.Log.Info("joined group", "generation", sess.GenerationID(), "member", sess.MemberID(), "claims", sess.Claims())
 	return nil
 }
@@ -138,6 +144,9 @@ func (h *groupHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sara
 	r := (*Runtime)(h)
 	w := &partitionWorker{r: r, p: claim.Partition(), sess: sess, log: r.o.Log.With("partition", claim.Partition()), last: -1}
 	w.log.Info("partition assigned", "generation", sess.GenerationID(), "offset", claim.InitialOffset())
+	r.o.Hooks.Assigned(claim.Partition())
+	w.claim = claim
+	w.assignedAt = time.Now()
 	defer w.log.Info("partition released", "generation", sess.GenerationID())
 	if err := w.run(claim); err != nil {
 		err = fmt.Errorf("partition %d: %w", claim.Partition(), err)
@@ -162,7 +171,13 @@ type partitionWorker struct {
 	dead    []deadLetter
 	pending *sarama.ConsumerMessage // a source record received during recovery
 	txp     *kafka.Producer         // this partition's transactional producer (exactly-once)
-	ev      Event
+
+	claim      sarama.ConsumerGroupClaim
+	assignedAt time.Time
+	processed  int64     // records processed since the last report to the hooks
+	deadCount  int64     // of which dead-lettered
+	lastTS     time.Time // record timestamp of the last processed record
+	ev         Event
 }
 
 func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
@@ -198,6 +213,7 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 			w.log.Info("recovery stopped: partition revoked or worker stopping")
 			return nil // nothing was processed, so nothing to flush
 		}
+		r.o.Hooks.AssignFailed(w.p)
 		return err
 	}
 	w.resumed()
@@ -237,6 +253,7 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 				}
 				break
 			}
+			r.o.State.beat(w.p, -1)
 		case <-ticker.C:
 			if err := w.flushRetrying(ctx); err != nil {
 				if ctx.Err() != nil {
@@ -244,6 +261,7 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 				}
 				return err
 			}
+			w.report()
 		case <-ctx.Done():
 			return w.stop(ctx)
 		}
@@ -257,13 +275,36 @@ func (w *partitionWorker) resumed() {
 	r := w.r
 	if took, gen, n, done := r.o.State.recovered(w.p, time.Now()); done {
 		w.log.Info("all partitions processing", "rebalance_ms", took.Milliseconds(), "generation", gen, "partitions", n)
+		r.o.Hooks.AllProcessing(took, n)
 	}
-	if r.o.CommittedAt == nil {
-		return
+	unprocessed := time.Duration(-1)
+	if r.o.CommittedAt != nil {
+		if at, ok := r.o.CommittedAt(w.p); ok {
+			unprocessed = time.Since(at)
+			w.log.Info("partition resumed", "unprocessed_ms", unprocessed.Milliseconds(), "generation", w.sess.GenerationID())
+		}
 	}
-	if at, ok := r.o.CommittedAt(w.p); ok {
-		w.log.Info("partition resumed", "unprocessed_ms", time.Since(at).Milliseconds(), "generation", w.sess.GenerationID())
+	r.o.Hooks.Resumed(w.p, time.Since(w.assignedAt), unprocessed)
+}
+
+// report hands the figures of the last commit interval to the hooks.
+func (w *partitionWorker) report() {
+	h := w.r.o.Hooks
+	if w.processed > 0 {
+		h.Processed(w.p, w.processed, w.deadCount)
+		w.processed, w.deadCount = 0, 0
 	}
+	hwm := w.claim.HighWaterMarkOffset()
+	var lag time.Duration
+	lagging := 0
+	if hwm > w.last+1 {
+		lagging = 1
+		if !w.lastTS.IsZero() {
+			lag = max(time.Since(w.lastTS), 0)
+		}
+	}
+	w.r.o.State.beat(w.p, lagging)
+	h.Position(w.p, w.last, w.flushed+1, hwm, lag)
 }
 
 // stop ends processing when the session ends or the partition is revoked.
@@ -280,7 +321,11 @@ func (w *partitionWorker) stop(ctx context.Context) error {
 			return nil
 		}
 	}
-	return w.flush(context.Background())
+	began := time.Now()
+	err := w.flush(context.Background())
+	w.report()
+	w.r.o.Hooks.Released(w.p, time.Since(began))
+	return err
 }
 
 // lostMembership reports whether a session ended because this member is no
@@ -304,7 +349,16 @@ func (w *partitionWorker) process(m *sarama.ConsumerMessage) error {
 		Timestamp: m.Timestamp,
 		Headers:   m.Headers,
 	}
-	err := w.r.o.Handler.Handle(&w.ev)
+	var err error
+	if w.processed&63 == 0 {
+		began := time.Now()
+		err = w.r.o.Handler.Handle(&w.ev)
+		w.r.o.Hooks.EventRuntime(w.p, time.Since(began))
+	} else {
+		err = w.r.o.Handler.Handle(&w.ev)
+	}
+	w.processed++
+	w.lastTS = m.Timestamp
 	if err != nil {
 		if !errors.Is(err, ErrInvalid) {
 			return fmt.Errorf("offset %d: %w", m.Offset, err)
@@ -321,6 +375,7 @@ func (w *partitionWorker) process(m *sarama.ConsumerMessage) error {
 // waits for it before it commits the source offset.
 func (w *partitionWorker) deadLetter(m *sarama.ConsumerMessage, cause error) error {
 	w.log.Warn("dead-lettering record", "offset", m.Offset, "error", cause)
+	w.deadCount++
 	dl := &sarama.ProducerMessage{
 		Topic: w.r.o.DeadLetterTopic,
 		Key:   sarama.ByteEncoder(m.Key),
@@ -377,6 +432,8 @@ func (w *partitionWorker) flushRetrying(ctx context.Context) error {
 			return err
 		}
 		w.r.o.State.stall(w.p, err)
+		w.r.o.State.beat(w.p, -1) // waiting for the brokers is not being stuck
+		w.r.o.Hooks.FlushFailed(w.p)
 		w.log.Warn("flush failed; retrying", "attempt", attempt, "backoff", backoff.String(), "error", err)
 		select {
 		case <-time.After(backoff):
@@ -407,6 +464,7 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 		return nil
 	}
 	r := w.r
+	began := time.Now()
 	now := r.o.Clock()
 	prod, err := w.producer()
 	if err != nil {
@@ -487,5 +545,6 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 		w.sess.Commit()
 	}
 	w.flushed = w.last
+	r.o.Hooks.Committed(w.p, time.Since(began))
 	return nil
 }

@@ -1,6 +1,8 @@
 package stream
 
 import (
+	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
@@ -27,6 +29,10 @@ type PartitionState struct {
 	Remaining  int64 // changelog records left to replay
 	Since      time.Time
 	Stalled    error // why the partition cannot commit right now
+	// Beat is when the partition's loop last made progress, Lagging
+	// whether records were waiting at the last look.
+	Beat    time.Time
+	Lagging bool
 }
 
 // NewState returns the state of a worker that has not joined yet.
@@ -54,7 +60,7 @@ func (s *State) setFatal(err error) {
 
 func (s *State) assign(p int32, now time.Time) {
 	s.mu.Lock()
-	s.parts[p] = &PartitionState{Recovering: true, Remaining: -1, Since: now}
+	s.parts[p] = &PartitionState{Recovering: true, Remaining: -1, Since: now, Beat: time.Now()}
 	if s.stalled.IsZero() {
 		s.stalled = time.Now()
 	}
@@ -119,6 +125,38 @@ func (s *State) Ready() (ready bool, reason string) {
 		}
 	}
 	return true, ""
+}
+
+// beat records that partition p's loop made progress; lagging is -1 to
+// leave the lag as it was, else 0 or 1.
+func (s *State) beat(p int32, lagging int) {
+	now := time.Now()
+	s.mu.Lock()
+	if ps := s.parts[p]; ps != nil {
+		ps.Beat = now
+		if lagging >= 0 {
+			ps.Lagging = lagging == 1
+		}
+	}
+	s.mu.Unlock()
+}
+
+// ErrStuck is the liveness failure of a processing loop that stopped.
+var ErrStuck = errors.New("processing loop stuck")
+
+// Live reports an error when a partition that has records waiting has not
+// made progress for stall: the process is stuck and restarting it helps.
+// Waiting for brokers (retries) and recovering count as progress.
+func (s *State) Live(stall time.Duration) error {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for p, ps := range s.parts {
+		if ps.Lagging && !ps.Recovering && now.Sub(ps.Beat) > stall {
+			return fmt.Errorf("%w: partition %d has records waiting and made no progress for %s", ErrStuck, p, now.Sub(ps.Beat).Round(time.Second))
+		}
+	}
+	return nil
 }
 
 // stall records that partition p cannot commit (err), or can again (nil).

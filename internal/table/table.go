@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gofaust/pageviews/internal/store"
@@ -66,6 +67,33 @@ type core[V any] struct {
 
 	mu    sync.RWMutex
 	parts map[int32]*part[V]
+
+	retrieved, updated, deleted, expired atomic.Int64
+}
+
+// Stats are a table's cumulative counters and its cache size.
+type Stats struct {
+	Retrieved int64 // keys read from the store (cache misses that found a value)
+	Updated   int64 // keys flushed to the changelog
+	Deleted   int64 // keys deleted by changelog tombstones
+	Expired   int64 // windows expired
+	Cached    int   // keys in the write-back caches
+}
+
+// Stats returns the table's counters.
+func (c *core[V]) Stats() Stats {
+	st := Stats{
+		Retrieved: c.retrieved.Load(), Updated: c.updated.Load(),
+		Deleted: c.deleted.Load(), Expired: c.expired.Load(),
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for _, pt := range c.parts {
+		pt.mu.Lock()
+		st.Cached += len(pt.cache)
+		pt.mu.Unlock()
+	}
+	return st
 }
 
 type entry[V any] struct {
@@ -85,6 +113,8 @@ type part[V any] struct {
 	flushing []flushed
 	scratch  []byte
 	valBuf   []byte
+	// expiredTo is the expiry cut-off of the last expiry (windowed tables).
+	expiredTo int64
 }
 
 type flushed struct {
@@ -190,6 +220,7 @@ func (c *core[V]) load(p int32, pt *part[V], userKey []byte) (V, bool, error) {
 	if !ok {
 		return zero, false, nil
 	}
+	c.retrieved.Add(1)
 	v, err := c.codec.Decode(buf)
 	if err != nil {
 		return zero, false, fmt.Errorf("decode %s/%d: %w", c.name, p, err)
@@ -275,6 +306,7 @@ func (c *core[V]) Flush(p int32, ts time.Time) ([]Record, error) {
 		recs = append(recs, Record{Key: c.toChangelog(nil, []byte(k)), Value: v, Timestamp: ts})
 	}
 	pt.dirty = pt.dirty[:0]
+	c.updated.Add(int64(len(recs)))
 	return recs, nil
 }
 
@@ -331,6 +363,7 @@ func (c *core[V]) restore(p int32, b *store.Batch, key, value []byte, scratch []
 		return scratch, fmt.Errorf("changelog %s/%d key %q: %w", c.changelog, p, key, err)
 	}
 	if value == nil {
+		c.deleted.Add(1)
 		return uk, b.Delete(store.DataKey(c.name, p, uk))
 	}
 	if _, err := c.codec.Decode(value); err != nil {

@@ -170,6 +170,11 @@ func (t *Windowed[V]) expire(p int32, pt *part[V], b *store.Batch) error {
 	if err := b.DeleteBelow(t.name, p, appendWindowKey(nil, first, "")); err != nil {
 		return err
 	}
+	// Count each window once, as the partition's expiry cut-off passes it.
+	if pt.expiredTo != 0 && first > pt.expiredTo {
+		t.expired.Add((first - pt.expiredTo) / t.win.Size.Milliseconds())
+	}
+	pt.expiredTo = first
 	for k := range pt.cache {
 		if windowStartOf([]byte(k)) < first {
 			delete(pt.cache, k)

@@ -26,7 +26,7 @@ type Publisher interface {
 // worker's partitions that peers ask for.
 type Reporter interface {
 	Report(ctx context.Context, page string) (*pageview.Report, error)
-	LocalPartial(page string, partitions []int32) (*pageview.Partial, error)
+	LocalPartial(page string, partitions []int32, reserved bool) (*pageview.Partial, error)
 }
 
 // Readiness tells whether the worker has joined and recovered.
@@ -40,6 +40,8 @@ type Server struct {
 	Reporter  Reporter
 	Readiness Readiness
 	Health    healthcheck.Handler
+	// Livecheck returns the last livecheck's failure, or nil.
+	Livecheck func() error
 	Log       *slog.Logger
 	// PublishTimeout bounds how long /count/ waits for the broker.
 	PublishTimeout time.Duration
@@ -54,9 +56,10 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /ready/{$}", s.ready)
 	mux.HandleFunc("GET /count/{$}", s.count)
 	mux.HandleFunc("GET /report/{$}", s.report)
+	mux.HandleFunc("GET /livecheck", s.livecheck)
 	mux.HandleFunc("GET /live", s.Health.LiveEndpoint)
 	mux.HandleFunc("GET /ready", s.Health.ReadyEndpoint)
-	for _, path := range []string{"/{$}", "/ready/{$}", "/count/{$}", "/report/{$}", "/live", "/ready"} {
+	for _, path := range []string{"/{$}", "/ready/{$}", "/count/{$}", "/report/{$}", "/live", "/ready", "/livecheck"} {
 		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Allow", "GET, HEAD")
 			writeError(w, http.StatusMethodNotAllowed, r.Method+" is not allowed; use GET")
@@ -75,6 +78,30 @@ func (s *Server) ready(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"ready": true})
+}
+
+// livecheck answers 200 while the last livecheck passed (or this worker,
+// not being the leader, runs none) and 503 with the failure otherwise.
+func (s *Server) livecheck(w http.ResponseWriter, _ *http.Request) {
+	var err error
+	if s.Livecheck != nil {
+		err = s.Livecheck()
+	}
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ok": false, "error": err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
+}
+
+// Route maps a request to one of the worker's routes, a bounded label for
+// metrics.
+func Route(r *http.Request) string {
+	switch p := r.URL.Path; p {
+	case "/", "/ready/", "/count/", "/report/", "/live", "/ready", "/livecheck":
+		return p
+	}
+	return "other"
 }
 
 func (s *Server) count(w http.ResponseWriter, r *http.Request) {
@@ -128,7 +155,7 @@ func (s *Server) localReport(w http.ResponseWriter, r *http.Request, page string
 			parts = append(parts, int32(p))
 		}
 	}
-	part, err := s.Reporter.LocalPartial(page, parts)
+	part, err := s.Reporter.LocalPartial(page, parts, r.URL.Query().Get("reserved") == "1")
 	if err != nil {
 		s.Log.Error("local report failed", "error", err)
 		writeError(w, http.StatusInternalServerError, "report failed: "+err.Error())

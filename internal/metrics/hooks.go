@@ -1,0 +1,237 @@
+package metrics
+
+import (
+	"net/http"
+	"runtime/metrics"
+	"strconv"
+	"time"
+
+	"github.com/gofaust/pageviews/internal/store"
+	"github.com/gofaust/pageviews/internal/table"
+)
+
+// StreamHooks turn the stream runtime's observations into metrics. It
+// implements stream.Hooks.
+type StreamHooks struct {
+	C     *Client
+	Topic string
+}
+
+func (h *StreamHooks) tp(p int32) []string {
+	return []string{Tag("topic", h.Topic), Partition(p)}
+}
+
+// Joined implements stream.Hooks.
+func (h *StreamHooks) Joined(generation int32) {
+	h.C.Count(Rebalances, 1)
+	h.C.Gauge(Generation, float64(generation))
+	h.C.Gauge(RebalanceState, 1)
+}
+
+// AllProcessing implements stream.Hooks.
+func (h *StreamHooks) AllProcessing(stalled time.Duration, partitions int) {
+	h.C.Timing(RebalanceEndLatency, stalled)
+	h.C.Gauge(RebalanceState, 0)
+	h.C.Gauge(PartitionsAssigned, float64(partitions))
+}
+
+// Assigned implements stream.Hooks.
+func (h *StreamHooks) Assigned(int32) { h.C.Gauge(RebalanceState, 1) }
+
+// Resumed implements stream.Hooks.
+func (h *StreamHooks) Resumed(p int32, recovery, unprocessed time.Duration) {
+	h.C.Count(AssignmentsComplete, 1, Partition(p))
+	h.C.Timing(AssignmentLatency, recovery, Partition(p))
+	if unprocessed >= 0 {
+		h.C.Gauge(UnprocessedTime, unprocessed.Seconds(), Partition(p))
+	}
+}
+
+// AssignFailed implements stream.Hooks.
+func (h *StreamHooks) AssignFailed(p int32) { h.C.Count(AssignmentsError, 1, Partition(p)) }
+
+// Released implements stream.Hooks.
+func (h *StreamHooks) Released(p int32, took time.Duration) {
+	h.C.Timing(RebalanceReturnLatency, took, Partition(p))
+}
+
+// RecoveryProgress implements stream.Hooks.
+func (h *StreamHooks) RecoveryProgress(tbl string, p int32, remaining int64, eta time.Duration, replayed int64) {
+	tags := []string{Tag("table", tbl), Partition(p)}
+	h.C.Gauge(RecoveryRemaining, float64(remaining), tags...)
+	if eta >= 0 {
+		h.C.Gauge(RecoveryETA, eta.Seconds(), tags...)
+	}
+	if replayed > 0 {
+		h.C.Count(RecoveryRecords, replayed, tags...)
+	}
+}
+
+// Processed implements stream.Hooks.
+func (h *StreamHooks) Processed(p int32, n, dead int64) {
+	tags := h.tp(p)
+	h.C.Count(MessagesReceived, n, tags...)
+	h.C.Count(Events, n-dead, tags...)
+	if dead > 0 {
+		h.C.Count(DeadLetters, dead, tags...)
+	}
+}
+
+// EventRuntime implements stream.Hooks.
+func (h *StreamHooks) EventRuntime(p int32, d time.Duration) { h.C.Timing(EventRuntime, d, h.tp(p)...) }
+
+// Position implements stream.Hooks.
+func (h *StreamHooks) Position(p int32, read, committed, hwm int64, lag time.Duration) {
+	tags := h.tp(p)
+	if read >= 0 {
+		h.C.Gauge(ReadOffset, float64(read), tags...)
+	}
+	if committed >= 0 {
+		h.C.Gauge(CommittedOffset, float64(committed), tags...)
+		h.C.Gauge(MessagesActive, float64(max(read+1-committed, 0)), tags...)
+	}
+	h.C.Gauge(EndOffset, float64(hwm), tags...)
+	h.C.Gauge(ConsumerLag, float64(max(hwm-(read+1), 0)), tags...)
+	h.C.Gauge(ConsumerLagSecs, lag.Seconds(), tags...)
+}
+
+// Committed implements stream.Hooks.
+func (h *StreamHooks) Committed(p int32, took time.Duration) {
+	h.C.Timing(CommitLatency, took, h.tp(p)...)
+}
+
+// FlushFailed implements stream.Hooks.
+func (h *StreamHooks) FlushFailed(p int32) { h.C.Count(Stalls, 1, h.tp(p)...) }
+
+// Zero sends 0 for the error and rare-event counters of the partitions
+// held, so dashboards show 0 rather than no data while nothing goes wrong
+// (counts add up, so a 0 never hides a real event).
+func (h *StreamHooks) Zero(partitions []int32, topics []string, windowed string) {
+	for _, p := range partitions {
+		h.C.Count(AssignmentsError, 0, Partition(p))
+		h.C.Count(Stalls, 0, h.tp(p)...)
+		h.C.Count(DeadLetters, 0, h.tp(p)...)
+		h.C.Count(LateEvents, 0, Tag("table", windowed), Partition(p))
+	}
+	for _, t := range topics {
+		h.C.Count(SendErrors, 0, Tag("topic", t))
+	}
+	h.C.Count(LivecheckFailure, 0)
+	h.C.Count(LivecheckSuccess, 0)
+}
+
+// Late counts a view whose window had expired.
+func (h *StreamHooks) Late(tbl string, p int32) {
+	h.C.Count(LateEvents, 1, Tag("table", tbl), Partition(p))
+}
+
+// OnAck observes one produced record (kafka.Producer.OnAck).
+func (c *Client) OnAck(topic string, latency time.Duration, err error) {
+	t := Tag("topic", topic)
+	if err != nil {
+		c.Count(SendErrors, 1, t)
+		return
+	}
+	c.Count(MessagesSent, 1, t)
+	c.Timing(SendLatency, latency, t)
+}
+
+// Sampler emits the gauges and counters that are read rather than observed:
+// table and store figures, partitions held, and Go runtime figures. Call
+// Sample on a timer.
+type Sampler struct {
+	C          *Client
+	Tables     map[string]interface{ Stats() table.Stats }
+	Store      interface{ Stats() store.Stats }
+	Partitions func() int
+	Standby    func() int
+
+	last    map[string]table.Stats
+	lastDB  store.Stats
+	samples []metrics.Sample
+	lastGC  float64
+}
+
+// Sample emits one round.
+func (s *Sampler) Sample() {
+	if s.last == nil {
+		s.last = map[string]table.Stats{}
+		s.samples = []metrics.Sample{
+			{Name: "/sched/goroutines:goroutines"},
+			{Name: "/memory/classes/heap/objects:bytes"},
+			{Name: "/sched/pauses/total/gc:seconds"},
+		}
+	}
+	for name, t := range s.Tables {
+		st, prev := t.Stats(), s.last[name]
+		tag := Tag("table", name)
+		s.C.Count(KeysRetrieved, st.Retrieved-prev.Retrieved, tag)
+		s.C.Count(KeysUpdated, st.Updated-prev.Updated, tag)
+		s.C.Count(KeysDeleted, st.Deleted-prev.Deleted, tag)
+		if d := st.Expired - prev.Expired; d > 0 || prev == (table.Stats{}) {
+			s.C.Count(WindowExpiries, d, tag)
+		}
+		s.C.Gauge(TableKeys, float64(st.Cached), tag)
+		s.last[name] = st
+	}
+	if s.Store != nil {
+		st := s.Store.Stats()
+		s.C.Gauge(StoreSize, float64(st.DiskBytes))
+		s.C.Count(Compactions, st.Compactions-s.lastDB.Compactions)
+		s.C.Count(WriteStalls, st.WriteStalls-s.lastDB.WriteStalls)
+		s.lastDB = st
+	}
+	if s.Partitions != nil {
+		s.C.Gauge(PartitionsAssigned, float64(s.Partitions()))
+	}
+	if s.Standby != nil {
+		s.C.Gauge(StandbyPartitions, float64(s.Standby()))
+	}
+	metrics.Read(s.samples)
+	s.C.Gauge(Goroutines, float64(s.samples[0].Value.Uint64()))
+	s.C.Gauge(HeapBytes, float64(s.samples[1].Value.Uint64()))
+	if h := s.samples[2].Value; h.Kind() == metrics.KindFloat64Histogram {
+		total := histTotal(h.Float64Histogram())
+		s.C.Gauge(GCPause, max(total-s.lastGC, 0))
+		s.lastGC = total
+	}
+}
+
+// histTotal approximates the sum of a runtime histogram from bucket bounds.
+func histTotal(h *metrics.Float64Histogram) float64 {
+	var sum float64
+	for i, n := range h.Counts {
+		lo, hi := h.Buckets[i], h.Buckets[i+1]
+		if lo < -1e300 {
+			lo = hi
+		}
+		if hi > 1e300 {
+			hi = lo
+		}
+		sum += float64(n) * (lo + hi) / 2
+	}
+	return sum
+}
+
+// HTTP wraps a handler to count requests by route and status, and time them.
+// route maps a request to a bounded set of labels.
+func (c *Client) HTTP(next http.Handler, route func(*http.Request) string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		began := time.Now()
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(sw, r)
+		path := Tag("path", route(r))
+		c.Count(HTTPRequests, 1, path, Tag("status_code", strconv.Itoa(sw.status)))
+		c.Timing(HTTPLatency, time.Since(began), path)
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
+}

@@ -1,0 +1,70 @@
+package metrics
+
+// The metrics the worker emits. Every metric lives here, with its kind, its
+// tags (besides the global env and version) and a one-line meaning;
+// docs/metrics.md is generated from this list (go generate ./internal/metrics)
+// and dashboards and alerts may use only these names.
+//
+//go:generate go run ./gen -o ../../docs/metrics.md
+
+// Consuming and processing (the set of Faust's StatsdMonitor).
+var (
+	MessagesReceived = def("messages_received", Count, "source records received from Kafka", "topic", "partition")
+	MessagesActive   = def("messages_active", Gauge, "source records processed but not yet committed", "topic", "partition")
+	MessagesSent     = def("messages_sent", Count, "records the broker acknowledged (page views, changelogs, dead letters)", "topic")
+	Events           = def("events", Count, "events the agent processed", "topic", "partition")
+	EventRuntime     = def("event_runtime", Timing, "time the agent took for one event (1 in 64 events measured)", "topic", "partition")
+	CommitLatency    = def("commit_latency", Timing, "time of one commit: changelog acks, store batch and offset commit", "topic", "partition")
+	SendLatency      = def("send_latency", Timing, "time from producing a record to its acknowledgement", "topic")
+	SendErrors       = def("send_errors", Count, "records the broker did not acknowledge", "topic")
+	ReadOffset       = def("read_offset", Gauge, "offset of the last source record processed", "topic", "partition")
+	CommittedOffset  = def("committed_offset", Gauge, "last committed source offset", "topic", "partition")
+	EndOffset        = def("end_offset", Gauge, "high watermark of the source partition", "topic", "partition")
+	ConsumerLag      = def("consumer_lag", Gauge, "records between the last processed offset and the high watermark", "topic", "partition")
+	ConsumerLagSecs  = def("consumer_lag_seconds", Gauge, "age of the last processed record while the partition lags, else 0", "topic", "partition")
+	DeadLetters      = def("dead_letters", Count, "records sent to the dead-letter topic", "topic", "partition")
+	LateEvents       = def("late_events", Count, "views whose window had already expired (still counted in totals)", "table", "partition")
+	Stalls           = def("flush_failures", Count, "commits that failed and are being retried", "topic", "partition")
+)
+
+// Tables and state.
+var (
+	KeysRetrieved  = def("table_keys_retrieved", Count, "table keys read from the store (cache misses)", "table")
+	KeysUpdated    = def("table_keys_updated", Count, "table keys written to the changelog and store", "table")
+	KeysDeleted    = def("table_keys_deleted", Count, "table keys deleted (changelog tombstones replayed)", "table")
+	WindowExpiries = def("window_expiries", Count, "windows removed because they expired", "table")
+	TableKeys      = def("table_keys", Gauge, "keys cached in memory for a table", "table")
+	StoreSize      = def("pebble_size_bytes", Gauge, "size of the local Pebble store on disk", "")
+	Compactions    = def("pebble_compactions", Count, "Pebble compactions completed", "")
+	WriteStalls    = def("pebble_write_stalls", Count, "Pebble write stalls", "")
+)
+
+// Group membership, rebalancing and recovery.
+var (
+	Rebalances             = def("rebalances", Count, "times this worker (re)joined its group", "")
+	RebalanceState         = def("rebalance_state", Gauge, "1 while this worker does not process everything it holds (joining, revoking, recovering), else 0", "")
+	Generation             = def("generation", Gauge, "consumer group generation", "")
+	RebalanceReturnLatency = def("rebalance_return_latency", Timing, "time from a revocation to the partition being flushed and released", "partition")
+	RebalanceEndLatency    = def("rebalance_end_latency", Timing, "time from the worker stopping processing until every held partition processes again", "")
+	PartitionsAssigned     = def("partitions_assigned", Gauge, "source partitions this worker holds", "")
+	AssignmentsComplete    = def("assignments_complete", Count, "partitions assigned and recovered", "partition")
+	AssignmentsError       = def("assignments_error", Count, "partition assignments that failed", "partition")
+	AssignmentLatency      = def("assignment_latency", Timing, "time from assignment to processing (recovery included)", "partition")
+	UnprocessedTime        = def("partition_unprocessed_seconds", Gauge, "how long a partition went unprocessed before this worker resumed it", "partition")
+	RecoveryRemaining      = def("recovery_remaining", Gauge, "changelog records left to replay", "table", "partition")
+	RecoveryETA            = def("recovery_eta_seconds", Gauge, "estimated seconds until recovery ends", "table", "partition")
+	RecoveryRecords        = def("recovery_records", Count, "changelog records replayed", "table", "partition")
+	StandbyPartitions      = def("standby_partitions", Gauge, "partitions this worker keeps standby copies of", "")
+)
+
+// Web, livecheck and runtime.
+var (
+	HTTPRequests     = def("http_requests", Count, "HTTP requests answered", "path", "status_code")
+	HTTPLatency      = def("http_latency", Timing, "HTTP request latency", "path")
+	LivecheckSuccess = def("livecheck_success", Count, "livechecks whose synthetic view reached the table within the SLO", "")
+	LivecheckFailure = def("livecheck_failure", Count, "livechecks that failed (not published, or not counted within the SLO)", "")
+	LivecheckLatency = def("livecheck_latency", Timing, "time from publishing a synthetic view to seeing it in the table", "")
+	Goroutines       = def("go_goroutines", Gauge, "goroutines", "")
+	HeapBytes        = def("go_heap_bytes", Gauge, "bytes of allocated heap objects", "")
+	GCPause          = def("go_gc_pause_seconds", Gauge, "GC pause time since the previous sample", "")
+)

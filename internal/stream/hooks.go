@@ -1,0 +1,51 @@
+package stream
+
+import "time"
+
+// Hooks observe the runtime: the metrics package implements them, so
+// instrumentation stays out of the processing code. Every method must be
+// cheap and must not block. Per-record figures are summed by the runtime
+// and reported once per commit interval.
+type Hooks interface {
+	// Joined: the worker (re)joined its group.
+	Joined(generation int32)
+	// AllProcessing: every partition the worker holds processes again,
+	// after stalled without full processing.
+	AllProcessing(stalled time.Duration, partitions int)
+	// Assigned: partition p was assigned; Resumed: it processes, after
+	// recovery took; unprocessed is how long it went without processing
+	// (negative when unknown).
+	Assigned(p int32)
+	Resumed(p int32, recovery, unprocessed time.Duration)
+	AssignFailed(p int32)
+	// Released: partition p was flushed and handed back, took after the
+	// revocation.
+	Released(p int32, took time.Duration)
+	RecoveryProgress(table string, p int32, remaining int64, eta time.Duration, replayed int64)
+	// Processed: n records processed and dead dead-lettered since the last
+	// report.
+	Processed(p int32, n, dead int64)
+	EventRuntime(p int32, d time.Duration)
+	// Position reports the partition's offsets each commit interval: the
+	// last processed, the next to commit, the high watermark, and the age
+	// of the last processed record when the partition lags.
+	Position(p int32, read, committed, highWatermark int64, lag time.Duration)
+	Committed(p int32, took time.Duration)
+	FlushFailed(p int32)
+}
+
+// NopHooks observes nothing.
+type NopHooks struct{}
+
+func (NopHooks) Joined(int32)                                                {}
+func (NopHooks) AllProcessing(time.Duration, int)                            {}
+func (NopHooks) Assigned(int32)                                              {}
+func (NopHooks) Resumed(int32, time.Duration, time.Duration)                 {}
+func (NopHooks) AssignFailed(int32)                                          {}
+func (NopHooks) Released(int32, time.Duration)                               {}
+func (NopHooks) RecoveryProgress(string, int32, int64, time.Duration, int64) {}
+func (NopHooks) Processed(int32, int64, int64)                               {}
+func (NopHooks) EventRuntime(int32, time.Duration)                           {}
+func (NopHooks) Position(int32, int64, int64, int64, time.Duration)          {}
+func (NopHooks) Committed(int32, time.Duration)                              {}
+func (NopHooks) FlushFailed(int32)                                           {}
