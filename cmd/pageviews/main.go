@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/gofaust/pageviews/internal/config"
+	"github.com/gofaust/pageviews/internal/tracing"
 )
 
 // version is set at build time (-ldflags "-X main.version=...") and is the
@@ -59,7 +60,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	defer signal.Stop(sigs)
 	go handleSignals(ctx, sigs, log)
 
-	return runWorker(ctx, cfg, log, workerHooks{clock: time.Now})
+	return runWorker(ctx, cfg, log, workerHooks{clock: time.Now, console: stdout})
 }
 
 // handleSignals serves USR1 (dump goroutines, keep running) and QUIT (cold
@@ -89,5 +90,5 @@ func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 	} else {
 		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(h).With("service", cfg.Service)
+	return slog.New(tracing.LogHandler{Handler: h}).With("service", cfg.Service)
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/gofaust/pageviews/internal/store"
 	"github.com/gofaust/pageviews/internal/stream"
 	"github.com/gofaust/pageviews/internal/table"
+	"github.com/gofaust/pageviews/internal/tracing"
 	"github.com/gofaust/pageviews/internal/web"
 	"github.com/gofaust/pageviews/internal/window"
 )
@@ -36,6 +37,7 @@ import (
 type workerHooks struct {
 	clock     func() time.Time
 	listening func(addr string)
+	console   io.Writer // where OTEL_TRACES_EXPORTER=console writes
 }
 
 // runWorker wires the worker and runs it until ctx ends. Shutdown follows a
@@ -71,6 +73,20 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 			log.Info("stopped cleanly")
 		}
 	}()
+
+	// Traces are flushed last: this cleanup is registered first.
+	shutdownTraces, err := tracing.Setup(ctx, tracing.Options{
+		Exporter: cfg.TracesExporter, Endpoint: cfg.OTLPEndpoint, TracesEndpoint: cfg.OTLPTracesEndpoint,
+		Protocol: cfg.OTLPProtocol, ServiceName: cfg.TraceServiceName, Version: cfg.Version, Console: hooks.console,
+	}, log)
+	if err != nil {
+		return err
+	}
+	cleanups = append(cleanups, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return shutdownTraces(ctx)
+	})
 
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return fmt.Errorf("create DATA_DIR: %w", err)
@@ -285,7 +301,7 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		return err
 	}
 
-	srv := web.NewHTTPServer(mc.HTTP((&web.Server{
+	srv := web.NewHTTPServer(tracing.HTTP(mc.HTTP((&web.Server{
 		Publisher:      publisher,
 		Reporter:       router,
 		Readiness:      state,
@@ -293,7 +309,7 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		Livecheck:      livecheck.Check,
 		Log:            log.With("component", "web"),
 		PublishTimeout: 10 * time.Second,
-	}).Handler(), web.Route))
+	}).Handler(), web.Route), web.Route))
 
 	log.Info("http listening", "addr", ln.Addr().String(), "advertised_url", self)
 	if hooks.listening != nil {

@@ -72,6 +72,12 @@ type Config struct {
 	LivecheckSLO      time.Duration // LIVECHECK_SLO
 	StallTimeout      time.Duration // STALL_TIMEOUT: a lagging partition whose loop is stuck this long makes the worker not live
 	MetricsInterval   time.Duration // METRICS_INTERVAL: how often sampled gauges are sent
+	// Traces, from the standard OpenTelemetry variables.
+	TracesExporter     string // OTEL_TRACES_EXPORTER: otlp, console, none; empty decides from the endpoint
+	OTLPEndpoint       string // OTEL_EXPORTER_OTLP_ENDPOINT (base URL)
+	OTLPTracesEndpoint string // OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (full URL, wins)
+	OTLPProtocol       string // OTEL_EXPORTER_OTLP_TRACES_PROTOCOL or OTEL_EXPORTER_OTLP_PROTOCOL
+	TraceServiceName   string // OTEL_SERVICE_NAME
 
 	LogFormat string     // LOG_FORMAT: json or text
 	LogLevel  slog.Level // LOG_LEVEL
@@ -105,46 +111,51 @@ func (e *Error) Error() string {
 func Load(getenv func(string) string) (*Config, error) {
 	r := reader{getenv: getenv}
 	c := &Config{
-		Service:           r.name("DD_SERVICE", "pageviews"),
-		Env:               r.str("DD_ENV", "dev"),
-		Version:           r.str("DD_VERSION", "dev"),
-		Group:             r.name("KAFKA_GROUP", "pageviews"),
-		Topic:             r.topic("PAGE_VIEWS_TOPIC", "page_views"),
-		Partitions:        int32(r.integer("PARTITIONS", 8, 1, 10000)),
-		Replication:       int16(r.integer("TOPIC_REPLICATION_FACTOR", -1, -1, 32)),
-		WindowSize:        r.duration("WINDOW_SIZE", time.Minute, time.Second),
-		WindowExpires:     r.duration("WINDOW_EXPIRES", 5*time.Minute, time.Second),
-		Brokers:           r.list("KAFKA_BROKERS"),
-		EmbeddedAddr:      r.addr("EMBEDDED_KAFKA_ADDR", "127.0.0.1:9092"),
-		InstanceID:        r.str("KAFKA_INSTANCE_ID", ""),
-		Guarantee:         Guarantee(r.oneOf("PROCESSING_GUARANTEE", string(AtLeastOnce), string(AtLeastOnce), string(ExactlyOnce))),
-		Rebalance:         r.oneOf("KAFKA_REBALANCE_PROTOCOL", "cooperative", "cooperative", "eager"),
-		SessionTimeout:    r.duration("KAFKA_SESSION_TIMEOUT", 30*time.Second, 6*time.Second),
-		AdvertisedURL:     r.url("ADVERTISED_URL"),
-		StandbyReplicas:   r.integer("TABLE_STANDBY_REPLICAS", 0, 0, 3),
-		TLS:               r.boolean("KAFKA_TLS_ENABLED"),
-		TLSCAFile:         r.file("KAFKA_TLS_CA_FILE"),
-		TLSCertFile:       r.file("KAFKA_TLS_CERT_FILE"),
-		TLSKeyFile:        r.file("KAFKA_TLS_KEY_FILE"),
-		TLSServerName:     r.str("KAFKA_TLS_SERVER_NAME", ""),
-		SASLMechanism:     r.oneOf("KAFKA_SASL_MECHANISM", "", "", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
-		SASLUser:          r.str("KAFKA_SASL_USERNAME", ""),
-		SASLPassword:      r.getenv("KAFKA_SASL_PASSWORD"),
-		WebAddr:           r.addr("WEB_ADDR", ":8088"),
-		DataDir:           r.nonEmpty("DATA_DIR", "./data"),
-		CommitInterval:    r.duration("COMMIT_INTERVAL", time.Second, 10*time.Millisecond),
-		ShutdownTimeout:   r.duration("SHUTDOWN_TIMEOUT", 30*time.Second, time.Second),
-		StatsdAddr:        r.statsdAddr(),
-		LivecheckInterval: r.durationOrZero("LIVECHECK_INTERVAL", 30*time.Second, time.Second),
-		LivecheckSLO:      r.duration("LIVECHECK_SLO", 10*time.Second, 100*time.Millisecond),
-		StallTimeout:      r.duration("STALL_TIMEOUT", 2*time.Minute, time.Second),
-		MetricsInterval:   r.duration("METRICS_INTERVAL", 10*time.Second, 100*time.Millisecond),
-		LogFormat:         r.oneOf("LOG_FORMAT", "json", "json", "text"),
-		LogLevel:          r.level("LOG_LEVEL", slog.LevelInfo),
+		Service:            r.name("DD_SERVICE", "pageviews"),
+		Env:                r.str("DD_ENV", "dev"),
+		Version:            r.str("DD_VERSION", "dev"),
+		Group:              r.name("KAFKA_GROUP", "pageviews"),
+		Topic:              r.topic("PAGE_VIEWS_TOPIC", "page_views"),
+		Partitions:         int32(r.integer("PARTITIONS", 8, 1, 10000)),
+		Replication:        int16(r.integer("TOPIC_REPLICATION_FACTOR", -1, -1, 32)),
+		WindowSize:         r.duration("WINDOW_SIZE", time.Minute, time.Second),
+		WindowExpires:      r.duration("WINDOW_EXPIRES", 5*time.Minute, time.Second),
+		Brokers:            r.list("KAFKA_BROKERS"),
+		EmbeddedAddr:       r.addr("EMBEDDED_KAFKA_ADDR", "127.0.0.1:9092"),
+		InstanceID:         r.str("KAFKA_INSTANCE_ID", ""),
+		Guarantee:          Guarantee(r.oneOf("PROCESSING_GUARANTEE", string(AtLeastOnce), string(AtLeastOnce), string(ExactlyOnce))),
+		Rebalance:          r.oneOf("KAFKA_REBALANCE_PROTOCOL", "cooperative", "cooperative", "eager"),
+		SessionTimeout:     r.duration("KAFKA_SESSION_TIMEOUT", 30*time.Second, 6*time.Second),
+		AdvertisedURL:      r.url("ADVERTISED_URL"),
+		StandbyReplicas:    r.integer("TABLE_STANDBY_REPLICAS", 0, 0, 3),
+		TLS:                r.boolean("KAFKA_TLS_ENABLED"),
+		TLSCAFile:          r.file("KAFKA_TLS_CA_FILE"),
+		TLSCertFile:        r.file("KAFKA_TLS_CERT_FILE"),
+		TLSKeyFile:         r.file("KAFKA_TLS_KEY_FILE"),
+		TLSServerName:      r.str("KAFKA_TLS_SERVER_NAME", ""),
+		SASLMechanism:      r.oneOf("KAFKA_SASL_MECHANISM", "", "", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+		SASLUser:           r.str("KAFKA_SASL_USERNAME", ""),
+		SASLPassword:       r.getenv("KAFKA_SASL_PASSWORD"),
+		WebAddr:            r.addr("WEB_ADDR", ":8088"),
+		DataDir:            r.nonEmpty("DATA_DIR", "./data"),
+		CommitInterval:     r.duration("COMMIT_INTERVAL", time.Second, 10*time.Millisecond),
+		ShutdownTimeout:    r.duration("SHUTDOWN_TIMEOUT", 30*time.Second, time.Second),
+		StatsdAddr:         r.statsdAddr(),
+		LivecheckInterval:  r.durationOrZero("LIVECHECK_INTERVAL", 30*time.Second, time.Second),
+		LivecheckSLO:       r.duration("LIVECHECK_SLO", 10*time.Second, 100*time.Millisecond),
+		StallTimeout:       r.duration("STALL_TIMEOUT", 2*time.Minute, time.Second),
+		MetricsInterval:    r.duration("METRICS_INTERVAL", 10*time.Second, 100*time.Millisecond),
+		TracesExporter:     r.oneOf("OTEL_TRACES_EXPORTER", "", "", "otlp", "console", "none"),
+		OTLPEndpoint:       r.str("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
+		OTLPTracesEndpoint: r.str("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", ""),
+		OTLPProtocol:       r.oneOf("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", r.oneOf("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf", "grpc", "http/protobuf"), "grpc", "http/protobuf"),
+		LogFormat:          r.oneOf("LOG_FORMAT", "json", "json", "text"),
+		LogLevel:           r.level("LOG_LEVEL", slog.LevelInfo),
 	}
 	if r.err != nil {
 		return nil, r.err
 	}
+	c.TraceServiceName = r.str("OTEL_SERVICE_NAME", c.Service)
 	if c.WindowExpires < c.WindowSize {
 		return nil, &Error{Var: "WINDOW_EXPIRES", Value: c.WindowExpires.String(),
 			Allowed: "a duration at least WINDOW_SIZE (" + c.WindowSize.String() + ")"}
@@ -192,6 +203,9 @@ func (c *Config) LogValue() slog.Value {
 		slog.Duration("livecheck_interval", c.LivecheckInterval),
 		slog.Duration("livecheck_slo", c.LivecheckSLO),
 		slog.Duration("stall_timeout", c.StallTimeout),
+		slog.String("traces_exporter", c.TracesExporter),
+		slog.String("otlp_endpoint", c.OTLPEndpoint+c.OTLPTracesEndpoint),
+		slog.String("otlp_protocol", c.OTLPProtocol),
 		slog.String("data_dir", c.DataDir),
 		slog.Duration("commit_interval", c.CommitInterval),
 		slog.Duration("shutdown_timeout", c.ShutdownTimeout),

@@ -87,6 +87,8 @@ func TestLoadDefaults(t *testing.T) {
 		LivecheckSLO:      10 * time.Second,
 		StallTimeout:      2 * time.Minute,
 		MetricsInterval:   10 * time.Second,
+		OTLPProtocol:      "http/protobuf",
+		TraceServiceName:  "pageviews",
 	}
 	if !equalConfig(*c, want) {
 		t.Errorf("Load(empty) =\n%+v\nwant\n%+v", *c, want)

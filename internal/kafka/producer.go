@@ -8,6 +8,12 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/gofaust/pageviews/internal/tracing"
 )
 
 // Producer sends records through one idempotent async producer and lets
@@ -199,15 +205,25 @@ func (p *Producer) Send(ack *Ack, msgs ...*sarama.ProducerMessage) (err error) {
 }
 
 // SendAndWait sends one record and waits for its acknowledgement. It
-// returns the record's partition and offset.
+// returns the record's partition and offset. A producer span continues the
+// trace in ctx, and its context travels in the record's headers (W3C
+// traceparent), so the consumer continues the same trace.
 func (p *Producer) SendAndWait(ctx context.Context, m *sarama.ProducerMessage) (int32, int64, error) {
+	ctx, span := tracing.Tracer().Start(ctx, "send "+m.Topic, trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(attribute.String("messaging.system", "kafka"), attribute.String("messaging.destination.name", m.Topic)))
+	defer span.End()
+	otel.GetTextMapPropagator().Inject(ctx, tracing.ProducerHeaders{M: m})
 	ack := NewAck(1)
 	if err := p.Send(ack, m); err != nil {
+		span.SetStatus(codes.Error, err.Error())
 		return 0, 0, err
 	}
 	if err := ack.Wait(ctx); err != nil {
+		span.SetStatus(codes.Error, err.Error())
 		return 0, 0, err
 	}
+	span.SetAttributes(attribute.Int64("messaging.kafka.destination.partition", int64(m.Partition)),
+		attribute.Int64("messaging.kafka.message.offset", m.Offset))
 	return m.Partition, m.Offset, nil
 }
 

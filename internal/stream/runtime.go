@@ -10,9 +10,14 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/gofaust/pageviews/internal/kafka"
 	"github.com/gofaust/pageviews/internal/store"
+	"github.com/gofaust/pageviews/internal/tracing"
 )
 
 // Options wire a Runtime.
@@ -340,8 +345,18 @@ func lostMembership(cause error) bool {
 func (w *partitionWorker) process(m *sarama.ConsumerMessage) error {
 	// One Event is reused for every record of the partition: the handler
 	// must not keep it, and the hot path does not allocate for it.
+	ctx := context.Background()
+	var span trace.Span
+	if tracing.HasContext(m.Headers) {
+		// Continue the producer's trace: one span per traced event.
+		ctx = otel.GetTextMapPropagator().Extract(ctx, tracing.ConsumerHeaders(m.Headers))
+		ctx, span = tracing.Tracer().Start(ctx, "process "+m.Topic, trace.WithSpanKind(trace.SpanKindConsumer),
+			trace.WithAttributes(attribute.Int64("messaging.kafka.destination.partition", int64(m.Partition)),
+				attribute.Int64("messaging.kafka.message.offset", m.Offset)))
+		defer span.End()
+	}
 	w.ev = Event{
-		Ctx:       context.Background(),
+		Ctx:       ctx,
 		Partition: m.Partition,
 		Offset:    m.Offset,
 		Key:       m.Key,
@@ -360,10 +375,13 @@ func (w *partitionWorker) process(m *sarama.ConsumerMessage) error {
 	w.processed++
 	w.lastTS = m.Timestamp
 	if err != nil {
+		if span != nil {
+			span.SetStatus(codes.Error, err.Error())
+		}
 		if !errors.Is(err, ErrInvalid) {
 			return fmt.Errorf("offset %d: %w", m.Offset, err)
 		}
-		if err := w.deadLetter(m, err); err != nil {
+		if err := w.deadLetter(ctx, m, err); err != nil {
 			return err
 		}
 	}
@@ -373,8 +391,8 @@ func (w *partitionWorker) process(m *sarama.ConsumerMessage) error {
 
 // deadLetter queues the record for the dead-letter topic; the next flush
 // waits for it before it commits the source offset.
-func (w *partitionWorker) deadLetter(m *sarama.ConsumerMessage, cause error) error {
-	w.log.Warn("dead-lettering record", "offset", m.Offset, "error", cause)
+func (w *partitionWorker) deadLetter(ctx context.Context, m *sarama.ConsumerMessage, cause error) error {
+	w.log.WarnContext(ctx, "dead-lettering record", "offset", m.Offset, "error", cause)
 	w.deadCount++
 	dl := &sarama.ProducerMessage{
 		Topic: w.r.o.DeadLetterTopic,
@@ -465,11 +483,16 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 	}
 	r := w.r
 	began := time.Now()
+	ctx, span := tracing.Tracer().Start(ctx, "flush", trace.WithAttributes(
+		attribute.String("messaging.destination.name", r.o.Topic), attribute.Int64("messaging.kafka.destination.partition", int64(w.p))))
+	defer span.End()
 	now := r.o.Clock()
 	prod, err := w.producer()
 	if err != nil {
 		return err
 	}
+	_, produceSpan := tracing.Tracer().Start(ctx, "changelog produce", trace.WithSpanKind(trace.SpanKindProducer))
+	defer produceSpan.End() // a second End is a no-op
 	acks := make([]*kafka.Ack, len(r.o.Tables))
 	for i, t := range r.o.Tables {
 		recs, err := t.Flush(w.p, now)
@@ -519,9 +542,13 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 	}
 	for _, d := range w.dead {
 		if err := d.ack.Wait(ctx); err != nil {
+			produceSpan.End()
 			return &produceError{fmt.Errorf("produce %s: %w", r.o.DeadLetterTopic, err)}
 		}
 	}
+	produceSpan.End()
+	_, commitSpan := tracing.Tracer().Start(ctx, "commit")
+	defer commitSpan.End()
 	w.dead = w.dead[:0]
 
 	b := r.o.DB.NewBatch()

@@ -113,7 +113,7 @@ func (s *Server) count(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	n, err := s.Publisher.Publish(ctx, page)
 	if err != nil {
-		s.Log.Warn("count: publish failed", "page", page, "error", err)
+		s.Log.WarnContext(r.Context(), "count: publish failed", "page", page, "error", err)
 		writeError(w, http.StatusServiceUnavailable, "page view not published: "+err.Error())
 		return
 	}
