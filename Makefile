@@ -42,3 +42,7 @@ lint: ## go vet and staticcheck (pinned in tools/go.mod)
 .PHONY: clean
 clean: ## remove build output and the local data directory
 	rm -rf $(BIN) data
+
+.PHONY: chaos
+chaos: ## the chaos suite: broker and worker processes through restarts, scaling and kill -9 (about 3 minutes)
+	CHAOS=1 $(GO) test -count=1 -v -timeout 30m ./chaos/

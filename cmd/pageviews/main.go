@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/IBM/sarama"
+
 	"github.com/gofaust/pageviews/internal/config"
 	"github.com/gofaust/pageviews/internal/tracing"
 )
@@ -24,7 +26,11 @@ import (
 // default of DD_VERSION.
 var version = "dev"
 
+// setSaramaLogger is true in the real process only.
+var setSaramaLogger bool
+
 func main() {
+	setSaramaLogger = true
 	err := run(context.Background(), os.Args[1:], os.Getenv, os.Stdout)
 	var cerr *config.Error
 	switch {
@@ -52,6 +58,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		cfg.Version = version
 	}
 	log := newLogger(cfg, stdout)
+	if setSaramaLogger {
+		// sarama logs through a package-level logger; this is the one
+		// place it is set (main only: tests run several workers in one
+		// process). Its lines are connection and group chatter: debug.
+		sarama.Logger = saramaLogger{log.With("component", "sarama")}
+	}
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -81,6 +93,15 @@ func handleSignals(ctx context.Context, sigs <-chan os.Signal, log *slog.Logger)
 		}
 	}
 }
+
+// saramaLogger adapts slog to sarama's StdLogger.
+type saramaLogger struct{ log *slog.Logger }
+
+func (l saramaLogger) Print(v ...any) { l.log.Debug(strings.TrimSpace(fmt.Sprint(v...))) }
+func (l saramaLogger) Printf(format string, v ...any) {
+	l.log.Debug(strings.TrimSpace(fmt.Sprintf(format, v...)))
+}
+func (l saramaLogger) Println(v ...any) { l.log.Debug(strings.TrimSpace(fmt.Sprintln(v...))) }
 
 func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: cfg.LogLevel}

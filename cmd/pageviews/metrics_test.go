@@ -24,6 +24,7 @@ type statsdSink struct {
 	conn *net.UDPConn
 	mu   sync.Mutex
 	seen map[string][]map[string]string // metric name -> tag sets
+	sums map[string]int64               // count metric name -> sum of values
 }
 
 func newStatsdSink(t testing.TB) *statsdSink {
@@ -32,7 +33,7 @@ func newStatsdSink(t testing.TB) *statsdSink {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &statsdSink{conn: conn, seen: map[string][]map[string]string{}}
+	s := &statsdSink{conn: conn, seen: map[string][]map[string]string{}, sums: map[string]int64{}}
 	t.Cleanup(func() { conn.Close() })
 	go func() {
 		buf := make([]byte, 65536)
@@ -64,9 +65,23 @@ func (s *statsdSink) add(line string) {
 			}
 		}
 	}
+	fields := strings.Split(rest, "|")
 	s.mu.Lock()
 	s.seen[name] = append(s.seen[name], tags)
+	if len(fields) > 1 && fields[1] == "c" {
+		for _, v := range strings.Split(fields[0], ":") {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			s.sums[name] += n
+		}
+	}
 	s.mu.Unlock()
+}
+
+// sum is the total of a count metric so far.
+func (s *statsdSink) sum(name string) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sums[name]
 }
 
 func (s *statsdSink) port() string {

@@ -38,6 +38,9 @@ type workerHooks struct {
 	clock     func() time.Time
 	listening func(addr string)
 	console   io.Writer // where OTEL_TRACES_EXPORTER=console writes
+	runtime   func(*stream.Runtime)
+	// handler wraps the agent (tests inject stalls with it).
+	handler func(stream.Handler) stream.Handler
 }
 
 // runWorker wires the worker and runs it until ctx ends. Shutdown follows a
@@ -211,27 +214,35 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		Log:     log.With("component", "standby"),
 		Every:   2 * time.Second,
 	}
+	var handler stream.Handler = &pageview.Agent{Tables: tables, Clock: clock,
+		Late: func(p int32) { streamHooks.Late("views", p) }}
+	if hooks.handler != nil {
+		handler = hooks.handler(handler)
+	}
 	rt := stream.New(stream.Options{
 		Topic:           cfg.Topic,
 		DeadLetterTopic: cfg.DeadLetterTopic(),
 		CommitInterval:  cfg.CommitInterval,
 		Tables:          []stream.Table{tables.Views, tables.Totals},
-		Handler: &pageview.Agent{Tables: tables, Clock: clock,
-			Late: func(p int32) { streamHooks.Late("views", p) }},
-		Group:        group,
-		Client:       clients.group,
-		Restore:      restore,
-		Producer:     producer,
-		DB:           db,
-		State:        state,
-		Standby:      standby,
-		GroupID:      cfg.Group,
-		Transactions: transactions(cfg, clients, brokers),
-		CommittedAt:  committedAt(admin, cfg.Group, cfg.Topic),
-		Hooks:        streamHooks,
-		Log:          log.With("component", "stream"),
-		Clock:        clock,
+		Handler:         handler,
+		Group:           group,
+		Client:          clients.group,
+		Restore:         restore,
+		Producer:        producer,
+		DB:              db,
+		State:           state,
+		Standby:         standby,
+		GroupID:         cfg.Group,
+		Transactions:    transactions(cfg, clients, brokers),
+		CommittedAt:     committedAt(admin, cfg.Group, cfg.Topic),
+		Hooks:           streamHooks,
+		Log:             log.With("component", "stream"),
+		Clock:           clock,
 	})
+
+	if hooks.runtime != nil {
+		hooks.runtime(rt)
+	}
 
 	health := healthcheck.NewHandler()
 	health.AddLivenessCheck("goroutines", healthcheck.GoroutineCountCheck(10000))

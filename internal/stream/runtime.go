@@ -119,6 +119,13 @@ func (r *Runtime) Run(ctx context.Context) error {
 	return nil
 }
 
+// Pause stops fetching from every partition this worker holds; processing
+// of what was fetched goes on, and the worker stays in its group.
+func (r *Runtime) Pause() { r.o.Group.PauseAll() }
+
+// Resume undoes Pause.
+func (r *Runtime) Resume() { r.o.Group.ResumeAll() }
+
 // fail stops the worker: a partition hit an error it cannot get past, and
 // leaving it unprocessed while the member still holds it would stall it.
 func (r *Runtime) fail(err error) {
@@ -134,6 +141,13 @@ func (h *groupHandler) Setup(sess sarama.ConsumerGroupSession) error {
 	r := (*Runtime)(h)
 	r.o.State.setJoined(true, sess.GenerationID())
 	r.o.Hooks.Joined(sess.GenerationID())
+	// Register every claim now, so readiness waits for all of them rather
+	// than for those whose goroutines happened to start first.
+	for _, ps := range sess.Claims() {
+		for _, p := range ps {
+			r.o.State.assign(p, r.o.Clock())
+		}
+	}
 	r.o.Log.Info("joined group", "generation", sess.GenerationID(), "member", sess.MemberID(), "claims", sess.Claims())
 	return nil
 }
@@ -149,6 +163,9 @@ func (h *groupHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sara
 	r := (*Runtime)(h)
 	w := &partitionWorker{r: r, p: claim.Partition(), sess: sess, log: r.o.Log.With("partition", claim.Partition()), last: -1}
 	w.log.Info("partition assigned", "generation", sess.GenerationID(), "offset", claim.InitialOffset())
+	if r.o.State.seeGeneration(sess.GenerationID()) {
+		r.o.Hooks.Joined(sess.GenerationID())
+	}
 	r.o.Hooks.Assigned(claim.Partition())
 	w.claim = claim
 	w.assignedAt = time.Now()
@@ -189,6 +206,7 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 	r := w.r
 	r.o.State.assign(w.p, r.o.Clock())
 	defer r.o.State.revoke(w.p)
+	r.o.State.watch(w.p, func() int { return len(claim.Messages()) })
 	// The standby copy of this partition (if any) stops before recovery
 	// reads the store, and may start again once the partition is released.
 	r.o.Standby.Activate(w.p)
@@ -224,6 +242,7 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 	w.resumed()
 	w.flushed = claim.InitialOffset() - 1
 	w.last = w.flushed
+	r.o.State.beat(w.p, -1)
 	if w.pending != nil {
 		if err := w.process(w.pending); err != nil {
 			return err
@@ -258,7 +277,7 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 				}
 				break
 			}
-			r.o.State.beat(w.p, -1)
+			r.o.State.beat(w.p, w.last+1)
 		case <-ticker.C:
 			if err := w.flushRetrying(ctx); err != nil {
 				if ctx.Err() != nil {
@@ -301,14 +320,10 @@ func (w *partitionWorker) report() {
 	}
 	hwm := w.claim.HighWaterMarkOffset()
 	var lag time.Duration
-	lagging := 0
-	if hwm > w.last+1 {
-		lagging = 1
-		if !w.lastTS.IsZero() {
-			lag = max(time.Since(w.lastTS), 0)
-		}
+	if hwm > w.last+1 && !w.lastTS.IsZero() {
+		lag = max(time.Since(w.lastTS), 0)
 	}
-	w.r.o.State.beat(w.p, lagging)
+	w.r.o.State.beat(w.p, w.last+1)
 	h.Position(w.p, w.last, w.flushed+1, hwm, lag)
 }
 

@@ -29,10 +29,12 @@ type PartitionState struct {
 	Remaining  int64 // changelog records left to replay
 	Since      time.Time
 	Stalled    error // why the partition cannot commit right now
-	// Beat is when the partition's loop last made progress, Lagging
-	// whether records were waiting at the last look.
+	// Beat is when the partition's loop last made progress and Next the
+	// next offset it will process. Pending counts records fetched and
+	// waiting for the loop; the fetcher fills it whatever the loop does.
 	Beat    time.Time
-	Lagging bool
+	Next    int64
+	Pending func() int
 }
 
 // NewState returns the state of a worker that has not joined yet.
@@ -49,7 +51,26 @@ func (s *State) setJoined(joined bool, generation int32) {
 	if s.stalled.IsZero() {
 		s.stalled = time.Now()
 	}
+	if !joined {
+		// Every claim of the session has ended; drop any that registered
+		// in Setup but never started.
+		clear(s.parts)
+	}
 	s.joined, s.generation = joined, generation
+}
+
+// seeGeneration records a generation seen on an assignment; with
+// cooperative rebalancing Setup runs once, so new generations show up
+// here. It reports whether the generation is new.
+func (s *State) seeGeneration(generation int32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if generation <= s.generation {
+		return false
+	}
+	s.generation = generation
+	s.rebalances++
+	return true
 }
 
 func (s *State) setFatal(err error) {
@@ -127,16 +148,25 @@ func (s *State) Ready() (ready bool, reason string) {
 	return true, ""
 }
 
-// beat records that partition p's loop made progress; lagging is -1 to
-// leave the lag as it was, else 0 or 1.
-func (s *State) beat(p int32, lagging int) {
+// beat records that partition p's loop made progress; next is the next
+// offset it will process, or -1 to leave it.
+func (s *State) beat(p int32, next int64) {
 	now := time.Now()
 	s.mu.Lock()
 	if ps := s.parts[p]; ps != nil {
 		ps.Beat = now
-		if lagging >= 0 {
-			ps.Lagging = lagging == 1
+		if next >= 0 {
+			ps.Next = next
 		}
+	}
+	s.mu.Unlock()
+}
+
+// watch gives the state a way to see partition p's fetched records.
+func (s *State) watch(p int32, pending func() int) {
+	s.mu.Lock()
+	if ps := s.parts[p]; ps != nil {
+		ps.Pending = pending
 	}
 	s.mu.Unlock()
 }
@@ -152,7 +182,8 @@ func (s *State) Live(stall time.Duration) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for p, ps := range s.parts {
-		if ps.Lagging && !ps.Recovering && now.Sub(ps.Beat) > stall {
+		lagging := ps.Pending != nil && ps.Pending() > 0
+		if lagging && !ps.Recovering && now.Sub(ps.Beat) > stall {
 			return fmt.Errorf("%w: partition %d has records waiting and made no progress for %s", ErrStuck, p, now.Sub(ps.Beat).Round(time.Second))
 		}
 	}
