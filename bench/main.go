@@ -36,6 +36,8 @@ type options struct {
 	partitions     int
 	bare, recovery bool
 	keep           bool
+	cpuprofile     string
+	commitInterval string
 }
 
 func main() {
@@ -48,6 +50,8 @@ func main() {
 	flag.BoolVar(&o.bare, "bare", true, "also measure a bare sarama consumer")
 	flag.BoolVar(&o.recovery, "recovery", true, "also measure recovery of an empty DATA_DIR")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory")
+	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the worker's aggregation to this file")
+	flag.StringVar(&o.commitInterval, "commit-interval", "1s", "the worker's COMMIT_INTERVAL: the last commit comes up to one interval after the last event")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -76,7 +80,7 @@ func run(o options) error {
 	}
 	defer stopProcess(broker)
 
-	fmt.Printf("machine: %d cores; events=%d pages=%d partitions=%d\n", numCPU(), o.events, o.pages, o.partitions)
+	fmt.Printf("machine: %d cores; events=%d pages=%d partitions=%d commit_interval=%s\n", numCPU(), o.events, o.pages, o.partitions, o.commitInterval)
 	began := time.Now()
 	if err := preload(addr, o); err != nil {
 		return fmt.Errorf("preload: %w", err)
@@ -241,7 +245,11 @@ func runWorker(o options, addr, dataDir, group string, want int64) (aggResult, e
 	cmd := exec.Command(o.worker)
 	cmd.Env = append(os.Environ(),
 		"KAFKA_BROKERS="+addr, "DATA_DIR="+dataDir, "WEB_ADDR=127.0.0.1:0", "KAFKA_GROUP="+group,
-		"LOG_FORMAT=json", "PARTITIONS="+strconv.Itoa(o.partitions), "WINDOW_SIZE=1h", "WINDOW_EXPIRES=2h")
+		"LOG_FORMAT=json", "PARTITIONS="+strconv.Itoa(o.partitions), "WINDOW_SIZE=1h", "WINDOW_EXPIRES=2h",
+		"LIVECHECK_INTERVAL=0", "COMMIT_INTERVAL="+o.commitInterval)
+	if o.cpuprofile != "" {
+		cmd.Env = append(cmd.Env, "PPROF_ADDR=127.0.0.1:6061")
+	}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return res, err
@@ -272,6 +280,12 @@ func runWorker(o options, addr, dataDir, group string, want int64) (aggResult, e
 	case start = <-joined:
 	case <-time.After(60 * time.Second):
 		return res, errors.New("worker did not join its group within 60s")
+	}
+	profiled := make(chan error, 1)
+	if o.cpuprofile != "" {
+		go func() { profiled <- fetchProfile(o.cpuprofile) }()
+	} else {
+		profiled <- nil
 	}
 	admin, err := sarama.NewClusterAdmin([]string{addr}, saramaConfig())
 	if err != nil {
@@ -306,6 +320,9 @@ func runWorker(o options, addr, dataDir, group string, want int64) (aggResult, e
 			return res, errors.New("worker did not commit every record within 30 minutes")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	if err := <-profiled; err != nil {
+		return res, fmt.Errorf("cpu profile: %w", err)
 	}
 	res.seconds = end.Sub(start).Seconds()
 	res.rate = float64(want) / res.seconds
@@ -452,4 +469,22 @@ func bareConsume(addr, topic string, partitions int) (float64, error) {
 	}
 	wg.Wait()
 	return float64(total.Load()) / time.Since(start).Seconds(), nil
+}
+
+// fetchProfile records 2 seconds of the worker's CPU profile.
+func fetchProfile(path string) error {
+	resp, err := http.Get("http://127.0.0.1:6061/debug/pprof/profile?seconds=2")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

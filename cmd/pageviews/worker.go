@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"slices"
@@ -327,6 +328,18 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		hooks.listening(ln.Addr().String())
 	}
 
+	if cfg.PprofAddr != "" {
+		// Profiles on their own listener, never on the public port.
+		pln, err := net.Listen("tcp", cfg.PprofAddr)
+		if err != nil {
+			return fmt.Errorf("listen on PPROF_ADDR=%s: %w", cfg.PprofAddr, err)
+		}
+		psrv := &http.Server{Handler: pprofMux(), ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = psrv.Serve(pln) }()
+		cleanups = append(cleanups, psrv.Close)
+		log.Info("pprof listening", "addr", pln.Addr().String())
+	}
+
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		if err := srv.Serve(ln); err != nil && !web.IsClosed(err) {
@@ -504,4 +517,13 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+func pprofMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }

@@ -62,6 +62,7 @@ type Config struct {
 	SASLPassword  string // KAFKA_SASL_PASSWORD
 
 	WebAddr         string        // WEB_ADDR
+	PprofAddr       string        // PPROF_ADDR: serve net/http/pprof there (keep it private); empty turns it off
 	DataDir         string        // DATA_DIR
 	CommitInterval  time.Duration // COMMIT_INTERVAL
 	ShutdownTimeout time.Duration // SHUTDOWN_TIMEOUT
@@ -137,6 +138,7 @@ func Load(getenv func(string) string) (*Config, error) {
 		SASLUser:           r.str("KAFKA_SASL_USERNAME", ""),
 		SASLPassword:       r.getenv("KAFKA_SASL_PASSWORD"),
 		WebAddr:            r.addr("WEB_ADDR", ":8088"),
+		PprofAddr:          r.optionalAddr("PPROF_ADDR"),
 		DataDir:            r.nonEmpty("DATA_DIR", "./data"),
 		CommitInterval:     r.duration("COMMIT_INTERVAL", time.Second, 10*time.Millisecond),
 		ShutdownTimeout:    r.duration("SHUTDOWN_TIMEOUT", 30*time.Second, time.Second),
@@ -392,6 +394,13 @@ func (r *reader) url(name string) string {
 		return ""
 	}
 	return strings.TrimSuffix(v, "/")
+}
+
+func (r *reader) optionalAddr(name string) string {
+	if r.str(name, "") == "" {
+		return ""
+	}
+	return r.addr(name, "")
 }
 
 func (r *reader) oneOf(name, def string, allowed ...string) string {
