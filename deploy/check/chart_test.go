@@ -1,0 +1,322 @@
+package check
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// renderedCharts reads the manifests `make lint-deploy` rendered with
+// `helm template` (one file per values set) from PAGEVIEWS_RENDERED_DIR.
+func renderedCharts(t *testing.T) map[string][]map[string]any {
+	t.Helper()
+	dir := os.Getenv("PAGEVIEWS_RENDERED_DIR")
+	if dir == "" {
+		skipOrFail(t, "PAGEVIEWS_RENDERED_DIR is not set: run `make -f deploy/deploy.mk lint-deploy`, which renders the chart first")
+	}
+	files, err := filepath.Glob(filepath.Join(dir, "chart-*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) == 0 {
+		t.Fatalf("no chart-*.yaml in %s", dir)
+	}
+	out := map[string][]map[string]any{}
+	for _, f := range files {
+		out[filepath.Base(f)] = decodeAll(t, f)
+	}
+	return out
+}
+
+// get walks a decoded manifest: get(obj, "spec", "template", "spec").
+func get(v any, path ...any) any {
+	for _, p := range path {
+		switch k := p.(type) {
+		case string:
+			m, ok := v.(map[string]any)
+			if !ok {
+				return nil
+			}
+			v = m[k]
+		case int:
+			l, ok := v.([]any)
+			if !ok || k >= len(l) {
+				return nil
+			}
+			v = l[k]
+		}
+	}
+	return v
+}
+
+func str(v any) string {
+	if v == nil {
+		return ""
+	}
+	return fmt.Sprint(v)
+}
+
+func list(v any) []any {
+	l, _ := v.([]any)
+	return l
+}
+
+func byKind(objs []map[string]any, kind string) []map[string]any {
+	var out []map[string]any
+	for _, o := range objs {
+		if o["kind"] == kind {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+func named(objs []map[string]any, kind, name string) map[string]any {
+	for _, o := range byKind(objs, kind) {
+		if str(get(o, "metadata", "name")) == name {
+			return o
+		}
+	}
+	return nil
+}
+
+// TestChart checks the rendered StatefulSet against the contracts the worker
+// and the rebalance strategy depend on (deploy/README.md), for every values
+// set lint-deploy renders.
+func TestChart(t *testing.T) {
+	for file, objs := range renderedCharts(t) {
+		t.Run(file, func(t *testing.T) {
+			sets := byKind(objs, "StatefulSet")
+			if len(sets) != 1 {
+				t.Fatalf("want one StatefulSet, got %d", len(sets))
+			}
+			checkStatefulSet(t, objs, sets[0])
+			if file == "chart-default.yaml" {
+				pdbs := byKind(objs, "PodDisruptionBudget")
+				if len(pdbs) != 1 || str(get(pdbs[0], "spec", "maxUnavailable")) != "50%" {
+					t.Errorf("default values: want one PodDisruptionBudget with maxUnavailable 50%%, got %v", pdbs)
+				}
+			}
+		})
+	}
+}
+
+func checkStatefulSet(t *testing.T, objs []map[string]any, sts map[string]any) {
+	spec := get(sts, "spec")
+	pod := get(spec, "template", "spec")
+	if got := str(get(spec, "podManagementPolicy")); got != "Parallel" {
+		t.Errorf("podManagementPolicy %q, want Parallel", got)
+	}
+
+	// The governing headless Service publishes not-ready pods, so that
+	// workers resolve each other while recovering.
+	headless := str(get(spec, "serviceName"))
+	svc := named(objs, "Service", headless)
+	if svc == nil || str(get(svc, "spec", "clusterIP")) != "None" || get(svc, "spec", "publishNotReadyAddresses") != true {
+		t.Errorf("serviceName %q: want a headless Service with publishNotReadyAddresses", headless)
+	}
+
+	var worker map[string]any
+	for _, c := range list(get(pod, "containers")) {
+		if str(get(c, "name")) == "worker" {
+			worker, _ = c.(map[string]any)
+		}
+	}
+	if worker == nil {
+		t.Fatal("no container named worker")
+	}
+	envs := map[string]map[string]any{}
+	var names []string
+	for i, e := range list(worker["env"]) {
+		em, _ := e.(map[string]any)
+		name := str(em["name"])
+		if _, dup := envs[name]; dup {
+			t.Errorf("env %s is set twice", name)
+		}
+		// $(VAR) expands only variables defined earlier in the list.
+		for _, ref := range regexp.MustCompile(`\$\(([A-Z0-9_]+)\)`).FindAllStringSubmatch(str(em["value"]), -1) {
+			if _, ok := envs[ref[1]]; !ok {
+				t.Errorf("env %d (%s) expands $(%s), which is not defined before it", i, name, ref[1])
+			}
+		}
+		envs[name] = em
+		names = append(names, name)
+	}
+	envReport(t, "the chart", names)
+	value := func(name string) string { return str(envs[name]["value"]) }
+	fieldRef := func(name string) string { return str(get(envs[name], "valueFrom", "fieldRef", "fieldPath")) }
+
+	if _, ok := envs["KAFKA_INSTANCE_ID"]; ok && fieldRef("KAFKA_INSTANCE_ID") != "metadata.name" {
+		t.Error("KAFKA_INSTANCE_ID must be the pod name (fieldRef metadata.name)")
+	}
+	if fieldRef("POD_NAME") != "metadata.name" || fieldRef("POD_NAMESPACE") != "metadata.namespace" {
+		t.Error("POD_NAME and POD_NAMESPACE must come from the pod's metadata")
+	}
+	port := str(get(worker, "ports", 0, "containerPort"))
+	wantURL := regexp.MustCompile(`^http://\$\(POD_NAME\)\.` + regexp.QuoteMeta(headless) + `\.\$\(POD_NAMESPACE\)\.svc(\.[a-z0-9.-]+)?:` + port + `$`)
+	if !wantURL.MatchString(value("ADVERTISED_URL")) {
+		t.Errorf("ADVERTISED_URL=%q, want http://$(POD_NAME).%s.$(POD_NAMESPACE).svc:%s", value("ADVERTISED_URL"), headless, port)
+	}
+	if value("WEB_ADDR") != ":"+port {
+		t.Errorf("WEB_ADDR=%q but the container port is %s", value("WEB_ADDR"), port)
+	}
+	if value("LOG_FORMAT") != "json" {
+		t.Errorf("LOG_FORMAT=%q, want json", value("LOG_FORMAT"))
+	}
+	if value("KAFKA_BROKERS") == "" {
+		t.Error("KAFKA_BROKERS is empty: every pod would start the embedded dev broker")
+	}
+	for _, secret := range []string{"KAFKA_SASL_PASSWORD", "KAFKA_SASL_USERNAME"} {
+		if e, ok := envs[secret]; ok && get(e, "valueFrom", "secretKeyRef", "name") == nil {
+			t.Errorf("%s must come from a Secret (secretKeyRef)", secret)
+		}
+	}
+
+	// DATA_DIR on the volume claim template.
+	claim := str(get(spec, "volumeClaimTemplates", 0, "metadata", "name"))
+	if value("DATA_DIR") != "/data" || mountOf(worker, "/data") != claim || claim == "" {
+		t.Errorf("DATA_DIR=%q must be /data, mounted from the volumeClaimTemplate %q", value("DATA_DIR"), claim)
+	}
+
+	// Files the worker opens must be mounted.
+	for _, v := range []string{"KAFKA_TLS_CA_FILE", "KAFKA_TLS_CERT_FILE", "KAFKA_TLS_KEY_FILE"} {
+		path := value(v)
+		if path == "" {
+			continue
+		}
+		vol := mountOf(worker, filepath.Dir(path))
+		if vol == "" {
+			t.Errorf("%s=%s is on no volume mount", v, path)
+			continue
+		}
+		found := false
+		for _, pv := range list(get(pod, "volumes")) {
+			if str(get(pv, "name")) != vol {
+				continue
+			}
+			for _, item := range list(get(pv, "secret", "items")) {
+				found = found || str(get(item, "path")) == filepath.Base(path)
+			}
+		}
+		if !found {
+			t.Errorf("%s=%s: volume %s projects no %s", v, path, vol, filepath.Base(path))
+		}
+	}
+
+	// Shutdown: the kubelet's KILL comes after SHUTDOWN_TIMEOUT.
+	timeout, err := time.ParseDuration(value("SHUTDOWN_TIMEOUT"))
+	if err != nil {
+		t.Errorf("SHUTDOWN_TIMEOUT=%q: %v", value("SHUTDOWN_TIMEOUT"), err)
+	}
+	grace, _ := get(pod, "terminationGracePeriodSeconds").(int)
+	if time.Duration(grace)*time.Second <= timeout {
+		t.Errorf("terminationGracePeriodSeconds=%d is not above SHUTDOWN_TIMEOUT=%s", grace, timeout)
+	}
+
+	// Probes.
+	for probe, path := range map[string]string{"startupProbe": "/ready", "readinessProbe": "/ready", "livenessProbe": "/live"} {
+		if got := str(get(worker, probe, "httpGet", "path")); got != path {
+			t.Errorf("%s on %q, want %s", probe, got, path)
+		}
+	}
+	period, _ := get(worker, "startupProbe", "periodSeconds").(int)
+	failures, _ := get(worker, "startupProbe", "failureThreshold").(int)
+	if budget := time.Duration(period*failures) * time.Second; budget < 30*time.Minute {
+		t.Errorf("the startup probe allows %s for recovery, want at least 30m", budget)
+	}
+
+	// Security.
+	if get(pod, "securityContext", "runAsNonRoot") != true {
+		t.Error("the pod does not set runAsNonRoot")
+	}
+	if get(pod, "automountServiceAccountToken") != false {
+		t.Error("the pod mounts a service account token it never uses")
+	}
+	containers := append(list(get(pod, "containers")), list(get(pod, "initContainers"))...)
+	for _, c := range containers {
+		sc := get(c, "securityContext")
+		name := str(get(c, "name"))
+		if get(sc, "allowPrivilegeEscalation") != false {
+			t.Errorf("container %s allows privilege escalation", name)
+		}
+		if str(get(sc, "capabilities", "drop", 0)) != "ALL" {
+			t.Errorf("container %s does not drop ALL capabilities", name)
+		}
+		if str(get(sc, "seccompProfile", "type")) != "RuntimeDefault" && str(get(pod, "securityContext", "seccompProfile", "type")) != "RuntimeDefault" {
+			t.Errorf("container %s has no RuntimeDefault seccomp profile", name)
+		}
+		if name == "worker" && get(sc, "readOnlyRootFilesystem") != true {
+			t.Error("the worker's root filesystem is writable")
+		}
+		if get(c, "resources") == nil {
+			t.Errorf("container %s has no resources", name)
+		}
+	}
+
+	checkMetrics(t, objs, pod, worker, value)
+}
+
+// checkMetrics: with the statsd_exporter sidecar the worker sends to it (UDP
+// on 127.0.0.1:9125 or its Unix socket), and the sidecar reads the repo's
+// mapping; without it, to the node's Datadog agent.
+func checkMetrics(t *testing.T, objs []map[string]any, pod any, worker map[string]any, value func(string) string) {
+	var sidecar any
+	for _, c := range list(get(pod, "initContainers")) {
+		if str(get(c, "name")) == "statsd-exporter" {
+			sidecar = c
+		}
+	}
+	url := value("DD_DOGSTATSD_URL")
+	if sidecar == nil {
+		if url == "" && value("DD_AGENT_HOST") == "" {
+			hostIP := false
+			for _, e := range list(worker["env"]) {
+				hostIP = hostIP || (str(get(e, "name")) == "DD_AGENT_HOST" && str(get(e, "valueFrom", "fieldRef", "fieldPath")) == "status.hostIP")
+			}
+			if !hostIP {
+				t.Error("without the sidecar, DD_AGENT_HOST must be the node's IP (status.hostIP) or DD_DOGSTATSD_URL a socket")
+			}
+		}
+		return
+	}
+	if get(sidecar, "restartPolicy") != "Always" {
+		t.Error("the statsd-exporter sidecar is not a native sidecar (restartPolicy: Always)")
+	}
+	args := strings.Join(strings.Fields(fmt.Sprint(get(sidecar, "args"))), " ")
+	switch {
+	case strings.HasPrefix(url, "unix://"):
+		if !strings.Contains(args, "--statsd.listen-unixgram="+strings.TrimPrefix(url, "unix://")) {
+			t.Errorf("DD_DOGSTATSD_URL=%s but the sidecar listens on %s", url, args)
+		}
+	case value("DD_AGENT_HOST") == "127.0.0.1" && value("DD_DOGSTATSD_PORT") == "9125":
+		if !strings.Contains(args, "--statsd.listen-udp=127.0.0.1:9125") {
+			t.Errorf("the worker sends to 127.0.0.1:9125 but the sidecar listens on %s", args)
+		}
+	default:
+		t.Errorf("with the sidecar, the worker sends metrics elsewhere (DD_AGENT_HOST=%q DD_DOGSTATSD_URL=%q)", value("DD_AGENT_HOST"), url)
+	}
+	mapping, err := os.ReadFile(filepath.Join(repoRoot(t), "deploy/statsd/mapping.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cm := range byKind(objs, "ConfigMap") {
+		if str(get(cm, "data", "mapping.yml")) == string(mapping) {
+			return
+		}
+	}
+	t.Error("no ConfigMap carries deploy/statsd/mapping.yml as mapping.yml")
+}
+
+// mountOf is the volume mounted at path in a container.
+func mountOf(c map[string]any, path string) string {
+	for _, m := range list(c["volumeMounts"]) {
+		if str(get(m, "mountPath")) == path {
+			return str(get(m, "name"))
+		}
+	}
+	return ""
+}

@@ -1,0 +1,405 @@
+package check
+
+import (
+	"context"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/compose-spec/compose-go/v2/cli"
+	"github.com/compose-spec/compose-go/v2/types"
+	"gopkg.in/yaml.v3"
+)
+
+// loadCompose loads docker-compose.yml the way `docker compose` does
+// (schema validation, interpolation, merge keys, relative paths resolved),
+// with an empty environment so that the result does not depend on the shell.
+func loadCompose(tb testing.TB) *types.Project {
+	tb.Helper()
+	root := repoRoot(tb)
+	opts, err := cli.NewProjectOptions(
+		[]string{filepath.Join(root, "docker-compose.yml")},
+		cli.WithWorkingDirectory(root),
+		cli.WithEnv(nil),
+		cli.WithResolvedPaths(true),
+		cli.WithConsistency(true),
+	)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p, err := opts.LoadProject(context.Background())
+	if err != nil {
+		tb.Fatalf("docker-compose.yml: %v", err)
+	}
+	return p
+}
+
+func service(tb testing.TB, p *types.Project, name string) types.ServiceConfig {
+	tb.Helper()
+	s, ok := p.Services[name]
+	if !ok {
+		tb.Fatalf("docker-compose.yml has no service %q", name)
+	}
+	return s
+}
+
+func env(s types.ServiceConfig, name string) string {
+	if v, ok := s.Environment[name]; ok && v != nil {
+		return *v
+	}
+	return ""
+}
+
+// TestComposeFilesExist checks every file docker-compose.yml builds from or
+// mounts: the Dockerfile and its context, the statsd mapping, the Prometheus
+// config, Grafana's provisioning and the dashboards directory.
+func TestComposeFilesExist(t *testing.T) {
+	p := loadCompose(t)
+	for name, s := range p.Services {
+		if s.Build != nil {
+			mustExist(t, s.Build.Context, true, name+" build context")
+			df := s.Build.Dockerfile
+			if !filepath.IsAbs(df) {
+				df = filepath.Join(s.Build.Context, df)
+			}
+			mustExist(t, df, false, name+" Dockerfile")
+		}
+		for _, v := range s.Volumes {
+			if v.Type != types.VolumeTypeBind {
+				continue
+			}
+			fi, err := os.Stat(inRepo(t, v.Source))
+			if err != nil {
+				t.Errorf("%s mounts %s at %s, which does not exist", name, v.Source, v.Target)
+				continue
+			}
+			if !v.ReadOnly {
+				t.Errorf("%s mounts the repository's %s writable; mount it :ro", name, v.Source)
+			}
+			// A file mounted where a directory is expected (or the reverse)
+			// makes the container fail at start.
+			if wantDir := !strings.Contains(filepath.Base(v.Target), "."); wantDir != fi.IsDir() {
+				t.Errorf("%s mounts %s (directory: %v) at %s", name, v.Source, fi.IsDir(), v.Target)
+			}
+		}
+	}
+	// What the brief of the stack promises, by path.
+	root := repoRoot(t)
+	for _, want := range []struct {
+		path string
+		dir  bool
+	}{
+		{"Dockerfile", false},
+		{"deploy/statsd/mapping.yml", false},
+		{"deploy/prometheus/prometheus.yml", false},
+		{"deploy/grafana/provisioning/datasources", true},
+		{"deploy/grafana/provisioning/dashboards", true},
+		{"dashboards/grafana", true},
+	} {
+		if !mounted(p, filepath.Join(root, want.path)) {
+			t.Errorf("docker-compose.yml does not use %s", want.path)
+		}
+		mustExist(t, want.path, want.dir, "docker-compose.yml")
+	}
+}
+
+func mounted(p *types.Project, abs string) bool {
+	for _, s := range p.Services {
+		if s.Build != nil && (filepath.Join(s.Build.Context, s.Build.Dockerfile) == abs || s.Build.Dockerfile == abs) {
+			return true
+		}
+		for _, v := range s.Volumes {
+			if v.Type == types.VolumeTypeBind && (v.Source == abs || strings.HasPrefix(abs, v.Source+string(filepath.Separator))) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// TestComposeWorkers checks the two workers: one group, distinct static
+// member ids, advertised URLs that name the worker itself, their own state
+// volumes and host ports, Kafka and the topics ready before they start, and
+// only settings the worker reads.
+func TestComposeWorkers(t *testing.T) {
+	p := loadCompose(t)
+	workers := []string{"worker-1", "worker-2"}
+	seen := map[string]string{}
+	unique := func(kind, value, who string) {
+		t.Helper()
+		if value == "" {
+			t.Errorf("%s: %s is empty", who, kind)
+			return
+		}
+		if prev, ok := seen[kind+"="+value]; ok {
+			t.Errorf("%s and %s share %s=%s", prev, who, kind, value)
+		}
+		seen[kind+"="+value] = who
+	}
+	var names []string
+	for _, w := range workers {
+		s := service(t, p, w)
+		if s.Build == nil {
+			t.Errorf("%s is not built from the Dockerfile", w)
+		}
+		if got := env(s, "KAFKA_BROKERS"); got != "kafka:9092" {
+			t.Errorf("%s: KAFKA_BROKERS=%q, want kafka:9092", w, got)
+		}
+		unique("KAFKA_INSTANCE_ID", env(s, "KAFKA_INSTANCE_ID"), w)
+		adv := env(s, "ADVERTISED_URL")
+		unique("ADVERTISED_URL", adv, w)
+		if u, err := url.Parse(adv); err != nil || (u.Hostname() != w && u.Hostname() != s.Hostname) {
+			t.Errorf("%s: ADVERTISED_URL=%q does not name the worker's own host", w, adv)
+		}
+		var dataVolume string
+		for _, v := range s.Volumes {
+			if v.Target == env(s, "DATA_DIR") && v.Type == types.VolumeTypeVolume {
+				dataVolume = v.Source
+			}
+		}
+		unique("DATA_DIR volume", dataVolume, w)
+		if len(s.Ports) != 1 || s.Ports[0].Target != 8088 {
+			t.Errorf("%s: want one published port for 8088, got %+v", w, s.Ports)
+		} else {
+			unique("host port", s.Ports[0].Published, w)
+		}
+		for dep, cond := range map[string]string{"kafka": "service_healthy", "topics": "service_completed_successfully"} {
+			if d, ok := s.DependsOn[dep]; !ok || d.Condition != cond {
+				t.Errorf("%s: want depends_on %s with condition %s", w, dep, cond)
+			}
+		}
+		if s.StopGracePeriod == nil || durationOf(t, env(s, "SHUTDOWN_TIMEOUT")) >= int64(*s.StopGracePeriod) {
+			t.Errorf("%s: stop_grace_period must exceed SHUTDOWN_TIMEOUT=%s", w, env(s, "SHUTDOWN_TIMEOUT"))
+		}
+		// Telemetry goes to services of this file.
+		for _, v := range []string{"DD_AGENT_HOST"} {
+			if _, ok := p.Services[env(s, v)]; !ok {
+				t.Errorf("%s: %s=%q is not a service of docker-compose.yml", w, v, env(s, v))
+			}
+		}
+		if u, err := url.Parse(env(s, "OTEL_EXPORTER_OTLP_ENDPOINT")); err != nil || u.Hostname() != "jaeger" {
+			t.Errorf("%s: OTEL_EXPORTER_OTLP_ENDPOINT=%q does not point at jaeger", w, env(s, "OTEL_EXPORTER_OTLP_ENDPOINT"))
+		}
+		for name := range s.Environment {
+			names = append(names, name)
+		}
+	}
+	envReport(t, "docker-compose.yml", dedupe(names))
+	if got := seen["host port=8088"] + "," + seen["host port=8089"]; got != "worker-1,worker-2" {
+		t.Errorf("want worker-1 on host port 8088 and worker-2 on 8089, got %q", got)
+	}
+}
+
+func dedupe(in []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, s := range in {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// TestComposeKafka checks the broker (KRaft, official image, a healthcheck)
+// and that the one-shot topics service creates the four topics the worker
+// uses, co-partitioned, with the changelogs' cleanup policies.
+func TestComposeKafka(t *testing.T) {
+	p := loadCompose(t)
+	k := service(t, p, "kafka")
+	if !regexp.MustCompile(`^apache/kafka:3\.9\.\d+$`).MatchString(k.Image) {
+		t.Errorf("kafka image %q: want apache/kafka:3.9.x", k.Image)
+	}
+	if got := env(k, "KAFKA_PROCESS_ROLES"); got != "broker,controller" {
+		t.Errorf("KAFKA_PROCESS_ROLES=%q: want a combined KRaft node", got)
+	}
+	if env(k, "CLUSTER_ID") == "" {
+		t.Error("kafka has no CLUSTER_ID: KRaft storage cannot be formatted")
+	}
+	if k.HealthCheck == nil || len(k.HealthCheck.Test) == 0 {
+		t.Error("kafka has no healthcheck")
+	}
+
+	topics := service(t, p, "topics")
+	if d, ok := topics.DependsOn["kafka"]; !ok || d.Condition != "service_healthy" {
+		t.Error("topics must wait for a healthy kafka")
+	}
+	script := strings.Join(topics.Command, "\n")
+	w := service(t, p, "worker-1")
+	partitions := env(w, "PARTITIONS")
+	want := map[string][]string{
+		env(w, "PAGE_VIEWS_TOPIC"):                  nil,
+		env(w, "KAFKA_GROUP") + "-views-changelog":  {"cleanup.policy=compact,delete"},
+		env(w, "KAFKA_GROUP") + "-totals-changelog": {"cleanup.policy=compact"},
+		env(w, "PAGE_VIEWS_TOPIC") + "-dlq":         nil,
+	}
+	created := regexp.MustCompile(`--create[^\n]*--topic (\S+)((?:\\\n|[^\n])*)`).FindAllStringSubmatch(script, -1)
+	got := map[string]string{}
+	for _, m := range created {
+		got[m[1]] = m[2]
+	}
+	for topic, configs := range want {
+		args, ok := got[topic]
+		if !ok {
+			t.Errorf("topics does not create %s", topic)
+			continue
+		}
+		if !strings.Contains(args, "--partitions "+partitions+" ") {
+			t.Errorf("topic %s is not created with PARTITIONS=%s partitions: %s", topic, partitions, args)
+		}
+		for _, c := range configs {
+			if !strings.Contains(args, "--config "+c+" ") && !strings.HasSuffix(strings.TrimSpace(args), "--config "+c) {
+				t.Errorf("topic %s is not created with %s: %s", topic, c, args)
+			}
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("topics creates %d topics, want %d: %v", len(got), len(want), got)
+	}
+}
+
+// TestComposeObservability checks that statsd_exporter reads the mapping,
+// Prometheus scrapes statsd_exporter, and Grafana's provisioning points at
+// Prometheus and at the mounted dashboards directory.
+func TestComposeObservability(t *testing.T) {
+	p := loadCompose(t)
+	root := repoRoot(t)
+
+	se := service(t, p, "statsd-exporter")
+	mapping := mountTarget(se, filepath.Join(root, "deploy/statsd/mapping.yml"))
+	if mapping == "" || !containsArg(se.Command, "--statsd.mapping-config="+mapping) {
+		t.Errorf("statsd-exporter does not load deploy/statsd/mapping.yml (mounted at %q, command %q)", mapping, se.Command)
+	}
+	if w := service(t, p, "worker-1"); env(w, "DD_DOGSTATSD_PORT") != "9125" || !containsArg(se.Command, "--statsd.listen-udp=:9125") {
+		t.Error("workers and statsd-exporter disagree on the DogStatsD port (9125/udp)")
+	}
+
+	prom := service(t, p, "prometheus")
+	if mountTarget(prom, filepath.Join(root, "deploy/prometheus/prometheus.yml")) == "" {
+		t.Error("prometheus does not mount deploy/prometheus/prometheus.yml")
+	}
+	var promCfg struct {
+		ScrapeConfigs []struct {
+			JobName       string `yaml:"job_name"`
+			StaticConfigs []struct {
+				Targets []string `yaml:"targets"`
+			} `yaml:"static_configs"`
+		} `yaml:"scrape_configs"`
+	}
+	readYAML(t, "deploy/prometheus/prometheus.yml", &promCfg)
+	scrapesExporter := false
+	for _, sc := range promCfg.ScrapeConfigs {
+		for _, st := range sc.StaticConfigs {
+			for _, target := range st.Targets {
+				host, port, err := net.SplitHostPort(target)
+				if err != nil {
+					t.Errorf("prometheus target %q: %v", target, err)
+					continue
+				}
+				if host == "statsd-exporter" && port == "9102" {
+					scrapesExporter = true
+				}
+				if _, ok := p.Services[host]; !ok && host != "localhost" {
+					t.Errorf("prometheus target %q is not a service of docker-compose.yml", target)
+				}
+			}
+		}
+	}
+	if !scrapesExporter {
+		t.Error("prometheus does not scrape statsd-exporter:9102")
+	}
+
+	g := service(t, p, "grafana")
+	provisioning := mountTarget(g, filepath.Join(root, "deploy/grafana/provisioning"))
+	dashboards := mountTarget(g, filepath.Join(root, "dashboards/grafana"))
+	if provisioning != "/etc/grafana/provisioning" {
+		t.Errorf("grafana mounts deploy/grafana/provisioning at %q, want /etc/grafana/provisioning", provisioning)
+	}
+	var ds struct {
+		APIVersion  int `yaml:"apiVersion"`
+		Datasources []struct {
+			Name, Type, URL, UID string
+		} `yaml:"datasources"`
+	}
+	readYAML(t, "deploy/grafana/provisioning/datasources/datasources.yml", &ds)
+	hasProm := false
+	for _, d := range ds.Datasources {
+		u, err := url.Parse(d.URL)
+		if err != nil || u.Host == "" {
+			t.Errorf("datasource %s: bad url %q", d.Name, d.URL)
+			continue
+		}
+		if _, ok := p.Services[u.Hostname()]; !ok {
+			t.Errorf("datasource %s points at %s, which is not a service of docker-compose.yml", d.Name, u.Host)
+		}
+		hasProm = hasProm || d.Type == "prometheus"
+	}
+	if ds.APIVersion != 1 || !hasProm {
+		t.Errorf("datasources.yml: want apiVersion 1 and a prometheus data source, got %+v", ds)
+	}
+	var dp struct {
+		APIVersion int `yaml:"apiVersion"`
+		Providers  []struct {
+			Name    string
+			Type    string
+			Options struct {
+				Path string
+			}
+		} `yaml:"providers"`
+	}
+	readYAML(t, "deploy/grafana/provisioning/dashboards/dashboards.yml", &dp)
+	if dp.APIVersion != 1 || len(dp.Providers) == 0 {
+		t.Fatalf("dashboards.yml: want apiVersion 1 and a provider, got %+v", dp)
+	}
+	for _, pr := range dp.Providers {
+		if pr.Type != "file" || pr.Options.Path != dashboards {
+			t.Errorf("dashboard provider %s reads %q, but dashboards/grafana is mounted at %q", pr.Name, pr.Options.Path, dashboards)
+		}
+	}
+}
+
+func mountTarget(s types.ServiceConfig, source string) string {
+	for _, v := range s.Volumes {
+		if v.Type == types.VolumeTypeBind && v.Source == source {
+			return v.Target
+		}
+	}
+	return ""
+}
+
+func containsArg(args []string, want string) bool {
+	for _, a := range args {
+		if a == want {
+			return true
+		}
+	}
+	return false
+}
+
+func readYAML(tb testing.TB, path string, v any) {
+	tb.Helper()
+	b, err := os.ReadFile(inRepo(tb, path))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	dec := yaml.NewDecoder(strings.NewReader(string(b)))
+	dec.KnownFields(false)
+	if err := dec.Decode(v); err != nil {
+		tb.Fatalf("%s: %v", path, err)
+	}
+}
+
+func durationOf(tb testing.TB, s string) int64 {
+	tb.Helper()
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		tb.Fatalf("duration %q: %v", s, err)
+	}
+	return int64(d)
+}

@@ -1,0 +1,151 @@
+{{/*
+Names. The StatefulSet, its headless Service and the pod names derive from
+pageviews.fullname; the pod names are also the workers' static member ids.
+*/}}
+{{- define "pageviews.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "pageviews.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The headless Service that gives each pod a stable DNS name. */}}
+{{- define "pageviews.headlessName" -}}
+{{- printf "%s-headless" (include "pageviews.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "pageviews.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The image tag, and the version every telemetry signal is tagged with. */}}
+{{- define "pageviews.version" -}}
+{{- default .Chart.AppVersion .Values.image.tag }}
+{{- end }}
+
+{{- define "pageviews.ddVersion" -}}
+{{- default (include "pageviews.version" .) .Values.datadog.version }}
+{{- end }}
+
+{{- define "pageviews.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pageviews.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "pageviews.labels" -}}
+helm.sh/chart: {{ include "pageviews.chart" . }}
+{{ include "pageviews.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "pageviews.version" . | quote }}
+app.kubernetes.io/component: worker
+app.kubernetes.io/part-of: pageviews
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "pageviews.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "pageviews.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+pageviews.seconds turns a Go duration made of whole hours, minutes and
+seconds ("30s", "1m30s", "2h") into whole seconds. values.schema.json admits
+only that form, so that the grace period computed from SHUTDOWN_TIMEOUT is
+exact.
+*/}}
+{{- define "pageviews.seconds" -}}
+{{- $d := toString . }}
+{{- $h := regexFind "[0-9]+h" $d | trimSuffix "h" | default "0" | atoi }}
+{{- $m := regexFind "[0-9]+m" $d | trimSuffix "m" | default "0" | atoi }}
+{{- $s := regexFind "[0-9]+s" $d | trimSuffix "s" | default "0" | atoi }}
+{{- add (mul $h 3600) (mul $m 60) $s }}
+{{- end }}
+
+{{/*
+terminationGracePeriodSeconds: SHUTDOWN_TIMEOUT plus headroom, so that the
+kubelet's KILL never cuts a warm shutdown (flush, commit, leave the group)
+short.
+*/}}
+{{- define "pageviews.terminationGracePeriodSeconds" -}}
+{{- $timeout := include "pageviews.seconds" .Values.worker.shutdownTimeout | atoi }}
+{{- if le $timeout 0 }}
+{{- fail (printf "worker.shutdownTimeout=%q: want a positive duration such as 30s or 1m30s" .Values.worker.shutdownTimeout) }}
+{{- end }}
+{{- add $timeout .Values.worker.shutdownGraceExtraSeconds }}
+{{- end }}
+
+{{/* Kafka security: which Secrets hold what, and whether the chart makes one. */}}
+{{- define "pageviews.kafkaSecretName" -}}
+{{- printf "%s-kafka" (include "pageviews.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "pageviews.tlsSecretName" -}}
+{{- default (include "pageviews.kafkaSecretName" .) .Values.kafka.tls.existingSecret }}
+{{- end }}
+
+{{- define "pageviews.saslSecretName" -}}
+{{- default (include "pageviews.kafkaSecretName" .) .Values.kafka.sasl.existingSecret }}
+{{- end }}
+
+{{/* "true" when the TLS Secret holds a CA bundle to trust. */}}
+{{- define "pageviews.tlsHasCA" -}}
+{{- $t := .Values.kafka.tls }}
+{{- if and $t.enabled (ternary $t.caKey $t.ca (ne $t.existingSecret "")) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the TLS Secret holds a client certificate and key (mutual TLS). */}}
+{{- define "pageviews.tlsHasCert" -}}
+{{- $t := .Values.kafka.tls }}
+{{- if $t.enabled }}
+{{- if $t.existingSecret }}
+{{- if ne (empty $t.certKey) (empty $t.keyKey) }}
+{{- fail "kafka.tls.certKey and kafka.tls.keyKey: set both for mutual TLS, or neither" }}
+{{- end }}
+{{- if $t.certKey }}true{{ end }}
+{{- else }}
+{{- if ne (empty $t.cert) (empty $t.key) }}
+{{- fail "kafka.tls.cert and kafka.tls.key: set both for mutual TLS, or neither" }}
+{{- end }}
+{{- if $t.cert }}true{{ end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when the TLS Secret is mounted at all. */}}
+{{- define "pageviews.tlsMounted" -}}
+{{- if or (include "pageviews.tlsHasCA" .) (include "pageviews.tlsHasCert" .) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the chart itself creates the Kafka Secret. */}}
+{{- define "pageviews.createKafkaSecret" -}}
+{{- $madeTLS := and (include "pageviews.tlsMounted" .) (not .Values.kafka.tls.existingSecret) }}
+{{- $madeSASL := and .Values.kafka.sasl.mechanism (not .Values.kafka.sasl.existingSecret) }}
+{{- if $madeSASL }}
+{{- if not (and .Values.kafka.sasl.username .Values.kafka.sasl.password) }}
+{{- fail "kafka.sasl.mechanism is set: give kafka.sasl.existingSecret, or kafka.sasl.username and kafka.sasl.password" }}
+{{- end }}
+{{- end }}
+{{- if or $madeTLS $madeSASL }}true{{ end }}
+{{- end }}
+
+{{/* Where the TLS files appear inside the worker container. */}}
+{{- define "pageviews.tlsDir" -}}
+/etc/pageviews/kafka-tls
+{{- end }}
+
+{{/* The statsd_exporter sidecar's Unix socket, when the worker sends over one. */}}
+{{- define "pageviews.dsdSocket" -}}
+{{- printf "%s/dsd.socket" (trimSuffix "/" .Values.datadog.uds.socketDir) }}
+{{- end }}
