@@ -54,7 +54,13 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 	// Everything below registers its cleanup; after ctx ends, the cleanups
 	// run in reverse order, and SHUTDOWN_TIMEOUT bounds them.
 	var cleanups []func() error
+	abandon := false
+	// One budget for the whole shutdown: it starts when ctx ends.
+	var deadline time.Time
 	defer func() {
+		if abandon {
+			return
+		}
 		done := make(chan error, 1)
 		go func() {
 			var errs []error
@@ -68,7 +74,7 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 			if err == nil {
 				err = cerr
 			}
-		case <-time.After(cfg.ShutdownTimeout):
+		case <-time.After(budget(deadline, cfg.ShutdownTimeout)):
 			if err == nil {
 				err = fmt.Errorf("shutdown did not finish within SHUTDOWN_TIMEOUT=%s", cfg.ShutdownTimeout)
 			}
@@ -360,7 +366,25 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		}
 		return err
 	})
-	return g.Wait()
+	// SHUTDOWN_TIMEOUT bounds the whole warm shutdown: if flushing,
+	// committing and leaving take longer, the worker gives up like a cold
+	// shutdown (the changelogs hold the state) and skips the cleanups,
+	// which could block on the parts still running.
+	waited := make(chan error, 1)
+	go func() { waited <- g.Wait() }()
+	select {
+	case err := <-waited:
+		return err
+	case <-ctx.Done():
+	}
+	deadline = time.Now().Add(cfg.ShutdownTimeout)
+	select {
+	case err := <-waited:
+		return err
+	case <-time.After(cfg.ShutdownTimeout):
+		abandon = true
+		return fmt.Errorf("warm shutdown did not finish within SHUTDOWN_TIMEOUT=%s; exiting without it (the changelogs hold the state)", cfg.ShutdownTimeout)
+	}
 }
 
 // clients are separate sarama clients, so a long-polling fetch never delays
@@ -526,4 +550,13 @@ func pprofMux() *http.ServeMux {
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
+}
+
+// budget is the time left before deadline, or all of def when no deadline
+// was set (the worker failed before shutting down).
+func budget(deadline time.Time, def time.Duration) time.Duration {
+	if deadline.IsZero() {
+		return def
+	}
+	return max(time.Until(deadline), 0)
 }

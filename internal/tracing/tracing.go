@@ -97,8 +97,13 @@ func Setup(ctx context.Context, o Options, log *slog.Logger) (shutdown func(cont
 	if err != nil {
 		return nil, fmt.Errorf("trace exporter %s: %w", exporter, err)
 	}
-	res := resource.NewWithAttributes(semconv.SchemaURL,
-		semconv.ServiceName(o.ServiceName), semconv.ServiceVersion(o.Version))
+	// OTEL_RESOURCE_ATTRIBUTES (pod, namespace, ...) add to what the
+	// worker knows; the service name and version are the worker's.
+	res, err := resource.Merge(resource.Environment(), resource.NewWithAttributes(semconv.SchemaURL,
+		semconv.ServiceName(o.ServiceName), semconv.ServiceVersion(o.Version)))
+	if err != nil {
+		return nil, fmt.Errorf("trace resource: %w", err)
+	}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
 	otel.SetTracerProvider(tp)
 	log.Info("exporting traces", "exporter", exporter, "endpoint", firstOf(o.TracesEndpoint, o.Endpoint), "protocol", o.Protocol)
