@@ -45,6 +45,11 @@ lint: ## go vet and staticcheck (pinned in tools/go.mod)
 clean: ## remove build output and the local data directory
 	rm -rf $(BIN) data
 
+.PHONY: bench
+bench: build ## benchmark against a dev broker process: the worker, a bare sarama consumer, a goka peer (BENCH_EVENTS=N for a shorter run)
+	cd bench/peer && $(GO) build -o ../../$(BIN)/goka-peer .
+	$(GO) run ./bench -worker $(BIN)/pageviews -broker $(BIN)/devbroker -peer $(BIN)/goka-peer
+
 .PHONY: chaos
 chaos: ## the chaos suite: broker and worker processes through restarts, scaling and kill -9 (about 3 minutes)
 	CHAOS=1 $(GO) test -count=1 -v -timeout 30m ./chaos/

@@ -38,6 +38,7 @@ type options struct {
 	keep           bool
 	cpuprofile     string
 	commitInterval string
+	peer           string
 }
 
 func main() {
@@ -50,6 +51,7 @@ func main() {
 	flag.BoolVar(&o.bare, "bare", true, "also measure a bare sarama consumer")
 	flag.BoolVar(&o.recovery, "recovery", true, "also measure recovery of an empty DATA_DIR")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory")
+	flag.StringVar(&o.peer, "peer", "bin/goka-peer", "goka peer binary (bench/peer); empty skips it")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the worker's aggregation to this file")
 	flag.StringVar(&o.commitInterval, "commit-interval", "1s", "the worker's COMMIT_INTERVAL: the last commit comes up to one interval after the last event")
 	flag.Parse()
@@ -108,6 +110,15 @@ func run(o options) error {
 		results["bare_records_per_second"] = fmt.Sprintf("%.0f", rate)
 		results["ratio_vs_bare"] = fmt.Sprintf("%.2f", agg.rate/rate)
 	}
+	if o.peer != "" {
+		rate, err := runPeer(o, addr, filepath.Join(dir, "peer"))
+		if err != nil {
+			return fmt.Errorf("goka peer: %w", err)
+		}
+		fmt.Printf("goka:     %8.0f events/s (goka v1.1.17 processor, defaults, LevelDB)\n", rate)
+		results["goka_events_per_second"] = fmt.Sprintf("%.0f", rate)
+		results["ratio_vs_goka"] = fmt.Sprintf("%.2f", agg.rate/rate)
+	}
 	if o.recovery {
 		rec, n, err := recoverWorker(o, addr, filepath.Join(dir, "recovery"))
 		if err != nil {
@@ -128,7 +139,7 @@ func run(o options) error {
 			}
 		}
 	}
-	for _, k := range []string{"events_per_second", "bare_records_per_second", "ratio_vs_bare", "recovery_records_per_second", "recovery_ratio", "cpu_seconds", "peak_rss_mib"} {
+	for _, k := range []string{"events_per_second", "bare_records_per_second", "goka_events_per_second", "ratio_vs_goka", "ratio_vs_bare", "recovery_records_per_second", "recovery_ratio", "cpu_seconds", "peak_rss_mib"} {
 		if v, ok := results[k]; ok {
 			fmt.Printf("%s=%s\n", k, v)
 		}
@@ -487,4 +498,56 @@ func fetchProfile(path string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// runPeer runs the goka peer until its group has committed every record.
+// The clock starts when the peer process starts: goka joins, recovers its
+// (empty) table and consumes in one go.
+func runPeer(o options, addr, dataDir string) (float64, error) {
+	cmd := exec.Command(o.peer, "-brokers", addr, "-group", "goka-pageviews", "-data-dir", dataDir, "-window", "1h")
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	defer stopProcess(cmd)
+	end, err := waitCommitted(addr, "goka-pageviews", o.partitions, int64(o.events), cmd)
+	if err != nil {
+		return 0, err
+	}
+	return float64(o.events) / end.Sub(start).Seconds(), nil
+}
+
+// waitCommitted polls a group's committed offsets on page_views until they
+// sum to want, and returns when that was seen.
+func waitCommitted(addr, group string, partitions int, want int64, cmd *exec.Cmd) (time.Time, error) {
+	admin, err := sarama.NewClusterAdmin([]string{addr}, saramaConfig())
+	if err != nil {
+		return time.Time{}, err
+	}
+	defer admin.Close()
+	parts := make([]int32, partitions)
+	for i := range parts {
+		parts[i] = int32(i)
+	}
+	deadline := time.Now().Add(30 * time.Minute)
+	for time.Now().Before(deadline) {
+		if cmd.ProcessState != nil {
+			return time.Time{}, errors.New("process exited")
+		}
+		resp, err := admin.ListConsumerGroupOffsets(group, map[string][]int32{"page_views": parts})
+		if err == nil {
+			var sum int64
+			for _, b := range resp.Blocks["page_views"] {
+				if b.Offset > 0 {
+					sum += b.Offset
+				}
+			}
+			if sum >= want {
+				return time.Now(), nil
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return time.Time{}, errors.New("not every record committed within 30 minutes")
 }

@@ -68,6 +68,10 @@ func NewConfig(o Options) (*sarama.Config, error) {
 	// depend on is durable; sarama must never commit on its own.
 	c.Consumer.Offsets.AutoCommit.Enable = false
 	c.Consumer.Fetch.Default = 1 << 20
+	// A partition loop stops reading while it commits (changelog acks, a
+	// store batch). A deep buffer lets the fetcher keep delivering meanwhile
+	// instead of stalling every partition of the broker behind that one.
+	c.ChannelBufferSize = 4096
 	c.Consumer.Group.InstanceId = o.InstanceID
 	if o.SessionTimeout > 0 {
 		c.Consumer.Group.Session.Timeout = o.SessionTimeout
