@@ -6,9 +6,12 @@
 // the values correspond to. Values and their checkpoint are always written in
 // one batch, so the two never disagree after a crash.
 //
-// Writes are not synced: the Kafka changelog is the source of truth, and a
-// lost tail of the write-ahead log loses values and checkpoint together, which
-// recovery then replays from the changelog.
+// A batch is synced when it commits: one batch per partition and commit
+// interval, never per event. Pebble keeps unsynced write-ahead-log writes in
+// its own buffer, so without the sync a killed process (not only a crashed
+// machine) would lose its recent checkpoints and recover from further back.
+// Values and checkpoint always travel in one batch, so whatever is lost is
+// lost together and replayed from the changelog.
 package store
 
 import (
@@ -268,10 +271,10 @@ func (b *Batch) SetCheckpoint(table string, partition int32, cp Checkpoint) erro
 // Len is the number of operations in the batch.
 func (b *Batch) Len() int { return int(b.b.Count()) }
 
-// Commit applies the batch atomically, without syncing (see the package doc).
+// Commit applies the batch atomically and syncs it (see the package doc).
 func (b *Batch) Commit() error {
 	defer b.b.Close()
-	return b.b.Commit(pebble.NoSync)
+	return b.b.Commit(pebble.Sync)
 }
 
 // Discard drops the batch without applying it.
