@@ -45,3 +45,15 @@ func BenchmarkAgentHandle(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkDecode measures the page-view decoder on the common shape.
+func BenchmarkDecode(b *testing.B) {
+	now := time.Date(2026, 11, 26, 16, 0, 30, 0, time.UTC)
+	v := Encode(PageView{Page: "/some/page/path", Count: 12345, Timestamp: now})
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Decode(v, now); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

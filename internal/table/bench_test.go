@@ -1,0 +1,78 @@
+package table
+
+import (
+	"log/slog"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/gofaust/pageviews/internal/store"
+	"github.com/gofaust/pageviews/internal/window"
+)
+
+func benchStore(b *testing.B) *store.DB {
+	b.Helper()
+	db, _, err := store.Open(b.TempDir(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { db.Close() })
+	return db
+}
+
+func inc(v int64) int64 { return v + 1 }
+
+// BenchmarkWindowedUpdate measures one update through the write-back cache
+// over 1,000 keys (window lookup included).
+func BenchmarkWindowedUpdate(b *testing.B) {
+	now := time.Date(2026, 11, 26, 16, 0, 30, 0, time.UTC)
+	t := NewWindowed("views", "c", Int64{}, benchStore(b), window.Tumbling{Size: time.Minute, Expires: 5 * time.Minute}, func() time.Time { return now })
+	if _, _, err := t.Assign(0); err != nil {
+		b.Fatal(err)
+	}
+	keys := make([]string, 1000)
+	for i := range keys {
+		keys[i] = "/page/" + strconv.Itoa(i)
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		if _, err := t.Update(0, keys[i%len(keys)], now, inc); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkFlush measures one commit of 1,000 dirty keys: changelog
+// records, the store batch (synced) and marking them clean.
+func BenchmarkFlush(b *testing.B) {
+	now := time.Date(2026, 11, 26, 16, 0, 30, 0, time.UTC)
+	db := benchStore(b)
+	t := NewWindowed("views", "c", Int64{}, db, window.Tumbling{Size: time.Minute, Expires: 5 * time.Minute}, func() time.Time { return now })
+	if _, _, err := t.Assign(0); err != nil {
+		b.Fatal(err)
+	}
+	keys := make([]string, 1000)
+	for i := range keys {
+		keys[i] = "/page/" + strconv.Itoa(i)
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		for _, k := range keys {
+			if _, err := t.Update(0, k, now, inc); err != nil {
+				b.Fatal(err)
+			}
+		}
+		recs, err := t.Flush(0, now)
+		if err != nil || len(recs) != len(keys) {
+			b.Fatalf("flush: %d records, %v", len(recs), err)
+		}
+		batch := db.NewBatch()
+		if err := t.Write(0, batch, int64(i)); err != nil {
+			b.Fatal(err)
+		}
+		if err := batch.Commit(); err != nil {
+			b.Fatal(err)
+		}
+		t.Flushed(0)
+	}
+}
