@@ -1,0 +1,461 @@
+package e2e_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// partitions is the worker's default partition count; these tests use the
+// default.
+const partitions = 8
+
+// stop sends TERM and requires a clean exit within SHUTDOWN_TIMEOUT.
+func (w *worker) stop(t testing.TB) {
+	t.Helper()
+	timeout, err := time.ParseDuration(w.env["SHUTDOWN_TIMEOUT"])
+	if err != nil {
+		t.Fatalf("SHUTDOWN_TIMEOUT %q: %v", w.env["SHUTDOWN_TIMEOUT"], err)
+	}
+	// Close this client's idle connections first. Its transport dials in
+	// the background and parks unused connections in its pool; a worker
+	// that is stopped with such a connection open can fail its shutdown
+	// (TestTermWhileClientsConnectExits0), which is not what the callers
+	// test.
+	httpClient.CloseIdleConnections()
+	w.signal(t, syscall.SIGTERM)
+	if code := w.waitExit(t, timeout); code != 0 {
+		t.Fatalf("%s: exit status %d after TERM, want 0", w.name, code)
+	}
+}
+
+// viewsOver returns n page names spread round-robin over pages pages.
+func viewsOver(n, pages int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("/page/%02d", i%pages)
+	}
+	return out
+}
+
+// requireEvenReport checks a report of n views spread evenly over pages
+// pages; with windowsStable it checks the window counts and texts too.
+func requireEvenReport(t testing.TB, r report, n, pages int, windowsStable bool) {
+	t.Helper()
+	per := int64(n / pages)
+	if r.Count != int64(n) || len(r.Pages) != pages || r.Stale {
+		t.Fatalf("report: want %d views over %d pages, not stale; got %s", n, pages, summarize(r))
+	}
+	for page, p := range r.Pages {
+		if p.Count != per {
+			t.Fatalf("page %s: count %d, want %d", page, p.Count, per)
+		}
+		if windowsStable && (p.Now != per || p.Report != "Trending now") {
+			t.Fatalf("page %s: %d views in the window of now with report %q, want %d and \"Trending now\"", page, p.Now, p.Report, per)
+		}
+	}
+}
+
+// The tables live in Kafka: a worker that lost its whole DATA_DIR rebuilds
+// exactly the same tables from the changelogs.
+func TestTablesSurviveLosingDataDir(t *testing.T) {
+	const views, pages = 1000, 50
+	b := startBroker(t)
+	dataDir := filepath.Join(t.TempDir(), "data")
+	w := startWorker(t, "worker-1", workerEnv(dataDir, withEnv(dayWindows, map[string]string{"KAFKA_BROKERS": b.addr})))
+	w.waitReady(t, 60*time.Second)
+
+	windows := windowsAt(time.Now(), daySize)
+	w.sendViews(t, viewsOver(views, pages), 8)
+	before := w.waitReport(t, 60*time.Second, fmt.Sprintf("%d views", views), func(r report) bool {
+		return r.Count == views && !r.Stale
+	})
+	requireEvenReport(t, before, views, pages, sameWindows(t, windows, daySize))
+
+	w.stop(t)
+	if err := os.RemoveAll(dataDir); err != nil {
+		t.Fatal(err)
+	}
+
+	w2 := w.restart(t, "worker-2")
+	w2.waitReady(t, 60*time.Second)
+	after := w2.report(t)
+	compareReports(t, before, after, sameWindows(t, windows, daySize))
+
+	// With DATA_DIR gone, every table partition was rebuilt from offset 0.
+	var replayed int64
+	for k, l := range recoveringLines(w2) {
+		if l.Stored || l.FromOffset != 0 {
+			t.Errorf("%s: recovery started at offset %d with stored=%v, want 0 and false after DATA_DIR was deleted", k, l.FromOffset, l.Stored)
+		}
+		replayed += l.Records
+	}
+	if replayed == 0 {
+		t.Error("no changelog record was replayed")
+	}
+}
+
+// /ready/ must not answer 200 before the worker holds recovered tables:
+// the first report after the first 200 shows everything the worker counted
+// before it restarted.
+func TestReadyImpliesRecovered(t *testing.T) {
+	const views, pages = 100, 10
+	b := startBroker(t)
+	w := startWorker(t, "worker-0", workerEnv(filepath.Join(t.TempDir(), "data"), withEnv(dayWindows, map[string]string{"KAFKA_BROKERS": b.addr})))
+	w.waitReady(t, 60*time.Second)
+	w.sendViews(t, viewsOver(views, pages), 8)
+	w.waitReport(t, 60*time.Second, fmt.Sprintf("%d views", views), func(r report) bool { return r.Count == views })
+	w.stop(t)
+
+	// Until claims were registered at the group join, /ready/ answered 200
+	// for a few milliseconds before the claimed partitions began recovery.
+	// Ask as fast as possible from several goroutines, over a few restarts.
+	for i := 1; i <= 3; i++ {
+		w = w.restart(t, fmt.Sprintf("worker-%d", i))
+		first := firstReadyReport(t, w)
+		if first.Count != views || first.Stale {
+			t.Errorf("restart %d: /ready/ answered 200, then /report/ showed %s; want all %d views, not stale",
+				i, summarize(first), views)
+		}
+		w.stop(t)
+	}
+}
+
+// firstReadyReport polls /ready/ without pause from 8 goroutines and, as
+// soon as one gets 200, reads /report/. Every request runs to its end, and
+// the client's connections are closed afterwards, so that none is left open
+// without a request when the worker is stopped next (see
+// TestTermWhileClientsConnectExits0).
+func firstReadyReport(t testing.TB, w *worker) report {
+	t.Helper()
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 16}}
+	defer client.CloseIdleConnections()
+	get := func(path string) (int, []byte, error) {
+		resp, err := client.Get(w.base + path)
+		if err != nil {
+			return 0, nil, err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, body, err
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	var (
+		stop   atomic.Bool
+		once   sync.Once
+		got    report
+		gotErr error
+		wg     sync.WaitGroup
+	)
+	for range 8 {
+		wg.Go(func() {
+			for !stop.Load() && time.Now().Before(deadline) && w.running() {
+				status, _, err := get("/ready/")
+				if err != nil || status != http.StatusOK {
+					continue
+				}
+				once.Do(func() {
+					defer stop.Store(true)
+					status, body, err := get("/report/")
+					if err == nil && status != http.StatusOK {
+						err = fmt.Errorf("/report/ answered %d: %s", status, body)
+					}
+					if err == nil {
+						err = json.Unmarshal(body, &got)
+					}
+					gotErr = err
+				})
+			}
+		})
+	}
+	wg.Wait()
+	once.Do(func() { gotErr = fmt.Errorf("%s never answered /ready/ 200", w.name) })
+	if gotErr != nil {
+		t.Fatal(gotErr)
+	}
+	return got
+}
+
+// A worker killed with SIGKILL while /count/ calls stream in loses no
+// acknowledged view, and its restart replays only the changelog records
+// after what its local store holds.
+func TestCrashLosesNoAcknowledgedView(t *testing.T) {
+	// The kill comes once the worker has committed (and so stored)
+	// storedBefore source records, while views keep streaming in. Each view
+	// is of a new page, so every acknowledged view can be looked for after
+	// the restart.
+	const storedBefore = 1000
+	b := startBroker(t)
+	w := startWorker(t, "worker-1", workerEnv(filepath.Join(t.TempDir(), "data"), withEnv(dayWindows, map[string]string{
+		"KAFKA_BROKERS": b.addr,
+		// The restarted worker joins once the broker has expired the
+		// killed member's session; keep that short.
+		"KAFKA_SESSION_TIMEOUT": "6s",
+	})))
+	w.waitReady(t, 60*time.Second)
+
+	var (
+		seq     atomic.Int64
+		mu      sync.Mutex
+		acked   []string
+		failure error // the first failed call before the kill
+		killed  atomic.Bool
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				page := fmt.Sprintf("/crash/%06d", seq.Add(1))
+				err := w.tryCount(ctx, page)
+				mu.Lock()
+				switch {
+				case err == nil:
+					acked = append(acked, page)
+				case !killed.Load() && failure == nil:
+					failure = err
+				}
+				mu.Unlock()
+				if err != nil {
+					return
+				}
+			}
+		})
+	}
+	committed := committedViews(t, b.addr)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		mu.Lock()
+		err := failure
+		mu.Unlock()
+		if err != nil {
+			cancel()
+			wg.Wait()
+			t.Fatalf("/count/ failed before the crash: %v", err)
+		}
+		n := committed()
+		if n >= storedBefore {
+			break
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			wg.Wait()
+			t.Fatalf("the worker committed %d source records in 2 minutes, want %d", n, storedBefore)
+		}
+		time.Sleep(pollInterval)
+	}
+	killed.Store(true)
+	w.kill(t)
+	cancel()
+	wg.Wait()
+	t.Logf("killed the worker with %d /count/ calls acknowledged out of %d attempted", len(acked), seq.Load())
+
+	w2 := w.restart(t, "worker-2")
+	w2.waitReady(t, 90*time.Second)
+	final := w2.waitReport(t, 90*time.Second, fmt.Sprintf("at least the %d acknowledged views", len(acked)), func(r report) bool {
+		return r.Count >= int64(len(acked))
+	})
+	for _, page := range acked {
+		if final.Pages[page].Count < 1 {
+			t.Errorf("acknowledged view of %s is missing after the crash", page)
+		}
+	}
+	t.Logf("after the restart: %d views counted for %d acknowledged (at least once: views after the last commit may count twice)",
+		final.Count, len(acked))
+
+	// Recovery resumed from the local store instead of replaying everything.
+	var replayed, highWatermarks int64
+	resumed := 0
+	for k, l := range recoveringLines(w2) {
+		t.Logf("restart recovered %s: from offset %d to %d (%d records), stored=%v", k, l.FromOffset, l.HighWatermark, l.Records, l.Stored)
+		replayed += l.Records
+		highWatermarks += l.HighWatermark
+		if l.Stored && l.FromOffset > 0 {
+			resumed++
+		}
+	}
+	if resumed == 0 {
+		t.Errorf("no table partition resumed recovery from the local store (stored=true, from_offset>0): %v", recoveringLines(w2))
+	}
+	if replayed >= highWatermarks {
+		t.Errorf("recovery replayed %d changelog records, the whole changelogs (%d): the local store saved nothing", replayed, highWatermarks)
+	}
+	t.Logf("recovery replayed %d of %d changelog records; %d table partitions resumed from the store", replayed, highWatermarks, resumed)
+}
+
+// A worker killed after it committed everything it processed restarts from
+// its local store, with nothing to replay, also when it processed little.
+// (Pebble keeps unsynced writes in its own buffer until a 32 KiB block of
+// its log fills, so with unsynced store batches a killed worker used to
+// lose every checkpoint of a quiet period and recover from offset 0.)
+func TestCrashKeepsStoreCheckpointsUnderLightLoad(t *testing.T) {
+	const views, pages = 100, 10
+	b := startBroker(t)
+	w := startWorker(t, "worker-1", workerEnv(filepath.Join(t.TempDir(), "data"), withEnv(dayWindows, map[string]string{
+		"KAFKA_BROKERS":         b.addr,
+		"KAFKA_SESSION_TIMEOUT": "6s",
+	})))
+	w.waitReady(t, 60*time.Second)
+	w.sendViews(t, viewsOver(views, pages), 8)
+
+	// Every view is committed, so the store batch holding it and its
+	// changelog offset was written before.
+	committed := committedViews(t, b.addr)
+	deadline := time.Now().Add(60 * time.Second)
+	for committed() < views {
+		if time.Now().After(deadline) {
+			t.Fatalf("the worker did not commit %d source records within a minute", views)
+		}
+		time.Sleep(pollInterval)
+	}
+	w.kill(t)
+
+	w2 := w.restart(t, "worker-2")
+	w2.waitReady(t, 90*time.Second)
+	for k, l := range recoveringLines(w2) {
+		if l.HighWatermark > 0 && (!l.Stored || l.Records != 0) {
+			t.Errorf("%s: recovery replays %d records from offset %d (stored=%v) up to %d; everything was committed before the kill, want nothing to replay",
+				k, l.Records, l.FromOffset, l.Stored, l.HighWatermark)
+		}
+	}
+	w2.waitReport(t, 60*time.Second, fmt.Sprintf("%d views", views), func(r report) bool { return r.Count == views })
+}
+
+// corruption damages the Pebble files in a stopped worker's state directory.
+type corruption struct {
+	name  string
+	apply func(t testing.TB, stateDir string)
+}
+
+// truncateHalf cuts every file matching pattern to half its size.
+func truncateHalf(t testing.TB, stateDir, pattern string) {
+	t.Helper()
+	for _, f := range mustGlob(t, stateDir, pattern) {
+		fi, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(f, fi.Size()/2); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// garble overwrites every byte of every file matching pattern with random
+// bytes, keeping the size.
+func garble(t testing.TB, stateDir, pattern string) {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, f := range mustGlob(t, stateDir, pattern) {
+		old, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		junk := make([]byte, len(old))
+		for i := range junk {
+			junk[i] = byte(rng.Uint32())
+		}
+		if err := os.WriteFile(f, junk, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// flipMiddle inverts 64 bytes a quarter into every file matching pattern,
+// inside its data blocks, so only checksums can tell.
+func flipMiddle(t testing.TB, stateDir, pattern string) {
+	t.Helper()
+	for _, f := range mustGlob(t, stateDir, pattern) {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		at := len(b) / 4
+		for i := at; i < at+64 && i < len(b); i++ {
+			b[i] ^= 0xff
+		}
+		if err := os.WriteFile(f, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// mustGlob returns the files matching pattern in dir and fails when there
+// are none: a corruption test that damages nothing proves nothing.
+func mustGlob(t testing.TB, dir, pattern string) []string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dir, pattern))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) == 0 {
+		entries, _ := os.ReadDir(dir)
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		t.Fatalf("no %s in %s to corrupt; it holds %v", pattern, dir, names)
+	}
+	return files
+}
+
+// A corrupt local store is noticed at start, wiped and rebuilt from the
+// changelogs, and the worker reports the same tables as before.
+func TestCorruptLocalStoreIsRebuilt(t *testing.T) {
+	const views, pages = 200, 20
+	b := startBroker(t)
+	dataDir := filepath.Join(t.TempDir(), "data")
+	stateDir := filepath.Join(dataDir, "state")
+	w := startWorker(t, "worker-0", workerEnv(dataDir, withEnv(dayWindows, map[string]string{"KAFKA_BROKERS": b.addr})))
+	w.waitReady(t, 60*time.Second)
+
+	windows := windowsAt(time.Now(), daySize)
+	w.sendViews(t, viewsOver(views, pages), 8)
+	before := w.waitReport(t, 60*time.Second, fmt.Sprintf("%d views", views), func(r report) bool {
+		return r.Count == views && !r.Stale
+	})
+	requireEvenReport(t, before, views, pages, sameWindows(t, windows, daySize))
+
+	for i, c := range []corruption{
+		{"every *.sst and MANIFEST-* garbled, *.sst truncated", func(t testing.TB, dir string) {
+			garble(t, dir, "*.sst")
+			truncateHalf(t, dir, "*.sst")
+			garble(t, dir, "MANIFEST-*")
+		}},
+		{"every *.sst truncated, MANIFEST-* intact", func(t testing.TB, dir string) {
+			truncateHalf(t, dir, "*.sst")
+		}},
+		{"bytes inside every *.sst flipped, sizes and MANIFEST-* intact", func(t testing.TB, dir string) {
+			flipMiddle(t, dir, "*.sst")
+		}},
+	} {
+		w.stop(t)
+		c.apply(t, stateDir)
+		t.Logf("corrupted the store: %s", c.name)
+
+		w = w.restart(t, fmt.Sprintf("worker-%d", i+1))
+		wiped := w.waitEntry(t, 60*time.Second, "local store is corrupt; wiping it and rebuilding every partition from the changelogs")
+		if wiped.str("level") != "WARN" || wiped.str("error") == "" {
+			t.Errorf("%s: corrupt store logged at level %q with error %q, want WARN and the cause", c.name, wiped.str("level"), wiped.str("error"))
+		}
+		w.waitEntry(t, 60*time.Second, "local store was rebuilt empty; every partition recovers from offset 0")
+		w.waitReady(t, 60*time.Second)
+		for k, l := range recoveringLines(w) {
+			if l.Stored {
+				t.Errorf("%s: %s recovered from a stored checkpoint (offset %d) of a store that was wiped", c.name, k, l.FromOffset)
+			}
+		}
+		compareReports(t, before, w.report(t), sameWindows(t, windows, daySize))
+	}
+}

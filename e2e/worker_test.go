@@ -1,0 +1,285 @@
+package e2e_test
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// dayWindows make exact window counts comparable: a test would have to run
+// across midnight UTC to see the window of now change, and sameWindows
+// detects that.
+var dayWindows = map[string]string{"WINDOW_SIZE": "24h", "WINDOW_EXPIRES": "48h"}
+
+const daySize = 24 * time.Hour
+
+func withEnv(base map[string]string, more map[string]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range base {
+		out[k] = v
+	}
+	for k, v := range more {
+		out[k] = v
+	}
+	return out
+}
+
+// With KAFKA_BROKERS unset the worker starts its own broker, becomes ready,
+// and counts what /count/ publishes.
+func TestEmbeddedBrokerCountsPageViews(t *testing.T) {
+	began := time.Now()
+	kafkaAddr := freeAddr(t)
+	w := startWorker(t, "worker", workerEnv(t.TempDir(), withEnv(dayWindows, map[string]string{
+		"EMBEDDED_KAFKA_ADDR": kafkaAddr,
+	})))
+
+	notices := w.entriesWhere(func(e entry) bool { return strings.HasPrefix(e.str("msg"), "KAFKA_BROKERS is empty") })
+	if len(notices) != 1 {
+		t.Fatalf("the worker logged %d notices that it started the embedded dev broker, want 1", len(notices))
+	}
+	embedded := notices[0]
+	if got := embedded.str("addr"); got != kafkaAddr {
+		t.Fatalf("embedded broker logged addr %q, want EMBEDDED_KAFKA_ADDR %q", got, kafkaAddr)
+	}
+	if embedded.str("level") != "WARN" {
+		t.Errorf("embedded broker notice logged at %q, want WARN", embedded.str("level"))
+	}
+
+	w.waitReady(t, 30*time.Second-time.Since(began))
+
+	// The embedded broker speaks on the configured address.
+	c, err := net.DialTimeout("tcp", kafkaAddr, 5*time.Second)
+	if err != nil {
+		t.Fatalf("embedded broker is not listening on %s: %v", kafkaAddr, err)
+	}
+	c.Close()
+
+	var health map[string]string
+	w.getJSON(t, "/", http.StatusOK, &health)
+	if health["status"] != "ok" {
+		t.Fatalf(`GET / = %v, want {"status":"ok"}`, health)
+	}
+
+	windows := windowsAt(time.Now(), daySize)
+	for i := int64(1); i <= 7; i++ {
+		if n := w.count(t, "/a"); n != i {
+			t.Fatalf("/count/ call %d answered count %d, want %d (the process's counter)", i, n, i)
+		}
+	}
+	r := w.waitReport(t, 5*time.Second, `7 views of /a`, func(r report) bool {
+		return r.Pages["/a"].Count == 7 && (r.Pages["/a"].Now == 7 || windowsAt(time.Now(), daySize) != windows)
+	})
+	if !sameWindows(t, windows, daySize) {
+		return
+	}
+	want := report{Now: 7, Count: 7, Stale: false, Pages: map[string]pageReport{
+		"/a": {Now: 7, Count: 7, Report: "Trending now"},
+	}}
+	compareReports(t, want, r, true)
+}
+
+// Records produced by another client (kcat) are counted; a record that is
+// not a page view goes to the dead-letter topic, and the partition goes on:
+// a valid record behind it in the same partition is counted too.
+func TestForeignRecordsAndPoisonRecord(t *testing.T) {
+	kcatBin := requireKcat(t)
+	b := startBroker(t)
+	w := startWorker(t, "worker", workerEnv(t.TempDir(), withEnv(dayWindows, map[string]string{
+		"KAFKA_BROKERS": b.addr,
+	})))
+	w.waitReady(t, 60*time.Second)
+	windows := windowsAt(time.Now(), daySize)
+
+	const page = "/kcat"
+	produce := func(value string) {
+		t.Helper()
+		kcat(t, kcatBin, value+"\n", "-P", "-b", b.addr, "-t", "page_views", "-k", page, "-q")
+	}
+	view := func(n int) string {
+		return fmt.Sprintf(`{"page":%q,"count":%d,"timestamp":%q}`, page, n,
+			time.Now().UTC().Format("2006-01-02T15:04:05.000Z07:00"))
+	}
+
+	produce(view(1))
+	w.waitReport(t, 30*time.Second, "the view produced by kcat", func(r report) bool { return r.Pages[page].Count == 1 })
+
+	poison := fmt.Sprintf("this is not JSON %d", time.Now().UnixNano())
+	produce(poison)
+	produce(view(2))
+	r := w.waitReport(t, 30*time.Second, "the view produced after the poison record", func(r report) bool {
+		return r.Pages[page].Count == 2
+	})
+	if sameWindows(t, windows, daySize) && r.Pages[page].Now != 2 {
+		t.Errorf("page %s: %d views in the window of now, want 2", page, r.Pages[page].Now)
+	}
+	if !w.running() {
+		t.Fatalf("worker exited after the poison record: %v", w.state)
+	}
+	w.waitReady(t, 5*time.Second)
+
+	// The three records share the key, so they are in one partition, in
+	// the order they were produced.
+	var mine []kafkaRecord
+	for _, rec := range consumeAll(t, kcatBin, b.addr, "page_views") {
+		if rec.Key != nil && *rec.Key == page {
+			mine = append(mine, rec)
+		}
+	}
+	if len(mine) != 3 {
+		t.Fatalf("page_views holds %d records with key %s, want 3: %+v", len(mine), page, mine)
+	}
+	bad := mine[1]
+	if bad.Payload == nil || *bad.Payload != poison {
+		t.Fatalf("second record with key %s is %v, want the poison record", page, bad.Payload)
+	}
+	for _, rec := range mine[1:] {
+		if rec.Partition != mine[0].Partition {
+			t.Fatalf("records with one key landed in partitions %d and %d; the test needs one partition", mine[0].Partition, rec.Partition)
+		}
+	}
+	if !(mine[0].Offset < mine[1].Offset && mine[1].Offset < mine[2].Offset) {
+		t.Fatalf("offsets out of order: %d, %d, %d", mine[0].Offset, mine[1].Offset, mine[2].Offset)
+	}
+
+	// The poison record is logged and dead-lettered with where it came from.
+	logged := w.entriesWhere(func(e entry) bool {
+		return e.str("msg") == "dead-lettering record" && e.num("partition") == int64(bad.Partition) && e.num("offset") == bad.Offset
+	})
+	if len(logged) == 0 {
+		t.Errorf("no \"dead-lettering record\" log line for partition %d offset %d", bad.Partition, bad.Offset)
+	}
+	var dead kafkaRecord
+	deadline := time.Now().Add(30 * time.Second)
+	for dead.Payload == nil {
+		for _, rec := range consumeAll(t, kcatBin, b.addr, "page_views-dlq") {
+			if rec.Payload != nil && *rec.Payload == poison {
+				dead = rec
+			}
+		}
+		if dead.Payload == nil && time.Now().After(deadline) {
+			t.Fatal("the poison record did not reach page_views-dlq")
+		}
+		if dead.Payload == nil {
+			time.Sleep(pollInterval)
+		}
+	}
+	if dead.Key == nil || *dead.Key != page {
+		t.Errorf("dead letter key %v, want %s", dead.Key, page)
+	}
+	for k, want := range map[string]string{
+		"source.topic":     "page_views",
+		"source.partition": strconv.Itoa(int(bad.Partition)),
+		"source.offset":    strconv.FormatInt(bad.Offset, 10),
+	} {
+		if got, ok := dead.header(k); !ok || got != want {
+			t.Errorf("dead letter header %s = %q (present %v), want %q", k, got, ok, want)
+		}
+	}
+	if e, ok := dead.header("error"); !ok || e == "" {
+		t.Errorf("dead letter has no error header: %v", dead.Headers)
+	}
+}
+
+// USR1 logs a dump of every goroutine and changes nothing else; TERM shuts
+// the worker down cleanly, with exit status 0, within SHUTDOWN_TIMEOUT.
+func TestSignals(t *testing.T) {
+	const shutdownTimeout = 15 * time.Second
+	b := startBroker(t)
+	w := startWorker(t, "worker", workerEnv(t.TempDir(), withEnv(dayWindows, map[string]string{
+		"KAFKA_BROKERS":    b.addr,
+		"SHUTDOWN_TIMEOUT": shutdownTimeout.String(),
+	})))
+	w.waitReady(t, 60*time.Second)
+	committed := committedViews(t, b.addr)
+	if n := w.count(t, "/before"); n != 1 {
+		t.Fatalf("first /count/ answered %d, want 1", n)
+	}
+
+	w.signal(t, syscall.SIGUSR1)
+	dump := w.waitEntry(t, 30*time.Second, "USR1: goroutine dump")
+	stacks := dump.str("stacks")
+	goroutines := regexp.MustCompile(`(?m)^goroutine \d+ \[`).FindAllStringIndex(stacks, -1)
+	if len(goroutines) < 10 {
+		t.Fatalf("USR1 dump holds %d goroutine stacks, want all of them:\n%.2000s", len(goroutines), stacks)
+	}
+	if n := dump.num("goroutines"); n <= 0 {
+		t.Errorf("USR1 dump says goroutines=%d", n)
+	}
+	// Not only the goroutine that dumps: main, the HTTP server, the Kafka
+	// client and the store all have goroutines of their own.
+	for _, fn := range []string{"runtime/pprof.", "main.main()", "net/http.(*Server).Serve", "github.com/IBM/sarama.", "github.com/cockroachdb/pebble/"} {
+		if !strings.Contains(stacks, fn) {
+			t.Errorf("USR1 dump has no goroutine in %s", fn)
+		}
+	}
+
+	// Still serving after the dump.
+	if !w.running() {
+		t.Fatalf("worker exited after USR1: %v", w.state)
+	}
+	w.waitReady(t, 5*time.Second)
+	if n := w.count(t, "/after"); n != 2 {
+		t.Fatalf("/count/ after USR1 answered %d, want 2", n)
+	}
+	w.waitReport(t, 30*time.Second, "both views", func(r report) bool {
+		return r.Pages["/before"].Count == 1 && r.Pages["/after"].Count == 1
+	})
+
+	w.signal(t, syscall.SIGTERM)
+	if code := w.waitExit(t, shutdownTimeout); code != 0 {
+		t.Fatalf("after TERM the worker exited with status %d, want 0", code)
+	}
+	if len(w.entries("stopped cleanly")) != 1 {
+		t.Errorf(`the worker did not log "stopped cleanly" once`)
+	}
+	if errs := w.stderr.all(); len(errs) > 0 {
+		t.Errorf("stderr after a clean shutdown is not empty:\n%s", strings.Join(errs, "\n"))
+	}
+	// Everything processed was committed before the worker left.
+	if n := committed(); n != 2 {
+		t.Errorf("after TERM the group has committed %d page_views records, want both (2)", n)
+	}
+}
+
+// A bad setting stops the worker before it does anything: exit status 2 and
+// one line on stderr naming the variable.
+func TestBadConfigExitsWithStatus2(t *testing.T) {
+	for _, tc := range []struct {
+		name, variable, value string
+	}{
+		{"window size not a duration", "WINDOW_SIZE", "banana"},
+		{"commit interval too short", "COMMIT_INTERVAL", "1ms"},
+		{"log format unknown", "LOG_FORMAT", "xml"},
+		{"brokers without ports", "KAFKA_BROKERS", "localhost"},
+		{"partitions not a number", "PARTITIONS", "eight"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dataDir := filepath.Join(t.TempDir(), "data")
+			env := workerEnv(dataDir, map[string]string{tc.variable: tc.value})
+			p := startProc(t, "worker", t.TempDir(), binaries.worker, nil, env)
+			if code := p.waitExit(t, 30*time.Second); code != 2 {
+				t.Fatalf("exit status %d, want 2", code)
+			}
+			lines := p.stderr.all()
+			if len(lines) != 1 {
+				t.Fatalf("stderr has %d lines, want exactly 1:\n%s", len(lines), strings.Join(lines, "\n"))
+			}
+			if !strings.Contains(lines[0], tc.variable) || !strings.Contains(lines[0], tc.value) {
+				t.Errorf("stderr line %q does not name %s and its value %q", lines[0], tc.variable, tc.value)
+			}
+			if out := p.stdout.all(); len(out) != 0 {
+				t.Errorf("stdout is not empty:\n%s", strings.Join(out, "\n"))
+			}
+			if fileExists(dataDir) {
+				t.Errorf("DATA_DIR %s was created despite the bad setting", dataDir)
+			}
+		})
+	}
+}
