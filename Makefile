@@ -9,6 +9,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 .DEFAULT_GOAL := help
 
 include deploy/deploy.mk
+include dashboards/dashboards.mk
 
 .PHONY: help
 help: ## list the targets
@@ -28,8 +29,9 @@ broker: build ## run the dev broker alone on 127.0.0.1:9092, for several workers
 	$(BIN)/devbroker -addr 127.0.0.1:9092 -data-dir data/devbroker
 
 .PHONY: test
-test: ## run every test (race detector on); slow suites have their own targets
+test: ## run every test (race detector on): the worker and the dashboards; slow suites have their own targets
 	$(GO) test -race -count=1 -timeout 20m ./...
+	$(MAKE) test-dashboards
 
 .PHONY: test-short
 test-short: ## run the unit tests only

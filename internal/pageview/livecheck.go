@@ -50,10 +50,13 @@ func (l *Livecheck) Run(ctx context.Context) error {
 
 func (l *Livecheck) run(ctx context.Context) error {
 	before, complete, err := l.Count(ctx, LivecheckPage)
-	if err != nil || !complete {
+	switch {
+	case err != nil:
+		return l.fail(fmt.Errorf("read baseline: %w", err))
+	case !complete:
 		// The baseline must cover every partition, or a view already
 		// counted could pass for the new one.
-		return l.fail(fmt.Errorf("read baseline: complete=%v: %w", complete, err))
+		return l.fail(errors.New("read baseline: not every partition answered"))
 	}
 	began := l.Now()
 	if _, err := l.Publish(ctx, LivecheckPage); err != nil {

@@ -1,0 +1,572 @@
+package dashboards
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"gopkg.in/yaml.v3"
+
+	"github.com/gofaust/pageviews/internal/metrics"
+)
+
+// TestDashboardsEndToEnd runs the whole metrics path with real processes: a
+// dev broker, two workers, one statsd_exporter per worker (with
+// deploy/statsd/mapping.yml) and a Prometheus server scraping both exporters
+// every second, with deploy/prometheus/alerts.yml loaded. A scripted
+// scenario (load through /count/, a bad and a late record, windows
+// expiring, livechecks every second, a second worker joining, leaving and
+// joining again: rebalances, hand-overs and recoveries) makes every metric
+// move; then every listed metric must be in Prometheus with its labels,
+// every query of the generated Grafana dashboard (panels, annotations,
+// variables) must return data, and every alert rule must evaluate without
+// error.
+func TestDashboardsEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end to end: starts a broker, workers, exporters and Prometheus")
+	}
+	began := time.Now()
+	prometheusBin := requireProgram(t, "prometheus", "prometheus")
+	root := repoRoot(t)
+	dir := t.TempDir()
+
+	bin := filepath.Join(dir, "bin")
+	goBuild(t, root, filepath.Join(bin, "pageviews"), "./cmd/pageviews")
+	goBuild(t, root, filepath.Join(bin, "devbroker"), "./cmd/devbroker")
+	// The version pinned by this module's tool directive.
+	goBuild(t, ".", filepath.Join(bin, "statsd_exporter"), "github.com/prometheus/statsd_exporter")
+	t.Logf("built the worker, the dev broker and statsd_exporter in %s", time.Since(began).Round(time.Millisecond))
+	// Every wait below together: about a minute when all goes well.
+	bud := budget{end: time.Now().Add(3 * time.Minute)}
+	baseEnv := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
+
+	broker := startBroker(t, filepath.Join(bin, "devbroker"), baseEnv)
+
+	// One statsd_exporter per worker: the worker's identity in Prometheus
+	// is the exporter's instance label, as with the Helm chart's sidecar,
+	// which also starts and stops with its worker.
+	exporters := make([]*exporter, 2)
+	for i := range exporters {
+		exporters[i] = &exporter{
+			name:       fmt.Sprintf("statsd_exporter-%d", i),
+			bin:        filepath.Join(bin, "statsd_exporter"),
+			mapping:    filepath.Join(root, "deploy/statsd/mapping.yml"),
+			statsdPort: freePort(t, "udp"),
+			instance:   fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp")),
+		}
+		exporters[i].start(t, bud, baseEnv)
+	}
+	instances := []string{exporters[0].instance, exporters[1].instance}
+
+	promAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp"))
+	promConfig := filepath.Join(dir, "prometheus.yml")
+	writePrometheusConfig(t, root, promConfig, instances)
+	promStarted := time.Now()
+	promProc := start(t, "prometheus", prometheusBin, []string{
+		"--config.file=" + promConfig,
+		"--storage.tsdb.path=" + filepath.Join(dir, "tsdb"),
+		"--web.listen-address=" + promAddr,
+	}, baseEnv, nil)
+	server := promClient{base: "http://" + promAddr}
+	eventually(t, bud.within(30*time.Second), "prometheus ready", []*proc{promProc}, func() (bool, string) {
+		code, _, err := httpGet(server.base + "/-/ready")
+		return code == http.StatusOK, fmt.Sprint(code, err)
+	})
+
+	workerEnv := func(e *exporter, standbyReplicas int) []string {
+		return append(append([]string(nil), baseEnv...),
+			"KAFKA_BROKERS="+broker.addr,
+			"WEB_ADDR=127.0.0.1:0",
+			"DATA_DIR="+t.TempDir(),
+			"COMMIT_INTERVAL=100ms",
+			// One-second windows expiring after two: windows expire while
+			// the test runs.
+			"WINDOW_SIZE=1s",
+			"WINDOW_EXPIRES=2s",
+			"DD_AGENT_HOST=127.0.0.1",
+			"DD_DOGSTATSD_PORT="+strconv.Itoa(e.statsdPort),
+			"DD_ENV=e2e",
+			"DD_SERVICE=pageviews",
+			"DD_VERSION=e2e",
+			"METRICS_INTERVAL=200ms",
+			"LIVECHECK_INTERVAL=1s",
+			"LIVECHECK_SLO=5s",
+			"TABLE_STANDBY_REPLICAS="+strconv.Itoa(standbyReplicas),
+			"LOG_FORMAT=json",
+			"LOG_LEVEL=info",
+		)
+	}
+	workerBin := filepath.Join(bin, "pageviews")
+	a := startWorker(t, "worker-a", workerBin, workerEnv(exporters[0], 1))
+	var b *worker
+	// running lists the processes that must not exit on their own.
+	running := func() []*proc {
+		ps := []*proc{broker.proc, promProc, exporters[0].proc, a.proc}
+		if b != nil {
+			ps = append(ps, exporters[1].proc, b.proc)
+		}
+		return ps
+	}
+	a.waitReady(t, bud, running())
+
+	// Load on the first worker, long enough for one-second windows to
+	// expire behind it.
+	load(t, []*worker{a}, "/p/", 48)
+
+	// A record that is not JSON (dead-lettered) and one an hour old (late:
+	// its window expired long ago), from an outside producer.
+	produceRaw(t, broker.addr, "/p/0", []byte("not json"))
+	late := fmt.Sprintf(`{"page":"/p/1","count":1,"timestamp":%q}`, time.Now().Add(-time.Hour).UTC().Format(time.RFC3339Nano))
+	produceRaw(t, broker.addr, "/p/1", []byte(late))
+
+	// held waits until the two workers hold the 8 partitions between them,
+	// the first worker holding onFirst of them (-1: some, not all), as
+	// Prometheus sees it.
+	held := func(what string, onFirst float64) {
+		eventually(t, bud.within(60*time.Second), what, running(), func() (bool, string) {
+			s, err := server.query(`pageviews_partitions_assigned{env="e2e"}`)
+			if err != nil {
+				return false, err.Error()
+			}
+			got := map[string]float64{}
+			for _, x := range s {
+				got[x.Metric["instance"]] = x.value()
+			}
+			n1, n2 := got[instances[0]], got[instances[1]]
+			ok := n1+n2 == 8 && (onFirst < 0 && n1 > 0 && n2 > 0 || onFirst == n1)
+			return ok, fmt.Sprint(got)
+		})
+	}
+
+	// The second worker joins: a rebalance; the first hands partitions
+	// over, and the second recovers them from the changelogs. It keeps no
+	// standby copies, which would have replayed the changelogs before the
+	// partitions arrive; the first keeps standby copies of what it gives.
+	envB := workerEnv(exporters[1], 0)
+	b = startWorker(t, "worker-b", workerBin, envB)
+	b.waitReady(t, bud, running())
+	held("partitions split between the two workers", -1)
+	load(t, []*worker{a, b}, "/q/", 48)
+
+	// The second worker stops (a warm shutdown: it hands its partitions
+	// back) with its exporter, and comes back with its data: two more
+	// rebalances, so that rare events happen more than once on the first
+	// worker. Prometheus sees a series grow only from its second event on:
+	// statsd_exporter creates it at the first.
+	b.stop()
+	exporters[1].stop()
+	b = nil
+	held("the first worker holds every partition", 8)
+	load(t, []*worker{a}, "/r/", 32)
+	exporters[1].start(t, bud, baseEnv)
+	b = startWorker(t, "worker-b", workerBin, envB)
+	b.waitReady(t, bud, running())
+	held("partitions split again", -1)
+	load(t, []*worker{a, b}, "/s/", 32)
+	procs := running()
+
+	// What the scenario did, as Prometheus sees it.
+	facts := []struct {
+		what, query string
+		atLeast     float64
+	}{
+		{"views counted", `sum(pageviews_events{env="e2e"})`, 160},
+		{"the bad record dead-lettered", `sum(pageviews_dead_letters{env="e2e"})`, 1},
+		{"the old record counted late", `sum(pageviews_late_events{env="e2e"})`, 1},
+		{"windows expired", `sum(pageviews_window_expiries{env="e2e"})`, 1},
+		{"changelog records replayed in a recovery", `sum(pageviews_recovery_records{env="e2e"})`, 1},
+		{"a second generation", `max(pageviews_generation{env="e2e"})`, 2},
+		{"partitions handed over", `sum(pageviews_rebalance_return_latency_count{env="e2e"})`, 1},
+		{"livechecks succeeded", `sum(pageviews_livecheck_success{env="e2e"})`, 1},
+		{"standby copies kept", `sum(pageviews_standby_partitions{env="e2e"})`, 1},
+	}
+	factsBy := bud.within(60 * time.Second)
+	for _, f := range facts {
+		eventually(t, factsBy, f.what, procs, func() (bool, string) {
+			v, err := server.scalar(f.query)
+			if err != nil {
+				return false, err.Error()
+			}
+			return v >= f.atLeast, fmt.Sprintf("%s = %g, want >= %g", f.query, v, f.atLeast)
+		})
+	}
+	// Every listed metric reached Prometheus under its mapped name, with the
+	// tags docs/metrics.md lists as labels.
+	metricsBy := bud.within(30 * time.Second)
+	for _, d := range metrics.All() {
+		name := prom(d)
+		if d.Kind == metrics.Timing {
+			name += "_count"
+		}
+		labels := append([]string{"env", "service", "version", "instance"}, d.Tags...)
+		eventually(t, metricsBy, "metric "+name, procs, func() (bool, string) {
+			s, err := server.query(name + `{env="e2e"}`)
+			if err != nil {
+				return false, err.Error()
+			}
+			for _, x := range s {
+				missing := ""
+				for _, l := range labels {
+					if x.Metric[l] == "" {
+						missing += " " + l
+					}
+				}
+				if missing == "" {
+					return true, ""
+				}
+			}
+			return false, fmt.Sprintf("%d series, none with every label of %v", len(s), labels)
+		})
+	}
+	if v, err := server.scalar(`sum(statsd_exporter_events_conflict_total)`); err != nil || v != 0 {
+		t.Errorf("statsd_exporter dropped events whose type conflicts with a mapped metric: %g (%v)", v, err)
+	}
+	t.Logf("scenario done after %s", time.Since(began).Round(time.Millisecond))
+
+	// Every panel query, with the variables Grafana would substitute: all
+	// workers, and one worker at a time. The interval variables cover the
+	// whole scenario, as a dashboard zoomed out over it would.
+	grafanaJSON, err := os.ReadFile(GrafanaFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exprs, variableQueries, err := PanelQueries(grafanaJSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	window := fmt.Sprintf("%ds", int(time.Since(promStarted).Seconds())+15)
+	vars := func(worker string) map[string]string {
+		return map[string]string{
+			"env": "e2e", "service": "pageviews", "worker": worker,
+			"__rate_interval": window, "__interval": window, "__range": window,
+		}
+	}
+	queriesBy := bud.within(30 * time.Second)
+	for _, expr := range exprs {
+		all := substitute(expr, vars(".*"))
+		eventually(t, queriesBy, "panel query returns data: "+all, procs, func() (bool, string) {
+			s, err := server.query(all)
+			if err != nil {
+				t.Fatalf("panel query %s: %v", all, err)
+			}
+			return hasNumber(s), fmt.Sprintf("%d series: %v", len(s), s)
+		})
+		some := false
+		for _, inst := range instances {
+			// Grafana escapes a value's regex characters, and the
+			// escape's backslash for the PromQL string: 127\\.0...
+			one := substitute(expr, vars(strings.ReplaceAll(regexp.QuoteMeta(inst), `\`, `\\`)))
+			s, err := server.query(one)
+			if err != nil {
+				t.Fatalf("panel query for worker %s: %s: %v", inst, one, err)
+			}
+			for _, x := range s {
+				if x.Metric["instance"] != "" && x.Metric["instance"] != inst {
+					t.Errorf("panel query for worker %s returned another worker's series %v: %s", inst, x.Metric, one)
+				}
+			}
+			some = some || hasNumber(s)
+		}
+		if !some {
+			t.Errorf("panel query returns data for all workers but for no single one: %s", expr)
+		}
+	}
+	t.Logf("%d panel and annotation queries return data", len(exprs))
+
+	// The template variables list what the panels need.
+	for _, vq := range variableQueries {
+		match := regexp.MustCompile(`^label_values\((.*),\s*(\w+)\)$`).FindStringSubmatch(vq)
+		if match == nil {
+			t.Errorf("variable query %q is not label_values(selector, label)", vq)
+			continue
+		}
+		selector := substitute(match[1], vars(".*"))
+		values, err := server.labelValues(match[2], selector)
+		if err != nil {
+			t.Fatalf("variable query %s: %v", vq, err)
+		}
+		want := slices.Clone(map[string][]string{"env": {"e2e"}, "service": {"pageviews"}, "instance": instances}[match[2]])
+		sort.Strings(values)
+		sort.Strings(want)
+		if fmt.Sprint(values) != fmt.Sprint(want) {
+			t.Errorf("variable query %s lists %v, want %v", vq, values, want)
+		}
+	}
+
+	// Every alert rule parses and evaluates on the server that loaded it.
+	for _, r := range alertRules(t, root) {
+		if _, err := server.query(r.Expr); err != nil {
+			t.Errorf("alert %s: %v", r.Alert, err)
+		}
+	}
+	eventually(t, bud.within(30*time.Second), "every alert rule evaluated without error", procs, func() (bool, string) {
+		data, err := server.get("/api/v1/rules", nil)
+		if err != nil {
+			return false, err.Error()
+		}
+		var rules struct {
+			Groups []struct {
+				Rules []struct {
+					Name           string    `json:"name"`
+					Health         string    `json:"health"`
+					LastError      string    `json:"lastError"`
+					LastEvaluation time.Time `json:"lastEvaluation"`
+				} `json:"rules"`
+			} `json:"groups"`
+		}
+		if err := json.Unmarshal(data, &rules); err != nil {
+			return false, err.Error()
+		}
+		n := 0
+		for _, g := range rules.Groups {
+			for _, r := range g.Rules {
+				if r.Health == "err" {
+					t.Fatalf("alert %s fails to evaluate: %s", r.Name, r.LastError)
+				}
+				if r.Health != "ok" {
+					return false, r.Name + " not evaluated yet"
+				}
+				n++
+			}
+		}
+		return n == len(alertRules(t, root)), fmt.Sprintf("%d rules evaluated", n)
+	})
+	t.Logf("end to end in %s", time.Since(began).Round(time.Millisecond))
+}
+
+// hasNumber reports whether a result holds at least one value that is a
+// number: NaN (0/0, a quantile of no observations) is not data.
+func hasNumber(s []sample) bool {
+	for _, x := range s {
+		if v := x.value(); !math.IsNaN(v) && !math.IsInf(v, 0) {
+			return true
+		}
+	}
+	return false
+}
+
+// substitute replaces Grafana's variables in a query, as Grafana does before
+// it sends it ($name and ${name}; longer names first).
+func substitute(expr string, vars map[string]string) string {
+	names := make([]string, 0, len(vars))
+	for k := range vars {
+		names = append(names, k)
+	}
+	sort.Slice(names, func(i, j int) bool { return len(names[i]) > len(names[j]) })
+	var pairs []string
+	for _, k := range names {
+		pairs = append(pairs, "${"+k+"}", vars[k], "$"+k, vars[k])
+	}
+	return strings.NewReplacer(pairs...).Replace(expr)
+}
+
+// writePrometheusConfig writes a Prometheus configuration made from the
+// compose one (deploy/prometheus/prometheus.yml): its pageviews job, as it
+// is, pointed at the test's exporters, scraped every second, with the
+// alerting rules loaded.
+func writePrometheusConfig(t *testing.T, root, path string, targets []string) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(root, "deploy/prometheus/prometheus.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg map[string]any
+	if err := yaml.Unmarshal(raw, &cfg); err != nil {
+		t.Fatalf("deploy/prometheus/prometheus.yml: %v", err)
+	}
+	var job map[string]any
+	jobs, _ := cfg["scrape_configs"].([]any)
+	for _, j := range jobs {
+		if m, ok := j.(map[string]any); ok && m["job_name"] == "pageviews" {
+			job = m
+		}
+	}
+	if job == nil {
+		t.Fatal("deploy/prometheus/prometheus.yml has no pageviews job")
+	}
+	job["static_configs"] = []any{map[string]any{"targets": targets}}
+	job["scrape_interval"] = "1s"
+	cfg["global"] = map[string]any{"scrape_interval": "1s", "evaluation_interval": "1s"}
+	cfg["rule_files"] = []any{filepath.Join(root, "deploy/prometheus/alerts.yml")}
+	cfg["scrape_configs"] = []any{job}
+	out, err := yaml.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, out, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// alertRule is one rule of deploy/prometheus/alerts.yml.
+type alertRule struct {
+	Alert string `yaml:"alert"`
+	Expr  string `yaml:"expr"`
+}
+
+func alertRules(t *testing.T, root string) []alertRule {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(root, "deploy/prometheus/alerts.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file struct {
+		Groups []struct {
+			Rules []alertRule `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	if err := yaml.Unmarshal(raw, &file); err != nil {
+		t.Fatalf("deploy/prometheus/alerts.yml: %v", err)
+	}
+	var out []alertRule
+	for _, g := range file.Groups {
+		out = append(out, g.Rules...)
+	}
+	if len(out) == 0 {
+		t.Fatal("deploy/prometheus/alerts.yml has no rules")
+	}
+	return out
+}
+
+// exporter is a statsd_exporter process serving one worker.
+type exporter struct {
+	name, bin, mapping string
+	statsdPort         int    // where its worker sends DogStatsD
+	instance           string // where Prometheus scrapes it: its instance label
+	proc               *proc
+}
+
+func (e *exporter) start(t *testing.T, bud budget, env []string) {
+	t.Helper()
+	e.proc = start(t, e.name, e.bin, []string{
+		"--statsd.mapping-config=" + e.mapping,
+		fmt.Sprintf("--statsd.listen-udp=127.0.0.1:%d", e.statsdPort),
+		"--statsd.listen-tcp=",
+		"--web.listen-address=" + e.instance,
+	}, env, nil)
+	eventually(t, bud.within(30*time.Second), e.name+" serves /metrics", []*proc{e.proc}, func() (bool, string) {
+		code, _, err := httpGet("http://" + e.instance + "/metrics")
+		return code == http.StatusOK, fmt.Sprint(code, err)
+	})
+}
+
+func (e *exporter) stop() { e.proc.stop() }
+
+// brokerProc is the dev broker process and its address.
+type brokerProc struct {
+	*proc
+	addr string
+}
+
+func startBroker(t *testing.T, bin string, env []string) *brokerProc {
+	t.Helper()
+	addr := make(chan string, 1)
+	p := start(t, "devbroker", bin, []string{"-addr", "127.0.0.1:0"}, env, func(line string) {
+		if a, ok := strings.CutPrefix(line, "devbroker listening on "); ok {
+			select {
+			case addr <- strings.TrimSpace(a):
+			default:
+			}
+		}
+	})
+	select {
+	case a := <-addr:
+		return &brokerProc{proc: p, addr: a}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("devbroker printed no address within 30s\n%s", p.tail(20))
+	}
+	return nil
+}
+
+// worker is a worker process and its HTTP address.
+type worker struct {
+	*proc
+	mu   sync.Mutex
+	base string
+}
+
+// startWorker starts a worker and learns its HTTP address from its
+// "http listening" log line (WEB_ADDR has port 0).
+func startWorker(t *testing.T, name, bin string, env []string) *worker {
+	t.Helper()
+	w := &worker{}
+	w.proc = start(t, name, bin, nil, env, func(line string) {
+		var l struct {
+			Msg  string `json:"msg"`
+			Addr string `json:"addr"`
+		}
+		if json.Unmarshal([]byte(line), &l) == nil && l.Msg == "http listening" {
+			w.mu.Lock()
+			w.base = "http://" + l.Addr
+			w.mu.Unlock()
+		}
+	})
+	return w
+}
+
+func (w *worker) url() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.base
+}
+
+// waitReady waits for the worker's /ready/ to answer 200: joined and every
+// assigned partition recovered.
+func (w *worker) waitReady(t *testing.T, bud budget, procs []*proc) {
+	t.Helper()
+	eventually(t, bud.within(60*time.Second), w.name+" ready", procs, func() (bool, string) {
+		if w.url() == "" {
+			return false, "not listening yet"
+		}
+		code, body, err := httpGet(w.url() + "/ready/")
+		return code == http.StatusOK, fmt.Sprintf("%d %s %v", code, body, err)
+	})
+}
+
+// load counts n views of 16 pages under prefix, round robin over the
+// workers, 50ms apart.
+func load(t *testing.T, ws []*worker, prefix string, n int) {
+	t.Helper()
+	for i := range n {
+		w := ws[i%len(ws)]
+		code, body, err := httpGet(fmt.Sprintf("%s/count/?page=%s%d", w.url(), prefix, i%16))
+		if err != nil || code != http.StatusOK {
+			t.Fatalf("%s /count/: %d %s %v\n%s", w.name, code, body, err, w.tail(20))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// produceRaw sends one record to page_views as an outside producer would,
+// partitioned like the worker's own producer (by key).
+func produceRaw(t *testing.T, brokers, key string, value []byte) {
+	t.Helper()
+	cfg := sarama.NewConfig()
+	cfg.Version = sarama.V3_9_0_0
+	cfg.ClientID = "dashboards-e2e"
+	cfg.Producer.RequiredAcks = sarama.WaitForAll
+	cfg.Producer.Return.Successes = true
+	// sarama's default partitioner hashes the key, like the worker's
+	// producer: the record lands on the partition of its page.
+	cfg.Producer.Partitioner = sarama.NewHashPartitioner
+	p, err := sarama.NewSyncProducer([]string{brokers}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if _, _, err := p.SendMessage(&sarama.ProducerMessage{Topic: "page_views", Key: sarama.StringEncoder(key), Value: sarama.ByteEncoder(value)}); err != nil {
+		t.Fatal(err)
+	}
+}

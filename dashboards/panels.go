@@ -1,0 +1,499 @@
+package dashboards
+
+import (
+	m "github.com/gofaust/pageviews/internal/metrics"
+)
+
+// Viz is how a panel draws its queries.
+type Viz int
+
+// The kinds of panel.
+const (
+	Lines  Viz = iota // a time series
+	Bars              // a time series of counts per interval (rare events)
+	Stat              // one number
+	States            // a state timeline (0/1 gauges)
+	Table             // one row per series, at the end of the range
+)
+
+// Panel is one panel of the dashboards, in both backends.
+type Panel struct {
+	Title string
+	// Tells is what the panel tells an operator, and Do what to do about
+	// it; both show in the panel's description and in README.md.
+	Tells, Do string
+	Viz       Viz
+	Unit      string // a Grafana unit id
+	Width     uint32 // of 24 columns
+	Prom      []Query
+	Datadog   []DDQuery
+}
+
+// Query is one PromQL query of a Grafana panel.
+type Query struct {
+	Expr   string
+	Legend string
+	// Column names a table panel's column.
+	Column string
+}
+
+// DDQuery is one Datadog metric query of a widget.
+type DDQuery struct {
+	Query string
+	Alias string
+	// Formula wraps the query (named q), such as per_second(q); empty
+	// means the query itself.
+	Formula string
+	// Bars draws the query as bars (counts of rare events) in a time
+	// series.
+	Bars bool
+	// Aggregator reduces the query to one value in query_value and
+	// query_table widgets: avg, sum, last, max.
+	Aggregator string
+}
+
+// Row is a titled group of panels.
+type Row struct {
+	Title string
+	// Collapsed rows start folded in Grafana.
+	Collapsed bool
+	Panels    []Panel
+}
+
+const (
+	byWorker          = "instance"
+	byTopic           = "topic"
+	byPartition       = "topic, partition"
+	ddByWorker        = DatadogWorkerTag
+	ddByPartition     = "topic,partition"
+	percentile99      = 0.99
+	rebalancesOverlay = "rebalances"
+)
+
+// rebalanceBars overlays the rebalances on a Datadog widget, where Grafana
+// shows them as annotations: the worker sends no DogStatsD events.
+func rebalanceBars() DDQuery {
+	return DDQuery{Query: ddq("sum", m.Rebalances, "", "", ".as_count()"), Alias: rebalancesOverlay, Bars: true}
+}
+
+// latency renders the usual pair of a timing: the exact mean and the 99th
+// percentile estimated from the histogram buckets (Grafana), or the Agent's
+// avg and 95th percentile aggregates (Datadog).
+func latency(d *m.Def, by, legend, ddBy string) ([]Query, []DDQuery) {
+	return []Query{
+			{Expr: mean(d, by), Legend: legend + " mean"},
+			{Expr: quantile(percentile99, d, by), Legend: legend + " p99"},
+		}, []DDQuery{
+			{Query: ddq("avg", d, ".avg", ddBy, ""), Alias: "mean"},
+			{Query: ddq("max", d, ".95percentile", ddBy, ""), Alias: "p95"},
+		}
+}
+
+// sparseLatency is latency for a rare per-partition timing (see
+// sparseIncrease).
+func sparseLatency(d *m.Def, by, legend, ddBy string) ([]Query, []DDQuery) {
+	q, dq := latency(d, by, legend, ddBy)
+	q[0].Expr = sparseMean(d, by)
+	q[1].Expr = sparseQuantile(percentile99, d, by)
+	return q, dq
+}
+
+// Rows are the panels of the dashboards, in order.
+func Rows() []Row {
+	eventQ, eventDD := latency(m.EventRuntime, byWorker, "{{instance}}", ddByWorker)
+	commitQ, commitDD := latency(m.CommitLatency, byWorker, "{{instance}}", ddByWorker)
+	sendQ, sendDD := latency(m.SendLatency, byTopic, "{{topic}}", byTopic)
+	rebalQ, rebalDD := latency(m.RebalanceEndLatency, byWorker, "{{instance}}", ddByWorker)
+	returnQ, returnDD := sparseLatency(m.RebalanceReturnLatency, byWorker, "{{instance}}", ddByWorker)
+	assignQ, assignDD := sparseLatency(m.AssignmentLatency, byWorker, "{{instance}}", ddByWorker)
+	liveQ, liveDD := latency(m.LivecheckLatency, "", "livecheck", "")
+	httpQ, httpDD := latency(m.HTTPLatency, "path", "{{path}}", "path")
+
+	return []Row{
+		{Title: "Overview", Panels: []Panel{
+			{
+				Title: "Events processed", Viz: Stat, Unit: "recps", Width: 4,
+				Tells:   "Page views the agents process per second, over the selected workers.",
+				Do:      "Compare with the load you expect; zero while pages are being counted means processing stopped: see lag and rebalance state.",
+				Prom:    []Query{{Expr: rateBy(m.Events, "")}},
+				Datadog: []DDQuery{{Query: ddq("sum", m.Events, "", "", ".as_rate()"), Aggregator: "avg"}},
+			},
+			{
+				Title: "Consumer lag", Viz: Stat, Unit: "short", Width: 4,
+				Tells:   "Records waiting in page_views, summed over partitions (each partition's current owner).",
+				Do:      "A few commit intervals' worth is normal; a number that keeps rising means the workers fall behind: see the lag row.",
+				Prom:    []Query{{Expr: "sum(" + aggregate("max", byPartition, owned(m.ConsumerLag)) + ")"}},
+				Datadog: []DDQuery{{Query: ddq("sum", m.ConsumerLag, "", "", ""), Aggregator: "last"}},
+			},
+			{
+				Title: "Oldest unprocessed record", Viz: Stat, Unit: "s", Width: 4,
+				Tells:   "The largest consumer lag in seconds: how old the last processed record was while its partition lagged.",
+				Do:      "Above the freshness your readers need, add workers (up to the partition count) or find the slow partition in the lag row.",
+				Prom:    []Query{{Expr: "max(" + owned(m.ConsumerLagSecs) + ")"}},
+				Datadog: []DDQuery{{Query: ddq("max", m.ConsumerLagSecs, "", "", ""), Aggregator: "last"}},
+			},
+			{
+				Title: "Partitions assigned", Viz: Stat, Unit: "short", Width: 4,
+				Tells:   "Source partitions the selected workers hold; with every worker selected it should equal the topic's partition count.",
+				Do:      "Fewer than the partition count for more than a rebalance means a worker is missing from the group: check the pods and the rebalance row.",
+				Prom:    []Query{{Expr: gaugeBy("sum", m.PartitionsAssigned, "")}},
+				Datadog: []DDQuery{{Query: ddq("sum", m.PartitionsAssigned, "", "", ""), Aggregator: "last"}},
+			},
+			{
+				Title: "Dead letters in range", Viz: Stat, Unit: "short", Width: 4,
+				Tells:   "Records sent to page_views-dlq in the dashboard's time range: they could not be decoded.",
+				Do:      "Read the records' error header in page_views-dlq and fix the producer that sent them; the partitions keep going meanwhile.",
+				Prom:    []Query{{Expr: "sum(increase(" + v(m.DeadLetters) + "[$__range]))"}},
+				Datadog: []DDQuery{{Query: ddq("sum", m.DeadLetters, "", "", ".as_count()"), Aggregator: "sum"}},
+			},
+			{
+				Title: "Livecheck failures in range", Viz: Stat, Unit: "short", Width: 4,
+				Tells:   "Synthetic page views that were not published or not counted within LIVECHECK_SLO, in the time range.",
+				Do:      "Any failure means the path from /count/ to the table was broken or slow: look at lag, rebalances and the worker logs at that time.",
+				Prom:    []Query{{Expr: "sum(increase(" + v(m.LivecheckFailure) + "[$__range]))"}},
+				Datadog: []DDQuery{{Query: ddq("sum", m.LivecheckFailure, "", "", ".as_count()"), Aggregator: "sum"}},
+			},
+		}},
+
+		{Title: "Throughput", Panels: []Panel{
+			{
+				Title: "Records in", Unit: "recps", Width: 12,
+				Tells: "Source records received from Kafka and events the agent processed, per worker and second; received minus processed is what went to the dead-letter topic.",
+				Do:    "A worker at zero while others work holds no partitions or is stuck: see partitions assigned and rebalance state.",
+				Prom: []Query{
+					{Expr: rateBy(m.MessagesReceived, byWorker), Legend: "{{instance}} received"},
+					{Expr: rateBy(m.Events, byWorker), Legend: "{{instance}} processed"},
+				},
+				Datadog: []DDQuery{
+					{Query: ddq("sum", m.MessagesReceived, "", ddByWorker, ".as_rate()"), Alias: "received"},
+					{Query: ddq("sum", m.Events, "", ddByWorker, ".as_rate()"), Alias: "processed"},
+				},
+			},
+			{
+				Title: "Records out", Unit: "recps", Width: 12,
+				Tells:   "Records the broker acknowledged, per topic: page views published by /count/, changelog records, dead letters.",
+				Do:      "Changelog traffic follows the number of keys changed per commit interval; a drop to zero with load in means flushing stopped: see send errors and flush failures.",
+				Prom:    []Query{{Expr: rateBy(m.MessagesSent, byTopic), Legend: "{{topic}}"}},
+				Datadog: []DDQuery{{Query: ddq("sum", m.MessagesSent, "", byTopic, ".as_rate()"), Alias: "sent"}},
+			},
+			{
+				Title: "Arrivals per partition", Unit: "recps", Width: 12,
+				Tells:   "How fast each source partition's high watermark grows: the load each partition gets.",
+				Do:      "One partition far above the others is a hot key: a bigger worker will not help; spread the key or accept its lag.",
+				Prom:    []Query{{Expr: aggregate("max", byPartition, "deriv("+v(m.EndOffset)+"[$__rate_interval])"), Legend: "{{topic}} p{{partition}}"}},
+				Datadog: []DDQuery{{Query: ddq("max", m.EndOffset, "", ddByPartition, ""), Formula: "per_second(q)", Alias: "arrivals"}},
+			},
+			{
+				Title: "Records in flight", Unit: "short", Width: 12,
+				Tells:   "Records processed but not committed yet, per worker: what a crash would make the next owner process again.",
+				Do:      "It should stay near one commit interval of traffic; if it only grows, commits fail: see commit time and flush failures.",
+				Prom:    []Query{{Expr: gaugeBy("sum", m.MessagesActive, byWorker), Legend: "{{instance}}"}},
+				Datadog: []DDQuery{{Query: ddq("sum", m.MessagesActive, "", ddByWorker, ""), Alias: "in flight"}},
+			},
+		}},
+
+		{Title: "Consumer lag", Panels: []Panel{
+			{
+				Title: "Consumer lag per partition (records)", Unit: "short", Width: 12,
+				Tells: "Records between each partition's last processed offset and its high watermark, from the worker that owns it now.",
+				Do:    "Lag that grows without bound needs more workers (up to the partition count) or a faster agent; lag on one partition only is a hot key or a stuck partition.",
+				Prom:  []Query{{Expr: aggregate("max", byPartition, owned(m.ConsumerLag)), Legend: "{{topic}} p{{partition}}"}},
+				Datadog: []DDQuery{
+					{Query: ddq("max", m.ConsumerLag, "", ddByPartition, ""), Alias: "lag"},
+					rebalanceBars(),
+				},
+			},
+			{
+				Title: "Consumer lag per partition (seconds)", Unit: "s", Width: 12,
+				Tells: "How old the last processed record of each lagging partition was: how stale the tables are; 0 when the partition is caught up.",
+				Do:    "Compare with how fresh /report/ must be; a partition whose age climbs steadily is not processing: see rebalance state and the worker's liveness.",
+				Prom:  []Query{{Expr: aggregate("max", byPartition, owned(m.ConsumerLagSecs)), Legend: "{{topic}} p{{partition}}"}},
+				Datadog: []DDQuery{
+					{Query: ddq("max", m.ConsumerLagSecs, "", ddByPartition, ""), Alias: "lag"},
+					rebalanceBars(),
+				},
+			},
+			{
+				Title: "Partition positions", Viz: Table, Width: 24,
+				Tells: "Per partition and owning worker: the last processed offset, the committed offset, the high watermark and the lag.",
+				Do:    "Read offset far ahead of committed offset means commits are failing; committed offset not moving with lag above zero means the partition is stuck.",
+				Prom: []Query{
+					{Expr: aggregate("max", "topic, partition, instance", owned(m.ReadOffset)), Column: "read offset"},
+					{Expr: aggregate("max", "topic, partition, instance", owned(m.CommittedOffset)), Column: "committed offset"},
+					{Expr: aggregate("max", "topic, partition, instance", owned(m.EndOffset)), Column: "end offset"},
+					{Expr: aggregate("max", "topic, partition, instance", owned(m.ConsumerLag)), Column: "lag"},
+				},
+				Datadog: []DDQuery{
+					{Query: ddq("max", m.ReadOffset, "", ddByPartition+","+ddByWorker, ""), Alias: "read offset", Aggregator: "last"},
+					{Query: ddq("max", m.CommittedOffset, "", ddByPartition+","+ddByWorker, ""), Alias: "committed offset", Aggregator: "last"},
+					{Query: ddq("max", m.EndOffset, "", ddByPartition+","+ddByWorker, ""), Alias: "end offset", Aggregator: "last"},
+					{Query: ddq("max", m.ConsumerLag, "", ddByPartition+","+ddByWorker, ""), Alias: "lag", Aggregator: "last"},
+				},
+			},
+		}},
+
+		{Title: "Rebalancing", Panels: []Panel{
+			{
+				Title: "Partitions assigned per worker", Unit: "short", Width: 8,
+				Tells: "Source partitions each worker processes, and the partitions it keeps warm standby copies of (TABLE_STANDBY_REPLICAS).",
+				Do:    "An uneven split after a rebalance is normal with sticky assignment; a worker at 0 does nothing: more workers than partitions, or it cannot join.",
+				Prom: []Query{
+					{Expr: gaugeBy("max", m.PartitionsAssigned, byWorker), Legend: "{{instance}} active"},
+					{Expr: gaugeBy("max", m.StandbyPartitions, byWorker), Legend: "{{instance}} standby"},
+				},
+				Datadog: []DDQuery{
+					{Query: ddq("max", m.PartitionsAssigned, "", ddByWorker, ""), Alias: "active"},
+					{Query: ddq("max", m.StandbyPartitions, "", ddByWorker, ""), Alias: "standby"},
+				},
+			},
+			{
+				Title: "Rebalance state", Viz: States, Width: 8,
+				Tells:   "Per worker: rebalancing (joining, revoking or recovering: not processing everything it holds) or processing.",
+				Do:      "Short rebalancing bands at deploys are expected; a band that does not end is a stuck recovery or join: see recovery and the worker logs.",
+				Prom:    []Query{{Expr: gaugeBy("max", m.RebalanceState, byWorker), Legend: "{{instance}}"}},
+				Datadog: []DDQuery{{Query: ddq("max", m.RebalanceState, "", ddByWorker, ""), Alias: "rebalancing"}},
+			},
+			{
+				Title: "Group generation", Unit: "none", Width: 8,
+				Tells:   "The consumer group generation each worker last joined: it steps up at every rebalance.",
+				Do:      "Workers on different generations for long means one has not rejoined; a fast-climbing generation is a rebalance storm (session timeouts, crash loops).",
+				Prom:    []Query{{Expr: gaugeBy("max", m.Generation, byWorker), Legend: "{{instance}}"}},
+				Datadog: []DDQuery{{Query: ddq("max", m.Generation, "", ddByWorker, ""), Alias: "generation"}},
+			},
+			{
+				Title: "Rebalances", Viz: Bars, Unit: "short", Width: 8,
+				Tells:   "Times each worker (re)joined its group per interval; the same events mark every time series as annotations.",
+				Do:      "Joins outside deploys and scaling mean members drop out: check KAFKA_SESSION_TIMEOUT, pod restarts and long GC or processing stalls; static membership (KAFKA_INSTANCE_ID) avoids rebalances on restarts.",
+				Prom:    []Query{{Expr: increaseBy(m.Rebalances, byWorker), Legend: "{{instance}}"}},
+				Datadog: []DDQuery{{Query: ddq("sum", m.Rebalances, "", ddByWorker, ".as_count()"), Alias: "joins", Bars: true}},
+			},
+			{
+				Title: "Rebalance duration", Unit: "s", Width: 8,
+				Tells: "Time from a worker stopping processing to every partition it holds processing again (revocation, join, recovery).",
+				Do:    "Long rebalances mean long recoveries: keep standby replicas, keep changelogs compacted, or scale in smaller steps.",
+				Prom:  rebalQ, Datadog: rebalDD,
+			},
+			{
+				Title: "Partition hand-over", Unit: "s", Width: 8,
+				Tells: "Time from a partition's revocation to its release: the final flush and commit before another worker may take it.",
+				Do:    "Seconds here are a slow flush (broker acks, store writes); it delays the whole rebalance for everyone.",
+				Prom:  returnQ, Datadog: returnDD,
+			},
+			{
+				Title: "Assignments", Viz: Bars, Unit: "short", Width: 8,
+				Tells: "Partitions assigned and recovered, and assignments that failed, per worker.",
+				Do:    "A failed assignment stops the worker (its orchestrator restarts it and it rejoins): read its log for the partition's error.",
+				Prom: []Query{
+					{Expr: sparseIncrease(m.AssignmentsComplete, "", byWorker), Legend: "{{instance}} completed"},
+					{Expr: sparseIncrease(m.AssignmentsError, "", byWorker), Legend: "{{instance}} failed"},
+				},
+				Datadog: []DDQuery{
+					{Query: ddq("sum", m.AssignmentsComplete, "", ddByWorker, ".as_count()"), Alias: "completed", Bars: true},
+					{Query: ddq("sum", m.AssignmentsError, "", ddByWorker, ".as_count()"), Alias: "failed", Bars: true},
+				},
+			},
+			{
+				Title: "Assignment latency", Unit: "s", Width: 8,
+				Tells: "Time from a partition's assignment to its first processing, recovery included.",
+				Do:    "When this is long, so is the gap in processing at every rebalance: see recovery for the reason.",
+				Prom:  assignQ, Datadog: assignDD,
+			},
+			{
+				Title: "Partitions unprocessed before resuming", Unit: "s", Width: 8,
+				Tells:   "For each partition a worker resumed: how long it had gone unprocessed since its previous owner's last commit (the last hand-over's value).",
+				Do:      "This is the freshness cost of a rebalance; long values point at slow hand-overs or recoveries.",
+				Prom:    []Query{{Expr: gaugeBy("max", m.UnprocessedTime, "instance, partition"), Legend: "p{{partition}} on {{instance}}"}},
+				Datadog: []DDQuery{{Query: ddq("max", m.UnprocessedTime, "", "partition,"+ddByWorker, ""), Alias: "unprocessed"}},
+			},
+		}},
+
+		{Title: "Recovery", Panels: []Panel{
+			{
+				Title: "Changelog records left to replay", Unit: "short", Width: 8,
+				Tells:   "Per worker and table: changelog records still to replay before the recovering partitions process (0 while the worker processes everything it holds).",
+				Do:      "It should fall to 0 within seconds to minutes; if it stays flat the recovery is stuck: check the broker and the worker's log.",
+				Prom:    []Query{{Expr: whileRebalancing(gaugeBy("sum", m.RecoveryRemaining, "instance, table")), Legend: "{{instance}} {{table}}"}},
+				Datadog: []DDQuery{{Query: ddq("sum", m.RecoveryRemaining, "", ddByWorker+",table", ""), Alias: "left"}},
+			},
+			{
+				Title: "Recovery ETA", Unit: "s", Width: 8,
+				Tells:   "Estimated seconds until the slowest recovering partition of each worker and table finishes, from the replay rate so far.",
+				Do:      "An ETA longer than your readiness budget means a long outage of those partitions: keep standby replicas to shorten recoveries.",
+				Prom:    []Query{{Expr: whileRebalancing(gaugeBy("max", m.RecoveryETA, "instance, table")), Legend: "{{instance}} {{table}}"}},
+				Datadog: []DDQuery{{Query: ddq("max", m.RecoveryETA, "", ddByWorker+",table", ""), Alias: "eta"}},
+			},
+			{
+				Title: "Changelog replay rate", Unit: "recps", Width: 8,
+				Tells:   "Changelog records replayed per second, per worker and table.",
+				Do:      "Compare with the broker's fetch capacity; a slow replay of a small changelog points at the local disk.",
+				Prom:    []Query{{Expr: sparseRate(m.RecoveryRecords, "instance, table"), Legend: "{{instance}} {{table}}"}},
+				Datadog: []DDQuery{{Query: ddq("sum", m.RecoveryRecords, "", ddByWorker+",table", ".as_rate()"), Alias: "replayed"}},
+			},
+		}},
+
+		{Title: "Processing, commit and produce latency", Panels: []Panel{
+			{
+				Title: "Event processing time", Unit: "s", Width: 8,
+				Tells: "Time the agent takes for one event, measured on 1 event in 64.",
+				Do:    "A rise here with unchanged load is the agent or the store getting slower: profile the worker (PPROF_ADDR).",
+				Prom:  eventQ, Datadog: eventDD,
+			},
+			{
+				Title: "Commit time", Unit: "s", Width: 8,
+				Tells: "Time of one commit: changelog records acknowledged, the store batch written, the source offset committed.",
+				Do:    "Commits near COMMIT_INTERVAL leave no time to process: look at produce latency (broker) and Pebble write stalls (disk).",
+				Prom:  commitQ, Datadog: commitDD,
+			},
+			{
+				Title: "Produce latency", Unit: "s", Width: 8,
+				Tells: "Time from producing a record to the broker's acknowledgement, per topic.",
+				Do:    "High produce latency is the broker or the network: check broker load and replication (acks=all waits for every in-sync replica).",
+				Prom:  sendQ, Datadog: sendDD,
+			},
+		}},
+
+		{Title: "Tables and windows", Panels: []Panel{
+			{
+				Title: "Table keys cached", Unit: "short", Width: 8,
+				Tells:   "Keys each worker holds in memory per table (the write-back cache), not the keys stored on disk.",
+				Do:      "Steady growth with a windowed table means windows do not expire: check event timestamps and WINDOW_EXPIRES; memory follows this number.",
+				Prom:    []Query{{Expr: gaugeBy("sum", m.TableKeys, "instance, table"), Legend: "{{instance}} {{table}}"}},
+				Datadog: []DDQuery{{Query: ddq("sum", m.TableKeys, "", ddByWorker+",table", ""), Alias: "keys"}},
+			},
+			{
+				Title: "Table key operations", Unit: "ops", Width: 8,
+				Tells: "Keys read from the store (cache misses), written to the changelog and store, and deleted (tombstones replayed), per table.",
+				Do:    "Many retrievals per update mean the cache is too small for the key space a partition sees.",
+				Prom: []Query{
+					{Expr: rateBy(m.KeysRetrieved, "table"), Legend: "{{table}} retrieved"},
+					{Expr: rateBy(m.KeysUpdated, "table"), Legend: "{{table}} updated"},
+					{Expr: rateBy(m.KeysDeleted, "table"), Legend: "{{table}} deleted"},
+				},
+				Datadog: []DDQuery{
+					{Query: ddq("sum", m.KeysRetrieved, "", "table", ".as_rate()"), Alias: "retrieved"},
+					{Query: ddq("sum", m.KeysUpdated, "", "table", ".as_rate()"), Alias: "updated"},
+					{Query: ddq("sum", m.KeysDeleted, "", "table", ".as_rate()"), Alias: "deleted"},
+				},
+			},
+			{
+				Title: "Window expiries and late views", Unit: "short", Width: 8,
+				Tells: "Windows removed per second because they expired, and views per second whose window had already expired (counted in totals only).",
+				Do:    "Late views mean producers send old timestamps or a partition lagged past WINDOW_EXPIRES: raise WINDOW_EXPIRES or fix the clocks.",
+				Prom: []Query{
+					{Expr: rateBy(m.WindowExpiries, "table"), Legend: "{{table}} windows expired"},
+					{Expr: rateBy(m.LateEvents, "table"), Legend: "{{table}} late views"},
+				},
+				Datadog: []DDQuery{
+					{Query: ddq("sum", m.WindowExpiries, "", "table", ".as_rate()"), Alias: "windows expired"},
+					{Query: ddq("sum", m.LateEvents, "", "table", ".as_rate()"), Alias: "late views"},
+				},
+			},
+		}},
+
+		{Title: "Dead letters and errors", Panels: []Panel{
+			{
+				Title: "Dead-lettered records", Viz: Bars, Unit: "short", Width: 8,
+				Tells:   "Records per interval that could not be decoded and went to page_views-dlq, per source partition.",
+				Do:      "Find the producer from the records' headers (error, source partition and offset) and fix it; replay the DLQ once fixed if the views matter.",
+				Prom:    []Query{{Expr: increaseBy(m.DeadLetters, byPartition), Legend: "{{topic}} p{{partition}}"}},
+				Datadog: []DDQuery{{Query: ddq("sum", m.DeadLetters, "", ddByPartition, ".as_count()"), Alias: "dead letters", Bars: true}},
+			},
+			{
+				Title: "Send errors", Viz: Bars, Unit: "short", Width: 8,
+				Tells:   "Records the broker did not acknowledge, per topic and interval.",
+				Do:      "The broker refused or timed out: check broker health, ACLs and topic existence; flushes retry, /count/ answers 503.",
+				Prom:    []Query{{Expr: increaseBy(m.SendErrors, byTopic), Legend: "{{topic}}"}},
+				Datadog: []DDQuery{{Query: ddq("sum", m.SendErrors, "", byTopic, ".as_count()"), Alias: "send errors", Bars: true}},
+			},
+			{
+				Title: "Flush failures", Viz: Bars, Unit: "short", Width: 8,
+				Tells:   "Commits that failed and are being retried, per worker and partition: the partition waits and the worker is not ready meanwhile.",
+				Do:      "Usually the brokers cannot take records: see send errors; nothing is lost, processing resumes when a flush succeeds.",
+				Prom:    []Query{{Expr: increaseBy(m.Stalls, "instance, partition"), Legend: "p{{partition}} on {{instance}}"}},
+				Datadog: []DDQuery{{Query: ddq("sum", m.Stalls, "", "partition,"+ddByWorker, ".as_count()"), Alias: "flush failures", Bars: true}},
+			},
+		}},
+
+		{Title: "Livecheck", Panels: []Panel{
+			{
+				Title: "Livecheck results", Viz: Bars, Unit: "short", Width: 12,
+				Tells: "Synthetic page views sent by the group's leader that reached the table within LIVECHECK_SLO, and those that did not.",
+				Do:    "Failures with no other symptom point at the publish path (broker, producer); with lag or rebalances, fix those first.",
+				Prom: []Query{
+					{Expr: increaseBy(m.LivecheckSuccess, ""), Legend: "succeeded"},
+					{Expr: increaseBy(m.LivecheckFailure, ""), Legend: "failed"},
+				},
+				Datadog: []DDQuery{
+					{Query: ddq("sum", m.LivecheckSuccess, "", "", ".as_count()"), Alias: "succeeded", Bars: true},
+					{Query: ddq("sum", m.LivecheckFailure, "", "", ".as_count()"), Alias: "failed", Bars: true},
+				},
+			},
+			{
+				Title: "Livecheck latency", Unit: "s", Width: 12,
+				Tells: "Time from publishing a synthetic view to seeing it counted: the end-to-end freshness of the pipeline.",
+				Do:    "Creeping towards LIVECHECK_SLO means the pipeline slows down before it fails: look at lag and commit time.",
+				Prom:  liveQ, Datadog: liveDD,
+			},
+		}},
+
+		{Title: "HTTP", Collapsed: true, Panels: []Panel{
+			{
+				Title: "HTTP requests", Unit: "reqps", Width: 12,
+				Tells:   "Requests answered per second, by route and status code.",
+				Do:      "503 on /count/ means page views could not be published (broker); 503 on /ready/ is a worker rebalancing or recovering.",
+				Prom:    []Query{{Expr: rateBy(m.HTTPRequests, "path, status_code"), Legend: "{{path}} {{status_code}}"}},
+				Datadog: []DDQuery{{Query: ddq("sum", m.HTTPRequests, "", "path,status_code", ".as_rate()"), Alias: "requests"}},
+			},
+			{
+				Title: "HTTP latency", Unit: "s", Width: 12,
+				Tells: "Request latency by route; /count/ includes the broker's acknowledgement.",
+				Do:    "Slow /count/ follows produce latency; slow /report/ follows the routing to other workers.",
+				Prom:  httpQ, Datadog: httpDD,
+			},
+		}},
+
+		{Title: "Go runtime and Pebble", Collapsed: true, Panels: []Panel{
+			{
+				Title: "Goroutines", Unit: "short", Width: 8,
+				Tells:   "Goroutines per worker.",
+				Do:      "A steady climb is a leak: send USR1 to the worker to log every goroutine's stack.",
+				Prom:    []Query{{Expr: gaugeBy("max", m.Goroutines, byWorker), Legend: "{{instance}}"}},
+				Datadog: []DDQuery{{Query: ddq("max", m.Goroutines, "", ddByWorker, ""), Alias: "goroutines"}},
+			},
+			{
+				Title: "Heap", Unit: "bytes", Width: 8,
+				Tells:   "Bytes of allocated heap objects per worker.",
+				Do:      "Compare with the pod's memory limit; growth follows table keys cached.",
+				Prom:    []Query{{Expr: gaugeBy("max", m.HeapBytes, byWorker), Legend: "{{instance}}"}},
+				Datadog: []DDQuery{{Query: ddq("max", m.HeapBytes, "", ddByWorker, ""), Alias: "heap"}},
+			},
+			{
+				Title: "GC pause per sample", Unit: "s", Width: 8,
+				Tells:   "The largest GC pause time of one METRICS_INTERVAL seen in each interval (a sample: not the total GC time).",
+				Do:      "Pauses in the tens of milliseconds delay processing and heartbeats: lower the heap (fewer cached keys) or set GOMEMLIMIT.",
+				Prom:    []Query{{Expr: aggregate("max", byWorker, "max_over_time("+v(m.GCPause)+"[$__rate_interval])"), Legend: "{{instance}}"}},
+				Datadog: []DDQuery{{Query: ddq("max", m.GCPause, "", ddByWorker, ""), Alias: "gc pause"}},
+			},
+			{
+				Title: "Pebble store size", Unit: "bytes", Width: 12,
+				Tells:   "Size of each worker's local Pebble store on disk.",
+				Do:      "Keep it well below the volume's size; it grows with the pages counted and the windows kept (WINDOW_EXPIRES).",
+				Prom:    []Query{{Expr: gaugeBy("max", m.StoreSize, byWorker), Legend: "{{instance}}"}},
+				Datadog: []DDQuery{{Query: ddq("max", m.StoreSize, "", ddByWorker, ""), Alias: "size"}},
+			},
+			{
+				Title: "Pebble compactions and write stalls", Unit: "ops", Width: 12,
+				Tells: "Compactions completed and write stalls per second, per worker.",
+				Do:    "Write stalls mean the disk cannot keep up with compactions: give the volume more IOPS.",
+				Prom: []Query{
+					{Expr: rateBy(m.Compactions, byWorker), Legend: "{{instance}} compactions"},
+					{Expr: rateBy(m.WriteStalls, byWorker), Legend: "{{instance}} write stalls"},
+				},
+				Datadog: []DDQuery{
+					{Query: ddq("sum", m.Compactions, "", ddByWorker, ".as_rate()"), Alias: "compactions"},
+					{Query: ddq("sum", m.WriteStalls, "", ddByWorker, ".as_rate()"), Alias: "write stalls"},
+				},
+			},
+		}},
+	}
+}
