@@ -519,7 +519,8 @@ func TestReportRevokedPartition(t *testing.T) {
 		if !rep.Stale {
 			t.Error("Stale = false with a partition revoked mid-report")
 		}
-		if _, ok := rep.Pages["/cold"]; ok {
+		if cold, ok := rep.Pages["/cold"]; ok {
+			t.Errorf("/cold lives only in the revoked partition 1, yet reported as %+v", cold)
 		}
 		if got, want := rep.Pages["/home"], (pageview.PageReport{Now: 3, Count: 5, Report: pageview.NotEnough}); got != want {
 			t.Errorf("/home = %+v, want %+v (partition 1 skipped)", got, want)
@@ -710,6 +711,7 @@ func TestAgentFarFutureRecordTimestamp(t *testing.T) {
 	f.view(t, 0, "/live", t0, 1)
 	err := a.Handle(event(0, `{"page":"/a"}`, t0.Add(24*time.Hour)))
 	if v, ok, _ := f.tables.Views.Get(0, "/live", win.Start(t0)); !ok || v != 1 {
+		t.Errorf("a record timestamp a day ahead expired the live window (value %d, present %v)", v, ok)
 	}
 	if !errors.Is(err, stream.ErrInvalid) || !errors.Is(err, pageview.ErrFuture) {
 		t.Errorf("Handle = %v, want ErrInvalid wrapping ErrFuture", err)
@@ -785,6 +787,7 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("Decode(%q) accepted timestamp %v, past now+MaxFuture", b, pv.Timestamp)
 		}
 		if pv.Timestamp.UTC().Year() < 0 {
+			t.Fatalf("Decode(%q) accepted timestamp %v, before the year 0000", b, pv.Timestamp)
 		}
 
 		enc := pageview.Encode(pv)
