@@ -62,9 +62,7 @@ func (h *StreamHooks) RecoveryProgress(tbl string, p int32, remaining int64, eta
 	if eta >= 0 {
 		h.C.Gauge(RecoveryETA, eta.Seconds(), tags...)
 	}
-	if replayed > 0 {
-		h.C.Count(RecoveryRecords, replayed, tags...)
-	}
+	h.C.Count(RecoveryRecords, replayed, tags...)
 }
 
 // Processed implements stream.Hooks.

@@ -137,6 +137,8 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, msgs *<-cha
 		return nil
 	}
 	if rs.pc == nil {
+		// Nothing to replay: still report the finished recovery (0 left).
+		r.o.Hooks.RecoveryProgress(t.Name(), w.p, 0, 0, 0)
 		return commit()
 	}
 
