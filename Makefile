@@ -9,7 +9,9 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 .DEFAULT_GOAL := help
 
 include deploy/deploy.mk
-include dashboards/dashboards.mk
+# The dashboards are a module of their own; a copy made with plain gonew
+# from the module proxy does not have it.
+-include dashboards/dashboards.mk
 
 .PHONY: help
 help: ## list the targets
@@ -51,6 +53,10 @@ clean: ## remove build output and the local data directory
 bench: build ## benchmark against a dev broker process: the worker, a bare sarama consumer, a goka peer (BENCH_EVENTS=N for a shorter run)
 	cd bench/peer && $(GO) build -o ../../$(BIN)/goka-peer .
 	$(GO) run ./bench -worker $(BIN)/pageviews -broker $(BIN)/devbroker -peer $(BIN)/goka-peer
+
+.PHONY: bake
+bake: ## generate a worker from the template (newworker and gonew), then build, test and lint it offline
+	$(GO) test -count=1 -v -run 'TestBake|TestGonew|TestDefaultsReproduceTheTemplate|TestNestedModulesListed' ./cmd/newworker/
 
 .PHONY: chaos
 chaos: ## the chaos suite: broker and worker processes through restarts, scaling and kill -9 (about 3 minutes)

@@ -1,0 +1,386 @@
+package main
+
+import (
+	"bytes"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/mod/modfile"
+)
+
+// The answers of the bake: every variable but partitions differs from the
+// template's. Some of the template's tests assume 8 partitions without
+// setting PARTITIONS (see TestBakePartitions), so the bake keeps the
+// default to run them.
+var bake = map[string]string{
+	"module":      "example.com/acme/clicks",
+	"name":        "clicks",
+	"org":         "acme",
+	"topic":       "click_events",
+	"table":       "hits",
+	"window":      "30s",
+	"expires":     "2m",
+	"partitions":  "8",
+	"owner":       "streaming",
+	"description": "Counts clicks per page in 30-second windows",
+}
+
+// offlineGo is the environment of the go commands run on a generated
+// project: the module cache only, never the network. -trimpath keeps the
+// build cache valid across temporary directories, so a second bake
+// compiles little.
+func offlineGo() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); k == "GOFLAGS" || k == "GOPROXY" || k == "GOWORK" || k == "GOTOOLCHAIN" {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env, "GOFLAGS=-mod=mod -trimpath", "GOPROXY=off", "GOWORK=off", "GOTOOLCHAIN=local")
+}
+
+// goCmd runs go with args in dir and fails the test with its output.
+func goCmd(t testing.TB, dir string, env []string, args ...string) string {
+	t.Helper()
+	start := time.Now()
+	cmd := exec.Command("go", args...)
+	cmd.Dir, cmd.Env = dir, env
+	out, err := cmd.CombinedOutput()
+	t.Logf("go %s (in %s): %s", strings.Join(args, " "), dir, time.Since(start).Round(time.Millisecond))
+	if err != nil {
+		t.Fatalf("go %s in %s: %v\n%s", strings.Join(args, " "), dir, err, out)
+	}
+	return string(out)
+}
+
+// TestBake generates a worker with every answer changed and checks that it
+// stands on its own: it vets and tests offline, its chart lints, its
+// dashboards and alerts use its metric namespace, and nothing in it names
+// the template outside the allow-list of template.json.
+func TestBake(t *testing.T) {
+	if testing.Short() {
+		t.Skip("bake: builds and tests a generated project (make test runs it)")
+	}
+	t.Parallel()
+	root, tmpl := templateRoot(t)
+	out := bakeProject(t, root, bake)
+
+	t.Run("layout", func(t *testing.T) { checkLayout(t, out) })
+	t.Run("settings", func(t *testing.T) { checkSettings(t, out, bake["partitions"]) })
+	t.Run("no template names", func(t *testing.T) { checkNoTemplateNames(t, tmpl, out) })
+	t.Run("metric namespace", func(t *testing.T) { checkNamespace(t, out) })
+	t.Run("helm lint", func(t *testing.T) { helmLint(t, root, out) })
+
+	env := offlineGo()
+	t.Run("go vet", func(t *testing.T) {
+		goCmd(t, out, env, "vet", "./...")
+		// Nested modules whose go.mod points at the generated module
+		// (their replace and require lines were rewritten). Their own
+		// dependencies are in the module cache only if someone fetched
+		// them (CI fetches the main module's and tools/'s).
+		for _, dir := range nestedModules(t, out) {
+			cmd := exec.Command("go", "vet", "./...")
+			cmd.Dir, cmd.Env = dir, env
+			output, err := cmd.CombinedOutput()
+			switch {
+			case err != nil && bytes.Contains(output, []byte("disabled by GOPROXY=off")):
+				t.Logf("*** not vetting %s: its dependencies are not in the module cache (go mod download in that module of the template fetches them)", dir)
+			case err != nil:
+				t.Errorf("go vet ./... in %s: %v\n%s", dir, err, output)
+			}
+		}
+	})
+	t.Run("go test -short", func(t *testing.T) {
+		goCmd(t, out, env, "test", "-short", "-count=1", "./...")
+	})
+}
+
+// TestBakePartitions bakes with a partition count other than the default
+// and checks the files that state it, without building the project.
+func TestBakePartitions(t *testing.T) {
+	root, tmpl := templateRoot(t)
+	answers := map[string]string{}
+	for k, v := range bake {
+		answers[k] = v
+	}
+	answers["partitions"] = "12"
+	out := bakeProject(t, root, answers)
+	checkSettings(t, out, "12")
+	checkNoTemplateNames(t, tmpl, out)
+}
+
+// bakeProject generates a project from the template at root with answers,
+// and fails on any warning of the generator.
+func bakeProject(t *testing.T, root string, answers map[string]string) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), answers["name"])
+	args := []string{"-from", root, "-out", out, "-no-input"}
+	for _, name := range varFlags {
+		args = append(args, "-"+name, answers[name])
+	}
+	start := time.Now()
+	stdout, stderr, err := generate(t, "", args...)
+	if err != nil {
+		t.Fatalf("newworker %s: %v\n%s%s", strings.Join(args, " "), err, stdout, stderr)
+	}
+	t.Logf("generated in %s", time.Since(start).Round(time.Millisecond))
+	if stderr != "" {
+		t.Errorf("the generator warned (a name it could not rename, or a default it did not find):\n%s", stderr)
+	}
+	return out
+}
+
+func checkLayout(t *testing.T, out string) {
+	for _, p := range []string{"cmd/clicks/main.go", "deploy/helm/clicks/Chart.yaml", "README.md", "CODEOWNERS", "catalog-info.yaml"} {
+		if _, err := os.Stat(filepath.Join(out, p)); err != nil {
+			t.Errorf("missing %s", p)
+		}
+	}
+	for _, p := range []string{"templates", "cmd/newworker", "cmd/pageviews", "deploy/helm/pageviews", "bin", "data", ".cache"} {
+		if _, err := os.Lstat(filepath.Join(out, p)); err == nil {
+			t.Errorf("%s was copied", p)
+		}
+	}
+	want := map[string][]string{
+		"README.md":                     {"# clicks\n", "Counts clicks per page in 30-second windows", "`click_events`", "`clicks-hits-changelog`", "`CLICK_EVENTS_TOPIC`", "@acme/streaming"},
+		"CODEOWNERS":                    {"* @acme/streaming\n"},
+		"catalog-info.yaml":             {"  name: clicks\n", "  owner: streaming\n", `"Counts clicks per page in 30-second windows"`},
+		"go.mod":                        {"module example.com/acme/clicks\n"},
+		"deploy/helm/clicks/Chart.yaml": {"\nname: clicks\n"},
+		"Dockerfile":                    {"./cmd/clicks", "/usr/local/bin/clicks"},
+	}
+	for file, subs := range want {
+		data, _ := os.ReadFile(filepath.Join(out, file))
+		for _, s := range subs {
+			if !strings.Contains(string(data), s) {
+				t.Errorf("%s lacks %q", file, s)
+			}
+		}
+	}
+	if data, err := os.ReadFile(filepath.Join(out, ".github/workflows/ci.yml")); err == nil && regexp.MustCompile(`(?m)^  bake:`).Match(data) {
+		t.Error("ci.yml keeps the template's bake job")
+	}
+}
+
+// checkSettings reads the chosen defaults back: from the config code, the
+// chart and docker-compose.
+func checkSettings(t *testing.T, out, partitions string) {
+	fset := token.NewFileSet()
+	f, err := parser.ParseFile(fset, filepath.Join(out, "internal/config/config.go"), nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := map[string]string{}
+	ast.Inspect(f, func(n ast.Node) bool {
+		call, ok := n.(*ast.CallExpr)
+		if !ok || len(call.Args) < 2 {
+			return true
+		}
+		lit, ok := call.Args[0].(*ast.BasicLit)
+		if !ok || lit.Kind != token.STRING {
+			return true
+		}
+		switch name, _ := strconv.Unquote(lit.Value); name {
+		case "WINDOW_SIZE", "WINDOW_EXPIRES":
+			d, _ := evalDuration(call.Args[1])
+			found[name] = d.String()
+		case "PARTITIONS":
+			if v, ok := call.Args[1].(*ast.BasicLit); ok {
+				found[name] = v.Value
+			}
+		}
+		return true
+	})
+	for env, want := range map[string]string{"WINDOW_SIZE": "30s", "WINDOW_EXPIRES": "2m0s", "PARTITIONS": partitions} {
+		if found[env] != want {
+			t.Errorf("internal/config: default of %s = %q, want %q", env, found[env], want)
+		}
+	}
+	for file, subs := range map[string][]string{
+		"deploy/helm/clicks/values.yaml": {"  clickEventsTopic: click_events", "  partitions: " + partitions + " ", "  windowSize: 30s ", "  windowExpires: 2m ", "  group: clicks ", "repository: ghcr.io/acme/clicks"},
+		"docker-compose.yml":             {"CLICK_EVENTS_TOPIC: click_events", `PARTITIONS: "` + partitions + `"`, "WINDOW_SIZE: 30s", "WINDOW_EXPIRES: 2m", "DD_SERVICE: clicks", "--topic clicks-hits-changelog --partitions " + partitions, "--topic click_events-dlq --partitions " + partitions},
+		"deploy/kafka/kafka.yaml":        {"--topic click_events --partitions " + partitions + " "},
+	} {
+		data, _ := os.ReadFile(filepath.Join(out, file))
+		for _, s := range subs {
+			if !strings.Contains(string(data), s) {
+				t.Errorf("%s lacks %q", file, s)
+			}
+		}
+	}
+}
+
+// checkNoTemplateNames greps the project, paths included, for the
+// template's names in any case. What template.json keeps or allows (and
+// says why) is taken out first.
+func checkNoTemplateNames(t *testing.T, tmpl *Template, out string) {
+	re := regexp.MustCompile(`(?i)pageviews|page_views|gofaust`)
+	var hits []string
+	err := filepath.WalkDir(out, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == out {
+			return err
+		}
+		rel, _ := filepath.Rel(out, p)
+		rel = filepath.ToSlash(rel)
+		if re.MatchString(rel) {
+			hits = append(hits, rel+" (path)")
+		}
+		if d.IsDir() || tmpl.allowedFile(rel) {
+			return nil
+		}
+		var data []byte
+		if d.Type()&fs.ModeSymlink != 0 {
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			data = []byte(target)
+		} else if data, err = os.ReadFile(p); err != nil {
+			return err
+		}
+		for n, line := range strings.Split(tmpl.withoutAllowed(rel, string(data)), "\n") {
+			if re.MatchString(line) {
+				hits = append(hits, rel+":"+strconv.Itoa(n+1)+": "+strings.TrimSpace(line))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, h := range hits {
+		if i == 40 {
+			t.Errorf("... and %d more", len(hits)-40)
+			break
+		}
+		t.Errorf("names the template: %s", h)
+	}
+	for _, k := range tmpl.Keep {
+		t.Logf("allowed everywhere: %q (%s)", k.Text, k.Why)
+	}
+	for _, a := range tmpl.Allow {
+		t.Logf("allowed in %s: %q (%s)", a.File, a.Text, a.Why)
+	}
+}
+
+// checkNamespace: every metric of docs/metrics.md that dashboards, alerts
+// or the statsd mapping name carries the new namespace, clicks. (DogStatsD)
+// or clicks_ (Prometheus), and every dashboard uses it.
+func checkNamespace(t *testing.T, out string) {
+	doc, err := os.ReadFile(filepath.Join(out, "docs/metrics.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, m := range regexp.MustCompile("(?m)^\\| `clicks\\.([a-z0-9_.]+)` \\|").FindAllStringSubmatch(string(doc), -1) {
+		names = append(names, regexp.QuoteMeta(m[1]), regexp.QuoteMeta(strings.ReplaceAll(m[1], ".", "_")))
+	}
+	if len(names) < 10 {
+		t.Fatalf("docs/metrics.md lists %d metrics in the clicks. namespace", len(names)/2)
+	}
+	ref := regexp.MustCompile(`\b([A-Za-z0-9]+)[._](` + strings.Join(names, "|") + `)\b`)
+	dashboards := 0
+	for _, dir := range []string{"dashboards", "deploy/prometheus", "deploy/statsd"} {
+		filepath.WalkDir(filepath.Join(out, dir), func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() || strings.HasSuffix(p, ".go") || strings.HasSuffix(p, ".sum") || strings.HasSuffix(p, ".mod") {
+				return nil
+			}
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return nil
+			}
+			rel, _ := filepath.Rel(out, p)
+			if dir == "dashboards" && path.Ext(p) == ".json" {
+				dashboards++
+				if !bytes.Contains(data, []byte("clicks_")) && !bytes.Contains(data, []byte("clicks.")) {
+					t.Errorf("dashboard %s uses no clicks_ or clicks. metric", rel)
+				}
+			}
+			for _, m := range ref.FindAllStringSubmatch(string(data), -1) {
+				// The topic click_events is no metric; statsd_exporter's
+				// own series are not the worker's.
+				if m[1] != "clicks" && m[1] != "exporter" && m[1] != "statsd" && !strings.Contains(bake["topic"], m[0]) {
+					t.Errorf("%s: metric %s is not in the clicks namespace", rel, m[0])
+				}
+			}
+			return nil
+		})
+	}
+	if dashboards == 0 {
+		t.Error("no dashboard (dashboards/**/*.json) in the generated project")
+	}
+}
+
+// helmLint lints every chart of the project with the helm pinned in the
+// template's tools/go.mod, for its defaults and each ci/*-values.yaml.
+func helmLint(t *testing.T, root, out string) {
+	toolsMod := filepath.Join(root, "tools", "go.mod")
+	data, err := os.ReadFile(toolsMod)
+	pinned := false
+	if err == nil {
+		if f, err := modfile.Parse(toolsMod, data, nil); err == nil {
+			for _, tool := range f.Tool {
+				pinned = pinned || tool.Path == "helm.sh/helm/v3/cmd/helm"
+			}
+		}
+	}
+	if !pinned {
+		t.Skip("\n\n*** SKIPPING helm lint: helm is not pinned in tools/go.mod (add `tool helm.sh/helm/v3/cmd/helm`) ***\n")
+	}
+	charts, _ := filepath.Glob(filepath.Join(out, "deploy", "helm", "*", "Chart.yaml"))
+	if len(charts) != 1 || filepath.Base(filepath.Dir(charts[0])) != "clicks" {
+		t.Fatalf("charts %v, want deploy/helm/clicks only", charts)
+	}
+	chart := filepath.Dir(charts[0])
+	env := offlineGo()
+	goCmd(t, root, env, "tool", "-modfile="+toolsMod, "helm", "lint", "--strict", chart)
+	values, _ := filepath.Glob(filepath.Join(chart, "ci", "*-values.yaml"))
+	for _, v := range values {
+		goCmd(t, root, env, "tool", "-modfile="+toolsMod, "helm", "lint", "--strict", chart, "-f", v)
+	}
+	kube := "1.37.2" // the Kubernetes version deploy/deploy.mk validates against
+	if mk, err := os.ReadFile(filepath.Join(out, "deploy", "deploy.mk")); err == nil {
+		if m := regexp.MustCompile(`K8S_SCHEMA_VERSION\s*\??=\s*v(\S+)`).FindSubmatch(mk); m != nil {
+			kube = string(m[1])
+		}
+	}
+	rendered := goCmd(t, root, env, "tool", "-modfile="+toolsMod, "helm", "template", "clicks", chart, "--kube-version", kube)
+	for _, s := range []string{"name: clicks\n", "app.kubernetes.io/name: clicks", "value: \"click_events\"", "image: \"ghcr.io/acme/clicks:"} {
+		if !strings.Contains(rendered, s) {
+			t.Errorf("helm template lacks %q", s)
+		}
+	}
+}
+
+// nestedModules lists the directories of the project's nested modules
+// whose go.mod refers to the project's module (a replace to ../).
+func nestedModules(t *testing.T, out string) []string {
+	var dirs []string
+	filepath.WalkDir(out, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || d.Name() != "go.mod" || filepath.Dir(p) == out {
+			return nil
+		}
+		data, _ := os.ReadFile(p)
+		if f, err := modfile.Parse(p, data, nil); err == nil {
+			for _, r := range f.Replace {
+				if r.Old.Path == bake["module"] {
+					dirs = append(dirs, filepath.Dir(p))
+				}
+			}
+		}
+		return nil
+	})
+	return dirs
+}
