@@ -361,8 +361,12 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		// server keeps answering until here, then gets a grace period.
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if serr := srv.Shutdown(sctx); serr != nil && err == nil {
-			err = fmt.Errorf("stop http: %w", serr)
+		if serr := srv.Shutdown(sctx); serr != nil {
+			// Connections still open after the grace period (idle ones a
+			// load balancer opened, or slow clients) are cut: the worker's
+			// state is already safe, so this is not a failed shutdown.
+			log.Warn("http: closing connections still open after the grace period", "error", serr)
+			_ = srv.Close()
 		}
 		return err
 	})
