@@ -8,6 +8,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -56,10 +57,16 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /ready/{$}", s.ready)
 	mux.HandleFunc("GET /count/{$}", s.count)
 	mux.HandleFunc("GET /report/{$}", s.report)
+	// Without the slash too, served rather than redirected (the mux's
+	// redirect would answer HTML).
+	mux.HandleFunc("GET /count", s.count)
+	mux.HandleFunc("GET /report", s.report)
 	mux.HandleFunc("GET /livecheck", s.livecheck)
-	mux.HandleFunc("GET /live", s.Health.LiveEndpoint)
-	mux.HandleFunc("GET /ready", s.Health.ReadyEndpoint)
-	for _, path := range []string{"/{$}", "/ready/{$}", "/count/{$}", "/report/{$}", "/live", "/ready", "/livecheck"} {
+	// The healthcheck handlers accept GET only; a HEAD probe gets the same
+	// answer without the body.
+	mux.HandleFunc("GET /live", asGet(s.Health.LiveEndpoint))
+	mux.HandleFunc("GET /ready", asGet(s.Health.ReadyEndpoint))
+	for _, path := range []string{"/{$}", "/ready/{$}", "/count/{$}", "/report/{$}", "/count", "/report", "/live", "/ready", "/livecheck"} {
 		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Allow", "GET, HEAD")
 			writeError(w, http.StatusMethodNotAllowed, r.Method+" is not allowed; use GET")
@@ -68,7 +75,44 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such page: "+r.URL.Path)
 	})
-	return mux
+	return frontDoor(mux)
+}
+
+// frontDoor answers what the mux would answer in plain text or HTML: a
+// CONNECT, and paths that are not clean (the mux redirects those).
+func frontDoor(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodConnect {
+			w.Header().Set("Allow", "GET, HEAD")
+			writeError(w, http.StatusMethodNotAllowed, "CONNECT is not allowed; use GET")
+			return
+		}
+		p := r.URL.Path
+		if p == "" || p[0] != '/' || cleanPath(p) != p {
+			writeError(w, http.StatusNotFound, "no such page: "+p)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// cleanPath is path.Clean keeping a trailing slash.
+func cleanPath(p string) string {
+	c := path.Clean(p)
+	if strings.HasSuffix(p, "/") && c != "/" {
+		c += "/"
+	}
+	return c
+}
+
+func asGet(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead {
+			r = r.Clone(r.Context())
+			r.Method = http.MethodGet
+		}
+		h(w, r)
+	}
 }
 
 func (s *Server) ready(w http.ResponseWriter, _ *http.Request) {
@@ -100,6 +144,8 @@ func Route(r *http.Request) string {
 	switch p := r.URL.Path; p {
 	case "/", "/ready/", "/count/", "/report/", "/live", "/ready", "/livecheck":
 		return p
+	case "/count", "/report":
+		return p + "/"
 	}
 	return "other"
 }
