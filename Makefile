@@ -31,9 +31,10 @@ broker: build ## run the dev broker alone on 127.0.0.1:9092, for several workers
 	$(BIN)/devbroker -addr 127.0.0.1:9092 -data-dir data/devbroker
 
 .PHONY: test
-test: ## run every test (race detector on): the worker and the dashboards; slow suites have their own targets
+test: ## run every test (race detector on): the worker, the dashboards, faults and bad input; slow suites have their own targets
 	$(GO) test -race -count=1 -timeout 20m ./...
 	$(MAKE) test-dashboards
+	cd faults && $(GO) test -race -count=1 -timeout 15m ./...
 
 .PHONY: test-short
 test-short: ## run the unit tests only
@@ -59,5 +60,6 @@ bake: ## generate a worker from the template (newworker and gonew), then build, 
 	$(GO) test -count=1 -v -run 'TestBake|TestGonew|TestDefaultsReproduceTheTemplate|TestNestedModulesListed' ./cmd/newworker/
 
 .PHONY: chaos
-chaos: ## the chaos suite: broker and worker processes through restarts, scaling and kill -9 (about 3 minutes)
+chaos: ## the chaos suites: restarts, scaling and kill -9 (chaos/), and the exactly-once crash test (faults/) (about 6 minutes)
 	CHAOS=1 $(GO) test -count=1 -v -timeout 30m ./chaos/
+	cd faults && CHAOS=1 $(GO) test -count=1 -v -timeout 30m -run 'EOS|Long' ./...

@@ -82,6 +82,10 @@ func NewConfig(o Options) (*sarama.Config, error) {
 		strategy = sarama.NewBalanceStrategyCooperativeSticky()
 	}
 	c.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{Advertise(strategy, o.Advertise)}
+	// A JoinGroup is parked by the coordinator for up to the rebalance
+	// timeout; a shorter read timeout abandons it and joins again, which
+	// can keep a rebalance from ever finishing.
+	c.Net.ReadTimeout = c.Consumer.Group.Rebalance.Timeout + 10*time.Second
 	c.Metadata.Retry.Max = 10
 	c.Metadata.Retry.Backoff = 250 * time.Millisecond
 	if err := o.Security.apply(c); err != nil {

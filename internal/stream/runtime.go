@@ -370,6 +370,16 @@ func (w *partitionWorker) stop(ctx context.Context) error {
 	err := w.flush(context.Background())
 	w.report()
 	w.r.o.Hooks.Released(w.p, time.Since(began))
+	var pe *produceError
+	if err != nil && ctx.Err() != nil && errors.As(err, &pe) {
+		// The session ended (brokers unreachable, say) and the last flush
+		// could not reach them either. Nothing was committed, so nothing is
+		// lost: the events since the last commit are processed again by
+		// whoever owns the partition next. Stopping the worker would help
+		// no one.
+		w.log.Warn("could not flush at the end of the session; the events since the last commit will be processed again", "error", err)
+		return nil
+	}
 	return err
 }
 
@@ -461,6 +471,9 @@ type deadLetter struct {
 	ack *kafka.Ack
 }
 
+// errSlowCommit is the stall reason while a commit waits for the brokers.
+var errSlowCommit = errors.New("waiting for the brokers to acknowledge the commit")
+
 // produceError marks a failure to get records acknowledged by the brokers,
 // which a later attempt may overcome (unlike a failing local store).
 type produceError struct{ err error }
@@ -477,7 +490,25 @@ func (e *produceError) Unwrap() error { return e.err }
 func (w *partitionWorker) flushRetrying(ctx context.Context) error {
 	backoff := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
+		// A flush that waits longer than a commit interval for the brokers
+		// shows as stalled at once, not only after the producer's retries.
+		var mu sync.Mutex
+		finished := false
+		slow := time.AfterFunc(w.r.o.CommitInterval, func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if !finished {
+				w.r.o.State.stall(w.p, errSlowCommit)
+			}
+		})
 		err := w.flush(ctx)
+		mu.Lock()
+		finished = true
+		mu.Unlock()
+		slow.Stop()
+		if err == nil && attempt == 1 {
+			w.r.o.State.stall(w.p, nil)
+		}
 		if err == nil {
 			if attempt > 1 {
 				w.r.o.State.stall(w.p, nil)

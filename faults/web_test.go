@@ -1,0 +1,199 @@
+package faults
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/heptiolabs/healthcheck"
+
+	"github.com/gofaust/pageviews/internal/pageview"
+	"github.com/gofaust/pageviews/internal/web"
+)
+
+// fakePublisher counts views in memory and fails for pages that contain
+// "fail", which is the only 503 the pages may answer.
+type fakePublisher struct {
+	n      atomic.Int64
+	failed atomic.Int64
+}
+
+func (p *fakePublisher) Publish(ctx context.Context, page string) (int64, error) {
+	if strings.Contains(page, "fail") {
+		p.failed.Add(1)
+		return 0, errors.New("broker unavailable (fake)")
+	}
+	return p.n.Add(1), nil
+}
+
+// fakeReporter answers a small fixed report.
+type fakeReporter struct{}
+
+func (fakeReporter) Report(_ context.Context, page string) (*pageview.Report, error) {
+	r := &pageview.Report{Pages: map[string]pageview.PageReport{}}
+	if page == "" || page == "/home" {
+		r.Pages["/home"] = pageview.PageReport{Now: 3, Count: 7, Report: pageview.NotEnough}
+		r.Now, r.Count = 3, 7
+	}
+	return r, nil
+}
+
+func (fakeReporter) LocalPartial(page string, partitions []int32, _ bool) (*pageview.Partial, error) {
+	return &pageview.Partial{Partitions: partitions, Pages: map[string]pageview.Counts{"/home": {Now: 3, Back: 1, Count: 7}}}, nil
+}
+
+type fakeReadiness struct{}
+
+func (fakeReadiness) Ready() (bool, string) { return true, "" }
+
+// handler builds the worker's HTTP handler as worker.go does, on fakes.
+func handler(pub *fakePublisher) http.Handler {
+	health := healthcheck.NewHandler()
+	health.AddLivenessCheck("fake", func() error { return nil })
+	health.AddReadinessCheck("fake", func() error { return nil })
+	return (&web.Server{
+		Publisher:      pub,
+		Reporter:       fakeReporter{},
+		Readiness:      fakeReadiness{},
+		Health:         health,
+		Livecheck:      func() error { return nil },
+		Log:            slog.New(slog.NewTextHandler(io.Discard, nil)),
+		PublishTimeout: time.Second,
+	}).Handler()
+}
+
+// FuzzHTTPHandler sends arbitrary requests (method, target with path and
+// query, one extra header) through the worker's HTTP handler: it never
+// panics, every response is JSON, and no status is 5xx except the 503 of a
+// publish that failed.
+func FuzzHTTPHandler(f *testing.F) {
+	// More seeds are in testdata/fuzz/FuzzHTTPHandler.
+	f.Add("GET", "/count/?page=/home", "Accept", "application/json")
+	f.Add("GET", "/report/?page=/home", "", "")
+	f.Fuzz(func(t *testing.T, method, target, name, value string) {
+		var raw strings.Builder
+		fmt.Fprintf(&raw, "%s %s HTTP/1.1\r\nHost: worker\r\n", method, target)
+		if name != "" {
+			fmt.Fprintf(&raw, "%s: %s\r\n", name, value)
+		}
+		raw.WriteString("\r\n")
+		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(raw.String())))
+		if err != nil {
+			return // the server answers such a request itself, before any handler
+		}
+		if req.Method == http.MethodOptions && req.RequestURI == "*" {
+			return // so does it "OPTIONS *"
+		}
+		req.RemoteAddr = "127.0.0.1:40000"
+		pub := &fakePublisher{}
+		rec := httptest.NewRecorder()
+		handler(pub).ServeHTTP(rec, req)
+
+		what := fmt.Sprintf("%s %q", req.Method, req.RequestURI)
+		if rec.Code >= 500 && (rec.Code != http.StatusServiceUnavailable || pub.failed.Load() == 0) {
+			t.Errorf("%s: status %d (the publisher failed %d times)", what, rec.Code, pub.failed.Load())
+		}
+		if ct := rec.Header().Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+			t.Errorf("%s: status %d with Content-Type %q, body %q; want JSON", what, rec.Code, ct, rec.Body.String())
+			return
+		}
+		if !json.Valid(rec.Body.Bytes()) {
+			t.Errorf("%s: status %d, body is not JSON: %q", what, rec.Code, rec.Body.String())
+		}
+		if rec.Code >= 400 && !isJSONError(rec.Body.Bytes()) {
+			t.Errorf("%s: status %d, body %q; want {\"error\":\"...\"}", what, rec.Code, rec.Body.String())
+		}
+	})
+}
+
+// TestHTTPLimits checks the limits of the pages through a real server
+// (web.NewHTTPServer, as the worker runs it), since the header limit is the
+// server's.
+func TestHTTPLimits(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := web.NewHTTPServer(handler(&fakePublisher{}))
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	base := "http://" + ln.Addr().String()
+	client := &http.Client{
+		Timeout:       10 * time.Second,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+
+	for _, tc := range []struct {
+		name     string
+		method   string
+		path     string
+		header   string // an extra header's value (X-Big)
+		want     int
+		wantJSON bool
+		check    func(*http.Response) error
+	}{
+		{name: "page of 1025 bytes", method: "GET", path: "/count/?page=/" + strings.Repeat("a", 1024), want: 400, wantJSON: true},
+		{name: "page of exactly 1024 bytes", method: "GET", path: "/count/?page=/" + strings.Repeat("a", 1023), want: 200, wantJSON: true},
+		{name: "report of a page over the limit", method: "GET", path: "/report/?page=/" + strings.Repeat("a", 1024), want: 400, wantJSON: true},
+		{name: "POST /count/", method: "POST", path: "/count/", want: 405, wantJSON: true, check: func(r *http.Response) error {
+			if !strings.Contains(r.Header.Get("Allow"), "GET") {
+				return fmt.Errorf("Allow is %q", r.Header.Get("Allow"))
+			}
+			return nil
+		}},
+		{name: "DELETE /report/", method: "DELETE", path: "/report/", want: 405, wantJSON: true},
+		{name: "unknown path", method: "GET", path: "/no/such/page", want: 404, wantJSON: true},
+		{name: "bad partitions list", method: "GET", path: "/report/?local=1&partitions=0,x", want: 400, wantJSON: true},
+		{name: "oversize header", method: "GET", path: "/", header: strings.Repeat("x", 64<<10), want: 431},
+		{name: "header just under the limit", method: "GET", path: "/", header: strings.Repeat("x", 8<<10), want: 200, wantJSON: true},
+		// The 405 page says HEAD is allowed on every route (Allow: GET, HEAD).
+		{name: "HEAD /live", method: "HEAD", path: "/live", want: 200, wantJSON: true},
+		{name: "HEAD /ready", method: "HEAD", path: "/ready", want: 200, wantJSON: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := http.NewRequest(tc.method, base+tc.path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.header != "" {
+				req.Header.Set("X-Big", tc.header)
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tc.want {
+				t.Errorf("%s %s: status %d %q, want %d", tc.method, trim(tc.path), resp.StatusCode, trim(string(body)), tc.want)
+			}
+			if tc.wantJSON {
+				if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+					t.Errorf("Content-Type %q, want JSON", ct)
+				}
+				if tc.method != "HEAD" && !json.Valid(body) {
+					t.Errorf("body %q is not JSON", body)
+				}
+				if tc.method != "HEAD" && resp.StatusCode >= 400 && !isJSONError(body) {
+					t.Errorf("body %q is not {\"error\":\"...\"}", body)
+				}
+			}
+			if tc.check != nil {
+				if err := tc.check(resp); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+}
