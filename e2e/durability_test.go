@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -19,25 +18,6 @@ import (
 // partitions is the worker's default partition count; these tests use the
 // default.
 const partitions = 8
-
-// stop sends TERM and requires a clean exit within SHUTDOWN_TIMEOUT.
-func (w *worker) stop(t testing.TB) {
-	t.Helper()
-	timeout, err := time.ParseDuration(w.env["SHUTDOWN_TIMEOUT"])
-	if err != nil {
-		t.Fatalf("SHUTDOWN_TIMEOUT %q: %v", w.env["SHUTDOWN_TIMEOUT"], err)
-	}
-	// Close this client's idle connections first. Its transport dials in
-	// the background and parks unused connections in its pool; a worker
-	// that is stopped with such a connection open can fail its shutdown
-	// (TestTermWhileClientsConnectExits0), which is not what the callers
-	// test.
-	httpClient.CloseIdleConnections()
-	w.signal(t, syscall.SIGTERM)
-	if code := w.waitExit(t, timeout); code != 0 {
-		t.Fatalf("%s: exit status %d after TERM, want 0", w.name, code)
-	}
-}
 
 // viewsOver returns n page names spread round-robin over pages pages.
 func viewsOver(n, pages int) []string {
@@ -109,9 +89,6 @@ func TestTablesSurviveLosingDataDir(t *testing.T) {
 // the first report after the first 200 shows everything the worker counted
 // before it restarted.
 func TestReadyImpliesRecovered(t *testing.T) {
-	knownBug(t, "internal/stream/runtime.go groupHandler.Setup calls State.setJoined(true) before it registers "+
-		"the claims with State.assign, so between the two /ready/ answers 200 with no partition held "+
-		"(the test sees it in about 1 run in 10 under load; register the claims first, or join and assign under one lock)")
 	const views, pages = 100, 10
 	b := startBroker(t)
 	w := startWorker(t, "worker-0", workerEnv(filepath.Join(t.TempDir(), "data"), withEnv(dayWindows, map[string]string{"KAFKA_BROKERS": b.addr})))
@@ -120,7 +97,7 @@ func TestReadyImpliesRecovered(t *testing.T) {
 	w.waitReport(t, 60*time.Second, fmt.Sprintf("%d views", views), func(r report) bool { return r.Count == views })
 	w.stop(t)
 
-	// The gap between the join and the registration of the claims is
+	// A gap between the join and the registration of the claims would be
 	// short; ask as fast as possible from several goroutines, over a few
 	// restarts.
 	for i := 1; i <= 3; i++ {

@@ -9,9 +9,6 @@
 //
 // PAGEVIEWS_E2E_KEEP_LOGS=DIR keeps every process's stdout and stderr in
 // DIR/<test>/ instead of a temporary directory.
-//
-// Tests that demonstrate known bugs are skipped unless
-// PAGEVIEWS_E2E_KNOWN_BUGS=1; see knownbugs_test.go.
 package e2e_test
 
 import (
@@ -441,6 +438,24 @@ func (w *worker) restart(t testing.TB, name string) *worker {
 		t.Fatalf("%s is still running", w.name)
 	}
 	return startWorker(t, name, w.env)
+}
+
+// stop sends TERM and requires a clean exit within SHUTDOWN_TIMEOUT.
+func (w *worker) stop(t testing.TB) {
+	t.Helper()
+	timeout, err := time.ParseDuration(w.env["SHUTDOWN_TIMEOUT"])
+	if err != nil {
+		t.Fatalf("SHUTDOWN_TIMEOUT %q: %v", w.env["SHUTDOWN_TIMEOUT"], err)
+	}
+	// Close this client's idle connections first: its transport dials in
+	// the background and parks unused connections in its pool, and a
+	// shutdown with such a connection open waits for it (see
+	// TestTermWhileClientsConnectExits0).
+	httpClient.CloseIdleConnections()
+	w.signal(t, syscall.SIGTERM)
+	if code := w.waitExit(t, timeout); code != 0 {
+		t.Fatalf("%s: exit status %d after TERM, want 0", w.name, code)
+	}
 }
 
 // httpClient talks to the loopback worker only; no proxy.

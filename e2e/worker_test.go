@@ -248,6 +248,54 @@ func TestSignals(t *testing.T) {
 	}
 }
 
+// TERM is a warm shutdown with exit status 0 also while clients keep
+// connecting, as they do while a load balancer takes a terminating pod out
+// of rotation; some connections carry no request yet (a pre-connect, a TCP
+// probe, a request abandoned before it was written). Such a connection is
+// closed by the server's header timeout 5 s after it was accepted, just
+// before the HTTP grace period ends, and the worker used to fail its
+// shutdown with "stop http: context deadline exceeded" (status 1).
+func TestTermWhileClientsConnectExits0(t *testing.T) {
+	b := startBroker(t)
+	w := startWorker(t, "worker", workerEnv(filepath.Join(t.TempDir(), "data"), withEnv(dayWindows, map[string]string{"KAFKA_BROKERS": b.addr})))
+	w.waitReady(t, 60*time.Second)
+	w.count(t, "/a")
+
+	addr := strings.TrimPrefix(w.base, "http://")
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	connected := make(chan struct{})
+	go func() {
+		defer close(done)
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for i := 0; w.running(); i++ {
+			// Refused once the server stops listening; that is fine.
+			if c, err := net.Dial("tcp", addr); err == nil {
+				conns = append(conns, c)
+			}
+			if i == 0 {
+				close(connected)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}()
+	defer func() {
+		close(stop)
+		<-done
+	}()
+	<-connected
+	w.stop(t)
+}
+
 // A bad setting stops the worker before it does anything: exit status 2 and
 // one line on stderr naming the variable.
 func TestBadConfigExitsWithStatus2(t *testing.T) {

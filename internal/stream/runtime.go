@@ -143,15 +143,16 @@ type groupHandler Runtime
 
 func (h *groupHandler) Setup(sess sarama.ConsumerGroupSession) error {
 	r := (*Runtime)(h)
-	r.o.State.setJoined(true, sess.GenerationID())
-	r.o.Hooks.Joined(sess.GenerationID())
-	// Register every claim now, so readiness waits for all of them rather
-	// than for those whose goroutines happened to start first.
+	// Register every claim before saying joined, so readiness waits for all
+	// of them rather than for those whose goroutines happened to start
+	// first, and never sees a joined worker with nothing registered.
 	for _, ps := range sess.Claims() {
 		for _, p := range ps {
 			r.o.State.assign(p, r.o.Clock())
 		}
 	}
+	r.o.State.setJoined(true, sess.GenerationID())
+	r.o.Hooks.Joined(sess.GenerationID())
 	r.o.Log.Info("joined group", "generation", sess.GenerationID(), "member", sess.MemberID(), "claims", sess.Claims())
 	return nil
 }
