@@ -33,6 +33,8 @@ broker: build ## run the dev broker alone on 127.0.0.1:9092, for several workers
 .PHONY: test
 test: ## run every test (race detector on): the worker, the dashboards, faults and bad input; slow suites have their own targets
 	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 10s ./internal/pageview
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeFastAgrees$$' -fuzztime 10s ./internal/pageview
 	$(MAKE) test-dashboards
 	cd faults && $(GO) test -race -count=1 -timeout 15m ./...
 
