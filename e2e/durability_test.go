@@ -52,7 +52,7 @@ func TestTablesSurviveLosingDataDir(t *testing.T) {
 	const views, pages = 1000, 50
 	b := startBroker(t)
 	dataDir := filepath.Join(t.TempDir(), "data")
-	w := startWorker(t, "worker-1", workerEnv(dataDir, withEnv(dayWindows, map[string]string{"KAFKA_BROKERS": b.addr})))
+	w := startWorker(t, "worker-1", workerEnv(dataDir, withEnv(dayWindows, b.env())))
 	w.waitReady(t, 60*time.Second)
 
 	windows := windowsAt(time.Now(), daySize)
@@ -91,7 +91,7 @@ func TestTablesSurviveLosingDataDir(t *testing.T) {
 func TestReadyImpliesRecovered(t *testing.T) {
 	const views, pages = 100, 10
 	b := startBroker(t)
-	w := startWorker(t, "worker-0", workerEnv(filepath.Join(t.TempDir(), "data"), withEnv(dayWindows, map[string]string{"KAFKA_BROKERS": b.addr})))
+	w := startWorker(t, "worker-0", workerEnv(filepath.Join(t.TempDir(), "data"), withEnv(dayWindows, b.env())))
 	w.waitReady(t, 60*time.Second)
 	w.sendViews(t, viewsOver(views, pages), 8)
 	w.waitReport(t, 60*time.Second, fmt.Sprintf("%d views", views), func(r report) bool { return r.Count == views })
@@ -182,7 +182,7 @@ func TestCrashLosesNoAcknowledgedView(t *testing.T) {
 	const storedBefore = 1000
 	b := startBroker(t)
 	w := startWorker(t, "worker-1", workerEnv(filepath.Join(t.TempDir(), "data"), withEnv(dayWindows, map[string]string{
-		"KAFKA_BROKERS": b.addr,
+		"KAFKA_BROKERS": b.addr, "PAGE_VIEWS_TOPIC": b.topic, "KAFKA_GROUP": b.group,
 		// The restarted worker joins once the broker has expired the
 		// killed member's session; keep that short.
 		"KAFKA_SESSION_TIMEOUT": "6s",
@@ -218,7 +218,7 @@ func TestCrashLosesNoAcknowledgedView(t *testing.T) {
 			}
 		})
 	}
-	committed := committedViews(t, b.addr)
+	committed := committedViews(t, b)
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		mu.Lock()
@@ -313,7 +313,7 @@ func TestCrashKeepsStoreCheckpointsUnderLightLoad(t *testing.T) {
 
 	// Every view is committed, so the store batch holding it and its
 	// changelog offset was written before.
-	committed := committedViews(t, b.addr)
+	committed := committedViews(t, b)
 	deadline := time.Now().Add(60 * time.Second)
 	for committed() < views {
 		if time.Now().After(deadline) {
@@ -419,7 +419,7 @@ func TestCorruptLocalStoreIsRebuilt(t *testing.T) {
 	b := startBroker(t)
 	dataDir := filepath.Join(t.TempDir(), "data")
 	stateDir := filepath.Join(dataDir, "state")
-	w := startWorker(t, "worker-0", workerEnv(dataDir, withEnv(dayWindows, map[string]string{"KAFKA_BROKERS": b.addr})))
+	w := startWorker(t, "worker-0", workerEnv(dataDir, withEnv(dayWindows, b.env())))
 	w.waitReady(t, 60*time.Second)
 
 	windows := windowsAt(time.Now(), daySize)

@@ -92,7 +92,7 @@ func TestForeignRecordsAndPoisonRecord(t *testing.T) {
 	kcatBin := requireKcat(t)
 	b := startBroker(t)
 	w := startWorker(t, "worker", workerEnv(t.TempDir(), withEnv(dayWindows, map[string]string{
-		"KAFKA_BROKERS": b.addr,
+		"KAFKA_BROKERS": b.addr, "PAGE_VIEWS_TOPIC": b.topic, "KAFKA_GROUP": b.group,
 	})))
 	w.waitReady(t, 60*time.Second)
 	windows := windowsAt(time.Now(), daySize)
@@ -100,7 +100,7 @@ func TestForeignRecordsAndPoisonRecord(t *testing.T) {
 	const page = "/kcat"
 	produce := func(value string) {
 		t.Helper()
-		kcat(t, kcatBin, value+"\n", "-P", "-b", b.addr, "-t", "page_views", "-k", page, "-q")
+		kcat(t, kcatBin, value+"\n", "-P", "-b", b.addr, "-t", b.topic, "-k", page, "-q")
 	}
 	view := func(n int) string {
 		return fmt.Sprintf(`{"page":%q,"count":%d,"timestamp":%q}`, page, n,
@@ -127,7 +127,7 @@ func TestForeignRecordsAndPoisonRecord(t *testing.T) {
 	// The three records share the key, so they are in one partition, in
 	// the order they were produced.
 	var mine []kafkaRecord
-	for _, rec := range consumeAll(t, kcatBin, b.addr, "page_views") {
+	for _, rec := range consumeAll(t, kcatBin, b.addr, b.topic) {
 		if rec.Key != nil && *rec.Key == page {
 			mine = append(mine, rec)
 		}
@@ -158,7 +158,7 @@ func TestForeignRecordsAndPoisonRecord(t *testing.T) {
 	var dead kafkaRecord
 	deadline := time.Now().Add(30 * time.Second)
 	for dead.Payload == nil {
-		for _, rec := range consumeAll(t, kcatBin, b.addr, "page_views-dlq") {
+		for _, rec := range consumeAll(t, kcatBin, b.addr, b.topic+"-dlq") {
 			if rec.Payload != nil && *rec.Payload == poison {
 				dead = rec
 			}
@@ -174,7 +174,7 @@ func TestForeignRecordsAndPoisonRecord(t *testing.T) {
 		t.Errorf("dead letter key %v, want %s", dead.Key, page)
 	}
 	for k, want := range map[string]string{
-		"source.topic":     "page_views",
+		"source.topic":     b.topic,
 		"source.partition": strconv.Itoa(int(bad.Partition)),
 		"source.offset":    strconv.FormatInt(bad.Offset, 10),
 	} {
@@ -197,7 +197,7 @@ func TestSignals(t *testing.T) {
 		"SHUTDOWN_TIMEOUT": shutdownTimeout.String(),
 	})))
 	w.waitReady(t, 60*time.Second)
-	committed := committedViews(t, b.addr)
+	committed := committedViews(t, b)
 	if n := w.count(t, "/before"); n != 1 {
 		t.Fatalf("first /count/ answered %d, want 1", n)
 	}
@@ -257,7 +257,7 @@ func TestSignals(t *testing.T) {
 // shutdown with "stop http: context deadline exceeded" (status 1).
 func TestTermWhileClientsConnectExits0(t *testing.T) {
 	b := startBroker(t)
-	w := startWorker(t, "worker", workerEnv(filepath.Join(t.TempDir(), "data"), withEnv(dayWindows, map[string]string{"KAFKA_BROKERS": b.addr})))
+	w := startWorker(t, "worker", workerEnv(filepath.Join(t.TempDir(), "data"), withEnv(dayWindows, b.env())))
 	w.waitReady(t, 60*time.Second)
 	w.count(t, "/a")
 
