@@ -57,6 +57,12 @@ bench: build ## benchmark against a dev broker process: the worker, a bare saram
 	cd bench/peer && $(GO) build -o ../../$(BIN)/goka-peer .
 	$(GO) run ./bench -worker $(BIN)/pageviews -broker $(BIN)/devbroker -peer $(BIN)/goka-peer
 
+.PHONY: test-external
+test-external: build ## the e2e tests against a broker in its own process through KAFKA_BROKERS, as CI's integration job runs them on Kafka
+	@$(BIN)/devbroker -addr 127.0.0.1:19092 > /dev/null 2>&1 & pid=$$!; trap 'kill $$pid' EXIT; \
+	for i in $$(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/19092) 2>/dev/null && break; sleep 0.1; done; \
+	KAFKA_BROKERS=127.0.0.1:19092 $(GO) test -count=1 ./e2e/
+
 .PHONY: bake
 bake: ## generate a worker from the template (newworker and gonew), then build, test and lint it offline
 	$(GO) test -count=1 -v -run 'TestBake|TestGonew|TestDefaultsReproduceTheTemplate|TestNestedModulesListed' ./cmd/newworker/

@@ -305,7 +305,7 @@ func TestCrashKeepsStoreCheckpointsUnderLightLoad(t *testing.T) {
 	const views, pages = 100, 10
 	b := startBroker(t)
 	w := startWorker(t, "worker-1", workerEnv(filepath.Join(t.TempDir(), "data"), withEnv(dayWindows, map[string]string{
-		"KAFKA_BROKERS":         b.addr,
+		"KAFKA_BROKERS": b.addr, "PAGE_VIEWS_TOPIC": b.topic, "KAFKA_GROUP": b.group,
 		"KAFKA_SESSION_TIMEOUT": "6s",
 	})))
 	w.waitReady(t, 60*time.Second)

@@ -193,7 +193,7 @@ func TestSignals(t *testing.T) {
 	const shutdownTimeout = 15 * time.Second
 	b := startBroker(t)
 	w := startWorker(t, "worker", workerEnv(t.TempDir(), withEnv(dayWindows, map[string]string{
-		"KAFKA_BROKERS":    b.addr,
+		"KAFKA_BROKERS": b.addr, "PAGE_VIEWS_TOPIC": b.topic, "KAFKA_GROUP": b.group,
 		"SHUTDOWN_TIMEOUT": shutdownTimeout.String(),
 	})))
 	w.waitReady(t, 60*time.Second)
