@@ -26,6 +26,19 @@ build: ## build the worker and the dev broker into bin/
 run: build ## run the worker on the embedded dev broker (nothing else to install)
 	LOG_FORMAT=$${LOG_FORMAT:-text} $(BIN)/pageviews
 
+.PHONY: run-dev
+run-dev: ## docker compose: Kafka (KRaft), two workers, statsd_exporter, Prometheus, Grafana, Jaeger
+	docker compose up --build
+
+.PHONY: run-dev-tilt
+run-dev-tilt: ## Tilt on a local Kubernetes cluster: Kafka, the Helm chart, live updates
+	tilt up
+
+.PHONY: native-run
+native-run: build ## run the worker against the Kafka you give it: make native-run KAFKA_BROKERS=host:9092
+	@test -n "$(KAFKA_BROKERS)" || { echo "native-run: set KAFKA_BROKERS=host:port[,host:port]"; exit 2; }
+	KAFKA_BROKERS=$(KAFKA_BROKERS) LOG_FORMAT=$${LOG_FORMAT:-text} $(BIN)/pageviews
+
 .PHONY: broker
 broker: build ## run the dev broker alone on 127.0.0.1:9092, for several workers (KAFKA_BROKERS=127.0.0.1:9092)
 	$(BIN)/devbroker -addr 127.0.0.1:9092 -data-dir data/devbroker
