@@ -139,7 +139,7 @@ func Load(getenv func(string) string) (*Config, error) {
 		SASLPassword:       r.getenv("KAFKA_SASL_PASSWORD"),
 		WebAddr:            r.addr("WEB_ADDR", ":8088"),
 		PprofAddr:          r.optionalAddr("PPROF_ADDR"),
-		DataDir:            r.nonEmpty("DATA_DIR", "./data"),
+		DataDir:            r.str("DATA_DIR", "./data"),
 		CommitInterval:     r.duration("COMMIT_INTERVAL", time.Second, 10*time.Millisecond),
 		ShutdownTimeout:    r.duration("SHUTDOWN_TIMEOUT", 30*time.Second, time.Second),
 		StatsdAddr:         r.statsdAddr(),
@@ -242,8 +242,6 @@ func (r *reader) str(name, def string) string {
 	}
 	return def
 }
-
-func (r *reader) nonEmpty(name, def string) string { return r.str(name, def) }
 
 // name accepts what is safe as a metric namespace, group id and topic prefix.
 func (r *reader) name(name, def string) string {

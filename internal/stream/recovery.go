@@ -80,42 +80,53 @@ func (w *partitionWorker) recover(ctx context.Context, msgs <-chan *sarama.Consu
 // where replay starts, and starts the partition consumer when there is
 // anything to replay.
 func (w *partitionWorker) prepare(t Table) (*restoring, error) {
-	r := w.r
-	topic := t.Changelog()
-	cp, ok, err := t.Assign(w.p)
+	log := w.log.With("table", t.Name(), "changelog", t.Changelog())
+	start, hwm, stored, err := replayRange(t, w.r.o.Client, w.p, log)
 	if err != nil {
 		return nil, err
 	}
-	hwm, err := r.o.Client.GetOffset(topic, w.p, sarama.OffsetNewest)
-	if err != nil {
-		return nil, fmt.Errorf("high watermark of %s/%d: %w", topic, w.p, err)
-	}
-	low, err := r.o.Client.GetOffset(topic, w.p, sarama.OffsetOldest)
-	if err != nil {
-		return nil, fmt.Errorf("log start of %s/%d: %w", topic, w.p, err)
-	}
-	log := w.log.With("table", t.Name(), "changelog", topic)
-	start := low
-	if ok {
-		start = max(cp.Offset+1, low)
-		if cp.Offset+1 > hwm {
-			log.Warn("local store is ahead of the changelog; wiping the partition and rebuilding it from the start",
-				"stored_offset", cp.Offset, "high_watermark", hwm)
-			if err := t.Wipe(w.p); err != nil {
-				return nil, err
-			}
-			start, ok = low, false
-		}
-	}
-	log.Info("recovering", "from_offset", start, "high_watermark", hwm, "records", max(hwm-start, 0), "stored", ok)
+	log.Info("recovering", "from_offset", start, "high_watermark", hwm, "records", max(hwm-start, 0), "stored", stored)
 	rs := &restoring{t: t, log: log, start: start, hwm: hwm}
 	if start < hwm {
-		rs.pc, err = r.o.Restore.ConsumePartition(topic, w.p, start)
+		rs.pc, err = w.r.o.Restore.ConsumePartition(t.Changelog(), w.p, start)
 		if err != nil {
-			return nil, fmt.Errorf("consume %s/%d from %d: %w", topic, w.p, start, err)
+			return nil, fmt.Errorf("consume %s/%d from %d: %w", t.Changelog(), w.p, start, err)
 		}
 	}
 	return rs, nil
+}
+
+// replayRange assigns table partition p and decides where its changelog
+// replay starts: after the stored checkpoint, or at the log start when the
+// store holds nothing or is ahead of the changelog (then it is wiped).
+// stored reports whether the store's contents are kept. Recovery and
+// standby copies share it.
+func replayRange(t Table, client sarama.Client, p int32, log *slog.Logger) (start, hwm int64, stored bool, err error) {
+	topic := t.Changelog()
+	cp, stored, err := t.Assign(p)
+	if err != nil {
+		return 0, 0, false, err
+	}
+	hwm, err = client.GetOffset(topic, p, sarama.OffsetNewest)
+	if err != nil {
+		return 0, 0, false, fmt.Errorf("high watermark of %s/%d: %w", topic, p, err)
+	}
+	low, err := client.GetOffset(topic, p, sarama.OffsetOldest)
+	if err != nil {
+		return 0, 0, false, fmt.Errorf("log start of %s/%d: %w", topic, p, err)
+	}
+	if !stored {
+		return low, hwm, false, nil
+	}
+	if cp.Offset+1 > hwm {
+		log.Warn("local store is ahead of the changelog; wiping the partition and rebuilding it from the start",
+			"stored_offset", cp.Offset, "high_watermark", hwm)
+		if err := t.Wipe(p); err != nil {
+			return 0, 0, false, err
+		}
+		return low, hwm, false, nil
+	}
+	return max(cp.Offset+1, low), hwm, true, nil
 }
 
 // replay applies the changelog records of one table partition to the store,

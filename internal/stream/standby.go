@@ -212,30 +212,12 @@ func (s *Standby) tail(ctx context.Context, p int32) error {
 }
 
 func (s *Standby) tailTable(ctx context.Context, t Table, p int32) error {
-	cp, ok, err := t.Assign(p)
+	defer t.Revoke(p) // also after a failed start: Revoke of a partition not held is a no-op
+	start, hwm, _, err := replayRange(t, s.Client, p, s.Log.With("partition", p, "table", t.Name()))
 	if err != nil {
 		return err
 	}
-	defer t.Revoke(p)
 	topic := t.Changelog()
-	hwm, err := s.Client.GetOffset(topic, p, sarama.OffsetNewest)
-	if err != nil {
-		return err
-	}
-	low, err := s.Client.GetOffset(topic, p, sarama.OffsetOldest)
-	if err != nil {
-		return err
-	}
-	start := low
-	if ok {
-		start = max(cp.Offset+1, low)
-		if cp.Offset+1 > hwm {
-			if err := t.Wipe(p); err != nil {
-				return err
-			}
-			start = low
-		}
-	}
 	pc, err := s.Restore.ConsumePartition(topic, p, start)
 	if err != nil {
 		return fmt.Errorf("consume %s/%d from %d: %w", topic, p, start, err)

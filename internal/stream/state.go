@@ -15,7 +15,6 @@ type State struct {
 	mu         sync.Mutex
 	joined     bool
 	generation int32
-	rebalances int64
 	parts      map[int32]*PartitionState
 	fatal      error
 	// stalled is when the worker last stopped processing everything it
@@ -45,9 +44,6 @@ func NewState() *State {
 func (s *State) setJoined(joined bool, generation int32) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if joined && (!s.joined || generation != s.generation) {
-		s.rebalances++
-	}
 	if s.stalled.IsZero() {
 		s.stalled = time.Now()
 	}
@@ -69,7 +65,6 @@ func (s *State) seeGeneration(generation int32) bool {
 		return false
 	}
 	s.generation = generation
-	s.rebalances++
 	return true
 }
 
@@ -199,13 +194,6 @@ func (s *State) stall(p int32, err error) {
 	s.mu.Unlock()
 }
 
-// Stale reports whether reads may be behind: the group is rebalancing or a
-// partition is recovering.
-func (s *State) Stale() bool {
-	ready, _ := s.Ready()
-	return !ready
-}
-
 // Assigned returns the partitions this worker holds, in order, and which of
 // them are still recovering.
 func (s *State) Assigned() (all, recovering []int32) {
@@ -233,12 +221,4 @@ func (s *State) Recovered() []int32 {
 		}
 	}
 	return out
-}
-
-// Generation returns the current group generation and how many times the
-// worker has (re)joined.
-func (s *State) Generation() (generation int32, rebalances int64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.generation, s.rebalances
 }
