@@ -298,39 +298,12 @@ func runWorker(o options, addr, dataDir, group string, want int64) (aggResult, e
 	} else {
 		profiled <- nil
 	}
-	admin, err := sarama.NewClusterAdmin([]string{addr}, saramaConfig())
-	if err != nil {
-		return res, err
-	}
-	defer admin.Close()
-	parts := make([]int32, o.partitions)
-	for i := range parts {
-		parts[i] = int32(i)
-	}
-	deadline := time.Now().Add(30 * time.Minute)
-	var end time.Time
 	var peak float64
-	for {
-		if r := rssHWM(cmd.Process.Pid); r > peak {
-			peak = r
-		}
-		resp, err := admin.ListConsumerGroupOffsets(group, map[string][]int32{"page_views": parts})
-		if err == nil {
-			var sum int64
-			for _, b := range resp.Blocks["page_views"] {
-				if b.Offset > 0 {
-					sum += b.Offset
-				}
-			}
-			if sum >= want {
-				end = time.Now()
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			return res, errors.New("worker did not commit every record within 30 minutes")
-		}
-		time.Sleep(20 * time.Millisecond)
+	end, err := waitCommitted(addr, group, o.partitions, want, cmd, func() {
+		peak = max(peak, rssHWM(cmd.Process.Pid))
+	})
+	if err != nil {
+		return res, fmt.Errorf("worker: %w", err)
 	}
 	if err := <-profiled; err != nil {
 		return res, fmt.Errorf("cpu profile: %w", err)
@@ -511,7 +484,7 @@ func runPeer(o options, addr, dataDir string) (float64, error) {
 		return 0, err
 	}
 	defer stopProcess(cmd)
-	end, err := waitCommitted(addr, "goka-pageviews", o.partitions, int64(o.events), cmd)
+	end, err := waitCommitted(addr, "goka-pageviews", o.partitions, int64(o.events), cmd, nil)
 	if err != nil {
 		return 0, err
 	}
@@ -519,8 +492,9 @@ func runPeer(o options, addr, dataDir string) (float64, error) {
 }
 
 // waitCommitted polls a group's committed offsets on page_views until they
-// sum to want, and returns when that was seen.
-func waitCommitted(addr, group string, partitions int, want int64, cmd *exec.Cmd) (time.Time, error) {
+// sum to want, and returns when that was seen. each, when set, runs at
+// every poll (the worker's RSS is sampled there).
+func waitCommitted(addr, group string, partitions int, want int64, cmd *exec.Cmd, each func()) (time.Time, error) {
 	admin, err := sarama.NewClusterAdmin([]string{addr}, saramaConfig())
 	if err != nil {
 		return time.Time{}, err
@@ -534,6 +508,9 @@ func waitCommitted(addr, group string, partitions int, want int64, cmd *exec.Cmd
 	for time.Now().Before(deadline) {
 		if cmd.ProcessState != nil {
 			return time.Time{}, errors.New("process exited")
+		}
+		if each != nil {
+			each()
 		}
 		resp, err := admin.ListConsumerGroupOffsets(group, map[string][]int32{"page_views": parts})
 		if err == nil {
