@@ -88,7 +88,7 @@ func startWorker(t testing.TB, vars map[string]string, clock func() time.Time) *
 		t.Fatal(err)
 	}
 	w := &worker{logs: newLineWatcher(), done: make(chan error, 1)}
-	log := slog.New(slog.NewJSONHandler(w.logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	log := slog.New(slog.NewJSONHandler(w.logs, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	ctx, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel
 	addr := make(chan string, 1)

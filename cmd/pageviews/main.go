@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"syscall"
@@ -31,6 +32,13 @@ var setSaramaLogger bool
 
 func main() {
 	setSaramaLogger = true
+	if os.Getenv("GOGC") == "" {
+		// The worker's heap is mostly short-lived records; its live set is
+		// small. Collecting at 200% growth instead of 100% cut its CPU per
+		// event by about a tenth in the benchmark, for about 20 MiB more
+		// peak RSS. GOGC and GOMEMLIMIT still override.
+		debug.SetGCPercent(200)
+	}
 	err := run(context.Background(), os.Args[1:], os.Getenv, os.Stdout)
 	var cerr *config.Error
 	switch {

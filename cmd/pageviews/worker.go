@@ -241,10 +241,13 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		Standby:         standby,
 		GroupID:         cfg.Group,
 		Transactions:    transactions(cfg, clients, brokers),
-		CommittedAt:     committedAt(admin, cfg.Group, cfg.Topic),
-		Hooks:           streamHooks,
-		Log:             log.With("component", "stream"),
-		Clock:           clock,
+		// The admin client's connection is mostly idle; the group's is
+		// busy with fetches that a commit would queue behind.
+		Committer:   &kafka.OffsetCommitter{Client: clients.admin, Group: cfg.Group, InstanceID: cfg.InstanceID},
+		CommittedAt: committedAt(admin, cfg.Group, cfg.Topic),
+		Hooks:       streamHooks,
+		Log:         log.With("component", "stream"),
+		Clock:       clock,
 	})
 
 	if hooks.runtime != nil {

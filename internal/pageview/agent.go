@@ -30,8 +30,11 @@ func inc(v int64) int64 { return v + 1 }
 // Handle counts one page view in the window of its event time and in the
 // page's total.
 func (a *Agent) Handle(ev *stream.Event) error {
-	now := a.Clock()
-	pv, err := Decode(ev.Value, now)
+	now := ev.Now
+	if now.IsZero() {
+		now = a.Clock()
+	}
+	pv, err := decodeBorrowed(ev.Value, now)
 	if err != nil {
 		return fmt.Errorf("%w: %w", stream.ErrInvalid, err)
 	}

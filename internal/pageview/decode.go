@@ -1,14 +1,17 @@
 package pageview
 
-import "time"
+import (
+	"time"
+	"unsafe"
+)
 
 // decodeFast parses the common shape of a PageView without reflection:
 // an object with the fields page, count and timestamp in any order, plain
 // ASCII strings without escapes, an integer count and a UTC timestamp with
 // millisecond precision. For anything else it returns ok false and Decode
 // falls back to encoding/json, so the two always agree (a differential fuzz
-// test holds them to that).
-func decodeFast(b []byte) (pv PageView, ok bool) {
+// test holds them to that). With borrow, Page shares b's memory.
+func decodeFast(b []byte, borrow bool) (pv PageView, ok bool) {
 	i := skipSpace(b, 0)
 	if i >= len(b) || b[i] != '{' {
 		return pv, false
@@ -34,7 +37,11 @@ func decodeFast(b []byte) (pv PageView, ok bool) {
 			if v, i, ok = plainString(b, i); !ok {
 				return pv, false
 			}
-			pv.Page = string(v)
+			if borrow {
+				pv.Page = unsafe.String(unsafe.SliceData(v), len(v))
+			} else {
+				pv.Page = string(v)
+			}
 		case "count":
 			if pv.Count, i, ok = plainInt(b, i); !ok {
 				return pv, false

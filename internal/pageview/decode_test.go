@@ -3,6 +3,7 @@ package pageview
 import (
 	"encoding/json"
 	"testing"
+	"unicode/utf8"
 )
 
 // FuzzDecodeFastAgrees holds the reflection-free decoder to encoding/json:
@@ -22,9 +23,16 @@ func FuzzDecodeFastAgrees(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		fast, ok := decodeFast(b)
+		fast, ok := decodeFast(b, false)
 		if !ok {
 			return
+		}
+		if !utf8.Valid(b) {
+			t.Fatalf("fast path accepted invalid UTF-8 %q", b)
+		}
+		borrowed, _ := decodeFast(b, true)
+		if borrowed != fast {
+			t.Fatalf("%q: borrowed %+v, copied %+v", b, borrowed, fast)
 		}
 		var slow PageView
 		if err := json.Unmarshal(b, &slow); err != nil {

@@ -46,16 +46,31 @@ var (
 // Decode parses and validates a PageView. now is the worker's clock, for the
 // future-timestamp check.
 func Decode(b []byte, now time.Time) (PageView, error) {
-	// encoding/json would silently replace invalid UTF-8 with U+FFFD, making
-	// different raw pages one page; refuse such records instead.
-	if !utf8.Valid(b) {
-		return PageView{}, ErrNotUTF8
-	}
-	pv, ok := decodeFast(b)
+	return decode(b, now, false)
+}
+
+// decodeBorrowed is Decode whose Page may share memory with b: valid only
+// while b is, and for the agent's hot path, which copies the page into the
+// tables' keys and spares the allocation.
+func decodeBorrowed(b []byte, now time.Time) (PageView, error) {
+	return decode(b, now, true)
+}
+
+func decode(b []byte, now time.Time, borrow bool) (PageView, error) {
+	pv, ok := decodeFast(b, borrow)
 	if !ok {
+		// The fast path takes only ASCII, so only here can b be invalid
+		// UTF-8. encoding/json would silently replace invalid UTF-8 with
+		// U+FFFD, making different raw pages one page; refuse such records.
+		if !utf8.Valid(b) {
+			return PageView{}, ErrNotUTF8
+		}
 		var err error
 		if pv, err = decodeJSON(b); err != nil {
 			return pv, err
+		}
+		if !utf8.ValidString(pv.Page) {
+			return pv, ErrBadPage
 		}
 	}
 	switch {
@@ -63,8 +78,6 @@ func Decode(b []byte, now time.Time) (PageView, error) {
 		return pv, ErrNoPage
 	case len(pv.Page) > MaxPageLen:
 		return pv, ErrPageTooLong
-	case !utf8.ValidString(pv.Page):
-		return pv, ErrBadPage
 	case !pv.Timestamp.IsZero():
 		if err := CheckTime(pv.Timestamp, now); err != nil {
 			return pv, err

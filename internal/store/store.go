@@ -70,7 +70,14 @@ func Open(dir string, log *slog.Logger) (db *DB, wiped bool, err error) {
 func open(dir string, log *slog.Logger) (*DB, error) {
 	stalls := new(atomic.Int64)
 	opts := &pebble.Options{
-		Logger: pebbleLogger{log},
+		// Pebble's 4 MiB memtables make a recovery write each record many
+		// times over (flushes of small overlapping tables, then their
+		// compactions). 32 MiB took a 1 M-record recovery from about
+		// 0.7 to 1.1 M records/s in the benchmark, for about 30 MiB more
+		// peak RSS; the aggregation's RSS is unchanged (only the touched
+		// part of a memtable is resident).
+		MemTableSize: 32 << 20,
+		Logger:       pebbleLogger{log},
 		EventListener: &pebble.EventListener{
 			// Pebble's default treats a checksum mismatch as fatal. Report it
 			// as an error instead: Open then wipes the store, and a read in a
@@ -121,7 +128,10 @@ const (
 )
 
 func prefix(kind byte, table string, partition int32, extra int) []byte {
-	k := make([]byte, 0, 1+len(table)+1+4+extra)
+	return appendPrefix(make([]byte, 0, 1+len(table)+1+4+extra), kind, table, partition)
+}
+
+func appendPrefix(k []byte, kind byte, table string, partition int32) []byte {
 	k = append(k, kind)
 	k = append(k, table...)
 	k = append(k, 0)
@@ -131,6 +141,12 @@ func prefix(kind byte, table string, partition int32, extra int) []byte {
 // DataKey returns the store key of userKey in a table partition.
 func DataKey(table string, partition int32, userKey []byte) []byte {
 	return append(prefix(kindData, table, partition, len(userKey)), userKey...)
+}
+
+// AppendDataKey appends the store key of userKey in a table partition to
+// dst.
+func AppendDataKey(dst []byte, table string, partition int32, userKey []byte) []byte {
+	return append(appendPrefix(dst, kindData, table, partition), userKey...)
 }
 
 // dataBounds returns the key range of a whole table partition.
@@ -240,7 +256,8 @@ func (d *DB) WipePartition(table string, partition int32) error {
 
 // Batch is an atomic group of writes.
 type Batch struct {
-	b *pebble.Batch
+	b   *pebble.Batch
+	key []byte // scratch for the store keys of SetData and DeleteData
 }
 
 // NewBatch starts a batch.
@@ -251,6 +268,19 @@ func (b *Batch) Set(key, value []byte) error { return b.b.Set(key, value, nil) }
 
 // Delete removes a store key made with DataKey.
 func (b *Batch) Delete(key []byte) error { return b.b.Delete(key, nil) }
+
+// SetData sets userKey of a table partition to value. The batch copies both,
+// so the caller may reuse them at once.
+func (b *Batch) SetData(table string, partition int32, userKey, value []byte) error {
+	b.key = AppendDataKey(b.key[:0], table, partition, userKey)
+	return b.b.Set(b.key, value, nil)
+}
+
+// DeleteData removes userKey of a table partition.
+func (b *Batch) DeleteData(table string, partition int32, userKey []byte) error {
+	b.key = AppendDataKey(b.key[:0], table, partition, userKey)
+	return b.b.Delete(b.key, nil)
+}
 
 // DeleteBelow removes every key of a table partition whose user key sorts
 // before userKey. Windowed tables order keys by window start, so expiry is
@@ -275,6 +305,16 @@ func (b *Batch) Len() int { return int(b.b.Count()) }
 func (b *Batch) Commit() error {
 	defer b.b.Close()
 	return b.b.Commit(pebble.Sync)
+}
+
+// CommitUnsynced applies the batch atomically without waiting for the disk:
+// a crash may lose it, and any unsynced batch before it, but never part of
+// it, and the next synced Commit makes every earlier batch durable too. For
+// batches that carry their own checkpoint and may be redone, such as a
+// recovery's.
+func (b *Batch) CommitUnsynced() error {
+	defer b.b.Close()
+	return b.b.Commit(pebble.NoSync)
 }
 
 // Discard drops the batch without applying it.

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -38,6 +40,7 @@ type restoring struct {
 	start int64 // first offset to replay
 	hwm   int64 // high watermark when recovery began
 	pc    sarama.PartitionConsumer
+	left  atomic.Int64 // records left to replay, for the partition's progress
 }
 
 // recover replays each table's changelog partition from the offset after the
@@ -67,10 +70,46 @@ func (w *partitionWorker) recover(ctx context.Context, msgs <-chan *sarama.Consu
 	for _, r := range rs {
 		w.r.o.Hooks.RecoveryProgress(r.t.Name(), w.p, max(r.hwm-r.start, 0), -1, 0)
 	}
-	for _, r := range rs {
-		if err := w.replay(ctx, r, &msgs); err != nil {
-			return fmt.Errorf("recover %s: %w", r.t.Name(), err)
+	// Every table's replay runs at once: a changelog that nobody reads
+	// fills its consumer's buffer, and sarama then holds back the fetches
+	// of every partition of that broker.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	errs := make([]error, len(rs))
+	var replays, watcher sync.WaitGroup
+	for i, r := range rs {
+		replays.Go(func() {
+			if err := w.replay(ctx, r, rs); err != nil {
+				errs[i] = fmt.Errorf("recover %s: %w", r.t.Name(), err)
+				cancel(err)
+			}
+		})
+	}
+	// Meanwhile the claim may deliver a source record (kept for after
+	// recovery; at most one is held) or be revoked.
+	done := make(chan struct{})
+	watcher.Go(func() {
+		select {
+		case m, ok := <-msgs:
+			if !ok {
+				cancel(errRevoked)
+				return
+			}
+			w.pending = m
+		case <-done:
 		}
+	})
+	replays.Wait()
+	close(done)
+	watcher.Wait()
+	if err := context.Cause(ctx); err != nil {
+		// The first failure, not the cancellations it caused.
+		for _, e := range errs {
+			if e != nil && !errors.Is(e, context.Canceled) {
+				return e
+			}
+		}
+		return err
 	}
 	w.r.o.State.progress(w.p, 0)
 	return nil
@@ -87,6 +126,7 @@ func (w *partitionWorker) prepare(t Table) (*restoring, error) {
 	}
 	log.Info("recovering", "from_offset", start, "high_watermark", hwm, "records", max(hwm-start, 0), "stored", stored)
 	rs := &restoring{t: t, log: log, start: start, hwm: hwm}
+	rs.left.Store(max(hwm-start, 0))
 	if start < hwm {
 		rs.pc, err = w.r.o.Restore.ConsumePartition(t.Changelog(), w.p, start)
 		if err != nil {
@@ -130,18 +170,27 @@ func replayRange(t Table, client sarama.Client, p int32, log *slog.Logger) (star
 }
 
 // replay applies the changelog records of one table partition to the store,
-// committing a batch with a checkpoint every restoreBatch records.
-func (w *partitionWorker) replay(ctx context.Context, rs *restoring, msgs *<-chan *sarama.ConsumerMessage) error {
+// committing a batch with a checkpoint every restoreBatch records. all are
+// the replays of the partition's tables, for its progress.
+func (w *partitionWorker) replay(ctx context.Context, rs *restoring, all []*restoring) error {
 	r := w.r
 	t := rs.t
 	b := r.o.DB.NewBatch()
 	defer func() { b.Discard() }()
 	last := rs.start - 1
-	commit := func() error {
+	// The batches along the way carry their checkpoint and need not wait
+	// for the disk: a crash loses at most some of them, and the next
+	// recovery resumes from the last that made it. The last is synced,
+	// which makes every earlier one durable too.
+	commit := func(final bool) error {
 		if err := t.Recovered(w.p, b, last); err != nil {
 			return err
 		}
-		if err := b.Commit(); err != nil {
+		commit := b.CommitUnsynced
+		if final {
+			commit = b.Commit
+		}
+		if err := commit(); err != nil {
 			return err
 		}
 		b = r.o.DB.NewBatch()
@@ -150,7 +199,7 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, msgs *<-cha
 	if rs.pc == nil {
 		// Nothing to replay: still report the finished recovery (0 left).
 		r.o.Hooks.RecoveryProgress(t.Name(), w.p, 0, 0, 0)
-		return commit()
+		return commit(true)
 	}
 
 	began := r.o.Clock()
@@ -167,28 +216,34 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, msgs *<-cha
 	for last+1 < rs.hwm {
 		select {
 		case m := <-rs.pc.Messages():
-			if err := t.Restore(w.p, b, m.Key, m.Value, m.Timestamp); err != nil {
-				return err
-			}
-			last = m.Offset
-			replayed++
-			if replayed%restoreBatch == 0 {
-				if err := commit(); err != nil {
+			// Take what is already buffered without going back to select.
+			for drained := 0; ; drained++ {
+				if err := t.Restore(w.p, b, m.Key, m.Value, m.Timestamp); err != nil {
 					return err
 				}
-				w.reportProgress(rs, last, replayed, began, &nextLog)
+				last = m.Offset
+				replayed++
+				if replayed%restoreBatch == 0 {
+					if err := commit(false); err != nil {
+						return err
+					}
+					w.reportProgress(rs, all, last, replayed, began, &nextLog)
+				}
+				if last+1 >= rs.hwm || drained == 1024 {
+					break
+				}
+				var ok bool
+				select {
+				case m, ok = <-rs.pc.Messages():
+				default:
+				}
+				if !ok {
+					break
+				}
 			}
 			idle.Reset(idleFor()) // since Go 1.23 Reset drops a pending expiry
 		case err := <-rs.pc.Errors():
 			return fmt.Errorf("replay %s/%d: %w", t.Changelog(), w.p, err)
-		case m, ok := <-*msgs:
-			if !ok {
-				return errRevoked
-			}
-			// A source record arrived early: keep it for after recovery and
-			// stop listening, so at most one is held.
-			w.pending = m
-			*msgs = nil
 		case <-idle.C:
 			if last+2 < rs.hwm || r.o.Transactions == nil {
 				rs.log.Info("changelog has no more records below the high watermark", "last_offset", last, "high_watermark", rs.hwm)
@@ -198,7 +253,7 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, msgs *<-cha
 			return ctx.Err()
 		}
 	}
-	if err := commit(); err != nil {
+	if err := commit(true); err != nil {
 		return err
 	}
 	elapsed := r.o.Clock().Sub(began)
@@ -208,9 +263,14 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, msgs *<-cha
 	return nil
 }
 
-func (w *partitionWorker) reportProgress(rs *restoring, last, replayed int64, began time.Time, nextLog *time.Time) {
+func (w *partitionWorker) reportProgress(rs *restoring, all []*restoring, last, replayed int64, began time.Time, nextLog *time.Time) {
 	left := rs.hwm - last - 1
-	w.r.o.State.progress(w.p, left)
+	rs.left.Store(left)
+	var sum int64
+	for _, r := range all {
+		sum += r.left.Load()
+	}
+	w.r.o.State.progress(w.p, sum)
 	now := w.r.o.Clock()
 	rate := float64(replayed) / max(now.Sub(began).Seconds(), 1e-3)
 	w.r.o.Hooks.RecoveryProgress(rs.t.Name(), w.p, left, time.Duration(float64(left)/rate*float64(time.Second)), restoreBatch)

@@ -51,11 +51,21 @@ type Options struct {
 	// Standby keeps warm copies of partitions this worker does not own;
 	// nil keeps none.
 	Standby *Standby
+	// Committer, when set, commits source offsets over a connection of its
+	// own (see kafka.OffsetCommitter); nil commits through the group
+	// session, behind its fetches.
+	Committer Committer
 	// CommittedAt returns when partition p's offset was last committed (the
 	// commit metadata), for the unprocessed-time figure; nil skips it.
 	CommittedAt func(p int32) (time.Time, bool)
 	Log         *slog.Logger
 	Clock       func() time.Time
+}
+
+// Committer commits a group member's source offset: offset is the next
+// record to read.
+type Committer interface {
+	Commit(generation int32, member, topic string, p int32, offset int64, metadata string) error
 }
 
 // Runtime runs the agent over the partitions the group assigns.
@@ -194,16 +204,20 @@ type partitionWorker struct {
 	log  *slog.Logger
 
 	last    int64 // offset of the last processed source record
-	flushed int64 // offset of the last committed source record
-	dead    []deadLetter
-	pending *sarama.ConsumerMessage // a source record received during recovery
-	txp     *kafka.Producer         // this partition's transactional producer (exactly-once)
+	flushed int64 // offset of the last flushed source record
+	// uncommitted: the last flush is durable but the coordinator did not
+	// take its offset; the next flush commits it again.
+	uncommitted bool
+	dead        []deadLetter
+	pending     *sarama.ConsumerMessage // a source record received during recovery
+	txp         *kafka.Producer         // this partition's transactional producer (exactly-once)
 
 	claim      sarama.ConsumerGroupClaim
 	assignedAt time.Time
 	processed  int64     // records processed since the last report to the hooks
 	deadCount  int64     // of which dead-lettered
 	lastTS     time.Time // record timestamp of the last processed record
+	now        time.Time // the clock when the current batch was taken
 	ev         Event
 }
 
@@ -249,6 +263,7 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 	w.last = w.flushed
 	r.o.State.beat(w.p, -1)
 	if w.pending != nil {
+		w.now = r.o.Clock()
 		if err := w.process(w.pending); err != nil {
 			return err
 		}
@@ -282,6 +297,8 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 			if !ok { // revoked
 				return w.stop(ctx)
 			}
+			// One clock reading serves the whole batch taken here.
+			w.now = r.o.Clock()
 			if err := w.process(m); err != nil {
 				return err
 			}
@@ -303,10 +320,15 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 			r.o.State.beat(w.p, w.last+1)
 			idle.Reset(idleCommit)
 		case <-idle.C:
-			if w.last != w.flushed && time.Since(lastFlush) >= r.o.CommitInterval/4 {
-				if err := commit(); err != nil {
-					return err
-				}
+			if w.last == w.flushed {
+				break
+			}
+			if wait := r.o.CommitInterval/4 - time.Since(lastFlush); wait > 0 {
+				idle.Reset(wait) // committed a moment ago: commit once that is a quarter interval old
+				break
+			}
+			if err := commit(); err != nil {
+				return err
 			}
 		case <-ticker.C:
 			if err := commit(); err != nil {
@@ -384,6 +406,32 @@ func (w *partitionWorker) stop(ctx context.Context) error {
 	return err
 }
 
+// commitOffset commits the source offset after the last flushed record. Its
+// metadata is when the commit was made: the next owner logs how long the
+// partition went unprocessed from it. A rejected commit loses nothing (the
+// state is durable; the events since the previous commit would be processed
+// again by a new owner), so it is logged and tried again at the next flush.
+func (w *partitionWorker) commitOffset() {
+	r := w.r
+	meta := strconv.FormatInt(time.Now().UnixMilli(), 10)
+	if r.o.Committer == nil {
+		w.sess.MarkOffset(r.o.Topic, w.p, w.flushed+1, meta)
+		w.sess.Commit()
+		return
+	}
+	err := r.o.Committer.Commit(w.sess.GenerationID(), w.sess.MemberID(), r.o.Topic, w.p, w.flushed+1, meta)
+	w.uncommitted = err != nil
+	switch {
+	case err == nil:
+	case errors.Is(err, sarama.ErrIllegalGeneration) || errors.Is(err, sarama.ErrRebalanceInProgress):
+		// A rebalance is under way and this member keeps the partition
+		// (cooperative): the next commit carries the new generation.
+		w.log.Info("offset commit deferred: the group is rebalancing", "offset", w.flushed+1, "generation", w.sess.GenerationID(), "error", err)
+	default:
+		w.log.Warn("offset commit failed; trying again at the next commit", "offset", w.flushed+1, "generation", w.sess.GenerationID(), "error", err)
+	}
+}
+
 // lostMembership reports whether a session ended because this member is no
 // longer part of the group (fenced, expired, or a revocation that timed out).
 func lostMembership(cause error) bool {
@@ -414,6 +462,7 @@ func (w *partitionWorker) process(m *sarama.ConsumerMessage) error {
 		Value:     m.Value,
 		Timestamp: m.Timestamp,
 		Headers:   m.Headers,
+		Now:       w.now,
 	}
 	var err error
 	if w.processed&63 == 0 {
@@ -551,6 +600,9 @@ func (w *partitionWorker) producer() (*kafka.Producer, error) {
 // is written, then the source offset is committed.
 func (w *partitionWorker) flush(ctx context.Context) error {
 	if w.last == w.flushed {
+		if w.uncommitted {
+			w.commitOffset()
+		}
 		return nil
 	}
 	r := w.r
@@ -637,13 +689,10 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 		t.Flushed(w.p)
 	}
 
-	if w.txp == nil {
-		// The commit's metadata is when it was made: the next owner logs
-		// how long the partition went unprocessed from it.
-		w.sess.MarkOffset(r.o.Topic, w.p, w.last+1, commitMeta)
-		w.sess.Commit()
-	}
 	w.flushed = w.last
+	if w.txp == nil {
+		w.commitOffset()
+	}
 	r.o.Hooks.Committed(w.p, time.Since(began))
 	return nil
 }

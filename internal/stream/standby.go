@@ -245,6 +245,7 @@ func (s *Standby) tailTable(ctx context.Context, t Table, p int32) error {
 			return err
 		}
 		b, n = s.DB.NewBatch(), 0
+		s.Log.Debug("standby copy committed", "partition", p, "table", t.Name(), "offset", last)
 		logCaughtUp()
 		return nil
 	}

@@ -34,10 +34,15 @@ type Event struct {
 	Value     []byte
 	Timestamp time.Time // the record timestamp
 	Headers   []*sarama.RecordHeader
+	// Now is the worker's clock when the runtime took the batch holding
+	// this record (batches are taken within milliseconds). Handlers use it
+	// rather than read the clock for every record.
+	Now time.Time
 }
 
 // Handler is the agent: it processes one event, updating tables of the
-// event's partition. The Event is only valid during the call. An error wrapping ErrInvalid sends the record to the
+// event's partition. The Event is only valid during the call.
+// An error wrapping ErrInvalid sends the record to the
 // dead-letter topic and processing goes on; any other error stops the
 // partition.
 type Handler interface {

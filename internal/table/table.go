@@ -321,7 +321,7 @@ func (c *core[V]) write(p int32, b *store.Batch, offset int64, expire func(pt *p
 	pt.mu.Lock()
 	defer pt.mu.Unlock()
 	for _, f := range pt.flushing {
-		if err := b.Set(store.DataKey(c.name, p, []byte(f.key)), f.value); err != nil {
+		if err := b.SetData(c.name, p, []byte(f.key), f.value); err != nil {
 			return err
 		}
 	}
@@ -364,12 +364,12 @@ func (c *core[V]) restore(p int32, b *store.Batch, key, value []byte, scratch []
 	}
 	if value == nil {
 		c.deleted.Add(1)
-		return uk, b.Delete(store.DataKey(c.name, p, uk))
+		return uk, b.DeleteData(c.name, p, uk)
 	}
 	if _, err := c.codec.Decode(value); err != nil {
 		return uk, fmt.Errorf("changelog %s/%d value %q: %w", c.changelog, p, value, err)
 	}
-	return uk, b.Set(store.DataKey(c.name, p, uk), value)
+	return uk, b.SetData(c.name, p, uk, value)
 }
 
 // Table is a plain (not windowed) table.
