@@ -10,7 +10,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -35,6 +34,7 @@ type options struct {
 	events, pages  int
 	partitions     int
 	bare, recovery bool
+	rebalanceRuns  int
 	keep           bool
 	cpuprofile     string
 	commitInterval string
@@ -49,10 +49,11 @@ func main() {
 	flag.IntVar(&o.pages, "pages", 10_000, "distinct pages")
 	flag.IntVar(&o.partitions, "partitions", 8, "partitions of page_views")
 	flag.BoolVar(&o.bare, "bare", true, "also measure a bare sarama consumer")
-	flag.BoolVar(&o.recovery, "recovery", true, "also measure recovery of an empty DATA_DIR")
+	flag.BoolVar(&o.recovery, "recovery", true, "also measure the recovery of an empty DATA_DIR from as many changelog records as -events")
+	flag.IntVar(&o.rebalanceRuns, "rebalance-runs", 3, "runs of the rebalance benchmark per protocol (a third worker joining two under load); 0 skips it")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory")
 	flag.StringVar(&o.peer, "peer", "bin/goka-peer", "goka peer binary (bench/peer); empty skips it")
-	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the worker's aggregation to this file")
+	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write CPU profiles of the worker: its aggregation to this file, its recovery to the file with .recovery appended")
 	flag.StringVar(&o.commitInterval, "commit-interval", "1s", "the worker's COMMIT_INTERVAL: the last commit comes up to one interval after the last event")
 	flag.Parse()
 	if err := run(o); err != nil {
@@ -102,7 +103,7 @@ func run(o options) error {
 		"cpu_seconds":       fmt.Sprintf("%.2f", agg.cpu),
 	}
 	if o.bare {
-		rate, err := bareConsume(addr, "page_views", o.partitions)
+		rate, err := bareConsume(addr, []string{"page_views"}, o.partitions)
 		if err != nil {
 			return fmt.Errorf("bare consumer: %w", err)
 		}
@@ -120,26 +121,34 @@ func run(o options) error {
 		results["ratio_vs_goka"] = fmt.Sprintf("%.2f", agg.rate/rate)
 	}
 	if o.recovery {
-		rec, n, err := recoverWorker(o, addr, filepath.Join(dir, "recovery"))
+		rec, err := recoveryBench(o, addr, filepath.Join(dir, "recovery"), o.events)
 		if err != nil {
 			return fmt.Errorf("recovery: %w", err)
 		}
-		fmt.Printf("recovery: %8.0f records/s (%d changelog records)\n", rec, n)
-		results["recovery_records_per_second"] = fmt.Sprintf("%.0f", rec)
-		bare, err := bareConsume(addr, "pageviews-views-changelog", o.partitions)
-		if err == nil {
-			bare2, err2 := bareConsume(addr, "pageviews-totals-changelog", o.partitions)
-			if err2 == nil {
-				// Both changelogs are consumed in one recovery; compare
-				// with consuming both barely, one after the other.
-				views, totals := float64(changelogSize(addr, "pageviews-views-changelog")), float64(changelogSize(addr, "pageviews-totals-changelog"))
-				bareBoth := (views + totals) / (views/bare + totals/bare2)
-				fmt.Printf("bare changelog consume: %8.0f records/s\n", bareBoth)
-				results["recovery_ratio"] = fmt.Sprintf("%.2f", rec/bareBoth)
+		fmt.Printf("recovery: %8.0f records/s (%d changelog records into an empty DATA_DIR in %.2fs, cpu %.2fs, peak rss %.1f MiB)\n",
+			rec.rate, rec.records, rec.seconds, rec.cpu, rec.rssMiB)
+		fmt.Printf("bare changelog consume: %8.0f records/s\n", rec.bare)
+		results["recovery_records_per_second"] = fmt.Sprintf("%.0f", rec.rate)
+		results["bare_changelog_records_per_second"] = fmt.Sprintf("%.0f", rec.bare)
+		results["recovery_ratio"] = fmt.Sprintf("%.2f", rec.rate/rec.bare)
+	}
+	if o.rebalanceRuns > 0 {
+		for _, protocol := range []string{"cooperative", "eager"} {
+			rb, err := rebalanceBench(o.worker, addr, protocol, o.partitions, o.rebalanceRuns)
+			for _, w := range rb.Warnings {
+				fmt.Println("  worker log:", w)
 			}
+			if err != nil {
+				return fmt.Errorf("rebalance: %w", err)
+			}
+			fmt.Printf("rebalance %-11s %6.0f ms median until every partition processes again after a third worker joins (runs %s); longest stop of one partition %.0f ms; partitions stopped %v\n",
+				protocol+":", rb.Median, joinMillis(rb.Millis), rb.MedianGap, rb.Stopped)
+			results["rebalance_"+protocol+"_ms"] = fmt.Sprintf("%.0f", rb.Median)
+			results["rebalance_"+protocol+"_partition_stop_ms"] = fmt.Sprintf("%.0f", rb.MedianGap)
 		}
 	}
-	for _, k := range []string{"events_per_second", "bare_records_per_second", "goka_events_per_second", "ratio_vs_goka", "ratio_vs_bare", "recovery_records_per_second", "recovery_ratio", "cpu_seconds", "peak_rss_mib"} {
+	for _, k := range []string{"events_per_second", "bare_records_per_second", "goka_events_per_second", "ratio_vs_goka", "ratio_vs_bare", "recovery_records_per_second", "bare_changelog_records_per_second", "recovery_ratio", "cpu_seconds", "peak_rss_mib",
+		"rebalance_cooperative_ms", "rebalance_cooperative_partition_stop_ms", "rebalance_eager_ms", "rebalance_eager_partition_stop_ms"} {
 		if v, ok := results[k]; ok {
 			fmt.Printf("%s=%s\n", k, v)
 		}
@@ -333,89 +342,10 @@ func rssHWM(pid int) float64 {
 	return 0
 }
 
-// recoverWorker starts a worker with an empty DATA_DIR in the same group
-// (offsets are committed, so there is nothing to process) and reads the
-// recovery rate from its log: records replayed over the time from the first
-// "recovering" line to the last "recovered" line.
-func recoverWorker(o options, addr, dataDir string) (float64, int64, error) {
-	cmd := exec.Command(o.worker)
-	cmd.Env = append(os.Environ(),
-		"KAFKA_BROKERS="+addr, "DATA_DIR="+dataDir, "WEB_ADDR=127.0.0.1:0", "KAFKA_GROUP=pageviews",
-		"LOG_FORMAT=json", "WINDOW_SIZE=1h", "WINDOW_EXPIRES=2h")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return 0, 0, err
-	}
-	if err := cmd.Start(); err != nil {
-		return 0, 0, err
-	}
-	defer stopProcess(cmd)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	var first, last time.Time
-	var records int64
-	recovered := 0
-	want := 2 * o.partitions
-	sc := bufio.NewScanner(out)
-	sc.Buffer(make([]byte, 1<<20), 1<<24)
-	var httpAddr string
-	for sc.Scan() && ctx.Err() == nil {
-		var l struct {
-			Time    time.Time `json:"time"`
-			Msg     string    `json:"msg"`
-			Records int64     `json:"records"`
-			Addr    string    `json:"addr"`
-		}
-		if json.Unmarshal(sc.Bytes(), &l) != nil {
-			continue
-		}
-		switch l.Msg {
-		case "http listening":
-			httpAddr = l.Addr
-		case "recovering":
-			if first.IsZero() {
-				first = l.Time
-			}
-		case "recovered":
-			records += l.Records
-			last = l.Time
-			recovered++
-		}
-		if recovered == want {
-			break
-		}
-	}
-	if recovered < want {
-		return 0, records, fmt.Errorf("only %d of %d table partitions recovered", recovered, want)
-	}
-	if httpAddr != "" {
-		if resp, err := http.Get("http://" + httpAddr + "/ready/"); err == nil {
-			resp.Body.Close()
-		}
-	}
-	go func() { _, _ = io.Copy(io.Discard, out) }()
-	return float64(records) / last.Sub(first).Seconds(), records, nil
-}
-
-func changelogSize(addr, topic string) int64 {
-	client, err := sarama.NewClient([]string{addr}, saramaConfig())
-	if err != nil {
-		return 0
-	}
-	defer client.Close()
-	parts, _ := client.Partitions(topic)
-	var n int64
-	for _, p := range parts {
-		hi, _ := client.GetOffset(topic, p, sarama.OffsetNewest)
-		lo, _ := client.GetOffset(topic, p, sarama.OffsetOldest)
-		n += hi - lo
-	}
-	return n
-}
-
-// bareConsume reads every record of topic with one sarama consumer and a
-// partition consumer per partition, doing nothing with them: the ceiling.
-func bareConsume(addr, topic string, partitions int) (float64, error) {
+// bareConsume reads every record of the topics with one sarama consumer and
+// a partition consumer per partition, all at once, doing nothing with them:
+// the ceiling.
+func bareConsume(addr string, topics []string, partitions int) (float64, error) {
 	client, err := sarama.NewClient([]string{addr}, saramaConfig())
 	if err != nil {
 		return 0, err
@@ -429,27 +359,29 @@ func bareConsume(addr, topic string, partitions int) (float64, error) {
 	var total atomic.Int64
 	var wg sync.WaitGroup
 	start := time.Now()
-	for p := range int32(partitions) {
-		hwm, err := client.GetOffset(topic, p, sarama.OffsetNewest)
-		if err != nil {
-			return 0, err
-		}
-		if hwm == 0 {
-			continue
-		}
-		pc, err := consumer.ConsumePartition(topic, p, sarama.OffsetOldest)
-		if err != nil {
-			return 0, err
-		}
-		wg.Go(func() {
-			defer pc.AsyncClose()
-			for m := range pc.Messages() {
-				total.Add(1)
-				if m.Offset+1 >= hwm {
-					return
-				}
+	for _, topic := range topics {
+		for p := range int32(partitions) {
+			hwm, err := client.GetOffset(topic, p, sarama.OffsetNewest)
+			if err != nil {
+				return 0, err
 			}
-		})
+			if hwm == 0 {
+				continue
+			}
+			pc, err := consumer.ConsumePartition(topic, p, sarama.OffsetOldest)
+			if err != nil {
+				return 0, err
+			}
+			wg.Go(func() {
+				defer pc.AsyncClose()
+				for m := range pc.Messages() {
+					total.Add(1)
+					if m.Offset+1 >= hwm {
+						return
+					}
+				}
+			})
+		}
 	}
 	wg.Wait()
 	return float64(total.Load()) / time.Since(start).Seconds(), nil
@@ -457,7 +389,14 @@ func bareConsume(addr, topic string, partitions int) (float64, error) {
 
 // fetchProfile records 2 seconds of the worker's CPU profile.
 func fetchProfile(path string) error {
-	resp, err := http.Get("http://127.0.0.1:6061/debug/pprof/profile?seconds=2")
+	var resp *http.Response
+	var err error
+	for range 500 { // the worker may not be listening yet
+		if resp, err = http.Get("http://127.0.0.1:6061/debug/pprof/profile?seconds=2"); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	if err != nil {
 		return err
 	}
@@ -527,4 +466,12 @@ func waitCommitted(addr, group string, partitions int, want int64, cmd *exec.Cmd
 		time.Sleep(20 * time.Millisecond)
 	}
 	return time.Time{}, errors.New("not every record committed within 30 minutes")
+}
+
+func joinMillis(xs []float64) string {
+	parts := make([]string, len(xs))
+	for i, x := range xs {
+		parts[i] = fmt.Sprintf("%.0f", x)
+	}
+	return strings.Join(parts, ", ")
 }

@@ -1,0 +1,227 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/IBM/sarama"
+)
+
+// The recovery benchmark has topics of its own, so it neither disturbs nor
+// depends on the aggregation runs: an empty source topic, and the two
+// changelogs of the group "recovery" filled by the benchmark.
+const (
+	recoveryGroup  = "recovery"
+	recoverySource = "recovery_source"
+	recoveryViews  = recoveryGroup + "-views-changelog"
+	recoveryTotals = recoveryGroup + "-totals-changelog"
+	// recoveryWindows is how many hourly windows each page has in the
+	// views changelog; the totals changelog holds one record per page.
+	recoveryWindows = 9
+)
+
+type recoveryResult struct {
+	records int64   // changelog records replayed
+	rate    float64 // the worker's records/s
+	bare    float64 // a bare consume of the same changelogs, records/s
+	seconds float64
+	cpu     float64
+	rssMiB  float64
+}
+
+// recoveryBench fills the changelogs with n records (pages × windows in the
+// views changelog plus one total per page), rebuilds an empty DATA_DIR from
+// them with a worker, and consumes the same changelogs with a bare sarama
+// consumer.
+func recoveryBench(o options, addr, dataDir string, n int) (recoveryResult, error) {
+	var res recoveryResult
+	pages := n / (recoveryWindows + 1)
+	began := time.Now()
+	written, err := preloadChangelogs(addr, o.partitions, pages)
+	if err != nil {
+		return res, fmt.Errorf("preload changelogs: %w", err)
+	}
+	fmt.Printf("recovery preload: %d changelog records (%d pages × %d windows + %d totals) in %.1fs\n",
+		written, pages, recoveryWindows, pages, time.Since(began).Seconds())
+
+	res.records, res.seconds, res.cpu, res.rssMiB, err = recoverWorker(o, addr, dataDir)
+	if err != nil {
+		return res, err
+	}
+	if res.records != written {
+		return res, fmt.Errorf("the worker replayed %d changelog records, %d were written", res.records, written)
+	}
+	res.rate = float64(res.records) / res.seconds
+	res.bare, err = bareConsume(addr, []string{recoveryViews, recoveryTotals}, o.partitions)
+	if err != nil {
+		return res, fmt.Errorf("bare changelog consumer: %w", err)
+	}
+	return res, nil
+}
+
+// preloadChangelogs writes the changelogs in the worker's format: views keys
+// are "page|window start ms", totals keys are the page; values are decimal
+// counts. A page's records all go to the partition of the page.
+func preloadChangelogs(addr string, partitions, pages int) (int64, error) {
+	cfg := saramaConfig()
+	cfg.Producer.Partitioner = sarama.NewManualPartitioner
+	admin, err := sarama.NewClusterAdmin([]string{addr}, cfg)
+	if err != nil {
+		return 0, err
+	}
+	defer admin.Close()
+	for _, t := range []string{recoverySource, recoveryViews, recoveryTotals} {
+		if err := admin.CreateTopic(t, &sarama.TopicDetail{NumPartitions: int32(partitions), ReplicationFactor: 1}, false); err != nil {
+			return 0, fmt.Errorf("create %s: %w", t, err)
+		}
+	}
+	p, err := sarama.NewAsyncProducer([]string{addr}, cfg)
+	if err != nil {
+		return 0, err
+	}
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for range p.Successes() {
+		}
+	})
+	wg.Go(func() {
+		for range p.Errors() {
+			failed.Add(1)
+		}
+	})
+	now := time.Now()
+	hour := now.Truncate(time.Hour)
+	for i := range pages {
+		page := "/page/" + strconv.Itoa(i)
+		part := int32(i % partitions)
+		for w := range recoveryWindows {
+			start := hour.Add(-time.Duration(w) * time.Hour).UnixMilli()
+			p.Input() <- &sarama.ProducerMessage{Topic: recoveryViews, Partition: part, Timestamp: now,
+				Key:   sarama.StringEncoder(page + "|" + strconv.FormatInt(start, 10)),
+				Value: sarama.StringEncoder(strconv.Itoa(1 + (i+w)%100))}
+		}
+		p.Input() <- &sarama.ProducerMessage{Topic: recoveryTotals, Partition: part, Timestamp: now,
+			Key: sarama.StringEncoder(page), Value: sarama.StringEncoder(strconv.Itoa(1000 + i%1000))}
+	}
+	if err := p.Close(); err != nil {
+		return 0, err
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		return 0, fmt.Errorf("%d records failed", n)
+	}
+	// What the changelogs hold, by their offsets.
+	client, err := sarama.NewClient([]string{addr}, cfg)
+	if err != nil {
+		return 0, err
+	}
+	defer client.Close()
+	var n int64
+	for _, t := range []string{recoveryViews, recoveryTotals} {
+		for p := range int32(partitions) {
+			hwm, err := client.GetOffset(t, p, sarama.OffsetNewest)
+			if err != nil {
+				return 0, err
+			}
+			n += hwm
+		}
+	}
+	return n, nil
+}
+
+// recoverWorker starts a worker of the group "recovery" with an empty
+// DATA_DIR and reads from its log how many changelog records it replayed and
+// how long that took: from the first "recovering" line to the last
+// "recovered" line, every table partition restoring at once.
+func recoverWorker(o options, addr, dataDir string) (records int64, seconds, cpu, rssMiB float64, err error) {
+	cmd := exec.Command(o.worker)
+	cmd.Env = append(os.Environ(),
+		"KAFKA_BROKERS="+addr, "DATA_DIR="+dataDir, "WEB_ADDR=127.0.0.1:0", "KAFKA_GROUP="+recoveryGroup,
+		"PAGE_VIEWS_TOPIC="+recoverySource, "LOG_FORMAT=json", "PARTITIONS="+strconv.Itoa(o.partitions),
+		"WINDOW_SIZE=1h", "WINDOW_EXPIRES=24h", "LIVECHECK_INTERVAL=0")
+	if o.cpuprofile != "" {
+		cmd.Env = append(cmd.Env, "PPROF_ADDR=127.0.0.1:6061")
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return 0, 0, 0, 0, err
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return 0, 0, 0, 0, err
+	}
+	defer stopProcess(cmd)
+	profiled := make(chan error, 1)
+	if o.cpuprofile != "" {
+		go func() { profiled <- fetchProfile(o.cpuprofile + ".recovery") }()
+	} else {
+		profiled <- nil
+	}
+	lines := make(chan []byte, 64)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 1<<20), 1<<24)
+		for sc.Scan() {
+			lines <- append([]byte(nil), sc.Bytes()...)
+		}
+	}()
+	var first, last time.Time
+	recovered, want := 0, 2*o.partitions
+	timeout := time.After(10 * time.Minute)
+	var peak float64
+	sample := time.NewTicker(20 * time.Millisecond)
+	defer sample.Stop()
+	for recovered < want {
+		select {
+		case raw, ok := <-lines:
+			if !ok {
+				return records, 0, 0, peak, errors.New("worker exited while recovering")
+			}
+			var l struct {
+				Time    time.Time `json:"time"`
+				Msg     string    `json:"msg"`
+				Records int64     `json:"records"`
+			}
+			if json.Unmarshal(raw, &l) != nil {
+				continue
+			}
+			switch l.Msg {
+			case "recovering":
+				if first.IsZero() {
+					first = l.Time
+				}
+			case "recovered":
+				records += l.Records
+				last = l.Time
+				recovered++
+			}
+		case <-sample.C:
+			peak = max(peak, rssHWM(cmd.Process.Pid))
+		case <-timeout:
+			return records, 0, 0, peak, fmt.Errorf("only %d of %d table partitions recovered within 10 minutes", recovered, want)
+		}
+	}
+	peak = max(peak, rssHWM(cmd.Process.Pid))
+	if err := <-profiled; err != nil {
+		return records, 0, 0, peak, fmt.Errorf("cpu profile: %w", err)
+	}
+	go func() {
+		for range lines {
+		}
+	}()
+	stopProcess(cmd)
+	if cmd.ProcessState != nil {
+		cpu = (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
+	}
+	return records, last.Sub(first).Seconds(), cpu, peak, nil
+}
