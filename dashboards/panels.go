@@ -101,6 +101,7 @@ func sparseLatency(d *m.Def, by, legend, ddBy string) ([]Query, []DDQuery) {
 // Rows are the panels of the dashboards, in order.
 func Rows() []Row {
 	eventQ, eventDD := latency(m.EventRuntime, byWorker, "{{instance}}", ddByWorker)
+	e2eQ, e2eDD := latency(m.EventLatency, byWorker, "{{instance}}", ddByWorker)
 	commitQ, commitDD := latency(m.CommitLatency, byWorker, "{{instance}}", ddByWorker)
 	sendQ, sendDD := latency(m.SendLatency, byTopic, "{{topic}}", byTopic)
 	rebalQ, rebalDD := latency(m.RebalanceEndLatency, byWorker, "{{instance}}", ddByWorker)
@@ -332,6 +333,12 @@ func Rows() []Row {
 		}},
 
 		{Title: "Processing, commit and produce latency", Panels: []Panel{
+			{
+				Title: "End-to-end latency", Unit: "s", Width: 24,
+				Tells: "Time from a page view's record timestamp (when it was produced) to its count in the table, measured on 1 event in 64: what a reader of /report/ waits for.",
+				Do:    "When it rises with consumer lag the workers fall behind (add workers, up to the partition count); when it rises alone, look at produce latency and commit time.",
+				Prom:  e2eQ, Datadog: e2eDD,
+			},
 			{
 				Title: "Event processing time", Unit: "s", Width: 8,
 				Tells: "Time the agent takes for one event, measured on 1 event in 64.",

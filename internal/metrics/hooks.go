@@ -78,6 +78,9 @@ func (h *StreamHooks) Processed(p int32, n, dead int64) {
 // EventRuntime implements stream.Hooks.
 func (h *StreamHooks) EventRuntime(p int32, d time.Duration) { h.C.Timing(EventRuntime, d, h.tp(p)...) }
 
+// EventLatency implements stream.Hooks.
+func (h *StreamHooks) EventLatency(p int32, d time.Duration) { h.C.Timing(EventLatency, d, h.tp(p)...) }
+
 // Position implements stream.Hooks.
 func (h *StreamHooks) Position(p int32, read, committed, hwm int64, lag time.Duration) {
 	tags := h.tp(p)

@@ -14,6 +14,7 @@ var (
 	MessagesSent     = def("messages_sent", Count, "records the broker acknowledged (page views, changelogs, dead letters)", "topic")
 	Events           = def("events", Count, "events the agent processed", "topic", "partition")
 	EventRuntime     = def("event_runtime", Timing, "time the agent took for one event (1 in 64 events measured)", "topic", "partition")
+	EventLatency     = def("event_latency", Timing, "time from a source record's timestamp to the agent's table update (1 in 64 events measured)", "topic", "partition")
 	CommitLatency    = def("commit_latency", Timing, "time of one commit: changelog acks, store batch and offset commit", "topic", "partition")
 	SendLatency      = def("send_latency", Timing, "time from producing a record to its acknowledgement", "topic")
 	SendErrors       = def("send_errors", Count, "records the broker did not acknowledge", "topic")

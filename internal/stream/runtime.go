@@ -468,7 +468,11 @@ func (w *partitionWorker) process(m *sarama.ConsumerMessage) error {
 	if w.processed&63 == 0 {
 		began := time.Now()
 		err = w.r.o.Handler.Handle(&w.ev)
-		w.r.o.Hooks.EventRuntime(w.p, time.Since(began))
+		done := time.Now()
+		w.r.o.Hooks.EventRuntime(w.p, done.Sub(began))
+		if !m.Timestamp.IsZero() && err == nil {
+			w.r.o.Hooks.EventLatency(w.p, max(done.Sub(m.Timestamp), 0))
+		}
 	} else {
 		err = w.r.o.Handler.Handle(&w.ev)
 	}
