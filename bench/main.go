@@ -35,6 +35,8 @@ type options struct {
 	partitions     int
 	bare, recovery bool
 	rebalanceRuns  int
+	latencyRate    int
+	latencyFor     time.Duration
 	keep           bool
 	cpuprofile     string
 	commitInterval string
@@ -51,6 +53,8 @@ func main() {
 	flag.BoolVar(&o.bare, "bare", true, "also measure a bare sarama consumer")
 	flag.BoolVar(&o.recovery, "recovery", true, "also measure the recovery of an empty DATA_DIR from as many changelog records as -events")
 	flag.IntVar(&o.rebalanceRuns, "rebalance-runs", 3, "runs of the rebalance benchmark per protocol (a third worker joining two under load); 0 skips it")
+	flag.IntVar(&o.latencyRate, "latency-rate", 20_000, "page views per second of the steady load after the backlog, for the end-to-end latency; 0 skips it")
+	flag.DurationVar(&o.latencyFor, "latency-for", 5*time.Second, "how long the steady load runs")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory")
 	flag.StringVar(&o.peer, "peer", "bin/goka-peer", "goka peer binary (bench/peer); empty skips it")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write CPU profiles of the worker: its aggregation to this file, its recovery to the file with .recovery appended")
@@ -96,11 +100,23 @@ func run(o options) error {
 	}
 	fmt.Printf("worker:   %8.0f events/s  (%.2fs, cpu %.2fs, peak rss %.1f MiB)\n",
 		agg.rate, agg.seconds, agg.cpu, agg.rssMiB)
+	fmt.Printf("latency over the backlog: p50 %.0f ms, p99 %.0f ms (%d samples; mostly the wait in the backlog)\n",
+		agg.backlog.p50, agg.backlog.p99, agg.backlog.samples)
+	if agg.steadyEvents > 0 {
+		fmt.Printf("latency at %d views/s:    p50 %.1f ms, p99 %.1f ms (%d samples of %d views, record timestamp to table update)\n",
+			o.latencyRate, agg.steady.p50, agg.steady.p99, agg.steady.samples, agg.steadyEvents)
+	}
 
 	results := map[string]string{
-		"events_per_second": fmt.Sprintf("%.0f", agg.rate),
-		"peak_rss_mib":      fmt.Sprintf("%.1f", agg.rssMiB),
-		"cpu_seconds":       fmt.Sprintf("%.2f", agg.cpu),
+		"events_per_second":      fmt.Sprintf("%.0f", agg.rate),
+		"peak_rss_mib":           fmt.Sprintf("%.1f", agg.rssMiB),
+		"cpu_seconds":            fmt.Sprintf("%.2f", agg.cpu),
+		"backlog_latency_p50_ms": fmt.Sprintf("%.0f", agg.backlog.p50),
+		"backlog_latency_p99_ms": fmt.Sprintf("%.0f", agg.backlog.p99),
+	}
+	if agg.steadyEvents > 0 {
+		results["latency_p50_ms"] = fmt.Sprintf("%.1f", agg.steady.p50)
+		results["latency_p99_ms"] = fmt.Sprintf("%.1f", agg.steady.p99)
 	}
 	if o.bare {
 		rate, err := bareConsume(addr, []string{"page_views"}, o.partitions)
@@ -148,6 +164,7 @@ func run(o options) error {
 		}
 	}
 	for _, k := range []string{"events_per_second", "bare_records_per_second", "goka_events_per_second", "ratio_vs_goka", "ratio_vs_bare", "recovery_records_per_second", "bare_changelog_records_per_second", "recovery_ratio", "cpu_seconds", "peak_rss_mib",
+		"latency_p50_ms", "latency_p99_ms", "backlog_latency_p50_ms", "backlog_latency_p99_ms",
 		"rebalance_cooperative_ms", "rebalance_cooperative_partition_stop_ms", "rebalance_eager_ms", "rebalance_eager_partition_stop_ms"} {
 		if v, ok := results[k]; ok {
 			fmt.Printf("%s=%s\n", k, v)
@@ -256,17 +273,30 @@ func preload(addr string, o options) error {
 
 type aggResult struct {
 	rate, seconds, cpu, rssMiB float64
+	// End-to-end latency (record timestamp to table update) over the
+	// backlog, which measures mostly how long records waited in it, and
+	// under a steady load below capacity once the backlog is processed.
+	backlog, steady latencyFigures
+	steadyEvents    int64
 }
 
 // runWorker runs the worker until the group's committed offsets cover want
 // records. The clock starts at the worker's first "joined group" log line.
 func runWorker(o options, addr, dataDir, group string, want int64) (aggResult, error) {
 	var res aggResult
+	// The worker's metrics go to a DogStatsD listener here, as they would to
+	// an agent: their cost is part of the figures, and the end-to-end
+	// latency comes from them.
+	statsd, err := startStatsd()
+	if err != nil {
+		return res, err
+	}
+	defer statsd.close()
 	cmd := exec.Command(o.worker)
 	cmd.Env = append(os.Environ(),
 		"KAFKA_BROKERS="+addr, "DATA_DIR="+dataDir, "WEB_ADDR=127.0.0.1:0", "KAFKA_GROUP="+group,
 		"LOG_FORMAT=json", "PARTITIONS="+strconv.Itoa(o.partitions), "WINDOW_SIZE=1h", "WINDOW_EXPIRES=2h",
-		"LIVECHECK_INTERVAL=0", "COMMIT_INTERVAL="+o.commitInterval)
+		"LIVECHECK_INTERVAL=0", "COMMIT_INTERVAL="+o.commitInterval, "DD_DOGSTATSD_URL="+statsd.url())
 	if o.cpuprofile != "" {
 		cmd.Env = append(cmd.Env, "PPROF_ADDR=127.0.0.1:6061")
 	}
@@ -320,9 +350,24 @@ func runWorker(o options, addr, dataDir, group string, want int64) (aggResult, e
 	res.seconds = end.Sub(start).Seconds()
 	res.rate = float64(want) / res.seconds
 	res.rssMiB = max(peak, rssHWM(cmd.Process.Pid))
-	stopProcess(cmd)
-	if cmd.ProcessState != nil {
-		res.cpu = (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
+	if res.cpu, err = procCPU(cmd.Process.Pid); err != nil {
+		return res, err
+	}
+	// Let the backlog's last samples arrive before the steady load starts.
+	time.Sleep(metricsDelay)
+	res.backlog = figuresOf(statsd.since(start))
+	if o.latencyRate > 0 {
+		began := time.Now()
+		n, err := steadyLoad(addr, o.pages, o.latencyRate, o.latencyFor)
+		if err != nil {
+			return res, fmt.Errorf("steady load: %w", err)
+		}
+		if _, err := waitCommitted(addr, group, o.partitions, want+n, cmd, nil); err != nil {
+			return res, fmt.Errorf("worker under steady load: %w", err)
+		}
+		time.Sleep(metricsDelay)
+		res.steady = figuresOf(statsd.since(began))
+		res.steadyEvents = n
 	}
 	return res, nil
 }

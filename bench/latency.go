@@ -1,0 +1,192 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/IBM/sarama"
+)
+
+// latencyMetric is the worker's DogStatsD timing of the time from a
+// record's timestamp to its table update, sent for 1 event in 64.
+const latencyMetric = "pageviews.event_latency:"
+
+// metricsDelay is how long the worker's metrics client may hold a sample:
+// it aggregates for 2 s and flushes its buffer every second.
+const metricsDelay = 3500 * time.Millisecond
+
+// statsdSink is a DogStatsD listener on UDP that keeps the worker's
+// end-to-end latency samples with the time they arrived.
+type statsdSink struct {
+	conn *net.UDPConn
+	mu   sync.Mutex
+	at   []time.Time
+	ms   []float64
+	done chan struct{}
+}
+
+func startStatsd() (*statsdSink, error) {
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return nil, err
+	}
+	_ = conn.SetReadBuffer(8 << 20)
+	s := &statsdSink{conn: conn, done: make(chan struct{})}
+	go s.read()
+	return s, nil
+}
+
+func (s *statsdSink) url() string { return "udp://" + s.conn.LocalAddr().String() }
+
+func (s *statsdSink) read() {
+	defer close(s.done)
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := s.conn.Read(buf)
+		if err != nil {
+			return
+		}
+		now := time.Now()
+		for line := range bytes.SplitSeq(buf[:n], []byte("\n")) {
+			rest, ok := bytes.CutPrefix(line, []byte(latencyMetric))
+			if !ok {
+				continue
+			}
+			// The client aggregates: one line packs many samples,
+			// name:v1:v2:...|ms|#tags.
+			values, kind, _ := strings.Cut(string(rest), "|")
+			if !strings.HasPrefix(kind, "ms") {
+				continue
+			}
+			s.mu.Lock()
+			for value := range strings.SplitSeq(values, ":") {
+				if v, err := strconv.ParseFloat(value, 64); err == nil {
+					s.at = append(s.at, now)
+					s.ms = append(s.ms, v)
+				}
+			}
+			s.mu.Unlock()
+		}
+	}
+}
+
+// since returns the samples that arrived at or after t.
+func (s *statsdSink) since(t time.Time) []float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i, _ := slices.BinarySearchFunc(s.at, t, func(a, b time.Time) int { return a.Compare(b) })
+	return slices.Clone(s.ms[i:])
+}
+
+func (s *statsdSink) close() {
+	_ = s.conn.Close()
+	<-s.done
+}
+
+// percentiles returns the q-quantiles of xs (nearest rank).
+func percentiles(xs []float64, qs ...float64) []float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	out := make([]float64, len(qs))
+	if len(s) == 0 {
+		return out
+	}
+	for i, q := range qs {
+		k := int(q*float64(len(s))+0.999999) - 1
+		out[i] = s[min(max(k, 0), len(s)-1)]
+	}
+	return out
+}
+
+// latencyFigures are end-to-end latencies in ms.
+type latencyFigures struct {
+	samples  int
+	p50, p99 float64
+}
+
+func figuresOf(xs []float64) latencyFigures {
+	p := percentiles(xs, 0.50, 0.99)
+	return latencyFigures{samples: len(xs), p50: p[0], p99: p[1]}
+}
+
+// steadyLoad produces page views to page_views at rate per second for d,
+// each with the time it was made as its record timestamp, and returns how
+// many it produced.
+func steadyLoad(addr string, pages, rate int, d time.Duration) (int64, error) {
+	cfg := saramaConfig()
+	// Send as soon as possible: batching in the producer would count
+	// against the worker.
+	cfg.Producer.Flush.Bytes, cfg.Producer.Flush.Frequency = 0, 0
+	p, err := sarama.NewAsyncProducer([]string{addr}, cfg)
+	if err != nil {
+		return 0, err
+	}
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for range p.Successes() {
+		}
+	})
+	wg.Go(func() {
+		for range p.Errors() {
+			failed.Add(1)
+		}
+	})
+	const tick = 5 * time.Millisecond
+	per := max(rate*int(tick)/int(time.Second), 1)
+	t := time.NewTicker(tick)
+	end := time.Now().Add(d)
+	var n int64
+	for now := range t.C {
+		if now.After(end) {
+			break
+		}
+		now = time.Now().UTC()
+		ts := now.Format("2006-01-02T15:04:05.000Z")
+		for range per {
+			n++
+			page := "/page/" + strconv.FormatInt(n%int64(pages), 10)
+			v := `{"page":"` + page + `","count":` + strconv.FormatInt(n, 10) + `,"timestamp":"` + ts + `"}`
+			p.Input() <- &sarama.ProducerMessage{Topic: "page_views", Key: sarama.StringEncoder(page), Value: sarama.StringEncoder(v), Timestamp: now}
+		}
+	}
+	t.Stop()
+	err = p.Close()
+	wg.Wait()
+	if k := failed.Load(); k > 0 {
+		return n, fmt.Errorf("%d page views failed", k)
+	}
+	return n, err
+}
+
+// procCPU returns the CPU seconds (user + system) pid has used so far.
+func procCPU(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The fields after the command name, which is in parentheses.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("unexpected /proc stat format")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, errors.New("unexpected /proc stat format")
+	}
+	utime, err1 := strconv.ParseFloat(f[11], 64)
+	stime, err2 := strconv.ParseFloat(f[12], 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return (utime + stime) / 100, nil // clock ticks; 100 per second on Linux
+}
