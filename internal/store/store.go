@@ -77,7 +77,14 @@ func open(dir string, log *slog.Logger) (*DB, error) {
 		// peak RSS; the aggregation's RSS is unchanged (only the touched
 		// part of a memtable is resident).
 		MemTableSize: 32 << 20,
-		Logger:       pebbleLogger{log},
+		// A recovery flushes memtable after memtable into level 0. With
+		// Pebble's threshold of 4 files it also compacted them while
+		// replaying; 16 leaves that for later, when the worker has CPU to
+		// spare: 1.7 -> 1.4 CPU s for a 1 M-record recovery (median of 4).
+		// Reads only reach the store on a cache miss.
+		L0CompactionThreshold: 16,
+		L0StopWritesThreshold: 48,
+		Logger:                pebbleLogger{log},
 		EventListener: &pebble.EventListener{
 			// Pebble's default treats a checksum mismatch as fatal. Report it
 			// as an error instead: Open then wipes the store, and a read in a
