@@ -390,7 +390,10 @@ func (w *partitionWorker) stop(ctx context.Context) error {
 		}
 	}
 	began := time.Now()
-	err := w.flush(context.Background())
+	err := w.flushWatched(context.Background())
+	if err != nil {
+		w.r.o.State.stall(w.p, err)
+	}
 	w.report()
 	w.r.o.Hooks.Released(w.p, time.Since(began))
 	var pe *produceError
@@ -408,27 +411,35 @@ func (w *partitionWorker) stop(ctx context.Context) error {
 
 // commitOffset commits the source offset after the last flushed record. Its
 // metadata is when the commit was made: the next owner logs how long the
-// partition went unprocessed from it. A rejected commit loses nothing (the
-// state is durable; the events since the previous commit would be processed
-// again by a new owner), so it is logged and tried again at the next flush.
-func (w *partitionWorker) commitOffset() {
+// partition went unprocessed from it. A commit that does not go through
+// loses nothing (the state is durable; a new owner would process the events
+// since the previous commit again), and the next flush tries it again:
+//   - rejected because the group is rebalancing while this member keeps the
+//     partition (cooperative), it waits for the new generation;
+//   - rejected because the member left the group, the session ends anyway;
+//   - failed otherwise (brokers unreachable), it is a failed flush: the
+//     partition shows as stalled and flushRetrying tries again.
+func (w *partitionWorker) commitOffset() error {
 	r := w.r
 	meta := strconv.FormatInt(time.Now().UnixMilli(), 10)
 	if r.o.Committer == nil {
 		w.sess.MarkOffset(r.o.Topic, w.p, w.flushed+1, meta)
 		w.sess.Commit()
-		return
+		return nil
 	}
 	err := r.o.Committer.Commit(w.sess.GenerationID(), w.sess.MemberID(), r.o.Topic, w.p, w.flushed+1, meta)
 	w.uncommitted = err != nil
 	switch {
 	case err == nil:
+		return nil
 	case errors.Is(err, sarama.ErrIllegalGeneration) || errors.Is(err, sarama.ErrRebalanceInProgress):
-		// A rebalance is under way and this member keeps the partition
-		// (cooperative): the next commit carries the new generation.
 		w.log.Info("offset commit deferred: the group is rebalancing", "offset", w.flushed+1, "generation", w.sess.GenerationID(), "error", err)
+		return nil
+	case lostMembership(err):
+		w.log.Warn("offset commit rejected: no longer a member of the group", "offset", w.flushed+1, "generation", w.sess.GenerationID(), "error", err)
+		return nil
 	default:
-		w.log.Warn("offset commit failed; trying again at the next commit", "offset", w.flushed+1, "generation", w.sess.GenerationID(), "error", err)
+		return &produceError{fmt.Errorf("commit offset %d: %w", w.flushed+1, err)}
 	}
 }
 
@@ -544,28 +555,9 @@ func (e *produceError) Unwrap() error { return e.err }
 func (w *partitionWorker) flushRetrying(ctx context.Context) error {
 	backoff := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		// A flush that waits longer than a commit interval for the brokers
-		// shows as stalled at once, not only after the producer's retries.
-		var mu sync.Mutex
-		finished := false
-		slow := time.AfterFunc(w.r.o.CommitInterval, func() {
-			mu.Lock()
-			defer mu.Unlock()
-			if !finished {
-				w.r.o.State.stall(w.p, errSlowCommit)
-			}
-		})
-		err := w.flush(ctx)
-		mu.Lock()
-		finished = true
-		mu.Unlock()
-		slow.Stop()
-		if err == nil && attempt == 1 {
-			w.r.o.State.stall(w.p, nil)
-		}
+		err := w.flushWatched(ctx)
 		if err == nil {
 			if attempt > 1 {
-				w.r.o.State.stall(w.p, nil)
 				w.log.Info("flush succeeded again", "attempts", attempt)
 			}
 			return nil
@@ -587,6 +579,30 @@ func (w *partitionWorker) flushRetrying(ctx context.Context) error {
 	}
 }
 
+// flushWatched flushes; a flush that waits longer than a commit interval
+// for the brokers shows as stalled at once, not only after the producer's
+// retries, and a successful one clears the stall.
+func (w *partitionWorker) flushWatched(ctx context.Context) error {
+	var mu sync.Mutex
+	finished := false
+	slow := time.AfterFunc(w.r.o.CommitInterval, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !finished {
+			w.r.o.State.stall(w.p, errSlowCommit)
+		}
+	})
+	err := w.flush(ctx)
+	mu.Lock()
+	finished = true
+	mu.Unlock()
+	slow.Stop()
+	if err == nil {
+		w.r.o.State.stall(w.p, nil)
+	}
+	return err
+}
+
 // producer returns where this partition's records go: its open transaction
 // under exactly-once, else the shared producer.
 func (w *partitionWorker) producer() (*kafka.Producer, error) {
@@ -605,7 +621,7 @@ func (w *partitionWorker) producer() (*kafka.Producer, error) {
 func (w *partitionWorker) flush(ctx context.Context) error {
 	if w.last == w.flushed {
 		if w.uncommitted {
-			w.commitOffset()
+			return w.commitOffset()
 		}
 		return nil
 	}
@@ -695,7 +711,9 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 
 	w.flushed = w.last
 	if w.txp == nil {
-		w.commitOffset()
+		if err := w.commitOffset(); err != nil {
+			return err
+		}
 	}
 	r.o.Hooks.Committed(w.p, time.Since(began))
 	return nil
