@@ -66,9 +66,13 @@ clean: ## remove build output and the local data directory
 	rm -rf $(BIN) data
 
 .PHONY: bench
-bench: build ## benchmark against a dev broker process: the worker, a bare sarama consumer, a goka peer (BENCH_EVENTS=N for a shorter run)
+bench: build ## benchmark against a dev broker process: throughput (vs bare sarama and a goka peer), latency, recovery, rebalances (BENCH_EVENTS=N for a shorter run)
 	cd bench/peer && $(GO) build -o ../../$(BIN)/goka-peer .
 	$(GO) run ./bench -worker $(BIN)/pageviews -broker $(BIN)/devbroker -peer $(BIN)/goka-peer
+
+.PHONY: bench-micro
+bench-micro: ## Go micro-benchmarks of the hot path: decode, window lookup, write-back cache, store commits, restore
+	$(GO) test -run '^$$' -bench . -benchmem ./internal/...
 
 .PHONY: test-external
 test-external: build ## the e2e tests against a broker in its own process through KAFKA_BROKERS, as CI's integration job runs them on Kafka
