@@ -120,7 +120,7 @@ func TestStandbyFailover(t *testing.T) {
 	eventually(t, 30*time.Second, "standby copies on b hold views", func() (bool, string) {
 		caught := map[string]bool{}
 		for _, l := range b.logs.all("standby copy committed") {
-			if l["offset"].(float64) >= 0 {
+			if off, ok := l["offset"].(float64); ok && off >= 0 {
 				caught[fmt.Sprint(l["table"], l["partition"])] = true
 			}
 		}

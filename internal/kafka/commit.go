@@ -3,7 +3,6 @@ package kafka
 import (
 	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/IBM/sarama"
 )
@@ -21,8 +20,6 @@ type OffsetCommitter struct {
 	Client     sarama.Client // not the group's client
 	Group      string
 	InstanceID string // static membership, if any
-
-	mu sync.Mutex // one commit in flight: the client's connection takes one request at a time
 }
 
 // ErrCommitRejected wraps the coordinator's refusal of a commit, typically
@@ -30,7 +27,9 @@ type OffsetCommitter struct {
 var ErrCommitRejected = errors.New("offset commit rejected")
 
 // Commit commits offset (the next offset to read) of topic partition p for
-// the member of the given generation, with metadata.
+// the member of the given generation, with metadata. When the coordinator
+// cannot be reached or has moved, it looks the coordinator up again and
+// tries once more.
 func (c *OffsetCommitter) Commit(generation int32, member, topic string, p int32, offset int64, metadata string) error {
 	req := sarama.NewOffsetCommitRequest(c.Client.Config(), c.Group)
 	req.ConsumerGroupGeneration = generation
@@ -41,21 +40,31 @@ func (c *OffsetCommitter) Commit(generation int32, member, topic string, p int32
 	}
 	req.AddBlockWithLeaderEpoch(topic, p, offset, -1, 0, metadata)
 
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var err error
-	for attempt := 0; attempt < 2; attempt++ {
-		err = c.send(req, topic, p)
-		if !errors.Is(err, sarama.ErrNotCoordinatorForConsumer) && !errors.Is(err, sarama.ErrConsumerCoordinatorNotAvailable) &&
-			!errors.Is(err, sarama.ErrOffsetsLoadInProgress) {
-			return err
-		}
-		// The coordinator moved or is starting: look it up again, once.
-		if rerr := c.Client.RefreshCoordinator(c.Group); rerr != nil {
-			return fmt.Errorf("find the coordinator of group %s: %w", c.Group, rerr)
-		}
+	err := c.send(req, topic, p)
+	var rejected *rejection
+	if err == nil || (errors.As(err, &rejected) && !rejected.coordinatorMoved()) {
+		return err
 	}
-	return err
+	// A broken connection, a coordinator that died or moved: the client
+	// would otherwise keep its cached coordinator until its next metadata
+	// refresh, minutes away.
+	if rerr := c.Client.RefreshCoordinator(c.Group); rerr != nil {
+		return fmt.Errorf("%w (finding the coordinator of group %s again: %w)", err, c.Group, rerr)
+	}
+	return c.send(req, topic, p)
+}
+
+// rejection is an error code in the coordinator's answer.
+type rejection struct{ code sarama.KError }
+
+func (r *rejection) Error() string { return ErrCommitRejected.Error() + ": " + r.code.Error() }
+
+// Unwrap lets errors.Is match both ErrCommitRejected and the code.
+func (r *rejection) Unwrap() []error { return []error{ErrCommitRejected, r.code} }
+
+func (r *rejection) coordinatorMoved() bool {
+	return r.code == sarama.ErrNotCoordinatorForConsumer || r.code == sarama.ErrConsumerCoordinatorNotAvailable ||
+		r.code == sarama.ErrOffsetsLoadInProgress
 }
 
 func (c *OffsetCommitter) send(req *sarama.OffsetCommitRequest, topic string, p int32) error {
@@ -63,10 +72,10 @@ func (c *OffsetCommitter) send(req *sarama.OffsetCommitRequest, topic string, p 
 	if err != nil {
 		return fmt.Errorf("find the coordinator of group %s: %w", c.Group, err)
 	}
+	// sarama closes the connection itself when the request fails, and
+	// opens it again on the next use.
 	resp, err := broker.CommitOffset(req)
 	if err != nil {
-		// The connection is broken: let the next commit dial again.
-		_ = broker.Close()
 		return fmt.Errorf("commit offset: %w", err)
 	}
 	kerr, ok := resp.Errors[topic][p]
@@ -74,7 +83,7 @@ func (c *OffsetCommitter) send(req *sarama.OffsetCommitRequest, topic string, p 
 		return fmt.Errorf("commit offset: no answer for %s/%d", topic, p)
 	}
 	if !errors.Is(kerr, sarama.ErrNoError) {
-		return fmt.Errorf("%w: %w", ErrCommitRejected, kerr)
+		return &rejection{code: kerr}
 	}
 	return nil
 }

@@ -24,6 +24,7 @@ import (
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 )
 
 // DB is the worker's local state store.
@@ -84,7 +85,12 @@ func open(dir string, log *slog.Logger) (*DB, error) {
 		// Reads only reach the store on a cache miss.
 		L0CompactionThreshold: 16,
 		L0StopWritesThreshold: 48,
-		Logger:                pebbleLogger{log},
+		// Pebble counts the memtables against its block cache, so the
+		// cache must hold them and leave room for blocks: 64 MiB, of which
+		// a 32 MiB memtable leaves half to data blocks. It is also the
+		// bound of Pebble's memory, memtables included.
+		CacheSize: 64 << 20,
+		Logger:    pebbleLogger{log},
 		EventListener: &pebble.EventListener{
 			// Pebble's default treats a checksum mismatch as fatal. Report it
 			// as an error instead: Open then wipes the store, and a read in a
@@ -98,6 +104,12 @@ func open(dir string, log *slog.Logger) (*DB, error) {
 				log.Warn("store write stall", "reason", info.Reason)
 			},
 		},
+	}
+	// A key seen for the first time (a page's new window, say) is looked
+	// up in the store and not found; with up to 16 level-0 files the
+	// filters keep such a miss from reading every one of them.
+	for i := range opts.Levels {
+		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
 	pdb, err := pebble.Open(dir, opts)
 	if err != nil {

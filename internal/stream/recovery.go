@@ -215,7 +215,20 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, all []*rest
 	defer idle.Stop()
 	for last+1 < rs.hwm {
 		select {
-		case m := <-rs.pc.Messages():
+		case m, ok := <-rs.pc.Messages():
+			if !ok {
+				// sarama closes a partition consumer after a fatal error
+				// (offset out of range, say), which Errors delivers.
+				var cause error = errors.New("no error reported")
+				select {
+				case err, ok := <-rs.pc.Errors():
+					if ok && err != nil {
+						cause = err
+					}
+				default:
+				}
+				return fmt.Errorf("replay %s/%d: the changelog consumer stopped: %w", t.Changelog(), w.p, cause)
+			}
 			// Take what is already buffered without going back to select.
 			for drained := 0; ; drained++ {
 				if err := t.Restore(w.p, b, m.Key, m.Value, m.Timestamp); err != nil {
@@ -242,7 +255,10 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, all []*rest
 				}
 			}
 			idle.Reset(idleFor()) // since Go 1.23 Reset drops a pending expiry
-		case err := <-rs.pc.Errors():
+		case err, ok := <-rs.pc.Errors():
+			if !ok {
+				return fmt.Errorf("replay %s/%d: the changelog consumer stopped", t.Changelog(), w.p)
+			}
 			return fmt.Errorf("replay %s/%d: %w", t.Changelog(), w.p, err)
 		case <-idle.C:
 			if last+2 < rs.hwm || r.o.Transactions == nil {
@@ -256,6 +272,7 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, all []*rest
 	if err := commit(true); err != nil {
 		return err
 	}
+	rs.left.Store(0)
 	elapsed := r.o.Clock().Sub(began)
 	r.o.Hooks.RecoveryProgress(t.Name(), w.p, 0, 0, replayed%restoreBatch)
 	rs.log.Info("recovered", "records", replayed, "seconds", elapsed.Seconds(),

@@ -394,8 +394,25 @@ func (w *partitionWorker) stop(ctx context.Context) error {
 	if err != nil {
 		w.r.o.State.stall(w.p, err)
 	}
+	if err == nil && w.uncommitted {
+		// Deferred by a rebalance: while the session lives, the new
+		// generation is near.
+		if ctx.Err() == nil {
+			w.commitAfterRejoin()
+		} else {
+			w.log.Warn("released the partition without committing its offset: the group was rebalancing; the events since the last commit will be processed again", "offset", w.flushed+1)
+		}
+	}
 	w.report()
 	w.r.o.Hooks.Released(w.p, time.Since(began))
+	var ce *commitError
+	if errors.As(err, &ce) {
+		// The state is durable; only the offset is missing. Whoever owns
+		// the partition next processes the events since the last commit
+		// again. Stopping the worker would not help.
+		w.log.Warn("could not commit the offset when releasing the partition; the events since the last commit will be processed again", "error", err)
+		return nil
+	}
 	var pe *produceError
 	if err != nil && ctx.Err() != nil && errors.As(err, &pe) {
 		// The session ended (brokers unreachable, say) and the last flush
@@ -439,7 +456,44 @@ func (w *partitionWorker) commitOffset() error {
 		w.log.Warn("offset commit rejected: no longer a member of the group", "offset", w.flushed+1, "generation", w.sess.GenerationID(), "error", err)
 		return nil
 	default:
-		return &produceError{fmt.Errorf("commit offset %d: %w", w.flushed+1, err)}
+		return &commitError{fmt.Errorf("commit offset %d: %w", w.flushed+1, err)}
+	}
+}
+
+// commitError is a source offset that could not be committed although the
+// state it depends on is durable. A later attempt may get through; if none
+// does, a new owner processes the events since the previous commit again.
+type commitError struct{ err error }
+
+func (e *commitError) Error() string { return e.err.Error() }
+func (e *commitError) Unwrap() error { return e.err }
+
+// retryable reports whether a failed flush may succeed later: the brokers
+// did not take the records or the commit.
+func retryable(err error) bool {
+	var pe *produceError
+	var ce *commitError
+	return errors.As(err, &pe) || errors.As(err, &ce)
+}
+
+// commitAfterRejoin retries a commit the coordinator deferred while the
+// group was rebalancing: a release that overlaps this member's rejoin waits
+// a little for the new generation (sarama's offset manager held commits
+// back the same way), and gives up with a warning.
+func (w *partitionWorker) commitAfterRejoin() {
+	gen := w.sess.GenerationID()
+	for range 20 {
+		time.Sleep(100 * time.Millisecond)
+		if w.sess.GenerationID() == gen {
+			continue
+		}
+		gen = w.sess.GenerationID()
+		if err := w.commitOffset(); err != nil || !w.uncommitted {
+			break
+		}
+	}
+	if w.uncommitted {
+		w.log.Warn("released the partition without committing its offset: the group was rebalancing; the events since the last commit will be processed again", "offset", w.flushed+1)
 	}
 }
 
@@ -562,8 +616,7 @@ func (w *partitionWorker) flushRetrying(ctx context.Context) error {
 			}
 			return nil
 		}
-		var pe *produceError
-		if ctx.Err() != nil || w.txp != nil || !errors.As(err, &pe) {
+		if ctx.Err() != nil || w.txp != nil || !retryable(err) {
 			return err
 		}
 		w.r.o.State.stall(w.p, err)
