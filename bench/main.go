@@ -60,7 +60,14 @@ func main() {
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write CPU profiles of the worker: its aggregation to this file, its recovery to the file with .recovery appended")
 	flag.StringVar(&o.commitInterval, "commit-interval", "1s", "the worker's COMMIT_INTERVAL: the last commit comes up to one interval after the last event")
 	flag.Parse()
-	if err := run(o); err != nil {
+	results, err := run(o)
+	// The machine-readable lines, last.
+	for _, k := range resultKeys {
+		if v, ok := results[k]; ok {
+			fmt.Printf("%s=%s\n", k, v)
+		}
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -73,30 +80,37 @@ func envInt(name string, def int) int {
 	return def
 }
 
-func run(o options) error {
+// resultKeys are the machine-readable figures, in the order printed.
+var resultKeys = []string{"events_per_second", "bare_records_per_second", "goka_events_per_second", "ratio_vs_goka", "ratio_vs_bare",
+	"recovery_records_per_second", "bare_changelog_records_per_second", "recovery_ratio", "cpu_seconds", "peak_rss_mib",
+	"latency_p50_ms", "latency_p99_ms", "backlog_latency_p50_ms", "backlog_latency_p99_ms",
+	"rebalance_cooperative_ms", "rebalance_cooperative_partition_stop_ms", "rebalance_eager_ms", "rebalance_eager_partition_stop_ms"}
+
+// run measures and prints what it measures; it returns the figures by key.
+func run(o options) (map[string]string, error) {
 	dir, err := os.MkdirTemp("", "pageviews-bench-")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !o.keep {
 		defer os.RemoveAll(dir)
 	}
 	broker, addr, err := startBroker(o.broker, filepath.Join(dir, "broker"))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer stopProcess(broker)
 
 	fmt.Printf("machine: %d cores; events=%d pages=%d partitions=%d commit_interval=%s\n", numCPU(), o.events, o.pages, o.partitions, o.commitInterval)
 	began := time.Now()
 	if err := preload(addr, o); err != nil {
-		return fmt.Errorf("preload: %w", err)
+		return nil, fmt.Errorf("preload: %w", err)
 	}
 	fmt.Printf("preload: %d records in %.1fs\n", o.events, time.Since(began).Seconds())
 
 	agg, err := runWorker(o, addr, filepath.Join(dir, "worker"), "pageviews", int64(o.events))
 	if err != nil {
-		return fmt.Errorf("worker: %w", err)
+		return nil, fmt.Errorf("worker: %w", err)
 	}
 	fmt.Printf("worker:   %8.0f events/s  (%.2fs, cpu %.2fs, peak rss %.1f MiB)\n",
 		agg.rate, agg.seconds, agg.cpu, agg.rssMiB)
@@ -121,7 +135,7 @@ func run(o options) error {
 	if o.bare {
 		rate, err := bareConsume(addr, []string{"page_views"}, o.partitions)
 		if err != nil {
-			return fmt.Errorf("bare consumer: %w", err)
+			return nil, fmt.Errorf("bare consumer: %w", err)
 		}
 		fmt.Printf("bare:     %8.0f records/s (sarama consumer, no processing)\n", rate)
 		results["bare_records_per_second"] = fmt.Sprintf("%.0f", rate)
@@ -130,7 +144,7 @@ func run(o options) error {
 	if o.peer != "" {
 		rate, err := runPeer(o, addr, filepath.Join(dir, "peer"))
 		if err != nil {
-			return fmt.Errorf("goka peer: %w", err)
+			return nil, fmt.Errorf("goka peer: %w", err)
 		}
 		fmt.Printf("goka:     %8.0f events/s (goka v1.1.17 processor, defaults, LevelDB)\n", rate)
 		results["goka_events_per_second"] = fmt.Sprintf("%.0f", rate)
@@ -139,7 +153,7 @@ func run(o options) error {
 	if o.recovery {
 		rec, err := recoveryBench(o, addr, filepath.Join(dir, "recovery"), o.events)
 		if err != nil {
-			return fmt.Errorf("recovery: %w", err)
+			return nil, fmt.Errorf("recovery: %w", err)
 		}
 		fmt.Printf("recovery: %8.0f records/s (%d changelog records into an empty DATA_DIR in %.2fs, cpu %.2fs, peak rss %.1f MiB)\n",
 			rec.rate, rec.records, rec.seconds, rec.cpu, rec.rssMiB)
@@ -155,7 +169,7 @@ func run(o options) error {
 				fmt.Println("  worker log:", w)
 			}
 			if err != nil {
-				return fmt.Errorf("rebalance: %w", err)
+				return nil, fmt.Errorf("rebalance: %w", err)
 			}
 			// From the moment the group starts to rebalance (the third
 			// worker's start-up excluded) to every partition processing.
@@ -169,14 +183,7 @@ func run(o options) error {
 			results["rebalance_"+protocol+"_partition_stop_ms"] = fmt.Sprintf("%.0f", rb.MedianGap)
 		}
 	}
-	for _, k := range []string{"events_per_second", "bare_records_per_second", "goka_events_per_second", "ratio_vs_goka", "ratio_vs_bare", "recovery_records_per_second", "bare_changelog_records_per_second", "recovery_ratio", "cpu_seconds", "peak_rss_mib",
-		"latency_p50_ms", "latency_p99_ms", "backlog_latency_p50_ms", "backlog_latency_p99_ms",
-		"rebalance_cooperative_ms", "rebalance_cooperative_partition_stop_ms", "rebalance_eager_ms", "rebalance_eager_partition_stop_ms"} {
-		if v, ok := results[k]; ok {
-			fmt.Printf("%s=%s\n", k, v)
-		}
-	}
-	return nil
+	return results, nil
 }
 
 func numCPU() int {
