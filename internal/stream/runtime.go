@@ -468,6 +468,14 @@ type commitError struct{ err error }
 func (e *commitError) Error() string { return e.err.Error() }
 func (e *commitError) Unwrap() error { return e.err }
 
+// rebalancing reports whether the coordinator refused a transactional
+// offset commit because this member's generation is not (or no longer)
+// the group's.
+func rebalancing(err error) bool {
+	return errors.Is(err, sarama.ErrIllegalGeneration) || errors.Is(err, sarama.ErrRebalanceInProgress) ||
+		errors.Is(err, sarama.ErrUnknownMemberId) || errors.Is(err, sarama.ErrFencedInstancedId)
+}
+
 // retryable reports whether a failed flush may succeed later: the brokers
 // did not take the records or the commit.
 func retryable(err error) bool {
@@ -588,6 +596,8 @@ func (w *partitionWorker) deadLetter(ctx context.Context, m *sarama.ConsumerMess
 type deadLetter struct {
 	msg *sarama.ProducerMessage
 	ack *kafka.Ack
+	// aborted: it went out in a transaction that was aborted.
+	aborted bool
 }
 
 // errSlowCommit is the stall reason while a commit waits for the brokers.
@@ -616,7 +626,11 @@ func (w *partitionWorker) flushRetrying(ctx context.Context) error {
 			}
 			return nil
 		}
-		if ctx.Err() != nil || w.txp != nil || !retryable(err) {
+		// Under exactly-once only a transaction aborted for a rebalance is
+		// done again; after any other failure the producer's state is
+		// unknown and the worker restarts from the last committed one.
+		var ce *commitError
+		if ctx.Err() != nil || !retryable(err) || (w.txp != nil && !errors.As(err, &ce)) {
 			return err
 		}
 		w.r.o.State.stall(w.p, err)
@@ -712,8 +726,8 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 		}
 	}
 	for i, d := range w.dead {
-		if d.ack.Failed() {
-			w.dead[i].ack = kafka.NewAck(1)
+		if d.ack.Failed() || d.aborted {
+			w.dead[i].ack, w.dead[i].aborted = kafka.NewAck(1), false
 			if err := prod.Send(w.dead[i].ack, d.msg); err != nil {
 				return &produceError{fmt.Errorf("produce %s: %w", r.o.DeadLetterTopic, err)}
 			}
@@ -728,8 +742,22 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 		if err := w.txp.CommitWithOffsets(offsets, group); err != nil {
 			if aerr := w.txp.Abort(); aerr != nil {
 				w.log.Warn("abort transaction", "error", aerr)
+				return err
 			}
-			return err
+			if !rebalancing(err) {
+				return err
+			}
+			// The coordinator refused this member's generation: the group
+			// is rebalancing (cooperative: this member keeps the partition
+			// and learns its new generation when its join completes). The
+			// aborted records are invisible to read_committed readers and
+			// nothing was stored or committed, so the flush can be done
+			// again in a new transaction: Flush hands out the same keys
+			// again, and the dead letters go out again.
+			for i := range w.dead {
+				w.dead[i].aborted = true
+			}
+			return &commitError{fmt.Errorf("commit transaction, aborted to be done again: %w", err)}
 		}
 	}
 	for i, a := range acks {
