@@ -270,8 +270,14 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 		w.pending = nil
 	}
 
-	ticker := time.NewTicker(r.o.CommitInterval)
+	// Partitions assigned together would all commit at the same moments and
+	// queue behind each other at the producer (one request in flight per
+	// broker) and the store; the first commit of each comes at its own
+	// point in the interval, which spreads them out.
+	phase := r.o.CommitInterval * time.Duration(w.p%16+1) / 17
+	ticker := time.NewTicker(phase)
 	defer ticker.Stop()
+	phased := false
 	// Besides every commit interval, a partition that goes quiet commits
 	// early (at most every quarter interval): the end of a burst is then
 	// durable and committed within about idleCommit, while under steady
@@ -331,6 +337,10 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 				return err
 			}
 		case <-ticker.C:
+			if !phased {
+				ticker.Reset(r.o.CommitInterval)
+				phased = true
+			}
 			if err := commit(); err != nil {
 				return err
 			}
