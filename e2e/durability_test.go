@@ -15,10 +15,6 @@ import (
 	"time"
 )
 
-// partitions is the worker's default partition count; these tests use the
-// default.
-const partitions = 8
-
 // viewsOver returns n page names spread round-robin over pages pages.
 func viewsOver(n, pages int) []string {
 	out := make([]string, n)

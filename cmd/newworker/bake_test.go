@@ -19,10 +19,7 @@ import (
 	"golang.org/x/mod/modfile"
 )
 
-// The answers of the bake: every variable but partitions differs from the
-// template's. Some of the template's tests assume 8 partitions without
-// setting PARTITIONS (see TestBakePartitions), so the bake keeps the
-// default to run them.
+// The answers of the bake: every variable differs from the template's.
 var bake = map[string]string{
 	"module":      "example.com/acme/clicks",
 	"name":        "clicks",
@@ -31,7 +28,7 @@ var bake = map[string]string{
 	"table":       "hits",
 	"window":      "30s",
 	"expires":     "2m",
-	"partitions":  "8",
+	"partitions":  "12",
 	"owner":       "streaming",
 	"description": "Counts clicks per page in 30-second windows",
 }
@@ -105,20 +102,6 @@ func TestBake(t *testing.T) {
 	t.Run("go test -short", func(t *testing.T) {
 		goCmd(t, out, env, "test", "-short", "-count=1", "./...")
 	})
-}
-
-// TestBakePartitions bakes with a partition count other than the default
-// and checks the files that state it, without building the project.
-func TestBakePartitions(t *testing.T) {
-	root, tmpl := templateRoot(t)
-	answers := map[string]string{}
-	for k, v := range bake {
-		answers[k] = v
-	}
-	answers["partitions"] = "12"
-	out := bakeProject(t, root, answers)
-	checkSettings(t, out, "12")
-	checkNoTemplateNames(t, tmpl, out)
 }
 
 // bakeProject generates a project from the template at root with answers,

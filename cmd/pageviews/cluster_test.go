@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gofaust/pageviews/internal/config"
 	"github.com/gofaust/pageviews/internal/pageview"
 )
 
@@ -106,7 +107,7 @@ func TestStandbyFailover(t *testing.T) {
 		var pb pageview.Partial
 		getJSON(t, a.base+"/report/?local=1", &pa)
 		getJSON(t, b.base+"/report/?local=1", &pb)
-		return len(pa.Partitions) > 0 && len(pb.Partitions) > 0 && len(pa.Partitions)+len(pb.Partitions) == 8,
+		return len(pa.Partitions) > 0 && len(pb.Partitions) > 0 && len(pa.Partitions)+len(pb.Partitions) == partitionsOf(t, vars()),
 			fmt.Sprintf("a %v b %v", pa.Partitions, pb.Partitions)
 	})
 	const views = 300
@@ -166,4 +167,15 @@ func TestStandbyFailover(t *testing.T) {
 	if t.Failed() {
 		t.Logf("a held %v; b's log:\n%s", pa.Partitions, b.logs)
 	}
+}
+
+// partitionsOf is the partition count the worker configured by vars creates
+// (PARTITIONS, or its default).
+func partitionsOf(t *testing.T, vars map[string]string) int {
+	t.Helper()
+	cfg, err := config.Load(env(vars))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int(cfg.Partitions)
 }
