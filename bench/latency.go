@@ -10,10 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
-
-	"github.com/IBM/sarama"
 )
 
 // latencyMetric is the worker's DogStatsD timing of the time from a
@@ -126,21 +123,10 @@ func steadyLoad(addr string, pages, rate int, d time.Duration) (int64, error) {
 	// Send as soon as possible: batching in the producer would count
 	// against the worker.
 	cfg.Producer.Flush.Bytes, cfg.Producer.Flush.Frequency = 0, 0
-	p, err := sarama.NewAsyncProducer([]string{addr}, cfg)
+	p, err := newProducer(addr, cfg)
 	if err != nil {
 		return 0, err
 	}
-	var failed atomic.Int64
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for range p.Successes() {
-		}
-	})
-	wg.Go(func() {
-		for range p.Errors() {
-			failed.Add(1)
-		}
-	})
 	const tick = 5 * time.Millisecond
 	per := max(rate*int(tick)/int(time.Second), 1)
 	t := time.NewTicker(tick)
@@ -151,21 +137,14 @@ func steadyLoad(addr string, pages, rate int, d time.Duration) (int64, error) {
 			break
 		}
 		now = time.Now().UTC()
-		ts := now.Format("2006-01-02T15:04:05.000Z")
+		stamp := now.Format(stampLayout)
 		for range per {
 			n++
-			page := "/page/" + strconv.FormatInt(n%int64(pages), 10)
-			v := `{"page":"` + page + `","count":` + strconv.FormatInt(n, 10) + `,"timestamp":"` + ts + `"}`
-			p.Input() <- &sarama.ProducerMessage{Topic: "page_views", Key: sarama.StringEncoder(page), Value: sarama.StringEncoder(v), Timestamp: now}
+			p.Input() <- pageView("page_views", "/page/"+strconv.FormatInt(n%int64(pages), 10), n, now, stamp)
 		}
 	}
 	t.Stop()
-	err = p.Close()
-	wg.Wait()
-	if k := failed.Load(); k > 0 {
-		return n, fmt.Errorf("%d page views failed", k)
-	}
-	return n, err
+	return n, p.close()
 }
 
 // procCPU returns the CPU seconds (user + system) pid has used so far.

@@ -245,43 +245,19 @@ func saramaConfig() *sarama.Config {
 // preload creates page_views and produces the events, spread over the
 // pages, with event times of now.
 func preload(addr string, o options) error {
-	cfg := saramaConfig()
-	admin, err := sarama.NewClusterAdmin([]string{addr}, cfg)
+	if err := createTopics(addr, o.partitions, "page_views"); err != nil {
+		return err
+	}
+	p, err := newProducer(addr, saramaConfig())
 	if err != nil {
 		return err
 	}
-	defer admin.Close()
-	if err := admin.CreateTopic("page_views", &sarama.TopicDetail{NumPartitions: int32(o.partitions), ReplicationFactor: 1}, false); err != nil {
-		return err
-	}
-	p, err := sarama.NewAsyncProducer([]string{addr}, cfg)
-	if err != nil {
-		return err
-	}
-	var failed atomic.Int64
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for range p.Successes() {
-		}
-	})
-	wg.Go(func() {
-		for range p.Errors() {
-			failed.Add(1)
-		}
-	})
 	now := time.Now().UTC()
-	ts := now.Format("2006-01-02T15:04:05.000Z")
+	stamp := now.Format(stampLayout)
 	for i := range o.events {
-		page := "/page/" + strconv.Itoa(i%o.pages)
-		v := `{"page":"` + page + `","count":` + strconv.Itoa(i+1) + `,"timestamp":"` + ts + `"}`
-		p.Input() <- &sarama.ProducerMessage{Topic: "page_views", Key: sarama.StringEncoder(page), Value: sarama.StringEncoder(v), Timestamp: now}
+		p.Input() <- pageView("page_views", "/page/"+strconv.Itoa(i%o.pages), int64(i+1), now, stamp)
 	}
-	err = p.Close()
-	wg.Wait()
-	if n := failed.Load(); n > 0 {
-		return fmt.Errorf("%d records failed", n)
-	}
-	return err
+	return p.close()
 }
 
 type aggResult struct {

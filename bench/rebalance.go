@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -135,14 +134,14 @@ type runFigures struct {
 func rebalanceRun(workerBin, brokerAddr, protocol string, partitions, run int, dir string) (fig runFigures, err error) {
 	name := fmt.Sprintf("rebalance-%s-%d-%d", protocol, run, time.Now().UnixNano())
 	group, topic := name, name+"-views"
+	if err := createTopics(brokerAddr, partitions, topic); err != nil {
+		return fig, err
+	}
 	admin, err := sarama.NewClusterAdmin([]string{brokerAddr}, saramaConfig())
 	if err != nil {
 		return fig, err
 	}
 	defer admin.Close()
-	if err := admin.CreateTopic(topic, &sarama.TopicDetail{NumPartitions: int32(partitions), ReplicationFactor: 1}, false); err != nil {
-		return fig, fmt.Errorf("create %s: %w", topic, err)
-	}
 	load, err := startLoad(brokerAddr, topic)
 	if err != nil {
 		return fig, err
@@ -283,27 +282,17 @@ func waitAdvanced(admin sarama.ClusterAdmin, group, topic string, partitions int
 
 // pageLoad produces page views at rebalanceRate until stopped.
 type pageLoad struct {
-	p      sarama.AsyncProducer
-	quit   chan struct{}
-	wg     sync.WaitGroup
-	failed atomic.Int64
+	p    *producer
+	quit chan struct{}
+	wg   sync.WaitGroup
 }
 
 func startLoad(addr, topic string) (*pageLoad, error) {
-	p, err := sarama.NewAsyncProducer([]string{addr}, saramaConfig())
+	p, err := newProducer(addr, saramaConfig())
 	if err != nil {
 		return nil, err
 	}
 	l := &pageLoad{p: p, quit: make(chan struct{})}
-	l.wg.Go(func() {
-		for range p.Successes() {
-		}
-	})
-	l.wg.Go(func() {
-		for range p.Errors() {
-			l.failed.Add(1)
-		}
-	})
 	l.wg.Go(func() {
 		const tick = 10 * time.Millisecond
 		per := rebalanceRate * int(tick) / int(time.Second)
@@ -317,12 +306,10 @@ func startLoad(addr, topic string) (*pageLoad, error) {
 			case <-t.C:
 			}
 			now := time.Now().UTC()
-			ts := now.Format("2006-01-02T15:04:05.000Z")
+			stamp := now.Format(stampLayout)
 			for range per {
 				n++
-				page := "/rebalance/" + strconv.Itoa(n%rebalancePages)
-				v := `{"page":"` + page + `","count":` + strconv.Itoa(n) + `,"timestamp":"` + ts + `"}`
-				p.Input() <- &sarama.ProducerMessage{Topic: topic, Key: sarama.StringEncoder(page), Value: sarama.StringEncoder(v), Timestamp: now}
+				p.Input() <- pageView(topic, "/rebalance/"+strconv.Itoa(n%rebalancePages), int64(n), now, stamp)
 			}
 		}
 	})
@@ -331,12 +318,11 @@ func startLoad(addr, topic string) (*pageLoad, error) {
 
 func (l *pageLoad) stop() error {
 	close(l.quit)
-	err := l.p.Close()
 	l.wg.Wait()
-	if n := l.failed.Load(); n > 0 {
-		return fmt.Errorf("load: %d page views failed", n)
+	if err := l.p.close(); err != nil {
+		return fmt.Errorf("load: %w", err)
 	}
-	return err
+	return nil
 }
 
 // benchWorker is one worker process whose log feeds a fleet.

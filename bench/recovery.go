@@ -8,8 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -71,33 +69,15 @@ func recoveryBench(o options, addr, dataDir string, n int) (recoveryResult, erro
 // are "page|window start ms", totals keys are the page; values are decimal
 // counts. A page's records all go to the partition of the page.
 func preloadChangelogs(addr string, partitions, pages int) (int64, error) {
+	if err := createTopics(addr, partitions, recoverySource, recoveryViews, recoveryTotals); err != nil {
+		return 0, err
+	}
 	cfg := saramaConfig()
 	cfg.Producer.Partitioner = sarama.NewManualPartitioner
-	admin, err := sarama.NewClusterAdmin([]string{addr}, cfg)
+	p, err := newProducer(addr, cfg)
 	if err != nil {
 		return 0, err
 	}
-	defer admin.Close()
-	for _, t := range []string{recoverySource, recoveryViews, recoveryTotals} {
-		if err := admin.CreateTopic(t, &sarama.TopicDetail{NumPartitions: int32(partitions), ReplicationFactor: 1}, false); err != nil {
-			return 0, fmt.Errorf("create %s: %w", t, err)
-		}
-	}
-	p, err := sarama.NewAsyncProducer([]string{addr}, cfg)
-	if err != nil {
-		return 0, err
-	}
-	var failed atomic.Int64
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for range p.Successes() {
-		}
-	})
-	wg.Go(func() {
-		for range p.Errors() {
-			failed.Add(1)
-		}
-	})
 	now := time.Now()
 	hour := now.Truncate(time.Hour)
 	for i := range pages {
@@ -112,12 +92,8 @@ func preloadChangelogs(addr string, partitions, pages int) (int64, error) {
 		p.Input() <- &sarama.ProducerMessage{Topic: recoveryTotals, Partition: part, Timestamp: now,
 			Key: sarama.StringEncoder(page), Value: sarama.StringEncoder(strconv.Itoa(1000 + i%1000))}
 	}
-	if err := p.Close(); err != nil {
+	if err := p.close(); err != nil {
 		return 0, err
-	}
-	wg.Wait()
-	if n := failed.Load(); n > 0 {
-		return 0, fmt.Errorf("%d records failed", n)
 	}
 	// What the changelogs hold, by their offsets.
 	client, err := sarama.NewClient([]string{addr}, cfg)
