@@ -405,13 +405,7 @@ func (w *partitionWorker) stop(ctx context.Context) error {
 		w.r.o.State.stall(w.p, err)
 	}
 	if err == nil && w.uncommitted {
-		// Deferred by a rebalance: while the session lives, the new
-		// generation is near.
-		if ctx.Err() == nil {
-			w.commitAfterRejoin()
-		} else {
-			w.log.Warn("released the partition without committing its offset: the group was rebalancing; the events since the last commit will be processed again", "offset", w.flushed+1)
-		}
+		w.commitAfterRejoin(ctx)
 	}
 	w.report()
 	w.r.o.Hooks.Released(w.p, time.Since(began))
@@ -497,10 +491,14 @@ func retryable(err error) bool {
 // commitAfterRejoin retries a commit the coordinator deferred while the
 // group was rebalancing: a release that overlaps this member's rejoin waits
 // a little for the new generation (sarama's offset manager held commits
-// back the same way), and gives up with a warning.
-func (w *partitionWorker) commitAfterRejoin() {
+// back the same way), and gives up with a warning. A session that ended
+// (ctx) gets no new generation, so it does not wait.
+func (w *partitionWorker) commitAfterRejoin(ctx context.Context) {
 	gen := w.sess.GenerationID()
 	for range 20 {
+		if ctx.Err() != nil {
+			break
+		}
 		time.Sleep(100 * time.Millisecond)
 		if w.sess.GenerationID() == gen {
 			continue
