@@ -215,11 +215,12 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 			table.NewWindowed("views", cfg.ViewsChangelog(), table.Int64{}, db, win, clock),
 			table.New("totals", cfg.TotalsChangelog(), table.Int64{}, db),
 		},
-		Client:  clients.restore,
-		Restore: restore,
-		DB:      db,
-		Log:     log.With("component", "standby"),
-		Every:   2 * time.Second,
+		Client:        clients.restore,
+		Restore:       restore,
+		DB:            db,
+		ReadCommitted: cfg.Guarantee == config.ExactlyOnce,
+		Log:           log.With("component", "standby"),
+		Every:         2 * time.Second,
 	}
 	var handler stream.Handler = &pageview.Agent{Tables: tables, Clock: clock,
 		Late: func(p int32) { streamHooks.Late("views", p) }}
@@ -233,21 +234,24 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		Tables:          []stream.Table{tables.Views, tables.Totals},
 		Handler:         handler,
 		Group:           group,
-		Client:          clients.group,
-		Restore:         restore,
-		Producer:        producer,
-		DB:              db,
-		State:           state,
-		Standby:         standby,
-		GroupID:         cfg.Group,
-		Transactions:    transactions(cfg, clients, brokers),
+		// Not the group's client: its connection may be held by a
+		// JoinGroup for as long as a rebalance lasts.
+		Client:       clients.restore,
+		Restore:      restore,
+		Producer:     producer,
+		DB:           db,
+		State:        state,
+		Standby:      standby,
+		GroupID:      cfg.Group,
+		Transactions: transactions(cfg, clients, brokers),
 		// The admin client's connection is mostly idle; the group's is
 		// busy with fetches that a commit would queue behind.
-		Committer:   &kafka.OffsetCommitter{Client: clients.admin, Group: cfg.Group, InstanceID: cfg.InstanceID},
-		CommittedAt: committedAt(admin, cfg.Group, cfg.Topic),
-		Hooks:       streamHooks,
-		Log:         log.With("component", "stream"),
-		Clock:       clock,
+		Committer:      &kafka.OffsetCommitter{Client: clients.admin, Group: cfg.Group, InstanceID: cfg.InstanceID},
+		CommittedAt:    committedAt(admin, cfg.Group, cfg.Topic),
+		SessionTimeout: cfg.SessionTimeout,
+		Hooks:          streamHooks,
+		Log:            log.With("component", "stream"),
+		Clock:          clock,
 	})
 
 	if hooks.runtime != nil {

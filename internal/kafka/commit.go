@@ -87,3 +87,45 @@ func (c *OffsetCommitter) send(req *sarama.OffsetCommitRequest, topic string, p 
 	}
 	return nil
 }
+
+// Heartbeat asks the coordinator whether member, in the given generation,
+// is still part of the group, as sarama's own heartbeats do (and with the
+// same effect on the member's session). It returns nil or the
+// coordinator's answer as a sarama.KError: ErrRebalanceInProgress still
+// means a member; ErrUnknownMemberId and ErrFencedInstancedId mean the
+// member was removed. A coordinator that moved is looked up again once.
+func (c *OffsetCommitter) Heartbeat(generation int32, member string) error {
+	req := &sarama.HeartbeatRequest{GroupId: c.Group, GenerationId: generation, MemberId: member}
+	if v := c.Client.Config().Version; v.IsAtLeast(sarama.V2_4_0_0) {
+		req.Version = 4
+	} else if v.IsAtLeast(sarama.V2_3_0_0) {
+		req.Version = 3
+	}
+	if c.InstanceID != "" && req.Version >= 3 {
+		req.GroupInstanceId = &c.InstanceID
+	}
+	err := c.heartbeat(req)
+	var kerr sarama.KError
+	if err == nil || (errors.As(err, &kerr) && !(&rejection{code: kerr}).coordinatorMoved()) {
+		return err
+	}
+	if rerr := c.Client.RefreshCoordinator(c.Group); rerr != nil {
+		return fmt.Errorf("%w (finding the coordinator of group %s again: %w)", err, c.Group, rerr)
+	}
+	return c.heartbeat(req)
+}
+
+func (c *OffsetCommitter) heartbeat(req *sarama.HeartbeatRequest) error {
+	broker, err := c.Client.Coordinator(c.Group)
+	if err != nil {
+		return fmt.Errorf("find the coordinator of group %s: %w", c.Group, err)
+	}
+	resp, err := broker.Heartbeat(req)
+	if err != nil {
+		return fmt.Errorf("heartbeat: %w", err)
+	}
+	if !errors.Is(resp.Err, sarama.ErrNoError) {
+		return resp.Err
+	}
+	return nil
+}

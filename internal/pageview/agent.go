@@ -47,7 +47,7 @@ func (a *Agent) Handle(ev *stream.Event) error {
 			return fmt.Errorf("%w: record timestamp: %w", stream.ErrInvalid, err)
 		}
 	}
-	applied, err := a.Views.Update(ev.Partition, pv.Page, ts, inc)
+	applied, err := a.Views.UpdateAt(ev.Partition, pv.Page, ts, now, inc)
 	if err != nil {
 		return err
 	}

@@ -659,8 +659,10 @@ func TestAgentLateView(t *testing.T) {
 	f := newFixture(t)
 	var late []int32
 	a := &pageview.Agent{Tables: f.tables, Clock: f.clock.Now, Late: func(p int32) { late = append(late, p) }}
-	// The first view moves the watermark ten minutes past t0, so the window
-	// of t0 has expired when the second arrives.
+	// The worker's clock is ten minutes past t0, and so is the first view:
+	// it moves the stream time there, so the window of t0 has expired when
+	// the second arrives.
+	f.clock.Set(t0.Add(10 * time.Minute))
 	for _, ev := range []*stream.Event{
 		event(1, `{"page":"/a","timestamp":"2026-11-26T16:10:00Z"}`, t0),
 		event(1, `{"page":"/a","timestamp":"2026-11-26T16:00:10Z"}`, t0),
@@ -808,4 +810,37 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("second round trip of %+v = %+v, %v", got, again, err)
 		}
 	})
+}
+
+// A view stamped ahead of the worker's clock (a client whose clock runs
+// fast) counts in its own window but moves stream time no further than
+// MaxClockSkew past the clock: the live windows do not expire, and on-time
+// views are not dropped as late.
+func TestAgentFutureViewKeepsWindowsLive(t *testing.T) {
+	f := newFixture(t)
+	f.clock.Set(t0.Add(20 * time.Second))
+	var late []int32
+	a := &pageview.Agent{Tables: f.tables, Clock: f.clock.Now, Late: func(p int32) { late = append(late, p) }}
+	for _, ev := range []*stream.Event{
+		event(1, `{"page":"/a","timestamp":"2026-11-26T16:00:05Z"}`, t0),
+		event(1, `{"page":"/a","timestamp":"2026-11-26T16:30:00Z"}`, t0), // 30 minutes ahead
+		event(1, `{"page":"/a","timestamp":"2026-11-26T16:00:15Z"}`, t0),
+	} {
+		if err := a.Handle(ev); err != nil {
+			t.Fatalf("Handle: %v", err)
+		}
+	}
+	if len(late) != 0 {
+		t.Errorf("Late called for %v, want no late views", late)
+	}
+	if v, ok, err := f.tables.Views.Get(1, "/a", win.Start(t0)); err != nil || !ok || v != 2 {
+		t.Errorf("window of t0 = %d, %v, %v, want 2 (both on-time views)", v, ok, err)
+	}
+	if v, ok, err := f.tables.Views.Get(1, "/a", win.Start(t0.Add(30*time.Minute))); err != nil || !ok || v != 1 {
+		t.Errorf("window of the future view = %d, %v, %v, want 1", v, ok, err)
+	}
+	wantMax := t0.Add(20*time.Second + table.MaxClockSkew).UnixMilli()
+	if got := f.tables.Views.Watermark(1); got > wantMax {
+		t.Errorf("stream time = %d, want at most the clock plus %s (%d)", got, table.MaxClockSkew, wantMax)
+	}
 }

@@ -19,15 +19,16 @@ const (
 	restoreBatch = 20000
 	// progressEvery is how often a long recovery logs its progress.
 	progressEvery = 5 * time.Second
-	// restoreIdle is how long recovery waits for a record before it treats
-	// the rest of the range as a gap. Compaction and transaction markers
-	// leave gaps in offsets, so the offset just below the high watermark
-	// may never arrive.
-	restoreIdle = 2 * time.Second
-	// markerIdle is the shorter wait when only a transaction marker can be
-	// left below the high watermark: under exactly-once every transaction
-	// ends with a commit marker that a read_committed consumer never sees.
-	markerIdle = 200 * time.Millisecond
+	// quietCheck is how long a replay waits for a record before it asks
+	// the broker what is left below the end offset: compaction and
+	// transaction markers leave gaps, so the offset just below the end may
+	// never be delivered, and only the broker can tell such a gap from
+	// records that are late (a leader move, a broker restarting).
+	quietCheck = 200 * time.Millisecond
+	// stallCheck is how often a replay that is waiting for records it
+	// knows are there asks again, and stallLogEvery how often it says so.
+	stallCheck    = time.Second
+	stallLogEvery = 5 * time.Second
 )
 
 // errRevoked ends a recovery whose partition was taken away meanwhile.
@@ -38,9 +39,11 @@ type restoring struct {
 	t     Table
 	log   *slog.Logger
 	start int64 // first offset to replay
-	hwm   int64 // high watermark when recovery began
-	pc    sarama.PartitionConsumer
-	left  atomic.Int64 // records left to replay, for the partition's progress
+	// end is the offset recovery replays up to: the high watermark, or
+	// under exactly-once the last stable offset, measured when it began.
+	end  int64
+	pc   sarama.PartitionConsumer
+	left atomic.Int64 // records left to replay, for the partition's progress
 }
 
 // recover replays each table's changelog partition from the offset after the
@@ -64,11 +67,11 @@ func (w *partitionWorker) recover(ctx context.Context, msgs <-chan *sarama.Consu
 			return fmt.Errorf("recover %s: %w", t.Name(), err)
 		}
 		rs = append(rs, r)
-		total += r.hwm - r.start
+		total += r.end - r.start
 	}
 	w.r.o.State.progress(w.p, total)
 	for _, r := range rs {
-		w.r.o.Hooks.RecoveryProgress(r.t.Name(), w.p, max(r.hwm-r.start, 0), -1, 0)
+		w.r.o.Hooks.RecoveryProgress(r.t.Name(), w.p, max(r.end-r.start, 0), -1, 0)
 	}
 	// Every table's replay runs at once: a changelog that nobody reads
 	// fills its consumer's buffer, and sarama then holds back the fetches
@@ -120,14 +123,14 @@ func (w *partitionWorker) recover(ctx context.Context, msgs <-chan *sarama.Consu
 // anything to replay.
 func (w *partitionWorker) prepare(t Table) (*restoring, error) {
 	log := w.log.With("table", t.Name(), "changelog", t.Changelog())
-	start, hwm, stored, err := replayRange(t, w.r.o.Client, w.p, log)
+	start, end, stored, err := replayRange(t, w.r.o.Client, w.p, w.r.readCommitted(), log)
 	if err != nil {
 		return nil, err
 	}
-	log.Info("recovering", "from_offset", start, "high_watermark", hwm, "records", max(hwm-start, 0), "stored", stored)
-	rs := &restoring{t: t, log: log, start: start, hwm: hwm}
-	rs.left.Store(max(hwm-start, 0))
-	if start < hwm {
+	log.Info("recovering", "from_offset", start, "end_offset", end, "records", max(end-start, 0), "stored", stored)
+	rs := &restoring{t: t, log: log, start: start, end: end}
+	rs.left.Store(max(end-start, 0))
+	if start < end {
 		rs.pc, err = w.r.o.Restore.ConsumePartition(t.Changelog(), w.p, start)
 		if err != nil {
 			return nil, fmt.Errorf("consume %s/%d from %d: %w", t.Changelog(), w.p, start, err)
@@ -138,40 +141,56 @@ func (w *partitionWorker) prepare(t Table) (*restoring, error) {
 
 // replayRange assigns table partition p and decides where its changelog
 // replay starts: after the stored checkpoint, or at the log start when the
-// store holds nothing or is ahead of the changelog (then it is wiped).
-// stored reports whether the store's contents are kept. Recovery and
-// standby copies share it.
-func replayRange(t Table, client sarama.Client, p int32, log *slog.Logger) (start, hwm int64, stored bool, err error) {
+// store holds nothing or is ahead of the changelog (then it is wiped). It
+// ends at the end offset (see endOffset). stored reports whether the
+// store's contents are kept. Recovery and standby copies share it.
+func replayRange(t Table, client sarama.Client, p int32, readCommitted bool, log *slog.Logger) (start, end int64, stored bool, err error) {
 	topic := t.Changelog()
 	cp, stored, err := t.Assign(p)
 	if err != nil {
 		return 0, 0, false, err
 	}
-	hwm, err = client.GetOffset(topic, p, sarama.OffsetNewest)
+	hwm, err := client.GetOffset(topic, p, sarama.OffsetNewest)
 	if err != nil {
 		return 0, 0, false, fmt.Errorf("high watermark of %s/%d: %w", topic, p, err)
+	}
+	end = hwm
+	if readCommitted {
+		if end, err = endOffset(client, topic, p, true); err != nil {
+			return 0, 0, false, fmt.Errorf("last stable offset of %s/%d: %w", topic, p, err)
+		}
 	}
 	low, err := client.GetOffset(topic, p, sarama.OffsetOldest)
 	if err != nil {
 		return 0, 0, false, fmt.Errorf("log start of %s/%d: %w", topic, p, err)
 	}
 	if !stored {
-		return low, hwm, false, nil
+		return low, end, false, nil
 	}
+	// Against the high watermark: a stored offset is always of a record
+	// the changelog holds (under exactly-once, of a committed one).
 	if cp.Offset+1 > hwm {
 		log.Warn("local store is ahead of the changelog; wiping the partition and rebuilding it from the start",
 			"stored_offset", cp.Offset, "high_watermark", hwm)
 		if err := t.Wipe(p); err != nil {
 			return 0, 0, false, err
 		}
-		return low, hwm, false, nil
+		return low, end, false, nil
 	}
-	return max(cp.Offset+1, low), hwm, true, nil
+	return max(cp.Offset+1, low), end, true, nil
 }
 
 // replay applies the changelog records of one table partition to the store,
 // committing a batch with a checkpoint every restoreBatch records. all are
 // the replays of the partition's tables, for its progress.
+//
+// It ends when it has applied every record below the end offset measured
+// at the start, and never because the consumer went quiet: a quiet
+// consumer may be waiting out a leader move. When nothing arrives for
+// quietCheck it asks the broker (nextRecord) whether a record is left
+// below the end; if none is, the rest is a gap and the replay is done;
+// if one is, it waits, says why (log, /ready/), and asks again. The
+// checkpoint never passes what was applied or shown to be a gap.
 func (w *partitionWorker) replay(ctx context.Context, rs *restoring, all []*restoring) error {
 	r := w.r
 	t := rs.t
@@ -205,32 +224,31 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, all []*rest
 	began := r.o.Clock()
 	nextLog := began.Add(progressEvery)
 	var replayed int64
-	idleFor := func() time.Duration {
-		if r.o.Transactions != nil && last+2 >= rs.hwm {
-			return markerIdle
-		}
-		return restoreIdle
-	}
-	idle := time.NewTimer(idleFor())
-	defer idle.Stop()
-	for last+1 < rs.hwm {
+	stall := stallNotice{w: w, rs: rs}
+	quiet := time.NewTimer(quietCheck)
+	defer quiet.Stop()
+	errs := rs.pc.Errors()
+	for last+1 < rs.end {
 		select {
 		case m, ok := <-rs.pc.Messages():
 			if !ok {
-				// sarama closes a partition consumer after a fatal error
-				// (offset out of range, say), which Errors delivers.
-				var cause error = errors.New("no error reported")
-				select {
-				case err, ok := <-rs.pc.Errors():
-					if ok && err != nil {
-						cause = err
-					}
-				default:
+				if err := w.reopen(rs, &last); err != nil {
+					return err
 				}
-				return fmt.Errorf("replay %s/%d: the changelog consumer stopped: %w", t.Changelog(), w.p, cause)
+				if rs.pc != nil {
+					errs = rs.pc.Errors()
+				}
+				quiet.Reset(quietCheck)
+				continue
 			}
 			// Take what is already buffered without going back to select.
 			for drained := 0; ; drained++ {
+				if m.Offset >= rs.end {
+					// Written after recovery measured the end (a late
+					// write of a previous owner): not this recovery's.
+					last = rs.end - 1
+					break
+				}
 				if err := t.Restore(w.p, b, m.Key, m.Value, m.Timestamp); err != nil {
 					return err
 				}
@@ -242,7 +260,7 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, all []*rest
 					}
 					w.reportProgress(rs, all, last, replayed, began, &nextLog)
 				}
-				if last+1 >= rs.hwm || drained == 1024 {
+				if last+1 >= rs.end || drained == 1024 {
 					break
 				}
 				var ok bool
@@ -254,21 +272,35 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, all []*rest
 					break
 				}
 			}
-			idle.Reset(idleFor()) // since Go 1.23 Reset drops a pending expiry
-		case err, ok := <-rs.pc.Errors():
+			stall.clear()
+			quiet.Reset(quietCheck) // since Go 1.23 Reset drops a pending expiry
+		case err, ok := <-errs:
 			if !ok {
-				return fmt.Errorf("replay %s/%d: the changelog consumer stopped", t.Changelog(), w.p)
+				errs = nil // closed with Messages, which reopen handles
+				continue
 			}
-			return fmt.Errorf("replay %s/%d: %w", t.Changelog(), w.p, err)
-		case <-idle.C:
-			if last+2 < rs.hwm || r.o.Transactions == nil {
-				rs.log.Info("changelog has no more records below the high watermark", "last_offset", last, "high_watermark", rs.hwm)
+			// sarama retries fetch errors itself (a leader move, a broken
+			// connection) and closes Messages after a fatal one.
+			stall.set(fmt.Errorf("fetch %s/%d: %w", t.Changelog(), w.p, err))
+		case <-quiet.C:
+			next, err := nextRecord(r.o.Client, t.Changelog(), w.p, last+1, rs.end, r.readCommitted())
+			switch {
+			case err != nil:
+				stall.set(fmt.Errorf("no record after offset %d of the %d below the end; asking the leader: %w", last, rs.end, err))
+				quiet.Reset(stallCheck)
+			case next >= rs.end:
+				rs.log.Info("the rest of the changelog holds no records to replay (compacted, or transaction markers)",
+					"last_offset", last, "end_offset", rs.end)
+				last = rs.end - 1
+			default:
+				stall.set(fmt.Errorf("record at offset %d not delivered yet (end offset %d)", next, rs.end))
+				quiet.Reset(stallCheck)
 			}
-			last = rs.hwm - 1
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
+	stall.clear()
 	if err := commit(true); err != nil {
 		return err
 	}
@@ -280,8 +312,85 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, all []*rest
 	return nil
 }
 
+// reopen starts the changelog consumer again after sarama closed it, which
+// it does after a fatal fetch error: the offset fell out of range because
+// retention, DeleteRecords or a recreated topic removed records. Records
+// that are gone cannot be replayed; the replay goes on from the log start.
+func (w *partitionWorker) reopen(rs *restoring, last *int64) error {
+	topic := rs.t.Changelog()
+	var cause error = errors.New("no error reported")
+	select {
+	case err, ok := <-rs.pc.Errors():
+		if ok && err != nil {
+			cause = err
+		}
+	default:
+	}
+	rs.pc.AsyncClose()
+	rs.pc = nil
+	low, err := w.r.o.Client.GetOffset(topic, w.p, sarama.OffsetOldest)
+	if err != nil {
+		return fmt.Errorf("replay %s/%d: the changelog consumer stopped (%w), and its log start is unknown: %w", topic, w.p, cause, err)
+	}
+	hwm, err := w.r.o.Client.GetOffset(topic, w.p, sarama.OffsetNewest)
+	if err != nil {
+		return fmt.Errorf("replay %s/%d: the changelog consumer stopped (%w), and its high watermark is unknown: %w", topic, w.p, cause, err)
+	}
+	from := *last + 1
+	switch {
+	case from > hwm:
+		// The changelog lost records this replay already applied: the
+		// store is ahead of it, and the next start rebuilds it.
+		return fmt.Errorf("replay %s/%d: the changelog ends at %d, before the %d already replayed (recreated or truncated): %w", topic, w.p, hwm, from, cause)
+	case from < low:
+		rs.log.Warn("changelog records were deleted before recovery replayed them; going on from the log start",
+			"from_offset", from, "log_start", low, "cause", cause)
+		from = low
+	default:
+		rs.log.Warn("changelog consumer stopped; starting it again", "from_offset", from, "cause", cause)
+	}
+	if from >= rs.end {
+		*last = rs.end - 1
+		return nil
+	}
+	*last = from - 1
+	pc, err := w.r.o.Restore.ConsumePartition(topic, w.p, from)
+	if err != nil {
+		return fmt.Errorf("consume %s/%d from %d: %w", topic, w.p, from, err)
+	}
+	rs.pc = pc
+	return nil
+}
+
+// stallNotice makes a replay that waits for records visible: the reason
+// goes to the partition's state (and so /ready/), and to the log at most
+// every stallLogEvery.
+type stallNotice struct {
+	w      *partitionWorker
+	rs     *restoring
+	err    error
+	logged time.Time
+}
+
+func (s *stallNotice) set(err error) {
+	s.err = err
+	s.w.r.o.State.waiting(s.w.p, err)
+	if now := time.Now(); now.Sub(s.logged) >= stallLogEvery {
+		s.logged = now
+		s.rs.log.Warn("recovery waiting", "reason", err.Error(), "records_left", s.rs.left.Load())
+	}
+}
+
+func (s *stallNotice) clear() {
+	if s.err != nil {
+		s.err = nil
+		s.w.r.o.State.waiting(s.w.p, nil)
+		s.rs.log.Info("recovery going on again")
+	}
+}
+
 func (w *partitionWorker) reportProgress(rs *restoring, all []*restoring, last, replayed int64, began time.Time, nextLog *time.Time) {
-	left := rs.hwm - last - 1
+	left := rs.end - last - 1
 	rs.left.Store(left)
 	var sum int64
 	for _, r := range all {

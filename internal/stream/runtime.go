@@ -58,14 +58,21 @@ type Options struct {
 	// CommittedAt returns when partition p's offset was last committed (the
 	// commit metadata), for the unprocessed-time figure; nil skips it.
 	CommittedAt func(p int32) (time.Time, bool)
-	Log         *slog.Logger
-	Clock       func() time.Time
+	// SessionTimeout is the group's session timeout: under at-least-once
+	// no changelog write starts once this member's membership was last
+	// confirmed longer ago than a third of it, nor at all after it (the
+	// membership fence; see the package doc). 0 turns the fence off.
+	SessionTimeout time.Duration
+	Log            *slog.Logger
+	Clock          func() time.Time
 }
 
-// Committer commits a group member's source offset: offset is the next
-// record to read.
+// Committer commits a group member's source offset (offset is the next
+// record to read) and confirms its membership (Heartbeat: nil or
+// sarama.ErrRebalanceInProgress confirm it), on a connection of its own.
 type Committer interface {
 	Commit(generation int32, member, topic string, p int32, offset int64, metadata string) error
+	Heartbeat(generation int32, member string) error
 }
 
 // Runtime runs the agent over the partitions the group assigns.
@@ -74,6 +81,15 @@ type Runtime struct {
 
 	fatalOnce sync.Once
 	fatal     chan error
+
+	mu sync.Mutex
+	// expel ends the current group session, so that the member joins
+	// again (see expelled).
+	expel context.CancelCauseFunc
+	// lease is when the coordinator last confirmed that leaseMember is in
+	// the group.
+	lease       time.Time
+	leaseMember string
 }
 
 // New returns a runtime; Run starts it.
@@ -101,7 +117,12 @@ func (r *Runtime) Run(ctx context.Context) error {
 	})
 	var runErr error
 	for ctx.Err() == nil {
-		err := r.o.Group.Consume(ctx, []string{r.o.Topic}, (*groupHandler)(r))
+		sctx, expel := context.WithCancelCause(ctx)
+		r.mu.Lock()
+		r.expel = expel
+		r.mu.Unlock()
+		err := r.o.Group.Consume(sctx, []string{r.o.Topic}, (*groupHandler)(r))
+		expel(nil)
 		select {
 		case runErr = <-r.fatal:
 			cancel()
@@ -112,6 +133,11 @@ func (r *Runtime) Run(ctx context.Context) error {
 		}
 		if errors.Is(err, sarama.ErrClosedConsumerGroup) {
 			break
+		}
+		var lost *lostError
+		if errors.As(context.Cause(sctx), &lost) {
+			r.o.Log.Warn("joining the group again after losing membership", "cause", lost.err)
+			continue
 		}
 		if err != nil {
 			r.o.Log.Warn("consumer group session ended; joining again", "error", err)
@@ -132,6 +158,10 @@ func (r *Runtime) Run(ctx context.Context) error {
 	}
 	return nil
 }
+
+// readCommitted reports whether the changelogs are read committed: under
+// exactly-once, where they hold transactions.
+func (r *Runtime) readCommitted() bool { return r.o.Transactions != nil }
 
 // Pause stops fetching from every partition this worker holds; processing
 // of what was fetched goes on, and the worker stays in its group.
@@ -161,6 +191,8 @@ func (h *groupHandler) Setup(sess sarama.ConsumerGroupSession) error {
 			r.o.State.assign(p, r.o.Clock())
 		}
 	}
+	// The join and sync that made this session just succeeded.
+	r.confirmed(sess.MemberID(), time.Now())
 	r.o.State.setJoined(true, sess.GenerationID())
 	r.o.Hooks.Joined(sess.GenerationID())
 	r.o.Log.Info("joined group", "generation", sess.GenerationID(), "member", sess.MemberID(), "claims", sess.Claims())
@@ -180,12 +212,13 @@ func (h *groupHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sara
 	w.log.Info("partition assigned", "generation", sess.GenerationID(), "offset", claim.InitialOffset())
 	if r.o.State.seeGeneration(sess.GenerationID()) {
 		r.o.Hooks.Joined(sess.GenerationID())
+		r.confirmed(sess.MemberID(), time.Now()) // a new generation's sync just succeeded
 	}
 	r.o.Hooks.Assigned(claim.Partition())
 	w.claim = claim
 	w.assignedAt = time.Now()
 	defer w.log.Info("partition released", "generation", sess.GenerationID())
-	if err := w.run(claim); err != nil {
+	if err := w.run(claim); err != nil && !errors.Is(err, errDropped) {
 		err = fmt.Errorf("partition %d: %w", claim.Partition(), err)
 		r.o.Log.Error("partition failed; stopping the worker", "error", err)
 		r.fail(err)
@@ -287,6 +320,10 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 	lastFlush := time.Now()
 	commit := func() error {
 		if err := w.flushRetrying(ctx); err != nil {
+			var lost *lostError
+			if errors.As(err, &lost) {
+				return w.drop(lost)
+			}
 			if ctx.Err() != nil {
 				return w.stop(ctx)
 			}
@@ -387,20 +424,33 @@ func (w *partitionWorker) report() {
 
 // stop ends processing when the session ends or the partition is revoked.
 // While the worker still owns the partition (a rebalance, a revocation or a
-// shutdown) it flushes and commits. When the session ended because the
-// member lost its place in the group, another worker may already own the
-// partition: writing its changelog now would overwrite the new owner's
-// state, so the unflushed updates are dropped and the new owner processes
-// those events again from the last commit.
+// shutdown) it flushes and commits. When the member lost, or may have lost,
+// its place in the group, another worker may already own the partition:
+// writing its changelog now would overwrite the new owner's state, so the
+// unflushed updates are dropped and the new owner processes those events
+// again from the last commit. sarama does not always say why it ended a
+// session (a rejoin answered UNKNOWN_MEMBER_ID ends it with no cause), so
+// under at-least-once the coordinator is asked first (fence).
 func (w *partitionWorker) stop(ctx context.Context) error {
 	if ctx.Err() != nil {
 		if cause := context.Cause(ctx); lostMembership(cause) {
-			w.log.Warn("lost group membership; dropping unflushed updates for the new owner to redo", "cause", cause)
-			return nil
+			return w.drop(cause)
+		}
+	}
+	if w.last != w.flushed {
+		var lost *lostError
+		if err := w.r.fence(w.sess, true); errors.As(err, &lost) {
+			return w.drop(lost)
+		} else if err != nil {
+			w.log.Warn("could not confirm group membership before the last flush; flushing within the session timeout", "error", err)
 		}
 	}
 	began := time.Now()
 	err := w.flushWatched(context.Background())
+	var lost *lostError
+	if errors.As(err, &lost) {
+		return w.drop(lost)
+	}
 	if err != nil {
 		w.r.o.State.stall(w.p, err)
 	}
@@ -430,6 +480,27 @@ func (w *partitionWorker) stop(ctx context.Context) error {
 	return err
 }
 
+// drop ends processing of a partition whose member lost, or may have lost,
+// its membership: the updates since the last flush are not written (the
+// tables forget them when the partition is revoked), nothing is committed,
+// and the session ends so that the member joins again. Whoever owns the
+// partition next, this worker included, recovers it from the changelog and
+// processes the events since the last commit again.
+func (w *partitionWorker) drop(cause error) error {
+	w.log.Warn("lost group membership; dropping unflushed updates for the next owner to redo",
+		"cause", cause, "unflushed_records", w.last-w.flushed)
+	lost, ok := cause.(*lostError)
+	if !ok {
+		lost = &lostError{cause}
+	}
+	w.r.expelled(lost)
+	w.dead = nil
+	return errDropped
+}
+
+// errDropped ends a partition's loop after drop; it is not a failure.
+var errDropped = errors.New("partition dropped after losing group membership")
+
 // commitOffset commits the source offset after the last flushed record. Its
 // metadata is when the commit was made: the next owner logs how long the
 // partition went unprocessed from it. A commit that does not go through
@@ -448,17 +519,20 @@ func (w *partitionWorker) commitOffset() error {
 		w.sess.Commit()
 		return nil
 	}
+	sent := time.Now()
 	err := r.o.Committer.Commit(w.sess.GenerationID(), w.sess.MemberID(), r.o.Topic, w.p, w.flushed+1, meta)
 	w.uncommitted = err != nil
 	switch {
 	case err == nil:
+		r.confirmed(w.sess.MemberID(), sent)
 		return nil
 	case errors.Is(err, sarama.ErrIllegalGeneration) || errors.Is(err, sarama.ErrRebalanceInProgress):
 		w.log.Info("offset commit deferred: the group is rebalancing", "offset", w.flushed+1, "generation", w.sess.GenerationID(), "error", err)
 		return nil
-	case lostMembership(err):
+	case errors.Is(err, sarama.ErrUnknownMemberId) || errors.Is(err, sarama.ErrFencedInstancedId):
+		// The flush is durable; the member must not write again.
 		w.log.Warn("offset commit rejected: no longer a member of the group", "offset", w.flushed+1, "generation", w.sess.GenerationID(), "error", err)
-		return nil
+		return &lostError{fmt.Errorf("commit offset %d: %w", w.flushed+1, err)}
 	default:
 		return &commitError{fmt.Errorf("commit offset %d: %w", w.flushed+1, err)}
 	}
@@ -511,6 +585,82 @@ func (w *partitionWorker) commitAfterRejoin(ctx context.Context) {
 	if w.uncommitted {
 		w.log.Warn("released the partition without committing its offset: the group was rebalancing; the events since the last commit will be processed again", "offset", w.flushed+1)
 	}
+}
+
+// lostError is a member that was, or may have been, removed from its group:
+// another member may own its partitions and write their changelogs, so it
+// must not write them any more. See the package doc.
+type lostError struct{ err error }
+
+func (e *lostError) Error() string { return "group membership lost: " + e.err.Error() }
+func (e *lostError) Unwrap() error { return e.err }
+
+// confirmed records that the coordinator knew member at time at.
+func (r *Runtime) confirmed(member string, at time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if member != r.leaseMember {
+		r.leaseMember, r.lease = member, at
+	} else if at.After(r.lease) {
+		r.lease = at
+	}
+}
+
+// leaseOf returns when member's membership was last confirmed; zero if
+// never.
+func (r *Runtime) leaseOf(member string) time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if member != r.leaseMember {
+		return time.Time{}
+	}
+	return r.lease
+}
+
+// expelled ends the current session because the member lost, or may have
+// lost, its membership: every partition drops its unflushed updates (stop)
+// and the member joins again, recovering from the changelogs whatever it
+// is given.
+func (r *Runtime) expelled(lost *lostError) {
+	r.mu.Lock()
+	expel := r.expel
+	r.mu.Unlock()
+	if expel != nil {
+		expel(lost)
+	}
+}
+
+// fence lets a changelog write start only while this member is known to be
+// in its group (at-least-once; under exactly-once the transactional
+// producer's epoch fences a previous owner). Membership counts as known
+// for a third of the session timeout after the coordinator last confirmed
+// it (a join, a sync, an offset commit, a heartbeat of our own); after that
+// fence asks the coordinator. always asks in any case (a release, where
+// sarama may have ended the session because the member was removed and
+// not said so). It returns nil, a *lostError (removed, or not confirmed
+// for a whole session timeout), or a *produceError (the coordinator could
+// not be asked; try again).
+func (r *Runtime) fence(sess sarama.ConsumerGroupSession, always bool) error {
+	if r.o.Committer == nil || r.o.SessionTimeout <= 0 || r.readCommitted() {
+		return nil
+	}
+	member := sess.MemberID()
+	lease := r.leaseOf(member)
+	if !always && time.Since(lease) < r.o.SessionTimeout/3 {
+		return nil
+	}
+	sent := time.Now()
+	err := r.o.Committer.Heartbeat(sess.GenerationID(), member)
+	switch {
+	case err == nil || errors.Is(err, sarama.ErrRebalanceInProgress):
+		r.confirmed(member, sent)
+		return nil
+	case errors.Is(err, sarama.ErrUnknownMemberId) || errors.Is(err, sarama.ErrFencedInstancedId):
+		return &lostError{fmt.Errorf("the coordinator no longer knows member %s: %w", member, err)}
+	case time.Since(lease) >= r.o.SessionTimeout:
+		return &lostError{fmt.Errorf("membership not confirmed for a session timeout (%s): %w", r.o.SessionTimeout, err)}
+	}
+	return &produceError{fmt.Errorf("confirm group membership: %w", err)}
 }
 
 // lostMembership reports whether a session ended because this member is no
@@ -706,6 +856,11 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 		attribute.String("messaging.destination.name", r.o.Topic), attribute.Int64("messaging.kafka.destination.partition", int64(w.p))))
 	defer span.End()
 	now := r.o.Clock()
+	if w.txp == nil {
+		if err := r.fence(w.sess, false); err != nil {
+			return err
+		}
+	}
 	prod, err := w.producer()
 	if err != nil {
 		return err
@@ -768,13 +923,17 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 			return &commitError{fmt.Errorf("commit transaction, aborted to be done again: %w", err)}
 		}
 	}
+	// Records in flight are waited for even when the session ends meanwhile
+	// (ctx): a flush given up with records still in flight could see them
+	// land later, after a new owner's, and a later recovery would restore
+	// the older value. sarama's delivery timeout bounds the wait.
 	for i, a := range acks {
-		if err := a.Wait(ctx); err != nil {
+		if err := a.Wait(context.WithoutCancel(ctx)); err != nil {
 			return &produceError{fmt.Errorf("produce %s: %w", r.o.Tables[i].Changelog(), err)}
 		}
 	}
 	for _, d := range w.dead {
-		if err := d.ack.Wait(ctx); err != nil {
+		if err := d.ack.Wait(context.WithoutCancel(ctx)); err != nil {
 			produceSpan.End()
 			return &produceError{fmt.Errorf("produce %s: %w", r.o.DeadLetterTopic, err)}
 		}

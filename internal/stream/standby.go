@@ -34,7 +34,10 @@ type Standby struct {
 	Client  sarama.Client
 	Restore sarama.Consumer
 	DB      *store.DB
-	Log     *slog.Logger
+	// ReadCommitted: the changelogs hold transactions (exactly-once), and
+	// a copy is caught up at their last stable offset.
+	ReadCommitted bool
+	Log           *slog.Logger
 	// Every is how often the standby set is recomputed.
 	Every time.Duration
 
@@ -213,7 +216,7 @@ func (s *Standby) tail(ctx context.Context, p int32) error {
 
 func (s *Standby) tailTable(ctx context.Context, t Table, p int32) error {
 	defer t.Revoke(p) // also after a failed start: Revoke of a partition not held is a no-op
-	start, hwm, _, err := replayRange(t, s.Client, p, s.Log.With("partition", p, "table", t.Name()))
+	start, hwm, _, err := replayRange(t, s.Client, p, s.ReadCommitted, s.Log.With("partition", p, "table", t.Name()))
 	if err != nil {
 		return err
 	}
@@ -252,9 +255,28 @@ func (s *Standby) tailTable(ctx context.Context, t Table, p int32) error {
 	logCaughtUp()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	errs := pc.Errors()
 	for {
 		select {
-		case m := <-pc.Messages():
+		case m, ok := <-pc.Messages():
+			if !ok {
+				// sarama closes the consumer after a fatal error (offset
+				// out of range: retention, DeleteRecords, a recreated
+				// topic). Keep what was copied; the next reconcile starts
+				// the copy again from its checkpoint or the log start.
+				cause := errors.New("no error reported")
+				select {
+				case err, ok := <-pc.Errors():
+					if ok && err != nil {
+						cause = err
+					}
+				default:
+				}
+				if err := commit(); err != nil {
+					return err
+				}
+				return fmt.Errorf("changelog consumer of %s/%d stopped: %w", topic, p, cause)
+			}
 			if err := t.Restore(p, b, m.Key, m.Value, m.Timestamp); err != nil {
 				return err
 			}
@@ -264,8 +286,14 @@ func (s *Standby) tailTable(ctx context.Context, t Table, p int32) error {
 					return err
 				}
 			}
-		case err := <-pc.Errors():
-			return err
+		case err, ok := <-errs:
+			if !ok {
+				errs = nil // closed with Messages
+			} else {
+				// sarama retries what it can (a leader move, a broken
+				// connection) and closes Messages after anything else.
+				s.Log.Debug("standby copy fetch error", "partition", p, "table", t.Name(), "error", err)
+			}
 		case <-tick.C:
 			if err := commit(); err != nil {
 				return err

@@ -28,6 +28,7 @@ type PartitionState struct {
 	Remaining  int64 // changelog records left to replay
 	Since      time.Time
 	Stalled    error // why the partition cannot commit right now
+	Waiting    error // why its recovery is not making progress right now
 	// Beat is when the partition's loop last made progress and Next the
 	// next offset it will process. Pending counts records fetched and
 	// waiting for the loop; the fetcher fills it whatever the loop does.
@@ -136,6 +137,11 @@ func (s *State) Ready() (ready bool, reason string) {
 		}
 	}
 	for _, ps := range s.parts {
+		if ps.Recovering && ps.Waiting != nil {
+			return false, "recovering: " + ps.Waiting.Error()
+		}
+	}
+	for _, ps := range s.parts {
 		if ps.Recovering {
 			return false, "recovering"
 		}
@@ -190,6 +196,16 @@ func (s *State) stall(p int32, err error) {
 	s.mu.Lock()
 	if ps := s.parts[p]; ps != nil {
 		ps.Stalled = err
+	}
+	s.mu.Unlock()
+}
+
+// waiting records why partition p's recovery waits (err), or that it goes
+// on again (nil).
+func (s *State) waiting(p int32, err error) {
+	s.mu.Lock()
+	if ps := s.parts[p]; ps != nil {
+		ps.Waiting = err
 	}
 	s.mu.Unlock()
 }

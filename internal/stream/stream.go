@@ -12,6 +12,49 @@
 //
 // A crash anywhere in between loses nothing: the changelog holds the state,
 // and events after the last commit are processed again (at least once).
+//
+// # Recovery
+//
+// A partition's recovery replays each changelog partition from the stored
+// checkpoint to the end offset measured when it starts: the high
+// watermark, or under exactly-once the last stable offset (records of a
+// transaction still open then are not the partition's state). It ends when
+// every record below that offset was applied, never because the fetches
+// went quiet: when nothing arrives for a moment it asks the partition's
+// leader for the next record a consumer would be given, which tells a gap
+// (compaction, transaction markers: done) from records not delivered yet
+// (a leader move, a broker restarting: wait, say why in the log and in
+// /ready/, ask again). Fetch errors are retried by sarama; a consumer that
+// sarama closes (offset out of range) is started again, from the log start
+// when records were deleted meanwhile. The checkpoint written never passes
+// what was applied or shown to be a gap.
+//
+// # The membership fence
+//
+// Under at-least-once nothing stops a member that was removed from its
+// group (its session expired, its rejoin was parked past the rebalance
+// timeout) from writing the changelog of a partition that a new owner
+// already recovered: the older values would then win the next recovery.
+// sarama does not always say that a member was removed (a rejoin answered
+// UNKNOWN_MEMBER_ID ends the session with no cause), so the runtime keeps
+// its own proof of membership, a lease: the time of the last join, sync,
+// offset commit or heartbeat of its own (Committer.Heartbeat) that the
+// coordinator answered for this member. A changelog write starts only
+// while the lease is younger than a third of the session timeout;
+// otherwise the coordinator is asked first, and a member it no longer
+// knows, or that could not be confirmed for a whole session timeout,
+// writes nothing more. Releasing a partition always asks first. Such a
+// member drops its unflushed updates, commits nothing, and joins the group
+// again; whoever gets the partition recovers it from the changelog and
+// processes the events since the last commit again. A flush waits for all
+// of its records to be acknowledged or failed, even when its session ends
+// meanwhile, so no record of a member is still in flight once it has let
+// a partition go. What remains is the time a write started within the
+// lease takes to land (bounded by the producer's delivery timeout), which
+// the two thirds of the session timeout left in the lease cover in
+// practice. Under exactly-once the transactional producer's epoch fences a
+// previous owner instead: the new owner's InitProducerID aborts its
+// transaction.
 package stream
 
 import (

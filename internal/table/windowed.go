@@ -23,6 +23,12 @@ type Windowed[V any] struct {
 	clock func() time.Time
 }
 
+// MaxClockSkew is how far past the wall clock an event time may move a
+// partition's stream time (the newest event time, from which windows
+// expire) in UpdateAt. Events further ahead still count in their own
+// window.
+const MaxClockSkew = 5 * time.Second
+
 // NewWindowed returns a windowed table. clock gives wall-clock time for Now.
 func NewWindowed[V any](name, changelog string, codec Codec[V], db *store.DB, win window.Tumbling, clock func() time.Time) *Windowed[V] {
 	return &Windowed[V]{
@@ -70,9 +76,19 @@ func windowFromChangelog(dst, k []byte) ([]byte, error) {
 }
 
 // Update applies fn to the value of key in the window holding ts, in
-// partition p. It advances the partition's watermark to ts. applied is false
-// when that window has already expired; the update is then dropped.
+// partition p. It advances the partition's stream time (watermark) to ts.
+// applied is false when that window has already expired; the update is
+// then dropped.
 func (t *Windowed[V]) Update(p int32, key string, ts time.Time, fn func(V) V) (applied bool, err error) {
+	return t.UpdateAt(p, key, ts, time.Time{}, fn)
+}
+
+// UpdateAt is Update for an event processed at wall-clock time now: stream
+// time follows event time, but not past now by more than MaxClockSkew. One
+// view stamped by a client whose clock runs ahead would otherwise expire
+// every live window and have on-time views dropped as late; the view itself
+// still counts in its own window. A zero now sets no limit.
+func (t *Windowed[V]) UpdateAt(p int32, key string, ts, now time.Time, fn func(V) V) (applied bool, err error) {
 	pt, err := t.part(p)
 	if err != nil {
 		return false, err
@@ -82,7 +98,11 @@ func (t *Windowed[V]) Update(p int32, key string, ts time.Time, fn func(V) V) (a
 	pt.mu.Lock()
 	defer pt.mu.Unlock()
 	if ms > pt.watermark {
-		pt.watermark = ms
+		st := ms
+		if !now.IsZero() {
+			st = min(st, now.Add(MaxClockSkew).UnixMilli())
+		}
+		pt.watermark = max(pt.watermark, st)
 	}
 	if t.win.Expired(start, pt.watermark) {
 		return false, nil
