@@ -200,12 +200,17 @@ func (s *Standby) reconcile(ctx context.Context) {
 // tail follows every table's changelog partition p into the store until ctx
 // ends, committing a batch with a checkpoint at least every second.
 func (s *Standby) tail(ctx context.Context, p int32) error {
+	// One table's copy failing stops the others, so that the copy of the
+	// partition fails as a whole and the next reconcile starts it again.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var wg sync.WaitGroup
 	errs := make(chan error, len(s.Tables))
 	for _, t := range s.Tables {
 		wg.Go(func() {
 			if err := s.tailTable(ctx, t, p); err != nil {
 				errs <- fmt.Errorf("%s: %w", t.Name(), err)
+				cancel()
 			}
 		})
 	}
