@@ -13,6 +13,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/gofaust/pageviews/internal/config"
 	"github.com/gofaust/pageviews/internal/kafka"
 	"github.com/gofaust/pageviews/internal/pageview"
 )
@@ -38,6 +39,10 @@ func TestReportWhileJoinGroupParked(t *testing.T) {
 		"WEB_ADDR":        "127.0.0.1:0",
 		"DATA_DIR":        t.TempDir(),
 		"COMMIT_INTERVAL": "100ms",
+	}
+	cfg, err := config.Load(env(vars))
+	if err != nil {
+		t.Fatal(err)
 	}
 	w := startWorker(t, vars, time.Now)
 	eventually(t, 30*time.Second, "a complete report", func() (bool, string) {
@@ -73,11 +78,11 @@ func TestReportWhileJoinGroupParked(t *testing.T) {
 	}
 	join := func(member string) (*sarama.JoinGroupResponse, error) {
 		req := &sarama.JoinGroupRequest{
-			Version: 5, GroupId: "pageviews", MemberId: member, ProtocolType: "consumer",
+			Version: 5, GroupId: cfg.Group, MemberId: member, ProtocolType: "consumer",
 			SessionTimeout: 30_000, RebalanceTimeout: 60_000,
 		}
 		if err := req.AddGroupProtocolMetadata(sarama.CooperativeStickyBalanceStrategyName,
-			&sarama.ConsumerGroupMemberMetadata{Topics: []string{"page_views"}}); err != nil {
+			&sarama.ConsumerGroupMemberMetadata{Topics: []string{cfg.Topic}}); err != nil {
 			return nil, err
 		}
 		return joiner.JoinGroup(req)
@@ -101,7 +106,7 @@ func TestReportWhileJoinGroupParked(t *testing.T) {
 			t.Errorf("second member's JoinGroup: %v", err)
 		}
 		_, err := joiner.LeaveGroup(&sarama.LeaveGroupRequest{
-			Version: 3, GroupId: "pageviews", Members: []sarama.MemberIdentity{{MemberId: first.MemberId}},
+			Version: 3, GroupId: cfg.Group, Members: []sarama.MemberIdentity{{MemberId: first.MemberId}},
 		})
 		if err != nil {
 			t.Errorf("second member's LeaveGroup: %v", err)
@@ -116,6 +121,7 @@ func TestReportWhileJoinGroupParked(t *testing.T) {
 	}
 	// Ask for longer than the directory's cache time (1 s), so that
 	// reports need fresh lookups while the JoinGroup is held.
+	lookups := cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.DescribeGroups}, Observe: true, Count: -1})
 	client := &http.Client{Timeout: 2 * time.Second}
 	heldAt := time.Now()
 	var slowest time.Duration
@@ -142,12 +148,13 @@ func TestReportWhileJoinGroupParked(t *testing.T) {
 	}
 	// The rebalance was pending all along: the second member's JoinGroup
 	// waits for the worker's.
-	select {
-	case err := <-joined:
-		t.Fatalf("the rebalance completed while the worker's JoinGroup was held (%v)", err)
-	default:
+	if len(joined) > 0 {
+		t.Fatal("the rebalance completed while the worker's JoinGroup was held")
 	}
-	t.Logf("%d reports (%d stale) while the JoinGroup was held; slowest %s", n, stale, slowest)
+	if lookups.Hits() == 0 {
+		t.Error("no owner lookup reached the broker while the JoinGroup was held")
+	}
+	t.Logf("%d reports (%d stale) and %d owner lookups while the JoinGroup was held; slowest report %s", n, stale, lookups.Hits(), slowest)
 }
 
 // advertises tells whether req is a JoinGroup of a member that advertises
