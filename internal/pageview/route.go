@@ -43,10 +43,10 @@ type Router struct {
 	Log        *slog.Logger
 }
 
-// MaxPeerAnswer bounds the size of a peer's answer, in bytes: about 100,000
-// page lines. A larger answer is refused and the peer's partitions are
-// reported missing, rather than held in memory; a report of one page
-// (?page=) stays far below it.
+// MaxPeerAnswer bounds the size of a peer's answer, in bytes: 100,000 to
+// 200,000 page lines, depending on the length of the pages. A larger answer
+// is refused and the peer's partitions are reported missing, rather than
+// held in memory; a report of one page (?page=) stays far below it.
 const MaxPeerAnswer = 8 << 20
 
 // LocalPartial serves a peer's request for this worker's partitions, in the
