@@ -200,7 +200,9 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 	cleanups = append(cleanups, restore.Close)
 
 	state := stream.NewState()
-	dirAdmin, err := sarama.NewClusterAdminFromClient(clients.group)
+	// Owner lookups on a client of their own: on the group's, they would
+	// queue behind a JoinGroup the coordinator holds during a rebalance.
+	dirAdmin, err := sarama.NewClusterAdminFromClient(clients.directory)
 	if err != nil {
 		return fmt.Errorf("kafka admin: %w", err)
 	}
@@ -399,10 +401,11 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 }
 
 // clients are separate sarama clients, so a long-polling fetch never delays
-// a produce acknowledgement on a shared connection.
+// a produce acknowledgement on a shared connection, and a JoinGroup held
+// during a rebalance never delays an owner lookup.
 type clients struct {
-	admin, producer, group, restore sarama.Client
-	base                            *sarama.Config // of the producer client, for transactional producers
+	admin, producer, group, restore, directory sarama.Client
+	base                                       *sarama.Config // of the producer client, for transactional producers
 }
 
 func connect(cfg *config.Config, brokers []string, self string) (*clients, error) {
@@ -439,7 +442,7 @@ func connect(cfg *config.Config, brokers []string, self string) (*clients, error
 	for _, x := range []struct {
 		c    *sarama.Client
 		role string
-	}{{&cs.admin, "admin"}, {&cs.producer, "producer"}, {&cs.group, "group"}, {&cs.restore, "restore"}} {
+	}{{&cs.admin, "admin"}, {&cs.producer, "producer"}, {&cs.group, "group"}, {&cs.restore, "restore"}, {&cs.directory, "directory"}} {
 		if *x.c, err = mk(x.role); err != nil {
 			_ = cs.close()
 			return nil, err
@@ -450,7 +453,7 @@ func connect(cfg *config.Config, brokers []string, self string) (*clients, error
 
 func (c *clients) close() error {
 	var errs []error
-	for _, cl := range []sarama.Client{c.restore, c.group, c.producer, c.admin} {
+	for _, cl := range []sarama.Client{c.directory, c.restore, c.group, c.producer, c.admin} {
 		if cl != nil && !cl.Closed() {
 			errs = append(errs, cl.Close())
 		}

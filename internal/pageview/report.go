@@ -37,10 +37,25 @@ type Counts struct {
 	Count int64 `json:"count"`
 }
 
-// Partial is the part of a report that some partitions contribute.
+// Partial is the part of a report that some partitions contribute, summed
+// over them. It is also what a worker answers a peer that asks for some of
+// its partitions without ?by_partition=1 (the answer of earlier versions).
 type Partial struct {
 	Partitions []int32           `json:"partitions"`
 	Pages      map[string]Counts `json:"pages"`
+}
+
+// PartitionCounts are the counts of the pages of one partition.
+type PartitionCounts struct {
+	Partition int32             `json:"partition"`
+	Pages     map[string]Counts `json:"pages"`
+}
+
+// PeerAnswer is what a worker answers a peer that asks for some of its
+// partitions with ?by_partition=1: the counts of each partition it read,
+// apart, so that the peer keeps exactly the partitions it asked for.
+type PeerAnswer struct {
+	ByPartition []PartitionCounts `json:"by_partition"`
 }
 
 // Merge adds o's partitions and counts to p.
@@ -118,25 +133,40 @@ func (r *Reporter) partitions() []int32 {
 }
 
 // Local returns the counts of the partitions in want that this worker holds
-// (every partition it holds when want is nil). Partitions lists exactly the
-// partitions that were read, so a caller can tell what is missing. Pages
-// under ReservedPrefix are left out unless reserved is true.
+// (every partition it holds when want is nil), summed. Partitions lists
+// exactly the partitions that were read, so a caller can tell what is
+// missing. Pages under ReservedPrefix are left out unless reserved is true.
 func (r *Reporter) Local(page string, want []int32, reserved bool) (*Partial, error) {
+	parts, err := r.ByPartition(page, want, reserved)
+	if err != nil {
+		return nil, err
+	}
+	out := &Partial{Partitions: []int32{}, Pages: map[string]Counts{}}
+	for _, pc := range parts {
+		out.Merge(&Partial{Partitions: []int32{pc.Partition}, Pages: pc.Pages})
+	}
+	return out, nil
+}
+
+// ByPartition is Local with each partition's counts kept apart. It never
+// returns a nil slice: a worker that holds none of want answers an empty
+// list, which a peer tells from an answer of an earlier version.
+func (r *Reporter) ByPartition(page string, want []int32, reserved bool) ([]PartitionCounts, error) {
 	now := r.Clock()
 	win := r.Views.Window()
 	nowStart := win.Start(now)
 	backStart := win.Start(now.Add(-2 * time.Minute))
-	out := &Partial{Partitions: []int32{}, Pages: map[string]Counts{}}
+	out := []PartitionCounts{}
+	keep := func(k string) bool {
+		return (page == "" || k == page) && (reserved || !strings.HasPrefix(k, ReservedPrefix))
+	}
 	for _, p := range r.partitions() {
 		if want != nil && !slices.Contains(want, p) {
 			continue
 		}
-		// Read the partition whole before merging it, so a partition revoked
-		// half-way adds nothing.
+		// Read the partition whole before keeping it, so a partition
+		// revoked half-way adds nothing.
 		one := map[string]Counts{}
-		keep := func(k string) bool {
-			return (page == "" || k == page) && (reserved || !strings.HasPrefix(k, ReservedPrefix))
-		}
 		err := r.Totals.Scan(p, func(k string, v int64) {
 			if keep(k) {
 				c := one[k]
@@ -168,7 +198,7 @@ func (r *Reporter) Local(page string, want []int32, reserved bool) (*Partial, er
 		if err != nil {
 			return nil, fmt.Errorf("report partition %d: %w", p, err)
 		}
-		out.Merge(&Partial{Partitions: []int32{p}, Pages: one})
+		out = append(out, PartitionCounts{Partition: p, Pages: one})
 	}
 	return out, nil
 }

@@ -17,10 +17,18 @@ import (
 // user data of its group membership; the directory reads the group's
 // members and assignments from the coordinator and caches them briefly.
 //
-// The answer may lag a rebalance by up to the cache time. Callers must not
-// trust it blindly: the owner says which partitions it actually served.
+// The answer may lag a rebalance by up to the cache time, or longer while a
+// lookup is slow. Callers must not trust it blindly: the owner says which
+// partitions it actually served.
+//
+// Lookups must not wait behind the group's own requests. A broker answers
+// the requests of one connection in order, and a member's JoinGroup is held
+// by the coordinator until the rebalance completes, up to the rebalance
+// timeout: a lookup sent on the same connection waits as long. So Admin
+// must be on a client of its own, not the group's; and one lookup runs at a
+// time, without the lock held, while other callers get the last answer.
 type Directory struct {
-	Admin sarama.ClusterAdmin
+	Admin GroupDescriber // on a client that no consumer group uses
 	Group string
 	Topic string
 	TTL   time.Duration
@@ -28,17 +36,62 @@ type Directory struct {
 	mu     sync.Mutex
 	owners map[int32]string
 	at     time.Time
+	// lookup is closed when the lookup in flight ends; nil when none is.
+	lookup chan struct{}
+	err    error // of the last lookup
 }
 
-// Owners returns the advertised URL of the owner of each assigned partition.
+// GroupDescriber is the part of sarama.ClusterAdmin the directory uses.
+type GroupDescriber interface {
+	DescribeConsumerGroups(groups []string) ([]*sarama.GroupDescription, error)
+}
+
+// Owners returns the advertised URL of the owner of each assigned
+// partition. The map is shared: callers must not change it.
+//
+// When the cached answer is older than TTL, the caller looks the group up
+// again; callers that come while that lookup is in flight get the cached
+// answer at once, or, when there is none yet, wait for the lookup's.
 func (d *Directory) Owners() (map[int32]string, error) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	// Real time, not the injected event clock: this is a cache age.
-	now := time.Now()
-	if d.owners != nil && now.Sub(d.at) < d.TTL {
+	if d.owners != nil && time.Since(d.at) < d.TTL {
+		defer d.mu.Unlock()
 		return d.owners, nil
 	}
+	if wait := d.lookup; wait != nil {
+		if owners := d.owners; owners != nil {
+			d.mu.Unlock()
+			return owners, nil
+		}
+		d.mu.Unlock()
+		<-wait
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if d.owners == nil {
+			return nil, d.err
+		}
+		return d.owners, nil
+	}
+	done := make(chan struct{})
+	d.lookup = done
+	d.mu.Unlock()
+
+	owners, err := d.describe()
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.lookup, d.err = nil, err
+	close(done)
+	if err != nil {
+		return nil, err
+	}
+	d.owners, d.at = owners, time.Now()
+	return owners, nil
+}
+
+// describe reads the group's members and assignments from the coordinator.
+func (d *Directory) describe() (map[int32]string, error) {
 	groups, err := d.Admin.DescribeConsumerGroups([]string{d.Group})
 	if err != nil {
 		return nil, fmt.Errorf("describe group %s: %w", d.Group, err)
@@ -67,6 +120,5 @@ func (d *Directory) Owners() (map[int32]string, error) {
 			owners[p] = string(url)
 		}
 	}
-	d.owners, d.at = owners, now
 	return owners, nil
 }

@@ -30,6 +30,14 @@ type Reporter interface {
 	LocalPartial(page string, partitions []int32, reserved bool) (*pageview.Partial, error)
 }
 
+// PartitionReporter is a Reporter that can also answer a peer with each
+// partition's counts apart (?local=1&by_partition=1), so that the peer
+// keeps exactly the partitions it asked for. Without it, or without
+// by_partition, a peer gets the counts summed, as earlier versions answer.
+type PartitionReporter interface {
+	LocalByPartition(page string, partitions []int32, reserved bool) (*pageview.PeerAnswer, error)
+}
+
 // Readiness tells whether the worker has joined and recovered.
 type Readiness interface {
 	Ready() (bool, string)
@@ -188,7 +196,8 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) {
 }
 
 // localReport answers a peer's request for the partitions this worker
-// holds: ?local=1&partitions=0,3 (all of them when partitions is absent).
+// holds: ?local=1&partitions=0,3 (all of them when partitions is absent),
+// by partition with &by_partition=1.
 func (s *Server) localReport(w http.ResponseWriter, r *http.Request, page string) {
 	var parts []int32
 	if raw := r.URL.Query().Get("partitions"); raw != "" {
@@ -201,7 +210,14 @@ func (s *Server) localReport(w http.ResponseWriter, r *http.Request, page string
 			parts = append(parts, int32(p))
 		}
 	}
-	part, err := s.Reporter.LocalPartial(page, parts, r.URL.Query().Get("reserved") == "1")
+	reserved := r.URL.Query().Get("reserved") == "1"
+	var part any
+	var err error
+	if pr, ok := s.Reporter.(PartitionReporter); ok && r.URL.Query().Get("by_partition") == "1" {
+		part, err = pr.LocalByPartition(page, parts, reserved)
+	} else {
+		part, err = s.Reporter.LocalPartial(page, parts, reserved)
+	}
 	if err != nil {
 		s.Log.Error("local report failed", "error", err)
 		writeError(w, http.StatusInternalServerError, "report failed: "+err.Error())
