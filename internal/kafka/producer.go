@@ -24,6 +24,9 @@ type Producer struct {
 	wg   sync.WaitGroup
 	// OnAck observes every record's outcome (metrics); set it before use.
 	OnAck func(topic string, latency time.Duration, err error)
+	// MaxMessageBytes is the largest record (sarama's ByteSize) the
+	// producer takes; larger ones it refuses without sending them.
+	MaxMessageBytes int
 }
 
 // Ack is a group of records whose acknowledgements one caller waits for.
@@ -90,6 +93,19 @@ func (a *Ack) Failed() bool {
 	return a.err != nil
 }
 
+// Err returns the first error of the group once every record is done; nil
+// before then or when all were acknowledged.
+func (a *Ack) Err() error {
+	select {
+	case <-a.done:
+	default:
+		return nil
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.err
+}
+
 // Offset returns the highest acknowledged offset of partition p, or -1.
 func (a *Ack) Offset(p int32) int64 {
 	a.mu.Lock()
@@ -107,7 +123,7 @@ func NewProducer(client sarama.Client) (*Producer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return wrap(ap), nil
+	return wrap(ap, client.Config()), nil
 }
 
 // NewTransactionalProducer starts a producer with its own client whose
@@ -125,7 +141,17 @@ func NewTransactionalProducer(brokers []string, base *sarama.Config, id string) 
 	if err != nil {
 		return nil, fmt.Errorf("transactional producer %s: %w", id, err)
 	}
-	return wrap(ap), nil
+	return wrap(ap, &c), nil
+}
+
+// FinalError reports whether a produce error will recur however often the
+// record is sent again: the record itself is refused (too large, invalid),
+// by the broker or by sarama before sending.
+func FinalError(err error) bool {
+	var cerr sarama.ConfigurationError
+	return errors.As(err, &cerr) || errors.Is(err, sarama.ErrMessageSizeTooLarge) ||
+		errors.Is(err, sarama.ErrInvalidRecord) || errors.Is(err, sarama.ErrInvalidMessage) ||
+		errors.Is(err, sarama.ErrInvalidMessageSize) || errors.Is(err, sarama.ErrInvalidTimestamp)
 }
 
 // Begin starts a transaction unless one is open.
@@ -134,6 +160,12 @@ func (p *Producer) Begin() error {
 		return nil
 	}
 	return p.ap.BeginTxn()
+}
+
+// TransactionFailed reports whether the open transaction failed (a record
+// in it was refused) and can only be aborted.
+func (p *Producer) TransactionFailed() bool {
+	return p.ap.TxnStatus()&sarama.ProducerTxnFlagAbortableError != 0
 }
 
 // InTransaction reports whether a transaction is open.
@@ -157,8 +189,8 @@ func (p *Producer) CommitWithOffsets(offsets map[string][]*sarama.PartitionOffse
 // Abort aborts the open transaction.
 func (p *Producer) Abort() error { return p.ap.AbortTxn() }
 
-func wrap(ap sarama.AsyncProducer) *Producer {
-	p := &Producer{ap: ap, done: make(chan struct{})}
+func wrap(ap sarama.AsyncProducer, c *sarama.Config) *Producer {
+	p := &Producer{ap: ap, done: make(chan struct{}), MaxMessageBytes: c.Producer.MaxMessageBytes}
 	p.wg.Add(2)
 	go func() {
 		defer p.wg.Done()

@@ -729,33 +729,117 @@ func (w *partitionWorker) process(m *sarama.ConsumerMessage) error {
 func (w *partitionWorker) deadLetter(ctx context.Context, m *sarama.ConsumerMessage, cause error) error {
 	w.log.WarnContext(ctx, "dead-lettering record", "offset", m.Offset, "error", cause)
 	w.deadCount++
-	dl := &sarama.ProducerMessage{
-		Topic: w.r.o.DeadLetterTopic,
-		Key:   sarama.ByteEncoder(m.Key),
-		Value: sarama.ByteEncoder(m.Value),
-		Headers: []sarama.RecordHeader{
-			{Key: []byte("error"), Value: []byte(cause.Error())},
-			{Key: []byte("source.topic"), Value: []byte(m.Topic)},
-			{Key: []byte("source.partition"), Value: strconv.AppendInt(nil, int64(m.Partition), 10)},
-			{Key: []byte("source.offset"), Value: strconv.AppendInt(nil, m.Offset, 10)},
-		},
-	}
-	ack := kafka.NewAck(1)
-	w.dead = append(w.dead, deadLetter{msg: dl, ack: ack})
 	p, err := w.producer()
 	if err != nil {
 		return err
 	}
-	return p.Send(ack, dl)
+	d := deadLetter{src: m, cause: cause.Error(), ack: kafka.NewAck(1)}
+	d.msg = d.record(w.r.o.DeadLetterTopic, p.MaxMessageBytes)
+	w.dead = append(w.dead, d)
+	return p.Send(d.ack, d.msg)
 }
 
 // deadLetter is a dead-letter record and the acknowledgement the next flush
 // waits for; a record whose send failed is sent again by the next flush.
 type deadLetter struct {
-	msg *sarama.ProducerMessage
-	ack *kafka.Ack
+	src   *sarama.ConsumerMessage
+	cause string
+	msg   *sarama.ProducerMessage
+	ack   *kafka.Ack
 	// aborted: it went out in a transaction that was aborted.
 	aborted bool
+	// refused counts the times the record itself was refused (too large,
+	// invalid); each makes the next attempt smaller, and after
+	// maxRefusals the dead letter is given up.
+	refused int
+}
+
+// Dead letters are cut to fit: a poison record can be as large as the
+// broker takes, and the headers a dead letter adds would push it past the
+// producer's limit, which refuses it every time and would stall the
+// partition for ever.
+const (
+	// deadLetterSlack is kept free below the producer's limit.
+	deadLetterSlack = 256
+	// maxErrorHeader bounds the error header.
+	maxErrorHeader = 1024
+	// refusedValueBytes is the most of the value kept once a dead letter
+	// was refused; refusedKeyBytes the most of the key kept once it was
+	// refused twice (and then no value at all).
+	refusedValueBytes = 64 << 10
+	refusedKeyBytes   = 1024
+	// maxRefusals: after the record was refused this often, the dead
+	// letter is given up, logged and counted, so the partition goes on.
+	maxRefusals = 3
+)
+
+// record builds the dead-letter record of d for topic, no larger than
+// maxBytes (sarama's measure): the source key, value and headers naming the
+// error and the source position; cut (and marked so, with the original
+// sizes) when it would not fit, or smaller still after refusals.
+func (d *deadLetter) record(topic string, maxBytes int) *sarama.ProducerMessage {
+	m := d.src
+	cause := d.cause
+	if len(cause) > maxErrorHeader {
+		cause = cause[:maxErrorHeader]
+	}
+	msg := &sarama.ProducerMessage{
+		Topic: topic,
+		Key:   sarama.ByteEncoder(m.Key),
+		Value: sarama.ByteEncoder(m.Value),
+		Headers: []sarama.RecordHeader{
+			{Key: []byte("error"), Value: []byte(cause)},
+			{Key: []byte("source.topic"), Value: []byte(m.Topic)},
+			{Key: []byte("source.partition"), Value: strconv.AppendInt(nil, int64(m.Partition), 10)},
+			{Key: []byte("source.offset"), Value: strconv.AppendInt(nil, m.Offset, 10)},
+		},
+	}
+	limit := maxBytes - deadLetterSlack
+	if maxBytes <= 0 {
+		limit = 1 << 62
+	}
+	key, value := m.Key, m.Value
+	switch {
+	case d.refused >= 2:
+		key, value = key[:min(len(key), refusedKeyBytes)], nil
+	case d.refused == 1:
+		value = value[:min(len(value), refusedValueBytes)]
+	}
+	msg.Key, msg.Value = sarama.ByteEncoder(key), sarama.ByteEncoder(value)
+	if len(key) == len(m.Key) && len(value) == len(m.Value) && msg.ByteSize(2) <= limit {
+		return msg
+	}
+	msg.Headers = append(msg.Headers,
+		sarama.RecordHeader{Key: []byte("truncated"), Value: []byte("true")},
+		sarama.RecordHeader{Key: []byte("original.key.size"), Value: strconv.AppendInt(nil, int64(len(m.Key)), 10)},
+		sarama.RecordHeader{Key: []byte("original.value.size"), Value: strconv.AppendInt(nil, int64(len(m.Value)), 10)},
+	)
+	if over := msg.ByteSize(2) - limit; over > 0 {
+		cut := min(over, len(value))
+		value = value[:len(value)-cut]
+		if over -= cut; over > 0 {
+			key = key[:max(len(key)-over, 0)]
+		}
+		msg.Key, msg.Value = sarama.ByteEncoder(key), sarama.ByteEncoder(value)
+	}
+	return msg
+}
+
+// resend prepares d to go out again after a failed or aborted send. It
+// reports false when the dead letter is given up.
+func (w *partitionWorker) resend(d *deadLetter, maxBytes int) bool {
+	if err := d.ack.Err(); err != nil && kafka.FinalError(err) {
+		d.refused++
+		if d.refused >= maxRefusals {
+			w.log.Error("dead letter refused by the brokers; giving it up so the partition goes on",
+				"source_offset", d.src.Offset, "source_value_bytes", len(d.src.Value), "error", err)
+			return false
+		}
+		w.log.Warn("dead letter refused; sending it again smaller", "source_offset", d.src.Offset, "attempt", d.refused+1, "error", err)
+		d.msg = d.record(w.r.o.DeadLetterTopic, maxBytes)
+	}
+	d.ack, d.aborted = kafka.NewAck(1), false
+	return true
 }
 
 // errSlowCommit is the stall reason while a commit waits for the brokers.
@@ -771,7 +855,9 @@ func (e *produceError) Unwrap() error { return e.err }
 // flushRetrying flushes; while the brokers cannot take the records it
 // retries with backoff, and the partition waits (nothing is committed, so
 // nothing is lost). The partition shows as stalled meanwhile, which makes
-// the worker not ready. Under exactly-once a failed transaction leaves the
+// the worker not ready. Under exactly-once a transaction that could be
+// aborted (the coordinator refused the generation, the brokers refused a
+// record) is done again the same way; one that could not leaves the
 // producer in an unknown state, so the partition fails instead and the
 // worker restarts from the last committed transaction.
 func (w *partitionWorker) flushRetrying(ctx context.Context) error {
@@ -784,7 +870,7 @@ func (w *partitionWorker) flushRetrying(ctx context.Context) error {
 			}
 			return nil
 		}
-		// Under exactly-once only a transaction aborted for a rebalance is
+		// Under exactly-once only an aborted transaction (a commitError) is
 		// done again; after any other failure the producer's state is
 		// unknown and the worker restarts from the last committed one.
 		var ce *commitError
@@ -834,10 +920,40 @@ func (w *partitionWorker) producer() (*kafka.Producer, error) {
 	if w.txp == nil {
 		return w.r.o.Producer, nil
 	}
+	if w.txp.TransactionFailed() {
+		// A dead letter sent in this transaction was refused: the
+		// transaction can only be aborted. Its dead letters go out again
+		// in the next one (the changelog records go out only at a flush,
+		// so none were in it).
+		cause := w.txnCause(errors.New("transaction failed"), nil)
+		if err := w.txp.Abort(); err != nil {
+			return nil, fmt.Errorf("abort failed transaction (%w): %w", cause, err)
+		}
+		w.log.Warn("transaction aborted; its dead letters go out again in the next", "cause", cause)
+		for i := range w.dead {
+			w.dead[i].aborted = true
+		}
+	}
 	if err := w.txp.Begin(); err != nil {
 		return nil, fmt.Errorf("begin transaction: %w", err)
 	}
 	return w.txp, nil
+}
+
+// txnCause returns the first error of a record sent in the open
+// transaction (changelog acks, dead letters), or err when none failed.
+func (w *partitionWorker) txnCause(err error, acks []*kafka.Ack) error {
+	for _, a := range acks {
+		if e := a.Err(); e != nil {
+			return fmt.Errorf("%w (a changelog record was refused: %w)", err, e)
+		}
+	}
+	for _, d := range w.dead {
+		if e := d.ack.Err(); e != nil {
+			return fmt.Errorf("%w (a dead letter was refused: %w)", err, e)
+		}
+	}
+	return err
 }
 
 // flush makes everything processed so far durable and commits it: the
@@ -888,14 +1004,19 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 			return &produceError{fmt.Errorf("produce %s: %w", t.Changelog(), err)}
 		}
 	}
-	for i, d := range w.dead {
+	kept := w.dead[:0]
+	for _, d := range w.dead {
 		if d.ack.Failed() || d.aborted {
-			w.dead[i].ack, w.dead[i].aborted = kafka.NewAck(1), false
-			if err := prod.Send(w.dead[i].ack, d.msg); err != nil {
+			if !w.resend(&d, prod.MaxMessageBytes) {
+				continue
+			}
+			if err := prod.Send(d.ack, d.msg); err != nil {
 				return &produceError{fmt.Errorf("produce %s: %w", r.o.DeadLetterTopic, err)}
 			}
 		}
+		kept = append(kept, d)
 	}
+	w.dead = kept
 	commitMeta := strconv.FormatInt(time.Now().UnixMilli(), 10)
 	if w.txp != nil {
 		offsets := map[string][]*sarama.PartitionOffsetMetadata{
@@ -903,20 +1024,22 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 		}
 		group := &sarama.ConsumerGroupMetadata{GroupID: r.o.GroupID, GenerationID: w.sess.GenerationID(), MemberID: w.sess.MemberID()}
 		if err := w.txp.CommitWithOffsets(offsets, group); err != nil {
+			// The cause, rather than sarama's account of the transaction's
+			// state: a record of it that was refused, if one was.
+			err = w.txnCause(err, acks)
 			if aerr := w.txp.Abort(); aerr != nil {
 				w.log.Warn("abort transaction", "error", aerr)
 				return err
 			}
-			if !rebalancing(err) {
-				return err
-			}
-			// The coordinator refused this member's generation: the group
-			// is rebalancing (cooperative: this member keeps the partition
-			// and learns its new generation when its join completes). The
-			// aborted records are invisible to read_committed readers and
-			// nothing was stored or committed, so the flush can be done
+			// Aborted: its records are invisible to read_committed readers
+			// and nothing was stored or committed, so the flush can be done
 			// again in a new transaction: Flush hands out the same keys
-			// again, and the dead letters go out again.
+			// again, and the dead letters go out again (smaller, if one was
+			// refused as too large). That covers the coordinator refusing
+			// this member's generation while the group rebalances
+			// (cooperative: the member keeps the partition and learns its
+			// new generation when its join completes) and a record that
+			// the brokers refused.
 			for i := range w.dead {
 				w.dead[i].aborted = true
 			}
