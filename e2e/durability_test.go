@@ -273,12 +273,12 @@ func TestCrashLosesNoAcknowledgedView(t *testing.T) {
 		final.Count, len(acked))
 
 	// Recovery resumed from the local store instead of replaying everything.
-	var replayed, highWatermarks int64
+	var replayed, ends int64
 	resumed := 0
 	for k, l := range recoveringLines(w2) {
-		t.Logf("restart recovered %s: from offset %d to %d (%d records), stored=%v", k, l.FromOffset, l.HighWatermark, l.Records, l.Stored)
+		t.Logf("restart recovered %s: from offset %d to %d (%d records), stored=%v", k, l.FromOffset, l.EndOffset, l.Records, l.Stored)
 		replayed += l.Records
-		highWatermarks += l.HighWatermark
+		ends += l.EndOffset
 		if l.Stored && l.FromOffset > 0 {
 			resumed++
 		}
@@ -286,10 +286,10 @@ func TestCrashLosesNoAcknowledgedView(t *testing.T) {
 	if resumed == 0 {
 		t.Errorf("no table partition resumed recovery from the local store (stored=true, from_offset>0): %v", recoveringLines(w2))
 	}
-	if replayed >= highWatermarks {
-		t.Errorf("recovery replayed %d changelog records, the whole changelogs (%d): the local store saved nothing", replayed, highWatermarks)
+	if replayed >= ends {
+		t.Errorf("recovery replayed %d changelog records, the whole changelogs (%d): the local store saved nothing", replayed, ends)
 	}
-	t.Logf("recovery replayed %d of %d changelog records; %d table partitions resumed from the store", replayed, highWatermarks, resumed)
+	t.Logf("recovery replayed %d of %d changelog records; %d table partitions resumed from the store", replayed, ends, resumed)
 }
 
 // A worker killed after it committed everything it processed restarts from
@@ -322,9 +322,9 @@ func TestCrashKeepsStoreCheckpointsUnderLightLoad(t *testing.T) {
 	w2 := w.restart(t, "worker-2")
 	w2.waitReady(t, 90*time.Second)
 	for k, l := range recoveringLines(w2) {
-		if l.HighWatermark > 0 && (!l.Stored || l.Records != 0) {
+		if l.EndOffset > 0 && (!l.Stored || l.Records != 0) {
 			t.Errorf("%s: recovery replays %d records from offset %d (stored=%v) up to %d; everything was committed before the kill, want nothing to replay",
-				k, l.Records, l.FromOffset, l.Stored, l.HighWatermark)
+				k, l.Records, l.FromOffset, l.Stored, l.EndOffset)
 		}
 	}
 	w2.waitReport(t, 60*time.Second, fmt.Sprintf("%d views", views), func(r report) bool { return r.Count == views })

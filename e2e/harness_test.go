@@ -558,12 +558,12 @@ func (w *worker) waitReady(t testing.TB, timeout time.Duration) {
 // recoveryLine is one "recovering" log line: where recovery of one table
 // partition starts.
 type recoveryLine struct {
-	Partition     int32
-	Table         string
-	FromOffset    int64
-	HighWatermark int64
-	Records       int64
-	Stored        bool
+	Partition  int32
+	Table      string
+	FromOffset int64
+	EndOffset  int64
+	Records    int64
+	Stored     bool
 }
 
 // recoveringLines returns the first "recovering" line of each table
@@ -574,12 +574,12 @@ func recoveringLines(w *worker) map[string]recoveryLine {
 	out := map[string]recoveryLine{}
 	for _, e := range w.entries("recovering") {
 		l := recoveryLine{
-			Partition:     int32(e.num("partition")),
-			Table:         e.str("table"),
-			FromOffset:    e.num("from_offset"),
-			HighWatermark: e.num("high_watermark"),
-			Records:       e.num("records"),
-			Stored:        e.boolean("stored"),
+			Partition:  int32(e.num("partition")),
+			Table:      e.str("table"),
+			FromOffset: e.num("from_offset"),
+			EndOffset:  e.num("end_offset"),
+			Records:    e.num("records"),
+			Stored:     e.boolean("stored"),
 		}
 		k := fmt.Sprintf("%s/%d", l.Table, l.Partition)
 		if _, seen := out[k]; !seen {
