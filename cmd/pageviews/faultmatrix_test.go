@@ -1,0 +1,887 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/gofaust/pageviews/internal/config"
+)
+
+// The fault matrix injects, for each Kafka request the worker makes, a
+// retriable error, a leader or coordinator move and a fatal error, in each
+// phase the request occurs in, and checks every cell for:
+//   - no panic;
+//   - no loss under at_least_once, exact counts under exactly_once, read back
+//     from the changelogs after the workers stopped;
+//   - a fatal error makes run return one line naming the cause;
+//   - /ready/ says why while the worker waits on a retriable fault (in the
+//     phases where waiting is what the worker does: joining, recovering,
+//     flushing).
+//
+// It is slow (minutes) and runs only with FAULT_MATRIX=1 (make test-faults).
+// Every cell runs in a process of its own (this test binary again), so a
+// panic fails its cell and not the whole matrix. Settings:
+//
+//	FAULT_MATRIX=1                  run the matrix
+//	FAULT_MATRIX_ONLY=<regexp>      only the cells whose name matches
+//	FAULT_MATRIX_PARALLEL=<n>       cells at once (default 4)
+//	FAULT_MATRIX_LOG_DIR=<dir>      keep each cell's output and worker logs there
+//
+// One cell: FAULT_MATRIX=1 FAULT_MATRIX_ONLY='^Fetch/recovery/move/alo$' go test -run TestFaultMatrix -v ./cmd/pageviews
+
+// phase is when in a worker's life a fault is injected.
+type phase string
+
+const (
+	// phaseJoin: the first start of a fresh group (join, offsets, producer
+	// ids), before any processing.
+	phaseJoin phase = "join"
+	// phaseRecovery: a worker with an empty store takes partitions whose
+	// changelogs hold data, and replays them.
+	phaseRecovery phase = "recovery"
+	// phaseProcessing: a running worker consuming page views (and
+	// publishing them from /count/).
+	phaseProcessing phase = "processing"
+	// phaseFlush: a running worker's commit step: changelog records,
+	// offset commit or the transaction that holds both.
+	phaseFlush phase = "flush"
+	// phaseStandby: two workers with TABLE_STANDBY_REPLICAS=1 tailing each
+	// other's changelogs, then a failover.
+	phaseStandby phase = "standby"
+	// phaseRevoke: a second worker joins a running one; the first revokes
+	// partitions (cooperative), flushing and committing them.
+	phaseRevoke phase = "revoke"
+)
+
+// faultKind is the class of error injected.
+type faultKind string
+
+const (
+	kindRetriable faultKind = "retriable"
+	kindMove      faultKind = "move"
+	kindFatal     faultKind = "fatal"
+	// kindOutOfRange answers one fetch with OFFSET_OUT_OF_RANGE, which
+	// sarama treats by closing the partition consumer.
+	kindOutOfRange faultKind = "out_of_range"
+)
+
+// cell is one entry of the matrix.
+type cell struct {
+	req   kmsg.Key
+	phase phase
+	kind  faultKind
+	eos   bool
+}
+
+func (c cell) name() string {
+	g := "alo"
+	if c.eos {
+		g = "eos"
+	}
+	return fmt.Sprintf("%s/%s/%s/%s", c.req.Name(), c.phase, c.kind, g)
+}
+
+// matrixCells lists the cells: each request in each phase it occurs in,
+// with every kind of fault; transaction requests under exactly_once, the
+// rest under at_least_once, and the requests whose handling differs under
+// exactly_once (read_committed fetches, transactional producers, commits
+// inside the transaction) under both.
+func matrixCells() []cell {
+	kinds := []faultKind{kindRetriable, kindMove, kindFatal}
+	var cells []cell
+	add := func(req kmsg.Key, eos bool, phases ...phase) {
+		for _, p := range phases {
+			for _, k := range kinds {
+				cells = append(cells, cell{req: req, phase: p, kind: k, eos: eos})
+			}
+		}
+	}
+	add(kmsg.Fetch, false, phaseRecovery, phaseProcessing, phaseStandby)
+	add(kmsg.Fetch, true, phaseRecovery, phaseProcessing)
+	add(kmsg.ListOffsets, false, phaseJoin, phaseRecovery, phaseStandby)
+	add(kmsg.Metadata, false, phaseJoin, phaseRecovery, phaseProcessing, phaseFlush)
+	add(kmsg.Produce, false, phaseProcessing, phaseFlush, phaseRevoke)
+	add(kmsg.Produce, true, phaseFlush, phaseRevoke)
+	add(kmsg.OffsetCommit, false, phaseFlush, phaseRevoke)
+	add(kmsg.OffsetFetch, false, phaseJoin, phaseRecovery, phaseRevoke)
+	add(kmsg.JoinGroup, false, phaseJoin, phaseRevoke)
+	add(kmsg.JoinGroup, true, phaseRevoke)
+	add(kmsg.SyncGroup, false, phaseJoin, phaseRevoke)
+	add(kmsg.Heartbeat, false, phaseProcessing, phaseRevoke)
+	add(kmsg.InitProducerID, false, phaseJoin)
+	add(kmsg.InitProducerID, true, phaseRecovery, phaseRevoke)
+	add(kmsg.AddPartitionsToTxn, true, phaseFlush, phaseRevoke)
+	add(kmsg.AddOffsetsToTxn, true, phaseFlush, phaseRevoke)
+	add(kmsg.TxnOffsetCommit, true, phaseFlush, phaseRevoke)
+	add(kmsg.EndTxn, true, phaseFlush, phaseRevoke)
+	// One OFFSET_OUT_OF_RANGE on a changelog fetch, as retention, a
+	// DeleteRecords or a recreated topic gives.
+	cells = append(cells,
+		cell{req: kmsg.Fetch, phase: phaseRecovery, kind: kindOutOfRange},
+		cell{req: kmsg.Fetch, phase: phaseStandby, kind: kindOutOfRange},
+	)
+	return cells
+}
+
+// groupRequests are answered by the group coordinator.
+var groupRequests = map[kmsg.Key]bool{
+	kmsg.OffsetCommit: true, kmsg.OffsetFetch: true, kmsg.JoinGroup: true,
+	kmsg.SyncGroup: true, kmsg.Heartbeat: true, kmsg.TxnOffsetCommit: true,
+}
+
+// txnRequests are answered by the transaction coordinator.
+var txnRequests = map[kmsg.Key]bool{
+	kmsg.InitProducerID: true, kmsg.AddPartitionsToTxn: true, kmsg.AddOffsetsToTxn: true, kmsg.EndTxn: true,
+}
+
+// faultErr is the error a cell injects.
+func (c cell) faultErr() *kerr.Error {
+	coordinated := groupRequests[c.req] || txnRequests[c.req]
+	switch c.kind {
+	case kindOutOfRange:
+		return kerr.OffsetOutOfRange
+	case kindMove:
+		if coordinated {
+			return kerr.NotCoordinator
+		}
+		return kerr.NotLeaderForPartition
+	case kindRetriable:
+		switch {
+		case coordinated:
+			return kerr.CoordinatorLoadInProgress
+		case c.req == kmsg.Produce:
+			// Answered after the records were appended, as a slow broker
+			// does: the idempotent producer must not duplicate them.
+			return kerr.RequestTimedOut
+		case c.req == kmsg.Metadata:
+			return kerr.LeaderNotAvailable
+		default:
+			return kerr.KafkaStorageError
+		}
+	}
+	switch {
+	case c.req == kmsg.InitProducerID && !c.eos:
+		return kerr.ClusterAuthorizationFailed
+	case c.req == kmsg.TxnOffsetCommit || groupRequests[c.req]:
+		return kerr.GroupAuthorizationFailed
+	case txnRequests[c.req]:
+		return kerr.TransactionalIDAuthorizationFailed
+	default:
+		return kerr.TopicAuthorizationFailed
+	}
+}
+
+// faults returns the faults of the cell, selecting the request and, for
+// requests on partitions, the topics the phase uses them on.
+func (c cell) faults(cfg *config.Config) []kfake.Fault {
+	f := kfake.Fault{Keys: []kmsg.Key{c.req}, Err: c.faultErr(), Count: -1}
+	if c.kind == kindOutOfRange {
+		f.Count = 1
+	}
+	if groupRequests[c.req] {
+		f.Group = cfg.Group
+	}
+	var topics []string
+	switch c.req {
+	case kmsg.Fetch, kmsg.ListOffsets, kmsg.Metadata:
+		if c.phase == phaseRecovery || c.phase == phaseStandby {
+			topics = []string{cfg.TotalsChangelog(), cfg.ViewsChangelog()}
+		} else {
+			topics = []string{cfg.Topic}
+		}
+	case kmsg.Produce:
+		if c.phase == phaseProcessing {
+			topics = []string{cfg.Topic}
+		} else {
+			topics = []string{cfg.TotalsChangelog(), cfg.ViewsChangelog()}
+		}
+	}
+	if len(topics) == 0 {
+		return []kfake.Fault{f}
+	}
+	var fs []kfake.Fault
+	for _, t := range topics {
+		g := f
+		g.Topic = t
+		fs = append(fs, g)
+	}
+	return fs
+}
+
+// fatal reports whether the cell's fault is one the worker cannot get past.
+func (c cell) fatal() bool { return c.kind == kindFatal }
+
+// waits reports whether the worker waits on the cell's fault, so /ready/
+// must say why meanwhile.
+func (c cell) waits() bool {
+	if c.fatal() || c.kind == kindOutOfRange {
+		return false
+	}
+	switch c.phase {
+	case phaseJoin, phaseRecovery:
+		return true
+	case phaseFlush:
+		return c.req != kmsg.Metadata
+	}
+	return false
+}
+
+// cellResult is what a cell's process reports to the matrix.
+type cellResult struct {
+	Pass    bool     `json:"pass"`
+	Notes   []string `json:"notes"`
+	Ready   string   `json:"ready"` // what /ready/ said during the fault
+	Seconds float64  `json:"seconds"`
+}
+
+func TestFaultMatrix(t *testing.T) {
+	if name := os.Getenv("FAULT_MATRIX_CELL"); name != "" {
+		for _, c := range matrixCells() {
+			if c.name() == name {
+				runCell(t, c)
+				return
+			}
+		}
+		t.Fatalf("no cell %q", name)
+	}
+	if os.Getenv("FAULT_MATRIX") != "1" {
+		t.Skip("the fault matrix takes minutes: run it with FAULT_MATRIX=1 (make test-faults)")
+	}
+	var only *regexp.Regexp
+	if s := os.Getenv("FAULT_MATRIX_ONLY"); s != "" {
+		only = regexp.MustCompile(s)
+	}
+	parallel := 4
+	if s := os.Getenv("FAULT_MATRIX_PARALLEL"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			t.Fatalf("FAULT_MATRIX_PARALLEL=%q: want a positive number", s)
+		}
+		parallel = n
+	}
+	logDir := os.Getenv("FAULT_MATRIX_LOG_DIR")
+	if logDir != "" {
+		if err := os.MkdirAll(logDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var cells []cell
+	for _, c := range matrixCells() {
+		if only == nil || only.MatchString(c.name()) {
+			cells = append(cells, c)
+		}
+	}
+	began := time.Now()
+	results := make([]cellOutcome, len(cells))
+	sem := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	for i, c := range cells {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			results[i] = runCellProcess(t, c, logDir)
+		})
+	}
+	wg.Wait()
+	for i, c := range cells {
+		t.Run(c.name(), func(t *testing.T) {
+			if o := results[i]; o.verdict != "PASS" {
+				t.Errorf("%s: %s", o.verdict, strings.Join(o.res.Notes, "; "))
+			}
+		})
+	}
+	t.Logf("fault matrix: %d cells in %s\n%s", len(cells), time.Since(began).Round(time.Second), matrixTable(cells, results))
+}
+
+// cellOutcome is a cell's result as the matrix sees it.
+type cellOutcome struct {
+	verdict string // PASS, FAIL, PANIC or CRASH
+	res     cellResult
+}
+
+// runCellProcess runs one cell in a process of its own and reads its result.
+func runCellProcess(t *testing.T, c cell, logDir string) cellOutcome {
+	dir, err := os.MkdirTemp("", "faultmatrix")
+	if err != nil {
+		return cellOutcome{verdict: "CRASH", res: cellResult{Notes: []string{err.Error()}}}
+	}
+	defer os.RemoveAll(dir)
+	resultFile := filepath.Join(dir, "result.json")
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestFaultMatrix$", "-test.v", "-test.count=1", "-test.timeout=5m")
+	cmd.Env = append(os.Environ(), "FAULT_MATRIX_CELL="+c.name(), "FAULT_MATRIX_RESULT="+resultFile)
+	out, runErr := cmd.CombinedOutput()
+	if logDir != "" {
+		name := strings.NewReplacer("/", "_").Replace(c.name()) + ".log"
+		_ = os.WriteFile(filepath.Join(logDir, name), out, 0o644)
+	}
+	var o cellOutcome
+	b, err := os.ReadFile(resultFile)
+	if err == nil {
+		err = json.Unmarshal(b, &o.res)
+	}
+	switch {
+	case strings.Contains(string(out), "\npanic: ") || strings.HasPrefix(string(out), "panic: "):
+		o.verdict = "PANIC"
+		o.res.Notes = append(o.res.Notes, "the process panicked: "+panicLine(string(out)))
+	case err != nil:
+		o.verdict = "CRASH"
+		o.res.Notes = append(o.res.Notes, fmt.Sprintf("no result (%v); exit: %v", err, runErr))
+	case o.res.Pass && runErr == nil:
+		o.verdict = "PASS"
+	default:
+		o.verdict = "FAIL"
+	}
+	return o
+}
+
+// panicLine is the panic message and the first frame below it.
+func panicLine(out string) string {
+	i := strings.Index(out, "panic: ")
+	rest := out[i:]
+	lines := strings.SplitN(rest, "\n", 8)
+	var keep []string
+	for _, l := range lines {
+		l = strings.TrimSpace(l)
+		if l == "" || strings.HasPrefix(l, "goroutine ") || strings.HasPrefix(l, "[signal") {
+			continue
+		}
+		keep = append(keep, l)
+		if len(keep) == 3 {
+			break
+		}
+	}
+	return strings.Join(keep, " | ")
+}
+
+// matrixTable renders the results as a Markdown table.
+func matrixTable(cells []cell, results []cellOutcome) string {
+	var b strings.Builder
+	b.WriteString("| request | phase | fault | guarantee | result | /ready/ during the fault | notes |\n")
+	b.WriteString("|---|---|---|---|---|---|---|\n")
+	counts := map[string]int{}
+	for i, c := range cells {
+		o := results[i]
+		counts[o.verdict]++
+		g := "at_least_once"
+		if c.eos {
+			g = "exactly_once"
+		}
+		notes := strings.Join(o.res.Notes, "; ")
+		notes = strings.ReplaceAll(notes, "|", "\\|")
+		notes = strings.ReplaceAll(notes, "\n", " ")
+		ready := strings.ReplaceAll(o.res.Ready, "|", "\\|")
+		fmt.Fprintf(&b, "| %s | %s | %s (%s) | %s | %s | %s | %s |\n",
+			c.req.Name(), c.phase, c.kind, c.faultErr().Message, g, o.verdict, ready, notes)
+	}
+	fmt.Fprintf(&b, "\n%d PASS, %d FAIL, %d PANIC, %d CRASH\n", counts["PASS"], counts["FAIL"], counts["PANIC"], counts["CRASH"])
+	return b.String()
+}
+
+// cellRun is the state of one cell in its own process.
+type cellRun struct {
+	t       *testing.T
+	c       cell
+	cluster *kfake.Cluster
+	brokers []string
+	cfg     *config.Config
+	sender  *viewSender
+	workers []*cellWorker
+	res     cellResult
+	root    string
+
+	faultFrom, faultTo time.Time
+	handle             *kfake.FaultHandle
+}
+
+// fail marks the cell failed with a note; the check goes on.
+func (r *cellRun) fail(format string, args ...any) {
+	r.t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	r.res.Notes = append(r.res.Notes, msg)
+	r.t.Error(msg)
+}
+
+// note adds what was observed without failing the cell.
+func (r *cellRun) note(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	r.res.Notes = append(r.res.Notes, msg)
+	r.t.Log(msg)
+}
+
+// vars is the environment of a worker of the cell with state in dir.
+func (r *cellRun) vars(dir string) map[string]string {
+	g := string(config.AtLeastOnce)
+	if r.c.eos {
+		g = string(config.ExactlyOnce)
+	}
+	v := map[string]string{
+		"KAFKA_BROKERS":         strings.Join(r.brokers, ","),
+		"WEB_ADDR":              "127.0.0.1:0",
+		"DATA_DIR":              dir,
+		"PARTITIONS":            "2",
+		"COMMIT_INTERVAL":       "150ms",
+		"PROCESSING_GUARANTEE":  g,
+		"KAFKA_SESSION_TIMEOUT": "6s",
+		"SHUTDOWN_TIMEOUT":      "20s",
+		"LIVECHECK_INTERVAL":    "0",
+		// A day-long window: a cell never straddles a window boundary
+		// except at midnight, so late views never leave the views table.
+		"WINDOW_SIZE":    "24h",
+		"WINDOW_EXPIRES": "48h",
+	}
+	if r.c.phase == phaseStandby {
+		v["TABLE_STANDBY_REPLICAS"] = "1"
+	}
+	return v
+}
+
+// start starts a worker with state in dir (relative to the cell's root).
+// A worker that returns before it listens is reported and returned as is.
+func (r *cellRun) start(name, dir string) *cellWorker {
+	r.t.Helper()
+	w, err := startCellWorker(name, r.vars(filepath.Join(r.root, dir)))
+	w.dir = dir
+	if err != nil && !w.exited() {
+		r.t.Fatalf("start %s: %v", name, err)
+	}
+	r.workers = append(r.workers, w)
+	return w
+}
+
+// install injects the cell's fault.
+func (r *cellRun) install() {
+	r.faultFrom = time.Now()
+	r.handle = r.cluster.Fault(r.c.faults(r.cfg)...)
+	r.t.Logf("fault installed: %s", r.c.name())
+}
+
+// lift removes the fault.
+func (r *cellRun) lift() {
+	if r.handle != nil {
+		r.handle.Remove()
+		r.t.Logf("fault removed after %d hits", r.handle.Hits())
+	}
+	if r.faultTo.IsZero() {
+		r.faultTo = time.Now()
+	}
+}
+
+// hold waits until the fault answered a request, then keeps it for a
+// while, long enough for a client's backoff, and removes it. It reports
+// whether the fault was hit at all.
+func (r *cellRun) hold(d time.Duration) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	hit := r.handle.Wait(ctx, 1) == nil
+	if !hit {
+		r.fail("the fault was never hit: the worker made no %s request in this phase within 30s", r.c.req.Name())
+	}
+	if wait := time.Until(r.faultFrom.Add(d)); wait > 0 {
+		time.Sleep(wait)
+	}
+	r.lift()
+	return hit
+}
+
+// expectExit waits for one of ws to stop on the fatal fault and checks its
+// error. It returns the worker that stopped, or nil.
+func (r *cellRun) expectExit(ws ...*cellWorker) *cellWorker {
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, w := range ws {
+			if w.exited() {
+				r.checkFatalError(w)
+				return w
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	r.fail("fatal %s on %s: no worker stopped within 60s (run did not return an error)", r.c.faultErr().Message, r.c.req.Name())
+	return nil
+}
+
+// checkFatalError checks that run returned one line naming the cause.
+func (r *cellRun) checkFatalError(w *cellWorker) {
+	err := w.err
+	if err == nil {
+		r.fail("fatal %s: %s stopped with a nil error (exit status 0)", r.c.faultErr().Message, w.name)
+		return
+	}
+	msg := err.Error()
+	r.note("%s exited: %s", w.name, msg)
+	if strings.Contains(msg, "\n") {
+		r.fail("the error of %s spans %d lines", w.name, strings.Count(msg, "\n")+1)
+	}
+	cause := sarama.KError(r.c.faultErr().Code).Error()
+	if !strings.Contains(msg, cause) && !strings.Contains(msg, r.c.faultErr().Message) {
+		r.fail("the error of %s does not name the cause %q", w.name, cause)
+	}
+}
+
+// expectAlive checks that the workers did not stop on a fault they should
+// have waited out; a worker that stopped is restarted so the check of the
+// counts can go on.
+func (r *cellRun) expectAlive(ws ...*cellWorker) []*cellWorker {
+	out := make([]*cellWorker, len(ws))
+	for i, w := range ws {
+		out[i] = w
+		if !w.exited() {
+			continue
+		}
+		if r.c.kind == kindOutOfRange && w.err != nil && !strings.Contains(w.err.Error(), "\n") {
+			// Stopping on a changelog that lost records it needs is a
+			// choice; the counts decide whether it lost anything.
+			r.note("%s stopped on OFFSET_OUT_OF_RANGE: %v", w.name, w.err)
+		} else {
+			r.fail("%s stopped on a %s fault it should have waited out: %v", w.name, r.c.kind, w.err)
+		}
+		out[i] = r.restart(w)
+	}
+	return out
+}
+
+// restart starts a stopped worker again with the same state.
+func (r *cellRun) restart(w *cellWorker) *cellWorker {
+	r.t.Helper()
+	nw := r.start(w.name+"'", w.dir)
+	if nw.exited() {
+		r.t.Fatalf("%s did not start again: %v", w.name, nw.err)
+	}
+	return nw
+}
+
+// waitReady waits until w answers ready.
+func (r *cellRun) waitReady(w *cellWorker) bool {
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if w.ready() {
+			return true
+		}
+		if w.exited() {
+			r.fail("%s stopped while waiting to be ready: %v", w.name, w.err)
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	r.fail("%s not ready within 60s after the fault was removed", w.name)
+	return false
+}
+
+// sendCounted sends n views through w and waits until the report counts
+// every acknowledged view.
+func (r *cellRun) sendCounted(w *cellWorker, n int) {
+	r.sender.send(w.base, n)
+	want := r.sender.total()
+	if got, ok := waitCounted(w.base, want, 45*time.Second); !ok {
+		r.note("report of %s did not reach %d views within 45s (last %d)", w.name, want, got)
+	}
+}
+
+// checkReadiness checks what /ready/ said while the fault was in place.
+func (r *cellRun) checkReadiness(ws ...*cellWorker) {
+	var reasons []string
+	for _, w := range ws {
+		for _, s := range w.notReadyBetween(r.faultFrom, r.faultTo.Add(200*time.Millisecond)) {
+			reasons = append(reasons, w.name+": "+s)
+		}
+	}
+	if len(reasons) > 0 {
+		r.res.Ready = "not ready: " + strings.Join(reasons, "; ")
+	} else {
+		r.res.Ready = "ready"
+	}
+	if !r.c.waits() {
+		return
+	}
+	for _, s := range reasons {
+		if !strings.HasSuffix(s, ": ") {
+			return
+		}
+	}
+	r.fail("/ready/ never said why the worker was waiting while the fault was in place (saw: %s)", r.res.Ready)
+}
+
+// stopAll stops every running worker and checks they stop cleanly.
+func (r *cellRun) stopAll(ws ...*cellWorker) {
+	for _, w := range ws {
+		if w.exited() {
+			continue
+		}
+		if err := w.stop(); err != nil {
+			r.fail("%s did not stop cleanly: %v", w.name, err)
+		}
+	}
+}
+
+// checkCounts reads the page views topic and the tables' changelogs and
+// compares them.
+func (r *cellRun) checkCounts() {
+	r.lift()
+	_, sent, err := topicContents(r.brokers, r.cfg.Topic, false)
+	if err != nil {
+		r.fail("read %s: %v", r.cfg.Topic, err)
+		return
+	}
+	r.sender.mu.Lock()
+	acked := r.sender.acked
+	r.sender.mu.Unlock()
+	if d := compareCounts(r.cfg.Topic+" holds the acknowledged views", sent, acked, false); d != "" {
+		r.fail("%s", d)
+	}
+	st, err := readTables(r.brokers, r.cfg)
+	if err != nil {
+		r.fail("read the changelogs: %v", err)
+		return
+	}
+	for _, x := range []struct {
+		name string
+		got  map[string]int64
+	}{{"totals", st.totals}, {"views", st.views}} {
+		if d := compareCounts(x.name, x.got, sent, r.c.eos); d != "" {
+			r.fail("%s", d)
+		}
+	}
+}
+
+// runCell runs one cell of the matrix in this process.
+func runCell(t *testing.T, c cell) {
+	began := time.Now()
+	r := &cellRun{t: t, c: c, sender: newViewSender(), root: t.TempDir()}
+	defer func() {
+		r.res.Seconds = time.Since(began).Seconds()
+		r.res.Pass = !t.Failed()
+		if t.Failed() && len(r.res.Notes) == 0 {
+			r.res.Notes = append(r.res.Notes, "failed (see the cell's log)")
+		}
+		if f := os.Getenv("FAULT_MATRIX_RESULT"); f != "" {
+			b, _ := json.Marshal(r.res)
+			_ = os.WriteFile(f, b, 0o644)
+		}
+		if t.Failed() {
+			for _, w := range r.workers {
+				t.Logf("log of %s:\n%s", w.name, w.logs)
+			}
+		}
+	}()
+	brokers := 1
+	cluster, err := newMatrixCluster(brokers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.cluster = cluster
+	r.brokers = cluster.ListenAddrs()
+	r.cfg, err = config.Load(env(r.vars(r.root)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, w := range r.workers {
+			if !w.exited() {
+				_ = w.stop()
+			}
+		}
+		cluster.Close()
+	}()
+	switch c.phase {
+	case phaseJoin:
+		r.runJoin()
+	case phaseRecovery:
+		r.runRecovery()
+	case phaseProcessing, phaseFlush:
+		r.runSteady()
+	case phaseStandby:
+		r.runStandby()
+	case phaseRevoke:
+		r.runRevoke()
+	}
+}
+
+// afterFault handles the fault's course on workers ws: for a fatal fault,
+// one of them must stop with a clear error, and is started again without
+// the fault; otherwise the fault is held for a while, removed, and every
+// worker must still be running. It returns the workers to go on with.
+func (r *cellRun) afterFault(ws ...*cellWorker) []*cellWorker {
+	if r.c.fatal() {
+		stopped := r.expectExit(ws...)
+		r.lift()
+		out := make([]*cellWorker, len(ws))
+		copy(out, ws)
+		if stopped == nil {
+			return out
+		}
+		// Another worker may go down on the same fault a moment later.
+		time.Sleep(time.Second)
+		for i, w := range out {
+			if w.exited() {
+				if w != stopped {
+					r.checkFatalError(w)
+				}
+				out[i] = r.restart(w)
+			}
+		}
+		return out
+	}
+	r.hold(2 * time.Second)
+	r.checkReadiness(ws...)
+	return r.expectAlive(ws...)
+}
+
+// runJoin: the fault is in place when a fresh group starts.
+func (r *cellRun) runJoin() {
+	r.install()
+	a := r.start("a", "a")
+	a = r.afterFault(a)[0]
+	if !r.waitReady(a) {
+		a = r.restart(a)
+		r.waitReady(a)
+	}
+	r.sendCounted(a, 60)
+	r.stopAll(a)
+	r.checkCounts()
+}
+
+// runRecovery: a worker fills the changelogs and stops; the fault is in
+// place when a worker with an empty store takes over and replays them.
+func (r *cellRun) runRecovery() {
+	seed := r.start("seed", "seed")
+	if !r.waitReady(seed) {
+		return
+	}
+	r.sendCounted(seed, 100)
+	r.stopAll(seed)
+
+	r.install()
+	b := r.start("b", "b")
+	b = r.afterFault(b)[0]
+	if r.waitReady(b) {
+		r.sendCounted(b, 60)
+	}
+	r.stopAll(b)
+	r.checkCounts()
+}
+
+// runSteady: the fault hits a running worker while it processes views.
+func (r *cellRun) runSteady() {
+	a := r.start("a", "a")
+	if !r.waitReady(a) {
+		return
+	}
+	r.sendCounted(a, 60)
+
+	r.install()
+	var sending sync.WaitGroup
+	sending.Go(func() { r.sender.send(a.base, 60) })
+	a = r.afterFault(a)[0]
+	sending.Wait()
+	if r.waitReady(a) {
+		r.sendCounted(a, 60)
+	}
+	r.stopAll(a)
+	r.checkCounts()
+}
+
+// runStandby: two workers keep standby copies of each other's partitions;
+// the fault hits the copies; then one worker stops and the other takes its
+// partitions over from its copies.
+func (r *cellRun) runStandby() {
+	a := r.start("a", "a")
+	if !r.waitReady(a) {
+		return
+	}
+	b := r.start("b", "b")
+	if !r.waitReady(b) || !r.waitSplit(a, b) {
+		r.stopAll(a, b)
+		return
+	}
+	r.sendCounted(a, 100)
+	// Let the copies catch up before the fault.
+	time.Sleep(2 * time.Second)
+
+	r.install()
+	var sending sync.WaitGroup
+	sending.Go(func() { r.sender.send(a.base, 60) })
+	ws := r.afterFault(a, b)
+	a, b = ws[0], ws[1]
+	sending.Wait()
+	r.waitReady(a)
+	r.waitReady(b)
+	r.sendCounted(a, 60)
+	r.stopAll(a)
+	if got, ok := waitCounted(b.base, r.sender.total(), 60*time.Second); !ok {
+		r.note("after the failover the report of b did not reach %d views within 60s (last %d)", r.sender.total(), got)
+	}
+	r.stopAll(b)
+	r.checkCounts()
+}
+
+// runRevoke: the fault is in place when a second worker joins a running
+// one, which revokes partitions while views keep coming.
+func (r *cellRun) runRevoke() {
+	a := r.start("a", "a")
+	if !r.waitReady(a) {
+		return
+	}
+	r.sendCounted(a, 60)
+
+	stop := make(chan struct{})
+	var sending sync.WaitGroup
+	sending.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			if a.exited() {
+				return
+			}
+			r.sender.send(a.base, 4)
+		}
+	})
+	r.install()
+	b := r.start("b", "b")
+	ws := r.afterFault(a, b)
+	close(stop)
+	sending.Wait()
+	a, b = ws[0], ws[1]
+	r.waitReady(a)
+	r.waitReady(b)
+	if r.waitSplit(a, b) {
+		r.sendCounted(b, 60)
+	}
+	r.stopAll(b, a)
+	r.checkCounts()
+}
+
+// waitSplit waits until both workers hold partitions.
+func (r *cellRun) waitSplit(a, b *cellWorker) bool {
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if len(a.partitions()) > 0 && len(b.partitions()) > 0 {
+			return true
+		}
+		if a.exited() || b.exited() {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	r.fail("the two workers did not share the partitions within 60s (a holds %v, b holds %v)", a.partitions(), b.partitions())
+	return false
+}
