@@ -138,16 +138,6 @@ func (w *cellWorker) exited() bool {
 	}
 }
 
-// waitExit waits up to d for run to return and reports whether it did.
-func (w *cellWorker) waitExit(d time.Duration) bool {
-	select {
-	case <-w.done:
-		return true
-	case <-time.After(d):
-		return false
-	}
-}
-
 // stop cancels the worker (a warm shutdown, as on TERM) and returns what
 // run returned, or an error when it did not return in time.
 func (w *cellWorker) stop() error {

@@ -75,9 +75,15 @@ const (
 	kindRetriable faultKind = "retriable"
 	kindMove      faultKind = "move"
 	kindFatal     faultKind = "fatal"
-	// kindOutOfRange answers one fetch with OFFSET_OUT_OF_RANGE, which
-	// sarama treats by closing the partition consumer.
+	// kindOutOfRange answers fetches with OFFSET_OUT_OF_RANGE for a few
+	// seconds, which sarama treats by reporting the error and closing the
+	// partition consumer.
 	kindOutOfRange faultKind = "out_of_range"
+	// kindMoved really moves, on a cluster of three brokers, the leaders
+	// of the partitions the request goes to (MoveTopicPartition), or the
+	// coordinators (RehashCoordinators): the old ones then answer
+	// NOT_LEADER_OR_FOLLOWER or NOT_COORDINATOR to every request.
+	kindMoved faultKind = "moved"
 )
 
 // cell is one entry of the matrix.
@@ -129,12 +135,25 @@ func matrixCells() []cell {
 	add(kmsg.AddOffsetsToTxn, true, phaseFlush, phaseRevoke)
 	add(kmsg.TxnOffsetCommit, true, phaseFlush, phaseRevoke)
 	add(kmsg.EndTxn, true, phaseFlush, phaseRevoke)
-	// One OFFSET_OUT_OF_RANGE on a changelog fetch, as retention, a
+	// OFFSET_OUT_OF_RANGE on changelog fetches, as retention, a
 	// DeleteRecords or a recreated topic gives.
 	cells = append(cells,
 		cell{req: kmsg.Fetch, phase: phaseRecovery, kind: kindOutOfRange},
 		cell{req: kmsg.Fetch, phase: phaseStandby, kind: kindOutOfRange},
 	)
+	// Real moves of leaders and coordinators, in every phase.
+	for _, c := range []cell{
+		{req: kmsg.Fetch, phase: phaseRecovery}, {req: kmsg.Fetch, phase: phaseRecovery, eos: true},
+		{req: kmsg.Fetch, phase: phaseProcessing}, {req: kmsg.Fetch, phase: phaseStandby},
+		{req: kmsg.Produce, phase: phaseFlush}, {req: kmsg.Produce, phase: phaseFlush, eos: true},
+		{req: kmsg.Produce, phase: phaseRevoke},
+		{req: kmsg.JoinGroup, phase: phaseRevoke}, {req: kmsg.JoinGroup, phase: phaseRevoke, eos: true},
+		{req: kmsg.OffsetCommit, phase: phaseFlush}, {req: kmsg.Heartbeat, phase: phaseProcessing},
+		{req: kmsg.InitProducerID, phase: phaseRecovery, eos: true}, {req: kmsg.EndTxn, phase: phaseFlush, eos: true},
+	} {
+		c.kind = kindMoved
+		cells = append(cells, c)
+	}
 	return cells
 }
 
@@ -155,7 +174,7 @@ func (c cell) faultErr() *kerr.Error {
 	switch c.kind {
 	case kindOutOfRange:
 		return kerr.OffsetOutOfRange
-	case kindMove:
+	case kindMove, kindMoved:
 		if coordinated {
 			return kerr.NotCoordinator
 		}
@@ -190,12 +209,28 @@ func (c cell) faultErr() *kerr.Error {
 // requests on partitions, the topics the phase uses them on.
 func (c cell) faults(cfg *config.Config) []kfake.Fault {
 	f := kfake.Fault{Keys: []kmsg.Key{c.req}, Err: c.faultErr(), Count: -1}
-	if c.kind == kindOutOfRange {
-		f.Count = 1
-	}
 	if groupRequests[c.req] {
 		f.Group = cfg.Group
 	}
+	topics := c.topics(cfg)
+	if len(topics) == 0 {
+		return []kfake.Fault{f}
+	}
+	var fs []kfake.Fault
+	for _, t := range topics {
+		g := f
+		g.Topic = t
+		fs = append(fs, g)
+	}
+	return fs
+}
+
+// coordinated reports whether the cell's request goes to a coordinator.
+func (c cell) coordinated() bool { return groupRequests[c.req] || txnRequests[c.req] }
+
+// topics returns the topics the cell's request goes to in its phase, for
+// requests on partitions.
+func (c cell) topics(cfg *config.Config) []string {
 	var topics []string
 	switch c.req {
 	case kmsg.Fetch, kmsg.ListOffsets, kmsg.Metadata:
@@ -211,16 +246,7 @@ func (c cell) faults(cfg *config.Config) []kfake.Fault {
 			topics = []string{cfg.TotalsChangelog(), cfg.ViewsChangelog()}
 		}
 	}
-	if len(topics) == 0 {
-		return []kfake.Fault{f}
-	}
-	var fs []kfake.Fault
-	for _, t := range topics {
-		g := f
-		g.Topic = t
-		fs = append(fs, g)
-	}
-	return fs
+	return topics
 }
 
 // fatal reports whether the cell's fault is one the worker cannot get past.
@@ -373,8 +399,8 @@ func panicLine(out string) string {
 // matrixTable renders the results as a Markdown table.
 func matrixTable(cells []cell, results []cellOutcome) string {
 	var b strings.Builder
-	b.WriteString("| request | phase | fault | guarantee | result | /ready/ during the fault | notes |\n")
-	b.WriteString("|---|---|---|---|---|---|---|\n")
+	b.WriteString("| request | phase | fault | guarantee | result | seconds | /ready/ during the fault | notes |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|\n")
 	counts := map[string]int{}
 	for i, c := range cells {
 		o := results[i]
@@ -387,8 +413,8 @@ func matrixTable(cells []cell, results []cellOutcome) string {
 		notes = strings.ReplaceAll(notes, "|", "\\|")
 		notes = strings.ReplaceAll(notes, "\n", " ")
 		ready := strings.ReplaceAll(o.res.Ready, "|", "\\|")
-		fmt.Fprintf(&b, "| %s | %s | %s (%s) | %s | %s | %s | %s |\n",
-			c.req.Name(), c.phase, c.kind, c.faultErr().Message, g, o.verdict, ready, notes)
+		fmt.Fprintf(&b, "| %s | %s | %s (%s) | %s | %s | %.0f | %s | %s |\n",
+			c.req.Name(), c.phase, c.kind, c.faultErr().Message, g, o.verdict, o.res.Seconds, ready, notes)
 	}
 	fmt.Fprintf(&b, "\n%d PASS, %d FAIL, %d PANIC, %d CRASH\n", counts["PASS"], counts["FAIL"], counts["PANIC"], counts["CRASH"])
 	return b.String()
@@ -468,8 +494,35 @@ func (r *cellRun) start(name, dir string) *cellWorker {
 // install injects the cell's fault.
 func (r *cellRun) install() {
 	r.faultFrom = time.Now()
+	if r.c.kind == kindMoved {
+		r.move()
+		return
+	}
 	r.handle = r.cluster.Fault(r.c.faults(r.cfg)...)
 	r.t.Logf("fault installed: %s", r.c.name())
+}
+
+// move moves the coordinators, or the leaders of the cell's topics to the
+// next broker.
+func (r *cellRun) move() {
+	if r.c.coordinated() {
+		r.cluster.RehashCoordinators()
+		r.t.Log("coordinators moved")
+		return
+	}
+	for _, topic := range r.c.topics(r.cfg) {
+		for p := range r.cfg.Partitions {
+			from := r.cluster.LeaderFor(topic, p)
+			if from < 0 {
+				continue // created by the worker later; it starts where kfake puts it
+			}
+			to := (from + 1) % int32(len(r.brokers))
+			if err := r.cluster.MoveTopicPartition(topic, p, to); err != nil {
+				r.t.Fatalf("move %s/%d: %v", topic, p, err)
+			}
+			r.t.Logf("moved %s/%d from broker %d to %d", topic, p, from, to)
+		}
+	}
 }
 
 // lift removes the fault.
@@ -487,6 +540,11 @@ func (r *cellRun) lift() {
 // while, long enough for a client's backoff, and removes it. It reports
 // whether the fault was hit at all.
 func (r *cellRun) hold(d time.Duration) bool {
+	if r.handle == nil { // a real move: nothing to count or remove
+		time.Sleep(time.Until(r.faultFrom.Add(d)))
+		r.lift()
+		return true
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	hit := r.handle.Wait(ctx, 1) == nil
@@ -503,7 +561,7 @@ func (r *cellRun) hold(d time.Duration) bool {
 // expectExit waits for one of ws to stop on the fatal fault and checks its
 // error. It returns the worker that stopped, or nil.
 func (r *cellRun) expectExit(ws ...*cellWorker) *cellWorker {
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		for _, w := range ws {
 			if w.exited() {
@@ -513,7 +571,7 @@ func (r *cellRun) expectExit(ws ...*cellWorker) *cellWorker {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	r.fail("fatal %s on %s: no worker stopped within 60s (run did not return an error)", r.c.faultErr().Message, r.c.req.Name())
+	r.fail("fatal %s on %s: no worker stopped within 30s (run did not return an error)", r.c.faultErr().Message, r.c.req.Name())
 	return nil
 }
 
@@ -589,8 +647,8 @@ func (r *cellRun) waitReady(w *cellWorker) bool {
 func (r *cellRun) sendCounted(w *cellWorker, n int) {
 	r.sender.send(w.base, n)
 	want := r.sender.total()
-	if got, ok := waitCounted(w.base, want, 45*time.Second); !ok {
-		r.note("report of %s did not reach %d views within 45s (last %d)", w.name, want, got)
+	if got, ok := waitCounted(w.base, want, 30*time.Second); !ok {
+		r.note("report of %s did not reach %d views within 30s (last %d)", w.name, want, got)
 	}
 }
 
@@ -603,7 +661,18 @@ func (r *cellRun) checkReadiness(ws ...*cellWorker) {
 		}
 	}
 	if len(reasons) > 0 {
-		r.res.Ready = "not ready: " + strings.Join(reasons, "; ")
+		short := make([]string, 0, 3)
+		for _, s := range reasons {
+			if len(s) > 90 {
+				s = s[:90] + "..."
+			}
+			if len(short) == 3 {
+				short = append(short, "...")
+				break
+			}
+			short = append(short, s)
+		}
+		r.res.Ready = "not ready: " + strings.Join(short, "; ")
 	} else {
 		r.res.Ready = "ready"
 	}
@@ -681,6 +750,9 @@ func runCell(t *testing.T, c cell) {
 		}
 	}()
 	brokers := 1
+	if c.kind == kindMoved {
+		brokers = 3
+	}
 	cluster, err := newMatrixCluster(brokers)
 	if err != nil {
 		t.Fatal(err)
@@ -738,8 +810,22 @@ func (r *cellRun) afterFault(ws ...*cellWorker) []*cellWorker {
 		}
 		return out
 	}
-	r.hold(2 * time.Second)
-	r.checkReadiness(ws...)
+	hold := 2 * time.Second
+	if r.c.kind == kindOutOfRange {
+		// Long enough for the standby copies to start again (every 2s)
+		// and meet the error a few times.
+		hold = 7 * time.Second
+	}
+	r.hold(hold)
+	stopped := false
+	for _, w := range ws {
+		stopped = stopped || w.exited()
+	}
+	if !stopped {
+		// A worker that stopped fails the cell already; what its /ready/
+		// said before says nothing more.
+		r.checkReadiness(ws...)
+	}
 	return r.expectAlive(ws...)
 }
 
