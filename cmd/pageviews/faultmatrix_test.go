@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -119,7 +120,9 @@ func matrixCells() []cell {
 	}
 	add(kmsg.Fetch, false, phaseRecovery, phaseProcessing, phaseStandby)
 	add(kmsg.Fetch, true, phaseRecovery, phaseProcessing)
-	add(kmsg.ListOffsets, false, phaseJoin, phaseRecovery, phaseStandby)
+	// A standby copy lists offsets only when it starts, which is when its
+	// worker joins: that is the join and recovery cells.
+	add(kmsg.ListOffsets, false, phaseJoin, phaseRecovery)
 	add(kmsg.Metadata, false, phaseJoin, phaseRecovery, phaseProcessing, phaseFlush)
 	add(kmsg.Produce, false, phaseProcessing, phaseFlush, phaseRevoke)
 	add(kmsg.Produce, true, phaseFlush, phaseRevoke)
@@ -234,7 +237,7 @@ func (c cell) topics(cfg *config.Config) []string {
 	var topics []string
 	switch c.req {
 	case kmsg.Fetch, kmsg.ListOffsets, kmsg.Metadata:
-		if c.phase == phaseRecovery || c.phase == phaseStandby {
+		if c.phase == phaseRecovery || c.phase == phaseStandby || c.phase == phaseFlush {
 			topics = []string{cfg.TotalsChangelog(), cfg.ViewsChangelog()}
 		} else {
 			topics = []string{cfg.Topic}
@@ -249,13 +252,28 @@ func (c cell) topics(cfg *config.Config) []string {
 	return topics
 }
 
-// fatal reports whether the cell's fault is one the worker cannot get past.
-func (c cell) fatal() bool { return c.kind == kindFatal }
+// fatal reports whether the cell's fault is one the worker cannot get past,
+// so run must return an error.
+func (c cell) fatal() bool { return c.kind == kindFatal && !c.perRequest() }
+
+// perRequest reports whether the cell's request serves one HTTP request
+// only: publishing a view from /count/. A fatal error there fails that
+// request (503 naming the cause), not the worker, whose processing does
+// not depend on it.
+func (c cell) perRequest() bool { return c.req == kmsg.Produce && c.phase == phaseProcessing }
+
+// movesLeaders reports whether the cell moves partition leaders (on three
+// brokers) besides its fault: a client asks for metadata in the middle of
+// processing only when a leader moved.
+func (c cell) movesLeaders() bool {
+	return c.kind == kindMoved && !c.coordinated() ||
+		c.req == kmsg.Metadata && (c.phase == phaseProcessing || c.phase == phaseFlush)
+}
 
 // waits reports whether the worker waits on the cell's fault, so /ready/
 // must say why meanwhile.
 func (c cell) waits() bool {
-	if c.fatal() || c.kind == kindOutOfRange {
+	if c.kind == kindFatal || c.kind == kindOutOfRange {
 		return false
 	}
 	switch c.phase {
@@ -499,6 +517,9 @@ func (r *cellRun) install() {
 		return
 	}
 	r.handle = r.cluster.Fault(r.c.faults(r.cfg)...)
+	if r.c.movesLeaders() {
+		r.move()
+	}
 	r.t.Logf("fault installed: %s", r.c.name())
 }
 
@@ -593,6 +614,29 @@ func (r *cellRun) checkFatalError(w *cellWorker) {
 	}
 }
 
+// checkRefused checks that /count/ refuses a view it cannot publish with
+// an error naming the cause.
+func (r *cellRun) checkRefused(w *cellWorker) {
+	client := &http.Client{Timeout: 30 * time.Second}
+	resp, err := client.Get(w.base + "/count/?page=/refused")
+	if err != nil {
+		r.fail("/count/ during the fault: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	var e struct{ Error string }
+	_ = json.NewDecoder(resp.Body).Decode(&e)
+	cause := sarama.KError(r.c.faultErr().Code).Error()
+	switch {
+	case resp.StatusCode == http.StatusOK:
+		r.fail("/count/ answered 200 although %s refused the view", r.c.faultErr().Message)
+	case !strings.Contains(e.Error, cause):
+		r.fail("/count/ answered %d with error %q, which does not name the cause %q", resp.StatusCode, e.Error, cause)
+	default:
+		r.note("/count/ answered %d: %s", resp.StatusCode, e.Error)
+	}
+}
+
 // expectAlive checks that the workers did not stop on a fault they should
 // have waited out; a worker that stopped is restarted so the check of the
 // counts can go on.
@@ -625,9 +669,11 @@ func (r *cellRun) restart(w *cellWorker) *cellWorker {
 	return nw
 }
 
-// waitReady waits until w answers ready.
+// waitReady waits until w answers ready. The wait is longer than a
+// transaction timeout (sarama's default is a minute), which is how long a
+// transaction left open can hold the group's offsets.
 func (r *cellRun) waitReady(w *cellWorker) bool {
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(90 * time.Second)
 	for time.Now().Before(deadline) {
 		if w.ready() {
 			return true
@@ -638,7 +684,7 @@ func (r *cellRun) waitReady(w *cellWorker) bool {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	r.fail("%s not ready within 60s after the fault was removed", w.name)
+	r.fail("%s not ready within 90s after the fault was removed", w.name)
 	return false
 }
 
@@ -750,7 +796,7 @@ func runCell(t *testing.T, c cell) {
 		}
 	}()
 	brokers := 1
-	if c.kind == kindMoved {
+	if c.kind == kindMoved || c.movesLeaders() {
 		brokers = 3
 	}
 	cluster, err := newMatrixCluster(brokers)
@@ -790,6 +836,9 @@ func runCell(t *testing.T, c cell) {
 // the fault; otherwise the fault is held for a while, removed, and every
 // worker must still be running. It returns the workers to go on with.
 func (r *cellRun) afterFault(ws ...*cellWorker) []*cellWorker {
+	if r.c.kind == kindFatal && r.c.perRequest() {
+		r.checkRefused(ws[0])
+	}
 	if r.c.fatal() {
 		stopped := r.expectExit(ws...)
 		r.lift()
