@@ -273,7 +273,9 @@ func (c cell) movesLeaders() bool {
 // waits reports whether the worker waits on the cell's fault, so /ready/
 // must say why meanwhile.
 func (c cell) waits() bool {
-	if c.kind == kindFatal || c.kind == kindOutOfRange {
+	if c.kind == kindFatal || c.kind == kindOutOfRange || c.kind == kindMoved {
+		// A real move leaves a leader or coordinator to go to at once:
+		// the worker has nothing to wait for.
 		return false
 	}
 	switch c.phase {
@@ -673,9 +675,13 @@ func (r *cellRun) restart(w *cellWorker) *cellWorker {
 // transaction timeout (sarama's default is a minute), which is how long a
 // transaction left open can hold the group's offsets.
 func (r *cellRun) waitReady(w *cellWorker) bool {
-	deadline := time.Now().Add(90 * time.Second)
+	began := time.Now()
+	deadline := began.Add(90 * time.Second)
 	for time.Now().Before(deadline) {
 		if w.ready() {
+			if took := time.Since(began); took > 20*time.Second {
+				r.note("%s became ready only after %s", w.name, took.Round(time.Second))
+			}
 			return true
 		}
 		if w.exited() {
