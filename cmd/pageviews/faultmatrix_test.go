@@ -29,12 +29,15 @@ import (
 //   - no panic;
 //   - no loss under at_least_once, exact counts under exactly_once, read back
 //     from the changelogs after the workers stopped;
-//   - a fatal error makes run return one line naming the cause;
+//   - a fatal error makes run return one line naming the cause (except on
+//     publishing a view from /count/, which must answer 503 naming it:
+//     the worker does not depend on that request);
 //   - /ready/ says why while the worker waits on a retriable fault (in the
 //     phases where waiting is what the worker does: joining, recovering,
 //     flushing).
 //
-// It is slow (minutes) and runs only with FAULT_MATRIX=1 (make test-faults).
+// A cell is named request/phase/fault/guarantee. The suite is slow
+// (minutes) and runs only with FAULT_MATRIX=1 (make test-faults).
 // Every cell runs in a process of its own (this test binary again), so a
 // panic fails its cell and not the whole matrix. Settings:
 //
@@ -123,15 +126,20 @@ func matrixCells() []cell {
 	// A standby copy lists offsets only when it starts, which is when its
 	// worker joins: that is the join and recovery cells.
 	add(kmsg.ListOffsets, false, phaseJoin, phaseRecovery)
+	add(kmsg.ListOffsets, true, phaseRecovery)
 	add(kmsg.Metadata, false, phaseJoin, phaseRecovery, phaseProcessing, phaseFlush)
+	add(kmsg.Metadata, true, phaseFlush)
 	add(kmsg.Produce, false, phaseProcessing, phaseFlush, phaseRevoke)
 	add(kmsg.Produce, true, phaseFlush, phaseRevoke)
 	add(kmsg.OffsetCommit, false, phaseFlush, phaseRevoke)
 	add(kmsg.OffsetFetch, false, phaseJoin, phaseRecovery, phaseRevoke)
+	add(kmsg.OffsetFetch, true, phaseJoin, phaseRevoke)
 	add(kmsg.JoinGroup, false, phaseJoin, phaseRevoke)
 	add(kmsg.JoinGroup, true, phaseRevoke)
 	add(kmsg.SyncGroup, false, phaseJoin, phaseRevoke)
+	add(kmsg.SyncGroup, true, phaseRevoke)
 	add(kmsg.Heartbeat, false, phaseProcessing, phaseRevoke)
+	add(kmsg.Heartbeat, true, phaseProcessing, phaseRevoke)
 	add(kmsg.InitProducerID, false, phaseJoin)
 	add(kmsg.InitProducerID, true, phaseRecovery, phaseRevoke)
 	add(kmsg.AddPartitionsToTxn, true, phaseFlush, phaseRevoke)
