@@ -679,27 +679,49 @@ func (r *cellRun) restart(w *cellWorker) *cellWorker {
 	return nw
 }
 
-// waitReady waits until w answers ready. The wait is longer than a
-// transaction timeout (sarama's default is a minute), which is how long a
-// transaction left open can hold the group's offsets.
-func (r *cellRun) waitReady(w *cellWorker) bool {
+// revive starts a worker again that stopped on its own, outside the checks
+// of the fault (which restart the workers they expect to stop), so the
+// cell can still check the counts.
+func (r *cellRun) revive(w *cellWorker, when string) *cellWorker {
+	r.t.Helper()
+	if !w.exited() {
+		return w
+	}
+	if r.c.kind == kindOutOfRange && w.err != nil && !strings.Contains(w.err.Error(), "\n") {
+		r.note("%s stopped %s: %v", w.name, when, w.err)
+	} else {
+		r.fail("%s stopped %s: %v", w.name, when, w.err)
+	}
+	return r.restart(w)
+}
+
+// waitReady waits until w answers ready, starting it again if it stops
+// (at most twice), and returns the worker to go on with. The wait is longer
+// than a transaction timeout (sarama's default is a minute), which is how
+// long a transaction left open can hold the group's offsets.
+func (r *cellRun) waitReady(w *cellWorker) *cellWorker {
 	began := time.Now()
 	deadline := began.Add(90 * time.Second)
+	restarts := 0
 	for time.Now().Before(deadline) {
 		if w.ready() {
 			if took := time.Since(began); took > 20*time.Second {
 				r.note("%s became ready only after %s", w.name, took.Round(time.Second))
 			}
-			return true
+			return w
 		}
 		if w.exited() {
-			r.fail("%s stopped while waiting to be ready: %v", w.name, w.err)
-			return false
+			if restarts == 2 {
+				r.fail("%s keeps stopping: %v", w.name, w.err)
+				return w
+			}
+			restarts++
+			w = r.revive(w, "while waiting to be ready")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	r.fail("%s not ready within 90s after the fault was removed", w.name)
-	return false
+	return w
 }
 
 // sendCounted sends n views through w and waits until the report counts
@@ -747,11 +769,17 @@ func (r *cellRun) checkReadiness(ws ...*cellWorker) {
 	r.fail("/ready/ never said why the worker was waiting while the fault was in place (saw: %s)", r.res.Ready)
 }
 
-// stopAll stops every running worker and checks they stop cleanly.
+// stopAll stops the workers in turn and checks they stop cleanly. A worker
+// that stopped on its own fails the cell, and is started again to process
+// what it left before it is stopped, so the counts still tell whether
+// anything was lost.
 func (r *cellRun) stopAll(ws ...*cellWorker) {
 	for _, w := range ws {
 		if w.exited() {
-			continue
+			w = r.waitReady(r.revive(w, "on its own before the end of the cell"))
+			if got, ok := waitCounted(w.base, r.sender.total(), 30*time.Second); !ok {
+				r.note("report of %s did not reach %d views within 30s (last %d)", w.name, r.sender.total(), got)
+			}
 		}
 		if err := w.stop(); err != nil {
 			r.fail("%s did not stop cleanly: %v", w.name, err)
@@ -897,10 +925,7 @@ func (r *cellRun) runJoin() {
 	r.install()
 	a := r.start("a", "a")
 	a = r.afterFault(a)[0]
-	if !r.waitReady(a) {
-		a = r.restart(a)
-		r.waitReady(a)
-	}
+	a = r.waitReady(a)
 	r.sendCounted(a, 60)
 	r.stopAll(a)
 	r.checkCounts()
@@ -909,39 +934,32 @@ func (r *cellRun) runJoin() {
 // runRecovery: a worker fills the changelogs and stops; the fault is in
 // place when a worker with an empty store takes over and replays them.
 func (r *cellRun) runRecovery() {
-	seed := r.start("seed", "seed")
-	if !r.waitReady(seed) {
-		return
-	}
+	seed := r.waitReady(r.start("seed", "seed"))
 	r.sendCounted(seed, 100)
 	r.stopAll(seed)
 
 	r.install()
 	b := r.start("b", "b")
 	b = r.afterFault(b)[0]
-	if r.waitReady(b) {
-		r.sendCounted(b, 60)
-	}
+	b = r.waitReady(b)
+	r.sendCounted(b, 60)
 	r.stopAll(b)
 	r.checkCounts()
 }
 
 // runSteady: the fault hits a running worker while it processes views.
 func (r *cellRun) runSteady() {
-	a := r.start("a", "a")
-	if !r.waitReady(a) {
-		return
-	}
+	a := r.waitReady(r.start("a", "a"))
 	r.sendCounted(a, 60)
 
 	r.install()
 	var sending sync.WaitGroup
-	sending.Go(func() { r.sender.send(a.base, 60) })
+	base := a.base
+	sending.Go(func() { r.sender.send(base, 60) })
 	a = r.afterFault(a)[0]
 	sending.Wait()
-	if r.waitReady(a) {
-		r.sendCounted(a, 60)
-	}
+	a = r.waitReady(a)
+	r.sendCounted(a, 60)
 	r.stopAll(a)
 	r.checkCounts()
 }
@@ -950,15 +968,9 @@ func (r *cellRun) runSteady() {
 // the fault hits the copies; then one worker stops and the other takes its
 // partitions over from its copies.
 func (r *cellRun) runStandby() {
-	a := r.start("a", "a")
-	if !r.waitReady(a) {
-		return
-	}
-	b := r.start("b", "b")
-	if !r.waitReady(b) || !r.waitSplit(a, b) {
-		r.stopAll(a, b)
-		return
-	}
+	a := r.waitReady(r.start("a", "a"))
+	b := r.waitReady(r.start("b", "b"))
+	a, b = r.waitSplit(a, b)
 	r.sendCounted(a, 100)
 	// Let the copies catch up before the fault.
 	time.Sleep(2 * time.Second)
@@ -967,12 +979,11 @@ func (r *cellRun) runStandby() {
 	var sending sync.WaitGroup
 	sending.Go(func() { r.sender.send(a.base, 60) })
 	ws := r.afterFault(a, b)
-	a, b = ws[0], ws[1]
 	sending.Wait()
-	r.waitReady(a)
-	r.waitReady(b)
+	a, b = r.waitReady(ws[0]), r.waitReady(ws[1])
 	r.sendCounted(a, 60)
 	r.stopAll(a)
+	b = r.revive(b, "when the other stopped")
 	if got, ok := waitCounted(b.base, r.sender.total(), 60*time.Second); !ok {
 		r.note("after the failover the report of b did not reach %d views within 60s (last %d)", r.sender.total(), got)
 	}
@@ -983,10 +994,7 @@ func (r *cellRun) runStandby() {
 // runRevoke: the fault is in place when a second worker joins a running
 // one, which revokes partitions while views keep coming.
 func (r *cellRun) runRevoke() {
-	a := r.start("a", "a")
-	if !r.waitReady(a) {
-		return
-	}
+	a := r.waitReady(r.start("a", "a"))
 	r.sendCounted(a, 60)
 
 	stop := make(chan struct{})
@@ -1009,28 +1017,25 @@ func (r *cellRun) runRevoke() {
 	ws := r.afterFault(a, b)
 	close(stop)
 	sending.Wait()
-	a, b = ws[0], ws[1]
-	r.waitReady(a)
-	r.waitReady(b)
-	if r.waitSplit(a, b) {
-		r.sendCounted(b, 60)
-	}
+	a, b = r.waitReady(ws[0]), r.waitReady(ws[1])
+	a, b = r.waitSplit(a, b)
+	r.sendCounted(b, 60)
 	r.stopAll(b, a)
 	r.checkCounts()
 }
 
-// waitSplit waits until both workers hold partitions.
-func (r *cellRun) waitSplit(a, b *cellWorker) bool {
+// waitSplit waits until both workers hold partitions, starting again one
+// that stops meanwhile, and returns the workers to go on with.
+func (r *cellRun) waitSplit(a, b *cellWorker) (*cellWorker, *cellWorker) {
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
 		if len(a.partitions()) > 0 && len(b.partitions()) > 0 {
-			return true
+			return a, b
 		}
-		if a.exited() || b.exited() {
-			break
-		}
+		a = r.waitReady(r.revive(a, "while the group settled"))
+		b = r.waitReady(r.revive(b, "while the group settled"))
 		time.Sleep(100 * time.Millisecond)
 	}
 	r.fail("the two workers did not share the partitions within 60s (a holds %v, b holds %v)", a.partitions(), b.partitions())
-	return false
+	return a, b
 }
