@@ -687,9 +687,14 @@ func (r *cellRun) revive(w *cellWorker, when string) *cellWorker {
 	if !w.exited() {
 		return w
 	}
-	if r.c.kind == kindOutOfRange && w.err != nil && !strings.Contains(w.err.Error(), "\n") {
+	switch {
+	case r.c.fatal() && w.err != nil && strings.Contains(w.err.Error(), sarama.KError(r.c.faultErr().Code).Error()):
+		// A later stop on the same fatal fault (a request of this worker
+		// that met it before it was removed).
+		r.checkFatalError(w)
+	case r.c.kind == kindOutOfRange && w.err != nil && !strings.Contains(w.err.Error(), "\n"):
 		r.note("%s stopped %s: %v", w.name, when, w.err)
-	} else {
+	default:
 		r.fail("%s stopped %s: %v", w.name, when, w.err)
 	}
 	return r.restart(w)
