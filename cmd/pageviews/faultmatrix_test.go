@@ -152,7 +152,9 @@ func matrixCells() []cell {
 		cell{req: kmsg.Fetch, phase: phaseRecovery, kind: kindOutOfRange},
 		cell{req: kmsg.Fetch, phase: phaseStandby, kind: kindOutOfRange},
 	)
-	// Real moves of leaders and coordinators, in every phase.
+	// Real moves of leaders and coordinators, where a worker meets them
+	// most: replaying, processing, committing, and while the group
+	// rebalances.
 	for _, c := range []cell{
 		{req: kmsg.Fetch, phase: phaseRecovery}, {req: kmsg.Fetch, phase: phaseRecovery, eos: true},
 		{req: kmsg.Fetch, phase: phaseProcessing}, {req: kmsg.Fetch, phase: phaseStandby},
@@ -181,7 +183,7 @@ var txnRequests = map[kmsg.Key]bool{
 
 // faultErr is the error a cell injects.
 func (c cell) faultErr() *kerr.Error {
-	coordinated := groupRequests[c.req] || txnRequests[c.req]
+	coordinated := c.coordinated()
 	switch c.kind {
 	case kindOutOfRange:
 		return kerr.OffsetOutOfRange
@@ -287,10 +289,8 @@ func (c cell) waits() bool {
 		return false
 	}
 	switch c.phase {
-	case phaseJoin, phaseRecovery:
+	case phaseJoin, phaseRecovery, phaseFlush:
 		return true
-	case phaseFlush:
-		return c.req != kmsg.Metadata
 	}
 	return false
 }
@@ -348,7 +348,7 @@ func TestFaultMatrix(t *testing.T) {
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			results[i] = runCellProcess(t, c, logDir)
+			results[i] = runCellProcess(c, logDir)
 		})
 	}
 	wg.Wait()
@@ -369,7 +369,7 @@ type cellOutcome struct {
 }
 
 // runCellProcess runs one cell in a process of its own and reads its result.
-func runCellProcess(t *testing.T, c cell, logDir string) cellOutcome {
+func runCellProcess(c cell, logDir string) cellOutcome {
 	dir, err := os.MkdirTemp("", "faultmatrix")
 	if err != nil {
 		return cellOutcome{verdict: "CRASH", res: cellResult{Notes: []string{err.Error()}}}
