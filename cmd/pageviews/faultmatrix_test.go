@@ -225,6 +225,17 @@ func (c cell) faults(cfg *config.Config) []kfake.Fault {
 	if groupRequests[c.req] {
 		f.Group = cfg.Group
 	}
+	if c.req == kmsg.InitProducerID && c.eos {
+		// The partitions' transactional producers, not the idempotent one
+		// every worker starts with (the at_least_once cell has that).
+		var fs []kfake.Fault
+		for p := range cfg.Partitions {
+			g := f
+			g.TxnID = fmt.Sprintf("%s-%s-%d", cfg.Group, cfg.Topic, p)
+			fs = append(fs, g)
+		}
+		return fs
+	}
 	topics := c.topics(cfg)
 	if len(topics) == 0 {
 		return []kfake.Fault{f}
