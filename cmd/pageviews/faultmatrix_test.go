@@ -86,7 +86,11 @@ const (
 	// kindMoved really moves, on a cluster of three brokers, the leaders
 	// of the partitions the request goes to (MoveTopicPartition), or the
 	// coordinators (RehashCoordinators): the old ones then answer
-	// NOT_LEADER_OR_FOLLOWER or NOT_COORDINATOR to every request.
+	// NOT_LEADER_OR_FOLLOWER or NOT_COORDINATOR to every request. In the
+	// recovery cells the move comes before the worker starts (a replay this
+	// small is over within a fetch or two), so they test finding the new
+	// leader; a move in the middle of a replay is the move cell's
+	// NOT_LEADER_OR_FOLLOWER. (kerr calls that code NOT_LEADER_FOR_PARTITION.)
 	kindMoved faultKind = "moved"
 )
 
