@@ -53,6 +53,10 @@ test: ## run every test (race detector on): the worker, the dashboards, faults a
 	$(MAKE) test-dashboards
 	cd faults && $(GO) test -race -count=1 -timeout 15m ./...
 
+.PHONY: test-faults
+test-faults: ## the fault matrix: each Kafka request the worker makes under a retriable error, a move and a fatal error, in each phase (minutes; FAULT_MATRIX_ONLY=<regexp> for some cells)
+	FAULT_MATRIX=1 $(GO) test -count=1 -v -timeout 45m -run '^TestFaultMatrix$$' ./cmd/pageviews
+
 .PHONY: test-short
 test-short: ## run the unit tests only
 	$(GO) test -short -count=1 ./...
