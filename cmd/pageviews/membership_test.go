@@ -64,13 +64,16 @@ type hold struct {
 	armed     bool
 	held      chan int64
 	releaseCh chan struct{}
-	once      sync.Once
+	// let is closed once the held request is let go: the broker handles
+	// it next, before any request that comes later.
+	let  chan struct{}
+	once sync.Once
 }
 
 func (h *hold) release() { h.once.Do(func() { close(h.releaseCh) }) }
 
 func newHold() *hold {
-	return &hold{armed: true, held: make(chan int64, 1), releaseCh: make(chan struct{})}
+	return &hold{armed: true, held: make(chan int64, 1), releaseCh: make(chan struct{}), let: make(chan struct{})}
 }
 
 // startFenceBroker starts a single-node kfake cluster for the workers to
@@ -95,6 +98,7 @@ func startFenceBroker(t *testing.T) *fenceBroker {
 		if hit {
 			h.held <- 0
 			c.SleepControl(func() { <-h.releaseCh })
+			close(h.let)
 		}
 		return nil, nil, false // the broker answers it as usual
 	})
@@ -125,6 +129,9 @@ func startFenceBroker(t *testing.T) *fenceBroker {
 		b.mu.Lock()
 		b.produced = append(b.produced, writes...)
 		b.mu.Unlock()
+		if hit != nil {
+			close(hit.let)
+		}
 		return nil, nil, false
 	})
 	return b
@@ -522,18 +529,20 @@ func TestExpelledMemberInFlightWrite(t *testing.T) {
 	views.send(t, page, 3)
 	want[page] += 3
 	waitChangelog(t, k.addr, want, "B flushed every view")
-	expelled := k.mark()
+	afterB := k.mark()
 
 	// A's write reaches the broker now, then its rejoin.
 	write.release()
-	eventually(t, 30*time.Second, "A's held write answered", func() (bool, string) {
-		return k.mark() > expelled, ""
-	})
+	select {
+	case <-write.let:
+	case <-time.After(30 * time.Second):
+		t.Fatal("A's held write was not let go within 30s")
+	}
 	join.release()
 	waitRejoined(t, a, memberA)
 
 	checkRecovery(t, k.addr, want)
-	if w := k.changelogWrites([]int64{pidA}, expelled, k.mark()); len(w) > 0 {
+	if w := k.changelogWrites([]int64{pidA}, afterB, k.mark()); len(w) > 0 {
 		t.Errorf("A's changelog records landed after B's: %v", w)
 	}
 	if t.Failed() {
