@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -46,6 +47,16 @@ type fenceBroker struct {
 	produced []produced
 	join     *hold // the held JoinGroup, if any
 	produce  *hold // the held changelog Produce, if any
+	// rebalanceTimeout, when set, is the rebalance timeout every member
+	// asks for in its JoinGroup: the coordinator removes a member that has
+	// not joined again this long after a rebalance began.
+	rebalanceTimeout time.Duration
+	// joined, when set, sees every JoinGroup as it arrives.
+	joined func(req *kmsg.JoinGroupRequest)
+	// decide, when set, rules on every Produce that no hold took: the
+	// broker waits until wait (if any) is closed, then refuses the request
+	// with INVALID_RECORD if refuse, else handles it.
+	decide func(writes []produced) (wait <-chan struct{}, refuse bool)
 }
 
 // produced is one topic partition of a Produce request and the producer
@@ -90,6 +101,12 @@ func startFenceBroker(t *testing.T) *fenceBroker {
 	c.ControlKey(int16(kmsg.JoinGroup), func(req kmsg.Request) (kmsg.Response, error, bool) {
 		join := req.(*kmsg.JoinGroupRequest)
 		b.mu.Lock()
+		if b.rebalanceTimeout > 0 {
+			join.RebalanceTimeoutMillis = int32(b.rebalanceTimeout / time.Millisecond)
+		}
+		if b.joined != nil {
+			b.joined(join)
+		}
 		h := b.join
 		hit := h != nil && h.armed && join.MemberID == h.member
 		if hit {
@@ -121,10 +138,21 @@ func startFenceBroker(t *testing.T) *fenceBroker {
 				}
 			}
 		}
+		decide := b.decide
 		b.mu.Unlock()
+		var refuse bool
 		if hit != nil {
 			hit.held <- pid
 			c.SleepControl(func() { <-hit.releaseCh })
+		} else if decide != nil {
+			var wait <-chan struct{}
+			if wait, refuse = decide(writes); wait != nil {
+				c.SleepControl(func() { <-wait })
+			}
+		}
+		if refuse {
+			c.KeepControl() // answering a request would drop the control
+			return refused(req.(*kmsg.ProduceRequest)), nil, true
 		}
 		// A held request lands when it is let go: record it then.
 		b.mu.Lock()
@@ -136,6 +164,24 @@ func startFenceBroker(t *testing.T) *fenceBroker {
 		return nil, nil, false
 	})
 	return b
+}
+
+// refused answers req with INVALID_RECORD for every partition: the broker
+// took none of it, and the producer does not retry it.
+func refused(req *kmsg.ProduceRequest) *kmsg.ProduceResponse {
+	resp := req.ResponseKind().(*kmsg.ProduceResponse)
+	for _, tp := range req.Topics {
+		rt := kmsg.NewProduceResponseTopic()
+		rt.Topic = tp.Topic
+		for _, p := range tp.Partitions {
+			rp := kmsg.NewProduceResponseTopicPartition()
+			rp.Partition = p.Partition
+			rp.ErrorCode = kerr.InvalidRecord.Code
+			rt.Partitions = append(rt.Partitions, rp)
+		}
+		resp.Topics = append(resp.Topics, rt)
+	}
+	return resp
 }
 
 // holdJoin holds the next JoinGroup of member until release.
@@ -552,6 +598,158 @@ func TestExpelledMemberInFlightWrite(t *testing.T) {
 			break
 		}
 	}
+	if t.Failed() {
+		t.Logf("A's log:\n%s\nB's log:\n%s", a.logs, b.logs)
+	}
+}
+
+// TestExpelledMemberLeaseEndsWithRebalance: while a rebalance is pending,
+// the coordinator answers a member that has not joined again
+// REBALANCE_IN_PROGRESS, and removes it when the rebalance timeout runs
+// out, however recently it answered. Worker A's rejoin is held; its flush
+// of a partition fails at the broker and is retried. One retry asks the
+// coordinator shortly before the rebalance deadline and is answered
+// REBALANCE_IN_PROGRESS. A changelog write that A starts after the deadline
+// is a write by a member the coordinator no longer knows, and when worker B
+// has flushed the partition first, a fresh recovery restores A's older
+// value. The rebalance timeout is shortened to keep the test short; it is
+// still longer than a third of the session timeout.
+func TestExpelledMemberLeaseEndsWithRebalance(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	const partitions = 2
+	const rebalance = 5 * time.Second
+	k := startFenceBroker(t)
+	k.mu.Lock()
+	k.rebalanceTimeout = rebalance
+	k.mu.Unlock()
+	vars := func() map[string]string {
+		v := fenceVars(t, k, partitions, "100ms")
+		v["KAFKA_SESSION_TIMEOUT"] = "9s" // a 3s lease
+		return v
+	}
+	a := startWorker(t, vars(), time.Now)
+	memberA := firstMember(t, a)
+	views := newViewProducer(t, k.addr)
+
+	const page = "/fence/deadline"
+	p := partitionOf(t, page, partitions)
+	want := map[string]int{page: 5}
+	views.send(t, page, 5)
+	waitChangelog(t, k.addr, want, "A flushed the first views")
+	waitCommitted(t, k.addr, p)
+
+	// The broker's rulings on A's changelog writes from here on: the first
+	// is held until a second before the rebalance deadline and refused,
+	// the retries before the deadline are refused, and the first one after
+	// it is held until B has flushed, then taken.
+	var (
+		mu       sync.Mutex
+		pidA     int64 = -1
+		deadline time.Time // zero until B's join begins the rebalance
+		lateAt   time.Time
+	)
+	firstWait, lateWait := make(chan struct{}), make(chan struct{})
+	var letFirst, letLate sync.Once
+	t.Cleanup(func() {
+		letFirst.Do(func() { close(firstWait) })
+		letLate.Do(func() { close(lateWait) })
+	})
+	rule := func(writes []produced) (<-chan struct{}, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, w := range writes {
+			if w.topic != totalsChangelog && w.topic != viewsChangelog {
+				continue
+			}
+			switch {
+			case pidA == -1 && w.partition == p:
+				pidA = w.pid
+				return firstWait, true
+			case w.pid != pidA:
+			case !lateAt.IsZero():
+				return nil, false
+			case deadline.IsZero() || time.Now().Before(deadline.Add(300*time.Millisecond)):
+				return nil, true
+			default:
+				lateAt = time.Now()
+				return lateWait, false
+			}
+		}
+		return nil, false
+	}
+	joined := func(req *kmsg.JoinGroupRequest) {
+		mu.Lock()
+		defer mu.Unlock()
+		if req.MemberID == "" || req.MemberID == memberA || !deadline.IsZero() {
+			return
+		}
+		// B joins with its member id: the rebalance begins now.
+		deadline = time.Now().Add(rebalance)
+		time.AfterFunc(rebalance-time.Second, func() { letFirst.Do(func() { close(firstWait) }) })
+	}
+	k.mu.Lock()
+	k.decide, k.joined = rule, joined
+	k.mu.Unlock()
+
+	views.send(t, page, 1)
+	want[page]++
+	eventually(t, 30*time.Second, "A's changelog write held", func() (bool, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		return pidA != -1, ""
+	})
+
+	// Views that only B sees: they are sent once A's rejoin is held, and A
+	// fetches nothing more after that.
+	join := k.holdJoin(t, memberA)
+	sent := make(chan error, 1)
+	go func() {
+		select {
+		case <-join.held:
+		case <-time.After(30 * time.Second):
+			sent <- fmt.Errorf("A's rejoin was not held within 30s")
+			return
+		}
+		for range 3 {
+			value := fmt.Sprintf(`{"page":%q,"count":1,"timestamp":%q}`, page, time.Now().UTC().Format(time.RFC3339Nano))
+			if _, _, err := views.p.SendMessage(&sarama.ProducerMessage{
+				Topic: viewsTopic, Key: sarama.StringEncoder(page), Value: sarama.StringEncoder(value),
+			}); err != nil {
+				sent <- err
+				return
+			}
+		}
+		sent <- nil
+	}()
+	b := startWorker(t, vars(), time.Now)
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	want[page] += 3
+	waitChangelog(t, k.addr, want, "B flushed every view")
+
+	// A either started a write after the deadline (held now) or found out
+	// it was removed.
+	eventually(t, 30*time.Second, "A's next write or its drop", func() (bool, string) {
+		mu.Lock()
+		late := !lateAt.IsZero()
+		mu.Unlock()
+		return late || len(a.logs.all(dropLine)) > 0, "A's log:\n" + a.logs.String()
+	})
+	letLate.Do(func() { close(lateWait) })
+	a.logs.wait(t, dropLine, 30*time.Second)
+	join.release()
+	waitRejoined(t, a, memberA)
+
+	mu.Lock()
+	if !lateAt.IsZero() {
+		t.Errorf("A started a changelog write %s after the rebalance deadline that removed it from the group",
+			lateAt.Sub(deadline).Round(time.Millisecond))
+	}
+	mu.Unlock()
+	checkRecovery(t, k.addr, want)
 	if t.Failed() {
 		t.Logf("A's log:\n%s\nB's log:\n%s", a.logs, b.logs)
 	}
