@@ -646,7 +646,7 @@ func TestExpelledMemberLeaseEndsWithRebalance(t *testing.T) {
 	// it is held until B has flushed, then taken.
 	var (
 		mu       sync.Mutex
-		pidA     int64 = -1
+		pidA     int64     = -1
 		deadline time.Time // zero until B's join begins the rebalance
 		lateAt   time.Time
 	)
