@@ -739,7 +739,9 @@ func TestExpelledMemberLeaseEndsWithRebalance(t *testing.T) {
 		return late || len(a.logs.all(dropLine)) > 0, "A's log:\n" + a.logs.String()
 	})
 	letLate.Do(func() { close(lateWait) })
-	a.logs.wait(t, dropLine, 30*time.Second)
+	eventually(t, 30*time.Second, "A finds out it was removed", func() (bool, string) {
+		return len(a.logs.all(dropLine)) > 0 || len(a.logs.all("offset commit rejected: no longer a member of the group")) > 0, ""
+	})
 	join.release()
 	waitRejoined(t, a, memberA)
 
