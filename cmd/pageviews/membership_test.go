@@ -667,7 +667,7 @@ func TestExpelledMemberLeaseEndsWithRebalance(t *testing.T) {
 			case pidA == -1 && w.partition == p:
 				pidA = w.pid
 				return firstWait, true
-			case w.pid != pidA:
+			case w.pid != pidA: // B's
 			case !lateAt.IsZero():
 				return nil, false
 			case deadline.IsZero() || time.Now().Before(deadline.Add(300*time.Millisecond)):
