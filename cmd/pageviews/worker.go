@@ -69,6 +69,11 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 			}
 			done <- errors.Join(errs...)
 		}()
+		if errors.Is(err, errStartInterrupted) && ctx.Err() != nil {
+			// TERM during start-up is a requested stop, not a failure.
+			log.Info("stopped during start-up", "step", err.Error())
+			err = nil
+		}
 		select {
 		case cerr := <-done:
 			if err == nil {
@@ -152,7 +157,8 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 	cleanups = append(cleanups, func() error { _ = ln.Close(); return nil })
 	self := advertisedURL(cfg, ln.Addr())
 
-	clients, err := connect(cfg, brokers, self)
+	clients, err := interruptible(ctx, "connect to kafka", func() (*clients, error) { return connect(cfg, brokers, self) },
+		func(c *clients) { _ = c.close() })
 	if err != nil {
 		return err
 	}
@@ -178,11 +184,12 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		}
 		return err
 	})
-	if err := sched.RunTasks(ctx); err != nil {
+	if _, err := interruptible(ctx, "create topics", func() (any, error) { return nil, sched.RunTasks(ctx) }, nil); err != nil {
 		return err
 	}
 
-	producer, err := kafka.NewProducer(clients.producer)
+	producer, err := interruptible(ctx, "start the producer", func() (*kafka.Producer, error) { return kafka.NewProducer(clients.producer) },
+		func(p *kafka.Producer) { _ = p.Close() })
 	if err != nil {
 		return fmt.Errorf("kafka producer: %w", err)
 	}
@@ -392,6 +399,39 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		abandon = true
 		return fmt.Errorf("warm shutdown did not finish within SHUTDOWN_TIMEOUT=%s; exiting without it (the changelogs hold the state)", cfg.ShutdownTimeout)
 	}
+}
+
+// errStartInterrupted ends a start-up step that ctx ended.
+var errStartInterrupted = errors.New("start-up interrupted by shutdown")
+
+// interruptible runs a start-up step that can block on the network and
+// returns as soon as ctx ends: sarama does not take a context, and a broker
+// that accepts connections but never answers holds it for minutes, while
+// TERM must end the worker within SHUTDOWN_TIMEOUT. The abandoned step goes
+// on in the background until sarama gives up; release then frees what it
+// made, if it made anything.
+func interruptible[T any](ctx context.Context, what string, step func() (T, error), release func(T)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := step()
+		done <- result{v, err}
+	}()
+	select {
+	case r := <-done:
+		return r.v, r.err
+	case <-ctx.Done():
+	}
+	go func() {
+		if r := <-done; r.err == nil && release != nil {
+			release(r.v)
+		}
+	}()
+	var zero T
+	return zero, fmt.Errorf("%w while waiting to %s", errStartInterrupted, what)
 }
 
 // clients are separate sarama clients, so a long-polling fetch never delays
