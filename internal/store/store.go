@@ -19,17 +19,24 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // DB is the worker's local state store.
 type DB struct {
 	pdb    *pebble.DB
+	lock   *pebble.Lock
 	dir    string
 	stalls *atomic.Int64
 }
@@ -47,28 +54,134 @@ func (d *DB) Stats() Stats {
 	return Stats{DiskBytes: m.DiskSpaceUsage(), Compactions: m.Compact.Count, WriteStalls: d.stalls.Load()}
 }
 
-// Open opens the store in dir, creating it when missing. A store that cannot
-// be opened or fails its consistency check is treated as corrupt: it is
-// wiped and created empty, and wiped reports that this happened, so every
-// table partition is rebuilt from its changelog.
+// Open opens the store in dir, creating it when missing. The directory is
+// locked while the store is open: a second worker on the same directory
+// gets a *LockedError and must not touch it.
+//
+// A store that Pebble reports as corrupt (a damaged or missing file, a
+// checksum that does not match) is wiped and created empty, and wiped
+// reports that this happened, so every table partition is rebuilt from its
+// changelog. Any other error (permissions, too many open files, a full
+// disk) is returned as it is: wiping would not cure it, and could destroy
+// a good store.
 func Open(dir string, log *slog.Logger) (db *DB, wiped bool, err error) {
-	db, err = open(dir, log)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, false, fmt.Errorf("create store directory: %w", err)
+	}
+	lock, err := pebble.LockDirectory(dir, vfs.Default)
+	if err != nil {
+		return nil, false, lockError(dir, err)
+	}
+	db, err = open(dir, lock, log)
 	if err == nil {
 		return db, false, nil
 	}
+	if !corrupt(err) {
+		_ = lock.Close()
+		return nil, false, err
+	}
 	log.Warn("local store is corrupt; wiping it and rebuilding every partition from the changelogs",
 		"dir", dir, "error", err)
-	if err := os.RemoveAll(dir); err != nil {
+	if err := wipe(dir); err != nil {
+		_ = lock.Close()
 		return nil, false, fmt.Errorf("wipe corrupt store %s: %w", dir, err)
 	}
-	db, err = open(dir, log)
+	db, err = open(dir, lock, log)
 	if err != nil {
+		_ = lock.Close()
 		return nil, true, err
 	}
 	return db, true, nil
 }
 
-func open(dir string, log *slog.Logger) (*DB, error) {
+// corrupt reports whether Pebble found the store corrupt: it marks damaged
+// files (checksums, a malformed MANIFEST or WAL) as ErrCorruption. Its
+// consistency check at open, which finds a table file that the MANIFEST
+// lists missing or of another size, reports without the mark; those two
+// messages are recognised by their text (pinned by the store's tests).
+func corrupt(err error) bool {
+	if pebble.IsCorruptionError(err) {
+		return true
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "object size mismatch") ||
+		errors.Is(err, os.ErrNotExist) && strings.Contains(msg, "unknown to the objstorage provider")
+}
+
+// lockFile is the name of Pebble's lock file in the store directory.
+const lockFile = "LOCK"
+
+// wipe removes everything in dir but the lock file, which this process
+// holds: removing it would let another process lock a new file of the same
+// name while this one still writes.
+func wipe(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.Name() == lockFile {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// LockedError is the failure to open a store that another process, or
+// another DB of this process, has open.
+type LockedError struct {
+	Dir string
+	// PID is the process holding the lock, 0 when unknown.
+	PID int
+	Err error
+}
+
+func (e *LockedError) Error() string {
+	holder := "another process"
+	if e.PID == os.Getpid() {
+		holder = "this process"
+	} else if e.PID != 0 {
+		holder = fmt.Sprintf("process %d", e.PID)
+	}
+	return fmt.Sprintf("store %s is locked by %s (another worker running on the same DATA_DIR?): every worker needs its own DATA_DIR", e.Dir, holder)
+}
+
+func (e *LockedError) Unwrap() error { return e.Err }
+
+// lockError tells a lock held by someone else from a failure to create the
+// lock file (permissions, a full disk), which is returned as it is.
+func lockError(dir string, err error) error {
+	var perr *fs.PathError
+	if errors.As(err, &perr) {
+		return fmt.Errorf("lock store %s: %w", dir, err)
+	}
+	// Pebble refuses a second lock within one process before asking the
+	// kernel, with a plain error.
+	if !errors.Is(err, syscall.EAGAIN) && !errors.Is(err, syscall.EACCES) {
+		return &LockedError{Dir: dir, PID: os.Getpid(), Err: err}
+	}
+	return &LockedError{Dir: dir, PID: lockHolder(filepath.Join(dir, lockFile)), Err: err}
+}
+
+// lockHolder asks the kernel which process holds the lock on path (Pebble
+// takes an fcntl lock); 0 when it cannot tell.
+func lockHolder(path string) int {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	lk := syscall.Flock_t{Type: syscall.F_WRLCK, Whence: io.SeekStart}
+	if err := syscall.FcntlFlock(f.Fd(), syscall.F_GETLK, &lk); err != nil || lk.Type == syscall.F_UNLCK {
+		return 0
+	}
+	return int(lk.Pid)
+}
+
+func open(dir string, lock *pebble.Lock, log *slog.Logger) (*DB, error) {
 	stalls := new(atomic.Int64)
 	opts := &pebble.Options{
 		// Pebble's 4 MiB memtables make a recovery write each record many
@@ -90,6 +203,7 @@ func open(dir string, log *slog.Logger) (*DB, error) {
 		// a 32 MiB memtable leaves half to data blocks. It is also the
 		// bound of Pebble's memory, memtables included.
 		CacheSize: 64 << 20,
+		Lock:      lock,
 		Logger:    pebbleLogger{log},
 		EventListener: &pebble.EventListener{
 			// Pebble's default treats a checksum mismatch as fatal. Report it
@@ -121,11 +235,12 @@ func open(dir string, log *slog.Logger) (*DB, error) {
 		_ = pdb.Close()
 		return nil, fmt.Errorf("check pebble %s: %w", dir, err)
 	}
-	return &DB{pdb: pdb, dir: dir, stalls: stalls}, nil
+	return &DB{pdb: pdb, lock: lock, dir: dir, stalls: stalls}, nil
 }
 
-// Close flushes memtables and closes the store.
+// Close flushes memtables, closes the store and releases its directory.
 func (d *DB) Close() error {
+	defer d.lock.Close()
 	if err := d.pdb.Flush(); err != nil {
 		_ = d.pdb.Close()
 		return fmt.Errorf("flush store: %w", err)
