@@ -283,7 +283,9 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 	}
 	publisher := &pageview.Publisher{Sender: producer, Topic: cfg.Topic, Clock: clock}
 	livecheck := &pageview.Livecheck{
-		Publish: publisher.Publish,
+		Publish: func(ctx context.Context, page string) (int64, error) {
+			return publisher.PublishSynthetic(ctx, page, "livecheck")
+		},
 		Count:   router.Count,
 		SLO:     cfg.LivecheckSLO,
 		Poll:    100 * time.Millisecond,

@@ -26,12 +26,24 @@ type Publisher struct {
 // Publish counts a view of page in this process's counter and sends it. It
 // returns the counter once the broker has acknowledged the record.
 func (p *Publisher) Publish(ctx context.Context, page string) (int64, error) {
+	return p.publish(ctx, page, nil)
+}
+
+// PublishSynthetic sends a synthetic view of a page under ReservedPrefix,
+// marked with SyntheticHeader naming sender, and returns the counter as
+// Publish does.
+func (p *Publisher) PublishSynthetic(ctx context.Context, page, sender string) (int64, error) {
+	return p.publish(ctx, page, []sarama.RecordHeader{{Key: []byte(SyntheticHeader), Value: []byte(sender)}})
+}
+
+func (p *Publisher) publish(ctx context.Context, page string, headers []sarama.RecordHeader) (int64, error) {
 	n := p.n.Add(1)
 	pv := PageView{Page: page, Count: n, Timestamp: p.Clock()}
 	_, _, err := p.Sender.SendAndWait(ctx, &sarama.ProducerMessage{
 		Topic:     p.Topic,
 		Key:       sarama.StringEncoder(page),
 		Value:     sarama.ByteEncoder(Encode(pv)),
+		Headers:   headers,
 		Timestamp: pv.Timestamp,
 	})
 	if err != nil {
