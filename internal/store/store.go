@@ -16,6 +16,7 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -27,6 +28,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
@@ -64,15 +66,41 @@ func (d *DB) Stats() Stats {
 // changelog. Any other error (permissions, too many open files, a full
 // disk) is returned as it is: wiping would not cure it, and could destroy
 // a good store.
+//
+// On a full disk Open waits for space, retrying with growing pauses, and
+// gives up after a while with a *NoSpaceError (see OpenWith).
 func Open(dir string, log *slog.Logger) (db *DB, wiped bool, err error) {
+	return OpenWith(context.Background(), dir, log, Options{})
+}
+
+// Options tune OpenWith; the zero value is what Open uses.
+type Options struct {
+	// NoSpaceWait is how long Open waits for a full disk to accept writes
+	// again before it gives up with a *NoSpaceError; 20s when zero.
+	NoSpaceWait time.Duration
+	// FS is the file system under the store; the operating system's when
+	// nil. Tests put a full disk there.
+	FS vfs.FS
+}
+
+// OpenWith is Open with options, and returns early with ctx's error when
+// ctx ends while it waits for space.
+func OpenWith(ctx context.Context, dir string, log *slog.Logger, o Options) (db *DB, wiped bool, err error) {
+	if o.NoSpaceWait <= 0 {
+		o.NoSpaceWait = 20 * time.Second
+	}
+	if o.FS == nil {
+		o.FS = vfs.Default
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, false, fmt.Errorf("create store directory: %w", err)
 	}
-	lock, err := pebble.LockDirectory(dir, vfs.Default)
+	lock, err := pebble.LockDirectory(dir, o.FS)
 	if err != nil {
 		return nil, false, lockError(dir, err)
 	}
-	db, err = open(dir, lock, log)
+	space := newSpaceFS(o.FS)
+	db, err = openWaiting(ctx, dir, lock, space, log, o.NoSpaceWait)
 	if err == nil {
 		return db, false, nil
 	}
@@ -86,12 +114,62 @@ func Open(dir string, log *slog.Logger) (db *DB, wiped bool, err error) {
 		_ = lock.Close()
 		return nil, false, fmt.Errorf("wipe corrupt store %s: %w", dir, err)
 	}
-	db, err = open(dir, lock, log)
+	db, err = openWaiting(ctx, dir, lock, space, log, o.NoSpaceWait)
 	if err != nil {
 		_ = lock.Close()
 		return nil, true, err
 	}
 	return db, true, nil
+}
+
+// openWaiting opens the store, and while the disk is full waits up to wait
+// for space: Pebble's Open either fails for want of space (then it is
+// tried again; the file system has paused) or blocks retrying its flush
+// (then it is left to finish in the background, and closes the store it
+// opened if it ever does).
+func openWaiting(ctx context.Context, dir string, lock *pebble.Lock, space *spaceFS, log *slog.Logger, wait time.Duration) (*DB, error) {
+	type result struct {
+		db  *DB
+		err error
+	}
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	abandon := func(done <-chan result) {
+		go func() {
+			if r := <-done; r.err == nil {
+				// The lock is released by the caller, once this closes.
+				_ = r.db.pdb.Close()
+			}
+		}()
+	}
+	for {
+		done := make(chan result, 1)
+		go func() {
+			db, err := open(dir, lock, space, log)
+			done <- result{db, err}
+		}()
+	wait:
+		for {
+			select {
+			case r := <-done:
+				if !isNoSpace(r.err) {
+					return r.db, r.err
+				}
+				if since, _ := space.stuck(); !since.IsZero() && time.Since(since) >= wait {
+					return nil, &NoSpaceError{Dir: dir, Waited: time.Since(since), Err: r.err}
+				}
+				break wait
+			case <-ctx.Done():
+				abandon(done)
+				return nil, fmt.Errorf("open store %s: %w", dir, context.Cause(ctx))
+			case <-tick.C:
+				if since, last := space.stuck(); !since.IsZero() && time.Since(since) >= wait {
+					abandon(done)
+					return nil, &NoSpaceError{Dir: dir, Waited: time.Since(since), Err: last}
+				}
+			}
+		}
+	}
 }
 
 // corrupt reports whether Pebble found the store corrupt: it marks damaged
@@ -181,8 +259,9 @@ func lockHolder(path string) int {
 	return int(lk.Pid)
 }
 
-func open(dir string, lock *pebble.Lock, log *slog.Logger) (*DB, error) {
+func open(dir string, lock *pebble.Lock, fs vfs.FS, log *slog.Logger) (*DB, error) {
 	stalls := new(atomic.Int64)
+	background := &rateLimited{log: log, interval: time.Second}
 	opts := &pebble.Options{
 		// Pebble's 4 MiB memtables make a recovery write each record many
 		// times over (flushes of small overlapping tables, then their
@@ -204,6 +283,7 @@ func open(dir string, lock *pebble.Lock, log *slog.Logger) (*DB, error) {
 		// bound of Pebble's memory, memtables included.
 		CacheSize: 64 << 20,
 		Lock:      lock,
+		FS:        fs,
 		Logger:    pebbleLogger{log},
 		EventListener: &pebble.EventListener{
 			// Pebble's default treats a checksum mismatch as fatal. Report it
@@ -212,6 +292,12 @@ func open(dir string, lock *pebble.Lock, log *slog.Logger) (*DB, error) {
 			// state from the changelog.
 			DataCorruption: func(info pebble.DataCorruptionInfo) {
 				log.Error("store data corruption", "path", info.Path, "error", info.Details)
+			},
+			// A failing background write is retried at once and reported
+			// each time; on a full disk that would be thousands of lines a
+			// second.
+			BackgroundError: func(err error) {
+				background.Error("store background error", "dir", dir, "error", err)
 			},
 			WriteStallBegin: func(info pebble.WriteStallBeginInfo) {
 				stalls.Add(1)
@@ -256,10 +342,41 @@ func (d *DB) Metrics() *pebble.Metrics { return d.pdb.Metrics() }
 //
 //	'd' table 0x00 partition userkey   a value
 //	'm' table 0x00 partition           the checkpoint
+//	'f' table 0x00                     the table's definition
 const (
-	kindData = 'd'
-	kindMeta = 'm'
+	kindData       = 'd'
+	kindMeta       = 'm'
+	kindDefinition = 'f'
 )
+
+func definitionKey(table string) []byte {
+	return append(append([]byte{kindDefinition}, table...), 0)
+}
+
+// Definition returns what SetDefinition recorded for a table; ok is false
+// when nothing was.
+func (d *DB) Definition(table string) (def string, ok bool, err error) {
+	v, closer, err := d.pdb.Get(definitionKey(table))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("read definition of %s: %w", table, err)
+	}
+	defer closer.Close()
+	return string(v), true, nil
+}
+
+// SetDefinition records how a table's data is laid out (a windowed
+// table's window, say), so that a later start with another layout can be
+// refused instead of reading the old data wrongly. It survives partition
+// wipes; a wipe of the whole store removes it with the data.
+func (d *DB) SetDefinition(table, def string) error {
+	if err := d.pdb.Set(definitionKey(table), []byte(def), pebble.Sync); err != nil {
+		return fmt.Errorf("record definition of %s: %w", table, err)
+	}
+	return nil
+}
 
 func prefix(kind byte, table string, partition int32, extra int) []byte {
 	return appendPrefix(make([]byte, 0, 1+len(table)+1+4+extra), kind, table, partition)
