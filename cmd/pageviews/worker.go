@@ -25,7 +25,6 @@ import (
 	"github.com/gofaust/pageviews/internal/kafka"
 	"github.com/gofaust/pageviews/internal/metrics"
 	"github.com/gofaust/pageviews/internal/pageview"
-	"github.com/gofaust/pageviews/internal/store"
 	"github.com/gofaust/pageviews/internal/stream"
 	"github.com/gofaust/pageviews/internal/table"
 	"github.com/gofaust/pageviews/internal/tracing"
@@ -133,7 +132,7 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 	cleanups = append(cleanups, mc.Close)
 	streamHooks := &metrics.StreamHooks{C: mc, Topic: cfg.Topic}
 
-	db, wiped, err := store.Open(filepath.Join(cfg.DataDir, "state"), log.With("component", "store"))
+	db, wiped, err := openStore(ctx, filepath.Join(cfg.DataDir, "state"), log.With("component", "store"))
 	if err != nil {
 		return err
 	}
@@ -146,6 +145,9 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 	tables := pageview.Tables{
 		Views:  table.NewWindowed("views", cfg.ViewsChangelog(), table.Int64{}, db, win, clock),
 		Totals: table.New("totals", cfg.TotalsChangelog(), table.Int64{}, db),
+	}
+	if err := checkWindows(tables.Views, filepath.Join(cfg.DataDir, "state")); err != nil {
+		return err
 	}
 
 	// Listen before joining the group: the group learns this worker's
@@ -286,11 +288,11 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		Publish: func(ctx context.Context, page string) (int64, error) {
 			return publisher.PublishSynthetic(ctx, page, "livecheck")
 		},
-		Count:   router.Count,
-		SLO:     cfg.LivecheckSLO,
-		Poll:    100 * time.Millisecond,
-		Sleep:   sleep,
-		Now:     time.Now,
+		Count: router.Count,
+		SLO:   cfg.LivecheckSLO,
+		Poll:  100 * time.Millisecond,
+		Sleep: sleep,
+		Now:   time.Now,
 		Observe: func(ok bool, took time.Duration, err error) {
 			if ok {
 				mc.Count(metrics.LivecheckSuccess, 1)
