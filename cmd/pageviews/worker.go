@@ -105,6 +105,17 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return fmt.Errorf("create DATA_DIR: %w", err)
 	}
+	// The store first: its lock keeps a second worker started on this
+	// DATA_DIR from touching anything in it, the embedded broker's data too.
+	db, wiped, err := openStore(ctx, filepath.Join(cfg.DataDir, "state"), log.With("component", "store"))
+	if err != nil {
+		return err
+	}
+	if wiped {
+		log.Warn("local store was rebuilt empty; every partition recovers from offset 0")
+	}
+	cleanups = append(cleanups, db.Close)
+
 	brokers := cfg.Brokers
 	if cfg.Embedded() {
 		b, err := devbroker.Start(devbroker.Options{
@@ -131,15 +142,6 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 	}
 	cleanups = append(cleanups, mc.Close)
 	streamHooks := &metrics.StreamHooks{C: mc, Topic: cfg.Topic}
-
-	db, wiped, err := openStore(ctx, filepath.Join(cfg.DataDir, "state"), log.With("component", "store"))
-	if err != nil {
-		return err
-	}
-	if wiped {
-		log.Warn("local store was rebuilt empty; every partition recovers from offset 0")
-	}
-	cleanups = append(cleanups, db.Close)
 
 	win := window.Tumbling{Size: cfg.WindowSize, Expires: cfg.WindowExpires}
 	tables := pageview.Tables{
