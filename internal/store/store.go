@@ -155,6 +155,9 @@ func openWaiting(ctx context.Context, dir string, lock *pebble.Lock, space *spac
 				if !isNoSpace(r.err) {
 					return r.db, r.err
 				}
+				// Pause before the next attempt, also when the failing
+				// write was not one the file system saw.
+				_ = space.check(r.err)
 				if since, _ := space.stuck(); !since.IsZero() && time.Since(since) >= wait {
 					return nil, &NoSpaceError{Dir: dir, Waited: time.Since(since), Err: r.err}
 				}
