@@ -287,14 +287,12 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 	}
 	publisher := &pageview.Publisher{Sender: producer, Topic: cfg.Topic, Clock: clock}
 	livecheck := &pageview.Livecheck{
-		Publish: func(ctx context.Context, page string) (int64, error) {
-			return publisher.PublishSynthetic(ctx, page, "livecheck")
-		},
-		Count: router.Count,
-		SLO:   cfg.LivecheckSLO,
-		Poll:  100 * time.Millisecond,
-		Sleep: sleep,
-		Now:   time.Now,
+		Publish: publisher.Synthetic("livecheck"),
+		Count:   router.Count,
+		SLO:     cfg.LivecheckSLO,
+		Poll:    100 * time.Millisecond,
+		Sleep:   sleep,
+		Now:     time.Now,
 		Observe: func(ok bool, took time.Duration, err error) {
 			if ok {
 				mc.Count(metrics.LivecheckSuccess, 1)
@@ -405,39 +403,6 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		abandon = true
 		return fmt.Errorf("warm shutdown did not finish within SHUTDOWN_TIMEOUT=%s; exiting without it (the changelogs hold the state)", cfg.ShutdownTimeout)
 	}
-}
-
-// errStartInterrupted ends a start-up step that ctx ended.
-var errStartInterrupted = errors.New("start-up interrupted by shutdown")
-
-// interruptible runs a start-up step that can block on the network and
-// returns as soon as ctx ends: sarama does not take a context, and a broker
-// that accepts connections but never answers holds it for minutes, while
-// TERM must end the worker within SHUTDOWN_TIMEOUT. The abandoned step goes
-// on in the background until sarama gives up; release then frees what it
-// made, if it made anything.
-func interruptible[T any](ctx context.Context, what string, step func() (T, error), release func(T)) (T, error) {
-	type result struct {
-		v   T
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		v, err := step()
-		done <- result{v, err}
-	}()
-	select {
-	case r := <-done:
-		return r.v, r.err
-	case <-ctx.Done():
-	}
-	go func() {
-		if r := <-done; r.err == nil && release != nil {
-			release(r.v)
-		}
-	}()
-	var zero T
-	return zero, fmt.Errorf("%w while waiting to %s", errStartInterrupted, what)
 }
 
 // clients are separate sarama clients, so a long-polling fetch never delays

@@ -29,11 +29,13 @@ func (p *Publisher) Publish(ctx context.Context, page string) (int64, error) {
 	return p.publish(ctx, page, nil)
 }
 
-// PublishSynthetic sends a synthetic view of a page under ReservedPrefix,
-// marked with SyntheticHeader naming sender, and returns the counter as
-// Publish does.
-func (p *Publisher) PublishSynthetic(ctx context.Context, page, sender string) (int64, error) {
-	return p.publish(ctx, page, []sarama.RecordHeader{{Key: []byte(SyntheticHeader), Value: []byte(sender)}})
+// Synthetic returns a Publish for synthetic views of pages under
+// ReservedPrefix: their records carry SyntheticHeader naming sender.
+func (p *Publisher) Synthetic(sender string) func(ctx context.Context, page string) (int64, error) {
+	return func(ctx context.Context, page string) (int64, error) {
+		// A slice per record: the producer adds the trace context to it.
+		return p.publish(ctx, page, []sarama.RecordHeader{{Key: []byte(SyntheticHeader), Value: []byte(sender)}})
+	}
 }
 
 func (p *Publisher) publish(ctx context.Context, page string, headers []sarama.RecordHeader) (int64, error) {

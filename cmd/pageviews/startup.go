@@ -1,5 +1,8 @@
 package main
 
+// What start-up needs beyond wiring: steps that TERM can interrupt, and the
+// checks of the local store that fail start-up with one clear line.
+
 import (
 	"context"
 	"errors"
@@ -46,4 +49,37 @@ func openStore(ctx context.Context, dir string, log *slog.Logger) (*store.DB, bo
 		return nil, false, fmt.Errorf("%w while waiting to open the store", errStartInterrupted)
 	}
 	return db, wiped, err
+}
+
+// errStartInterrupted ends a start-up step that ctx ended.
+var errStartInterrupted = errors.New("start-up interrupted by shutdown")
+
+// interruptible runs a start-up step that can block on the network and
+// returns as soon as ctx ends: sarama does not take a context, and a broker
+// that accepts connections but never answers holds it for minutes, while
+// TERM must end the worker within SHUTDOWN_TIMEOUT. The abandoned step goes
+// on in the background until sarama gives up; release then frees what it
+// made, if it made anything.
+func interruptible[T any](ctx context.Context, what string, step func() (T, error), release func(T)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := step()
+		done <- result{v, err}
+	}()
+	select {
+	case r := <-done:
+		return r.v, r.err
+	case <-ctx.Done():
+	}
+	go func() {
+		if r := <-done; r.err == nil && release != nil {
+			release(r.v)
+		}
+	}()
+	var zero T
+	return zero, fmt.Errorf("%w while waiting to %s", errStartInterrupted, what)
 }
