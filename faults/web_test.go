@@ -145,6 +145,9 @@ func TestHTTPLimits(t *testing.T) {
 	}{
 		{name: "page of 1025 bytes", method: "GET", path: "/count/?page=/" + strings.Repeat("a", 1024), want: 400, wantJSON: true},
 		{name: "page of exactly 1024 bytes", method: "GET", path: "/count/?page=/" + strings.Repeat("a", 1023), want: 200, wantJSON: true},
+		{name: "reserved page", method: "GET", path: "/count/?page=/_pageviews/livecheck", want: 400, wantJSON: true},
+		{name: "reserved prefix, escaped", method: "GET", path: "/count/?page=%2F_pageviews%2Fx", want: 400, wantJSON: true},
+		{name: "a page that only looks reserved", method: "GET", path: "/count/?page=/_pageviews", want: 200, wantJSON: true},
 		{name: "report of a page over the limit", method: "GET", path: "/report/?page=/" + strings.Repeat("a", 1024), want: 400, wantJSON: true},
 		{name: "POST /count/", method: "POST", path: "/count/", want: 405, wantJSON: true, check: func(r *http.Response) error {
 			if !strings.Contains(r.Header.Get("Allow"), "GET") {

@@ -82,32 +82,101 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		sarama.Logger = saramaLogger{log.With("component", "sarama")}
 	}
 
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGQUIT)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR1, syscall.SIGQUIT)
 	defer signal.Stop(sigs)
-	go handleSignals(ctx, sigs, log)
+	stopped := make(chan struct{})
+	defer close(stopped)
+	go handleSignals(sigs, stopped, cancel, coldExit, log)
 
-	return runWorker(ctx, cfg, log, workerHooks{clock: time.Now, console: stdout})
+	return bounded(ctx, cfg.ShutdownTimeout, func(ctx context.Context) error {
+		return runWorker(ctx, cfg, log, workerHooks{clock: time.Now, console: stdout})
+	})
 }
 
-// handleSignals serves USR1 (dump goroutines, keep running) and QUIT (cold
-// shutdown: exit at once; the changelogs make that safe).
-func handleSignals(ctx context.Context, sigs <-chan os.Signal, log *slog.Logger) {
+// coldExitStatus is the exit status of a cold shutdown (QUIT, or a second
+// TERM or INT).
+const coldExitStatus = 3
+
+func coldExit(status int) { os.Exit(status) }
+
+// handleSignals serves the signals until stopped is closed:
+//   - TERM or INT: the first starts the warm shutdown (cancel); another one
+//     during it turns it cold, as Ctrl-C twice does in most servers.
+//   - QUIT: cold shutdown at any time, during start-up and during a warm
+//     shutdown too: exit at once without flushing; the changelogs hold the
+//     state.
+//   - USR1: dump every goroutine's stack to the log and keep running.
+//
+// It keeps reading after the warm shutdown began: a signal nobody reads
+// would be lost exactly when an operator needs it.
+func handleSignals(sigs <-chan os.Signal, stopped <-chan struct{}, cancel func(), exit func(int), log *slog.Logger) {
+	warm := false
 	for {
+		var s os.Signal
 		select {
-		case <-ctx.Done():
+		case <-stopped:
 			return
-		case s := <-sigs:
-			if s == syscall.SIGQUIT {
-				log.Warn("QUIT: cold shutdown, exiting without flushing; the changelogs hold the state")
-				os.Exit(3)
+		case s = <-sigs:
+		}
+		switch s {
+		case syscall.SIGTERM, syscall.SIGINT:
+			if warm {
+				log.Warn(signalName(s) + " during the warm shutdown: shutdown turned cold, exiting without flushing; the changelogs hold the state")
+				exit(coldExitStatus)
+				return
 			}
+			warm = true
+			log.Info(signalName(s) + ": warm shutdown; TERM or INT again, or QUIT, makes it cold")
+			cancel()
+		case syscall.SIGQUIT:
+			log.Warn("QUIT: cold shutdown, exiting without flushing; the changelogs hold the state")
+			exit(coldExitStatus)
+			return
+		case syscall.SIGUSR1:
 			var b strings.Builder
 			_ = pprof.Lookup("goroutine").WriteTo(&b, 2)
 			log.Info("USR1: goroutine dump", "goroutines", pprof.Lookup("goroutine").Count(), "stacks", b.String())
 		}
+	}
+}
+
+func signalName(s os.Signal) string {
+	switch s {
+	case syscall.SIGTERM:
+		return "TERM"
+	case syscall.SIGINT:
+		return "INT"
+	}
+	return s.String()
+}
+
+// bounded runs the worker and returns at most timeout after ctx ends, even
+// when the worker is stuck in a step that does not observe ctx (a broker
+// that accepts connections but never answers holds sarama's start-up for
+// minutes). The worker bounds its own warm shutdown by the same timeout and
+// normally returns first; this bound is for everything that it does not
+// cover. What is still running when it gives up dies with the process; the
+// changelogs hold the state, as after QUIT.
+func bounded(ctx context.Context, timeout time.Duration, run func(context.Context) error) error {
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	// A little longer than the worker's own bound, so that its more
+	// precise error wins when both expire.
+	t := time.NewTimer(timeout + 250*time.Millisecond)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return fmt.Errorf("shutdown did not finish within SHUTDOWN_TIMEOUT=%s; exiting without it (the changelogs hold the state)", timeout)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/gofaust/pageviews/internal/config"
 	"github.com/gofaust/pageviews/internal/pageview"
+	"github.com/gofaust/pageviews/internal/store"
 )
 
 // env returns a getenv over m.
@@ -251,5 +253,49 @@ func TestRunRejectsBadConfig(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), "\n") {
 		t.Errorf("config error spans several lines: %q", err)
+	}
+}
+
+// TestRunRefusesALockedDataDir starts a second worker on the DATA_DIR of a
+// running one, both with the embedded broker: the second must fail with
+// the store's lock error before it starts a broker on the first one's data.
+func TestRunRefusesALockedDataDir(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	dataDir := t.TempDir()
+	cfg := map[string]string{
+		"WEB_ADDR":            "127.0.0.1:0",
+		"EMBEDDED_KAFKA_ADDR": "127.0.0.1:0",
+		"DATA_DIR":            dataDir,
+	}
+	logs := newLineWatcher()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, nil, env(cfg), logs) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("first worker: run returned %v", err)
+			}
+		case <-time.After(60 * time.Second):
+			t.Errorf("first worker: run did not return after cancel")
+		}
+	})
+	logs.wait(t, "http listening", 60*time.Second)
+
+	second := newLineWatcher()
+	err := run(context.Background(), nil, env(cfg), second)
+	var locked *store.LockedError
+	if !errors.As(err, &locked) {
+		t.Fatalf("second worker on the same DATA_DIR: run returned %v, want a *store.LockedError", err)
+	}
+	if want := filepath.Join(dataDir, "state"); !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
+		t.Errorf("error %q should name %s in one line", err, want)
+	}
+	if n := len(second.all("KAFKA_BROKERS is empty: started the embedded dev broker; it is for development only, set KAFKA_BROKERS in production")); n != 0 {
+		t.Errorf("the second worker started an embedded broker on the first one's data")
 	}
 }

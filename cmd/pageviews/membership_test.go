@@ -27,9 +27,7 @@ import (
 // them: the last value of each key wins.
 
 const (
-	viewsTopic      = "page_views"
-	totalsChangelog = "pageviews-totals-changelog"
-	viewsChangelog  = "pageviews-views-changelog"
+	viewsTopic = "page_views"
 	// dropLine is what a member logs when it drops its unflushed updates
 	// after losing its membership.
 	dropLine = "lost group membership; dropping unflushed updates for the next owner to redo"

@@ -25,7 +25,6 @@ import (
 	"github.com/gofaust/pageviews/internal/kafka"
 	"github.com/gofaust/pageviews/internal/metrics"
 	"github.com/gofaust/pageviews/internal/pageview"
-	"github.com/gofaust/pageviews/internal/store"
 	"github.com/gofaust/pageviews/internal/stream"
 	"github.com/gofaust/pageviews/internal/table"
 	"github.com/gofaust/pageviews/internal/tracing"
@@ -69,6 +68,11 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 			}
 			done <- errors.Join(errs...)
 		}()
+		if errors.Is(err, errStartInterrupted) && ctx.Err() != nil {
+			// TERM during start-up is a requested stop, not a failure.
+			log.Info("stopped during start-up", "step", err.Error())
+			err = nil
+		}
 		select {
 		case cerr := <-done:
 			if err == nil {
@@ -101,6 +105,17 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return fmt.Errorf("create DATA_DIR: %w", err)
 	}
+	// The store first: its lock keeps a second worker started on this
+	// DATA_DIR from touching anything in it, the embedded broker's data too.
+	db, wiped, err := openStore(ctx, filepath.Join(cfg.DataDir, "state"), log.With("component", "store"))
+	if err != nil {
+		return err
+	}
+	if wiped {
+		log.Warn("local store was rebuilt empty; every partition recovers from offset 0")
+	}
+	cleanups = append(cleanups, db.Close)
+
 	brokers := cfg.Brokers
 	if cfg.Embedded() {
 		b, err := devbroker.Start(devbroker.Options{
@@ -128,19 +143,13 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 	cleanups = append(cleanups, mc.Close)
 	streamHooks := &metrics.StreamHooks{C: mc, Topic: cfg.Topic}
 
-	db, wiped, err := store.Open(filepath.Join(cfg.DataDir, "state"), log.With("component", "store"))
-	if err != nil {
-		return err
-	}
-	if wiped {
-		log.Warn("local store was rebuilt empty; every partition recovers from offset 0")
-	}
-	cleanups = append(cleanups, db.Close)
-
 	win := window.Tumbling{Size: cfg.WindowSize, Expires: cfg.WindowExpires}
 	tables := pageview.Tables{
 		Views:  table.NewWindowed("views", cfg.ViewsChangelog(), table.Int64{}, db, win, clock),
 		Totals: table.New("totals", cfg.TotalsChangelog(), table.Int64{}, db),
+	}
+	if err := checkWindows(tables.Views, filepath.Join(cfg.DataDir, "state")); err != nil {
+		return err
 	}
 
 	// Listen before joining the group: the group learns this worker's
@@ -152,7 +161,8 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 	cleanups = append(cleanups, func() error { _ = ln.Close(); return nil })
 	self := advertisedURL(cfg, ln.Addr())
 
-	clients, err := connect(cfg, brokers, self)
+	clients, err := interruptible(ctx, "connect to kafka", func() (*clients, error) { return connect(cfg, brokers, self) },
+		func(c *clients) { _ = c.close() })
 	if err != nil {
 		return err
 	}
@@ -178,11 +188,12 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		}
 		return err
 	})
-	if err := sched.RunTasks(ctx); err != nil {
+	if _, err := interruptible(ctx, "create topics", func() (any, error) { return nil, sched.RunTasks(ctx) }, nil); err != nil {
 		return err
 	}
 
-	producer, err := kafka.NewProducer(clients.producer)
+	producer, err := interruptible(ctx, "start the producer", func() (*kafka.Producer, error) { return kafka.NewProducer(clients.producer) },
+		func(p *kafka.Producer) { _ = p.Close() })
 	if err != nil {
 		return fmt.Errorf("kafka producer: %w", err)
 	}
@@ -282,7 +293,7 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 	}
 	publisher := &pageview.Publisher{Sender: producer, Topic: cfg.Topic, Clock: clock}
 	livecheck := &pageview.Livecheck{
-		Publish: publisher.Publish,
+		Publish: publisher.Synthetic("livecheck"),
 		Count:   router.Count,
 		SLO:     cfg.LivecheckSLO,
 		Poll:    100 * time.Millisecond,

@@ -2,7 +2,10 @@ package pageview
 
 import (
 	"fmt"
+	"strings"
 	"time"
+
+	"github.com/IBM/sarama"
 
 	"github.com/gofaust/pageviews/internal/stream"
 	"github.com/gofaust/pageviews/internal/table"
@@ -38,6 +41,9 @@ func (a *Agent) Handle(ev *stream.Event) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", stream.ErrInvalid, err)
 	}
+	if strings.HasPrefix(pv.Page, ReservedPrefix) && !synthetic(ev.Headers) {
+		return fmt.Errorf("%w: page %q is reserved for synthetic views, and the record has no %s header", stream.ErrInvalid, pv.Page, SyntheticHeader)
+	}
 	ts := pv.Timestamp
 	if ts.IsZero() {
 		// The record timestamp comes from the producer's clock; hold it to
@@ -55,6 +61,16 @@ func (a *Agent) Handle(ev *stream.Event) error {
 		a.Late(ev.Partition)
 	}
 	return a.Totals.Update(ev.Partition, pv.Page, inc)
+}
+
+// synthetic reports whether a record carries SyntheticHeader.
+func synthetic(headers []*sarama.RecordHeader) bool {
+	for _, h := range headers {
+		if h != nil && string(h.Key) == SyntheticHeader {
+			return true
+		}
+	}
+	return false
 }
 
 // The report texts of the seed's agent.

@@ -14,6 +14,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/IBM/sarama"
+
 	"github.com/gofaust/pageviews/internal/pageview"
 	"github.com/gofaust/pageviews/internal/store"
 	"github.com/gofaust/pageviews/internal/stream"
@@ -842,5 +844,42 @@ func TestAgentFutureViewKeepsWindowsLive(t *testing.T) {
 	wantMax := t0.Add(20*time.Second + table.MaxClockSkew).UnixMilli()
 	if got := f.tables.Views.Watermark(1); got > wantMax {
 		t.Errorf("stream time = %d, want at most the clock plus %s (%d)", got, table.MaxClockSkew, wantMax)
+	}
+}
+
+// TestAgentReservedPageNeedsTheSyntheticHeader: a view of a reserved page
+// counts only when its record carries the synthetic header, so a view that
+// reached the topic some other way (a producer of its own, a replayed
+// record) cannot make the livecheck pass.
+func TestAgentReservedPageNeedsTheSyntheticHeader(t *testing.T) {
+	f := newFixture(t)
+	a := &pageview.Agent{Tables: f.tables, Clock: f.clock.Now}
+	page := pageview.LivecheckPage
+	value := `{"page":"` + page + `"}`
+
+	err := a.Handle(event(0, value, t0))
+	if !errors.Is(err, stream.ErrInvalid) || !strings.Contains(err.Error(), pageview.SyntheticHeader) {
+		t.Errorf("Handle(reserved page, no header) = %v, want ErrInvalid naming %s", err, pageview.SyntheticHeader)
+	}
+	other := event(0, value, t0)
+	other.Headers = []*sarama.RecordHeader{{Key: []byte("traceparent"), Value: []byte("00-x")}}
+	if err := a.Handle(other); !errors.Is(err, stream.ErrInvalid) {
+		t.Errorf("Handle(reserved page, other header) = %v, want ErrInvalid", err)
+	}
+	if n := countKeys(t, f.tables.Totals, 0); n != 0 {
+		t.Fatalf("views of a reserved page without the header were counted (%d keys)", n)
+	}
+
+	marked := event(0, value, t0)
+	marked.Headers = []*sarama.RecordHeader{{Key: []byte(pageview.SyntheticHeader), Value: []byte("livecheck")}}
+	if err := a.Handle(marked); err != nil {
+		t.Fatalf("Handle(reserved page, synthetic header): %v", err)
+	}
+	if v, _, err := f.tables.Totals.Get(0, page); err != nil || v != 1 {
+		t.Errorf("Totals.Get(%s) = %d, %v, want 1", page, v, err)
+	}
+	// The header matters only for reserved pages.
+	if err := a.Handle(event(0, `{"page":"/home"}`, t0)); err != nil {
+		t.Errorf("Handle(/home, no header): %v", err)
 	}
 }

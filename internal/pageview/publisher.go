@@ -26,12 +26,26 @@ type Publisher struct {
 // Publish counts a view of page in this process's counter and sends it. It
 // returns the counter once the broker has acknowledged the record.
 func (p *Publisher) Publish(ctx context.Context, page string) (int64, error) {
+	return p.publish(ctx, page, nil)
+}
+
+// Synthetic returns a Publish for synthetic views of pages under
+// ReservedPrefix: their records carry SyntheticHeader naming sender.
+func (p *Publisher) Synthetic(sender string) func(ctx context.Context, page string) (int64, error) {
+	return func(ctx context.Context, page string) (int64, error) {
+		// A slice per record: the producer adds the trace context to it.
+		return p.publish(ctx, page, []sarama.RecordHeader{{Key: []byte(SyntheticHeader), Value: []byte(sender)}})
+	}
+}
+
+func (p *Publisher) publish(ctx context.Context, page string, headers []sarama.RecordHeader) (int64, error) {
 	n := p.n.Add(1)
 	pv := PageView{Page: page, Count: n, Timestamp: p.Clock()}
 	_, _, err := p.Sender.SendAndWait(ctx, &sarama.ProducerMessage{
 		Topic:     p.Topic,
 		Key:       sarama.StringEncoder(page),
 		Value:     sarama.ByteEncoder(Encode(pv)),
+		Headers:   headers,
 		Timestamp: pv.Timestamp,
 	})
 	if err != nil {

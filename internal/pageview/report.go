@@ -88,8 +88,14 @@ func (p *Partial) Report() *Report {
 }
 
 // ReservedPrefix starts the pages used by synthetic traffic (the livecheck);
-// they are counted like any other page but never reported.
+// they are counted like any other page but never reported. /count/ refuses
+// them, and the agent counts a view of one only when the record carries
+// SyntheticHeader, so no user's view can pass for a synthetic one.
 const ReservedPrefix = "/_pageviews/"
+
+// SyntheticHeader is the record header that marks the worker's own
+// synthetic views; its value names what sent them.
+const SyntheticHeader = "pageviews-synthetic"
 
 // Reporter reads the tables of the partitions this worker holds.
 type Reporter struct {

@@ -16,20 +16,29 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync/atomic"
+	"syscall"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // DB is the worker's local state store.
 type DB struct {
 	pdb    *pebble.DB
+	lock   *pebble.Lock
 	dir    string
 	stalls *atomic.Int64
 }
@@ -47,29 +56,215 @@ func (d *DB) Stats() Stats {
 	return Stats{DiskBytes: m.DiskSpaceUsage(), Compactions: m.Compact.Count, WriteStalls: d.stalls.Load()}
 }
 
-// Open opens the store in dir, creating it when missing. A store that cannot
-// be opened or fails its consistency check is treated as corrupt: it is
-// wiped and created empty, and wiped reports that this happened, so every
-// table partition is rebuilt from its changelog.
+// Open opens the store in dir, creating it when missing. The directory is
+// locked while the store is open: a second worker on the same directory
+// gets a *LockedError and must not touch it.
+//
+// A store that Pebble reports as corrupt (a damaged or missing file, a
+// checksum that does not match) is wiped and created empty, and wiped
+// reports that this happened, so every table partition is rebuilt from its
+// changelog. Any other error (permissions, too many open files, a full
+// disk) is returned as it is: wiping would not cure it, and could destroy
+// a good store.
+//
+// On a full disk Open waits for space, retrying with growing pauses, and
+// gives up after a while with a *NoSpaceError (see OpenWith).
 func Open(dir string, log *slog.Logger) (db *DB, wiped bool, err error) {
-	db, err = open(dir, log)
+	return OpenWith(context.Background(), dir, log, Options{})
+}
+
+// Options tune OpenWith; the zero value is what Open uses.
+type Options struct {
+	// NoSpaceWait is how long Open waits for a full disk to accept writes
+	// again before it gives up with a *NoSpaceError; 20s when zero.
+	NoSpaceWait time.Duration
+	// FS is the file system under the store; the operating system's when
+	// nil. Tests put a full disk there.
+	FS vfs.FS
+}
+
+// OpenWith is Open with options, and returns early with ctx's error when
+// ctx ends while it waits for space.
+func OpenWith(ctx context.Context, dir string, log *slog.Logger, o Options) (db *DB, wiped bool, err error) {
+	if o.NoSpaceWait <= 0 {
+		o.NoSpaceWait = 20 * time.Second
+	}
+	if o.FS == nil {
+		o.FS = vfs.Default
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, false, fmt.Errorf("create store directory: %w", err)
+	}
+	lock, err := pebble.LockDirectory(dir, o.FS)
+	if err != nil {
+		return nil, false, lockError(dir, err)
+	}
+	space := newSpaceFS(o.FS)
+	db, err = openWaiting(ctx, dir, lock, space, log, o.NoSpaceWait)
 	if err == nil {
 		return db, false, nil
 	}
+	if !corrupt(err) {
+		_ = lock.Close()
+		return nil, false, err
+	}
 	log.Warn("local store is corrupt; wiping it and rebuilding every partition from the changelogs",
 		"dir", dir, "error", err)
-	if err := os.RemoveAll(dir); err != nil {
+	if err := wipe(dir); err != nil {
+		_ = lock.Close()
 		return nil, false, fmt.Errorf("wipe corrupt store %s: %w", dir, err)
 	}
-	db, err = open(dir, log)
+	db, err = openWaiting(ctx, dir, lock, space, log, o.NoSpaceWait)
 	if err != nil {
+		_ = lock.Close()
 		return nil, true, err
 	}
 	return db, true, nil
 }
 
-func open(dir string, log *slog.Logger) (*DB, error) {
+// openWaiting opens the store, and while the disk is full waits up to wait
+// for space: Pebble's Open either fails for want of space (then it is
+// tried again; the file system has paused) or blocks retrying its flush
+// (then it is left to finish in the background, and closes the store it
+// opened if it ever does).
+func openWaiting(ctx context.Context, dir string, lock *pebble.Lock, space *spaceFS, log *slog.Logger, wait time.Duration) (*DB, error) {
+	type result struct {
+		db  *DB
+		err error
+	}
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	abandon := func(done <-chan result) {
+		go func() {
+			if r := <-done; r.err == nil {
+				// The lock is released by the caller, once this closes.
+				_ = r.db.pdb.Close()
+			}
+		}()
+	}
+	for {
+		done := make(chan result, 1)
+		go func() {
+			db, err := open(dir, lock, space, log)
+			done <- result{db, err}
+		}()
+	wait:
+		for {
+			select {
+			case r := <-done:
+				if !isNoSpace(r.err) {
+					return r.db, r.err
+				}
+				// Pause before the next attempt, also when the failing
+				// write was not one the file system saw.
+				_ = space.check(r.err)
+				if since, _ := space.stuck(); !since.IsZero() && time.Since(since) >= wait {
+					return nil, &NoSpaceError{Dir: dir, Waited: time.Since(since), Err: r.err}
+				}
+				break wait
+			case <-ctx.Done():
+				abandon(done)
+				return nil, fmt.Errorf("open store %s: %w", dir, context.Cause(ctx))
+			case <-tick.C:
+				if since, last := space.stuck(); !since.IsZero() && time.Since(since) >= wait {
+					abandon(done)
+					return nil, &NoSpaceError{Dir: dir, Waited: time.Since(since), Err: last}
+				}
+			}
+		}
+	}
+}
+
+// corrupt reports whether Pebble found the store corrupt: it marks damaged
+// files (checksums, a malformed MANIFEST or WAL) as ErrCorruption. Its
+// consistency check at open, which finds a table file that the MANIFEST
+// lists missing or of another size, reports without the mark; those two
+// messages are recognised by their text (pinned by the store's tests).
+func corrupt(err error) bool {
+	if pebble.IsCorruptionError(err) {
+		return true
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "object size mismatch") ||
+		errors.Is(err, os.ErrNotExist) && strings.Contains(msg, "unknown to the objstorage provider")
+}
+
+// lockFile is the name of Pebble's lock file in the store directory.
+const lockFile = "LOCK"
+
+// wipe removes everything in dir but the lock file, which this process
+// holds: removing it would let another process lock a new file of the same
+// name while this one still writes.
+func wipe(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.Name() == lockFile {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// LockedError is the failure to open a store that another process, or
+// another DB of this process, has open.
+type LockedError struct {
+	Dir string
+	// PID is the process holding the lock, 0 when unknown.
+	PID int
+	Err error
+}
+
+func (e *LockedError) Error() string {
+	holder := "another process"
+	if e.PID == os.Getpid() {
+		holder = "this process"
+	} else if e.PID != 0 {
+		holder = fmt.Sprintf("process %d", e.PID)
+	}
+	return fmt.Sprintf("store %s is locked by %s (another worker running on the same DATA_DIR?): every worker needs its own DATA_DIR", e.Dir, holder)
+}
+
+func (e *LockedError) Unwrap() error { return e.Err }
+
+// lockError tells a lock held by someone else from a failure to create the
+// lock file (permissions, a full disk), which is returned as it is.
+func lockError(dir string, err error) error {
+	var perr *fs.PathError
+	if errors.As(err, &perr) {
+		return fmt.Errorf("lock store %s: %w", dir, err)
+	}
+	// Pebble refuses a second lock within one process before asking the
+	// kernel, with a plain error.
+	if !errors.Is(err, syscall.EAGAIN) && !errors.Is(err, syscall.EACCES) {
+		return &LockedError{Dir: dir, PID: os.Getpid(), Err: err}
+	}
+	return &LockedError{Dir: dir, PID: lockHolder(filepath.Join(dir, lockFile)), Err: err}
+}
+
+// lockHolder asks the kernel which process holds the lock on path (Pebble
+// takes an fcntl lock); 0 when it cannot tell.
+func lockHolder(path string) int {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	lk := syscall.Flock_t{Type: syscall.F_WRLCK, Whence: io.SeekStart}
+	if err := syscall.FcntlFlock(f.Fd(), syscall.F_GETLK, &lk); err != nil || lk.Type == syscall.F_UNLCK {
+		return 0
+	}
+	return int(lk.Pid)
+}
+
+func open(dir string, lock *pebble.Lock, fs vfs.FS, log *slog.Logger) (*DB, error) {
 	stalls := new(atomic.Int64)
+	background := &rateLimited{log: log, interval: time.Second}
 	opts := &pebble.Options{
 		// Pebble's 4 MiB memtables make a recovery write each record many
 		// times over (flushes of small overlapping tables, then their
@@ -90,6 +285,8 @@ func open(dir string, log *slog.Logger) (*DB, error) {
 		// a 32 MiB memtable leaves half to data blocks. It is also the
 		// bound of Pebble's memory, memtables included.
 		CacheSize: 64 << 20,
+		Lock:      lock,
+		FS:        fs,
 		Logger:    pebbleLogger{log},
 		EventListener: &pebble.EventListener{
 			// Pebble's default treats a checksum mismatch as fatal. Report it
@@ -98,6 +295,12 @@ func open(dir string, log *slog.Logger) (*DB, error) {
 			// state from the changelog.
 			DataCorruption: func(info pebble.DataCorruptionInfo) {
 				log.Error("store data corruption", "path", info.Path, "error", info.Details)
+			},
+			// A failing background write is retried at once and reported
+			// each time; on a full disk that would be thousands of lines a
+			// second.
+			BackgroundError: func(err error) {
+				background.Error("store background error", "dir", dir, "error", err)
 			},
 			WriteStallBegin: func(info pebble.WriteStallBeginInfo) {
 				stalls.Add(1)
@@ -121,11 +324,12 @@ func open(dir string, log *slog.Logger) (*DB, error) {
 		_ = pdb.Close()
 		return nil, fmt.Errorf("check pebble %s: %w", dir, err)
 	}
-	return &DB{pdb: pdb, dir: dir, stalls: stalls}, nil
+	return &DB{pdb: pdb, lock: lock, dir: dir, stalls: stalls}, nil
 }
 
-// Close flushes memtables and closes the store.
+// Close flushes memtables, closes the store and releases its directory.
 func (d *DB) Close() error {
+	defer d.lock.Close()
 	if err := d.pdb.Flush(); err != nil {
 		_ = d.pdb.Close()
 		return fmt.Errorf("flush store: %w", err)
@@ -141,10 +345,41 @@ func (d *DB) Metrics() *pebble.Metrics { return d.pdb.Metrics() }
 //
 //	'd' table 0x00 partition userkey   a value
 //	'm' table 0x00 partition           the checkpoint
+//	'f' table 0x00                     the table's definition
 const (
-	kindData = 'd'
-	kindMeta = 'm'
+	kindData       = 'd'
+	kindMeta       = 'm'
+	kindDefinition = 'f'
 )
+
+func definitionKey(table string) []byte {
+	return append(append([]byte{kindDefinition}, table...), 0)
+}
+
+// Definition returns what SetDefinition recorded for a table; ok is false
+// when nothing was.
+func (d *DB) Definition(table string) (def string, ok bool, err error) {
+	v, closer, err := d.pdb.Get(definitionKey(table))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("read definition of %s: %w", table, err)
+	}
+	defer closer.Close()
+	return string(v), true, nil
+}
+
+// SetDefinition records how a table's data is laid out (a windowed
+// table's window, say), so that a later start with another layout can be
+// refused instead of reading the old data wrongly. It survives partition
+// wipes; a wipe of the whole store removes it with the data.
+func (d *DB) SetDefinition(table, def string) error {
+	if err := d.pdb.Set(definitionKey(table), []byte(def), pebble.Sync); err != nil {
+		return fmt.Errorf("record definition of %s: %w", table, err)
+	}
+	return nil
+}
 
 func prefix(kind byte, table string, partition int32, extra int) []byte {
 	return appendPrefix(make([]byte, 0, 1+len(table)+1+4+extra), kind, table, partition)

@@ -670,3 +670,88 @@ func overwrite(t testing.TB, path string, off, n int64) {
 		t.Fatal(err)
 	}
 }
+
+// TestOpenLockedStoreIsLeftAlone opens a store that is already open: the
+// second Open must fail with a LockedError naming the directory, and must
+// not wipe the store the first one is writing.
+func TestOpenLockedStoreIsLeftAlone(t *testing.T) {
+	dir := t.TempDir()
+	first, _, err := store.Open(dir, discardLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, first, "views", 1, kv{"/home", "7"})
+
+	second, wiped, err := store.Open(dir, discardLog())
+	if err == nil {
+		_ = second.Close()
+		t.Fatal("second Open of an open store succeeded")
+	}
+	var locked *store.LockedError
+	if !errors.As(err, &locked) {
+		t.Fatalf("second Open: %v (%T), want a *store.LockedError", err, err)
+	}
+	if wiped {
+		t.Error("second Open reported a wipe")
+	}
+	if locked.Dir != dir || !strings.Contains(err.Error(), dir) || strings.Contains(err.Error(), "\n") {
+		t.Errorf("second Open: error %q (dir %q) should name %s in one line", err, locked.Dir, dir)
+	}
+	if v, ok := get(t, first, "views", 1, "/home"); !ok || v != "7" {
+		t.Errorf("first store after the second Open: /home = %q, %v; want 7", v, ok)
+	}
+	put(t, first, "views", 1, kv{"/about", "1"})
+	if err := first.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	// Closing releases the directory.
+	db := openDB(t, dir)
+	if got, want := scan(t, db, "views", 1, ""), []kv{{"/about", "1"}, {"/home", "7"}}; !slices.Equal(got, want) {
+		t.Errorf("after reopen: Scan = %v, want %v", got, want)
+	}
+}
+
+// TestOpenFailureThatIsNotCorruptionKeepsTheStore makes Open fail for a
+// reason that is not corruption (the OPTIONS file is a directory, whose
+// which reads fail with EISDIR, as they would with EACCES or EMFILE): Open
+// must return the cause and leave every file in place.
+func TestOpenFailureThatIsNotCorruptionKeepsTheStore(t *testing.T) {
+	dir := t.TempDir()
+	ssts := writeAndClose(t, dir)
+	options, err := filepath.Glob(filepath.Join(dir, "OPTIONS-*"))
+	if err != nil || len(options) != 1 {
+		t.Fatalf("want one OPTIONS file in %s: %v %v", dir, options, err)
+	}
+	current := options[0]
+	saved := current + ".saved"
+	if err := os.Rename(current, saved); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(current, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var logs logBuffer
+	db, wiped, err := store.Open(dir, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err == nil {
+		_ = db.Close()
+		t.Fatal("Open with the OPTIONS file a directory succeeded")
+	}
+	if wiped || strings.Contains(logs.String(), "wiping") {
+		t.Errorf("Open wiped the store for %v", err)
+	}
+	for _, f := range ssts {
+		if _, serr := os.Stat(f); serr != nil {
+			t.Errorf("after the failed Open: %v", serr)
+		}
+	}
+	if err := os.Remove(current); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(saved, current); err != nil {
+		t.Fatal(err)
+	}
+	db = openDB(t, dir)
+	if cp, ok := checkpoint(t, db, "views", 0); !ok || cp.Offset != 1250 {
+		t.Errorf("store after the cause was removed: checkpoint %+v, %v; want offset 1250", cp, ok)
+	}
+}

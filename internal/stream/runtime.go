@@ -442,7 +442,13 @@ func (w *partitionWorker) stop(ctx context.Context) error {
 		if err := w.r.fence(w.sess, true); errors.As(err, &lost) {
 			return w.drop(lost)
 		} else if err != nil {
-			w.log.Warn("could not confirm group membership before the last flush; flushing within the session timeout", "error", err)
+			// Not known to be removed, but not confirmed either: the
+			// partition is being given up, so its updates are dropped
+			// rather than risked; whoever owns it next processes them again.
+			w.log.Warn("could not confirm group membership before the last flush; dropping unflushed updates for the next owner to redo",
+				"error", err, "unflushed_records", w.last-w.flushed)
+			w.dead = nil
+			return nil
 		}
 	}
 	began := time.Now()
@@ -519,12 +525,13 @@ func (w *partitionWorker) commitOffset() error {
 		w.sess.Commit()
 		return nil
 	}
-	sent := time.Now()
 	err := r.o.Committer.Commit(w.sess.GenerationID(), w.sess.MemberID(), r.o.Topic, w.p, w.flushed+1, meta)
 	w.uncommitted = err != nil
 	switch {
 	case err == nil:
-		r.confirmed(w.sess.MemberID(), sent)
+		// Not a proof of membership for the fence: the coordinator takes
+		// commits of a member while a rebalance that will remove it is
+		// pending.
 		return nil
 	case errors.Is(err, sarama.ErrIllegalGeneration) || errors.Is(err, sarama.ErrRebalanceInProgress):
 		w.log.Info("offset commit deferred: the group is rebalancing", "offset", w.flushed+1, "generation", w.sess.GenerationID(), "error", err)
@@ -634,12 +641,22 @@ func (r *Runtime) expelled(lost *lostError) {
 // in its group (at-least-once; under exactly-once the transactional
 // producer's epoch fences a previous owner). Membership counts as known
 // for a third of the session timeout after the coordinator last confirmed
-// it (a join, a sync, an offset commit, a heartbeat of our own); after that
-// fence asks the coordinator. always asks in any case (a release, where
-// sarama may have ended the session because the member was removed and
-// not said so). It returns nil, a *lostError (removed, or not confirmed
-// for a whole session timeout), or a *produceError (the coordinator could
-// not be asked; try again).
+// it: a join and sync, or a heartbeat of our own answered with no error.
+// An answer given while a rebalance is pending (REBALANCE_IN_PROGRESS, an
+// accepted offset commit) confirms nothing: the coordinator removes a
+// member that has not rejoined when the rebalance times out, however
+// recently it answered it. Past that third fence asks the coordinator;
+// always asks in any case (a release, where sarama may have ended the
+// session because the member was removed and not said so).
+//
+// It returns nil (confirmed), a *lostError (the coordinator no longer
+// knows the member, or nothing confirmed it for a whole session timeout)
+// or a *produceError (not confirmed now: a rebalance is pending, the
+// coordinator cannot be reached; a flush tries again later).
+//
+// The lease is sound while the rebalance timeout is at least a third of
+// the session timeout (sarama's default is 60 s, the session timeout's 30
+// s): a member confirmed at t cannot be removed before t plus either.
 func (r *Runtime) fence(sess sarama.ConsumerGroupSession, always bool) error {
 	if r.o.Committer == nil || r.o.SessionTimeout <= 0 || r.readCommitted() {
 		return nil
@@ -652,15 +669,17 @@ func (r *Runtime) fence(sess sarama.ConsumerGroupSession, always bool) error {
 	sent := time.Now()
 	err := r.o.Committer.Heartbeat(sess.GenerationID(), member)
 	switch {
-	case err == nil || errors.Is(err, sarama.ErrRebalanceInProgress):
+	case err == nil:
 		r.confirmed(member, sent)
 		return nil
 	case errors.Is(err, sarama.ErrUnknownMemberId) || errors.Is(err, sarama.ErrFencedInstancedId):
 		return &lostError{fmt.Errorf("the coordinator no longer knows member %s: %w", member, err)}
 	case time.Since(lease) >= r.o.SessionTimeout:
 		return &lostError{fmt.Errorf("membership not confirmed for a session timeout (%s): %w", r.o.SessionTimeout, err)}
+	case always && time.Since(lease) < r.o.SessionTimeout/3:
+		return nil // confirmed recently enough
 	}
-	return &produceError{fmt.Errorf("confirm group membership: %w", err)}
+	return &produceError{fmt.Errorf("membership not confirmed: %w", err)}
 }
 
 // lostMembership reports whether a session ended because this member is no

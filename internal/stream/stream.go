@@ -37,24 +37,31 @@
 // already recovered: the older values would then win the next recovery.
 // sarama does not always say that a member was removed (a rejoin answered
 // UNKNOWN_MEMBER_ID ends the session with no cause), so the runtime keeps
-// its own proof of membership, a lease: the time of the last join, sync,
-// offset commit or heartbeat of its own (Committer.Heartbeat) that the
-// coordinator answered for this member. A changelog write starts only
+// its own proof of membership, a lease: the time of the last join and sync,
+// or of a heartbeat of its own (Committer.Heartbeat) that the coordinator
+// answered with no error. Answers given while a rebalance is pending
+// (REBALANCE_IN_PROGRESS, an accepted offset commit) do not count: the
+// coordinator removes a member that has not rejoined by the rebalance
+// timeout however recently it answered. A changelog write starts only
 // while the lease is younger than a third of the session timeout;
 // otherwise the coordinator is asked first, and a member it no longer
-// knows, or that could not be confirmed for a whole session timeout,
-// writes nothing more. Releasing a partition always asks first. Such a
-// member drops its unflushed updates, commits nothing, and joins the group
-// again; whoever gets the partition recovers it from the changelog and
-// processes the events since the last commit again. A flush waits for all
-// of its records to be acknowledged or failed, even when its session ends
-// meanwhile, so no record of a member is still in flight once it has let
-// a partition go. What remains is the time a write started within the
-// lease takes to land (bounded by the producer's delivery timeout), which
-// the two thirds of the session timeout left in the lease cover in
-// practice. Under exactly-once the transactional producer's epoch fences a
-// previous owner instead: the new owner's InitProducerID aborts its
-// transaction.
+// knows, or that nothing confirmed for a whole session timeout, writes
+// nothing more: it drops its unflushed updates, commits nothing, and joins
+// the group again; whoever gets the partition recovers it from the
+// changelog and processes the events since the last commit again. A
+// release always asks first and, when membership is not confirmed, drops
+// the partition's unflushed updates rather than write them. The lease is
+// sound while the rebalance timeout is at least a third of the session
+// timeout (the defaults: 60 s and 30 s).
+//
+// A flush waits for all of its records to be acknowledged or failed, even
+// when its session ends meanwhile, so a member never lets a partition go
+// with its records in flight. What the fence cannot stop is a write that
+// started within the lease and reaches the broker only after the member was
+// removed and a new owner wrote (a network that holds a request for most of
+// a session timeout): only the broker can refuse it, by a producer epoch
+// the new owner bumps, which is what exactly-once does (the new owner's
+// InitProducerID fences the old transactional producer).
 package stream
 
 import (

@@ -1097,3 +1097,64 @@ func TestWindowedNegativeWindows(t *testing.T) {
 	v, ok, err = peek.Get(0, "/zero", 0)
 	wantGet(t, "store: /zero", v, ok, err, 1, true)
 }
+
+// TestWindowedCheckDefinition: the first check records the window, the same
+// window passes again after a reopen, another size is refused naming both,
+// and a definition recorded before a field existed still compares by the
+// fields it has.
+func TestWindowedCheckDefinition(t *testing.T) {
+	dir := t.TempDir()
+	open := func() *store.DB {
+		t.Helper()
+		db, _, err := store.Open(dir, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatalf("open store: %v", err)
+		}
+		return db
+	}
+	db := open()
+	minute := table.NewWindowed("views", "c", table.Int64{}, db, win, time.Now)
+	if err := minute.CheckDefinition(); err != nil {
+		t.Fatalf("first check: %v", err)
+	}
+	if def, ok, err := db.Definition("views"); err != nil || !ok || def != "size=1m0s" {
+		t.Fatalf("recorded definition = %q, %v, %v; want size=1m0s", def, ok, err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	db = open()
+	defer db.Close()
+	if err := table.NewWindowed("views", "c", table.Int64{}, db, win, time.Now).CheckDefinition(); err != nil {
+		t.Errorf("same window after reopen: %v", err)
+	}
+	two := window.Tumbling{Size: 2 * time.Minute, Expires: 5 * time.Minute}
+	err := table.NewWindowed("views", "c", table.Int64{}, db, two, time.Now).CheckDefinition()
+	var derr *table.DefinitionError
+	if !errors.As(err, &derr) || derr.Table != "views" || derr.Field != "size" || derr.Stored != "1m0s" || derr.Current != "2m0s" {
+		t.Fatalf("2m on a 1m store: %v, want a DefinitionError of size 1m0s vs 2m0s", err)
+	}
+	// The refusal leaves the record alone.
+	if def, _, _ := db.Definition("views"); def != "size=1m0s" {
+		t.Errorf("after the refusal the definition is %q", def)
+	}
+	// Another expiry is not another layout.
+	longer := window.Tumbling{Size: time.Minute, Expires: time.Hour}
+	if err := table.NewWindowed("views", "c", table.Int64{}, db, longer, time.Now).CheckDefinition(); err != nil {
+		t.Errorf("another expiry: %v", err)
+	}
+	// Other tables are separate.
+	if err := table.NewWindowed("other", "c", table.Int64{}, db, two, time.Now).CheckDefinition(); err != nil {
+		t.Errorf("another table: %v", err)
+	}
+	// Fields are compared only when both sides have them: a definition
+	// recorded by another version with a field this one lacks still
+	// matches by the size.
+	if err := db.SetDefinition("views", "size=1m0s extra=1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := table.NewWindowed("views", "c", table.Int64{}, db, win, time.Now).CheckDefinition(); err != nil {
+		t.Errorf("a recorded field the table does not have: %v", err)
+	}
+}

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gofaust/pageviews/internal/store"
@@ -45,6 +47,54 @@ func NewWindowed[V any](name, changelog string, codec Codec[V], db *store.DB, wi
 
 // Window returns the table's window definition.
 func (t *Windowed[V]) Window() window.Tumbling { return t.win }
+
+// DefinitionError is a table whose store was built with other windows than
+// the table has now: reading it would mix window sizes.
+type DefinitionError struct {
+	Table string
+	// Field is the first field that differs ("size"), Stored its recorded
+	// value and Current the table's.
+	Field, Stored, Current string
+}
+
+func (e *DefinitionError) Error() string {
+	return fmt.Sprintf("table %s holds windows of %s %s, not %s", e.Table, e.Field, e.Stored, e.Current)
+}
+
+// CheckDefinition compares the table's windows with those its store
+// recorded, and records them when the store has none (a new or wiped
+// store). It returns a *DefinitionError when a recorded field differs.
+func (t *Windowed[V]) CheckDefinition() error {
+	current := t.win.Definition()
+	stored, ok, err := t.db.Definition(t.name)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return t.db.SetDefinition(t.name, current)
+	}
+	now := definitionFields(current)
+	for _, f := range strings.Fields(stored) {
+		name, value, _ := strings.Cut(f, "=")
+		if cur, ok := now[name]; ok && cur != value {
+			return &DefinitionError{Table: t.name, Field: name, Stored: value, Current: cur}
+		}
+	}
+	if stored != current {
+		// A field was added since the store recorded its definition.
+		return t.db.SetDefinition(t.name, current)
+	}
+	return nil
+}
+
+func definitionFields(def string) map[string]string {
+	m := make(map[string]string)
+	for _, f := range strings.Fields(def) {
+		name, value, _ := strings.Cut(f, "=")
+		m[name] = value
+	}
+	return m
+}
 
 func appendWindowKey(dst []byte, start int64, key string) []byte {
 	dst = binary.BigEndian.AppendUint64(dst, uint64(start)^(1<<63))

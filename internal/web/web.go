@@ -163,6 +163,13 @@ func (s *Server) count(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if strings.HasPrefix(page, pageview.ReservedPrefix) {
+		// The worker's synthetic views (the livecheck) use these pages; a
+		// user's view of one would be counted but never shown, and could
+		// pass for a synthetic one.
+		writeError(w, http.StatusBadRequest, "pages under "+pageview.ReservedPrefix+" are reserved for the worker's synthetic views")
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.PublishTimeout)
 	defer cancel()
 	n, err := s.Publisher.Publish(ctx, page)

@@ -54,3 +54,12 @@ func (w Tumbling) FirstLive(watermark int64) int64 {
 	}
 	return first
 }
+
+// Definition describes the windows as space-separated name=value fields
+// ("size=1m0s"), the form in which a table records the windows its data
+// was built with. Fields are only ever added (a step and a grace period
+// will join the size), so a definition recorded before a field existed
+// still compares by the fields it has.
+func (w Tumbling) Definition() string {
+	return "size=" + w.Size.String()
+}
