@@ -539,7 +539,7 @@ func transactions(cfg *config.Config, cs *clients, brokers []string) func(p int3
 		return nil
 	}
 	return func(p int32) (*kafka.Producer, error) {
-		return kafka.NewTransactionalProducer(brokers, cs.base, fmt.Sprintf("%s-%s-%d", cfg.Group, cfg.Topic, p))
+		return kafka.NewTransactionalProducer(brokers, cs.base, fmt.Sprintf("%s-%s-%d", cfg.Group, cfg.Topic, p), cfg.CommitInterval)
 	}
 }
 

@@ -119,6 +119,10 @@ type Topic struct {
 	Configs map[string]string
 }
 
+// topicsRetry bounds how long EnsureTopics and NewProducer try again after
+// errors that a moving leader or coordinator gives.
+const topicsRetry = 20 * time.Second
+
 // ErrCoPartitioning is returned when a table's changelog does not have as
 // many partitions as the source topic, so table partition p could not live
 // in changelog partition p.
@@ -128,8 +132,15 @@ var ErrCoPartitioning = errors.New("topics are not co-partitioned")
 // when missing, with partitions partitions (or as many as the source topic
 // already has), and verifies that every changelog has as many partitions as
 // the source. It returns that count.
+//
+// A leader or controller that is moving (or a topic just created whose
+// leaders are not elected yet) makes it try again for up to topicsRetry.
 func EnsureTopics(admin sarama.ClusterAdmin, source Topic, changelogs, others []Topic, partitions int32, replication int16, log *slog.Logger) (int32, error) {
-	existing, err := admin.ListTopics()
+	var existing map[string]sarama.TopicDetail
+	err := retryFor(topicsRetry, func() (err error) {
+		existing, err = admin.ListTopics()
+		return err
+	})
 	if err != nil {
 		return 0, fmt.Errorf("list topics: %w", err)
 	}
@@ -145,7 +156,7 @@ func EnsureTopics(admin sarama.ClusterAdmin, source Topic, changelogs, others []
 		for k, v := range t.Configs {
 			detail.ConfigEntries[k] = &v
 		}
-		err := admin.CreateTopic(t.Name, detail, false)
+		err := retryFor(topicsRetry, func() error { return admin.CreateTopic(t.Name, detail, false) })
 		if err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
 			return 0, fmt.Errorf("create topic %s: %w", t.Name, err)
 		}
@@ -155,16 +166,22 @@ func EnsureTopics(admin sarama.ClusterAdmin, source Topic, changelogs, others []
 	for i, t := range all {
 		names[i] = t.Name
 	}
-	meta, err := admin.DescribeTopics(names)
-	if err != nil {
-		return 0, fmt.Errorf("describe topics: %w", err)
-	}
 	counts := map[string]int{}
-	for _, m := range meta {
-		if !errors.Is(m.Err, sarama.ErrNoError) {
-			return 0, fmt.Errorf("describe topic %s: %w", m.Name, m.Err)
+	err = retryFor(topicsRetry, func() error {
+		meta, err := admin.DescribeTopics(names)
+		if err != nil {
+			return fmt.Errorf("describe topics: %w", err)
 		}
-		counts[m.Name] = len(m.Partitions)
+		for _, m := range meta {
+			if !errors.Is(m.Err, sarama.ErrNoError) {
+				return fmt.Errorf("describe topic %s: %w", m.Name, m.Err)
+			}
+			counts[m.Name] = len(m.Partitions)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
 	}
 	for _, t := range changelogs {
 		if counts[t.Name] != counts[source.Name] {

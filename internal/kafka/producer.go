@@ -119,7 +119,13 @@ func (a *Ack) Offset(p int32) int64 {
 // NewProducer starts a producer on client, whose config must come from
 // NewConfig.
 func NewProducer(client sarama.Client) (*Producer, error) {
-	ap, err := sarama.NewAsyncProducerFromClient(client)
+	// The idempotent producer asks for its producer id at once, which a
+	// coordinator that is loading or moving refuses for a moment.
+	var ap sarama.AsyncProducer
+	err := retryFor(topicsRetry, func() (err error) {
+		ap, err = sarama.NewAsyncProducerFromClient(client)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -129,10 +135,17 @@ func NewProducer(client sarama.Client) (*Producer, error) {
 // NewTransactionalProducer starts a producer with its own client whose
 // transactional id is id. Starting it fences any older producer with the
 // same id (a zombie owner of the partition) and aborts its open transaction.
-func NewTransactionalProducer(brokers []string, base *sarama.Config, id string) (*Producer, error) {
+//
+// txnSpan is the longest a transaction stays open (about a commit
+// interval): the transaction timeout is 10 s or three times that.
+func NewTransactionalProducer(brokers []string, base *sarama.Config, id string, txnSpan time.Duration) (*Producer, error) {
 	c := *base
 	c.Producer.Transaction.ID = id
-	c.Producer.Transaction.Timeout = time.Minute
+	// A transaction spans at most about a commit interval. A short timeout
+	// bounds how long a transaction a crashed owner left open holds back
+	// the next owner (its offset fetch answers UNSTABLE_OFFSET_COMMIT
+	// until the transaction ends); 10 s is Kafka Streams' default.
+	c.Producer.Transaction.Timeout = max(10*time.Second, 3*txnSpan)
 	c.Producer.Idempotent = true
 	c.Producer.RequiredAcks = sarama.WaitForAll
 	c.Net.MaxOpenRequests = 1

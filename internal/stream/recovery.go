@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/IBM/sarama"
+
+	"github.com/gofaust/pageviews/internal/kafka"
 )
 
 const (
@@ -62,7 +65,7 @@ func (w *partitionWorker) recover(ctx context.Context, msgs <-chan *sarama.Consu
 	}()
 	var total int64
 	for _, t := range w.r.o.Tables {
-		r, err := w.prepare(t)
+		r, err := w.prepare(ctx, t)
 		if err != nil {
 			return fmt.Errorf("recover %s: %w", t.Name(), err)
 		}
@@ -121,9 +124,11 @@ func (w *partitionWorker) recover(ctx context.Context, msgs <-chan *sarama.Consu
 // prepare reads the stored checkpoint and the changelog's offsets, decides
 // where replay starts, and starts the partition consumer when there is
 // anything to replay.
-func (w *partitionWorker) prepare(t Table) (*restoring, error) {
+func (w *partitionWorker) prepare(ctx context.Context, t Table) (*restoring, error) {
 	log := w.log.With("table", t.Name(), "changelog", t.Changelog())
-	start, end, stored, err := replayRange(t, w.r.o.Client, w.p, w.r.readCommitted(), log)
+	waiting := func(err error) { w.r.o.State.waiting(w.p, err) }
+	defer waiting(nil)
+	start, end, stored, err := replayRange(ctx, t, w.r.o.Client, w.p, w.r.readCommitted(), log, waiting)
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +136,16 @@ func (w *partitionWorker) prepare(t Table) (*restoring, error) {
 	rs := &restoring{t: t, log: log, start: start, end: end}
 	rs.left.Store(max(end-start, 0))
 	if start < end {
-		rs.pc, err = w.r.o.Restore.ConsumePartition(t.Changelog(), w.p, start)
+		// The consumer of the partition's previous assignment may still be
+		// closing ("already being consumed"): that passes.
+		err := patiently(ctx, log, waiting, func() (err error) {
+			rs.pc, err = w.r.o.Restore.ConsumePartition(t.Changelog(), w.p, start)
+			var cerr sarama.ConfigurationError
+			if errors.As(err, &cerr) && strings.Contains(err.Error(), "already being consumed") {
+				return &transient{err}
+			}
+			return err
+		})
 		if err != nil {
 			return nil, fmt.Errorf("consume %s/%d from %d: %w", t.Changelog(), w.p, start, err)
 		}
@@ -139,30 +153,72 @@ func (w *partitionWorker) prepare(t Table) (*restoring, error) {
 	return rs, nil
 }
 
+// transient marks an error that passes by itself, for patiently.
+type transient struct{ err error }
+
+func (e *transient) Error() string { return e.err.Error() }
+func (e *transient) Unwrap() error { return e.err }
+
+// patiently calls fn until it succeeds, ctx ends, or it fails with an error
+// that trying again will not cure; meanwhile it tells waiting (may be nil)
+// and the log, at most every stallLogEvery, why it waits.
+func patiently(ctx context.Context, log *slog.Logger, waiting func(error), fn func() error) error {
+	pause := 100 * time.Millisecond
+	var logged time.Time
+	for {
+		err := fn()
+		var te *transient
+		if err == nil || ctx.Err() != nil || !(kafka.Retriable(err) || errors.As(err, &te)) {
+			return err
+		}
+		if waiting != nil {
+			waiting(err)
+		}
+		if now := time.Now(); now.Sub(logged) >= stallLogEvery {
+			logged = now
+			log.Warn("waiting for the brokers", "error", err, "retry_in", pause.String())
+		}
+		select {
+		case <-time.After(pause):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		pause = min(2*pause, 2*time.Second)
+	}
+}
+
 // replayRange assigns table partition p and decides where its changelog
 // replay starts: after the stored checkpoint, or at the log start when the
 // store holds nothing or is ahead of the changelog (then it is wiped). It
 // ends at the end offset (see endOffset). stored reports whether the
 // store's contents are kept. Recovery and standby copies share it.
-func replayRange(t Table, client sarama.Client, p int32, readCommitted bool, log *slog.Logger) (start, end int64, stored bool, err error) {
+//
+// Errors of the brokers that pass (a leader moving) are waited out until
+// ctx ends, telling waiting (may be nil) why.
+func replayRange(ctx context.Context, t Table, client sarama.Client, p int32, readCommitted bool, log *slog.Logger, waiting func(error)) (start, end int64, stored bool, err error) {
 	topic := t.Changelog()
 	cp, stored, err := t.Assign(p)
 	if err != nil {
 		return 0, 0, false, err
 	}
-	hwm, err := client.GetOffset(topic, p, sarama.OffsetNewest)
-	if err != nil {
-		return 0, 0, false, fmt.Errorf("high watermark of %s/%d: %w", topic, p, err)
-	}
-	end = hwm
-	if readCommitted {
-		if end, err = endOffset(client, topic, p, true); err != nil {
-			return 0, 0, false, fmt.Errorf("last stable offset of %s/%d: %w", topic, p, err)
+	var hwm, low int64
+	err = patiently(ctx, log, waiting, func() (err error) {
+		if hwm, err = client.GetOffset(topic, p, sarama.OffsetNewest); err != nil {
+			return fmt.Errorf("high watermark of %s/%d: %w", topic, p, err)
 		}
-	}
-	low, err := client.GetOffset(topic, p, sarama.OffsetOldest)
+		end = hwm
+		if readCommitted {
+			if end, err = endOffset(client, topic, p, true); err != nil {
+				return fmt.Errorf("last stable offset of %s/%d: %w", topic, p, err)
+			}
+		}
+		if low, err = client.GetOffset(topic, p, sarama.OffsetOldest); err != nil {
+			return fmt.Errorf("log start of %s/%d: %w", topic, p, err)
+		}
+		return nil
+	})
 	if err != nil {
-		return 0, 0, false, fmt.Errorf("log start of %s/%d: %w", topic, p, err)
+		return 0, 0, false, err
 	}
 	if !stored {
 		return low, end, false, nil

@@ -83,6 +83,8 @@ type Runtime struct {
 	fatal     chan error
 
 	mu sync.Mutex
+	// stop ends Run (fail).
+	stop context.CancelFunc
 	// expel ends the current group session, so that the member joins
 	// again (see expelled).
 	expel context.CancelCauseFunc
@@ -109,9 +111,19 @@ func New(o Options) *Runtime {
 func (r *Runtime) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	r.mu.Lock()
+	r.stop = cancel
+	r.mu.Unlock()
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		for err := range r.o.Group.Errors() {
+			// sarama retries what it can and reports the rest here; an
+			// error that trying again cannot cure (not authorized, say)
+			// would otherwise leave its partitions silently unprocessed.
+			if kafka.Fatal(err) {
+				r.fail(fmt.Errorf("consumer group: %w", err))
+				continue
+			}
 			r.o.Log.Warn("consumer group error", "error", err)
 		}
 	})
@@ -139,12 +151,22 @@ func (r *Runtime) Run(ctx context.Context) error {
 			r.o.Log.Warn("joining the group again after losing membership", "cause", lost.err)
 			continue
 		}
+		if kafka.Fatal(err) {
+			runErr = fmt.Errorf("consumer group: %w", err)
+			break
+		}
 		if err != nil {
 			r.o.Log.Warn("consumer group session ended; joining again", "error", err)
 			select {
 			case <-time.After(time.Second):
 			case <-ctx.Done():
 			}
+		}
+	}
+	if runErr == nil {
+		select {
+		case runErr = <-r.fatal: // failed while the loop was ending
+		default:
 		}
 	}
 	r.o.State.setJoined(false, 0)
@@ -176,6 +198,12 @@ func (r *Runtime) fail(err error) {
 	r.fatalOnce.Do(func() {
 		r.o.State.setFatal(err)
 		r.fatal <- err
+		r.mu.Lock()
+		stop := r.stop
+		r.mu.Unlock()
+		if stop != nil {
+			stop()
+		}
 	})
 }
 
@@ -566,7 +594,7 @@ func rebalancing(err error) bool {
 func retryable(err error) bool {
 	var pe *produceError
 	var ce *commitError
-	return errors.As(err, &pe) || errors.As(err, &ce)
+	return (errors.As(err, &pe) || errors.As(err, &ce)) && !kafka.Fatal(err)
 }
 
 // commitAfterRejoin retries a commit the coordinator deferred while the

@@ -221,7 +221,7 @@ func (s *Standby) tail(ctx context.Context, p int32) error {
 
 func (s *Standby) tailTable(ctx context.Context, t Table, p int32) error {
 	defer t.Revoke(p) // also after a failed start: Revoke of a partition not held is a no-op
-	start, hwm, _, err := replayRange(t, s.Client, p, s.ReadCommitted, s.Log.With("partition", p, "table", t.Name()))
+	start, hwm, _, err := replayRange(ctx, t, s.Client, p, s.ReadCommitted, s.Log.With("partition", p, "table", t.Name()), nil)
 	if err != nil {
 		return err
 	}
