@@ -11,6 +11,7 @@ import (
 
 	"github.com/IBM/sarama"
 
+	"github.com/gofaust/pageviews/internal/kafka"
 	"github.com/gofaust/pageviews/internal/store"
 )
 
@@ -44,6 +45,10 @@ type Standby struct {
 	mu      sync.Mutex
 	active  map[int32]bool // partitions the runtime processes here
 	tailers map[int32]*tailer
+	// fatal is a copy's error that trying again cannot cure; its own
+	// mutex, since the copies set it while mu may be held waiting for them.
+	fatalMu sync.Mutex
+	fatal   error
 }
 
 type tailer struct {
@@ -62,6 +67,17 @@ func (s *Standby) Run(ctx context.Context) error {
 	defer t.Stop()
 	for {
 		s.reconcile(ctx)
+		s.fatalMu.Lock()
+		fatal := s.fatal
+		s.fatalMu.Unlock()
+		if fatal != nil {
+			s.mu.Lock()
+			for p := range s.tailers {
+				s.stopLocked(p)
+			}
+			s.mu.Unlock()
+			return fmt.Errorf("standby copy: %w", fatal)
+		}
 		select {
 		case <-ctx.Done():
 			s.mu.Lock()
@@ -191,6 +207,12 @@ func (s *Standby) reconcile(ctx context.Context) {
 		go func() {
 			defer close(tl.done)
 			if err := s.tail(tctx, p); err != nil && !errors.Is(err, context.Canceled) {
+				if kafka.Fatal(err) {
+					s.fatalMu.Lock()
+					s.fatal = err
+					s.fatalMu.Unlock()
+					return
+				}
 				s.Log.Warn("standby copy failed; retrying at the next reconcile", "partition", p, "error", err)
 			}
 		}()
