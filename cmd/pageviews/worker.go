@@ -160,6 +160,18 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 	}
 	cleanups = append(cleanups, func() error { _ = ln.Close(); return nil })
 	self := advertisedURL(cfg, ln.Addr())
+	// The port answers from now on: while start-up waits for the brokers,
+	// probes see a live process that is not ready, and why.
+	front := &web.Front{}
+	front.Starting("connecting to Kafka")
+	srv := web.NewHTTPServer(front)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	cleanups = append(cleanups, func() error { _ = srv.Close(); return nil })
+	log.Info("http listening", "addr", ln.Addr().String(), "advertised_url", self)
+	if hooks.listening != nil {
+		hooks.listening(ln.Addr().String())
+	}
 
 	clients, err := interruptible(ctx, "connect to kafka", func() (*clients, error) { return connect(cfg, brokers, self) },
 		func(c *clients) { _ = c.close() })
@@ -188,10 +200,12 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		}
 		return err
 	})
+	front.Starting("creating topics")
 	if _, err := interruptible(ctx, "create topics", func() (any, error) { return nil, sched.RunTasks(ctx) }, nil); err != nil {
 		return err
 	}
 
+	front.Starting("starting the producer")
 	producer, err := interruptible(ctx, "start the producer", func() (*kafka.Producer, error) { return kafka.NewProducer(clients.producer) },
 		func(p *kafka.Producer) { _ = p.Close() })
 	if err != nil {
@@ -339,7 +353,7 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		return err
 	}
 
-	srv := web.NewHTTPServer(tracing.HTTP(mc.HTTP((&web.Server{
+	front.Serve(tracing.HTTP(mc.HTTP((&web.Server{
 		Publisher:      publisher,
 		Reporter:       router,
 		Readiness:      state,
@@ -348,11 +362,6 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		Log:            log.With("component", "web"),
 		PublishTimeout: 10 * time.Second,
 	}).Handler(), web.Route), web.Route))
-
-	log.Info("http listening", "addr", ln.Addr().String(), "advertised_url", self)
-	if hooks.listening != nil {
-		hooks.listening(ln.Addr().String())
-	}
 
 	if cfg.PprofAddr != "" {
 		// Profiles on their own listener, never on the public port.
@@ -368,7 +377,7 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		if err := srv.Serve(ln); err != nil && !web.IsClosed(err) {
+		if err := <-served; err != nil && !web.IsClosed(err) {
 			return fmt.Errorf("http: %w", err)
 		}
 		return nil

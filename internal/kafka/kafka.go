@@ -121,7 +121,7 @@ type Topic struct {
 
 // topicsRetry bounds how long EnsureTopics and NewProducer try again after
 // errors that a moving leader or coordinator gives.
-const topicsRetry = 20 * time.Second
+const topicsRetry = 2 * time.Minute
 
 // ErrCoPartitioning is returned when a table's changelog does not have as
 // many partitions as the source topic, so table partition p could not live

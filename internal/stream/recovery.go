@@ -336,7 +336,11 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, all []*rest
 				continue
 			}
 			// sarama retries fetch errors itself (a leader move, a broken
-			// connection) and closes Messages after a fatal one.
+			// connection) and closes Messages after an offset out of
+			// range; one that trying again cannot cure stops the worker.
+			if kafka.Fatal(err) {
+				return fmt.Errorf("replay %s/%d: %w", t.Changelog(), w.p, err)
+			}
 			stall.set(fmt.Errorf("fetch %s/%d: %w", t.Changelog(), w.p, err))
 		case <-quiet.C:
 			next, err := nextRecord(r.o.Client, t.Changelog(), w.p, last+1, rs.end, r.readCommitted())

@@ -316,6 +316,8 @@ func (s *Standby) tailTable(ctx context.Context, t Table, p int32) error {
 		case err, ok := <-errs:
 			if !ok {
 				errs = nil // closed with Messages
+			} else if kafka.Fatal(err) {
+				return fmt.Errorf("changelog %s/%d: %w", topic, p, err)
 			} else {
 				// sarama retries what it can (a leader move, a broken
 				// connection) and closes Messages after anything else.

@@ -11,6 +11,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/heptiolabs/healthcheck"
@@ -271,3 +272,43 @@ func NewHTTPServer(h http.Handler) *http.Server {
 
 // IsClosed reports whether err is the normal end of Serve.
 func IsClosed(err error) bool { return errors.Is(err, http.ErrServerClosed) }
+
+// Front is the worker's handler from the moment its port is open. Until
+// Serve hands it the real handler, start-up is waiting (for the brokers,
+// the store): / and /live answer that the process is up, /ready/ and
+// /ready answer 503 with what start-up waits for, and every other path
+// 503 with the same reason. A probe or a person can then tell a worker
+// that is starting from one that is not there.
+type Front struct {
+	h      atomic.Pointer[http.Handler]
+	reason atomic.Pointer[string]
+}
+
+// Starting records what start-up is doing now.
+func (f *Front) Starting(what string) { f.reason.Store(&what) }
+
+// Serve hands every request from now on to h.
+func (f *Front) Serve(h http.Handler) { f.h.Store(&h) }
+
+// ServeHTTP implements http.Handler.
+func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h := f.h.Load(); h != nil {
+		(*h).ServeHTTP(w, r)
+		return
+	}
+	reason := "starting"
+	if s := f.reason.Load(); s != nil {
+		reason = "starting: " + *s
+	}
+	w.Header().Set("Content-Type", "application/json")
+	switch r.URL.Path {
+	case "/", "/live":
+		_ = json.NewEncoder(w).Encode(map[string]string{"status": "ok"})
+	case "/ready/", "/ready":
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_ = json.NewEncoder(w).Encode(map[string]any{"ready": false, "reason": reason})
+	default:
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_ = json.NewEncoder(w).Encode(map[string]string{"error": reason})
+	}
+}
