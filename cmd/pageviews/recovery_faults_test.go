@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -288,4 +289,42 @@ func hasPrefixed(ss []string, prefix string) bool {
 		}
 	}
 	return false
+}
+
+// TestWindowSizeChangeInChangelogIsRefused: a worker whose store is new
+// (a new pod, a wiped volume) but whose changelog holds windows of another
+// size refuses to go on, as a store that recorded them does: exit 2, one
+// line naming WINDOW_SIZE, the old size and the new.
+func TestWindowSizeChangeInChangelogIsRefused(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	c := startFaultBroker(t)
+	vars := faultVars(t, c)
+	vars["WINDOW_SIZE"], vars["WINDOW_EXPIRES"] = "1m", "5m"
+	a := startWorker(t, vars, time.Now)
+	countViews(t, a.base, 4, 2)
+	a.stop(t)
+
+	vars = faultVars(t, c) // a new DATA_DIR: nothing recorded in the store
+	vars["WINDOW_SIZE"], vars["WINDOW_EXPIRES"] = "2m", "10m"
+	logs := newLineWatcher()
+	done := make(chan error, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { done <- run(ctx, nil, env(vars), logs) }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(90 * time.Second):
+		t.Fatalf("the worker went on with windows of another size\n%s", logs)
+	}
+	var cerr *config.Error
+	if !errors.As(err, &cerr) || cerr.Var != "WINDOW_SIZE" {
+		t.Fatalf("run returned %v, want a configuration error (exit 2) naming WINDOW_SIZE", err)
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, "1m0s") || !strings.Contains(msg, "2m0s") || !strings.Contains(msg, "changelog") || strings.Contains(msg, "\n") {
+		t.Errorf("error %q: want one line naming the old size (1m0s), the new (2m0s) and the changelog", msg)
+	}
 }

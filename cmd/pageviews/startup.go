@@ -23,7 +23,14 @@ var windowVars = map[string]string{"size": "WINDOW_SIZE", "step": "WINDOW_STEP",
 // configuration error (exit 2) naming the old and the new value and the
 // way to change windows.
 func checkWindows(t interface{ CheckDefinition() error }, dir string) error {
-	err := t.CheckDefinition()
+	return windowsChanged(t.CheckDefinition(), dir)
+}
+
+// windowsChanged turns a *table.DefinitionError in err (the store in dir,
+// or a changelog, holds windows of another definition) into the
+// configuration error that names the setting; other errors pass as they
+// are.
+func windowsChanged(err error, dir string) error {
 	var derr *table.DefinitionError
 	if !errors.As(err, &derr) {
 		return err
@@ -32,11 +39,15 @@ func checkWindows(t interface{ CheckDefinition() error }, dir string) error {
 	if name == "" {
 		name = "window " + derr.Field
 	}
+	where := "in " + dir
+	if derr.InChangelog {
+		where = "in its changelog"
+	}
 	return &config.Error{
 		Var:   name,
 		Value: derr.Current,
-		Allowed: fmt.Sprintf("%s, the window %s that the table %s in %s was built with (changing it needs a reset of that table: see \"Changing the window\" in the README)",
-			derr.Stored, derr.Field, derr.Table, dir),
+		Allowed: fmt.Sprintf("%s, the window %s that the table %s %s was built with (changing it needs a reset of that table: see \"Changing the window\" in the README)",
+			derr.Stored, derr.Field, derr.Table, where),
 	}
 }
 

@@ -407,7 +407,7 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 	go func() { waited <- g.Wait() }()
 	select {
 	case err := <-waited:
-		return err
+		return windowsChanged(err, filepath.Join(cfg.DataDir, "state"))
 	case <-ctx.Done():
 	}
 	deadline = time.Now().Add(cfg.ShutdownTimeout)

@@ -281,6 +281,7 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, all []*rest
 	nextLog := began.Add(progressEvery)
 	var replayed int64
 	stall := stallNotice{w: w, rs: rs}
+	dc, _ := t.(definitionChecker)
 	quiet := time.NewTimer(quietCheck)
 	defer quiet.Stop()
 	errs := rs.pc.Errors()
@@ -304,6 +305,11 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, all []*rest
 					// write of a previous owner): not this recovery's.
 					last = rs.end - 1
 					break
+				}
+				if dc != nil {
+					if err := checkDefinition(dc, m); err != nil {
+						return err
+					}
 				}
 				if err := t.Restore(w.p, b, m.Key, m.Value, m.Timestamp); err != nil {
 					return err

@@ -17,6 +17,7 @@ import (
 
 	"github.com/gofaust/pageviews/internal/kafka"
 	"github.com/gofaust/pageviews/internal/store"
+	"github.com/gofaust/pageviews/internal/table"
 	"github.com/gofaust/pageviews/internal/tracing"
 )
 
@@ -1037,12 +1038,14 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 			return fmt.Errorf("flush %s: %w", t.Name(), err)
 		}
 		msgs := make([]*sarama.ProducerMessage, len(recs))
+		var hs headerCache
 		for j, rec := range recs {
 			msgs[j] = &sarama.ProducerMessage{
 				Topic:     t.Changelog(),
 				Partition: w.p,
 				Key:       sarama.ByteEncoder(rec.Key),
 				Value:     sarama.ByteEncoder(rec.Value),
+				Headers:   hs.of(rec.Headers),
 				Timestamp: rec.Timestamp,
 			}
 		}
@@ -1134,5 +1137,42 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 		}
 	}
 	r.o.Hooks.Committed(w.p, time.Since(began))
+	return nil
+}
+
+// headerCache converts a table record's headers to sarama's, once for all
+// the records of a flush that share them (a windowed table's definition).
+type headerCache struct {
+	from []table.Header
+	to   []sarama.RecordHeader
+}
+
+func (c *headerCache) of(hs []table.Header) []sarama.RecordHeader {
+	if len(hs) == 0 {
+		return nil
+	}
+	if len(c.from) != len(hs) || &c.from[0] != &hs[0] {
+		c.from, c.to = hs, make([]sarama.RecordHeader, len(hs))
+		for i, h := range hs {
+			c.to[i] = sarama.RecordHeader{Key: []byte(h.Key), Value: h.Value}
+		}
+	}
+	return c.to
+}
+
+// definitionChecker is a table whose changelog records carry its
+// definition (table.DefinitionHeader), which a replay checks.
+type definitionChecker interface {
+	CheckChangelogDefinition(def []byte) error
+}
+
+// checkDefinition refuses a changelog record written with another
+// definition of table t than it has now (windows of another size).
+func checkDefinition(dc definitionChecker, m *sarama.ConsumerMessage) error {
+	for _, h := range m.Headers {
+		if string(h.Key) == table.DefinitionHeader {
+			return dc.CheckChangelogDefinition(h.Value)
+		}
+	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/gofaust/pageviews/internal/kafka"
 	"github.com/gofaust/pageviews/internal/store"
+	"github.com/gofaust/pageviews/internal/table"
 )
 
 // Standby keeps warm copies of table partitions this worker does not own by
@@ -207,7 +208,8 @@ func (s *Standby) reconcile(ctx context.Context) {
 		go func() {
 			defer close(tl.done)
 			if err := s.tail(tctx, p); err != nil && !errors.Is(err, context.Canceled) {
-				if kafka.Fatal(err) {
+				var derr *table.DefinitionError
+				if kafka.Fatal(err) || errors.As(err, &derr) {
 					s.fatalMu.Lock()
 					s.fatal = err
 					s.fatalMu.Unlock()
@@ -283,6 +285,7 @@ func (s *Standby) tailTable(ctx context.Context, t Table, p int32) error {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	errs := pc.Errors()
+	dc, _ := t.(definitionChecker)
 	for {
 		select {
 		case m, ok := <-pc.Messages():
@@ -303,6 +306,11 @@ func (s *Standby) tailTable(ctx context.Context, t Table, p int32) error {
 					return err
 				}
 				return fmt.Errorf("changelog consumer of %s/%d stopped: %w", topic, p, cause)
+			}
+			if dc != nil {
+				if err := checkDefinition(dc, m); err != nil {
+					return err
+				}
 			}
 			if err := t.Restore(p, b, m.Key, m.Value, m.Timestamp); err != nil {
 				return err

@@ -47,6 +47,14 @@ var ErrNotAssigned = errors.New("partition not assigned to this worker")
 type Record struct {
 	Key, Value []byte
 	Timestamp  time.Time
+	// Headers go with the record to the changelog.
+	Headers []Header
+}
+
+// Header is a changelog record header.
+type Header struct {
+	Key   string
+	Value []byte
 }
 
 // maxCleanEntries bounds the clean entries one partition keeps cached

@@ -55,6 +55,8 @@ type DefinitionError struct {
 	// Field is the first field that differs ("size"), Stored its recorded
 	// value and Current the table's.
 	Field, Stored, Current string
+	// InChangelog: the changelog recorded it, not the store.
+	InChangelog bool
 }
 
 func (e *DefinitionError) Error() string {
@@ -297,6 +299,35 @@ func (t *Windowed[V]) Recovered(p int32, b *store.Batch, offset int64) error {
 // Flush returns the changelog records of partition p's dirty windows. Their
 // timestamp is the partition's watermark, so that recovery can restore it
 // and the changelog's time retention follows event time.
+//
+// Each record carries the window definition in a DefinitionHeader header,
+// so that a recovery into a store built from scratch still finds out when
+// the changelog holds windows of another size.
 func (t *Windowed[V]) Flush(p int32, _ time.Time) ([]Record, error) {
-	return t.core.Flush(p, time.UnixMilli(t.Watermark(p)))
+	recs, err := t.core.Flush(p, time.UnixMilli(t.Watermark(p)))
+	if len(recs) > 0 {
+		h := []Header{{Key: DefinitionHeader, Value: []byte(t.win.Definition())}}
+		for i := range recs {
+			recs[i].Headers = h
+		}
+	}
+	return recs, err
+}
+
+// DefinitionHeader is the changelog record header that holds a windowed
+// table's window definition ("size=1m0s").
+const DefinitionHeader = "window"
+
+// CheckChangelogDefinition compares a window definition read from a
+// changelog record with the table's; it returns a *DefinitionError when a
+// field both name differs.
+func (t *Windowed[V]) CheckChangelogDefinition(def []byte) error {
+	now := definitionFields(t.win.Definition())
+	for _, f := range strings.Fields(string(def)) {
+		name, value, _ := strings.Cut(f, "=")
+		if cur, ok := now[name]; ok && cur != value {
+			return &DefinitionError{Table: t.name, Field: name, Stored: value, Current: cur, InChangelog: true}
+		}
+	}
+	return nil
 }
