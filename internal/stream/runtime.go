@@ -582,14 +582,6 @@ type commitError struct{ err error }
 func (e *commitError) Error() string { return e.err.Error() }
 func (e *commitError) Unwrap() error { return e.err }
 
-// rebalancing reports whether the coordinator refused a transactional
-// offset commit because this member's generation is not (or no longer)
-// the group's.
-func rebalancing(err error) bool {
-	return errors.Is(err, sarama.ErrIllegalGeneration) || errors.Is(err, sarama.ErrRebalanceInProgress) ||
-		errors.Is(err, sarama.ErrUnknownMemberId) || errors.Is(err, sarama.ErrFencedInstancedId)
-}
-
 // retryable reports whether a failed flush may succeed later: the brokers
 // did not take the records or the commit.
 func retryable(err error) bool {
