@@ -83,6 +83,15 @@ type worker struct {
 
 func startWorker(t testing.TB, vars map[string]string, clock func() time.Time) *worker {
 	t.Helper()
+	w := launchWorker(t, vars, clock)
+	waitReady(t, w.base, 30*time.Second)
+	return w
+}
+
+// launchWorker starts a worker and returns once it listens, without
+// waiting for it to be ready, so a test can watch its start and recovery.
+func launchWorker(t testing.TB, vars map[string]string, clock func() time.Time) *worker {
+	t.Helper()
 	cfg, err := config.Load(env(vars))
 	if err != nil {
 		t.Fatal(err)
@@ -104,7 +113,6 @@ func startWorker(t testing.TB, vars map[string]string, clock func() time.Time) *
 		t.Fatalf("worker not listening within 30s\n%s", w.logs)
 	}
 	t.Cleanup(func() { w.stop(t) })
-	waitReady(t, w.base, 30*time.Second)
 	return w
 }
 

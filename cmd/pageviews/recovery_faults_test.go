@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strconv"
 	"strings"
 	"testing"
@@ -84,34 +83,6 @@ func waitCounts(t testing.TB, base string, want map[string]int64) {
 	})
 }
 
-// startUnready starts a worker without waiting for it to be ready, so the
-// test can watch its recovery.
-func startUnready(t testing.TB, vars map[string]string) *worker {
-	t.Helper()
-	cfg, err := config.Load(env(vars))
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := &worker{logs: newLineWatcher(), done: make(chan error, 1)}
-	log := slog.New(slog.NewJSONHandler(w.logs, &slog.HandlerOptions{Level: cfg.LogLevel}))
-	ctx, cancel := context.WithCancel(context.Background())
-	w.cancel = cancel
-	addr := make(chan string, 1)
-	go func() {
-		w.done <- runWorker(ctx, cfg, log, workerHooks{clock: time.Now, listening: func(a string) { addr <- a }})
-	}()
-	select {
-	case a := <-addr:
-		w.base = "http://" + a
-	case err := <-w.done:
-		t.Fatalf("worker stopped before listening: %v\n%s", err, w.logs)
-	case <-time.After(30 * time.Second):
-		t.Fatalf("worker not listening within 30s\n%s", w.logs)
-	}
-	t.Cleanup(func() { w.stop(t) })
-	return w
-}
-
 // readyReasons polls /ready/ until it answers 200 and returns the reasons
 // it gave meanwhile. It fails when the worker stops first.
 func readyReasons(t testing.TB, w *worker, timeout time.Duration) []string {
@@ -168,7 +139,7 @@ func TestRecoveryWaitsOutLeaderMove(t *testing.T) {
 	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: viewsChangelog, Err: kerr.NotLeaderForPartition, Count: 3},
 		kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: totalsChangelog, Err: kerr.NotLeaderForPartition, Count: 3})
 	defer h.Remove()
-	b := startUnready(t, faultVars(t, c)) // an empty store: replays everything
+	b := launchWorker(t, faultVars(t, c), time.Now) // an empty store: replays everything
 	reasons := readyReasons(t, b, 90*time.Second)
 	if h.Hits() == 0 {
 		t.Fatal("no fetch was faulted: the test did not exercise recovery under a leader move")
@@ -196,7 +167,7 @@ func TestRecoverySurvivesFetchErrors(t *testing.T) {
 	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: viewsChangelog, Err: kerr.UnknownServerError, Count: 2},
 		kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: totalsChangelog, Err: kerr.UnknownServerError, Count: 2})
 	defer h.Remove()
-	b := startUnready(t, faultVars(t, c))
+	b := launchWorker(t, faultVars(t, c), time.Now)
 	readyReasons(t, b, 90*time.Second)
 	if h.Hits() == 0 {
 		t.Fatal("no fetch was faulted")
@@ -216,7 +187,7 @@ func TestRecoveryAfterOffsetOutOfRange(t *testing.T) {
 
 	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: viewsChangelog, Err: kerr.OffsetOutOfRange, Count: 1})
 	defer h.Remove()
-	b := startUnready(t, faultVars(t, c))
+	b := launchWorker(t, faultVars(t, c), time.Now)
 	readyReasons(t, b, 90*time.Second)
 	if h.Hits() == 0 {
 		t.Fatal("no fetch was faulted")
