@@ -62,14 +62,19 @@ func handler(pub *fakePublisher) http.Handler {
 	health := healthcheck.NewHandler()
 	health.AddLivenessCheck("fake", func() error { return nil })
 	health.AddReadinessCheck("fake", func() error { return nil })
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	return (&web.Server{
-		Publisher:      pub,
-		Reporter:       fakeReporter{},
-		Readiness:      fakeReadiness{},
-		Health:         health,
-		Livecheck:      func() error { return nil },
-		Log:            slog.New(slog.NewTextHandler(io.Discard, nil)),
-		PublishTimeout: time.Second,
+		Pages: pageview.Pages(pageview.PageOptions{
+			Publisher:      pub,
+			Reporter:       fakeReporter{},
+			Ready:          fakeReadiness{}.Ready,
+			Log:            log,
+			PublishTimeout: time.Second,
+		}),
+		Readiness: fakeReadiness{},
+		Health:    health,
+		Livecheck: func() error { return nil },
+		Log:       log,
 	}).Handler()
 }
 

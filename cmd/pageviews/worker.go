@@ -353,15 +353,22 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		return err
 	}
 
-	front.Serve(tracing.HTTP(mc.HTTP((&web.Server{
+	webLog := log.With("component", "web")
+	pages := pageview.Pages(pageview.PageOptions{
 		Publisher:      publisher,
 		Reporter:       router,
-		Readiness:      state,
-		Health:         health,
-		Livecheck:      livecheck.Check,
-		Log:            log.With("component", "web"),
+		Ready:          state.Ready,
+		Log:            webLog,
 		PublishTimeout: 10 * time.Second,
-	}).Handler(), web.Route), web.Route))
+	})
+	route := web.Route(pages)
+	front.Serve(tracing.HTTP(mc.HTTP((&web.Server{
+		Pages:     pages,
+		Readiness: state,
+		Health:    health,
+		Livecheck: livecheck.Check,
+		Log:       webLog,
+	}).Handler(), route), route))
 
 	if cfg.PprofAddr != "" {
 		// Profiles on their own listener, never on the public port.

@@ -169,11 +169,12 @@ func TestRouterAsksPeers(t *testing.T) {
 	only := func(p int32) func() []int32 { return func() []int32 { return []int32{p} } }
 	for _, earlier := range []bool{false, true} {
 		t.Run(fmt.Sprintf("earlier=%v", earlier), func(t *testing.T) {
-			var peerReporter web.Reporter = &pageview.Router{Local: &pageview.Reporter{Tables: f.tables, Clock: f.clock.Now, Owned: only(1)}}
+			var peerReporter pageview.Reports = &pageview.Router{Local: &pageview.Reporter{Tables: f.tables, Clock: f.clock.Now, Owned: only(1)}}
 			if earlier {
 				peerReporter = summedOnly{peerReporter}
 			}
-			peer := httptest.NewServer((&web.Server{Reporter: peerReporter, Health: healthcheck.NewHandler(), Log: slog.New(slog.DiscardHandler)}).Handler())
+			pages := pageview.Pages(pageview.PageOptions{Reporter: peerReporter, Ready: func() (bool, string) { return true, "" }, Log: slog.New(slog.DiscardHandler)})
+			peer := httptest.NewServer((&web.Server{Pages: pages, Health: healthcheck.NewHandler(), Log: slog.New(slog.DiscardHandler)}).Handler())
 			t.Cleanup(peer.Close)
 			rt := &pageview.Router{
 				Local:      &pageview.Reporter{Tables: f.tables, Clock: f.clock.Now, Owned: only(0)},
@@ -196,4 +197,4 @@ func TestRouterAsksPeers(t *testing.T) {
 
 // summedOnly is a worker of an earlier version: it answers peers only with
 // counts summed over partitions.
-type summedOnly struct{ web.Reporter }
+type summedOnly struct{ pageview.Reports }

@@ -3,86 +3,71 @@
 package web
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
 	"path"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/heptiolabs/healthcheck"
-
-	"github.com/gofaust/pageviews/internal/pageview"
 )
-
-// Publisher sends a page view and returns this process's counter.
-type Publisher interface {
-	Publish(ctx context.Context, page string) (int64, error)
-}
-
-// Reporter builds the cluster-wide report, and the partial report of this
-// worker's partitions that peers ask for.
-type Reporter interface {
-	Report(ctx context.Context, page string) (*pageview.Report, error)
-	LocalPartial(page string, partitions []int32, reserved bool) (*pageview.Partial, error)
-}
-
-// PartitionReporter is a Reporter that can also answer a peer with each
-// partition's counts apart (?local=1&by_partition=1), so that the peer
-// keeps exactly the partitions it asked for. Without it, or without
-// by_partition, a peer gets the counts summed, as earlier versions answer.
-type PartitionReporter interface {
-	LocalByPartition(page string, partitions []int32, reserved bool) (*pageview.PeerAnswer, error)
-}
 
 // Readiness tells whether the worker has joined and recovered.
 type Readiness interface {
 	Ready() (bool, string)
 }
 
-// Server holds what the pages need.
+// Page is one of the app's HTTP pages: GET on Path, with and without a
+// trailing slash (served, not redirected). Name is its bounded label for
+// metrics ("/count/").
+type Page struct {
+	Path    string // "/count/"
+	Handler http.HandlerFunc
+}
+
+// Server serves the worker's generic pages (health, readiness, probes,
+// livecheck) and the app's own.
 type Server struct {
-	Publisher Publisher
-	Reporter  Reporter
+	Pages     []Page
 	Readiness Readiness
 	Health    healthcheck.Handler
 	// Livecheck returns the last livecheck's failure, or nil.
 	Livecheck func() error
 	Log       *slog.Logger
-	// PublishTimeout bounds how long /count/ waits for the broker.
-	PublishTimeout time.Duration
 }
 
 // Handler returns the routes.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		JSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /ready/{$}", s.ready)
-	mux.HandleFunc("GET /count/{$}", s.count)
-	mux.HandleFunc("GET /report/{$}", s.report)
-	// Without the slash too, served rather than redirected (the mux's
-	// redirect would answer HTML).
-	mux.HandleFunc("GET /count", s.count)
-	mux.HandleFunc("GET /report", s.report)
 	mux.HandleFunc("GET /livecheck", s.livecheck)
 	// The healthcheck handlers accept GET only; a HEAD probe gets the same
 	// answer without the body.
 	mux.HandleFunc("GET /live", asGet(s.Health.LiveEndpoint))
 	mux.HandleFunc("GET /ready", asGet(s.Health.ReadyEndpoint))
-	for _, path := range []string{"/{$}", "/ready/{$}", "/count/{$}", "/report/{$}", "/count", "/report", "/live", "/ready", "/livecheck"} {
+	paths := []string{"/{$}", "/ready/{$}", "/live", "/ready", "/livecheck"}
+	for _, pg := range s.Pages {
+		dir := strings.TrimSuffix(pg.Path, "/")
+		mux.HandleFunc("GET "+dir+"/{$}", pg.Handler)
+		// Without the slash too, served rather than redirected (the mux's
+		// redirect would answer HTML).
+		mux.HandleFunc("GET "+dir, pg.Handler)
+		paths = append(paths, dir+"/{$}", dir)
+	}
+	for _, path := range paths {
 		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Allow", "GET, HEAD")
-			writeError(w, http.StatusMethodNotAllowed, r.Method+" is not allowed; use GET")
+			Error(w, http.StatusMethodNotAllowed, r.Method+" is not allowed; use GET")
 		})
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "no such page: "+r.URL.Path)
+		Error(w, http.StatusNotFound, "no such page: "+r.URL.Path)
 	})
 	return frontDoor(mux)
 }
@@ -93,12 +78,12 @@ func frontDoor(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodConnect {
 			w.Header().Set("Allow", "GET, HEAD")
-			writeError(w, http.StatusMethodNotAllowed, "CONNECT is not allowed; use GET")
+			Error(w, http.StatusMethodNotAllowed, "CONNECT is not allowed; use GET")
 			return
 		}
 		p := r.URL.Path
 		if p == "" || p[0] != '/' || cleanPath(p) != p {
-			writeError(w, http.StatusNotFound, "no such page: "+p)
+			Error(w, http.StatusNotFound, "no such page: "+p)
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -127,10 +112,10 @@ func asGet(h http.HandlerFunc) http.HandlerFunc {
 func (s *Server) ready(w http.ResponseWriter, _ *http.Request) {
 	ok, reason := s.Readiness.Ready()
 	if !ok {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "reason": reason})
+		JSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "reason": reason})
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"ready": true})
+	JSON(w, http.StatusOK, map[string]any{"ready": true})
 }
 
 // livecheck answers 200 while the last livecheck passed (or this worker,
@@ -141,120 +126,38 @@ func (s *Server) livecheck(w http.ResponseWriter, _ *http.Request) {
 		err = s.Livecheck()
 	}
 	if err != nil {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ok": false, "error": err.Error()})
+		JSON(w, http.StatusServiceUnavailable, map[string]any{"ok": false, "error": err.Error()})
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
+	JSON(w, http.StatusOK, map[string]any{"ok": true})
 }
 
-// Route maps a request to one of the worker's routes, a bounded label for
-// metrics.
-func Route(r *http.Request) string {
-	switch p := r.URL.Path; p {
-	case "/", "/ready/", "/count/", "/report/", "/live", "/ready", "/livecheck":
-		return p
-	case "/count", "/report":
-		return p + "/"
+// Route returns a function that maps a request to one of the worker's
+// routes, its own and the app's pages: a bounded label for metrics.
+func Route(pages []Page) func(r *http.Request) string {
+	known := map[string]string{"/": "/", "/ready/": "/ready/", "/live": "/live", "/ready": "/ready", "/livecheck": "/livecheck"}
+	for _, pg := range pages {
+		dir := strings.TrimSuffix(pg.Path, "/")
+		known[dir+"/"], known[dir] = dir+"/", dir+"/"
 	}
-	return "other"
-}
-
-func (s *Server) count(w http.ResponseWriter, r *http.Request) {
-	page, ok := pageParam(w, r, "/")
-	if !ok {
-		return
-	}
-	if strings.HasPrefix(page, pageview.ReservedPrefix) {
-		// The worker's synthetic views (the livecheck) use these pages; a
-		// user's view of one would be counted but never shown, and could
-		// pass for a synthetic one.
-		writeError(w, http.StatusBadRequest, "pages under "+pageview.ReservedPrefix+" are reserved for the worker's synthetic views")
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), s.PublishTimeout)
-	defer cancel()
-	n, err := s.Publisher.Publish(ctx, page)
-	if err != nil {
-		s.Log.WarnContext(r.Context(), "count: publish failed", "page", page, "error", err)
-		writeError(w, http.StatusServiceUnavailable, "page view not published: "+err.Error())
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]int64{"count": n})
-}
-
-func (s *Server) report(w http.ResponseWriter, r *http.Request) {
-	page, ok := pageParam(w, r, "")
-	if !ok {
-		return
-	}
-	if r.URL.Query().Get("local") == "1" {
-		s.localReport(w, r, page)
-		return
-	}
-	rep, err := s.Reporter.Report(r.Context(), page)
-	if err != nil {
-		s.Log.Error("report failed", "error", err)
-		writeError(w, http.StatusInternalServerError, "report failed: "+err.Error())
-		return
-	}
-	if ready, _ := s.Readiness.Ready(); !ready {
-		rep.Stale = true
-	}
-	writeJSON(w, http.StatusOK, rep)
-}
-
-// localReport answers a peer's request for the partitions this worker
-// holds: ?local=1&partitions=0,3 (all of them when partitions is absent),
-// by partition with &by_partition=1.
-func (s *Server) localReport(w http.ResponseWriter, r *http.Request, page string) {
-	var parts []int32
-	if raw := r.URL.Query().Get("partitions"); raw != "" {
-		for _, f := range strings.Split(raw, ",") {
-			p, err := strconv.ParseInt(f, 10, 32)
-			if err != nil || p < 0 {
-				writeError(w, http.StatusBadRequest, "partitions must be a comma-separated list of partition numbers")
-				return
-			}
-			parts = append(parts, int32(p))
+	return func(r *http.Request) string {
+		if name, ok := known[r.URL.Path]; ok {
+			return name
 		}
+		return "other"
 	}
-	reserved := r.URL.Query().Get("reserved") == "1"
-	var part any
-	var err error
-	if pr, ok := s.Reporter.(PartitionReporter); ok && r.URL.Query().Get("by_partition") == "1" {
-		part, err = pr.LocalByPartition(page, parts, reserved)
-	} else {
-		part, err = s.Reporter.LocalPartial(page, parts, reserved)
-	}
-	if err != nil {
-		s.Log.Error("local report failed", "error", err)
-		writeError(w, http.StatusInternalServerError, "report failed: "+err.Error())
-		return
-	}
-	writeJSON(w, http.StatusOK, part)
 }
 
-// pageParam reads the page query parameter and rejects unusable values.
-func pageParam(w http.ResponseWriter, r *http.Request, def string) (string, bool) {
-	page := r.URL.Query().Get("page")
-	if page == "" {
-		page = def
-	}
-	if len(page) > pageview.MaxPageLen {
-		writeError(w, http.StatusBadRequest, "page is longer than the limit of 1024 bytes")
-		return "", false
-	}
-	return page, true
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
+// JSON writes v as the JSON body of a response with status.
+func JSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func writeError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, map[string]string{"error": msg})
+// Error writes the JSON error body every page answers with: {"error": msg}.
+func Error(w http.ResponseWriter, status int, msg string) {
+	JSON(w, status, map[string]string{"error": msg})
 }
 
 // NewHTTPServer returns an http.Server with the timeouts a public endpoint
