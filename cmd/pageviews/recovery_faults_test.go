@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -113,11 +114,11 @@ func readyReasons(t testing.TB, w *worker, timeout time.Duration) []string {
 	}
 }
 
-// seedChangelogs runs a worker that counts views into the changelogs and
-// stops; it returns what it counted.
-func seedChangelogs(t *testing.T, c *kfake.Cluster) map[string]int64 {
+// seedChangelogs runs a worker with vars that counts views into the
+// changelogs and stops; it returns what it counted.
+func seedChangelogs(t *testing.T, vars map[string]string) map[string]int64 {
 	t.Helper()
-	a := startWorker(t, faultVars(t, c), time.Now)
+	a := startWorker(t, vars, time.Now)
 	want := countViews(t, a.base, 10, 5)
 	a.stop(t)
 	return want
@@ -134,7 +135,7 @@ func TestRecoveryWaitsOutLeaderMove(t *testing.T) {
 		t.Skip("end-to-end")
 	}
 	c := startFaultBroker(t)
-	want := seedChangelogs(t, c)
+	want := seedChangelogs(t, faultVars(t, c))
 
 	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: viewsChangelog, Err: kerr.NotLeaderForPartition, Count: 3},
 		kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: totalsChangelog, Err: kerr.NotLeaderForPartition, Count: 3})
@@ -145,7 +146,7 @@ func TestRecoveryWaitsOutLeaderMove(t *testing.T) {
 		t.Fatal("no fetch was faulted: the test did not exercise recovery under a leader move")
 	}
 	waitCounts(t, b.base, want)
-	if !hasPrefixed(reasons, "recovering: ") {
+	if !slices.ContainsFunc(reasons, func(r string) bool { return strings.HasPrefix(r, "recovering: ") }) {
 		t.Errorf("/ready/ reasons while recovering %q, want one saying why recovery waits (recovering: ...)", reasons)
 	}
 	for _, l := range b.logs.all("recovered") {
@@ -162,7 +163,7 @@ func TestRecoverySurvivesFetchErrors(t *testing.T) {
 		t.Skip("end-to-end")
 	}
 	c := startFaultBroker(t)
-	want := seedChangelogs(t, c)
+	want := seedChangelogs(t, faultVars(t, c))
 
 	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: viewsChangelog, Err: kerr.UnknownServerError, Count: 2},
 		kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: totalsChangelog, Err: kerr.UnknownServerError, Count: 2})
@@ -183,7 +184,7 @@ func TestRecoveryAfterOffsetOutOfRange(t *testing.T) {
 		t.Skip("end-to-end")
 	}
 	c := startFaultBroker(t)
-	want := seedChangelogs(t, c)
+	want := seedChangelogs(t, faultVars(t, c))
 
 	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: viewsChangelog, Err: kerr.OffsetOutOfRange, Count: 1})
 	defer h.Remove()
@@ -253,15 +254,6 @@ func TestStandbySurvivesOffsetOutOfRange(t *testing.T) {
 	waitCounts(t, b.base, want)
 }
 
-func hasPrefixed(ss []string, prefix string) bool {
-	for _, s := range ss {
-		if strings.HasPrefix(s, prefix) {
-			return true
-		}
-	}
-	return false
-}
-
 // TestWindowSizeChangeInChangelogIsRefused: a worker whose store is new
 // (a new pod, a wiped volume) but whose changelog holds windows of another
 // size refuses to go on, as a store that recorded them does: exit 2, one
@@ -273,9 +265,7 @@ func TestWindowSizeChangeInChangelogIsRefused(t *testing.T) {
 	c := startFaultBroker(t)
 	vars := faultVars(t, c)
 	vars["WINDOW_SIZE"], vars["WINDOW_EXPIRES"] = "1m", "5m"
-	a := startWorker(t, vars, time.Now)
-	countViews(t, a.base, 4, 2)
-	a.stop(t)
+	seedChangelogs(t, vars)
 
 	vars = faultVars(t, c) // a new DATA_DIR: nothing recorded in the store
 	vars["WINDOW_SIZE"], vars["WINDOW_EXPIRES"] = "2m", "10m"

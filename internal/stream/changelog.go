@@ -7,15 +7,11 @@ import (
 	"github.com/IBM/sarama"
 )
 
-// endOffset returns where a replay of topic partition p ends: the last
-// stable offset when transactional records are read committed (records of
-// open transactions would never be delivered), else the high watermark.
-// sarama's Client.GetOffset always asks read-uncommitted, so this sends its
-// own ListOffsets request.
-func endOffset(client sarama.Client, topic string, p int32, readCommitted bool) (int64, error) {
-	if !readCommitted {
-		return client.GetOffset(topic, p, sarama.OffsetNewest)
-	}
+// lastStableOffset returns the last stable offset of topic partition p:
+// where a replay that reads committed ends (records of transactions still
+// open would never be delivered). sarama's Client.GetOffset always asks
+// read-uncommitted, so this sends its own ListOffsets request.
+func lastStableOffset(client sarama.Client, topic string, p int32) (int64, error) {
 	broker, err := client.Leader(topic, p)
 	if err != nil {
 		return 0, err

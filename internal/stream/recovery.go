@@ -190,8 +190,9 @@ func patiently(ctx context.Context, log *slog.Logger, waiting func(error), fn fu
 // replayRange assigns table partition p and decides where its changelog
 // replay starts: after the stored checkpoint, or at the log start when the
 // store holds nothing or is ahead of the changelog (then it is wiped). It
-// ends at the end offset (see endOffset). stored reports whether the
-// store's contents are kept. Recovery and standby copies share it.
+// ends at the high watermark, or at the last stable offset when
+// readCommitted. stored reports whether the store's contents are kept.
+// Recovery and standby copies share it.
 //
 // Errors of the brokers that pass (a leader moving) are waited out until
 // ctx ends, telling waiting (may be nil) why.
@@ -208,7 +209,7 @@ func replayRange(ctx context.Context, t Table, client sarama.Client, p int32, re
 		}
 		end = hwm
 		if readCommitted {
-			if end, err = endOffset(client, topic, p, true); err != nil {
+			if end, err = lastStableOffset(client, topic, p); err != nil {
 				return fmt.Errorf("last stable offset of %s/%d: %w", topic, p, err)
 			}
 		}

@@ -565,7 +565,7 @@ func (w *partitionWorker) commitOffset() error {
 	case errors.Is(err, sarama.ErrIllegalGeneration) || errors.Is(err, sarama.ErrRebalanceInProgress):
 		w.log.Info("offset commit deferred: the group is rebalancing", "offset", w.flushed+1, "generation", w.sess.GenerationID(), "error", err)
 		return nil
-	case errors.Is(err, sarama.ErrUnknownMemberId) || errors.Is(err, sarama.ErrFencedInstancedId):
+	case removed(err):
 		// The flush is durable; the member must not write again.
 		w.log.Warn("offset commit rejected: no longer a member of the group", "offset", w.flushed+1, "generation", w.sess.GenerationID(), "error", err)
 		return &lostError{fmt.Errorf("commit offset %d: %w", w.flushed+1, err)}
@@ -693,7 +693,7 @@ func (r *Runtime) fence(sess sarama.ConsumerGroupSession, always bool) error {
 	case err == nil:
 		r.confirmed(member, sent)
 		return nil
-	case errors.Is(err, sarama.ErrUnknownMemberId) || errors.Is(err, sarama.ErrFencedInstancedId):
+	case removed(err):
 		return &lostError{fmt.Errorf("the coordinator no longer knows member %s: %w", member, err)}
 	case time.Since(lease) >= r.o.SessionTimeout:
 		return &lostError{fmt.Errorf("membership not confirmed for a session timeout (%s): %w", r.o.SessionTimeout, err)}
@@ -701,6 +701,12 @@ func (r *Runtime) fence(sess sarama.ConsumerGroupSession, always bool) error {
 		return nil // confirmed recently enough
 	}
 	return &produceError{fmt.Errorf("membership not confirmed: %w", err)}
+}
+
+// removed reports whether the coordinator answered that it no longer knows
+// this member (its session expired, or another instance took its id).
+func removed(err error) bool {
+	return errors.Is(err, sarama.ErrUnknownMemberId) || errors.Is(err, sarama.ErrFencedInstancedId)
 }
 
 // lostMembership reports whether a session ended because this member is no
