@@ -22,6 +22,9 @@ type Producer struct {
 	ap   sarama.AsyncProducer
 	done chan struct{}
 	wg   sync.WaitGroup
+	// closeOnce makes Close safe to call again (sarama's is not).
+	closeOnce sync.Once
+	closeErr  error
 	// OnAck observes every record's outcome (metrics); set it before use.
 	OnAck func(topic string, latency time.Duration, err error)
 	// MaxMessageBytes is the largest record (sarama's ByteSize) the
@@ -150,7 +153,13 @@ func NewTransactionalProducer(brokers []string, base *sarama.Config, id string, 
 	c.Producer.RequiredAcks = sarama.WaitForAll
 	c.Net.MaxOpenRequests = 1
 	c.ClientID = base.ClientID + "-txn"
-	ap, err := sarama.NewAsyncProducer(brokers, &c)
+	// Like the idempotent producer's, its first request (InitProducerId)
+	// is refused for a moment by a coordinator that is loading or moving.
+	var ap sarama.AsyncProducer
+	err := retryFor(topicsRetry, func() (err error) {
+		ap, err = sarama.NewAsyncProducer(brokers, &c)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("transactional producer %s: %w", id, err)
 	}
@@ -274,7 +283,9 @@ func (p *Producer) SendAndWait(ctx context.Context, m *sarama.ProducerMessage) (
 
 // Close flushes what is queued and stops the producer.
 func (p *Producer) Close() error {
-	err := p.ap.Close()
-	p.wg.Wait()
-	return err
+	p.closeOnce.Do(func() {
+		p.closeErr = p.ap.Close()
+		p.wg.Wait()
+	})
+	return p.closeErr
 }

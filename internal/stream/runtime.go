@@ -306,7 +306,8 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 		}
 		w.txp = txp
 		defer func() {
-			if err := txp.Close(); err != nil {
+			// w.txp: abort may have replaced the producer.
+			if err := w.txp.Close(); err != nil {
 				w.log.Warn("close transactional producer", "error", err)
 			}
 		}()
@@ -972,7 +973,7 @@ func (w *partitionWorker) producer() (*kafka.Producer, error) {
 		// in the next one (the changelog records go out only at a flush,
 		// so none were in it).
 		cause := w.txnCause(errors.New("transaction failed"), nil)
-		if err := w.txp.Abort(); err != nil {
+		if err := w.abort(); err != nil {
 			return nil, fmt.Errorf("abort failed transaction (%w): %w", cause, err)
 		}
 		w.log.Warn("transaction aborted; its dead letters go out again in the next", "cause", cause)
@@ -984,6 +985,31 @@ func (w *partitionWorker) producer() (*kafka.Producer, error) {
 		return nil, fmt.Errorf("begin transaction: %w", err)
 	}
 	return w.txp, nil
+}
+
+// abort aborts the open transaction. sarama's transaction state can end up
+// where it refuses the abort ("invalid transition", after produce errors
+// raced with an earlier abort's epoch bump, say); the producer is then
+// replaced. Its successor's InitProducerId, under the same transactional
+// id, fences the old producer and has the coordinator abort whatever it
+// left open, which is the abort asked for.
+func (w *partitionWorker) abort() error {
+	aerr := w.txp.Abort()
+	if aerr == nil || kafka.Fatal(aerr) || errors.Is(aerr, sarama.ErrProducerFenced) {
+		return aerr
+	}
+	w.log.Warn("could not abort the transaction; a new producer aborts it", "error", aerr)
+	if err := w.txp.Close(); err != nil {
+		w.log.Warn("close transactional producer", "error", err)
+	}
+	txp, err := w.r.o.Transactions(w.p)
+	if err != nil {
+		// w.txp stays the closed producer (Close again is a no-op): the
+		// partition fails and the worker restarts from the last commit.
+		return fmt.Errorf("%w; new producer: %w", aerr, err)
+	}
+	w.txp = txp
+	return nil
 }
 
 // txnCause returns the first error of a record sent in the open
@@ -1075,9 +1101,8 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 			// The cause, rather than sarama's account of the transaction's
 			// state: a record of it that was refused, if one was.
 			err = w.txnCause(err, acks)
-			if aerr := w.txp.Abort(); aerr != nil {
-				w.log.Warn("abort transaction", "error", aerr)
-				return err
+			if aerr := w.abort(); aerr != nil {
+				return fmt.Errorf("%w; abort: %w", err, aerr)
 			}
 			// Aborted: its records are invisible to read_committed readers
 			// and nothing was stored or committed, so the flush can be done
