@@ -57,7 +57,7 @@ type fakeReadiness struct{}
 
 func (fakeReadiness) Ready() (bool, string) { return true, "" }
 
-// handler builds the worker's HTTP handler as worker.go does, on fakes.
+// handler builds the worker's HTTP handler as internal/app does, on fakes.
 func handler(pub *fakePublisher) http.Handler {
 	health := healthcheck.NewHandler()
 	health.AddLivenessCheck("fake", func() error { return nil })

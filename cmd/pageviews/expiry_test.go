@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gofaust/pageviews/internal/app"
 	"github.com/gofaust/pageviews/internal/config"
 	"github.com/gofaust/pageviews/internal/pageview"
 	"github.com/gofaust/pageviews/internal/store"
@@ -102,7 +103,7 @@ func launchWorker(t testing.TB, vars map[string]string, clock func() time.Time) 
 	w.cancel = cancel
 	addr := make(chan string, 1)
 	go func() {
-		w.done <- runWorker(ctx, cfg, log, workerHooks{clock: clock, listening: func(a string) { addr <- a }})
+		w.done <- runWorker(ctx, cfg, log, app.Hooks{Clock: clock, Listening: func(a string) { addr <- a }})
 	}()
 	select {
 	case a := <-addr:

@@ -16,6 +16,7 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/gofaust/pageviews/internal/app"
 	"github.com/gofaust/pageviews/internal/config"
 	"github.com/gofaust/pageviews/internal/kafka"
 	"github.com/gofaust/pageviews/internal/pageview"
@@ -371,29 +372,29 @@ func readTables(brokers []string, cfg *config.Config) (tableState, error) {
 	eos := cfg.Guarantee == config.ExactlyOnce
 	st := tableState{totals: map[string]int64{}, views: map[string]int64{}}
 	codec := table.Int64{}
-	totals, _, err := topicContents(brokers, cfg.TotalsChangelog(), eos)
+	totals, _, err := topicContents(brokers, app.Changelog(cfg.Group, "totals"), eos)
 	if err != nil {
 		return st, err
 	}
 	for k, v := range totals {
 		n, err := codec.Decode(v)
 		if err != nil {
-			return st, fmt.Errorf("%s key %q: %w", cfg.TotalsChangelog(), k, err)
+			return st, fmt.Errorf("%s key %q: %w", app.Changelog(cfg.Group, "totals"), k, err)
 		}
 		st.totals[k] = n
 	}
-	views, _, err := topicContents(brokers, cfg.ViewsChangelog(), eos)
+	views, _, err := topicContents(brokers, app.Changelog(cfg.Group, "views"), eos)
 	if err != nil {
 		return st, err
 	}
 	for k, v := range views {
 		i := strings.LastIndexByte(k, '|')
 		if i < 0 {
-			return st, fmt.Errorf("%s key %q has no window", cfg.ViewsChangelog(), k)
+			return st, fmt.Errorf("%s key %q has no window", app.Changelog(cfg.Group, "views"), k)
 		}
 		n, err := codec.Decode(v)
 		if err != nil {
-			return st, fmt.Errorf("%s key %q: %w", cfg.ViewsChangelog(), k, err)
+			return st, fmt.Errorf("%s key %q: %w", app.Changelog(cfg.Group, "views"), k, err)
 		}
 		st.views[k[:i]] += n
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/gofaust/pageviews/internal/app"
 	"github.com/gofaust/pageviews/internal/config"
 )
 
@@ -263,7 +264,7 @@ func (c cell) topics(cfg *config.Config) []string {
 	switch c.req {
 	case kmsg.Fetch, kmsg.ListOffsets, kmsg.Metadata:
 		if c.phase == phaseRecovery || c.phase == phaseStandby || c.phase == phaseFlush {
-			topics = []string{cfg.TotalsChangelog(), cfg.ViewsChangelog()}
+			topics = []string{app.Changelog(cfg.Group, "totals"), app.Changelog(cfg.Group, "views")}
 		} else {
 			topics = []string{cfg.Topic}
 		}
@@ -271,7 +272,7 @@ func (c cell) topics(cfg *config.Config) []string {
 		if c.phase == phaseProcessing {
 			topics = []string{cfg.Topic}
 		} else {
-			topics = []string{cfg.TotalsChangelog(), cfg.ViewsChangelog()}
+			topics = []string{app.Changelog(cfg.Group, "totals"), app.Changelog(cfg.Group, "views")}
 		}
 	}
 	return topics

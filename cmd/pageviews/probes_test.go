@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gofaust/pageviews/internal/app"
 	"github.com/gofaust/pageviews/internal/config"
 	"github.com/gofaust/pageviews/internal/stream"
 )
@@ -28,7 +29,7 @@ func status(t testing.TB, url string) (int, string) {
 }
 
 // startWorkerWith is startWorker with test hooks into the worker.
-func startWorkerWith(t testing.TB, vars map[string]string, hooks workerHooks) *worker {
+func startWorkerWith(t testing.TB, vars map[string]string, hooks app.Hooks) *worker {
 	t.Helper()
 	cfg, err := config.Load(env(vars))
 	if err != nil {
@@ -39,7 +40,7 @@ func startWorkerWith(t testing.TB, vars map[string]string, hooks workerHooks) *w
 	ctx, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel
 	addr := make(chan string, 1)
-	hooks.listening = func(a string) { addr <- a }
+	hooks.Listening = func(a string) { addr <- a }
 	go func() { w.done <- runWorker(ctx, cfg, log, hooks) }()
 	select {
 	case a := <-addr:
@@ -79,7 +80,7 @@ func TestLiveWhenStuck(t *testing.T) {
 		"STALL_TIMEOUT":      "1s",
 		"PARTITIONS":         "1",
 		"LIVECHECK_INTERVAL": "0",
-	}, workerHooks{clock: time.Now, handler: stalling})
+	}, app.Hooks{Clock: time.Now, Handler: stalling})
 
 	if st, body := status(t, w.base+"/live"); st != http.StatusOK {
 		t.Fatalf("/live before the stall: %d %s", st, body)
@@ -123,7 +124,7 @@ func TestLivecheckFailsAndHeals(t *testing.T) {
 		"DD_AGENT_HOST":      "127.0.0.1",
 		"DD_DOGSTATSD_PORT":  sink.port(),
 		"METRICS_INTERVAL":   "200ms",
-	}, workerHooks{clock: time.Now, runtime: func(r *stream.Runtime) { rt = r }})
+	}, app.Hooks{Clock: time.Now, Runtime: func(r *stream.Runtime) { rt = r }})
 
 	failures := func() int64 { return sink.sum("pageviews.livecheck_failure") }
 	successes := func() int64 { return sink.sum("pageviews.livecheck_success") }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/gofaust/pageviews/internal/app"
 	"github.com/gofaust/pageviews/internal/config"
 	"github.com/gofaust/pageviews/internal/pageview"
 )
@@ -123,7 +124,7 @@ func TestSecureBroker(t *testing.T) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
-		err = runWorker(ctx, cfg, slog.New(slog.DiscardHandler), workerHooks{clock: time.Now})
+		err = runWorker(ctx, cfg, slog.New(slog.DiscardHandler), app.Hooks{Clock: time.Now})
 		if err == nil {
 			t.Fatal("worker started with bad credentials")
 		}

@@ -174,7 +174,7 @@ func TestDockerignore(t *testing.T) {
 		}
 		return m
 	}
-	for _, in := range []string{"go.mod", "go.sum", "cmd/pageviews/main.go", "cmd/pageviews/worker.go", "internal/config/config.go"} {
+	for _, in := range []string{"go.mod", "go.sum", "cmd/pageviews/main.go", "internal/app/worker.go", "internal/config/config.go"} {
 		if excluded(in) {
 			t.Errorf(".dockerignore leaves out %s, which the build needs", in)
 		}

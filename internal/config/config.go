@@ -29,7 +29,7 @@ type Config struct {
 	Service     string // DD_SERVICE: metric namespace, tracer service name
 	Env         string // DD_ENV
 	Version     string // DD_VERSION
-	Group       string // KAFKA_GROUP: consumer group, prefix of changelog topics
+	Group       string // KAFKA_GROUP: consumer group, prefix of changelog topics (app.Changelog)
 	Topic       string // PAGE_VIEWS_TOPIC
 	Partitions  int32  // PARTITIONS: used when topics are created
 	Replication int16  // TOPIC_REPLICATION_FACTOR: -1 means the broker's default
@@ -86,12 +86,6 @@ type Config struct {
 
 // Embedded reports whether the worker runs its own development broker.
 func (c *Config) Embedded() bool { return len(c.Brokers) == 0 }
-
-// ViewsChangelog is the changelog topic of the windowed views table.
-func (c *Config) ViewsChangelog() string { return c.Group + "-views-changelog" }
-
-// TotalsChangelog is the changelog topic of the totals table.
-func (c *Config) TotalsChangelog() string { return c.Group + "-totals-changelog" }
 
 // DeadLetterTopic receives records that cannot be processed.
 func (c *Config) DeadLetterTopic() string { return c.Topic + "-dlq" }

@@ -302,24 +302,19 @@ func TestLoadBrokers(t *testing.T) {
 
 func TestDerivedTopics(t *testing.T) {
 	tests := []struct {
-		name                      string
-		env                       env
-		views, totals, deadLetter string
+		name              string
+		env               env
+		group, deadLetter string
 	}{
-		{"defaults", env{}, "pageviews-views-changelog", "pageviews-totals-changelog", "page_views-dlq"},
-		{"group and topic", env{"KAFKA_GROUP": "clicks", "PAGE_VIEWS_TOPIC": "site.clicks"},
-			"clicks-views-changelog", "clicks-totals-changelog", "site.clicks-dlq"},
-		{"service does not name topics", env{"DD_SERVICE": "other"},
-			"pageviews-views-changelog", "pageviews-totals-changelog", "page_views-dlq"},
+		{"defaults", env{}, "pageviews", "page_views-dlq"},
+		{"group and topic", env{"KAFKA_GROUP": "clicks", "PAGE_VIEWS_TOPIC": "site.clicks"}, "clicks", "site.clicks-dlq"},
+		{"service does not name topics", env{"DD_SERVICE": "other"}, "pageviews", "page_views-dlq"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := load(t, tt.env)
-			if got := c.ViewsChangelog(); got != tt.views {
-				t.Errorf("ViewsChangelog() = %q, want %q", got, tt.views)
-			}
-			if got := c.TotalsChangelog(); got != tt.totals {
-				t.Errorf("TotalsChangelog() = %q, want %q", got, tt.totals)
+			if c.Group != tt.group {
+				t.Errorf("Group = %q, want %q (it prefixes the changelogs)", c.Group, tt.group)
 			}
 			if got := c.DeadLetterTopic(); got != tt.deadLetter {
 				t.Errorf("DeadLetterTopic() = %q, want %q", got, tt.deadLetter)

@@ -107,12 +107,14 @@ func (h *StreamHooks) FlushFailed(p int32) { h.C.Count(Stalls, 1, h.tp(p)...) }
 // Zero sends 0 for the error and rare-event counters of the partitions
 // held, so dashboards show 0 rather than no data while nothing goes wrong
 // (counts add up, so a 0 never hides a real event).
-func (h *StreamHooks) Zero(partitions []int32, topics []string, windowed string) {
+func (h *StreamHooks) Zero(partitions []int32, topics []string, windowed ...string) {
 	for _, p := range partitions {
 		h.C.Count(AssignmentsError, 0, Partition(p))
 		h.C.Count(Stalls, 0, h.tp(p)...)
 		h.C.Count(DeadLetters, 0, h.tp(p)...)
-		h.C.Count(LateEvents, 0, Tag("table", windowed), Partition(p))
+		for _, w := range windowed {
+			h.C.Count(LateEvents, 0, Tag("table", w), Partition(p))
+		}
 	}
 	for _, t := range topics {
 		h.C.Count(SendErrors, 0, Tag("topic", t))
@@ -121,7 +123,7 @@ func (h *StreamHooks) Zero(partitions []int32, topics []string, windowed string)
 	h.C.Count(LivecheckSuccess, 0)
 }
 
-// Late counts a view whose window had expired.
+// Late counts an event whose window had expired.
 func (h *StreamHooks) Late(tbl string, p int32) {
 	h.C.Count(LateEvents, 1, Tag("table", tbl), Partition(p))
 }

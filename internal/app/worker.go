@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"context"
@@ -24,7 +24,6 @@ import (
 	"github.com/gofaust/pageviews/internal/devbroker"
 	"github.com/gofaust/pageviews/internal/kafka"
 	"github.com/gofaust/pageviews/internal/metrics"
-	"github.com/gofaust/pageviews/internal/pageview"
 	"github.com/gofaust/pageviews/internal/stream"
 	"github.com/gofaust/pageviews/internal/table"
 	"github.com/gofaust/pageviews/internal/tracing"
@@ -32,23 +31,27 @@ import (
 	"github.com/gofaust/pageviews/internal/window"
 )
 
-// workerHooks are what tests replace: the clock, and a callback with the
-// HTTP address once the server listens.
-type workerHooks struct {
-	clock     func() time.Time
-	listening func(addr string)
-	console   io.Writer // where OTEL_TRACES_EXPORTER=console writes
-	runtime   func(*stream.Runtime)
-	// handler wraps the agent (tests inject stalls with it).
-	handler func(stream.Handler) stream.Handler
+// Hooks are what tests replace: the clock, and a callback with the HTTP
+// address once the server listens.
+type Hooks struct {
+	Clock     func() time.Time
+	Listening func(addr string)
+	Console   io.Writer // where OTEL_TRACES_EXPORTER=console writes
+	Runtime   func(*stream.Runtime)
+	// Handler wraps the agent (tests inject stalls with it).
+	Handler func(stream.Handler) stream.Handler
 }
 
-// runWorker wires the worker and runs it until ctx ends. Shutdown follows a
-// fixed order: stop fetching, flush and commit every partition, leave the
-// group, close the producer and the store, stop HTTP, stop the dev broker.
-func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks workerHooks) (err error) {
+// RunWorker wires the worker of a and runs it until ctx ends. Shutdown
+// follows a fixed order: stop fetching, flush and commit every partition,
+// leave the group, close the producer and the store, stop HTTP, stop the
+// dev broker.
+func RunWorker(ctx context.Context, a *App, cfg *config.Config, log *slog.Logger, hooks Hooks) (err error) {
 	log.Info("starting", "config", cfg)
-	clock := hooks.clock
+	clock := hooks.Clock
+	if clock == nil {
+		clock = time.Now
+	}
 
 	// Everything below registers its cleanup; after ctx ends, the cleanups
 	// run in reverse order, and SHUTDOWN_TIMEOUT bounds them.
@@ -91,7 +94,7 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 	// Traces are flushed last: this cleanup is registered first.
 	shutdownTraces, err := tracing.Setup(ctx, tracing.Options{
 		Exporter: cfg.TracesExporter, Endpoint: cfg.OTLPEndpoint, TracesEndpoint: cfg.OTLPTracesEndpoint,
-		Protocol: cfg.OTLPProtocol, ServiceName: cfg.TraceServiceName, Version: cfg.Version, Console: hooks.console,
+		Protocol: cfg.OTLPProtocol, ServiceName: cfg.TraceServiceName, Version: cfg.Version, Console: hooks.Console,
 	}, log)
 	if err != nil {
 		return err
@@ -143,13 +146,13 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 	cleanups = append(cleanups, mc.Close)
 	streamHooks := &metrics.StreamHooks{C: mc, Topic: cfg.Topic}
 
-	win := window.Tumbling{Size: cfg.WindowSize, Expires: cfg.WindowExpires}
-	tables := pageview.Tables{
-		Views:  table.NewWindowed("views", cfg.ViewsChangelog(), table.Int64{}, db, win, clock),
-		Totals: table.New("totals", cfg.TotalsChangelog(), table.Int64{}, db),
-	}
-	if err := checkWindows(tables.Views, filepath.Join(cfg.DataDir, "state")); err != nil {
-		return err
+	tenv := &tableEnv{group: cfg.Group, db: db, win: window.Tumbling{Size: cfg.WindowSize, Expires: cfg.WindowExpires}, clock: clock}
+	tables := make([]stream.Table, len(a.Tables))
+	for i, d := range a.Tables {
+		tables[i] = d.make(tenv, true)
+		if err := checkWindows(tables[i], filepath.Join(cfg.DataDir, "state")); err != nil {
+			return err
+		}
 	}
 
 	// Listen before joining the group: the group learns this worker's
@@ -169,11 +172,15 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 	go func() { served <- srv.Serve(ln) }()
 	cleanups = append(cleanups, func() error { _ = srv.Close(); return nil })
 	log.Info("http listening", "addr", ln.Addr().String(), "advertised_url", self)
-	if hooks.listening != nil {
-		hooks.listening(ln.Addr().String())
+	if hooks.Listening != nil {
+		hooks.Listening(ln.Addr().String())
 	}
 
-	clients, err := interruptible(ctx, "connect to kafka", func() (*clients, error) { return connect(cfg, brokers, self) },
+	changelogs := make([]kafka.Topic, len(a.Tables))
+	for i, d := range a.Tables {
+		changelogs[i] = d.changelog(tenv)
+	}
+	clients, err := interruptible(ctx, "connect to kafka", func() (*clients, error) { return connect(cfg, brokers, self, changelogs) },
 		func(c *clients) { _ = c.close() })
 	if err != nil {
 		return err
@@ -189,10 +196,7 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 	sched.Task("topics", func(context.Context) error {
 		partitions, err := kafka.EnsureTopics(admin,
 			kafka.Topic{Name: cfg.Topic},
-			[]kafka.Topic{
-				{Name: cfg.ViewsChangelog(), Configs: kafka.WindowedChangelogConfigs(cfg.WindowSize, cfg.WindowExpires)},
-				{Name: cfg.TotalsChangelog(), Configs: kafka.ChangelogConfigs()},
-			},
+			changelogs,
 			[]kafka.Topic{{Name: cfg.DeadLetterTopic()}},
 			cfg.Partitions, cfg.Replication, log)
 		if err == nil {
@@ -232,16 +236,17 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		return fmt.Errorf("kafka admin: %w", err)
 	}
 	directory := &stream.Directory{Admin: dirAdmin, Group: cfg.Group, Topic: cfg.Topic, TTL: time.Second}
+	// Separate table instances for the standbys: a partition is held by
+	// the active tables or by the standby ones, never both.
+	standbyTables := make([]stream.Table, len(a.Tables))
+	for i, d := range a.Tables {
+		standbyTables[i] = d.make(tenv, false)
+	}
 	standby := &stream.Standby{
-		Replicas: cfg.StandbyReplicas,
-		Self:     self,
-		Owners:   directory.Owners,
-		// Separate table instances: a partition is held by the active
-		// tables or by the standby ones, never both.
-		Tables: []stream.Table{
-			table.NewWindowed("views", cfg.ViewsChangelog(), table.Int64{}, db, win, clock),
-			table.New("totals", cfg.TotalsChangelog(), table.Int64{}, db),
-		},
+		Replicas:      cfg.StandbyReplicas,
+		Self:          self,
+		Owners:        directory.Owners,
+		Tables:        standbyTables,
 		Client:        clients.restore,
 		Restore:       restore,
 		DB:            db,
@@ -249,16 +254,45 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		Log:           log.With("component", "standby"),
 		Every:         2 * time.Second,
 	}
-	var handler stream.Handler = &pageview.Agent{Tables: tables, Clock: clock,
-		Late: func(p int32) { streamHooks.Late("views", p) }}
-	if hooks.handler != nil {
-		handler = hooks.handler(handler)
+	partitions := func() (int32, error) {
+		ps, err := clients.group.Partitions(cfg.Topic)
+		return int32(len(ps)), err
+	}
+	parts, err := a.Start(&Services{
+		Config:     cfg,
+		Log:        log,
+		Clock:      clock,
+		Producer:   producer,
+		Self:       self,
+		Owners:     directory.Owners,
+		Partitions: partitions,
+		Owned:      state.Recovered,
+		Ready:      state.Ready,
+		Late: func(tbl string) func(int32) {
+			return func(p int32) { streamHooks.Late(tbl, p) }
+		},
+		ObserveLivecheck: func(ok bool, took time.Duration, err error) {
+			if ok {
+				mc.Count(metrics.LivecheckSuccess, 1)
+				mc.Timing(metrics.LivecheckLatency, took)
+				return
+			}
+			mc.Count(metrics.LivecheckFailure, 1)
+			log.Warn("livecheck failed", "error", err)
+		},
+	})
+	if err != nil {
+		return err
+	}
+	handler := parts.Agent
+	if hooks.Handler != nil {
+		handler = hooks.Handler(handler)
 	}
 	rt := stream.New(stream.Options{
 		Topic:           cfg.Topic,
 		DeadLetterTopic: cfg.DeadLetterTopic(),
 		CommitInterval:  cfg.CommitInterval,
-		Tables:          []stream.Table{tables.Views, tables.Totals},
+		Tables:          tables,
 		Handler:         handler,
 		Group:           group,
 		// Not the group's client: its connection may be held by a
@@ -281,8 +315,8 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		Clock:          clock,
 	})
 
-	if hooks.runtime != nil {
-		hooks.runtime(rt)
+	if hooks.Runtime != nil {
+		hooks.Runtime(rt)
 	}
 
 	health := healthcheck.NewHandler()
@@ -294,44 +328,27 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 		}
 		return nil
 	})
-	router := &pageview.Router{
-		Local:  &pageview.Reporter{Tables: tables, Clock: clock, Owned: state.Recovered},
-		Self:   self,
-		Owners: directory.Owners,
-		Partitions: func() (int32, error) {
-			ps, err := clients.group.Partitions(cfg.Topic)
-			return int32(len(ps)), err
-		},
-		Client: &http.Client{Timeout: 5 * time.Second},
-		Log:    log.With("component", "router"),
-	}
-	publisher := &pageview.Publisher{Sender: producer, Topic: cfg.Topic, Clock: clock}
-	livecheck := &pageview.Livecheck{
-		Publish: publisher.Synthetic("livecheck"),
-		Count:   router.Count,
-		SLO:     cfg.LivecheckSLO,
-		Poll:    100 * time.Millisecond,
-		Sleep:   sleep,
-		Now:     time.Now,
-		Observe: func(ok bool, took time.Duration, err error) {
-			if ok {
-				mc.Count(metrics.LivecheckSuccess, 1)
-				mc.Timing(metrics.LivecheckLatency, took)
-				return
-			}
-			mc.Count(metrics.LivecheckFailure, 1)
-			log.Warn("livecheck failed", "error", err)
-		},
-	}
 	// Timers: the livecheck once per group (on the leader), the sampled
-	// gauges on every worker; a crontab logs the table summary.
+	// gauges on every worker, and the app's own.
 	sched.Leader = func() bool { return slices.Contains(state.Recovered(), 0) }
-	if cfg.LivecheckInterval > 0 {
-		sched.Timer("livecheck", cfg.LivecheckInterval, true, livecheck.Run)
+	if parts.Livecheck != nil && cfg.LivecheckInterval > 0 {
+		sched.Timer("livecheck", cfg.LivecheckInterval, true, parts.Livecheck.Run)
+	}
+	stats := make(map[string]interface{ Stats() table.Stats }, len(tables))
+	topics := []string{cfg.Topic, cfg.DeadLetterTopic()}
+	var windowed []string
+	for _, t := range tables {
+		if st, ok := t.(interface{ Stats() table.Stats }); ok {
+			stats[t.Name()] = st
+		}
+		topics = append(topics, t.Changelog())
+		if _, ok := t.(interface{ CheckDefinition() error }); ok {
+			windowed = append(windowed, t.Name())
+		}
 	}
 	sampler := &metrics.Sampler{
 		C:          mc,
-		Tables:     map[string]interface{ Stats() table.Stats }{"views": tables.Views, "totals": tables.Totals},
+		Tables:     stats,
 		Store:      db,
 		Partitions: func() int { all, _ := state.Assigned(); return len(all) },
 		Standby:    func() int { return len(standby.Partitions()) },
@@ -339,35 +356,30 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks 
 	sched.Timer("gauges", cfg.MetricsInterval, false, func(context.Context) error {
 		sampler.Sample()
 		all, _ := state.Assigned()
-		streamHooks.Zero(all, []string{cfg.Topic, cfg.ViewsChangelog(), cfg.TotalsChangelog(), cfg.DeadLetterTopic()}, "views")
+		streamHooks.Zero(all, topics, windowed...)
 		return nil
 	})
-	if err := sched.Crontab("summary", "*/15 * * * *", true, func(ctx context.Context) error {
-		rep, err := router.Report(ctx, "")
-		if err != nil {
-			return err
+	for _, t := range parts.Timers {
+		if t.Cron != "" {
+			if err := sched.Crontab(t.Name, t.Cron, t.Leader, t.Run); err != nil {
+				return err
+			}
+			continue
 		}
-		log.Info("table summary", "pages", len(rep.Pages), "views_total", rep.Count, "views_in_window", rep.Now, "stale", rep.Stale)
-		return nil
-	}); err != nil {
-		return err
+		sched.Timer(t.Name, t.Every, t.Leader, t.Run)
 	}
 
-	webLog := log.With("component", "web")
-	pages := pageview.Pages(pageview.PageOptions{
-		Publisher:      publisher,
-		Reporter:       router,
-		Ready:          state.Ready,
-		Log:            webLog,
-		PublishTimeout: 10 * time.Second,
-	})
-	route := web.Route(pages)
+	var livecheck func() error
+	if parts.Livecheck != nil {
+		livecheck = parts.Livecheck.Check
+	}
+	route := web.Route(parts.Pages)
 	front.Serve(tracing.HTTP(mc.HTTP((&web.Server{
-		Pages:     pages,
+		Pages:     parts.Pages,
 		Readiness: state,
 		Health:    health,
-		Livecheck: livecheck.Check,
-		Log:       webLog,
+		Livecheck: livecheck,
+		Log:       log.With("component", "web"),
 	}).Handler(), route), route))
 
 	if cfg.PprofAddr != "" {
@@ -435,8 +447,12 @@ type clients struct {
 	base                                       *sarama.Config // of the producer client, for transactional producers
 }
 
-func connect(cfg *config.Config, brokers []string, self string) (*clients, error) {
-	manual := map[string]bool{cfg.ViewsChangelog(): true, cfg.TotalsChangelog(): true}
+func connect(cfg *config.Config, brokers []string, self string, changelogs []kafka.Topic) (*clients, error) {
+	// Changelog records go to the partition of their table's partition.
+	manual := make(map[string]bool, len(changelogs))
+	for _, t := range changelogs {
+		manual[t.Name] = true
+	}
 	var cs clients
 	mk := func(role string) (sarama.Client, error) {
 		sc, err := kafka.NewConfig(kafka.Options{
@@ -570,18 +586,6 @@ func globalTags(cfg *config.Config) []string {
 		tags = append(tags, metrics.Tag("version", cfg.Version))
 	}
 	return tags
-}
-
-// sleep waits d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 func pprofMux() *http.ServeMux {

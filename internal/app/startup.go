@@ -1,4 +1,4 @@
-package main
+package app
 
 // What start-up needs beyond wiring: steps that TERM can interrupt, and the
 // checks of the local store that fail start-up with one clear line.
@@ -11,19 +11,24 @@ import (
 
 	"github.com/gofaust/pageviews/internal/config"
 	"github.com/gofaust/pageviews/internal/store"
+	"github.com/gofaust/pageviews/internal/stream"
 	"github.com/gofaust/pageviews/internal/table"
 )
 
 // windowVars are the settings behind each field of a window definition.
 var windowVars = map[string]string{"size": "WINDOW_SIZE", "step": "WINDOW_STEP", "grace": "WINDOW_GRACE"}
 
-// checkWindows refuses to start when the windowed table's store in dir was
+// checkWindows refuses to start when a windowed table's store in dir was
 // built with other windows than the configuration asks for: its buckets
 // would be read and added to as if they had the new size. The refusal is a
 // configuration error (exit 2) naming the old and the new value and the
 // way to change windows.
-func checkWindows(t interface{ CheckDefinition() error }, dir string) error {
-	return windowsChanged(t.CheckDefinition(), dir)
+func checkWindows(t stream.Table, dir string) error {
+	w, ok := t.(interface{ CheckDefinition() error })
+	if !ok {
+		return nil
+	}
+	return windowsChanged(w.CheckDefinition(), dir)
 }
 
 // windowsChanged turns a *table.DefinitionError in err (the store in dir,

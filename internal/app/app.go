@@ -1,0 +1,176 @@
+// Package app runs a declared worker. An app states its tables and, once
+// the runtime has started, its agent, pages, livecheck and timers; the
+// runtime does the rest: settings, the store, Kafka clients, topics,
+// recovery, commits, standbys, probes, metrics, traces, signals and the
+// shutdown order.
+//
+// A worker's main is one line:
+//
+//	func main() { app.Main(orders.App(), version) }
+package app
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/gofaust/pageviews/internal/config"
+	"github.com/gofaust/pageviews/internal/kafka"
+	"github.com/gofaust/pageviews/internal/store"
+	"github.com/gofaust/pageviews/internal/stream"
+	"github.com/gofaust/pageviews/internal/table"
+	"github.com/gofaust/pageviews/internal/web"
+	"github.com/gofaust/pageviews/internal/window"
+)
+
+// App declares a worker.
+type App struct {
+	// Tables are the app's tables, from NewPlain and NewWindowed. Their
+	// changelogs are named after the group and the table (Changelog).
+	Tables []TableDecl
+	// Start returns the app's parts once the runtime has made the tables
+	// and started its clients. It runs once per process start.
+	Start func(s *Services) (Parts, error)
+}
+
+// Services are what the runtime offers an app's parts.
+type Services struct {
+	Config *config.Config
+	Log    *slog.Logger
+	// Clock is the event clock (tests inject one).
+	Clock func() time.Time
+	// Producer sends records (SendAndWait waits for the broker's ack).
+	Producer *kafka.Producer
+	// Self is this worker's advertised URL.
+	Self string
+	// Owners maps each assigned partition of the source topic to the
+	// advertised URL of the member that owns it.
+	Owners func() (map[int32]string, error)
+	// Partitions is the number of partitions of the source topic.
+	Partitions func() (int32, error)
+	// Owned lists the partitions this worker holds and has recovered.
+	Owned func() []int32
+	// Ready tells whether the worker has joined and recovered, and if not,
+	// why.
+	Ready func() (bool, string)
+	// Late counts an event of a windowed table that came after its window
+	// expired (the late_events metric).
+	Late func(table string) func(p int32)
+	// ObserveLivecheck records one livecheck's outcome (metrics, log).
+	ObserveLivecheck func(ok bool, took time.Duration, err error)
+}
+
+// Parts are the app's pieces the runtime runs.
+type Parts struct {
+	// Agent processes the source topic's records, partition by partition.
+	Agent stream.Handler
+	// Pages are served on the HTTP port next to the runtime's own.
+	Pages []web.Page
+	// Livecheck, if set, runs every LIVECHECK_INTERVAL on one worker of
+	// the group and is served on /livecheck.
+	Livecheck Livecheck
+	// Timers run periodically, on every worker or only on the leader.
+	Timers []Timer
+}
+
+// Livecheck proves the whole pipeline works end to end.
+type Livecheck interface {
+	Run(ctx context.Context) error
+	// Check returns the last run's failure, or nil.
+	Check() error
+}
+
+// Timer is a periodic task: every Every, or at the times of the crontab
+// spec Cron (five fields, UTC).
+type Timer struct {
+	Name  string
+	Every time.Duration
+	Cron  string
+	// Leader runs it on one worker of the group only.
+	Leader bool
+	Run    func(ctx context.Context) error
+}
+
+// Changelog is the changelog topic of table name in group: every name is
+// declared once and derived.
+func Changelog(group, name string) string { return group + "-" + name + "-changelog" }
+
+// TableDecl is a declared table; the runtime makes its copies.
+type TableDecl interface {
+	Name() string
+	// make returns a new copy of the table on the store: the active one
+	// (the agent's) or a standby one.
+	make(e *tableEnv, active bool) stream.Table
+	// changelog is its changelog topic, with the topic configs it needs.
+	changelog(e *tableEnv) kafka.Topic
+}
+
+// tableEnv is what making a table takes.
+type tableEnv struct {
+	group string
+	db    *store.DB
+	win   window.Tumbling
+	clock func() time.Time
+}
+
+// Plain is a declared table of V per key.
+type Plain[V any] struct {
+	name   string
+	codec  table.Codec[V]
+	active *table.Table[V]
+}
+
+// NewPlain declares a table of V per key.
+func NewPlain[V any](name string, codec table.Codec[V]) *Plain[V] {
+	return &Plain[V]{name: name, codec: codec}
+}
+
+// Name is the table's name.
+func (t *Plain[V]) Name() string { return t.name }
+
+// Table is the active copy, the agent's; nil before the runtime made it
+// (it has by the time Start runs).
+func (t *Plain[V]) Table() *table.Table[V] { return t.active }
+
+func (t *Plain[V]) make(e *tableEnv, active bool) stream.Table {
+	tb := table.New(t.name, Changelog(e.group, t.name), t.codec, e.db)
+	if active {
+		t.active = tb
+	}
+	return tb
+}
+
+func (t *Plain[V]) changelog(e *tableEnv) kafka.Topic {
+	return kafka.Topic{Name: Changelog(e.group, t.name), Configs: kafka.ChangelogConfigs()}
+}
+
+// Windowed is a declared table of V per key and window; the windows are
+// the worker's (WINDOW_SIZE, WINDOW_EXPIRES).
+type Windowed[V any] struct {
+	name   string
+	codec  table.Codec[V]
+	active *table.Windowed[V]
+}
+
+// NewWindowed declares a windowed table of V per key.
+func NewWindowed[V any](name string, codec table.Codec[V]) *Windowed[V] {
+	return &Windowed[V]{name: name, codec: codec}
+}
+
+// Name is the table's name.
+func (t *Windowed[V]) Name() string { return t.name }
+
+// Table is the active copy, the agent's; nil before the runtime made it.
+func (t *Windowed[V]) Table() *table.Windowed[V] { return t.active }
+
+func (t *Windowed[V]) make(e *tableEnv, active bool) stream.Table {
+	tb := table.NewWindowed(t.name, Changelog(e.group, t.name), t.codec, e.db, e.win, e.clock)
+	if active {
+		t.active = tb
+	}
+	return tb
+}
+
+func (t *Windowed[V]) changelog(e *tableEnv) kafka.Topic {
+	return kafka.Topic{Name: Changelog(e.group, t.name), Configs: kafka.WindowedChangelogConfigs(e.win.Size, e.win.Expires)}
+}

@@ -1,0 +1,74 @@
+package pageview
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/gofaust/pageviews/internal/app"
+	"github.com/gofaust/pageviews/internal/table"
+)
+
+// App declares the page-view worker: two tables, the agent that fills
+// them, /count/ and /report/, the livecheck, and a crontab that logs a
+// summary.
+func App() *app.App {
+	views := app.NewWindowed("views", table.Int64{})
+	totals := app.NewPlain("totals", table.Int64{})
+	return &app.App{
+		Tables: []app.TableDecl{views, totals},
+		Start: func(s *app.Services) (app.Parts, error) {
+			tables := Tables{Views: views.Table(), Totals: totals.Table()}
+			router := &Router{
+				Local:      &Reporter{Tables: tables, Clock: s.Clock, Owned: s.Owned},
+				Self:       s.Self,
+				Owners:     s.Owners,
+				Partitions: s.Partitions,
+				Client:     &http.Client{Timeout: 5 * time.Second},
+				Log:        s.Log.With("component", "router"),
+			}
+			publisher := &Publisher{Sender: s.Producer, Topic: s.Config.Topic, Clock: s.Clock}
+			livecheck := &Livecheck{
+				Publish: publisher.Synthetic("livecheck"),
+				Count:   router.Count,
+				SLO:     s.Config.LivecheckSLO,
+				Poll:    100 * time.Millisecond,
+				Sleep:   sleep,
+				Now:     time.Now,
+				Observe: s.ObserveLivecheck,
+			}
+			summary := func(ctx context.Context) error {
+				rep, err := router.Report(ctx, "")
+				if err != nil {
+					return err
+				}
+				s.Log.Info("table summary", "pages", len(rep.Pages), "views_total", rep.Count, "views_in_window", rep.Now, "stale", rep.Stale)
+				return nil
+			}
+			return app.Parts{
+				Agent: &Agent{Tables: tables, Clock: s.Clock, Late: s.Late("views")},
+				Pages: Pages(PageOptions{
+					Publisher:      publisher,
+					Reporter:       router,
+					Ready:          s.Ready,
+					Log:            s.Log.With("component", "web"),
+					PublishTimeout: 10 * time.Second,
+				}),
+				Livecheck: livecheck,
+				Timers:    []app.Timer{{Name: "summary", Cron: "*/15 * * * *", Leader: true, Run: summary}},
+			}, nil
+		},
+	}
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
