@@ -14,6 +14,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/IBM/sarama"
+
 	"github.com/gofaust/pageviews/internal/config"
 	"github.com/gofaust/pageviews/internal/kafka"
 	"github.com/gofaust/pageviews/internal/store"
@@ -39,8 +41,9 @@ type Services struct {
 	Log    *slog.Logger
 	// Clock is the event clock (tests inject one).
 	Clock func() time.Time
-	// Producer sends records (SendAndWait waits for the broker's ack).
-	Producer *kafka.Producer
+	// Producer sends records and waits for the broker's ack: the
+	// worker's producer, or the test driver.
+	Producer Sender
 	// Self is this worker's advertised URL.
 	Self string
 	// Owners maps each assigned partition of the source topic to the
@@ -58,6 +61,11 @@ type Services struct {
 	Late func(table string) func(p int32)
 	// ObserveLivecheck records one livecheck's outcome (metrics, log).
 	ObserveLivecheck func(ok bool, took time.Duration, err error)
+}
+
+// Sender sends one record and waits for the broker's acknowledgement.
+type Sender interface {
+	SendAndWait(ctx context.Context, m *sarama.ProducerMessage) (partition int32, offset int64, err error)
 }
 
 // Parts are the app's pieces the runtime runs.
