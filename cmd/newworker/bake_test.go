@@ -157,38 +157,48 @@ func checkLayout(t *testing.T, out string) {
 	}
 }
 
-// checkSettings reads the chosen defaults back: from the config code, the
-// chart and docker-compose.
+// checkSettings reads the chosen defaults back: from the config code and
+// the app's window declaration, the chart and docker-compose.
 func checkSettings(t *testing.T, out, partitions string) {
-	fset := token.NewFileSet()
-	f, err := parser.ParseFile(fset, filepath.Join(out, "internal/config/config.go"), nil, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
 	found := map[string]string{}
-	ast.Inspect(f, func(n ast.Node) bool {
-		call, ok := n.(*ast.CallExpr)
-		if !ok || len(call.Args) < 2 {
-			return true
+	for _, file := range []string{"internal/config/config.go", "internal/pageview/app.go"} {
+		fset := token.NewFileSet()
+		f, err := parser.ParseFile(fset, filepath.Join(out, file), nil, 0)
+		if err != nil {
+			t.Fatal(err)
 		}
-		lit, ok := call.Args[0].(*ast.BasicLit)
-		if !ok || lit.Kind != token.STRING {
-			return true
-		}
-		switch name, _ := strconv.Unquote(lit.Value); name {
-		case "WINDOW_SIZE", "WINDOW_EXPIRES":
-			d, _ := evalDuration(call.Args[1])
-			found[name] = d.String()
-		case "PARTITIONS":
-			if v, ok := call.Args[1].(*ast.BasicLit); ok {
-				found[name] = v.Value
+		ast.Inspect(f, func(n ast.Node) bool {
+			switch n := n.(type) {
+			case *ast.CallExpr: // r.integer("PARTITIONS", 8, ...)
+				if len(n.Args) < 2 {
+					return true
+				}
+				if lit, ok := n.Args[0].(*ast.BasicLit); ok && lit.Value == `"PARTITIONS"` {
+					if v, ok := n.Args[1].(*ast.BasicLit); ok {
+						found["PARTITIONS"] = v.Value
+					}
+				}
+			case *ast.CompositeLit: // app.Window{Var: "WINDOW", Size: ..., Expires: ...}
+				fields := map[string]ast.Expr{}
+				for _, e := range n.Elts {
+					if kv, ok := e.(*ast.KeyValueExpr); ok {
+						if id, ok := kv.Key.(*ast.Ident); ok {
+							fields[id.Name] = kv.Value
+						}
+					}
+				}
+				if lit, ok := fields["Var"].(*ast.BasicLit); ok && lit.Value == `"WINDOW"` {
+					size, _ := evalDuration(fields["Size"])
+					expires, _ := evalDuration(fields["Expires"])
+					found["WINDOW_SIZE"], found["WINDOW_EXPIRES"] = size.String(), expires.String()
+				}
 			}
-		}
-		return true
-	})
+			return true
+		})
+	}
 	for env, want := range map[string]string{"WINDOW_SIZE": "30s", "WINDOW_EXPIRES": "2m0s", "PARTITIONS": partitions} {
 		if found[env] != want {
-			t.Errorf("internal/config: default of %s = %q, want %q", env, found[env], want)
+			t.Errorf("default of %s = %q, want %q", env, found[env], want)
 		}
 	}
 	for file, subs := range map[string][]string{

@@ -61,9 +61,11 @@ func (g *goRewriter) scan(rel string, src []byte) error {
 	return nil
 }
 
-// settingEdits finds in a non-test file the calls that take a setting's
-// name and then its default (r.duration("WINDOW_SIZE", time.Minute, ...)),
-// records where they are, and returns the edits to the new defaults.
+// settingEdits finds in a non-test file the defaults of the settings: in
+// calls that take a setting's name and then its default
+// (r.duration("PARTITIONS", 8, ...)) and in window declarations
+// (app.Window{Var: "WINDOW", Size: time.Minute, ...}); it records where
+// they are and returns the edits to the new defaults.
 func (g *goRewriter) settingEdits(rel string, src []byte, record bool) ([]edit, error) {
 	fset := token.NewFileSet()
 	f, err := parser.ParseFile(fset, rel, src, parser.SkipObjectResolution)
@@ -78,6 +80,9 @@ func (g *goRewriter) settingEdits(rel string, src []byte, record bool) ([]edit, 
 			return true
 		}
 		stack = append(stack, n)
+		for _, d := range declaredDefaults(n) {
+			edits = append(edits, g.defaultEdit(rel, fset, src, d.name, d.value, nil, record)...)
+		}
 		call, ok := n.(*ast.CallExpr)
 		if !ok || len(call.Args) < 2 {
 			return true
@@ -87,45 +92,91 @@ func (g *goRewriter) settingEdits(rel string, src []byte, record bool) ([]edit, 
 			return true
 		}
 		name, _ := strconv.Unquote(lit.Value)
-		for _, v := range g.settings {
-			if v.Env != name {
-				continue
-			}
-			pos := fset.Position(call.Pos())
-			where := fmt.Sprintf("%s:%d", rel, pos.Line)
-			if !sameValue(v, call.Args[1], v.Default) {
-				if !record {
-					continue
-				}
-				g.warn("%s: the default of %s is %s, but %s says %s: left as it is", where, v.Env, exprText(fset, src, call.Args[1]), templateFile, v.Default)
-				continue
-			}
-			if record {
-				s := g.site(v.Env)
-				s.found = append(s.found, where)
-				s.dirs[path.Dir(rel)] = true
-				for i := len(stack) - 1; i >= 0; i-- {
-					if kv, ok := stack[i].(*ast.KeyValueExpr); ok {
-						if id, ok := kv.Key.(*ast.Ident); ok {
-							s.fields[id.Name] = true
-						}
-						for j := i - 1; j >= 0; j-- {
-							if cl, ok := stack[j].(*ast.CompositeLit); ok {
-								s.types[typeName(cl.Type)] = true
-								break
-							}
-						}
-						break
-					}
-				}
-			}
-			if to := g.answers[v.Name]; to != v.Default {
-				edits = append(edits, edit{offset(fset, call.Args[1].Pos()), offset(fset, call.Args[1].End()), goValue(v, to)})
-			}
-		}
+		edits = append(edits, g.defaultEdit(rel, fset, src, name, call.Args[1], stack, record)...)
 		return true
 	})
 	return edits, nil
+}
+
+// declared is a setting's default written in a declaration rather than
+// passed to a reader.
+type declared struct {
+	name  string
+	value ast.Expr
+}
+
+// declaredDefaults finds the defaults of a window declaration
+// (app.Window{Var: "WINDOW", Size: time.Minute, Expires: ...}): the
+// settings <Var>_SIZE and <Var>_EXPIRES.
+func declaredDefaults(n ast.Node) []declared {
+	cl, ok := n.(*ast.CompositeLit)
+	if !ok {
+		return nil
+	}
+	fields := map[string]ast.Expr{}
+	for _, e := range cl.Elts {
+		if kv, ok := e.(*ast.KeyValueExpr); ok {
+			if id, ok := kv.Key.(*ast.Ident); ok {
+				fields[id.Name] = kv.Value
+			}
+		}
+	}
+	lit, ok := fields["Var"].(*ast.BasicLit)
+	if !ok || lit.Kind != token.STRING {
+		return nil
+	}
+	prefix, _ := strconv.Unquote(lit.Value)
+	var out []declared
+	for _, f := range []string{"Size", "Expires"} {
+		if v, ok := fields[f]; ok {
+			out = append(out, declared{prefix + "_" + strings.ToUpper(f), v})
+		}
+	}
+	return out
+}
+
+// defaultEdit returns the edit of the default value of the setting name,
+// if the template declares it; stack (the nodes above a reader's call)
+// tells which config fields hold it.
+func (g *goRewriter) defaultEdit(rel string, fset *token.FileSet, src []byte, name string, value ast.Expr, stack []ast.Node, record bool) []edit {
+	var edits []edit
+	for _, v := range g.settings {
+		if v.Env != name {
+			continue
+		}
+		pos := fset.Position(value.Pos())
+		where := fmt.Sprintf("%s:%d", rel, pos.Line)
+		if !sameValue(v, value, v.Default) {
+			if !record {
+				continue
+			}
+			g.warn("%s: the default of %s is %s, but %s says %s: left as it is", where, v.Env, exprText(fset, src, value), templateFile, v.Default)
+			continue
+		}
+		if record {
+			s := g.site(v.Env)
+			s.found = append(s.found, where)
+			s.dirs[path.Dir(rel)] = true
+			for i := len(stack) - 1; i >= 0; i-- {
+				if kv, ok := stack[i].(*ast.KeyValueExpr); ok {
+					if id, ok := kv.Key.(*ast.Ident); ok {
+						s.fields[id.Name] = true
+					}
+					for j := i - 1; j >= 0; j-- {
+						if cl, ok := stack[j].(*ast.CompositeLit); ok {
+							s.types[typeName(cl.Type)] = true
+							break
+						}
+					}
+					break
+				}
+			}
+		}
+		if to := g.answers[v.Name]; to != v.Default {
+			edits = append(edits, edit{offset(fset, value.Pos()), offset(fset, value.End()), goValue(v, to)})
+		}
+	}
+	return edits
 }
 
 func (g *goRewriter) site(env string) *settingSites {

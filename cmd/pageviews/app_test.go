@@ -17,6 +17,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	return app.Run(ctx, pageview.App(), args, getenv, stdout)
 }
 
+func loadConfig(getenv func(string) string) (*config.Config, error) {
+	return config.Load(getenv, pageview.App().Spec())
+}
+
 func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks app.Hooks) error {
 	return app.RunWorker(ctx, pageview.App(), cfg, log, hooks)
 }

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gofaust/pageviews/internal/config"
 	"github.com/gofaust/pageviews/internal/pageview"
 )
 
@@ -173,7 +172,7 @@ func TestStandbyFailover(t *testing.T) {
 // (PARTITIONS, or its default).
 func partitionsOf(t *testing.T, vars map[string]string) int {
 	t.Helper()
-	cfg, err := config.Load(env(vars))
+	cfg, err := loadConfig(env(vars))
 	if err != nil {
 		t.Fatal(err)
 	}

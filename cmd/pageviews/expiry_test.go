@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/gofaust/pageviews/internal/app"
-	"github.com/gofaust/pageviews/internal/config"
 	"github.com/gofaust/pageviews/internal/pageview"
 	"github.com/gofaust/pageviews/internal/store"
 	"github.com/gofaust/pageviews/internal/window"
@@ -93,7 +92,7 @@ func startWorker(t testing.TB, vars map[string]string, clock func() time.Time) *
 // waiting for it to be ready, so a test can watch its start and recovery.
 func launchWorker(t testing.TB, vars map[string]string, clock func() time.Time) *worker {
 	t.Helper()
-	cfg, err := config.Load(env(vars))
+	cfg, err := loadConfig(env(vars))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -868,7 +868,7 @@ func runCell(t *testing.T, c cell) {
 	}
 	r.cluster = cluster
 	r.brokers = cluster.ListenAddrs()
-	r.cfg, err = config.Load(env(r.vars(r.root)))
+	r.cfg, err = loadConfig(env(r.vars(r.root)))
 	if err != nil {
 		t.Fatal(err)
 	}

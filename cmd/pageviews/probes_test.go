@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/gofaust/pageviews/internal/app"
-	"github.com/gofaust/pageviews/internal/config"
 	"github.com/gofaust/pageviews/internal/stream"
 )
 
@@ -31,7 +30,7 @@ func status(t testing.TB, url string) (int, string) {
 // startWorkerWith is startWorker with test hooks into the worker.
 func startWorkerWith(t testing.TB, vars map[string]string, hooks app.Hooks) *worker {
 	t.Helper()
-	cfg, err := config.Load(env(vars))
+	cfg, err := loadConfig(env(vars))
 	if err != nil {
 		t.Fatal(err)
 	}

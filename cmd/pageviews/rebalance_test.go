@@ -13,7 +13,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
-	"github.com/gofaust/pageviews/internal/config"
 	"github.com/gofaust/pageviews/internal/kafka"
 	"github.com/gofaust/pageviews/internal/pageview"
 )
@@ -40,7 +39,7 @@ func TestReportWhileJoinGroupParked(t *testing.T) {
 		"DATA_DIR":        t.TempDir(),
 		"COMMIT_INTERVAL": "100ms",
 	}
-	cfg, err := config.Load(env(vars))
+	cfg, err := loadConfig(env(vars))
 	if err != nil {
 		t.Fatal(err)
 	}

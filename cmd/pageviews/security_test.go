@@ -21,7 +21,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/gofaust/pageviews/internal/app"
-	"github.com/gofaust/pageviews/internal/config"
 	"github.com/gofaust/pageviews/internal/pageview"
 )
 
@@ -118,7 +117,7 @@ func TestSecureBroker(t *testing.T) {
 
 	fail := func(t *testing.T, vars map[string]string) string {
 		t.Helper()
-		cfg, err := config.Load(env(vars))
+		cfg, err := loadConfig(env(vars))
 		if err != nil {
 			t.Fatal(err)
 		}

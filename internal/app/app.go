@@ -27,12 +27,39 @@ import (
 
 // App declares a worker.
 type App struct {
+	// Name is the default service name (DD_SERVICE: metric namespace,
+	// traces) and consumer group (KAFKA_GROUP).
+	Name string
+	// Source is the topic the agent reads. Its dead-letter topic is
+	// <topic>-dlq.
+	Source Topic
 	// Tables are the app's tables, from NewPlain and NewWindowed. Their
 	// changelogs are named after the group and the table (Changelog).
 	Tables []TableDecl
+	// Settings, if set, reads the app's own settings; see config.Reader.
+	// What it reads is validated and logged like the runtime's settings.
+	Settings func(r *config.Reader)
 	// Start returns the app's parts once the runtime has made the tables
 	// and started its clients. It runs once per process start.
 	Start func(s *Services) (Parts, error)
+}
+
+// Topic declares a topic whose name is a setting: the variable Var, with
+// the default Name.
+type Topic struct {
+	Var, Name string
+}
+
+// Spec is what the configuration needs to know of a: its name, its
+// topic's variable, its tables' windows and its own settings.
+func (a *App) Spec() config.Spec {
+	spec := config.Spec{Name: a.Name, TopicVar: a.Source.Var, Topic: a.Source.Name, Settings: a.Settings}
+	for _, t := range a.Tables {
+		if w, ok := t.(interface{ windowSpec() config.WindowSpec }); ok {
+			spec.Windows = append(spec.Windows, w.windowSpec())
+		}
+	}
+	return spec
 }
 
 // Services are what the runtime offers an app's parts.
@@ -115,10 +142,10 @@ type TableDecl interface {
 
 // tableEnv is what making a table takes.
 type tableEnv struct {
-	group string
-	db    *store.DB
-	win   window.Tumbling
-	clock func() time.Time
+	group   string
+	db      *store.DB
+	windows map[string]window.Tumbling // by table (config.Config.Windows)
+	clock   func() time.Time
 }
 
 // Plain is a declared table of V per key.
@@ -152,17 +179,28 @@ func (t *Plain[V]) changelog(e *tableEnv) kafka.Topic {
 	return kafka.Topic{Name: Changelog(e.group, t.name), Configs: kafka.ChangelogConfigs()}
 }
 
-// Windowed is a declared table of V per key and window; the windows are
-// the worker's (WINDOW_SIZE, WINDOW_EXPIRES).
+// Windowed is a declared table of V per key and window.
 type Windowed[V any] struct {
 	name   string
 	codec  table.Codec[V]
+	win    Window
 	active *table.Windowed[V]
 }
 
-// NewWindowed declares a windowed table of V per key.
-func NewWindowed[V any](name string, codec table.Codec[V]) *Windowed[V] {
-	return &Windowed[V]{name: name, codec: codec}
+// Window declares a windowed table's window: its size and expiry are the
+// settings <Var>_SIZE and <Var>_EXPIRES, with these defaults.
+type Window struct {
+	Var           string
+	Size, Expires time.Duration
+}
+
+// NewWindowed declares a windowed table of V per key and window.
+func NewWindowed[V any](name string, codec table.Codec[V], win Window) *Windowed[V] {
+	return &Windowed[V]{name: name, codec: codec, win: win}
+}
+
+func (t *Windowed[V]) windowSpec() config.WindowSpec {
+	return config.WindowSpec{Table: t.name, Var: t.win.Var, Size: t.win.Size, Expires: t.win.Expires}
 }
 
 // Name is the table's name.
@@ -172,7 +210,7 @@ func (t *Windowed[V]) Name() string { return t.name }
 func (t *Windowed[V]) Table() *table.Windowed[V] { return t.active }
 
 func (t *Windowed[V]) make(e *tableEnv, active bool) stream.Table {
-	tb := table.NewWindowed(t.name, Changelog(e.group, t.name), t.codec, e.db, e.win, e.clock)
+	tb := table.NewWindowed(t.name, Changelog(e.group, t.name), t.codec, e.db, e.windows[t.name], e.clock)
 	if active {
 		t.active = tb
 	}
@@ -180,5 +218,6 @@ func (t *Windowed[V]) make(e *tableEnv, active bool) stream.Table {
 }
 
 func (t *Windowed[V]) changelog(e *tableEnv) kafka.Topic {
-	return kafka.Topic{Name: Changelog(e.group, t.name), Configs: kafka.WindowedChangelogConfigs(e.win.Size, e.win.Expires)}
+	w := e.windows[t.name]
+	return kafka.Topic{Name: Changelog(e.group, t.name), Configs: kafka.WindowedChangelogConfigs(w.Size, w.Expires)}
 }

@@ -20,9 +20,9 @@ func TestTableDeclarations(t *testing.T) {
 	}
 	defer db.Close()
 	clock := func() time.Time { return time.Unix(1_700_000_000, 0) }
-	env := &tableEnv{group: "orders", db: db, win: window.Tumbling{Size: 30 * time.Second, Expires: 2 * time.Minute}, clock: clock}
+	env := &tableEnv{group: "orders", db: db, windows: map[string]window.Tumbling{"sums": {Size: 30 * time.Second, Expires: 2 * time.Minute}}, clock: clock}
 
-	sums := NewWindowed("sums", table.Int64{})
+	sums := NewWindowed("sums", table.Int64{}, Window{Var: "SUMS_WINDOW", Size: time.Minute, Expires: 5 * time.Minute})
 	totals := NewPlain("totals", table.Int64{})
 	if sums.Table() != nil || totals.Table() != nil {
 		t.Fatal("a declared table has an active copy before the runtime made one")
@@ -35,8 +35,8 @@ func TestTableDeclarations(t *testing.T) {
 	if got := active.Changelog(); got != "orders-sums-changelog" {
 		t.Errorf("windowed changelog = %q", got)
 	}
-	if got := sums.Table().Window(); got != env.win {
-		t.Errorf("window = %+v, want the worker's %+v", got, env.win)
+	if got, want := sums.Table().Window(), env.windows["sums"]; got != want {
+		t.Errorf("window = %+v, want the configured %+v", got, want)
 	}
 	plain := totals.make(env, true)
 	if got := plain.Changelog(); got != "orders-totals-changelog" || any(totals.Table()) != any(plain) {

@@ -21,7 +21,6 @@ import (
 	"github.com/gofaust/pageviews/internal/store"
 	"github.com/gofaust/pageviews/internal/stream"
 	"github.com/gofaust/pageviews/internal/web"
-	"github.com/gofaust/pageviews/internal/window"
 )
 
 // TB is the part of testing.TB the driver uses.
@@ -68,7 +67,7 @@ func NewDriver(tb TB, a *App, env map[string]string, start time.Time) *Driver {
 		}
 		return env[k]
 	}
-	cfg, err := config.Load(getenv)
+	cfg, err := config.Load(getenv, a.Spec())
 	if err != nil {
 		tb.Fatalf("driver: %v", err)
 	}
@@ -90,7 +89,7 @@ func NewDriver(tb TB, a *App, env map[string]string, start time.Time) *Driver {
 		tb.Fatalf("driver: %v", err)
 	}
 	d.partitioner = kc.Producer.Partitioner(cfg.Topic)
-	tenv := &tableEnv{group: cfg.Group, db: db, win: window.Tumbling{Size: cfg.WindowSize, Expires: cfg.WindowExpires}, clock: d.Now}
+	tenv := &tableEnv{group: cfg.Group, db: db, windows: cfg.Windows, clock: d.Now}
 	all := d.partitions()
 	for _, decl := range a.Tables {
 		t := decl.make(tenv, true)

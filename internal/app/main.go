@@ -77,7 +77,7 @@ func run(ctx context.Context, a *App, proc process, args []string, getenv func(s
 	if len(args) > 0 {
 		return fmt.Errorf("unexpected arguments %q: every setting comes from the environment (see README)", args)
 	}
-	cfg, err := config.Load(getenv)
+	cfg, err := config.Load(getenv, a.Spec())
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/gofaust/pageviews/internal/config"
 	"github.com/gofaust/pageviews/internal/store"
@@ -15,34 +16,33 @@ import (
 	"github.com/gofaust/pageviews/internal/table"
 )
 
-// windowVars are the settings behind each field of a window definition.
-var windowVars = map[string]string{"size": "WINDOW_SIZE", "step": "WINDOW_STEP", "grace": "WINDOW_GRACE"}
-
 // checkWindows refuses to start when a windowed table's store in dir was
 // built with other windows than the configuration asks for: its buckets
 // would be read and added to as if they had the new size. The refusal is a
 // configuration error (exit 2) naming the old and the new value and the
 // way to change windows.
-func checkWindows(t stream.Table, dir string) error {
+func checkWindows(a *App, t stream.Table, dir string) error {
 	w, ok := t.(interface{ CheckDefinition() error })
 	if !ok {
 		return nil
 	}
-	return windowsChanged(w.CheckDefinition(), dir)
+	return windowsChanged(a, w.CheckDefinition(), dir)
 }
 
 // windowsChanged turns a *table.DefinitionError in err (the store in dir,
 // or a changelog, holds windows of another definition) into the
-// configuration error that names the setting; other errors pass as they
-// are.
-func windowsChanged(err error, dir string) error {
+// configuration error that names the setting of a's table; other errors
+// pass as they are.
+func windowsChanged(a *App, err error, dir string) error {
 	var derr *table.DefinitionError
 	if !errors.As(err, &derr) {
 		return err
 	}
-	name := windowVars[derr.Field]
-	if name == "" {
-		name = "window " + derr.Field
+	name := "window " + derr.Field
+	for _, w := range a.Spec().Windows {
+		if w.Table == derr.Table {
+			name = w.Var + "_" + strings.ToUpper(derr.Field)
+		}
 	}
 	where := "in " + dir
 	if derr.InChangelog {

@@ -28,7 +28,6 @@ import (
 	"github.com/gofaust/pageviews/internal/table"
 	"github.com/gofaust/pageviews/internal/tracing"
 	"github.com/gofaust/pageviews/internal/web"
-	"github.com/gofaust/pageviews/internal/window"
 )
 
 // Hooks are what tests replace: the clock, and a callback with the HTTP
@@ -146,11 +145,11 @@ func RunWorker(ctx context.Context, a *App, cfg *config.Config, log *slog.Logger
 	cleanups = append(cleanups, mc.Close)
 	streamHooks := &metrics.StreamHooks{C: mc, Topic: cfg.Topic}
 
-	tenv := &tableEnv{group: cfg.Group, db: db, win: window.Tumbling{Size: cfg.WindowSize, Expires: cfg.WindowExpires}, clock: clock}
+	tenv := &tableEnv{group: cfg.Group, db: db, windows: cfg.Windows, clock: clock}
 	tables := make([]stream.Table, len(a.Tables))
 	for i, d := range a.Tables {
 		tables[i] = d.make(tenv, true)
-		if err := checkWindows(tables[i], filepath.Join(cfg.DataDir, "state")); err != nil {
+		if err := checkWindows(a, tables[i], filepath.Join(cfg.DataDir, "state")); err != nil {
 			return err
 		}
 	}
@@ -426,7 +425,7 @@ func RunWorker(ctx context.Context, a *App, cfg *config.Config, log *slog.Logger
 	go func() { waited <- g.Wait() }()
 	select {
 	case err := <-waited:
-		return windowsChanged(err, filepath.Join(cfg.DataDir, "state"))
+		return windowsChanged(a, err, filepath.Join(cfg.DataDir, "state"))
 	case <-ctx.Done():
 	}
 	deadline = time.Now().Add(cfg.ShutdownTimeout)

@@ -7,12 +7,16 @@ package config
 import (
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	neturl "net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/gofaust/pageviews/internal/window"
 )
 
 // Guarantee is the processing guarantee of the worker.
@@ -30,12 +34,16 @@ type Config struct {
 	Env         string // DD_ENV
 	Version     string // DD_VERSION
 	Group       string // KAFKA_GROUP: consumer group, prefix of changelog topics (app.Changelog)
-	Topic       string // PAGE_VIEWS_TOPIC
+	Topic       string // the source topic, from the variable the app declares (Spec.TopicVar)
 	Partitions  int32  // PARTITIONS: used when topics are created
 	Replication int16  // TOPIC_REPLICATION_FACTOR: -1 means the broker's default
 
-	WindowSize    time.Duration // WINDOW_SIZE
-	WindowExpires time.Duration // WINDOW_EXPIRES
+	// Windows are the windows of the app's windowed tables, by table, from
+	// the variables they declare (Spec.Windows).
+	Windows map[string]window.Tumbling
+	// App are the app's own settings as read (Spec.Settings), for the
+	// start-up log line; secrets masked.
+	App []slog.Attr
 
 	Brokers      []string // KAFKA_BROKERS; empty starts the embedded dev broker
 	EmbeddedAddr string   // EMBEDDED_KAFKA_ADDR
@@ -101,20 +109,43 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("config: %s=%q is invalid: want %s", e.Var, e.Value, e.Allowed)
 }
 
-// Load reads and validates the configuration. getenv is os.Getenv in
-// production and a map lookup in tests.
-func Load(getenv func(string) string) (*Config, error) {
-	r := reader{getenv: getenv}
+// Spec is what an app declares about its settings: the runtime's are the
+// same for every app.
+type Spec struct {
+	// Name is the default of DD_SERVICE and KAFKA_GROUP.
+	Name string
+	// TopicVar names the variable of the source topic; Topic is its
+	// default.
+	TopicVar, Topic string
+	// Windows are the windowed tables' windows: each is read from
+	// <Var>_SIZE and <Var>_EXPIRES.
+	Windows []WindowSpec
+	// Settings reads the app's own settings, with the same checks and
+	// errors as the runtime's; what it reads is logged at start.
+	Settings func(r *Reader)
+}
+
+// WindowSpec declares the window of table: its variables' prefix and
+// defaults.
+type WindowSpec struct {
+	Table         string
+	Var           string // WINDOW: WINDOW_SIZE, WINDOW_EXPIRES
+	Size, Expires time.Duration
+}
+
+// Load reads and validates the configuration of the app that spec
+// declares. getenv is os.Getenv in production and a map lookup in tests.
+func Load(getenv func(string) string, spec Spec) (*Config, error) {
+	r := &Reader{getenv: getenv}
 	c := &Config{
-		Service:            r.name("DD_SERVICE", "pageviews"),
+		Service:            r.name("DD_SERVICE", spec.Name),
 		Env:                r.str("DD_ENV", "dev"),
 		Version:            r.str("DD_VERSION", "dev"),
-		Group:              r.name("KAFKA_GROUP", "pageviews"),
-		Topic:              r.topic("PAGE_VIEWS_TOPIC", "page_views"),
+		Group:              r.name("KAFKA_GROUP", spec.Name),
+		Topic:              r.topic(spec.TopicVar, spec.Topic),
 		Partitions:         int32(r.integer("PARTITIONS", 8, 1, 10000)),
 		Replication:        int16(r.integer("TOPIC_REPLICATION_FACTOR", -1, -1, 32)),
-		WindowSize:         r.duration("WINDOW_SIZE", time.Minute, time.Second),
-		WindowExpires:      r.duration("WINDOW_EXPIRES", 5*time.Minute, time.Second),
+		Windows:            map[string]window.Tumbling{},
 		Brokers:            r.list("KAFKA_BROKERS"),
 		EmbeddedAddr:       r.addr("EMBEDDED_KAFKA_ADDR", "127.0.0.1:9092"),
 		InstanceID:         r.str("KAFKA_INSTANCE_ID", ""),
@@ -148,24 +179,38 @@ func Load(getenv func(string) string) (*Config, error) {
 		LogFormat:          r.oneOf("LOG_FORMAT", "json", "json", "text"),
 		LogLevel:           r.level("LOG_LEVEL", slog.LevelInfo),
 	}
+	for _, w := range spec.Windows {
+		c.Windows[w.Table] = r.window(w)
+	}
+	if spec.Settings != nil {
+		r.app = true
+		spec.Settings(r)
+		c.App = r.logged
+	}
 	if r.err != nil {
 		return nil, r.err
 	}
 	c.TraceServiceName = r.str("OTEL_SERVICE_NAME", c.Service)
-	if c.WindowExpires < c.WindowSize {
-		return nil, &Error{Var: "WINDOW_EXPIRES", Value: c.WindowExpires.String(),
-			Allowed: "a duration at least WINDOW_SIZE (" + c.WindowSize.String() + ")"}
-	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		return nil, &Error{Var: "KAFKA_TLS_KEY_FILE", Value: c.TLSKeyFile, Allowed: "set together with KAFKA_TLS_CERT_FILE, or neither"}
 	}
 	if c.SASLMechanism != "" && (c.SASLUser == "" || c.SASLPassword == "") {
 		return nil, &Error{Var: "KAFKA_SASL_USERNAME", Value: c.SASLUser, Allowed: "a user name and KAFKA_SASL_PASSWORD when KAFKA_SASL_MECHANISM is set"}
 	}
-	if c.WindowSize%time.Millisecond != 0 {
-		return nil, &Error{Var: "WINDOW_SIZE", Value: c.WindowSize.String(), Allowed: "a whole number of milliseconds"}
-	}
 	return c, nil
+}
+
+// window reads a windowed table's window.
+func (r *Reader) window(w WindowSpec) window.Tumbling {
+	size := r.duration(w.Var+"_SIZE", w.Size, time.Second)
+	expires := r.duration(w.Var+"_EXPIRES", w.Expires, time.Second)
+	if size%time.Millisecond != 0 {
+		r.fail(w.Var+"_SIZE", size.String(), "a whole number of milliseconds")
+	}
+	if expires < size {
+		r.fail(w.Var+"_EXPIRES", expires.String(), "a duration at least "+w.Var+"_SIZE ("+size.String()+")")
+	}
+	return window.Tumbling{Size: size, Expires: expires}
 }
 
 // LogValue renders the effective configuration for the start-up log line,
@@ -178,8 +223,8 @@ func (c *Config) LogValue() slog.Value {
 		slog.String("group", c.Group),
 		slog.String("topic", c.Topic),
 		slog.Int("partitions", int(c.Partitions)),
-		slog.Duration("window_size", c.WindowSize),
-		slog.Duration("window_expires", c.WindowExpires),
+		slog.Any("windows", windowsValue(c.Windows)),
+		slog.Any("app", slog.GroupValue(c.App...)),
 		slog.String("brokers", strings.Join(c.Brokers, ",")),
 		slog.Bool("embedded_broker", c.Embedded()),
 		slog.String("instance_id", c.InstanceID),
@@ -208,6 +253,15 @@ func (c *Config) LogValue() slog.Value {
 	)
 }
 
+// windowsValue logs each table's window as its size and expiry.
+func windowsValue(ws map[string]window.Tumbling) slog.Value {
+	attrs := make([]slog.Attr, 0, len(ws))
+	for _, t := range slices.Sorted(maps.Keys(ws)) {
+		attrs = append(attrs, slog.Group(t, slog.Duration("size", ws[t].Size), slog.Duration("expires", ws[t].Expires)))
+	}
+	return slog.GroupValue(attrs...)
+}
+
 func mask(secret string) string {
 	if secret == "" {
 		return ""
@@ -218,19 +272,67 @@ func mask(secret string) string {
 // String never shows the SASL password either.
 func (c *Config) String() string { return c.LogValue().String() }
 
-// reader keeps the first error so Load stays a flat list of fields.
-type reader struct {
+// Reader reads settings; it keeps the first error so that a list of
+// settings reads flat. An app reads its own with its exported methods.
+type Reader struct {
 	getenv func(string) string
 	err    error
+	// app: the reads are the app's, logged as logged.
+	app    bool
+	logged []slog.Attr
 }
 
-func (r *reader) fail(name, value, allowed string) {
+// Str reads a string.
+func (r *Reader) Str(name, def string) string { return r.log(name, r.str(name, def)) }
+
+// Topic reads a Kafka topic name.
+func (r *Reader) Topic(name, def string) string { return r.log(name, r.topic(name, def)) }
+
+// Int reads an integer from lo to hi.
+func (r *Reader) Int(name string, def, lo, hi int) int {
+	n := r.integer(name, def, lo, hi)
+	r.log(name, strconv.Itoa(n))
+	return n
+}
+
+// Duration reads a Go duration of at least lo.
+func (r *Reader) Duration(name string, def, lo time.Duration) time.Duration {
+	d := r.duration(name, def, lo)
+	r.log(name, d.String())
+	return d
+}
+
+// OneOf reads one of the allowed values.
+func (r *Reader) OneOf(name, def string, allowed ...string) string {
+	return r.log(name, r.oneOf(name, def, allowed...))
+}
+
+// Secret reads a string that is never logged.
+func (r *Reader) Secret(name string) string {
+	v := r.getenv(name)
+	r.log(name, mask(v))
+	return v
+}
+
+// Fail reports a value that the checks above cannot see is wrong (one
+// that depends on another setting, say); the first failure is the one
+// reported.
+func (r *Reader) Fail(name, value, allowed string) { r.fail(name, value, allowed) }
+
+func (r *Reader) log(name, v string) string {
+	if r.app {
+		r.logged = append(r.logged, slog.String(strings.ToLower(name), v))
+	}
+	return v
+}
+
+func (r *Reader) fail(name, value, allowed string) {
 	if r.err == nil {
 		r.err = &Error{Var: name, Value: value, Allowed: allowed}
 	}
 }
 
-func (r *reader) str(name, def string) string {
+func (r *Reader) str(name, def string) string {
 	if v := strings.TrimSpace(r.getenv(name)); v != "" {
 		return v
 	}
@@ -238,7 +340,7 @@ func (r *reader) str(name, def string) string {
 }
 
 // name accepts what is safe as a metric namespace, group id and topic prefix.
-func (r *reader) name(name, def string) string {
+func (r *Reader) name(name, def string) string {
 	v := r.str(name, def)
 	for i, c := range v {
 		ok := c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || (i > 0 && (c == '-' || c == '_'))
@@ -250,7 +352,7 @@ func (r *reader) name(name, def string) string {
 	return v
 }
 
-func (r *reader) topic(name, def string) string {
+func (r *Reader) topic(name, def string) string {
 	v := r.str(name, def)
 	for _, c := range v {
 		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.'
@@ -262,7 +364,7 @@ func (r *reader) topic(name, def string) string {
 	return v
 }
 
-func (r *reader) integer(name string, def, lo, hi int) int {
+func (r *Reader) integer(name string, def, lo, hi int) int {
 	raw := r.str(name, "")
 	if raw == "" {
 		return def
@@ -275,7 +377,7 @@ func (r *reader) integer(name string, def, lo, hi int) int {
 	return n
 }
 
-func (r *reader) duration(name string, def, lo time.Duration) time.Duration {
+func (r *Reader) duration(name string, def, lo time.Duration) time.Duration {
 	raw := r.str(name, "")
 	if raw == "" {
 		return def
@@ -288,7 +390,7 @@ func (r *reader) duration(name string, def, lo time.Duration) time.Duration {
 	return d
 }
 
-func (r *reader) list(name string) []string {
+func (r *Reader) list(name string) []string {
 	var out []string
 	for _, part := range strings.Split(r.getenv(name), ",") {
 		part = strings.TrimSpace(part)
@@ -304,7 +406,7 @@ func (r *reader) list(name string) []string {
 	return out
 }
 
-func (r *reader) addr(name, def string) string {
+func (r *Reader) addr(name, def string) string {
 	v := r.str(name, def)
 	if _, port, err := net.SplitHostPort(v); err != nil || port == "" {
 		r.fail(name, v, "host:port or :port")
@@ -314,7 +416,7 @@ func (r *reader) addr(name, def string) string {
 }
 
 // durationOrZero is duration, where "0" turns the feature off.
-func (r *reader) durationOrZero(name string, def, lo time.Duration) time.Duration {
+func (r *Reader) durationOrZero(name string, def, lo time.Duration) time.Duration {
 	if strings.TrimSpace(r.getenv(name)) == "0" {
 		return 0
 	}
@@ -324,7 +426,7 @@ func (r *reader) durationOrZero(name string, def, lo time.Duration) time.Duratio
 // statsdAddr follows the datadog-go conventions: DD_DOGSTATSD_URL
 // (unix:///path or udp://host:port) wins over DD_AGENT_HOST and
 // DD_DOGSTATSD_PORT (default 8125).
-func (r *reader) statsdAddr() string {
+func (r *Reader) statsdAddr() string {
 	if u := r.str("DD_DOGSTATSD_URL", ""); u != "" {
 		switch {
 		case strings.HasPrefix(u, "unix://"):
@@ -348,7 +450,7 @@ func (r *reader) statsdAddr() string {
 	return net.JoinHostPort(host, port)
 }
 
-func (r *reader) boolean(name string) bool {
+func (r *Reader) boolean(name string) bool {
 	switch v := strings.ToLower(r.str(name, "")); v {
 	case "", "0", "false", "no":
 		return false
@@ -361,7 +463,7 @@ func (r *reader) boolean(name string) bool {
 }
 
 // file accepts a path to a readable file, or nothing.
-func (r *reader) file(name string) string {
+func (r *Reader) file(name string) string {
 	v := r.str(name, "")
 	if v == "" {
 		return ""
@@ -375,7 +477,7 @@ func (r *reader) file(name string) string {
 	return v
 }
 
-func (r *reader) url(name string) string {
+func (r *Reader) url(name string) string {
 	v := r.str(name, "")
 	if v == "" {
 		return ""
@@ -388,14 +490,14 @@ func (r *reader) url(name string) string {
 	return strings.TrimSuffix(v, "/")
 }
 
-func (r *reader) optionalAddr(name string) string {
+func (r *Reader) optionalAddr(name string) string {
 	if r.str(name, "") == "" {
 		return ""
 	}
 	return r.addr(name, "")
 }
 
-func (r *reader) oneOf(name, def string, allowed ...string) string {
+func (r *Reader) oneOf(name, def string, allowed ...string) string {
 	v := r.str(name, def)
 	for _, a := range allowed {
 		if v == a {
@@ -406,7 +508,7 @@ func (r *reader) oneOf(name, def string, allowed ...string) string {
 	return def
 }
 
-func (r *reader) level(name string, def slog.Level) slog.Level {
+func (r *Reader) level(name string, def slog.Level) slog.Level {
 	raw := r.str(name, "")
 	if raw == "" {
 		return def

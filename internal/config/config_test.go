@@ -6,11 +6,13 @@ import (
 	"log/slog"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/gofaust/pageviews/internal/config"
+	"github.com/gofaust/pageviews/internal/window"
 )
 
 // env is a map-backed getenv.
@@ -18,9 +20,18 @@ type env map[string]string
 
 func (e env) getenv(name string) string { return e[name] }
 
+// spec declares an app like the example: a source topic with its own
+// variable and a windowed table.
+func spec() config.Spec {
+	return config.Spec{
+		Name: "pageviews", TopicVar: "PAGE_VIEWS_TOPIC", Topic: "page_views",
+		Windows: []config.WindowSpec{{Table: "views", Var: "WINDOW", Size: time.Minute, Expires: 5 * time.Minute}},
+	}
+}
+
 func load(t testing.TB, e env) *config.Config {
 	t.Helper()
-	c, err := config.Load(e.getenv)
+	c, err := config.Load(e.getenv, spec())
 	if err != nil {
 		t.Fatalf("Load(%v): %v", e, err)
 	}
@@ -31,7 +42,7 @@ func load(t testing.TB, e env) *config.Config {
 // value, and returns it.
 func loadErr(t testing.TB, e env, variable, value string) *config.Error {
 	t.Helper()
-	c, err := config.Load(e.getenv)
+	c, err := config.Load(e.getenv, spec())
 	if err == nil {
 		t.Fatalf("Load(%v) = %+v, want an error for %s", e, c, variable)
 	}
@@ -68,8 +79,7 @@ func TestLoadDefaults(t *testing.T) {
 		Topic:           "page_views",
 		Partitions:      8,
 		Replication:     -1,
-		WindowSize:      time.Minute,
-		WindowExpires:   5 * time.Minute,
+		Windows:         map[string]window.Tumbling{"views": {Size: time.Minute, Expires: 5 * time.Minute}},
 		Brokers:         nil,
 		EmbeddedAddr:    "127.0.0.1:9092",
 		InstanceID:      "",
@@ -142,12 +152,12 @@ func TestLoadValid(t *testing.T) {
 		{"replication broker default", env{"TOPIC_REPLICATION_FACTOR": "-1"}, func(c *config.Config) bool { return c.Replication == -1 }},
 		{"replication", env{"TOPIC_REPLICATION_FACTOR": "3"}, func(c *config.Config) bool { return c.Replication == 3 }},
 		{"replication maximum", env{"TOPIC_REPLICATION_FACTOR": "32"}, func(c *config.Config) bool { return c.Replication == 32 }},
-		{"window size", env{"WINDOW_SIZE": "10s"}, func(c *config.Config) bool { return c.WindowSize == 10*time.Second }},
-		{"window size minimum", env{"WINDOW_SIZE": "1s"}, func(c *config.Config) bool { return c.WindowSize == time.Second }},
-		{"window size with milliseconds", env{"WINDOW_SIZE": "1500ms"}, func(c *config.Config) bool { return c.WindowSize == 1500*time.Millisecond }},
-		{"window expires", env{"WINDOW_EXPIRES": "1h"}, func(c *config.Config) bool { return c.WindowExpires == time.Hour }},
+		{"window size", env{"WINDOW_SIZE": "10s"}, func(c *config.Config) bool { return c.Windows["views"].Size == 10*time.Second }},
+		{"window size minimum", env{"WINDOW_SIZE": "1s"}, func(c *config.Config) bool { return c.Windows["views"].Size == time.Second }},
+		{"window size with milliseconds", env{"WINDOW_SIZE": "1500ms"}, func(c *config.Config) bool { return c.Windows["views"].Size == 1500*time.Millisecond }},
+		{"window expires", env{"WINDOW_EXPIRES": "1h"}, func(c *config.Config) bool { return c.Windows["views"].Expires == time.Hour }},
 		{"window expires equal to size", env{"WINDOW_SIZE": "2m", "WINDOW_EXPIRES": "2m"}, func(c *config.Config) bool {
-			return c.WindowSize == 2*time.Minute && c.WindowExpires == 2*time.Minute
+			return c.Windows["views"].Size == 2*time.Minute && c.Windows["views"].Expires == 2*time.Minute
 		}},
 		{"instance id", env{"KAFKA_INSTANCE_ID": "pageviews-0"}, func(c *config.Config) bool { return c.InstanceID == "pageviews-0" }},
 		{"embedded addr", env{"EMBEDDED_KAFKA_ADDR": ":19092"}, func(c *config.Config) bool { return c.EmbeddedAddr == ":19092" }},
@@ -336,11 +346,68 @@ func TestLogValue(t *testing.T) {
 		"config.brokers=a:9092,b:9092",
 		"config.embedded_broker=false",
 		"config.guarantee=exactly_once",
-		"config.window_size=1m0s",
-		"config.window_expires=5m0s",
+		"config.windows.views.size=1m0s",
+		"config.windows.views.expires=5m0s",
 	} {
 		if !strings.Contains(line, want) {
 			t.Errorf("logged config %q lacks %q", line, want)
+		}
+	}
+}
+
+// TestAppSettings: an app's own settings go through the same checks,
+// errors and log line as the runtime's; a secret is never logged.
+func TestAppSettings(t *testing.T) {
+	type orders struct {
+		topic  string
+		top    int
+		hold   time.Duration
+		secret string
+	}
+	withSettings := func(o *orders) config.Spec {
+		s := spec()
+		s.Settings = func(r *config.Reader) {
+			o.topic = r.Topic("ORDERS_OUT_TOPIC", "orders-top")
+			o.top = r.Int("ORDERS_TOP_N", 10, 1, 1000)
+			o.hold = r.Duration("ORDERS_HOLD", time.Minute, time.Second)
+			o.secret = r.Secret("ORDERS_API_KEY")
+			if o.top > 100 && o.hold < time.Minute {
+				r.Fail("ORDERS_TOP_N", strconv.Itoa(o.top), "at most 100 when ORDERS_HOLD is under a minute")
+			}
+		}
+		return s
+	}
+	var o orders
+	c, err := config.Load(env{"ORDERS_TOP_N": "25", "ORDERS_API_KEY": "k3y"}.getenv, withSettings(&o))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o != (orders{topic: "orders-top", top: 25, hold: time.Minute, secret: "k3y"}) {
+		t.Errorf("app settings = %+v", o)
+	}
+	var buf bytes.Buffer
+	slog.New(slog.NewTextHandler(&buf, nil)).Info("config", "config", c)
+	for _, want := range []string{"config.app.orders_top_n=25", "config.app.orders_out_topic=orders-top", "config.app.orders_api_key=*****"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("logged config %q lacks %q", buf.String(), want)
+		}
+	}
+	if strings.Contains(buf.String(), "k3y") {
+		t.Errorf("logged config shows the secret: %q", buf.String())
+	}
+
+	for _, tt := range []struct {
+		env         env
+		name, value string
+	}{
+		{env{"ORDERS_TOP_N": "0"}, "ORDERS_TOP_N", "0"},
+		{env{"ORDERS_OUT_TOPIC": "bad topic"}, "ORDERS_OUT_TOPIC", "bad topic"},
+		{env{"ORDERS_TOP_N": "500", "ORDERS_HOLD": "10s"}, "ORDERS_TOP_N", "500"},
+	} {
+		_, err := config.Load(tt.env.getenv, withSettings(&orders{}))
+		var cerr *config.Error
+		if !errors.As(err, &cerr) || cerr.Var != tt.name || cerr.Value != tt.value {
+			t.Errorf("%v: error %v, want a *config.Error for %s=%q", tt.env, err, tt.name, tt.value)
 		}
 	}
 }

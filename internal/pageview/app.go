@@ -9,13 +9,15 @@ import (
 	"github.com/gofaust/pageviews/internal/table"
 )
 
-// App declares the page-view worker: two tables, the agent that fills
-// them, /count/ and /report/, the livecheck, and a crontab that logs a
-// summary.
+// App declares the page-view worker: page views from PAGE_VIEWS_TOPIC,
+// two tables, the agent that fills them, /count/ and /report/, the
+// livecheck, and a crontab that logs a summary.
 func App() *app.App {
-	views := app.NewWindowed("views", table.Int64{})
+	views := app.NewWindowed("views", table.Int64{}, app.Window{Var: "WINDOW", Size: time.Minute, Expires: 5 * time.Minute})
 	totals := app.NewPlain("totals", table.Int64{})
 	return &app.App{
+		Name:   "pageviews",
+		Source: app.Topic{Var: "PAGE_VIEWS_TOPIC", Name: "page_views"},
 		Tables: []app.TableDecl{views, totals},
 		Start: func(s *app.Services) (app.Parts, error) {
 			tables := Tables{Views: views.Table(), Totals: totals.Table()}

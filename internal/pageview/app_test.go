@@ -56,16 +56,16 @@ func TestAppCountsInWindowsThroughTheDriver(t *testing.T) {
 		t.Errorf("totals = now %d, count %d, stale %v; want %d, %d, false", rep.Now, rep.Count, rep.Stale, TrendingAt+2, TrendingAt+2)
 	}
 
-	// Two windows later /home has one view in the window of now and more
-	// two minutes back: less popular. The total keeps every view.
-	d.Advance(2 * d.Config().WindowSize)
+	// Two minutes later /home has one view in the window of now and more in
+	// the window two minutes back: less popular. The total keeps every view.
+	d.Advance(2 * time.Minute)
 	count(t, d, "/home", 1)
 	rep = report(t, d)
 	if got := rep.Pages["/home"]; got.Now != 1 || got.Count != TrendingAt+2 || got.Report != LessPopular {
-		t.Errorf("/home two windows later = %+v, want now 1, count %d, %q", got, TrendingAt+2, LessPopular)
+		t.Errorf("/home two minutes later = %+v, want now 1, count %d, %q", got, TrendingAt+2, LessPopular)
 	}
 	if got, ok := rep.Pages["/about"]; !ok || got.Now != 0 || got.Count != 1 {
-		t.Errorf("/about two windows later = %+v (listed: %v), want now 0, count 1", got, ok)
+		t.Errorf("/about two minutes later = %+v (listed: %v), want now 0, count 1", got, ok)
 	}
 }
 
@@ -98,7 +98,7 @@ func TestAppLateAndInvalidRecords(t *testing.T) {
 	// Once the partition's stream time is now, a view whose window expired
 	// long before counts in the total only.
 	count(t, d, "/old", 1)
-	old := d.Now().Add(-2 * cfg.WindowExpires)
+	old := d.Now().Add(-2 * cfg.Windows["views"].Expires)
 	if err := d.Send("/old", Encode(PageView{Page: "/old", Count: 2, Timestamp: old})); err != nil {
 		t.Fatalf("late view: %v", err)
 	}
