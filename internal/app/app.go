@@ -78,6 +78,9 @@ type Services struct {
 	Owners func() (map[int32]string, error)
 	// Partitions is the number of partitions of the source topic.
 	Partitions func() (int32, error)
+	// PartitionOf is the source topic's partition of a record keyed key
+	// (the producer's partitioner).
+	PartitionOf func(key string) (int32, error)
 	// Owned lists the partitions this worker holds and has recovered.
 	Owned func() []int32
 	// Ready tells whether the worker has joined and recovered, and if not,

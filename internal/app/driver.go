@@ -108,8 +108,11 @@ func NewDriver(tb TB, a *App, env map[string]string, start time.Time) *Driver {
 		Self:       "driver",
 		Owners:     func() (map[int32]string, error) { return nil, nil }, // unknown owners: this worker
 		Partitions: func() (int32, error) { return cfg.Partitions, nil },
-		Owned:      d.partitions,
-		Ready:      recovered{}.Ready,
+		PartitionOf: func(key string) (int32, error) {
+			return d.partitionOf(&sarama.ProducerMessage{Topic: cfg.Topic, Key: sarama.StringEncoder(key)})
+		},
+		Owned: d.partitions,
+		Ready: recovered{}.Ready,
 		Late: func(table string) func(int32) {
 			return func(int32) { d.mu.Lock(); d.late[table]++; d.mu.Unlock() }
 		},

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -257,16 +258,30 @@ func RunWorker(ctx context.Context, a *App, cfg *config.Config, log *slog.Logger
 		ps, err := clients.group.Partitions(cfg.Topic)
 		return int32(len(ps)), err
 	}
+	// The producer's partitioner; sarama's hashes with state of its own,
+	// so one call at a time.
+	partitioner := clients.base.Producer.Partitioner(cfg.Topic)
+	var partitionerMu sync.Mutex
+	partitionOf := func(key string) (int32, error) {
+		n, err := partitions()
+		if err != nil {
+			return 0, err
+		}
+		partitionerMu.Lock()
+		defer partitionerMu.Unlock()
+		return partitioner.Partition(&sarama.ProducerMessage{Key: sarama.StringEncoder(key)}, n)
+	}
 	parts, err := a.Start(&Services{
-		Config:     cfg,
-		Log:        log,
-		Clock:      clock,
-		Producer:   producer,
-		Self:       self,
-		Owners:     directory.Owners,
-		Partitions: partitions,
-		Owned:      state.Recovered,
-		Ready:      state.Ready,
+		Config:      cfg,
+		Log:         log,
+		Clock:       clock,
+		Producer:    producer,
+		Self:        self,
+		Owners:      directory.Owners,
+		Partitions:  partitions,
+		PartitionOf: partitionOf,
+		Owned:       state.Recovered,
+		Ready:       state.Ready,
 		Late: func(tbl string) func(int32) {
 			return func(p int32) { streamHooks.Late(tbl, p) }
 		},

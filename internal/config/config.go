@@ -484,7 +484,7 @@ func (r *Reader) url(name string) string {
 	}
 	u, err := neturl.Parse(v)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
-		r.fail(name, v, "an absolute http(s) URL with no path, such as http://pageviews-0.pageviews:8088")
+		r.fail(name, v, "an absolute http(s) URL with no path, such as http://worker-0.worker:8088")
 		return ""
 	}
 	return strings.TrimSuffix(v, "/")
