@@ -25,6 +25,7 @@ import (
 	"github.com/gofaust/pageviews/internal/devbroker"
 	"github.com/gofaust/pageviews/internal/kafka"
 	"github.com/gofaust/pageviews/internal/metrics"
+	"github.com/gofaust/pageviews/internal/store"
 	"github.com/gofaust/pageviews/internal/stream"
 	"github.com/gofaust/pageviews/internal/table"
 	"github.com/gofaust/pageviews/internal/tracing"
@@ -48,310 +49,390 @@ type Hooks struct {
 // dev broker.
 func RunWorker(ctx context.Context, a *App, cfg *config.Config, log *slog.Logger, hooks Hooks) (err error) {
 	log.Info("starting", "config", cfg)
-	clock := hooks.Clock
-	if clock == nil {
-		clock = time.Now
+	w := &worker{a: a, cfg: cfg, log: log, hooks: hooks, clock: hooks.Clock}
+	if w.clock == nil {
+		w.clock = time.Now
 	}
+	defer func() { err = w.stop(ctx, err) }()
+	// Start-up, in order. Each step starts what it names and registers
+	// its stop at once (a start beside its stop); the stops run in the
+	// reverse order, so the order of shutdown is written here too.
+	for _, step := range []func(context.Context) error{
+		w.startTraces, // flushed last
+		w.openStore,   // its lock guards DATA_DIR, the dev broker's data too
+		w.startBroker, // the embedded dev broker, when KAFKA_BROKERS is empty
+		w.startMetrics,
+		w.makeTables,
+		w.listen, // before joining: the group learns the advertised URL
+		w.connect,
+		w.createTopics,
+		w.startProducer,
+		w.startGroup, // the group, the changelog consumer, the standbys
+		w.startApp,   // the app's parts and the stream runtime
+		w.schedule,
+		w.serve,
+		w.startPprof,
+	} {
+		if err := step(ctx); err != nil {
+			return err
+		}
+	}
+	return w.run(ctx)
+}
 
-	// Everything below registers its cleanup; after ctx ends, the cleanups
-	// run in reverse order, and SHUTDOWN_TIMEOUT bounds them.
-	var cleanups []func() error
-	abandon := false
-	// One budget for the whole shutdown: it starts when ctx ends.
-	var deadline time.Time
-	defer func() {
-		if abandon {
-			return
+// worker is one run of an app: what start-up builds, and the stops that
+// undo it.
+type worker struct {
+	a     *App
+	cfg   *config.Config
+	log   *slog.Logger
+	hooks Hooks
+	clock func() time.Time
+
+	// stops run in reverse order after ctx ends; SHUTDOWN_TIMEOUT bounds
+	// them, from deadline on (zero: the worker failed, not stopped).
+	stops    []func() error
+	deadline time.Time
+	// abandon skips the stops: the warm shutdown ran out of time, and
+	// they could block on the parts still running.
+	abandon bool
+
+	db          *store.DB
+	brokers     []string
+	mc          *metrics.Client
+	streamHooks *metrics.StreamHooks
+	tenv        *tableEnv
+	tables      []stream.Table
+	changelogs  []kafka.Topic
+	front       *web.Front
+	srv         *http.Server
+	served      chan error
+	self        string
+	clients     *clients
+	admin       sarama.ClusterAdmin
+	sched       *stream.Scheduler
+	producer    *kafka.Producer
+	group       sarama.ConsumerGroup
+	restore     sarama.Consumer
+	state       *stream.State
+	directory   *stream.Directory
+	standby     *stream.Standby
+	parts       Parts
+	rt          *stream.Runtime
+}
+
+// onStop registers what undoes the step that just started.
+func (w *worker) onStop(stop func() error) { w.stops = append(w.stops, stop) }
+
+// stop runs the stops in reverse order within the shutdown budget and
+// returns the worker's error: err, or the first stop's.
+func (w *worker) stop(ctx context.Context, err error) error {
+	if w.abandon {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() {
+		var errs []error
+		for i := len(w.stops) - 1; i >= 0; i-- {
+			errs = append(errs, w.stops[i]())
 		}
-		done := make(chan error, 1)
-		go func() {
-			var errs []error
-			for i := len(cleanups) - 1; i >= 0; i-- {
-				errs = append(errs, cleanups[i]())
-			}
-			done <- errors.Join(errs...)
-		}()
-		if errors.Is(err, errStartInterrupted) && ctx.Err() != nil {
-			// TERM during start-up is a requested stop, not a failure.
-			log.Info("stopped during start-up", "step", err.Error())
-			err = nil
-		}
-		select {
-		case cerr := <-done:
-			if err == nil {
-				err = cerr
-			}
-		case <-time.After(budget(deadline, cfg.ShutdownTimeout)):
-			if err == nil {
-				err = fmt.Errorf("shutdown did not finish within SHUTDOWN_TIMEOUT=%s", cfg.ShutdownTimeout)
-			}
-		}
-		if err == nil {
-			log.Info("stopped cleanly")
-		}
+		done <- errors.Join(errs...)
 	}()
+	if errors.Is(err, errStartInterrupted) && ctx.Err() != nil {
+		// TERM during start-up is a requested stop, not a failure.
+		w.log.Info("stopped during start-up", "step", err.Error())
+		err = nil
+	}
+	select {
+	case cerr := <-done:
+		if err == nil {
+			err = cerr
+		}
+	case <-time.After(budget(w.deadline, w.cfg.ShutdownTimeout)):
+		if err == nil {
+			err = fmt.Errorf("shutdown did not finish within SHUTDOWN_TIMEOUT=%s", w.cfg.ShutdownTimeout)
+		}
+	}
+	if err == nil {
+		w.log.Info("stopped cleanly")
+	}
+	return err
+}
 
-	// Traces are flushed last: this cleanup is registered first.
+func (w *worker) startTraces(ctx context.Context) error {
+	cfg := w.cfg
 	shutdownTraces, err := tracing.Setup(ctx, tracing.Options{
 		Exporter: cfg.TracesExporter, Endpoint: cfg.OTLPEndpoint, TracesEndpoint: cfg.OTLPTracesEndpoint,
-		Protocol: cfg.OTLPProtocol, ServiceName: cfg.TraceServiceName, Version: cfg.Version, Console: hooks.Console,
-	}, log)
+		Protocol: cfg.OTLPProtocol, ServiceName: cfg.TraceServiceName, Version: cfg.Version, Console: w.hooks.Console,
+	}, w.log)
 	if err != nil {
 		return err
 	}
-	cleanups = append(cleanups, func() error {
+	w.onStop(func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		return shutdownTraces(ctx)
 	})
+	return nil
+}
 
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+func (w *worker) openStore(ctx context.Context) error {
+	if err := os.MkdirAll(w.cfg.DataDir, 0o755); err != nil {
 		return fmt.Errorf("create DATA_DIR: %w", err)
 	}
-	// The store first: its lock keeps a second worker started on this
-	// DATA_DIR from touching anything in it, the embedded broker's data too.
-	db, wiped, err := openStore(ctx, filepath.Join(cfg.DataDir, "state"), log.With("component", "store"))
+	db, wiped, err := openStore(ctx, w.storeDir(), w.log.With("component", "store"))
 	if err != nil {
 		return err
 	}
 	if wiped {
-		log.Warn("local store was rebuilt empty; every partition recovers from offset 0")
+		w.log.Warn("local store was rebuilt empty; every partition recovers from offset 0")
 	}
-	cleanups = append(cleanups, db.Close)
+	w.db = db
+	w.onStop(db.Close)
+	return nil
+}
 
-	brokers := cfg.Brokers
-	if cfg.Embedded() {
-		b, err := devbroker.Start(devbroker.Options{
-			Addr: cfg.EmbeddedAddr, DataDir: filepath.Join(cfg.DataDir, "kafka"),
-			Partitions: cfg.Partitions, Log: log.With("component", "devbroker"),
-		})
-		if err != nil {
-			return err
-		}
-		cleanups = append(cleanups, func() error { b.Close(); return nil })
-		brokers = b.Addrs()
-		log.Warn("KAFKA_BROKERS is empty: started the embedded dev broker; it is for development only, set KAFKA_BROKERS in production",
-			"addr", brokers[0], "data_dir", filepath.Join(cfg.DataDir, "kafka"))
+func (w *worker) storeDir() string { return filepath.Join(w.cfg.DataDir, "state") }
+
+func (w *worker) startBroker(context.Context) error {
+	w.brokers = w.cfg.Brokers
+	if !w.cfg.Embedded() {
+		return nil
 	}
+	dir := filepath.Join(w.cfg.DataDir, "kafka")
+	b, err := devbroker.Start(devbroker.Options{
+		Addr: w.cfg.EmbeddedAddr, DataDir: dir, Partitions: w.cfg.Partitions, Log: w.log.With("component", "devbroker"),
+	})
+	if err != nil {
+		return err
+	}
+	w.onStop(func() error { b.Close(); return nil })
+	w.brokers = b.Addrs()
+	w.log.Warn("KAFKA_BROKERS is empty: started the embedded dev broker; it is for development only, set KAFKA_BROKERS in production",
+		"addr", w.brokers[0], "data_dir", dir)
+	return nil
+}
 
+func (w *worker) startMetrics(context.Context) error {
+	cfg := w.cfg
 	mc, err := metrics.New(metrics.Options{Addr: cfg.StatsdAddr, Namespace: cfg.Service, Tags: globalTags(cfg)})
 	if err != nil {
 		return err
 	}
 	if mc.Enabled() {
-		log.Info("sending metrics to DogStatsD", "addr", cfg.StatsdAddr, "namespace", cfg.Service+".")
+		w.log.Info("sending metrics to DogStatsD", "addr", cfg.StatsdAddr, "namespace", cfg.Service+".")
 	} else {
-		log.Info("metrics off: set DD_AGENT_HOST or DD_DOGSTATSD_URL to send them to DogStatsD")
+		w.log.Info("metrics off: set DD_AGENT_HOST or DD_DOGSTATSD_URL to send them to DogStatsD")
 	}
-	cleanups = append(cleanups, mc.Close)
-	streamHooks := &metrics.StreamHooks{C: mc, Topic: cfg.Topic}
+	w.mc = mc
+	w.onStop(mc.Close)
+	w.streamHooks = &metrics.StreamHooks{C: mc, Topic: cfg.Topic}
+	return nil
+}
 
-	tenv := &tableEnv{group: cfg.Group, db: db, windows: cfg.Windows, clock: clock}
-	tables := make([]stream.Table, len(a.Tables))
-	for i, d := range a.Tables {
-		tables[i] = d.make(tenv, true)
-		if err := checkWindows(a, tables[i], filepath.Join(cfg.DataDir, "state")); err != nil {
+// makeTables makes the active copies of the app's tables, after checking
+// that the store holds the windows the settings ask for.
+func (w *worker) makeTables(context.Context) error {
+	w.tenv = &tableEnv{group: w.cfg.Group, db: w.db, windows: w.cfg.Windows, clock: w.clock}
+	for _, d := range w.a.Tables {
+		t := d.make(w.tenv, true)
+		if err := checkWindows(w.a, t, w.storeDir()); err != nil {
 			return err
 		}
+		w.tables = append(w.tables, t)
+		w.changelogs = append(w.changelogs, d.changelog(w.tenv))
 	}
+	return nil
+}
 
-	// Listen before joining the group: the group learns this worker's
-	// advertised URL, which depends on the port.
-	ln, err := net.Listen("tcp", cfg.WebAddr)
+// listen opens the HTTP port. It answers from now on: while start-up
+// waits for the brokers, probes see a live process that is not ready, and
+// why.
+func (w *worker) listen(context.Context) error {
+	ln, err := net.Listen("tcp", w.cfg.WebAddr)
 	if err != nil {
-		return fmt.Errorf("listen on WEB_ADDR=%s: %w", cfg.WebAddr, err)
+		return fmt.Errorf("listen on WEB_ADDR=%s: %w", w.cfg.WebAddr, err)
 	}
-	cleanups = append(cleanups, func() error { _ = ln.Close(); return nil })
-	self := advertisedURL(cfg, ln.Addr())
-	// The port answers from now on: while start-up waits for the brokers,
-	// probes see a live process that is not ready, and why.
-	front := &web.Front{}
-	front.Starting("connecting to Kafka")
-	srv := web.NewHTTPServer(front)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	cleanups = append(cleanups, func() error { _ = srv.Close(); return nil })
-	log.Info("http listening", "addr", ln.Addr().String(), "advertised_url", self)
-	if hooks.Listening != nil {
-		hooks.Listening(ln.Addr().String())
+	w.onStop(func() error { _ = ln.Close(); return nil })
+	w.self = advertisedURL(w.cfg, ln.Addr())
+	w.front = &web.Front{}
+	w.front.Starting("connecting to Kafka")
+	w.srv = web.NewHTTPServer(w.front)
+	w.served = make(chan error, 1)
+	go func() { w.served <- w.srv.Serve(ln) }()
+	w.onStop(func() error { _ = w.srv.Close(); return nil })
+	w.log.Info("http listening", "addr", ln.Addr().String(), "advertised_url", w.self)
+	if w.hooks.Listening != nil {
+		w.hooks.Listening(ln.Addr().String())
 	}
+	return nil
+}
 
-	changelogs := make([]kafka.Topic, len(a.Tables))
-	for i, d := range a.Tables {
-		changelogs[i] = d.changelog(tenv)
-	}
-	clients, err := interruptible(ctx, "connect to kafka", func() (*clients, error) { return connect(cfg, brokers, self, changelogs) },
+func (w *worker) connect(ctx context.Context) error {
+	cs, err := interruptible(ctx, "connect to kafka", func() (*clients, error) { return connect(w.cfg, w.brokers, w.self, w.changelogs) },
 		func(c *clients) { _ = c.close() })
 	if err != nil {
 		return err
 	}
-	cleanups = append(cleanups, clients.close)
-
-	admin, err := sarama.NewClusterAdminFromClient(clients.admin)
-	if err != nil {
+	w.clients = cs
+	w.onStop(cs.close)
+	if w.admin, err = sarama.NewClusterAdminFromClient(cs.admin); err != nil {
 		return fmt.Errorf("kafka admin: %w", err)
 	}
-	sched := &stream.Scheduler{Now: time.Now, After: time.After, Log: log.With("component", "scheduler")}
-	// A task: the topics must exist, co-partitioned, before processing.
-	sched.Task("topics", func(context.Context) error {
-		partitions, err := kafka.EnsureTopics(admin,
-			kafka.Topic{Name: cfg.Topic},
-			changelogs,
-			[]kafka.Topic{{Name: cfg.DeadLetterTopic()}},
-			cfg.Partitions, cfg.Replication, log)
+	return nil
+}
+
+// createTopics runs the scheduler's task that makes sure the topics exist,
+// co-partitioned, before processing.
+func (w *worker) createTopics(ctx context.Context) error {
+	cfg := w.cfg
+	w.sched = &stream.Scheduler{Now: time.Now, After: time.After, Log: w.log.With("component", "scheduler")}
+	w.sched.Task("topics", func(context.Context) error {
+		partitions, err := kafka.EnsureTopics(w.admin, kafka.Topic{Name: cfg.Topic}, w.changelogs,
+			[]kafka.Topic{{Name: cfg.DeadLetterTopic()}}, cfg.Partitions, cfg.Replication, w.log)
 		if err == nil {
-			log.Info("topics ready", "partitions", partitions)
+			w.log.Info("topics ready", "partitions", partitions)
 		}
 		return err
 	})
-	front.Starting("creating topics")
-	if _, err := interruptible(ctx, "create topics", func() (any, error) { return nil, sched.RunTasks(ctx) }, nil); err != nil {
-		return err
-	}
+	w.front.Starting("creating topics")
+	_, err := interruptible(ctx, "create topics", func() (any, error) { return nil, w.sched.RunTasks(ctx) }, nil)
+	return err
+}
 
-	front.Starting("starting the producer")
-	producer, err := interruptible(ctx, "start the producer", func() (*kafka.Producer, error) { return kafka.NewProducer(clients.producer) },
+func (w *worker) startProducer(ctx context.Context) error {
+	w.front.Starting("starting the producer")
+	p, err := interruptible(ctx, "start the producer", func() (*kafka.Producer, error) { return kafka.NewProducer(w.clients.producer) },
 		func(p *kafka.Producer) { _ = p.Close() })
 	if err != nil {
 		return fmt.Errorf("kafka producer: %w", err)
 	}
-	producer.OnAck = mc.OnAck
-	cleanups = append(cleanups, producer.Close)
+	p.OnAck = w.mc.OnAck
+	w.producer = p
+	w.onStop(p.Close)
+	return nil
+}
 
-	group, err := sarama.NewConsumerGroupFromClient(cfg.Group, clients.group)
-	if err != nil {
+// startGroup makes the consumer group, the changelog consumer, the owner
+// directory and the standby copies.
+func (w *worker) startGroup(context.Context) error {
+	cfg, cs := w.cfg, w.clients
+	var err error
+	if w.group, err = sarama.NewConsumerGroupFromClient(cfg.Group, cs.group); err != nil {
 		return fmt.Errorf("kafka consumer group: %w", err)
 	}
-	restore, err := sarama.NewConsumerFromClient(clients.restore)
-	if err != nil {
+	if w.restore, err = sarama.NewConsumerFromClient(cs.restore); err != nil {
 		return fmt.Errorf("kafka changelog consumer: %w", err)
 	}
-	cleanups = append(cleanups, restore.Close)
-
-	state := stream.NewState()
+	w.onStop(w.restore.Close)
+	w.state = stream.NewState()
 	// Owner lookups on a client of their own: on the group's, they would
 	// queue behind a JoinGroup the coordinator holds during a rebalance.
-	dirAdmin, err := sarama.NewClusterAdminFromClient(clients.directory)
+	dirAdmin, err := sarama.NewClusterAdminFromClient(cs.directory)
 	if err != nil {
 		return fmt.Errorf("kafka admin: %w", err)
 	}
-	directory := &stream.Directory{Admin: dirAdmin, Group: cfg.Group, Topic: cfg.Topic, TTL: time.Second}
+	w.directory = &stream.Directory{Admin: dirAdmin, Group: cfg.Group, Topic: cfg.Topic, TTL: time.Second}
 	// Separate table instances for the standbys: a partition is held by
 	// the active tables or by the standby ones, never both.
-	standbyTables := make([]stream.Table, len(a.Tables))
-	for i, d := range a.Tables {
-		standbyTables[i] = d.make(tenv, false)
+	standbyTables := make([]stream.Table, len(w.a.Tables))
+	for i, d := range w.a.Tables {
+		standbyTables[i] = d.make(w.tenv, false)
 	}
-	standby := &stream.Standby{
-		Replicas:      cfg.StandbyReplicas,
-		Self:          self,
-		Owners:        directory.Owners,
-		Tables:        standbyTables,
-		Client:        clients.restore,
-		Restore:       restore,
-		DB:            db,
-		ReadCommitted: cfg.Guarantee == config.ExactlyOnce,
-		Log:           log.With("component", "standby"),
-		Every:         2 * time.Second,
+	w.standby = &stream.Standby{
+		Replicas: cfg.StandbyReplicas, Self: w.self, Owners: w.directory.Owners, Tables: standbyTables,
+		Client: cs.restore, Restore: w.restore, DB: w.db, ReadCommitted: cfg.Guarantee == config.ExactlyOnce,
+		Log: w.log.With("component", "standby"), Every: 2 * time.Second,
 	}
+	return nil
+}
+
+// startApp starts the app's parts and the stream runtime that feeds its
+// agent.
+func (w *worker) startApp(context.Context) error {
+	cfg := w.cfg
+	var err error
+	if w.parts, err = w.a.Start(w.services()); err != nil {
+		return err
+	}
+	handler := w.parts.Agent
+	if w.hooks.Handler != nil {
+		handler = w.hooks.Handler(handler)
+	}
+	w.rt = stream.New(stream.Options{
+		Topic: cfg.Topic, DeadLetterTopic: cfg.DeadLetterTopic(), CommitInterval: cfg.CommitInterval,
+		Tables: w.tables, Handler: handler, Group: w.group,
+		// Not the group's client: its connection may be held by a
+		// JoinGroup for as long as a rebalance lasts.
+		Client: w.clients.restore, Restore: w.restore, Producer: w.producer, DB: w.db,
+		State: w.state, Standby: w.standby, GroupID: cfg.Group,
+		Transactions: transactions(cfg, w.clients, w.brokers),
+		// The admin client's connection is mostly idle; the group's is
+		// busy with fetches that a commit would queue behind.
+		Committer:      &kafka.OffsetCommitter{Client: w.clients.admin, Group: cfg.Group, InstanceID: cfg.InstanceID},
+		CommittedAt:    committedAt(w.admin, cfg.Group, cfg.Topic),
+		SessionTimeout: cfg.SessionTimeout,
+		Hooks:          w.streamHooks,
+		Log:            w.log.With("component", "stream"),
+		Clock:          w.clock,
+	})
+	if w.hooks.Runtime != nil {
+		w.hooks.Runtime(w.rt)
+	}
+	return nil
+}
+
+// services are what the runtime offers the app's parts.
+func (w *worker) services() *Services {
+	cfg := w.cfg
 	partitions := func() (int32, error) {
-		ps, err := clients.group.Partitions(cfg.Topic)
+		ps, err := w.clients.group.Partitions(cfg.Topic)
 		return int32(len(ps)), err
 	}
 	// The producer's partitioner; sarama's hashes with state of its own,
 	// so one call at a time.
-	partitioner := clients.base.Producer.Partitioner(cfg.Topic)
-	var partitionerMu sync.Mutex
+	partitioner := w.clients.base.Producer.Partitioner(cfg.Topic)
+	var mu sync.Mutex
 	partitionOf := func(key string) (int32, error) {
 		n, err := partitions()
 		if err != nil {
 			return 0, err
 		}
-		partitionerMu.Lock()
-		defer partitionerMu.Unlock()
+		mu.Lock()
+		defer mu.Unlock()
 		return partitioner.Partition(&sarama.ProducerMessage{Key: sarama.StringEncoder(key)}, n)
 	}
-	parts, err := a.Start(&Services{
-		Config:      cfg,
-		Log:         log,
-		Clock:       clock,
-		Producer:    producer,
-		Self:        self,
-		Owners:      directory.Owners,
-		Partitions:  partitions,
-		PartitionOf: partitionOf,
-		Owned:       state.Recovered,
-		Ready:       state.Ready,
+	return &Services{
+		Config: cfg, Log: w.log, Clock: w.clock, Producer: w.producer, Self: w.self,
+		Owners: w.directory.Owners, Partitions: partitions, PartitionOf: partitionOf,
+		Owned: w.state.Recovered, Ready: w.state.Ready,
 		Late: func(tbl string) func(int32) {
-			return func(p int32) { streamHooks.Late(tbl, p) }
+			return func(p int32) { w.streamHooks.Late(tbl, p) }
 		},
 		ObserveLivecheck: func(ok bool, took time.Duration, err error) {
 			if ok {
-				mc.Count(metrics.LivecheckSuccess, 1)
-				mc.Timing(metrics.LivecheckLatency, took)
+				w.mc.Count(metrics.LivecheckSuccess, 1)
+				w.mc.Timing(metrics.LivecheckLatency, took)
 				return
 			}
-			mc.Count(metrics.LivecheckFailure, 1)
-			log.Warn("livecheck failed", "error", err)
+			w.mc.Count(metrics.LivecheckFailure, 1)
+			w.log.Warn("livecheck failed", "error", err)
 		},
-	})
-	if err != nil {
-		return err
 	}
-	handler := parts.Agent
-	if hooks.Handler != nil {
-		handler = hooks.Handler(handler)
-	}
-	rt := stream.New(stream.Options{
-		Topic:           cfg.Topic,
-		DeadLetterTopic: cfg.DeadLetterTopic(),
-		CommitInterval:  cfg.CommitInterval,
-		Tables:          tables,
-		Handler:         handler,
-		Group:           group,
-		// Not the group's client: its connection may be held by a
-		// JoinGroup for as long as a rebalance lasts.
-		Client:       clients.restore,
-		Restore:      restore,
-		Producer:     producer,
-		DB:           db,
-		State:        state,
-		Standby:      standby,
-		GroupID:      cfg.Group,
-		Transactions: transactions(cfg, clients, brokers),
-		// The admin client's connection is mostly idle; the group's is
-		// busy with fetches that a commit would queue behind.
-		Committer:      &kafka.OffsetCommitter{Client: clients.admin, Group: cfg.Group, InstanceID: cfg.InstanceID},
-		CommittedAt:    committedAt(admin, cfg.Group, cfg.Topic),
-		SessionTimeout: cfg.SessionTimeout,
-		Hooks:          streamHooks,
-		Log:            log.With("component", "stream"),
-		Clock:          clock,
-	})
+}
 
-	if hooks.Runtime != nil {
-		hooks.Runtime(rt)
+// schedule sets the timers: the livecheck once per group (on the leader),
+// the sampled gauges on every worker, and the app's own.
+func (w *worker) schedule(context.Context) error {
+	cfg, state := w.cfg, w.state
+	w.sched.Leader = func() bool { return slices.Contains(state.Recovered(), 0) }
+	if w.parts.Livecheck != nil && cfg.LivecheckInterval > 0 {
+		w.sched.Timer("livecheck", cfg.LivecheckInterval, true, w.parts.Livecheck.Run)
 	}
-
-	health := healthcheck.NewHandler()
-	health.AddLivenessCheck("goroutines", healthcheck.GoroutineCountCheck(10000))
-	health.AddLivenessCheck("processing", func() error { return state.Live(cfg.StallTimeout) })
-	health.AddReadinessCheck("group", func() error {
-		if ok, reason := state.Ready(); !ok {
-			return errors.New(reason)
-		}
-		return nil
-	})
-	// Timers: the livecheck once per group (on the leader), the sampled
-	// gauges on every worker, and the app's own.
-	sched.Leader = func() bool { return slices.Contains(state.Recovered(), 0) }
-	if parts.Livecheck != nil && cfg.LivecheckInterval > 0 {
-		sched.Timer("livecheck", cfg.LivecheckInterval, true, parts.Livecheck.Run)
-	}
-	stats := make(map[string]interface{ Stats() table.Stats }, len(tables))
+	stats := make(map[string]interface{ Stats() table.Stats }, len(w.tables))
 	topics := []string{cfg.Topic, cfg.DeadLetterTopic()}
 	var windowed []string
-	for _, t := range tables {
+	for _, t := range w.tables {
 		if st, ok := t.(interface{ Stats() table.Stats }); ok {
 			stats[t.Name()] = st
 		}
@@ -361,95 +442,110 @@ func RunWorker(ctx context.Context, a *App, cfg *config.Config, log *slog.Logger
 		}
 	}
 	sampler := &metrics.Sampler{
-		C:          mc,
-		Tables:     stats,
-		Store:      db,
+		C: w.mc, Tables: stats, Store: w.db,
 		Partitions: func() int { all, _ := state.Assigned(); return len(all) },
-		Standby:    func() int { return len(standby.Partitions()) },
+		Standby:    func() int { return len(w.standby.Partitions()) },
 	}
-	sched.Timer("gauges", cfg.MetricsInterval, false, func(context.Context) error {
+	w.sched.Timer("gauges", cfg.MetricsInterval, false, func(context.Context) error {
 		sampler.Sample()
 		all, _ := state.Assigned()
-		streamHooks.Zero(all, topics, windowed...)
+		w.streamHooks.Zero(all, topics, windowed...)
 		return nil
 	})
-	for _, t := range parts.Timers {
-		if t.Cron != "" {
-			if err := sched.Crontab(t.Name, t.Cron, t.Leader, t.Run); err != nil {
-				return err
-			}
-			continue
+	for _, t := range w.parts.Timers {
+		if t.Cron == "" {
+			w.sched.Timer(t.Name, t.Every, t.Leader, t.Run)
+		} else if err := w.sched.Crontab(t.Name, t.Cron, t.Leader, t.Run); err != nil {
+			return err
 		}
-		sched.Timer(t.Name, t.Every, t.Leader, t.Run)
 	}
+	return nil
+}
 
+// serve puts the app's pages and the probes behind the open port.
+func (w *worker) serve(context.Context) error {
+	state := w.state
+	health := healthcheck.NewHandler()
+	health.AddLivenessCheck("goroutines", healthcheck.GoroutineCountCheck(10000))
+	health.AddLivenessCheck("processing", func() error { return state.Live(w.cfg.StallTimeout) })
+	health.AddReadinessCheck("group", func() error {
+		if ok, reason := state.Ready(); !ok {
+			return errors.New(reason)
+		}
+		return nil
+	})
 	var livecheck func() error
-	if parts.Livecheck != nil {
-		livecheck = parts.Livecheck.Check
+	if w.parts.Livecheck != nil {
+		livecheck = w.parts.Livecheck.Check
 	}
-	route := web.Route(parts.Pages)
-	front.Serve(tracing.HTTP(mc.HTTP((&web.Server{
-		Pages:     parts.Pages,
-		Readiness: state,
-		Health:    health,
-		Livecheck: livecheck,
-		Log:       log.With("component", "web"),
+	route := web.Route(w.parts.Pages)
+	w.front.Serve(tracing.HTTP(w.mc.HTTP((&web.Server{
+		Pages: w.parts.Pages, Readiness: state, Health: health, Livecheck: livecheck, Log: w.log.With("component", "web"),
 	}).Handler(), route), route))
+	return nil
+}
 
-	if cfg.PprofAddr != "" {
-		// Profiles on their own listener, never on the public port.
-		pln, err := net.Listen("tcp", cfg.PprofAddr)
-		if err != nil {
-			return fmt.Errorf("listen on PPROF_ADDR=%s: %w", cfg.PprofAddr, err)
-		}
-		psrv := &http.Server{Handler: pprofMux(), ReadHeaderTimeout: 5 * time.Second}
-		go func() { _ = psrv.Serve(pln) }()
-		cleanups = append(cleanups, psrv.Close)
-		log.Info("pprof listening", "addr", pln.Addr().String())
+// startPprof serves profiles on their own listener, never on the public
+// port, when PPROF_ADDR is set.
+func (w *worker) startPprof(context.Context) error {
+	if w.cfg.PprofAddr == "" {
+		return nil
 	}
+	pln, err := net.Listen("tcp", w.cfg.PprofAddr)
+	if err != nil {
+		return fmt.Errorf("listen on PPROF_ADDR=%s: %w", w.cfg.PprofAddr, err)
+	}
+	psrv := &http.Server{Handler: pprofMux(), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = psrv.Serve(pln) }()
+	w.onStop(psrv.Close)
+	w.log.Info("pprof listening", "addr", pln.Addr().String())
+	return nil
+}
 
+// run runs the HTTP server, the standbys, the scheduler and the stream
+// runtime until ctx ends or one fails. SHUTDOWN_TIMEOUT bounds the warm
+// shutdown: if flushing, committing and leaving take longer, the worker
+// gives up like a cold shutdown (the changelogs hold the state) and skips
+// the stops, which could block on the parts still running.
+func (w *worker) run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		if err := <-served; err != nil && !web.IsClosed(err) {
+		if err := <-w.served; err != nil && !web.IsClosed(err) {
 			return fmt.Errorf("http: %w", err)
 		}
 		return nil
 	})
-	g.Go(func() error { return standby.Run(gctx) })
-	g.Go(func() error { return sched.Run(gctx) })
+	g.Go(func() error { return w.standby.Run(gctx) })
+	g.Go(func() error { return w.sched.Run(gctx) })
 	g.Go(func() error {
-		err := rt.Run(gctx)
+		err := w.rt.Run(gctx)
 		// The runtime has flushed, committed and left the group. The web
 		// server keeps answering until here, then gets a grace period.
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if serr := srv.Shutdown(sctx); serr != nil {
+		if serr := w.srv.Shutdown(sctx); serr != nil {
 			// Connections still open after the grace period (idle ones a
 			// load balancer opened, or slow clients) are cut: the worker's
 			// state is already safe, so this is not a failed shutdown.
-			log.Warn("http: closing connections still open after the grace period", "error", serr)
-			_ = srv.Close()
+			w.log.Warn("http: closing connections still open after the grace period", "error", serr)
+			_ = w.srv.Close()
 		}
 		return err
 	})
-	// SHUTDOWN_TIMEOUT bounds the whole warm shutdown: if flushing,
-	// committing and leaving take longer, the worker gives up like a cold
-	// shutdown (the changelogs hold the state) and skips the cleanups,
-	// which could block on the parts still running.
 	waited := make(chan error, 1)
 	go func() { waited <- g.Wait() }()
 	select {
 	case err := <-waited:
-		return windowsChanged(a, err, filepath.Join(cfg.DataDir, "state"))
+		return windowsChanged(w.a, err, w.storeDir())
 	case <-ctx.Done():
 	}
-	deadline = time.Now().Add(cfg.ShutdownTimeout)
+	w.deadline = time.Now().Add(w.cfg.ShutdownTimeout)
 	select {
 	case err := <-waited:
 		return err
-	case <-time.After(cfg.ShutdownTimeout):
-		abandon = true
-		return fmt.Errorf("warm shutdown did not finish within SHUTDOWN_TIMEOUT=%s; exiting without it (the changelogs hold the state)", cfg.ShutdownTimeout)
+	case <-time.After(w.cfg.ShutdownTimeout):
+		w.abandon = true
+		return fmt.Errorf("warm shutdown did not finish within SHUTDOWN_TIMEOUT=%s; exiting without it (the changelogs hold the state)", w.cfg.ShutdownTimeout)
 	}
 }
 
