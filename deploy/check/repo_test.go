@@ -1,14 +1,10 @@
 package check
 
 import (
-	"go/ast"
-	"go/parser"
-	"go/token"
 	"os"
 	"path/filepath"
 	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -75,62 +71,39 @@ func skipOrFail(tb testing.TB, format string, args ...any) {
 	tb.SkipNow()
 }
 
-var envNameRE = regexp.MustCompile(`^[A-Z][A-Z0-9_]{2,}$`)
-
 var (
 	workerEnvOnce sync.Once
 	workerEnvSet  map[string]bool
 	workerEnvErr  error
 )
 
-// workerEnv lists the environment variables the worker itself reads: every
-// upper-case string literal passed as the first argument of a call in
-// internal/config (the one place settings are read) and cmd/pageviews.
+// workerEnv lists the environment variables the worker itself reads:
+// those of docs/settings.md, which is generated from the declarations (the
+// runtime's and the app's) and kept equal to them by a test.
 func workerEnv(tb testing.TB) map[string]bool {
 	tb.Helper()
 	workerEnvOnce.Do(func() {
 		workerEnvSet = map[string]bool{}
-		fset := token.NewFileSet()
-		for _, dir := range []string{"internal/config", "cmd/pageviews"} {
-			files, err := filepath.Glob(filepath.Join(repoRoot(tb), dir, "*.go"))
-			if err != nil {
-				workerEnvErr = err
-				return
-			}
-			for _, f := range files {
-				if strings.HasSuffix(f, "_test.go") {
-					continue
-				}
-				file, err := parser.ParseFile(fset, f, nil, 0)
-				if err != nil {
-					workerEnvErr = err
-					return
-				}
-				ast.Inspect(file, func(n ast.Node) bool {
-					call, ok := n.(*ast.CallExpr)
-					if !ok || len(call.Args) == 0 {
-						return true
-					}
-					lit, ok := call.Args[0].(*ast.BasicLit)
-					if !ok || lit.Kind != token.STRING {
-						return true
-					}
-					if s, err := strconv.Unquote(lit.Value); err == nil && envNameRE.MatchString(s) {
-						workerEnvSet[s] = true
-					}
-					return true
-				})
-			}
+		data, err := os.ReadFile(filepath.Join(repoRoot(tb), "docs", "settings.md"))
+		if err != nil {
+			workerEnvErr = err
+			return
+		}
+		for _, m := range settingRowRE.FindAllStringSubmatch(string(data), -1) {
+			workerEnvSet[m[1]] = true
 		}
 	})
 	if workerEnvErr != nil {
 		tb.Fatal(workerEnvErr)
 	}
 	if len(workerEnvSet) < 10 {
-		tb.Fatalf("found only %d environment variables in internal/config: has the way settings are read changed?", len(workerEnvSet))
+		tb.Fatalf("found only %d environment variables in docs/settings.md: has its table changed?", len(workerEnvSet))
 	}
 	return workerEnvSet
 }
+
+// settingRowRE matches a row of the table in docs/settings.md.
+var settingRowRE = regexp.MustCompile("(?m)^\\| `([A-Z][A-Z0-9_]*)` \\|")
 
 // libraryEnv are variables read by a library the worker links or by the Go
 // runtime rather than by internal/config.

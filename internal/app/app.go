@@ -224,3 +224,14 @@ func (t *Windowed[V]) changelog(e *tableEnv) kafka.Topic {
 	w := e.windows[t.name]
 	return kafka.Topic{Name: Changelog(e.group, t.name), Configs: kafka.WindowedChangelogConfigs(w.Size, w.Expires)}
 }
+
+// SettingsDoc is docs/settings.md for the worker of a: every variable it
+// reads, its default and its meaning.
+func SettingsDoc(a *App) string {
+	return "# Settings\n\n" +
+		"Generated from the declarations (the runtime's in `internal/config`, the app's in its `App()`);\n" +
+		"a test fails when this file and they differ. Every setting comes from the environment, is read\n" +
+		"once and validated at start; a bad value stops the worker with exit status 2 and one line naming\n" +
+		"the variable, the value and what is allowed.\n\n" +
+		config.Markdown(config.Settings(a.Spec()))
+}

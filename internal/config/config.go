@@ -136,7 +136,39 @@ type WindowSpec struct {
 // Load reads and validates the configuration of the app that spec
 // declares. getenv is os.Getenv in production and a map lookup in tests.
 func Load(getenv func(string) string, spec Spec) (*Config, error) {
-	r := &Reader{getenv: getenv}
+	return load(&Reader{getenv: getenv}, spec)
+}
+
+// Setting is one variable a worker reads: its default, as documented, and
+// what it means.
+type Setting struct {
+	Var, Default, Doc string
+}
+
+// Settings lists the variables a worker of spec reads, in the order it
+// reads them (docs/settings.md is made from it).
+func Settings(spec Spec) []Setting {
+	r := &Reader{getenv: func(string) string { return "" }}
+	_, _ = load(r, spec)
+	return r.declared
+}
+
+// Markdown is the table of settings for the docs.
+func Markdown(ss []Setting) string {
+	var b strings.Builder
+	b.WriteString("| variable | default | meaning |\n|---|---|---|\n")
+	for _, s := range ss {
+		def := "empty"
+		if s.Default != "" {
+			def = "`" + s.Default + "`"
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", s.Var, def, s.Doc)
+	}
+	return b.String()
+}
+
+func load(r *Reader, spec Spec) (*Config, error) {
+	r.Doc(spec.TopicVar, "the source topic; records that cannot be processed go to `<topic>-dlq`")
 	c := &Config{
 		Service:            r.name("DD_SERVICE", spec.Name),
 		Env:                r.str("DD_ENV", "dev"),
@@ -161,7 +193,7 @@ func Load(getenv func(string) string, spec Spec) (*Config, error) {
 		TLSServerName:      r.str("KAFKA_TLS_SERVER_NAME", ""),
 		SASLMechanism:      r.oneOf("KAFKA_SASL_MECHANISM", "", "", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
 		SASLUser:           r.str("KAFKA_SASL_USERNAME", ""),
-		SASLPassword:       r.getenv("KAFKA_SASL_PASSWORD"),
+		SASLPassword:       r.secret("KAFKA_SASL_PASSWORD"),
 		WebAddr:            r.addr("WEB_ADDR", ":8088"),
 		PprofAddr:          r.optionalAddr("PPROF_ADDR"),
 		DataDir:            r.str("DATA_DIR", "./data"),
@@ -180,7 +212,7 @@ func Load(getenv func(string) string, spec Spec) (*Config, error) {
 		LogLevel:           r.level("LOG_LEVEL", slog.LevelInfo),
 	}
 	for _, w := range spec.Windows {
-		c.Windows[w.Table] = r.window(w)
+		c.Windows[w.Table] = r.window(w, c.Group)
 	}
 	if spec.Settings != nil {
 		r.app = true
@@ -201,7 +233,11 @@ func Load(getenv func(string) string, spec Spec) (*Config, error) {
 }
 
 // window reads a windowed table's window.
-func (r *Reader) window(w WindowSpec) window.Tumbling {
+func (r *Reader) window(w WindowSpec, group string) window.Tumbling {
+	// The table by its changelog, the name it has everywhere.
+	table := "the table with the changelog `" + group + "-" + w.Table + "-changelog`"
+	r.Doc(w.Var+"_SIZE", "size of the tumbling windows (a Go duration) of "+table)
+	r.Doc(w.Var+"_EXPIRES", "how long after its end a window of "+table+" is kept (relative to the newest event time)")
 	size := r.duration(w.Var+"_SIZE", w.Size, time.Second)
 	expires := r.duration(w.Var+"_EXPIRES", w.Expires, time.Second)
 	if size%time.Millisecond != 0 {
@@ -277,6 +313,10 @@ func (c *Config) String() string { return c.LogValue().String() }
 type Reader struct {
 	getenv func(string) string
 	err    error
+	// declared are the variables read, with their defaults and docs;
+	// docs are the app's (Doc).
+	declared []Setting
+	docs     map[string]string
 	// app: the reads are the app's, logged as logged.
 	app    bool
 	logged []slog.Attr
@@ -309,9 +349,54 @@ func (r *Reader) OneOf(name, def string, allowed ...string) string {
 
 // Secret reads a string that is never logged.
 func (r *Reader) Secret(name string) string {
-	v := r.getenv(name)
+	v := r.secret(name)
 	r.log(name, mask(v))
 	return v
+}
+
+func (r *Reader) secret(name string) string {
+	r.declare(name, "")
+	return r.getenv(name)
+}
+
+// Doc says what the variable name means, for docs/settings.md.
+func (r *Reader) Doc(name, text string) {
+	if r.docs == nil {
+		r.docs = map[string]string{}
+	}
+	r.docs[name] = text
+	for i := range r.declared {
+		if r.declared[i].Var == name {
+			r.declared[i].Doc = text
+		}
+	}
+}
+
+// declare notes that name is read with the default def; the first
+// declaration of a variable is the one kept.
+func (r *Reader) declare(name, def string) {
+	for _, s := range r.declared {
+		if s.Var == name {
+			return
+		}
+	}
+	doc, ok := r.docs[name]
+	if !ok {
+		doc = runtimeDocs()[name]
+	}
+	r.declared = append(r.declared, Setting{Var: name, Default: def, Doc: doc})
+}
+
+// shortDuration writes d as a person would: 1m rather than 1m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 // Fail reports a value that the checks above cannot see is wrong (one
@@ -333,6 +418,7 @@ func (r *Reader) fail(name, value, allowed string) {
 }
 
 func (r *Reader) str(name, def string) string {
+	r.declare(name, def)
 	if v := strings.TrimSpace(r.getenv(name)); v != "" {
 		return v
 	}
@@ -365,6 +451,7 @@ func (r *Reader) topic(name, def string) string {
 }
 
 func (r *Reader) integer(name string, def, lo, hi int) int {
+	r.declare(name, strconv.Itoa(def))
 	raw := r.str(name, "")
 	if raw == "" {
 		return def
@@ -378,6 +465,7 @@ func (r *Reader) integer(name string, def, lo, hi int) int {
 }
 
 func (r *Reader) duration(name string, def, lo time.Duration) time.Duration {
+	r.declare(name, shortDuration(def))
 	raw := r.str(name, "")
 	if raw == "" {
 		return def
@@ -391,6 +479,7 @@ func (r *Reader) duration(name string, def, lo time.Duration) time.Duration {
 }
 
 func (r *Reader) list(name string) []string {
+	r.declare(name, "")
 	var out []string
 	for _, part := range strings.Split(r.getenv(name), ",") {
 		part = strings.TrimSpace(part)
@@ -417,6 +506,7 @@ func (r *Reader) addr(name, def string) string {
 
 // durationOrZero is duration, where "0" turns the feature off.
 func (r *Reader) durationOrZero(name string, def, lo time.Duration) time.Duration {
+	r.declare(name, shortDuration(def))
 	if strings.TrimSpace(r.getenv(name)) == "0" {
 		return 0
 	}
@@ -427,6 +517,9 @@ func (r *Reader) durationOrZero(name string, def, lo time.Duration) time.Duratio
 // (unix:///path or udp://host:port) wins over DD_AGENT_HOST and
 // DD_DOGSTATSD_PORT (default 8125).
 func (r *Reader) statsdAddr() string {
+	r.declare("DD_DOGSTATSD_URL", "")
+	r.declare("DD_AGENT_HOST", "")
+	r.declare("DD_DOGSTATSD_PORT", "8125")
 	if u := r.str("DD_DOGSTATSD_URL", ""); u != "" {
 		switch {
 		case strings.HasPrefix(u, "unix://"):
@@ -451,6 +544,7 @@ func (r *Reader) statsdAddr() string {
 }
 
 func (r *Reader) boolean(name string) bool {
+	r.declare(name, "false")
 	switch v := strings.ToLower(r.str(name, "")); v {
 	case "", "0", "false", "no":
 		return false
@@ -509,6 +603,7 @@ func (r *Reader) oneOf(name, def string, allowed ...string) string {
 }
 
 func (r *Reader) level(name string, def slog.Level) slog.Level {
+	r.declare(name, strings.ToLower(def.String()))
 	raw := r.str(name, "")
 	if raw == "" {
 		return def

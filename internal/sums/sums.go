@@ -1,7 +1,7 @@
 // Package sums is a second, small app: the sum of an amount per key, in
 // the window of now and in total, on one page. It is what a team's own
 // worker looks like on the runtime, and the runtime's own tests run their
-// guarantees against it, apart from page views.
+// guarantees against it, apart from the example domain.
 package sums
 
 import (

@@ -1,0 +1,51 @@
+package config
+
+// runtimeDocs says what each of the runtime's variables means; an app
+// documents its own with Reader.Doc. A test keeps every variable read
+// documented.
+func runtimeDocs() map[string]string {
+	return map[string]string{
+		"DD_SERVICE":                         "service name: metric namespace, tracer service name",
+		"DD_ENV":                             "environment tag of metrics and traces",
+		"DD_VERSION":                         "version tag of metrics and traces (the build's version when unset)",
+		"KAFKA_GROUP":                        "consumer group, and the prefix of the changelog topics (`<group>-<table>-changelog`)",
+		"PARTITIONS":                         "partitions of the topics the worker creates when they are missing",
+		"TOPIC_REPLICATION_FACTOR":           "replication of created topics; -1 is the broker's default",
+		"KAFKA_BROKERS":                      "comma-separated `host:port` list; empty starts the embedded dev broker",
+		"EMBEDDED_KAFKA_ADDR":                "where the embedded dev broker listens",
+		"KAFKA_INSTANCE_ID":                  "static group membership id (the Helm chart sets the pod name)",
+		"PROCESSING_GUARANTEE":               "`at_least_once` or `exactly_once`",
+		"KAFKA_REBALANCE_PROTOCOL":           "`cooperative` (incremental: partitions that stay keep processing) or `eager`",
+		"KAFKA_SESSION_TIMEOUT":              "how long the group waits for a silent member (a static member restarting within it keeps its partitions)",
+		"ADVERTISED_URL":                     "where other workers reach this one for cluster-wide reads; empty: `http://<hostname>:<port>` (the Helm chart sets the pod's DNS name)",
+		"TABLE_STANDBY_REPLICAS":             "warm copies of each table partition kept by other workers (tailing the changelog), so a failover replays only the tail",
+		"KAFKA_TLS_ENABLED":                  "TLS to the brokers",
+		"KAFKA_TLS_CA_FILE":                  "PEM CA bundle for the brokers' certificates; empty uses the system roots",
+		"KAFKA_TLS_CERT_FILE":                "client certificate (mutual TLS), with `KAFKA_TLS_KEY_FILE`",
+		"KAFKA_TLS_KEY_FILE":                 "client key (mutual TLS), with `KAFKA_TLS_CERT_FILE`",
+		"KAFKA_TLS_SERVER_NAME":              "the name checked in the brokers' certificates, when not their host",
+		"KAFKA_SASL_MECHANISM":               "`PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`; empty: no SASL",
+		"KAFKA_SASL_USERNAME":                "SASL user",
+		"KAFKA_SASL_PASSWORD":                "SASL password; never logged",
+		"WEB_ADDR":                           "HTTP address",
+		"PPROF_ADDR":                         "serve `net/http/pprof` on this (private) address; empty: off",
+		"DATA_DIR":                           "local state (Pebble in `state/`, the embedded broker in `kafka/`)",
+		"COMMIT_INTERVAL":                    "how often table changes are flushed and source offsets committed",
+		"SHUTDOWN_TIMEOUT":                   "bound on a warm shutdown",
+		"DD_DOGSTATSD_URL":                   "where DogStatsD metrics go: `udp://host:port` or `unix:///path`; wins over `DD_AGENT_HOST`",
+		"DD_AGENT_HOST":                      "host of the DogStatsD agent; empty (and no `DD_DOGSTATSD_URL`): metrics off",
+		"DD_DOGSTATSD_PORT":                  "port of the DogStatsD agent",
+		"LIVECHECK_INTERVAL":                 "how often the end-to-end livecheck runs (on one worker of the group); `0` turns it off",
+		"LIVECHECK_SLO":                      "how long the livecheck's synthetic record may take to be processed",
+		"STALL_TIMEOUT":                      "how long a partition with waiting records may make no progress before `/live` fails",
+		"METRICS_INTERVAL":                   "how often sampled gauges (tables, store, runtime) are sent",
+		"OTEL_TRACES_EXPORTER":               "`otlp`, `console` or `none`; empty: `otlp` when an endpoint is set, else off",
+		"OTEL_EXPORTER_OTLP_ENDPOINT":        "OTLP base URL for traces",
+		"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "OTLP traces URL (wins over the base URL)",
+		"OTEL_EXPORTER_OTLP_PROTOCOL":        "`http/protobuf` or `grpc`",
+		"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "`http/protobuf` or `grpc`, for traces (wins over `OTEL_EXPORTER_OTLP_PROTOCOL`)",
+		"OTEL_SERVICE_NAME":                  "service name of the traces (`DD_SERVICE` when unset)",
+		"LOG_FORMAT":                         "`json` or `text` (`make run` uses text)",
+		"LOG_LEVEL":                          "`debug`, `info`, `warn` or `error`",
+	}
+}
