@@ -2,7 +2,6 @@ package pageview
 
 import (
 	"context"
-	"net/http"
 	"time"
 
 	"github.com/gofaust/pageviews/internal/app"
@@ -21,14 +20,7 @@ func App() *app.App {
 		Tables: []app.TableDecl{views, totals},
 		Start: func(s *app.Services) (app.Parts, error) {
 			tables := Tables{Views: views.Table(), Totals: totals.Table()}
-			router := &Router{
-				Local:      &Reporter{Tables: tables, Clock: s.Clock, Owned: s.Owned},
-				Self:       s.Self,
-				Owners:     s.Owners,
-				Partitions: s.Partitions,
-				Client:     &http.Client{Timeout: 5 * time.Second},
-				Log:        s.Log.With("component", "router"),
-			}
+			router := NewRouter(s, &Reporter{Tables: tables, Clock: s.Clock, Owned: s.Owned})
 			publisher := &Publisher{Sender: s.Producer, Topic: s.Config.Topic, Clock: s.Clock}
 			livecheck := &Livecheck{
 				Publish: publisher.Synthetic("livecheck"),

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gofaust/pageviews/internal/app"
 	"github.com/gofaust/pageviews/internal/web"
 )
 
@@ -23,12 +24,13 @@ type Reports interface {
 	LocalPartial(page string, partitions []int32, reserved bool) (*Partial, error)
 }
 
-// PartitionReporter is a Reports that can also answer a peer with each
-// partition's counts apart (?local=1&by_partition=1), so that the peer
-// keeps exactly the partitions it asked for. Without it, or without
-// by_partition, a peer gets the counts summed, as earlier versions answer.
-type PartitionReporter interface {
-	LocalByPartition(page string, partitions []int32, reserved bool) (*PeerAnswer, error)
+// PeerServer is a Reports that can also answer a peer with each
+// partition's counts apart (?local=1&by_partition=1, app.IsPeer), so that
+// the peer keeps exactly the partitions it asked for. Without it, or
+// without by_partition, a peer gets the counts summed, as earlier versions
+// answer.
+type PeerServer interface {
+	ServePeer(w http.ResponseWriter, r *http.Request)
 }
 
 // PageOptions is what the app's pages need.
@@ -80,6 +82,10 @@ func (o PageOptions) report(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if ps, ok := o.Reporter.(PeerServer); ok && app.IsPeer(r) {
+		ps.ServePeer(w, r)
+		return
+	}
 	if r.URL.Query().Get("local") == "1" {
 		o.localReport(w, r, page)
 		return
@@ -96,9 +102,8 @@ func (o PageOptions) report(w http.ResponseWriter, r *http.Request) {
 	web.JSON(w, http.StatusOK, rep)
 }
 
-// localReport answers a peer's request for the partitions this worker
-// holds: ?local=1&partitions=0,3 (all of them when partitions is absent),
-// by partition with &by_partition=1.
+// localReport answers a request for the partitions this worker holds,
+// summed: ?local=1&partitions=0,3 (all of them when partitions is absent).
 func (o PageOptions) localReport(w http.ResponseWriter, r *http.Request, page string) {
 	var parts []int32
 	if raw := r.URL.Query().Get("partitions"); raw != "" {
@@ -111,14 +116,7 @@ func (o PageOptions) localReport(w http.ResponseWriter, r *http.Request, page st
 			parts = append(parts, int32(p))
 		}
 	}
-	reserved := r.URL.Query().Get("reserved") == "1"
-	var part any
-	var err error
-	if pr, ok := o.Reporter.(PartitionReporter); ok && r.URL.Query().Get("by_partition") == "1" {
-		part, err = pr.LocalByPartition(page, parts, reserved)
-	} else {
-		part, err = o.Reporter.LocalPartial(page, parts, reserved)
-	}
+	part, err := o.Reporter.LocalPartial(page, parts, r.URL.Query().Get("reserved") == "1")
 	if err != nil {
 		o.Log.Error("local report failed", "error", err)
 		web.Error(w, http.StatusInternalServerError, "report failed: "+err.Error())

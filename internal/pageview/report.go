@@ -51,13 +51,6 @@ type PartitionCounts struct {
 	Pages     map[string]Counts `json:"pages"`
 }
 
-// PeerAnswer is what a worker answers a peer that asks for some of its
-// partitions with ?by_partition=1: the counts of each partition it read,
-// apart, so that the peer keeps exactly the partitions it asked for.
-type PeerAnswer struct {
-	ByPartition []PartitionCounts `json:"by_partition"`
-}
-
 // Merge adds o's partitions and counts to p.
 func (p *Partial) Merge(o *Partial) {
 	p.Partitions = append(p.Partitions, o.Partitions...)

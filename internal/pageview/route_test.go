@@ -15,6 +15,7 @@ import (
 
 	"github.com/heptiolabs/healthcheck"
 
+	"github.com/gofaust/pageviews/internal/app"
 	"github.com/gofaust/pageviews/internal/pageview"
 	"github.com/gofaust/pageviews/internal/web"
 )
@@ -145,12 +146,16 @@ func withPeer2(own map[string]pageview.PageReport) map[string]pageview.PageRepor
 // router is a Router over the fixture's tables, with fixed owners, four
 // partitions and self at http://self.
 func router(f *fixture, owners map[int32]string) *pageview.Router {
-	return &pageview.Router{
-		Local:      &pageview.Reporter{Tables: f.tables, Clock: f.clock.Now},
+	return pageview.NewRouter(services(owners), &pageview.Reporter{Tables: f.tables, Clock: f.clock.Now})
+}
+
+// services are the runtime's, as far as the router uses them: this worker
+// at http://self, owners fixed.
+func services(owners map[int32]string) *app.Services {
+	return &app.Services{
 		Self:       "http://self",
 		Owners:     func() (map[int32]string, error) { return owners, nil },
 		Partitions: func() (int32, error) { return int32(len(owners)), nil },
-		Client:     &http.Client{},
 		Log:        slog.New(slog.DiscardHandler),
 	}
 }
@@ -169,21 +174,15 @@ func TestRouterAsksPeers(t *testing.T) {
 	only := func(p int32) func() []int32 { return func() []int32 { return []int32{p} } }
 	for _, earlier := range []bool{false, true} {
 		t.Run(fmt.Sprintf("earlier=%v", earlier), func(t *testing.T) {
-			var peerReporter pageview.Reports = &pageview.Router{Local: &pageview.Reporter{Tables: f.tables, Clock: f.clock.Now, Owned: only(1)}}
+			var peerReporter pageview.Reports = pageview.NewRouter(services(nil), &pageview.Reporter{Tables: f.tables, Clock: f.clock.Now, Owned: only(1)})
 			if earlier {
 				peerReporter = summedOnly{peerReporter}
 			}
 			pages := pageview.Pages(pageview.PageOptions{Reporter: peerReporter, Ready: func() (bool, string) { return true, "" }, Log: slog.New(slog.DiscardHandler)})
 			peer := httptest.NewServer((&web.Server{Pages: pages, Health: healthcheck.NewHandler(), Log: slog.New(slog.DiscardHandler)}).Handler())
 			t.Cleanup(peer.Close)
-			rt := &pageview.Router{
-				Local:      &pageview.Reporter{Tables: f.tables, Clock: f.clock.Now, Owned: only(0)},
-				Self:       "http://self",
-				Owners:     func() (map[int32]string, error) { return map[int32]string{0: "http://self", 1: peer.URL}, nil },
-				Partitions: func() (int32, error) { return 2, nil },
-				Client:     &http.Client{},
-				Log:        slog.New(slog.DiscardHandler),
-			}
+			rt := pageview.NewRouter(services(map[int32]string{0: "http://self", 1: peer.URL}),
+				&pageview.Reporter{Tables: f.tables, Clock: f.clock.Now, Owned: only(0)})
 			rep, err := rt.Report(context.Background(), "")
 			if err != nil {
 				t.Fatal(err)
