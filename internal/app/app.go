@@ -89,8 +89,6 @@ type Services struct {
 	// Late counts an event of a windowed table that came after its window
 	// expired (the late_events metric).
 	Late func(table string) func(p int32)
-	// ObserveLivecheck records one livecheck's outcome (metrics, log).
-	ObserveLivecheck func(ok bool, took time.Duration, err error)
 }
 
 // Sender sends one record and waits for the broker's acknowledgement.
@@ -104,18 +102,11 @@ type Parts struct {
 	Agent stream.Handler
 	// Pages are served on the HTTP port next to the runtime's own.
 	Pages []web.Page
-	// Livecheck, if set, runs every LIVECHECK_INTERVAL on one worker of
-	// the group and is served on /livecheck.
-	Livecheck Livecheck
+	// Livecheck, if set, is the probe the runtime's livecheck runs (see
+	// Probe).
+	Livecheck Probe
 	// Timers run periodically, on every worker or only on the leader.
 	Timers []Timer
-}
-
-// Livecheck proves the whole pipeline works end to end.
-type Livecheck interface {
-	Run(ctx context.Context) error
-	// Check returns the last run's failure, or nil.
-	Check() error
 }
 
 // Timer is a periodic task: every Every, or at the times of the crontab

@@ -41,12 +41,13 @@ type TB interface {
 // Faust's test_context, goka's tester and Kafka Streams'
 // TopologyTestDriver are the models.
 type Driver struct {
-	tb     TB
-	cfg    *config.Config
-	tables []stream.Table
-	parts  Parts
-	db     *store.DB
-	pages  http.Handler
+	tb        TB
+	cfg       *config.Config
+	tables    []stream.Table
+	parts     Parts
+	livecheck *livecheck
+	db        *store.DB
+	pages     http.Handler
 
 	mu          sync.Mutex
 	now         time.Time
@@ -116,14 +117,14 @@ func NewDriver(tb TB, a *App, env map[string]string, start time.Time) *Driver {
 		Late: func(table string) func(int32) {
 			return func(int32) { d.mu.Lock(); d.late[table]++; d.mu.Unlock() }
 		},
-		ObserveLivecheck: func(bool, time.Duration, error) {},
 	})
 	if err != nil {
 		tb.Fatalf("driver: start: %v", err)
 	}
 	var livecheck func() error
 	if d.parts.Livecheck != nil {
-		livecheck = d.parts.Livecheck.Check
+		d.livecheck = newLivecheck(d.parts.Livecheck, cfg.LivecheckSLO, func(bool, time.Duration, error) {})
+		livecheck = d.livecheck.Check
 	}
 	// The worker's HTTP server, as it serves the app's pages.
 	d.pages = (&web.Server{Pages: d.parts.Pages, Readiness: recovered{}, Health: healthcheck.NewHandler(),
@@ -260,10 +261,10 @@ func (d *Driver) Get(path string) (int, []byte) {
 
 // Livecheck runs the app's livecheck once.
 func (d *Driver) Livecheck(ctx context.Context) error {
-	if d.parts.Livecheck == nil {
+	if d.livecheck == nil {
 		return errors.New("the app declares no livecheck")
 	}
-	return d.parts.Livecheck.Run(ctx)
+	return d.livecheck.Run(ctx)
 }
 
 func (d *Driver) partitions() []int32 {

@@ -118,6 +118,7 @@ type worker struct {
 	directory   *stream.Directory
 	standby     *stream.Standby
 	parts       Parts
+	livecheck   *livecheck
 	rt          *stream.Runtime
 }
 
@@ -409,16 +410,18 @@ func (w *worker) services() *Services {
 		Late: func(tbl string) func(int32) {
 			return func(p int32) { w.streamHooks.Late(tbl, p) }
 		},
-		ObserveLivecheck: func(ok bool, took time.Duration, err error) {
-			if ok {
-				w.mc.Count(metrics.LivecheckSuccess, 1)
-				w.mc.Timing(metrics.LivecheckLatency, took)
-				return
-			}
-			w.mc.Count(metrics.LivecheckFailure, 1)
-			w.log.Warn("livecheck failed", "error", err)
-		},
 	}
+}
+
+// observeLivecheck counts one livecheck's outcome, and logs a failure.
+func (w *worker) observeLivecheck(ok bool, took time.Duration, err error) {
+	if ok {
+		w.mc.Count(metrics.LivecheckSuccess, 1)
+		w.mc.Timing(metrics.LivecheckLatency, took)
+		return
+	}
+	w.mc.Count(metrics.LivecheckFailure, 1)
+	w.log.Warn("livecheck failed", "error", err)
 }
 
 // schedule sets the timers: the livecheck once per group (on the leader),
@@ -426,8 +429,11 @@ func (w *worker) services() *Services {
 func (w *worker) schedule(context.Context) error {
 	cfg, state := w.cfg, w.state
 	w.sched.Leader = func() bool { return slices.Contains(state.Recovered(), 0) }
-	if w.parts.Livecheck != nil && cfg.LivecheckInterval > 0 {
-		w.sched.Timer("livecheck", cfg.LivecheckInterval, true, w.parts.Livecheck.Run)
+	if w.parts.Livecheck != nil {
+		w.livecheck = newLivecheck(w.parts.Livecheck, cfg.LivecheckSLO, w.observeLivecheck)
+		if cfg.LivecheckInterval > 0 {
+			w.sched.Timer("livecheck", cfg.LivecheckInterval, true, w.livecheck.Run)
+		}
 	}
 	stats := make(map[string]interface{ Stats() table.Stats }, len(w.tables))
 	topics := []string{cfg.Topic, cfg.DeadLetterTopic()}
@@ -475,8 +481,8 @@ func (w *worker) serve(context.Context) error {
 		return nil
 	})
 	var livecheck func() error
-	if w.parts.Livecheck != nil {
-		livecheck = w.parts.Livecheck.Check
+	if w.livecheck != nil {
+		livecheck = w.livecheck.Check
 	}
 	route := web.Route(w.parts.Pages)
 	w.front.Serve(tracing.HTTP(w.mc.HTTP((&web.Server{

@@ -22,15 +22,7 @@ func App() *app.App {
 			tables := Tables{Views: views.Table(), Totals: totals.Table()}
 			router := NewRouter(s, &Reporter{Tables: tables, Clock: s.Clock, Owned: s.Owned})
 			publisher := &Publisher{Sender: s.Producer, Topic: s.Config.Topic, Clock: s.Clock}
-			livecheck := &Livecheck{
-				Publish: publisher.Synthetic("livecheck"),
-				Count:   router.Count,
-				SLO:     s.Config.LivecheckSLO,
-				Poll:    100 * time.Millisecond,
-				Sleep:   sleep,
-				Now:     time.Now,
-				Observe: s.ObserveLivecheck,
-			}
+			livecheck := livecheck{publish: publisher.Synthetic("livecheck"), count: router.Count}
 			summary := func(ctx context.Context) error {
 				rep, err := router.Report(ctx, "")
 				if err != nil {
@@ -52,17 +44,5 @@ func App() *app.App {
 				Timers:    []app.Timer{{Name: "summary", Cron: "*/15 * * * *", Leader: true, Run: summary}},
 			}, nil
 		},
-	}
-}
-
-// sleep waits d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }
