@@ -587,17 +587,56 @@ func (c *cluster) getJSON(url string, v any) (int, error) {
 
 // pageReport and report are /report/ as the HTTP contract defines it.
 type pageReport struct {
-	Now    int64  `json:"page_views_within_1_minute"`
+	Now    int64  `json:"-"` // page_views_within_<window>: see UnmarshalJSON
 	Count  int64  `json:"count"`
 	Report string `json:"report"`
 }
 
 type report struct {
-	Now     int64                 `json:"page_views_within_1_minute"`
+	Now     int64                 `json:"-"` // page_views_within_<window>: see UnmarshalJSON
 	Count   int64                 `json:"count"`
 	Pages   map[string]pageReport `json:"pages"`
 	Stale   bool                  `json:"stale"`
 	Missing []int32               `json:"missing_partitions"`
+}
+
+// UnmarshalJSON reads the count in the window of now whatever the window
+// is called: page_views_within_1_minute, page_views_within_30_seconds.
+func (p *pageReport) UnmarshalJSON(b []byte) error {
+	type plain pageReport
+	if err := json.Unmarshal(b, (*plain)(p)); err != nil {
+		return err
+	}
+	n, err := windowCount(b)
+	p.Now = n
+	return err
+}
+
+// UnmarshalJSON: see pageReport's.
+func (r *report) UnmarshalJSON(b []byte) error {
+	type plain report
+	if err := json.Unmarshal(b, (*plain)(r)); err != nil {
+		return err
+	}
+	n, err := windowCount(b)
+	r.Now = n
+	return err
+}
+
+// windowCount reads the page_views_within_<window> field of a JSON object.
+func windowCount(b []byte) (int64, error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(b, &fields); err != nil {
+		return 0, err
+	}
+	for k, v := range fields {
+		if strings.HasPrefix(k, "page_views_within_") {
+			var n int64
+			err := json.Unmarshal(v, &n)
+			return n, err
+		}
+	}
+	return 0, nil
 }
 
 // partial is what /report/?local=1 answers: the partitions a worker serves.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -881,5 +882,37 @@ func TestAgentReservedPageNeedsTheSyntheticHeader(t *testing.T) {
 	// The header matters only for reserved pages.
 	if err := a.Handle(event(0, `{"page":"/home"}`, t0)); err != nil {
 		t.Errorf("Handle(/home, no header): %v", err)
+	}
+}
+
+// TestReportFieldFollowsTheWindow: the count in the window of now is named
+// after the window, so the field never lies, and a report reads back
+// whatever its window is called.
+func TestReportFieldFollowsTheWindow(t *testing.T) {
+	for size, want := range map[time.Duration]string{
+		time.Minute: "page_views_within_1_minute", 30 * time.Second: "page_views_within_30_seconds",
+		2 * time.Minute: "page_views_within_2_minutes", time.Hour: "page_views_within_1_hour",
+		90 * time.Second: "page_views_within_90_seconds", 1500 * time.Millisecond: "page_views_within_1500_milliseconds",
+	} {
+		if got := pageview.WindowField(size); got != want {
+			t.Errorf("WindowField(%s) = %q, want %q", size, got, want)
+		}
+	}
+	rep := pageview.Report{Now: 3, Count: 9, Window: 30 * time.Second, MissingPartitions: []int32{2},
+		Pages: map[string]pageview.PageReport{"/a&b": {Now: 3, Count: 9, Report: pageview.NotEnough}}}
+	b, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Count(string(b), `"page_views_within_30_seconds":3`) != 2 || strings.Contains(string(b), "1_minute") {
+		t.Errorf("report JSON with 30s windows = %s", b)
+	}
+	var back pageview.Report
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	rep.Window = 0 // not in the JSON but in the name
+	if !reflect.DeepEqual(back, rep) {
+		t.Errorf("read back %+v, want %+v", back, rep)
 	}
 }

@@ -1,31 +1,141 @@
 package pageview
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/gofaust/pageviews/internal/table"
 )
 
-// PageReport is one page's line of the report.
+// PageReport is one page's line of the report. In JSON, Now is named
+// after the window (WindowField).
 type PageReport struct {
-	Now    int64  `json:"page_views_within_1_minute"`
-	Count  int64  `json:"count"`
-	Report string `json:"report"`
+	Now    int64
+	Count  int64
+	Report string
 }
 
 // Report is what /report/ shows.
 type Report struct {
-	Now   int64                 `json:"page_views_within_1_minute"`
-	Count int64                 `json:"count"`
-	Pages map[string]PageReport `json:"pages"`
-	Stale bool                  `json:"stale"`
+	Now   int64
+	Count int64
+	Pages map[string]PageReport
+	Stale bool
 	// MissingPartitions lists the partitions the report could not read
 	// (owner unknown, recovering or unreachable); the numbers leave them out.
-	MissingPartitions []int32 `json:"missing_partitions,omitempty"`
+	MissingPartitions []int32
+	// Window is the size of the windows, which names Now in JSON; zero is
+	// taken as a minute.
+	Window time.Duration
+}
+
+// WindowPrefix starts the JSON name of the count in the window of now.
+const WindowPrefix = "page_views_within_"
+
+// WindowField is the JSON name of the count in the window of now. It
+// follows the window's size, so it never lies: page_views_within_1_minute
+// (the seed's name), page_views_within_30_seconds, ..._2_hours.
+func WindowField(size time.Duration) string {
+	if size <= 0 {
+		size = time.Minute
+	}
+	for _, u := range []struct {
+		d         time.Duration
+		one, many string
+	}{{time.Hour, "hour", "hours"}, {time.Minute, "minute", "minutes"}, {time.Second, "second", "seconds"}} {
+		if size%u.d == 0 {
+			if n := int64(size / u.d); n != 1 {
+				return WindowPrefix + strconv.FormatInt(n, 10) + "_" + u.many
+			}
+			return WindowPrefix + "1_" + u.one
+		}
+	}
+	return WindowPrefix + strconv.FormatInt(size.Milliseconds(), 10) + "_milliseconds"
+}
+
+// MarshalJSON writes the report in the order of the HTTP contract, with
+// the window's name for Now.
+func (r Report) MarshalJSON() ([]byte, error) {
+	field := strconv.Quote(WindowField(r.Window))
+	pages := make([]string, 0, len(r.Pages))
+	for _, k := range slices.Sorted(maps.Keys(r.Pages)) {
+		pg := r.Pages[k]
+		pages = append(pages, fmt.Sprintf(`%s:{%s:%d,"count":%d,"report":%s}`, quoteJSON(k), field, pg.Now, pg.Count, quoteJSON(pg.Report)))
+	}
+	b := fmt.Appendf(nil, `{%s:%d,"count":%d,"pages":{%s},"stale":%t`, field, r.Now, r.Count, strings.Join(pages, ","), r.Stale)
+	if len(r.MissingPartitions) > 0 {
+		missing, err := json.Marshal(r.MissingPartitions)
+		if err != nil {
+			return nil, err
+		}
+		b = append(append(b, `,"missing_partitions":`...), missing...)
+	}
+	return append(b, '}'), nil
+}
+
+// UnmarshalJSON reads a report whatever its window is called.
+func (r *Report) UnmarshalJSON(b []byte) error {
+	var raw struct {
+		Count             int64                                 `json:"count"`
+		Pages             map[string]map[string]json.RawMessage `json:"pages"`
+		Stale             bool                                  `json:"stale"`
+		MissingPartitions []int32                               `json:"missing_partitions"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	now, err := windowCount(b)
+	if err != nil {
+		return err
+	}
+	*r = Report{Now: now, Count: raw.Count, Stale: raw.Stale, MissingPartitions: raw.MissingPartitions, Pages: map[string]PageReport{}}
+	for k, fields := range raw.Pages {
+		line, err := json.Marshal(fields)
+		if err != nil {
+			return err
+		}
+		var pg struct {
+			Count  int64  `json:"count"`
+			Report string `json:"report"`
+		}
+		if err := json.Unmarshal(line, &pg); err != nil {
+			return err
+		}
+		n, err := windowCount(line)
+		if err != nil {
+			return err
+		}
+		r.Pages[k] = PageReport{Now: n, Count: pg.Count, Report: pg.Report}
+	}
+	return nil
+}
+
+// windowCount reads the count in the window of now from a JSON object.
+func windowCount(b []byte) (int64, error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(b, &fields); err != nil {
+		return 0, err
+	}
+	for k, v := range fields {
+		if strings.HasPrefix(k, WindowPrefix) {
+			var n int64
+			err := json.Unmarshal(v, &n)
+			return n, err
+		}
+	}
+	return 0, nil
+}
+
+// quoteJSON is s as a JSON string.
+func quoteJSON(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
 }
 
 // Counts are one page's raw numbers in some partitions: the window of now,
@@ -108,6 +218,7 @@ func (r *Reporter) Report(page string) (*Report, error) {
 		return nil, err
 	}
 	rep := part.Report()
+	rep.Window = r.Views.Window().Size
 	owned := r.partitions()
 	if len(part.Partitions) < len(owned) {
 		rep.Stale = true

@@ -89,6 +89,7 @@ func (rt *Router) Report(ctx context.Context, page string) (*Report, error) {
 		return nil, err
 	}
 	rep := total.Report()
+	rep.Window = rt.Local.Views.Window().Size
 	rep.MissingPartitions = missing
 	rep.Stale = len(missing) > 0
 	return rep, nil
