@@ -13,6 +13,7 @@ import (
 
 	"github.com/IBM/sarama"
 
+	"github.com/gofaust/pageviews/internal/app"
 	"github.com/gofaust/pageviews/internal/kafka"
 	"github.com/gofaust/pageviews/internal/metrics"
 	"github.com/gofaust/pageviews/internal/pageview"
@@ -212,4 +213,38 @@ func TestEveryMetricEmitted(t *testing.T) {
 	if u := sink.undeclared("pageviews"); len(u) > 0 {
 		t.Errorf("metrics emitted but not in the list: %v", u)
 	}
+}
+
+// seenWith reports whether metric name arrived with tag k:v.
+func (s *statsdSink) seenWith(name, k, v string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, tags := range s.seen[name] {
+		if tags[k] == v {
+			return true
+		}
+	}
+	return false
+}
+
+// TestTransactionalSendsCounted: under exactly_once the changelog records
+// go out through each partition's transactional producer; they count in
+// messages_sent like the shared producer's.
+func TestTransactionalSendsCounted(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	sink := newStatsdSink(t)
+	a := startWorker(t, map[string]string{
+		"KAFKA_BROKERS": startDevBroker(t), "WEB_ADDR": "127.0.0.1:0", "DATA_DIR": t.TempDir(),
+		"COMMIT_INTERVAL": "100ms", "PROCESSING_GUARANTEE": "exactly_once", "PARTITIONS": "2",
+		"DD_AGENT_HOST": "127.0.0.1", "DD_DOGSTATSD_PORT": sink.port(), "LIVECHECK_INTERVAL": "0",
+	}, time.Now)
+	for i := range 10 {
+		getJSON(t, a.base+"/count/?page=/t/"+strconv.Itoa(i), nil)
+	}
+	changelog := app.Changelog("pageviews", "totals")
+	eventually(t, 30*time.Second, "messages_sent for "+changelog, func() (bool, string) {
+		return sink.seenWith("pageviews.messages_sent", "topic", changelog), fmt.Sprint(sink.sum("pageviews.messages_sent"), " sent in all")
+	})
 }

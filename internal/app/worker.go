@@ -367,7 +367,7 @@ func (w *worker) startApp(context.Context) error {
 		// JoinGroup for as long as a rebalance lasts.
 		Client: w.clients.restore, Restore: w.restore, Producer: w.producer, DB: w.db,
 		State: w.state, Standby: w.standby, GroupID: cfg.Group,
-		Transactions: transactions(cfg, w.clients, w.brokers),
+		Transactions: transactions(cfg, w.clients, w.brokers, w.mc.OnAck),
 		// The admin client's connection is mostly idle; the group's is
 		// busy with fetches that a commit would queue behind.
 		Committer:      &kafka.OffsetCommitter{Client: w.clients.admin, Group: cfg.Group, InstanceID: cfg.InstanceID},
@@ -682,12 +682,19 @@ func connectHint(cfg *config.Config, err error) string {
 // exactly-once processing, or nil for at-least-once. The transactional id is
 // stable per partition, so whichever worker owns the partition next fences
 // the previous owner.
-func transactions(cfg *config.Config, cs *clients, brokers []string) func(p int32) (*kafka.Producer, error) {
+func transactions(cfg *config.Config, cs *clients, brokers []string, onAck func(string, time.Duration, error)) func(p int32) (*kafka.Producer, error) {
 	if cfg.Guarantee != config.ExactlyOnce {
 		return nil
 	}
 	return func(p int32) (*kafka.Producer, error) {
-		return kafka.NewTransactionalProducer(brokers, cs.base, fmt.Sprintf("%s-%s-%d", cfg.Group, cfg.Topic, p), cfg.CommitInterval)
+		tp, err := kafka.NewTransactionalProducer(brokers, cs.base, fmt.Sprintf("%s-%s-%d", cfg.Group, cfg.Topic, p), cfg.CommitInterval)
+		if err != nil {
+			return nil, err
+		}
+		// Its records count in messages_sent and send_errors like the
+		// shared producer's.
+		tp.OnAck = onAck
+		return tp, nil
 	}
 }
 
