@@ -82,10 +82,10 @@ func (r Report) MarshalJSON() ([]byte, error) {
 // UnmarshalJSON reads a report whatever its window is called.
 func (r *Report) UnmarshalJSON(b []byte) error {
 	var raw struct {
-		Count             int64                                 `json:"count"`
-		Pages             map[string]map[string]json.RawMessage `json:"pages"`
-		Stale             bool                                  `json:"stale"`
-		MissingPartitions []int32                               `json:"missing_partitions"`
+		Count             int64                      `json:"count"`
+		Pages             map[string]json.RawMessage `json:"pages"`
+		Stale             bool                       `json:"stale"`
+		MissingPartitions []int32                    `json:"missing_partitions"`
 	}
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return err
@@ -95,11 +95,7 @@ func (r *Report) UnmarshalJSON(b []byte) error {
 		return err
 	}
 	*r = Report{Now: now, Count: raw.Count, Stale: raw.Stale, MissingPartitions: raw.MissingPartitions, Pages: map[string]PageReport{}}
-	for k, fields := range raw.Pages {
-		line, err := json.Marshal(fields)
-		if err != nil {
-			return err
-		}
+	for k, line := range raw.Pages {
 		var pg struct {
 			Count  int64  `json:"count"`
 			Report string `json:"report"`
