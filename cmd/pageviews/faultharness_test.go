@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"sort"
@@ -228,33 +229,44 @@ func (s *viewSender) send(base string, n int) int {
 	return ok
 }
 
-// total is the number of acknowledged views.
-func (s *viewSender) total() int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var n int64
-	for _, v := range s.acked {
-		n += v
-	}
-	return n
-}
-
-// waitCounted polls /report/ on base until it counts at least want views
-// and is not stale, for up to d. It returns the last count seen.
-func waitCounted(base string, want int64, d time.Duration) (int64, bool) {
+// waitCounted polls /report/ on base until, for up to d, it is not stale
+// and counts each page at least as often as want says. Each page is
+// checked, not the sum: under at-least-once the views processed twice
+// would make up for views not processed yet. It returns the pages still
+// short when it gives up.
+func waitCounted(base string, want map[string]int64, d time.Duration) (string, bool) {
 	deadline := time.Now().Add(d)
-	var last int64 = -1
+	short := "no report"
 	for time.Now().Before(deadline) {
 		var rep pageview.Report
 		if err := getJSONErr(base+"/report/", &rep); err == nil {
-			last = rep.Count
-			if rep.Count >= want && !rep.Stale {
-				return rep.Count, true
+			short = shortPages(rep, want)
+			if short == "" && !rep.Stale {
+				return "", true
+			}
+			if short == "" {
+				short = "stale"
 			}
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return last, false
+	return short, false
+}
+
+// shortPages names the pages rep counts less often than want, at most
+// three of them.
+func shortPages(rep pageview.Report, want map[string]int64) string {
+	var short []string
+	for _, page := range slices.Sorted(maps.Keys(want)) {
+		if got := rep.Pages[page].Count; got < want[page] {
+			if len(short) == 3 {
+				short = append(short, "...")
+				break
+			}
+			short = append(short, fmt.Sprintf("%s=%d want %d", page, got, want[page]))
+		}
+	}
+	return strings.Join(short, ", ")
 }
 
 // newMatrixCluster starts an in-process kfake cluster for one cell.
