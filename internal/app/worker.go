@@ -342,7 +342,7 @@ func (w *worker) startGroup(context.Context) error {
 	}
 	w.standby = &stream.Standby{
 		Replicas: cfg.StandbyReplicas, Self: w.self, Owners: w.directory.Owners, Tables: standbyTables,
-		Client: cs.restore, Restore: w.restore, DB: w.db, ReadCommitted: cfg.Guarantee == config.ExactlyOnce,
+		Client: cs.restore, Restore: w.restore, DB: w.db, ReadCommitted: true,
 		Log: w.log.With("component", "standby"), Every: 2 * time.Second,
 	}
 	return nil
@@ -368,14 +368,14 @@ func (w *worker) startApp(context.Context) error {
 		Client: w.clients.restore, Restore: w.restore, Producer: w.producer, DB: w.db,
 		State: w.state, Standby: w.standby, GroupID: cfg.Group,
 		Transactions: transactions(cfg, w.clients, w.brokers, w.mc.OnAck),
+		OffsetsAfter: cfg.Guarantee != config.ExactlyOnce,
 		// The admin client's connection is mostly idle; the group's is
 		// busy with fetches that a commit would queue behind.
-		Committer:      &kafka.OffsetCommitter{Client: w.clients.admin, Group: cfg.Group, InstanceID: cfg.InstanceID},
-		CommittedAt:    committedAt(w.admin, cfg.Group, cfg.Topic),
-		SessionTimeout: cfg.SessionTimeout,
-		Hooks:          w.streamHooks,
-		Log:            w.log.With("component", "stream"),
-		Clock:          w.clock,
+		Committer:   &kafka.OffsetCommitter{Client: w.clients.admin, Group: cfg.Group, InstanceID: cfg.InstanceID},
+		CommittedAt: committedAt(w.admin, cfg.Group, cfg.Topic),
+		Hooks:       w.streamHooks,
+		Log:         w.log.With("component", "stream"),
+		Clock:       w.clock,
 	})
 	if w.hooks.Runtime != nil {
 		w.hooks.Runtime(w.rt)
@@ -683,9 +683,6 @@ func connectHint(cfg *config.Config, err error) string {
 // stable per partition, so whichever worker owns the partition next fences
 // the previous owner.
 func transactions(cfg *config.Config, cs *clients, brokers []string, onAck func(string, time.Duration, error)) func(p int32) (*kafka.Producer, error) {
-	if cfg.Guarantee != config.ExactlyOnce {
-		return nil
-	}
 	return func(p int32) (*kafka.Producer, error) {
 		tp, err := kafka.NewTransactionalProducer(brokers, cs.base, fmt.Sprintf("%s-%s-%d", cfg.Group, cfg.Topic, p), cfg.CommitInterval)
 		if err != nil {

@@ -140,7 +140,8 @@ func NewProducer(client sarama.Client) (*Producer, error) {
 // same id (a zombie owner of the partition) and aborts its open transaction.
 //
 // txnSpan is the longest a transaction stays open (about a commit
-// interval): the transaction timeout is 10 s or three times that.
+// interval): the transaction timeout is 10 s or three times that, and at
+// most the brokers' default limit (transaction.max.timeout.ms, 15 min).
 func NewTransactionalProducer(brokers []string, base *sarama.Config, id string, txnSpan time.Duration) (*Producer, error) {
 	c := *base
 	c.Producer.Transaction.ID = id
@@ -148,7 +149,7 @@ func NewTransactionalProducer(brokers []string, base *sarama.Config, id string, 
 	// bounds how long a transaction a crashed owner left open holds back
 	// the next owner (its offset fetch answers UNSTABLE_OFFSET_COMMIT
 	// until the transaction ends); 10 s is Kafka Streams' default.
-	c.Producer.Transaction.Timeout = max(10*time.Second, 3*txnSpan)
+	c.Producer.Transaction.Timeout = min(max(10*time.Second, 3*txnSpan), maxTransactionTimeout)
 	c.Producer.Idempotent = true
 	c.Producer.RequiredAcks = sarama.WaitForAll
 	c.Net.MaxOpenRequests = 1
@@ -190,6 +191,12 @@ func (p *Producer) TransactionFailed() bool {
 	return p.ap.TxnStatus()&sarama.ProducerTxnFlagAbortableError != 0
 }
 
+// Dead reports whether the transactional producer met a fatal error (it was
+// fenced, say) and can do nothing more.
+func (p *Producer) Dead() bool {
+	return p.ap.TxnStatus()&sarama.ProducerTxnFlagFatalError != 0
+}
+
 // InTransaction reports whether a transaction is open.
 func (p *Producer) InTransaction() bool {
 	return p.ap.TxnStatus()&sarama.ProducerTxnFlagInTransaction != 0
@@ -202,6 +209,19 @@ func (p *Producer) CommitWithOffsets(offsets map[string][]*sarama.PartitionOffse
 	if err := p.ap.AddOffsetsToTxnWithGroupMetadata(offsets, group); err != nil {
 		return fmt.Errorf("add offsets to transaction: %w", err)
 	}
+	if err := p.ap.CommitTxn(); err != nil {
+		return fmt.Errorf("commit transaction: %w", err)
+	}
+	return nil
+}
+
+// maxTransactionTimeout is the brokers' default transaction.max.timeout.ms;
+// a producer asking for more is refused.
+const maxTransactionTimeout = 15 * time.Minute
+
+// Commit commits the open transaction: the records sent in it become
+// visible to read_committed readers.
+func (p *Producer) Commit() error {
 	if err := p.ap.CommitTxn(); err != nil {
 		return fmt.Errorf("commit transaction: %w", err)
 	}

@@ -39,12 +39,20 @@ type Options struct {
 	Producer *kafka.Producer      // changelogs and dead letters
 	DB       *store.DB
 	State    *State
-	// Transactions, when set, runs exactly-once processing: it returns the
-	// transactional producer of partition p (a stable transactional id per
-	// partition, so the next owner fences this one). Each commit interval
-	// is then one transaction holding the changelog records, the dead
-	// letters and the source offset.
+	// Transactions returns the transactional producer of partition p (a
+	// stable transactional id per partition, so the next owner fences this
+	// one; see "The membership fence"). Each commit interval is one
+	// transaction holding the changelog records, the dead letters and,
+	// unless OffsetsAfter, the source offset (exactly-once). Nil writes
+	// through Producer with no fence, for tests of the runtime alone.
 	Transactions func(p int32) (*kafka.Producer, error)
+	// OffsetsAfter, with Transactions, keeps the source offset out of the
+	// transaction (at-least-once): each commit interval's transaction holds
+	// the changelog records and dead letters only, and the offset is
+	// committed once it committed and the store holds the state. The
+	// transactional id still fences a previous owner, so a write of an
+	// expelled member can never land after the next owner's.
+	OffsetsAfter bool
 	// GroupID is the consumer group, for the offsets of transactions.
 	GroupID string
 	// Hooks observe the runtime (metrics); nil observes nothing.
@@ -59,21 +67,14 @@ type Options struct {
 	// CommittedAt returns when partition p's offset was last committed (the
 	// commit metadata), for the unprocessed-time figure; nil skips it.
 	CommittedAt func(p int32) (time.Time, bool)
-	// SessionTimeout is the group's session timeout: under at-least-once
-	// no changelog write starts once this member's membership was last
-	// confirmed longer ago than a third of it, nor at all after it (the
-	// membership fence; see the package doc). 0 turns the fence off.
-	SessionTimeout time.Duration
-	Log            *slog.Logger
-	Clock          func() time.Time
+	Log         *slog.Logger
+	Clock       func() time.Time
 }
 
 // Committer commits a group member's source offset (offset is the next
-// record to read) and confirms its membership (Heartbeat: nil or
-// sarama.ErrRebalanceInProgress confirm it), on a connection of its own.
+// record to read) on a connection of its own.
 type Committer interface {
 	Commit(generation int32, member, topic string, p int32, offset int64, metadata string) error
-	Heartbeat(generation int32, member string) error
 }
 
 // Runtime runs the agent over the partitions the group assigns.
@@ -89,10 +90,6 @@ type Runtime struct {
 	// expel ends the current group session, so that the member joins
 	// again (see expelled).
 	expel context.CancelCauseFunc
-	// lease is when the coordinator last confirmed that leaseMember is in
-	// the group.
-	lease       time.Time
-	leaseMember string
 }
 
 // New returns a runtime; Run starts it.
@@ -220,8 +217,6 @@ func (h *groupHandler) Setup(sess sarama.ConsumerGroupSession) error {
 			r.o.State.assign(p, r.o.Clock())
 		}
 	}
-	// The join and sync that made this session just succeeded.
-	r.confirmed(sess.MemberID(), time.Now())
 	r.o.State.setJoined(true, sess.GenerationID())
 	r.o.Hooks.Joined(sess.GenerationID())
 	r.o.Log.Info("joined group", "generation", sess.GenerationID(), "member", sess.MemberID(), "claims", sess.Claims())
@@ -241,7 +236,6 @@ func (h *groupHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sara
 	w.log.Info("partition assigned", "generation", sess.GenerationID(), "offset", claim.InitialOffset())
 	if r.o.State.seeGeneration(sess.GenerationID()) {
 		r.o.Hooks.Joined(sess.GenerationID())
-		r.confirmed(sess.MemberID(), time.Now()) // a new generation's sync just succeeded
 	}
 	r.o.Hooks.Assigned(claim.Partition())
 	w.claim = claim
@@ -454,31 +448,17 @@ func (w *partitionWorker) report() {
 
 // stop ends processing when the session ends or the partition is revoked.
 // While the worker still owns the partition (a rebalance, a revocation or a
-// shutdown) it flushes and commits. When the member lost, or may have lost,
-// its place in the group, another worker may already own the partition:
-// writing its changelog now would overwrite the new owner's state, so the
-// unflushed updates are dropped and the new owner processes those events
-// again from the last commit. sarama does not always say why it ended a
-// session (a rejoin answered UNKNOWN_MEMBER_ID ends it with no cause), so
-// under at-least-once the coordinator is asked first (fence).
+// shutdown) it flushes and commits. When the member lost its place in the
+// group, another worker may already own the partition, so the unflushed
+// updates are dropped and the new owner processes those events again from
+// the last commit. sarama does not always say why it ended a session (a
+// rejoin answered UNKNOWN_MEMBER_ID ends it with no cause); the flush is
+// then safe all the same: a new owner's transactional producer fenced this
+// one, which fails (a *lostError) rather than write over the new owner.
 func (w *partitionWorker) stop(ctx context.Context) error {
 	if ctx.Err() != nil {
 		if cause := context.Cause(ctx); lostMembership(cause) {
 			return w.drop(cause)
-		}
-	}
-	if w.last != w.flushed {
-		var lost *lostError
-		if err := w.r.fence(w.sess, true); errors.As(err, &lost) {
-			return w.drop(lost)
-		} else if err != nil {
-			// Not known to be removed, but not confirmed either: the
-			// partition is being given up, so its updates are dropped
-			// rather than risked; whoever owns it next processes them again.
-			w.log.Warn("could not confirm group membership before the last flush; dropping unflushed updates for the next owner to redo",
-				"error", err, "unflushed_records", w.last-w.flushed)
-			w.dead = nil
-			return nil
 		}
 	}
 	began := time.Now()
@@ -624,28 +604,6 @@ type lostError struct{ err error }
 func (e *lostError) Error() string { return "group membership lost: " + e.err.Error() }
 func (e *lostError) Unwrap() error { return e.err }
 
-// confirmed records that the coordinator knew member at time at.
-func (r *Runtime) confirmed(member string, at time.Time) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if member != r.leaseMember {
-		r.leaseMember, r.lease = member, at
-	} else if at.After(r.lease) {
-		r.lease = at
-	}
-}
-
-// leaseOf returns when member's membership was last confirmed; zero if
-// never.
-func (r *Runtime) leaseOf(member string) time.Time {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if member != r.leaseMember {
-		return time.Time{}
-	}
-	return r.lease
-}
-
 // expelled ends the current session because the member lost, or may have
 // lost, its membership: every partition drops its unflushed updates (stop)
 // and the member joins again, recovering from the changelogs whatever it
@@ -657,51 +615,6 @@ func (r *Runtime) expelled(lost *lostError) {
 	if expel != nil {
 		expel(lost)
 	}
-}
-
-// fence lets a changelog write start only while this member is known to be
-// in its group (at-least-once; under exactly-once the transactional
-// producer's epoch fences a previous owner). Membership counts as known
-// for a third of the session timeout after the coordinator last confirmed
-// it: a join and sync, or a heartbeat of our own answered with no error.
-// An answer given while a rebalance is pending (REBALANCE_IN_PROGRESS, an
-// accepted offset commit) confirms nothing: the coordinator removes a
-// member that has not rejoined when the rebalance times out, however
-// recently it answered it. Past that third fence asks the coordinator;
-// always asks in any case (a release, where sarama may have ended the
-// session because the member was removed and not said so).
-//
-// It returns nil (confirmed), a *lostError (the coordinator no longer
-// knows the member, or nothing confirmed it for a whole session timeout)
-// or a *produceError (not confirmed now: a rebalance is pending, the
-// coordinator cannot be reached; a flush tries again later).
-//
-// The lease is sound while the rebalance timeout is at least a third of
-// the session timeout (sarama's default is 60 s, the session timeout's 30
-// s): a member confirmed at t cannot be removed before t plus either.
-func (r *Runtime) fence(sess sarama.ConsumerGroupSession, always bool) error {
-	if r.o.Committer == nil || r.o.SessionTimeout <= 0 || r.readCommitted() {
-		return nil
-	}
-	member := sess.MemberID()
-	lease := r.leaseOf(member)
-	if !always && time.Since(lease) < r.o.SessionTimeout/3 {
-		return nil
-	}
-	sent := time.Now()
-	err := r.o.Committer.Heartbeat(sess.GenerationID(), member)
-	switch {
-	case err == nil:
-		r.confirmed(member, sent)
-		return nil
-	case removed(err):
-		return &lostError{fmt.Errorf("the coordinator no longer knows member %s: %w", member, err)}
-	case time.Since(lease) >= r.o.SessionTimeout:
-		return &lostError{fmt.Errorf("membership not confirmed for a session timeout (%s): %w", r.o.SessionTimeout, err)}
-	case always && time.Since(lease) < r.o.SessionTimeout/3:
-		return nil // confirmed recently enough
-	}
-	return &produceError{fmt.Errorf("membership not confirmed: %w", err)}
 }
 
 // removed reports whether the coordinator answered that it no longer knows
@@ -967,6 +880,11 @@ func (w *partitionWorker) producer() (*kafka.Producer, error) {
 	if w.txp == nil {
 		return w.r.o.Producer, nil
 	}
+	if w.txp.Dead() {
+		// A record of the last transaction met a fatal error; fenced by
+		// the partition's new owner is the one a worker meets.
+		return nil, &lostError{fmt.Errorf("the transactional producer of partition %d can do nothing more (fenced by a new owner)", w.p)}
+	}
 	if w.txp.TransactionFailed() {
 		// A dead letter sent in this transaction was refused: the
 		// transaction can only be aborted. Its dead letters go out again
@@ -982,6 +900,9 @@ func (w *partitionWorker) producer() (*kafka.Producer, error) {
 		}
 	}
 	if err := w.txp.Begin(); err != nil {
+		if fenced(err) {
+			return nil, w.replaced(err)
+		}
 		return nil, fmt.Errorf("begin transaction: %w", err)
 	}
 	return w.txp, nil
@@ -993,10 +914,16 @@ func (w *partitionWorker) producer() (*kafka.Producer, error) {
 // replaced. Its successor's InitProducerId, under the same transactional
 // id, fences the old producer and has the coordinator abort whatever it
 // left open, which is the abort asked for.
+//
+// A producer that was fenced, or that cannot abort under at-least-once,
+// is a *lostError: see replaced.
 func (w *partitionWorker) abort() error {
 	aerr := w.txp.Abort()
-	if aerr == nil || kafka.Fatal(aerr) || errors.Is(aerr, sarama.ErrProducerFenced) {
+	if aerr == nil || kafka.Fatal(aerr) {
 		return aerr
+	}
+	if err := w.replaced(aerr); err != nil {
+		return err
 	}
 	w.log.Warn("could not abort the transaction; a new producer aborts it", "error", aerr)
 	if err := w.txp.Close(); err != nil {
@@ -1010,6 +937,31 @@ func (w *partitionWorker) abort() error {
 	}
 	w.txp = txp
 	return nil
+}
+
+// replaced returns a *lostError when this partition's transactional
+// producer must not go on: another producer took its transactional id (a
+// new owner of the partition fenced this one), or, under at-least-once, it
+// cannot abort. Under at-least-once nothing in the transaction proves that
+// this member still owns the partition (under exactly-once its offsets
+// do), and a new producer would fence the owner's: the partition drops its
+// unflushed updates and the member joins again instead. It returns nil
+// when the producer may be replaced.
+func (w *partitionWorker) replaced(err error) error {
+	if fenced(err) {
+		return &lostError{fmt.Errorf("another producer took over the transactional id of partition %d: %w", w.p, err)}
+	}
+	if w.r.o.OffsetsAfter {
+		_ = w.txp.Close() // given up either way
+		return &lostError{fmt.Errorf("could not abort the transaction of partition %d: %w", w.p, err)}
+	}
+	return nil
+}
+
+// fenced reports whether a transactional producer was fenced by a newer
+// one with its transactional id.
+func fenced(err error) bool {
+	return errors.Is(err, sarama.ErrProducerFenced) || errors.Is(err, sarama.ErrInvalidProducerEpoch)
 }
 
 // txnCause returns the first error of a record sent in the open
@@ -1044,11 +996,6 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 		attribute.String("messaging.destination.name", r.o.Topic), attribute.Int64("messaging.kafka.destination.partition", int64(w.p))))
 	defer span.End()
 	now := r.o.Clock()
-	if w.txp == nil {
-		if err := r.fence(w.sess, false); err != nil {
-			return err
-		}
-	}
 	prod, err := w.producer()
 	if err != nil {
 		return err
@@ -1097,10 +1044,19 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 			r.o.Topic: {{Partition: w.p, Offset: w.last + 1, Metadata: &commitMeta}},
 		}
 		group := &sarama.ConsumerGroupMetadata{GroupID: r.o.GroupID, GenerationID: w.sess.GenerationID(), MemberID: w.sess.MemberID()}
-		if err := w.txp.CommitWithOffsets(offsets, group); err != nil {
+		var err error
+		if r.o.OffsetsAfter {
+			err = w.txp.Commit()
+		} else {
+			err = w.txp.CommitWithOffsets(offsets, group)
+		}
+		if err != nil {
 			// The cause, rather than sarama's account of the transaction's
 			// state: a record of it that was refused, if one was.
 			err = w.txnCause(err, acks)
+			if fenced(err) {
+				return w.replaced(err)
+			}
 			if aerr := w.abort(); aerr != nil {
 				return fmt.Errorf("%w; abort: %w", err, aerr)
 			}
@@ -1141,7 +1097,14 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 
 	b := r.o.DB.NewBatch()
 	for i, t := range r.o.Tables {
-		if err := t.Write(w.p, b, acks[i].Offset(w.p)); err != nil {
+		off := acks[i].Offset(w.p)
+		if w.txp != nil && off >= 0 {
+			// The transaction's commit marker follows its last record (this
+			// producer is the partition's only writer): the store holds the
+			// state through it, and a recovery has nothing left to read.
+			off++
+		}
+		if err := t.Write(w.p, b, off); err != nil {
 			b.Discard()
 			return fmt.Errorf("write %s: %w", t.Name(), err)
 		}
@@ -1154,7 +1117,7 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 	}
 
 	w.flushed = w.last
-	if w.txp == nil {
+	if w.txp == nil || r.o.OffsetsAfter {
 		if err := w.commitOffset(); err != nil {
 			return err
 		}

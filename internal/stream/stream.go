@@ -31,37 +31,34 @@
 //
 // # The membership fence
 //
-// Under at-least-once nothing stops a member that was removed from its
-// group (its session expired, its rejoin was parked past the rebalance
-// timeout) from writing the changelog of a partition that a new owner
-// already recovered: the older values would then win the next recovery.
-// sarama does not always say that a member was removed (a rejoin answered
-// UNKNOWN_MEMBER_ID ends the session with no cause), so the runtime keeps
-// its own proof of membership, a lease: the time of the last join and sync,
-// or of a heartbeat of its own (Committer.Heartbeat) that the coordinator
-// answered with no error. Answers given while a rebalance is pending
-// (REBALANCE_IN_PROGRESS, an accepted offset commit) do not count: the
-// coordinator removes a member that has not rejoined by the rebalance
-// timeout however recently it answered. A changelog write starts only
-// while the lease is younger than a third of the session timeout;
-// otherwise the coordinator is asked first, and a member it no longer
-// knows, or that nothing confirmed for a whole session timeout, writes
-// nothing more: it drops its unflushed updates, commits nothing, and joins
-// the group again; whoever gets the partition recovers it from the
-// changelog and processes the events since the last commit again. A
-// release always asks first and, when membership is not confirmed, drops
-// the partition's unflushed updates rather than write them. The lease is
-// sound while the rebalance timeout is at least a third of the session
-// timeout (the defaults: 60 s and 30 s).
+// A member that was removed from its group (its session expired, its
+// rejoin was parked past the rebalance timeout) may not know it yet, and
+// may still write the changelog of a partition that a new owner already
+// recovered: its older values would then win the next recovery. A write
+// may even have left before the member was removed and reach the broker
+// only after the new owner's (a network that holds a request for most of
+// a session timeout). Only the broker can refuse such a write, so each
+// partition writes its changelogs through a transactional producer whose
+// id is the partition's (Options.Transactions), under both guarantees:
 //
-// A flush waits for all of its records to be acknowledged or failed, even
-// when its session ends meanwhile, so a member never lets a partition go
-// with its records in flight. What the fence cannot stop is a write that
-// started within the lease and reaches the broker only after the member was
-// removed and a new owner wrote (a network that holds a request for most of
-// a session timeout): only the broker can refuse it, by a producer epoch
-// the new owner bumps, which is what exactly-once does (the new owner's
-// InitProducerID fences the old transactional producer).
+//   - a new owner starts the partition's producer before it recovers: its
+//     InitProducerID fences the old owner's producer and aborts whatever
+//     transaction it left open, so the end of the changelog is final;
+//   - a write of the old producer that arrives later is refused for its
+//     epoch, or belongs to the aborted transaction, which recovery and
+//     standbys skip (they read read_committed);
+//   - the old owner learns that it was fenced at its next commit or begin:
+//     it drops the partition's unflushed updates, commits nothing and joins
+//     the group again (a *lostError), and never starts a new producer in
+//     its place, which would fence the owner in turn.
+//
+// Under exactly-once the transaction also holds the source offset; under
+// at-least-once (Options.OffsetsAfter) the offset is committed once the
+// transaction committed and the store holds the state, so a crash in
+// between processes the events since the last commit again. A flush waits
+// for all of its records to be acknowledged or failed, even when its
+// session ends meanwhile, so a member never lets a partition go with its
+// records in flight.
 package stream
 
 import (
