@@ -112,10 +112,9 @@ func (c cell) name() string {
 }
 
 // matrixCells lists the cells: each request in each phase it occurs in,
-// with every kind of fault; transaction requests under exactly_once, the
-// rest under at_least_once, and the requests whose handling differs under
-// exactly_once (read_committed fetches, transactional producers, commits
-// inside the transaction) under both.
+// with every kind of fault, under at_least_once, and under exactly_once
+// too where its handling differs (read_committed fetches, offsets inside
+// the transaction).
 func matrixCells() []cell {
 	kinds := []faultKind{kindRetriable, kindMove, kindFatal}
 	var cells []cell
@@ -145,11 +144,16 @@ func matrixCells() []cell {
 	add(kmsg.SyncGroup, true, phaseRevoke)
 	add(kmsg.Heartbeat, false, phaseProcessing, phaseRevoke)
 	add(kmsg.Heartbeat, true, phaseProcessing, phaseRevoke)
-	add(kmsg.InitProducerID, false, phaseJoin)
+	// Under both guarantees each partition writes its changelogs in
+	// transactions of its own producer (the fence against an expelled
+	// member); only exactly_once puts the offsets in them.
+	add(kmsg.InitProducerID, false, phaseJoin, phaseRecovery)
 	add(kmsg.InitProducerID, true, phaseRecovery, phaseRevoke)
+	add(kmsg.AddPartitionsToTxn, false, phaseFlush, phaseRevoke)
 	add(kmsg.AddPartitionsToTxn, true, phaseFlush, phaseRevoke)
 	add(kmsg.AddOffsetsToTxn, true, phaseFlush, phaseRevoke)
 	add(kmsg.TxnOffsetCommit, true, phaseFlush, phaseRevoke)
+	add(kmsg.EndTxn, false, phaseFlush, phaseRevoke)
 	add(kmsg.EndTxn, true, phaseFlush, phaseRevoke)
 	// OFFSET_OUT_OF_RANGE on changelog fetches, as retention, a
 	// DeleteRecords or a recreated topic gives.
@@ -212,7 +216,8 @@ func (c cell) faultErr() *kerr.Error {
 		}
 	}
 	switch {
-	case c.req == kmsg.InitProducerID && !c.eos:
+	case c.req == kmsg.InitProducerID && c.phase == phaseJoin:
+		// Every producer's, the shared idempotent one's first.
 		return kerr.ClusterAuthorizationFailed
 	case c.req == kmsg.TxnOffsetCommit || groupRequests[c.req]:
 		return kerr.GroupAuthorizationFailed
@@ -230,9 +235,9 @@ func (c cell) faults(cfg *config.Config) []kfake.Fault {
 	if groupRequests[c.req] {
 		f.Group = cfg.Group
 	}
-	if c.req == kmsg.InitProducerID && c.eos {
+	if c.req == kmsg.InitProducerID && c.phase != phaseJoin {
 		// The partitions' transactional producers, not the idempotent one
-		// every worker starts with (the at_least_once cell has that).
+		// every worker starts with (the join cell has that).
 		var fs []kfake.Fault
 		for p := range cfg.Partitions {
 			g := f
