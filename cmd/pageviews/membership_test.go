@@ -578,3 +578,60 @@ func TestExpelledMemberInFlightWrite(t *testing.T) {
 		t.Logf("A's log:\n%s\nB's log:\n%s", a.logs, b.logs)
 	}
 }
+
+// TestRecoverySkipsAbortedTransactions: the changelogs hold transactions
+// under at_least_once too, and a transaction the coordinator aborted (an
+// expelled member's, fenced by the new owner) may have put records in them
+// before it was aborted. A worker recovering with an empty store must skip
+// them, as a read_committed reader does, and restore only what was
+// committed.
+func TestRecoverySkipsAbortedTransactions(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	const partitions = 2
+	k := startFenceBroker(t)
+	a := startWorker(t, fenceVars(t, k, partitions, "100ms"), time.Now)
+	views := newViewProducer(t, k.addr)
+	const page = "/fence/aborted"
+	p := partitionOf(t, page, partitions)
+	want := map[string]int{page: 3}
+	views.send(t, page, 3)
+	waitChangelog(t, k.addr, want, "A flushed the views")
+	a.stop(t)
+
+	// A transaction that wrote a larger total, then was aborted.
+	conf := sarama.NewConfig()
+	conf.Version = kafka.Version
+	conf.Producer.Idempotent = true
+	conf.Producer.RequiredAcks = sarama.WaitForAll
+	conf.Producer.Return.Successes = true
+	conf.Producer.Transaction.ID = "a-member-that-was-fenced"
+	conf.Producer.Partitioner = sarama.NewManualPartitioner
+	conf.Net.MaxOpenRequests = 1
+	zombie, err := sarama.NewSyncProducer([]string{k.addr}, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer zombie.Close()
+	if err := zombie.BeginTxn(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := zombie.SendMessage(&sarama.ProducerMessage{
+		Topic: totalsChangelog, Partition: p, Key: sarama.StringEncoder(page), Value: sarama.StringEncoder("1000"),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := zombie.AbortTxn(); err != nil {
+		t.Fatal(err)
+	}
+
+	b := startWorker(t, fenceVars(t, k, partitions, "100ms"), time.Now)
+	var rep pageview.Report
+	if st := getJSON(t, b.base+"/report/?page="+page, &rep); st != 200 {
+		t.Fatalf("/report/ on B: status %d", st)
+	}
+	if got := rep.Pages[page].Count; got != int64(want[page]) {
+		t.Errorf("after recovery from the changelogs B counts %d views of %s, want %d: the records of the aborted transaction were applied", got, page, want[page])
+	}
+}

@@ -342,7 +342,7 @@ func (w *worker) startGroup(context.Context) error {
 	}
 	w.standby = &stream.Standby{
 		Replicas: cfg.StandbyReplicas, Self: w.self, Owners: w.directory.Owners, Tables: standbyTables,
-		Client: cs.restore, Restore: w.restore, DB: w.db, ReadCommitted: true,
+		Client: cs.admin, Restore: w.restore, DB: w.db, ReadCommitted: true,
 		Log: w.log.With("component", "standby"), Every: 2 * time.Second,
 	}
 	return nil
@@ -364,8 +364,10 @@ func (w *worker) startApp(context.Context) error {
 		Topic: cfg.Topic, DeadLetterTopic: cfg.DeadLetterTopic(), CommitInterval: cfg.CommitInterval,
 		Tables: w.tables, Handler: handler, Group: w.group,
 		// Not the group's client: its connection may be held by a
-		// JoinGroup for as long as a rebalance lasts.
-		Client: w.clients.restore, Restore: w.restore, Producer: w.producer, DB: w.db,
+		// JoinGroup for as long as a rebalance lasts; nor the restore
+		// consumer's, where a lookup would queue behind its long-polling
+		// fetches (up to MaxWaitTime each).
+		Client: w.clients.admin, Restore: w.restore, Producer: w.producer, DB: w.db,
 		State: w.state, Standby: w.standby, GroupID: cfg.Group,
 		Transactions: transactions(cfg, w.clients, w.brokers, w.mc.OnAck),
 		OffsetsAfter: cfg.Guarantee != config.ExactlyOnce,
@@ -579,7 +581,10 @@ func connect(cfg *config.Config, brokers []string, self string, changelogs []kaf
 			ManualTopics:   manual,
 			SessionTimeout: cfg.SessionTimeout,
 			Advertise:      []byte(self),
-			ReadCommitted:  cfg.Guarantee == config.ExactlyOnce,
+			// Changelogs hold transactions under both guarantees (the
+			// fence; see internal/stream): recovery and standbys must not
+			// apply the records of aborted ones.
+			ReadCommitted: cfg.Guarantee == config.ExactlyOnce || role == "restore",
 			Security: kafka.Security{
 				TLS: cfg.TLS, CAFile: cfg.TLSCAFile, CertFile: cfg.TLSCertFile, KeyFile: cfg.TLSKeyFile,
 				ServerName: cfg.TLSServerName, SASLMechanism: cfg.SASLMechanism, User: cfg.SASLUser, Password: cfg.SASLPassword,

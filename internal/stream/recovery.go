@@ -28,6 +28,12 @@ const (
 	// never be delivered, and only the broker can tell such a gap from
 	// records that are late (a leader move, a broker restarting).
 	quietCheck = 200 * time.Millisecond
+	// markerCheck is quietCheck when only the last offset below the end is
+	// left of a read_committed replay: that is nearly always the commit
+	// marker of the changelog's last transaction, which is never
+	// delivered, and every new owner and activated standby would wait
+	// quietCheck for it.
+	markerCheck = 5 * time.Millisecond
 	// stallCheck is how often a replay that is waiting for records it
 	// knows are there asks again, and stallLogEvery how often it says so.
 	stallCheck    = time.Second
@@ -283,8 +289,9 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, all []*rest
 	var replayed int64
 	stall := stallNotice{w: w, rs: rs}
 	dc, _ := t.(definitionChecker)
-	quiet := time.NewTimer(quietCheck)
+	quiet := time.NewTimer(r.quietAfter(last, rs.end))
 	defer quiet.Stop()
+	markerAsked := false
 	errs := rs.pc.Errors()
 	for last+1 < rs.end {
 		select {
@@ -336,7 +343,7 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, all []*rest
 				}
 			}
 			stall.clear()
-			quiet.Reset(quietCheck) // since Go 1.23 Reset drops a pending expiry
+			quiet.Reset(r.quietAfter(last, rs.end)) // since Go 1.23 Reset drops a pending expiry
 		case err, ok := <-errs:
 			if !ok {
 				errs = nil // closed with Messages, which reopen handles
@@ -356,9 +363,18 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, all []*rest
 				stall.set(fmt.Errorf("no record after offset %d of the %d below the end; asking the leader: %w", last, rs.end, err))
 				quiet.Reset(stallCheck)
 			case next >= rs.end:
-				rs.log.Info("the rest of the changelog holds no records to replay (compacted, or transaction markers)",
+				level := slog.LevelInfo
+				if last+2 >= rs.end {
+					level = slog.LevelDebug // the last transaction's commit marker
+				}
+				rs.log.Log(ctx, level, "the rest of the changelog holds no records to replay (compacted, or transaction markers)",
 					"last_offset", last, "end_offset", rs.end)
 				last = rs.end - 1
+			case !markerAsked && r.quietAfter(last, rs.end) == markerCheck:
+				// Not a marker but the last record, on its way: wait for
+				// it as for any other before saying it is late.
+				markerAsked = true
+				quiet.Reset(quietCheck)
 			default:
 				stall.set(fmt.Errorf("record at offset %d not delivered yet (end offset %d)", next, rs.end))
 				quiet.Reset(stallCheck)
@@ -473,4 +489,15 @@ func (w *partitionWorker) reportProgress(rs *restoring, all []*restoring, last, 
 	*nextLog = now.Add(progressEvery)
 	eta := time.Duration(float64(left) / rate * float64(time.Second)).Round(time.Second)
 	rs.log.Info("recovery progress", "records_left", left, "records_per_second", int64(rate), "eta", eta.String())
+}
+
+// quietAfter is how long a replay that applied the records up to last
+// waits for the next one before it asks the broker what is left below
+// end: markerCheck when only a read_committed changelog's last offset is
+// left (its commit marker, most likely), quietCheck otherwise.
+func (r *Runtime) quietAfter(last, end int64) time.Duration {
+	if r.readCommitted() && last+2 >= end {
+		return markerCheck
+	}
+	return quietCheck
 }
