@@ -48,6 +48,9 @@ broker: build ## run the dev broker alone on 127.0.0.1:9092, for several workers
 .PHONY: test
 test: ## run every test (race detector on): the worker, the dashboards, faults and bad input; slow suites have their own targets
 	$(GO) test -race -count=1 -timeout 20m ./...
+	@# The membership fence tests, without the race detector (see the top of
+	@# cmd/pageviews/membership_test.go).
+	$(GO) test -count=1 -timeout 10m -run '^(TestExpelled|TestRecoverySkipsAbortedTransactions)' ./cmd/pageviews
 	@# A count of inputs, not a duration: a fuzz run cut by its deadline can
 	@# fail with "context deadline exceeded" while a worker is busy.
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 50000x ./internal/pageview

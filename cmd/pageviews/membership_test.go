@@ -1,3 +1,12 @@
+// sarama v1.61.1 has a data race of its own in its transaction manager:
+// transitionTo writes lastError under statusLock while
+// publishTxnPartitions reads it under partitionInTxnLock. A producer the
+// new owner fenced, which these tests make on purpose, can meet it, and
+// the race detector then fails the test for sarama's race. They run
+// without it: make test runs them in a pass of their own.
+
+//go:build !race
+
 package main
 
 import (

@@ -326,7 +326,14 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 		}
 		w.pending = nil
 	}
+	return w.loop(ctx, claim.Messages())
+}
 
+// loop processes the partition's records and commits every commit
+// interval, and early when the partition goes quiet, until the partition
+// is revoked or the session ends.
+func (w *partitionWorker) loop(ctx context.Context, msgs <-chan *sarama.ConsumerMessage) error {
+	r := w.r
 	// Partitions assigned together would all commit at the same moments and
 	// queue behind each other at the producer (one request in flight per
 	// broker) and the store; the first commit of each comes at its own
@@ -357,32 +364,15 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 		w.report()
 		return nil
 	}
-	msgs := claim.Messages()
 	for {
 		select {
 		case m, ok := <-msgs:
-			if !ok { // revoked
-				return w.stop(ctx)
-			}
-			// One clock reading serves the whole batch taken here.
-			w.now = r.o.Clock()
-			if err := w.process(m); err != nil {
+			revoked, err := w.take(m, ok, msgs)
+			if err != nil {
 				return err
 			}
-			// Take what is already buffered without going back to select.
-			for drained := 0; drained < 1024; drained++ {
-				select {
-				case m, ok = <-msgs:
-					if !ok {
-						return w.stop(ctx)
-					}
-					if err := w.process(m); err != nil {
-						return err
-					}
-					continue
-				default:
-				}
-				break
+			if revoked {
+				return w.stop(ctx)
 			}
 			r.o.State.beat(w.p, w.last+1)
 			idle.Reset(idleCommit)
@@ -444,6 +434,29 @@ func (w *partitionWorker) report() {
 	}
 	w.r.o.State.beat(w.p, w.last+1)
 	h.Position(w.p, w.last, w.flushed+1, hwm, lag)
+}
+
+// take processes m (ok false: the partition was revoked) and what is
+// already buffered behind it, up to 1024 records, without going back to
+// the select of loop. One clock reading serves them all.
+func (w *partitionWorker) take(m *sarama.ConsumerMessage, ok bool, msgs <-chan *sarama.ConsumerMessage) (revoked bool, err error) {
+	w.now = w.r.o.Clock()
+	for drained := 0; ; drained++ {
+		if !ok {
+			return true, nil
+		}
+		if err := w.process(m); err != nil {
+			return false, err
+		}
+		if drained == 1024 {
+			return false, nil
+		}
+		select {
+		case m, ok = <-msgs:
+		default:
+			return false, nil
+		}
+	}
 }
 
 // stop ends processing when the session ends or the partition is revoked.
@@ -995,18 +1008,62 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 	ctx, span := tracing.Tracer().Start(ctx, "flush", trace.WithAttributes(
 		attribute.String("messaging.destination.name", r.o.Topic), attribute.Int64("messaging.kafka.destination.partition", int64(w.p))))
 	defer span.End()
-	now := r.o.Clock()
 	prod, err := w.producer()
 	if err != nil {
 		return err
 	}
 	_, produceSpan := tracing.Tracer().Start(ctx, "changelog produce", trace.WithSpanKind(trace.SpanKindProducer))
 	defer produceSpan.End() // a second End is a no-op
+	acks, err := w.send(prod, r.o.Clock())
+	if err != nil {
+		return err
+	}
+	if w.txp != nil {
+		if err := w.commitTransaction(acks); err != nil {
+			return err
+		}
+	}
+	// Records in flight are waited for even when the session ends meanwhile
+	// (ctx): a flush given up with records still in flight could see them
+	// land later, after a new owner's, and a later recovery would restore
+	// the older value. sarama's delivery timeout bounds the wait.
+	for i, a := range acks {
+		if err := a.Wait(context.WithoutCancel(ctx)); err != nil {
+			return &produceError{fmt.Errorf("produce %s: %w", r.o.Tables[i].Changelog(), err)}
+		}
+	}
+	for _, d := range w.dead {
+		if err := d.ack.Wait(context.WithoutCancel(ctx)); err != nil {
+			return &produceError{fmt.Errorf("produce %s: %w", r.o.DeadLetterTopic, err)}
+		}
+	}
+	produceSpan.End()
+	_, commitSpan := tracing.Tracer().Start(ctx, "commit")
+	defer commitSpan.End()
+	w.dead = w.dead[:0]
+	if err := w.store(acks); err != nil {
+		return err
+	}
+	w.flushed = w.last
+	if w.txp == nil || r.o.OffsetsAfter {
+		if err := w.commitOffset(); err != nil {
+			return err
+		}
+	}
+	r.o.Hooks.Committed(w.p, time.Since(began))
+	return nil
+}
+
+// send sends the tables' changelog records of the partition, and the dead
+// letters not sent yet or to be sent again, through prod. It returns the
+// acknowledgements of each table's records.
+func (w *partitionWorker) send(prod *kafka.Producer, now time.Time) ([]*kafka.Ack, error) {
+	r := w.r
 	acks := make([]*kafka.Ack, len(r.o.Tables))
 	for i, t := range r.o.Tables {
 		recs, err := t.Flush(w.p, now)
 		if err != nil {
-			return fmt.Errorf("flush %s: %w", t.Name(), err)
+			return nil, fmt.Errorf("flush %s: %w", t.Name(), err)
 		}
 		msgs := make([]*sarama.ProducerMessage, len(recs))
 		var hs headerCache
@@ -1022,7 +1079,7 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 		}
 		acks[i] = kafka.NewAck(len(msgs))
 		if err := prod.Send(acks[i], msgs...); err != nil {
-			return &produceError{fmt.Errorf("produce %s: %w", t.Changelog(), err)}
+			return nil, &produceError{fmt.Errorf("produce %s: %w", t.Changelog(), err)}
 		}
 	}
 	kept := w.dead[:0]
@@ -1032,69 +1089,61 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 				continue
 			}
 			if err := prod.Send(d.ack, d.msg); err != nil {
-				return &produceError{fmt.Errorf("produce %s: %w", r.o.DeadLetterTopic, err)}
+				return nil, &produceError{fmt.Errorf("produce %s: %w", r.o.DeadLetterTopic, err)}
 			}
 		}
 		kept = append(kept, d)
 	}
 	w.dead = kept
-	commitMeta := strconv.FormatInt(time.Now().UnixMilli(), 10)
-	if w.txp != nil {
+	return acks, nil
+}
+
+// commitTransaction commits the partition's open transaction, with the
+// source offset in it under exactly-once. A transaction that does not
+// commit is aborted, and the flush can be done again (a *commitError).
+func (w *partitionWorker) commitTransaction(acks []*kafka.Ack) error {
+	r := w.r
+	var err error
+	if r.o.OffsetsAfter {
+		err = w.txp.Commit()
+	} else {
+		meta := strconv.FormatInt(time.Now().UnixMilli(), 10)
 		offsets := map[string][]*sarama.PartitionOffsetMetadata{
-			r.o.Topic: {{Partition: w.p, Offset: w.last + 1, Metadata: &commitMeta}},
+			r.o.Topic: {{Partition: w.p, Offset: w.last + 1, Metadata: &meta}},
 		}
 		group := &sarama.ConsumerGroupMetadata{GroupID: r.o.GroupID, GenerationID: w.sess.GenerationID(), MemberID: w.sess.MemberID()}
-		var err error
-		if r.o.OffsetsAfter {
-			err = w.txp.Commit()
-		} else {
-			err = w.txp.CommitWithOffsets(offsets, group)
-		}
-		if err != nil {
-			// The cause, rather than sarama's account of the transaction's
-			// state: a record of it that was refused, if one was.
-			err = w.txnCause(err, acks)
-			if fenced(err) {
-				return w.replaced(err)
-			}
-			if aerr := w.abort(); aerr != nil {
-				return fmt.Errorf("%w; abort: %w", err, aerr)
-			}
-			// Aborted: its records are invisible to read_committed readers
-			// and nothing was stored or committed, so the flush can be done
-			// again in a new transaction: Flush hands out the same keys
-			// again, and the dead letters go out again (smaller, if one was
-			// refused as too large). That covers the coordinator refusing
-			// this member's generation while the group rebalances
-			// (cooperative: the member keeps the partition and learns its
-			// new generation when its join completes) and a record that
-			// the brokers refused.
-			for i := range w.dead {
-				w.dead[i].aborted = true
-			}
-			return &commitError{fmt.Errorf("commit transaction, aborted to be done again: %w", err)}
-		}
+		err = w.txp.CommitWithOffsets(offsets, group)
 	}
-	// Records in flight are waited for even when the session ends meanwhile
-	// (ctx): a flush given up with records still in flight could see them
-	// land later, after a new owner's, and a later recovery would restore
-	// the older value. sarama's delivery timeout bounds the wait.
-	for i, a := range acks {
-		if err := a.Wait(context.WithoutCancel(ctx)); err != nil {
-			return &produceError{fmt.Errorf("produce %s: %w", r.o.Tables[i].Changelog(), err)}
-		}
+	if err == nil {
+		return nil
 	}
-	for _, d := range w.dead {
-		if err := d.ack.Wait(context.WithoutCancel(ctx)); err != nil {
-			produceSpan.End()
-			return &produceError{fmt.Errorf("produce %s: %w", r.o.DeadLetterTopic, err)}
-		}
+	// The cause, rather than sarama's account of the transaction's state:
+	// a record of it that was refused, if one was.
+	err = w.txnCause(err, acks)
+	if fenced(err) {
+		return w.replaced(err)
 	}
-	produceSpan.End()
-	_, commitSpan := tracing.Tracer().Start(ctx, "commit")
-	defer commitSpan.End()
-	w.dead = w.dead[:0]
+	if aerr := w.abort(); aerr != nil {
+		return fmt.Errorf("%w; abort: %w", err, aerr)
+	}
+	// Aborted: its records are invisible to read_committed readers and
+	// nothing was stored or committed, so the flush can be done again in a
+	// new transaction: Flush hands out the same keys again, and the dead
+	// letters go out again (smaller, if one was refused as too large).
+	// That covers the coordinator refusing this member's generation while
+	// the group rebalances (cooperative: the member keeps the partition and
+	// learns its new generation when its join completes) and a record that
+	// the brokers refused.
+	for i := range w.dead {
+		w.dead[i].aborted = true
+	}
+	return &commitError{fmt.Errorf("commit transaction, aborted to be done again: %w", err)}
+}
 
+// store writes the flushed values and each changelog's offset in one
+// store batch.
+func (w *partitionWorker) store(acks []*kafka.Ack) error {
+	r := w.r
 	b := r.o.DB.NewBatch()
 	for i, t := range r.o.Tables {
 		off := acks[i].Offset(w.p)
@@ -1115,14 +1164,6 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 	for _, t := range r.o.Tables {
 		t.Flushed(w.p)
 	}
-
-	w.flushed = w.last
-	if w.txp == nil || r.o.OffsetsAfter {
-		if err := w.commitOffset(); err != nil {
-			return err
-		}
-	}
-	r.o.Hooks.Committed(w.p, time.Since(began))
 	return nil
 }
 
