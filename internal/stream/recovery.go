@@ -13,6 +13,7 @@ import (
 	"github.com/IBM/sarama"
 
 	"github.com/gofaust/pageviews/internal/kafka"
+	"github.com/gofaust/pageviews/internal/store"
 )
 
 const (
@@ -256,48 +257,26 @@ func replayRange(ctx context.Context, t Table, client sarama.Client, p int32, re
 // checkpoint never passes what was applied or shown to be a gap.
 func (w *partitionWorker) replay(ctx context.Context, rs *restoring, all []*restoring) error {
 	r := w.r
-	t := rs.t
-	b := r.o.DB.NewBatch()
-	defer func() { b.Discard() }()
-	last := rs.start - 1
-	// The batches along the way carry their checkpoint and need not wait
-	// for the disk: a crash loses at most some of them, and the next
-	// recovery resumes from the last that made it. The last is synced,
-	// which makes every earlier one durable too.
-	commit := func(final bool) error {
-		if err := t.Recovered(w.p, b, last); err != nil {
-			return err
-		}
-		commit := b.CommitUnsynced
-		if final {
-			commit = b.Commit
-		}
-		if err := commit(); err != nil {
-			return err
-		}
-		b = r.o.DB.NewBatch()
-		return nil
-	}
+	rp := &replayer{w: w, rs: rs, all: all, b: r.o.DB.NewBatch(), last: rs.start - 1}
+	defer func() { rp.b.Discard() }()
 	if rs.pc == nil {
 		// Nothing to replay: still report the finished recovery (0 left).
-		r.o.Hooks.RecoveryProgress(t.Name(), w.p, 0, 0, 0)
-		return commit(true)
+		r.o.Hooks.RecoveryProgress(rs.t.Name(), w.p, 0, 0, 0)
+		return rp.commit(true)
 	}
-
-	began := r.o.Clock()
-	nextLog := began.Add(progressEvery)
-	var replayed int64
+	rp.began = r.o.Clock()
+	rp.nextLog = rp.began.Add(progressEvery)
+	rp.dc, _ = rs.t.(definitionChecker)
 	stall := stallNotice{w: w, rs: rs}
-	dc, _ := t.(definitionChecker)
-	quiet := time.NewTimer(r.quietAfter(last, rs.end))
+	quiet := time.NewTimer(r.quietAfter(rp.last, rs.end))
 	defer quiet.Stop()
 	markerAsked := false
 	errs := rs.pc.Errors()
-	for last+1 < rs.end {
+	for rp.last+1 < rs.end {
 		select {
 		case m, ok := <-rs.pc.Messages():
 			if !ok {
-				if err := w.reopen(rs, &last); err != nil {
+				if err := w.reopen(rs, &rp.last); err != nil {
 					return err
 				}
 				if rs.pc != nil {
@@ -306,44 +285,11 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, all []*rest
 				quiet.Reset(quietCheck)
 				continue
 			}
-			// Take what is already buffered without going back to select.
-			for drained := 0; ; drained++ {
-				if m.Offset >= rs.end {
-					// Written after recovery measured the end (a late
-					// write of a previous owner): not this recovery's.
-					last = rs.end - 1
-					break
-				}
-				if dc != nil {
-					if err := checkDefinition(dc, m); err != nil {
-						return err
-					}
-				}
-				if err := t.Restore(w.p, b, m.Key, m.Value, m.Timestamp); err != nil {
-					return err
-				}
-				last = m.Offset
-				replayed++
-				if replayed%restoreBatch == 0 {
-					if err := commit(false); err != nil {
-						return err
-					}
-					w.reportProgress(rs, all, last, replayed, began, &nextLog)
-				}
-				if last+1 >= rs.end || drained == 1024 {
-					break
-				}
-				var ok bool
-				select {
-				case m, ok = <-rs.pc.Messages():
-				default:
-				}
-				if !ok {
-					break
-				}
+			if err := rp.apply(m); err != nil {
+				return err
 			}
 			stall.clear()
-			quiet.Reset(r.quietAfter(last, rs.end)) // since Go 1.23 Reset drops a pending expiry
+			quiet.Reset(r.quietAfter(rp.last, rs.end)) // since Go 1.23 Reset drops a pending expiry
 		case err, ok := <-errs:
 			if !ok {
 				errs = nil // closed with Messages, which reopen handles
@@ -353,45 +299,136 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, all []*rest
 			// connection) and closes Messages after an offset out of
 			// range; one that trying again cannot cure stops the worker.
 			if kafka.Fatal(err) {
-				return fmt.Errorf("replay %s/%d: %w", t.Changelog(), w.p, err)
+				return fmt.Errorf("replay %s/%d: %w", rs.t.Changelog(), w.p, err)
 			}
-			stall.set(fmt.Errorf("fetch %s/%d: %w", t.Changelog(), w.p, err))
+			stall.set(fmt.Errorf("fetch %s/%d: %w", rs.t.Changelog(), w.p, err))
 		case <-quiet.C:
-			next, err := nextRecord(r.o.Client, t.Changelog(), w.p, last+1, rs.end, r.readCommitted())
-			switch {
-			case err != nil:
-				stall.set(fmt.Errorf("no record after offset %d of the %d below the end; asking the leader: %w", last, rs.end, err))
-				quiet.Reset(stallCheck)
-			case next >= rs.end:
-				level := slog.LevelInfo
-				if last+2 >= rs.end {
-					level = slog.LevelDebug // the last transaction's commit marker
-				}
-				rs.log.Log(ctx, level, "the rest of the changelog holds no records to replay (compacted, or transaction markers)",
-					"last_offset", last, "end_offset", rs.end)
-				last = rs.end - 1
-			case !markerAsked && r.quietAfter(last, rs.end) == markerCheck:
-				// Not a marker but the last record, on its way: wait for
-				// it as for any other before saying it is late.
-				markerAsked = true
-				quiet.Reset(quietCheck)
-			default:
-				stall.set(fmt.Errorf("record at offset %d not delivered yet (end offset %d)", next, rs.end))
-				quiet.Reset(stallCheck)
+			if wait := rp.askLeader(ctx, &markerAsked, &stall); wait > 0 {
+				quiet.Reset(wait)
 			}
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
 	stall.clear()
-	if err := commit(true); err != nil {
+	return rp.finish()
+}
+
+// replayer is one replay of a table partition's changelog under way.
+type replayer struct {
+	w   *partitionWorker
+	rs  *restoring
+	all []*restoring
+	// b holds what was applied since the last commit; last is the offset
+	// of the last record applied or shown to be a gap.
+	b              *store.Batch
+	last, replayed int64
+	began, nextLog time.Time
+	dc             definitionChecker
+}
+
+// commit writes the batch with its checkpoint (last). The batches along the
+// way need not wait for the disk: a crash loses at most some of them, and
+// the next recovery resumes from the last that made it. The final one is
+// synced, which makes every earlier one durable too.
+func (rp *replayer) commit(final bool) error {
+	if err := rp.rs.t.Recovered(rp.w.p, rp.b, rp.last); err != nil {
 		return err
 	}
+	commit := rp.b.CommitUnsynced
+	if final {
+		commit = rp.b.Commit
+	}
+	if err := commit(); err != nil {
+		return err
+	}
+	rp.b = rp.w.r.o.DB.NewBatch()
+	return nil
+}
+
+// apply applies m and what is already buffered behind it (up to 1024
+// records) without going back to the select of replay.
+func (rp *replayer) apply(m *sarama.ConsumerMessage) error {
+	rs, t := rp.rs, rp.rs.t
+	for drained := 0; ; drained++ {
+		if m.Offset >= rs.end {
+			// Written after recovery measured the end (a late write of a
+			// previous owner): not this recovery's.
+			rp.last = rs.end - 1
+			return nil
+		}
+		if rp.dc != nil {
+			if err := checkDefinition(rp.dc, m); err != nil {
+				return err
+			}
+		}
+		if err := t.Restore(rp.w.p, rp.b, m.Key, m.Value, m.Timestamp); err != nil {
+			return err
+		}
+		rp.last = m.Offset
+		rp.replayed++
+		if rp.replayed%restoreBatch == 0 {
+			if err := rp.commit(false); err != nil {
+				return err
+			}
+			rp.w.reportProgress(rs, rp.all, rp.last, rp.replayed, rp.began, &rp.nextLog)
+		}
+		if rp.last+1 >= rs.end || drained == 1024 {
+			return nil
+		}
+		var ok bool
+		select {
+		case m, ok = <-rs.pc.Messages():
+		default:
+		}
+		if !ok {
+			return nil
+		}
+	}
+}
+
+// askLeader asks the partition's leader what is left below the end once
+// the consumer went quiet. A gap (compaction, transaction markers) ends the
+// replay (last moves to the end); records that are there but not delivered
+// yet are waited for. It returns when to ask again, 0 when done.
+func (rp *replayer) askLeader(ctx context.Context, markerAsked *bool, stall *stallNotice) time.Duration {
+	r, rs, last := rp.w.r, rp.rs, rp.last
+	next, err := nextRecord(r.o.Client, rs.t.Changelog(), rp.w.p, last+1, rs.end, r.readCommitted())
+	switch {
+	case err != nil:
+		stall.set(fmt.Errorf("no record after offset %d of the %d below the end; asking the leader: %w", last, rs.end, err))
+		return stallCheck
+	case next >= rs.end:
+		level := slog.LevelInfo
+		if last+2 >= rs.end {
+			level = slog.LevelDebug // the last transaction's commit marker
+		}
+		rs.log.Log(ctx, level, "the rest of the changelog holds no records to replay (compacted, or transaction markers)",
+			"last_offset", last, "end_offset", rs.end)
+		rp.last = rs.end - 1
+		return 0
+	case !*markerAsked && r.quietAfter(last, rs.end) == markerCheck:
+		// Not a marker but the last record, on its way: wait for it as for
+		// any other before saying it is late.
+		*markerAsked = true
+		return quietCheck
+	default:
+		stall.set(fmt.Errorf("record at offset %d not delivered yet (end offset %d)", next, rs.end))
+		return stallCheck
+	}
+}
+
+// finish commits the last batch, synced, and reports the replay done.
+func (rp *replayer) finish() error {
+	if err := rp.commit(true); err != nil {
+		return err
+	}
+	r, rs := rp.w.r, rp.rs
 	rs.left.Store(0)
-	elapsed := r.o.Clock().Sub(began)
-	r.o.Hooks.RecoveryProgress(t.Name(), w.p, 0, 0, replayed%restoreBatch)
-	rs.log.Info("recovered", "records", replayed, "seconds", elapsed.Seconds(),
-		"records_per_second", int64(float64(replayed)/max(elapsed.Seconds(), 1e-3)))
+	elapsed := r.o.Clock().Sub(rp.began)
+	r.o.Hooks.RecoveryProgress(rs.t.Name(), rp.w.p, 0, 0, rp.replayed%restoreBatch)
+	rs.log.Info("recovered", "records", rp.replayed, "seconds", elapsed.Seconds(),
+		"records_per_second", int64(float64(rp.replayed)/max(elapsed.Seconds(), 1e-3)))
 	return nil
 }
 

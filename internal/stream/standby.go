@@ -256,32 +256,9 @@ func (s *Standby) tailTable(ctx context.Context, t Table, p int32) error {
 	}
 	defer pc.AsyncClose()
 
-	b := s.DB.NewBatch()
-	defer func() { b.Discard() }()
-	last, n := start-1, 0
-	caughtUp := false
-	logCaughtUp := func() {
-		if !caughtUp && last+1 >= hwm {
-			caughtUp = true
-			s.Log.Info("standby copy caught up", "partition", p, "table", t.Name(), "offset", last)
-		}
-	}
-	commit := func() error {
-		if n == 0 {
-			return nil
-		}
-		if err := t.Recovered(p, b, last); err != nil {
-			return err
-		}
-		if err := b.Commit(); err != nil {
-			return err
-		}
-		b, n = s.DB.NewBatch(), 0
-		s.Log.Debug("standby copy committed", "partition", p, "table", t.Name(), "offset", last)
-		logCaughtUp()
-		return nil
-	}
-	logCaughtUp()
+	c := &standbyCopy{s: s, t: t, p: p, b: s.DB.NewBatch(), last: start - 1, hwm: hwm}
+	defer func() { c.b.Discard() }()
+	c.logCaughtUp()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	errs := pc.Errors()
@@ -294,49 +271,94 @@ func (s *Standby) tailTable(ctx context.Context, t Table, p int32) error {
 				// out of range: retention, DeleteRecords, a recreated
 				// topic). Keep what was copied; the next reconcile starts
 				// the copy again from its checkpoint or the log start.
-				cause := errors.New("no error reported")
-				select {
-				case err, ok := <-pc.Errors():
-					if ok && err != nil {
-						cause = err
-					}
-				default:
-				}
-				if err := commit(); err != nil {
+				if err := c.commit(); err != nil {
 					return err
 				}
-				return fmt.Errorf("changelog consumer of %s/%d stopped: %w", topic, p, cause)
+				return fmt.Errorf("changelog consumer of %s/%d stopped: %w", topic, p, closedCause(pc))
 			}
 			if dc != nil {
 				if err := checkDefinition(dc, m); err != nil {
 					return err
 				}
 			}
-			if err := t.Restore(p, b, m.Key, m.Value, m.Timestamp); err != nil {
+			if err := t.Restore(p, c.b, m.Key, m.Value, m.Timestamp); err != nil {
 				return err
 			}
-			last, n = m.Offset, n+1
-			if n >= restoreBatch {
-				if err := commit(); err != nil {
+			c.last, c.n = m.Offset, c.n+1
+			if c.n >= restoreBatch {
+				if err := c.commit(); err != nil {
 					return err
 				}
 			}
 		case err, ok := <-errs:
 			if !ok {
 				errs = nil // closed with Messages
-			} else if kafka.Fatal(err) {
-				return fmt.Errorf("changelog %s/%d: %w", topic, p, err)
-			} else {
-				// sarama retries what it can (a leader move, a broken
-				// connection) and closes Messages after anything else.
-				s.Log.Debug("standby copy fetch error", "partition", p, "table", t.Name(), "error", err)
+				break
 			}
+			if kafka.Fatal(err) {
+				return fmt.Errorf("changelog %s/%d: %w", topic, p, err)
+			}
+			// sarama retries what it can (a leader move, a broken
+			// connection) and closes Messages after anything else.
+			s.Log.Debug("standby copy fetch error", "partition", p, "table", t.Name(), "error", err)
 		case <-tick.C:
-			if err := commit(); err != nil {
+			if err := c.commit(); err != nil {
 				return err
 			}
 		case <-ctx.Done():
-			return commit()
+			return c.commit()
 		}
+	}
+}
+
+// closedCause is the error a closed partition consumer left, if any.
+func closedCause(pc sarama.PartitionConsumer) error {
+	select {
+	case err, ok := <-pc.Errors():
+		if ok && err != nil {
+			return err
+		}
+	default:
+	}
+	return errors.New("no error reported")
+}
+
+// standbyCopy is the copy of one table partition that tailTable keeps: b
+// holds the n records applied since its last commit, up to offset last.
+type standbyCopy struct {
+	s        *Standby
+	t        Table
+	p        int32
+	b        *store.Batch
+	last     int64
+	n        int
+	hwm      int64 // the end of the changelog when the copy started
+	caughtUp bool
+}
+
+// commit writes the records applied since the last commit, with their
+// checkpoint.
+func (c *standbyCopy) commit() error {
+	if c.n == 0 {
+		return nil
+	}
+	if err := c.t.Recovered(c.p, c.b, c.last); err != nil {
+		return err
+	}
+	if err := c.b.Commit(); err != nil {
+		return err
+	}
+	c.b, c.n = c.s.DB.NewBatch(), 0
+	c.s.Log.Debug("standby copy committed", "partition", c.p, "table", c.t.Name(), "offset", c.last)
+	c.logCaughtUp()
+	return nil
+}
+
+// logCaughtUp says once that the copy reached the end the changelog had
+// when it started.
+func (c *standbyCopy) logCaughtUp() {
+	if !c.caughtUp && c.last+1 >= c.hwm {
+		c.caughtUp = true
+		c.s.Log.Info("standby copy caught up", "partition", c.p, "table", c.t.Name(), "offset", c.last)
 	}
 }
