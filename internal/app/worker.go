@@ -342,7 +342,7 @@ func (w *worker) startGroup(context.Context) error {
 	}
 	w.standby = &stream.Standby{
 		Replicas: cfg.StandbyReplicas, Self: w.self, Owners: w.directory.Owners, Tables: standbyTables,
-		Client: cs.admin, Restore: w.restore, DB: w.db, ReadCommitted: true,
+		Client: cs.admin, Restore: w.restore, DB: w.db,
 		Log: w.log.With("component", "standby"), Every: 2 * time.Second,
 	}
 	return nil
@@ -367,7 +367,7 @@ func (w *worker) startApp(context.Context) error {
 		// JoinGroup for as long as a rebalance lasts; nor the restore
 		// consumer's, where a lookup would queue behind its long-polling
 		// fetches (up to MaxWaitTime each).
-		Client: w.clients.admin, Restore: w.restore, Producer: w.producer, DB: w.db,
+		Client: w.clients.admin, Restore: w.restore, DB: w.db,
 		State: w.state, Standby: w.standby, GroupID: cfg.Group,
 		Transactions: transactions(cfg, w.clients, w.brokers, w.mc.OnAck),
 		OffsetsAfter: cfg.Guarantee != config.ExactlyOnce,
@@ -683,10 +683,10 @@ func connectHint(cfg *config.Config, err error) string {
 	return ""
 }
 
-// transactions returns the per-partition transactional producer factory for
-// exactly-once processing, or nil for at-least-once. The transactional id is
-// stable per partition, so whichever worker owns the partition next fences
-// the previous owner.
+// transactions returns the factory of each partition's transactional
+// producer, under both guarantees. The transactional id is stable per
+// partition, so whichever worker owns the partition next fences the
+// previous owner.
 func transactions(cfg *config.Config, cs *clients, brokers []string, onAck func(string, time.Duration, error)) func(p int32) (*kafka.Producer, error) {
 	return func(p int32) (*kafka.Producer, error) {
 		tp, err := kafka.NewTransactionalProducer(brokers, cs.base, fmt.Sprintf("%s-%s-%d", cfg.Group, cfg.Topic, p), cfg.CommitInterval)

@@ -64,16 +64,16 @@ const probeFetchBytes = 1 << 20
 // answer tells a gap (the replay is done) from records that are there but
 // not delivered yet (a leader move, a broker being restarted; the replay
 // keeps waiting).
-func nextRecord(client sarama.Client, topic string, p int32, from, end int64, readCommitted bool) (int64, error) {
+func nextRecord(client sarama.Client, topic string, p int32, from, end int64) (int64, error) {
 	for fetches := 0; from < end; fetches++ {
 		if fetches == 64 {
 			return 0, fmt.Errorf("no record found between offsets %d and %d after %d fetches", from, end, fetches)
 		}
-		block, err := probeFetch(client, topic, p, from, readCommitted)
+		block, err := probeFetch(client, topic, p, from)
 		if err != nil {
 			return 0, err
 		}
-		next, pos, err := scanBlock(block, from, end, readCommitted)
+		next, pos, err := scanBlock(block, from, end)
 		if err != nil || next < end {
 			return next, err
 		}
@@ -88,15 +88,12 @@ func nextRecord(client sarama.Client, topic string, p int32, from, end int64, re
 	return end, nil
 }
 
-func probeFetch(client sarama.Client, topic string, p int32, from int64, readCommitted bool) (*sarama.FetchResponseBlock, error) {
+func probeFetch(client sarama.Client, topic string, p int32, from int64) (*sarama.FetchResponseBlock, error) {
 	broker, err := client.Leader(topic, p)
 	if err != nil {
 		return nil, err
 	}
-	req := &sarama.FetchRequest{Version: fetchVersion(client.Config().Version), MaxBytes: probeFetchBytes}
-	if readCommitted {
-		req.Isolation = sarama.ReadCommitted
-	}
+	req := &sarama.FetchRequest{Version: fetchVersion(client.Config().Version), MaxBytes: probeFetchBytes, Isolation: sarama.ReadCommitted}
 	req.AddBlock(topic, p, from, probeFetchBytes, -1)
 	resp, err := broker.Fetch(req)
 	if err != nil {
@@ -132,7 +129,7 @@ func fetchVersion(v sarama.KafkaVersion) int16 {
 // scanBlock looks through one fetch answer for the first deliverable record
 // in [from, end). next is its offset, or end when the answer holds none;
 // pos is the offset after the last complete batch it looked at.
-func scanBlock(block *sarama.FetchResponseBlock, from, end int64, readCommitted bool) (next, pos int64, err error) {
+func scanBlock(block *sarama.FetchResponseBlock, from, end int64) (next, pos int64, err error) {
 	pos = from
 	aborted := map[int64]bool{} // producers inside an aborted transaction
 	txns := block.AbortedTransactions
@@ -162,7 +159,7 @@ func scanBlock(block *sarama.FetchResponseBlock, from, end int64, readCommitted 
 			delete(aborted, rb.ProducerID)
 			continue
 		}
-		if readCommitted && rb.IsTransactional && aborted[rb.ProducerID] {
+		if rb.IsTransactional && aborted[rb.ProducerID] {
 			continue
 		}
 		for _, r := range rb.Records {

@@ -30,7 +30,7 @@ const (
 	// records that are late (a leader move, a broker restarting).
 	quietCheck = 200 * time.Millisecond
 	// markerCheck is quietCheck when only the last offset below the end is
-	// left of a read_committed replay: that is nearly always the commit
+	// left of a replay: that is nearly always the commit
 	// marker of the changelog's last transaction, which is never
 	// delivered, and every new owner and activated standby would wait
 	// quietCheck for it.
@@ -49,8 +49,8 @@ type restoring struct {
 	t     Table
 	log   *slog.Logger
 	start int64 // first offset to replay
-	// end is the offset recovery replays up to: the high watermark, or
-	// under exactly-once the last stable offset, measured when it began.
+	// end is the offset recovery replays up to: the last stable offset,
+	// measured when it began.
 	end  int64
 	pc   sarama.PartitionConsumer
 	left atomic.Int64 // records left to replay, for the partition's progress
@@ -135,7 +135,7 @@ func (w *partitionWorker) prepare(ctx context.Context, t Table) (*restoring, err
 	log := w.log.With("table", t.Name(), "changelog", t.Changelog())
 	waiting := func(err error) { w.r.o.State.waiting(w.p, err) }
 	defer waiting(nil)
-	start, end, stored, err := replayRange(ctx, t, w.r.o.Client, w.p, w.r.readCommitted(), log, waiting)
+	start, end, stored, err := replayRange(ctx, t, w.r.o.Client, w.p, log, waiting)
 	if err != nil {
 		return nil, err
 	}
@@ -197,13 +197,13 @@ func patiently(ctx context.Context, log *slog.Logger, waiting func(error), fn fu
 // replayRange assigns table partition p and decides where its changelog
 // replay starts: after the stored checkpoint, or at the log start when the
 // store holds nothing or is ahead of the changelog (then it is wiped). It
-// ends at the high watermark, or at the last stable offset when
-// readCommitted. stored reports whether the store's contents are kept.
+// ends at the last stable offset (the changelogs are read read_committed).
+// stored reports whether the store's contents are kept.
 // Recovery and standby copies share it.
 //
 // Errors of the brokers that pass (a leader moving) are waited out until
 // ctx ends, telling waiting (may be nil) why.
-func replayRange(ctx context.Context, t Table, client sarama.Client, p int32, readCommitted bool, log *slog.Logger, waiting func(error)) (start, end int64, stored bool, err error) {
+func replayRange(ctx context.Context, t Table, client sarama.Client, p int32, log *slog.Logger, waiting func(error)) (start, end int64, stored bool, err error) {
 	topic := t.Changelog()
 	cp, stored, err := t.Assign(p)
 	if err != nil {
@@ -214,11 +214,8 @@ func replayRange(ctx context.Context, t Table, client sarama.Client, p int32, re
 		if hwm, err = client.GetOffset(topic, p, sarama.OffsetNewest); err != nil {
 			return fmt.Errorf("high watermark of %s/%d: %w", topic, p, err)
 		}
-		end = hwm
-		if readCommitted {
-			if end, err = lastStableOffset(client, topic, p); err != nil {
-				return fmt.Errorf("last stable offset of %s/%d: %w", topic, p, err)
-			}
+		if end, err = lastStableOffset(client, topic, p); err != nil {
+			return fmt.Errorf("last stable offset of %s/%d: %w", topic, p, err)
 		}
 		if low, err = client.GetOffset(topic, p, sarama.OffsetOldest); err != nil {
 			return fmt.Errorf("log start of %s/%d: %w", topic, p, err)
@@ -232,7 +229,7 @@ func replayRange(ctx context.Context, t Table, client sarama.Client, p int32, re
 		return low, end, false, nil
 	}
 	// Against the high watermark: a stored offset is always of a record
-	// the changelog holds (under exactly-once, of a committed one).
+	// the changelog holds, of a committed transaction.
 	if cp.Offset+1 > hwm {
 		log.Warn("local store is ahead of the changelog; wiping the partition and rebuilding it from the start",
 			"stored_offset", cp.Offset, "high_watermark", hwm)
@@ -393,7 +390,7 @@ func (rp *replayer) apply(m *sarama.ConsumerMessage) error {
 // yet are waited for. It returns when to ask again, 0 when done.
 func (rp *replayer) askLeader(ctx context.Context, markerAsked *bool, stall *stallNotice) time.Duration {
 	r, rs, last := rp.w.r, rp.rs, rp.last
-	next, err := nextRecord(r.o.Client, rs.t.Changelog(), rp.w.p, last+1, rs.end, r.readCommitted())
+	next, err := nextRecord(r.o.Client, rs.t.Changelog(), rp.w.p, last+1, rs.end)
 	switch {
 	case err != nil:
 		stall.set(fmt.Errorf("no record after offset %d of the %d below the end; asking the leader: %w", last, rs.end, err))
@@ -530,10 +527,10 @@ func (w *partitionWorker) reportProgress(rs *restoring, all []*restoring, last, 
 
 // quietAfter is how long a replay that applied the records up to last
 // waits for the next one before it asks the broker what is left below
-// end: markerCheck when only a read_committed changelog's last offset is
-// left (its commit marker, most likely), quietCheck otherwise.
+// end: markerCheck when only the changelog's last offset is left (its last
+// transaction's commit marker, most likely), quietCheck otherwise.
 func (r *Runtime) quietAfter(last, end int64) time.Duration {
-	if r.readCommitted() && last+2 >= end {
+	if last+2 >= end {
 		return markerCheck
 	}
 	return quietCheck

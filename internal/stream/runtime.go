@@ -33,18 +33,17 @@ type Options struct {
 	Tables          []Table
 	Handler         Handler
 
-	Group    sarama.ConsumerGroup // consumes Topic
-	Client   sarama.Client        // reads changelog offsets
-	Restore  sarama.Consumer      // replays changelogs
-	Producer *kafka.Producer      // changelogs and dead letters
-	DB       *store.DB
-	State    *State
+	Group   sarama.ConsumerGroup // consumes Topic
+	Client  sarama.Client        // reads changelog offsets
+	Restore sarama.Consumer      // replays changelogs
+	DB      *store.DB
+	State   *State
 	// Transactions returns the transactional producer of partition p (a
 	// stable transactional id per partition, so the next owner fences this
 	// one; see "The membership fence"). Each commit interval is one
 	// transaction holding the changelog records, the dead letters and,
-	// unless OffsetsAfter, the source offset (exactly-once). Nil writes
-	// through Producer with no fence, for tests of the runtime alone.
+	// unless OffsetsAfter, the source offset (exactly-once). Recovery and
+	// standbys read the changelogs read_committed.
 	Transactions func(p int32) (*kafka.Producer, error)
 	// OffsetsAfter, with Transactions, keeps the source offset out of the
 	// transaction (at-least-once): each commit interval's transaction holds
@@ -179,10 +178,6 @@ func (r *Runtime) Run(ctx context.Context) error {
 	return nil
 }
 
-// readCommitted reports whether the changelogs are read committed: under
-// exactly-once, where they hold transactions.
-func (r *Runtime) readCommitted() bool { return r.o.Transactions != nil }
-
 // Pause stops fetching from every partition this worker holds; processing
 // of what was fetched goes on, and the worker stays in its group.
 func (r *Runtime) Pause() { r.o.Group.PauseAll() }
@@ -266,7 +261,7 @@ type partitionWorker struct {
 	uncommitted bool
 	dead        []deadLetter
 	pending     *sarama.ConsumerMessage // a source record received during recovery
-	txp         *kafka.Producer         // this partition's transactional producer (exactly-once)
+	txp         *kafka.Producer         // this partition's transactional producer
 
 	claim      sarama.ConsumerGroupClaim
 	assignedAt time.Time
@@ -291,21 +286,19 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 			t.Revoke(w.p)
 		}
 	}()
-	if r.o.Transactions != nil {
-		// Before recovery: starting the producer fences the previous owner
-		// and aborts its open transaction, so the changelog's end is final.
-		txp, err := r.o.Transactions(w.p)
-		if err != nil {
-			return err
-		}
-		w.txp = txp
-		defer func() {
-			// w.txp: abort may have replaced the producer.
-			if err := w.txp.Close(); err != nil {
-				w.log.Warn("close transactional producer", "error", err)
-			}
-		}()
+	// Before recovery: starting the producer fences the previous owner and
+	// aborts its open transaction, so the changelog's end is final.
+	txp, err := r.o.Transactions(w.p)
+	if err != nil {
+		return err
 	}
+	w.txp = txp
+	defer func() {
+		// w.txp: abort may have replaced the producer.
+		if err := w.txp.Close(); err != nil {
+			w.log.Warn("close transactional producer", "error", err)
+		}
+	}()
 	ctx := w.sess.Context()
 	if err := w.recover(ctx, claim.Messages()); err != nil {
 		if ctx.Err() != nil || errors.Is(err, errRevoked) {
@@ -828,7 +821,7 @@ func (e *produceError) Unwrap() error { return e.err }
 // flushRetrying flushes; while the brokers cannot take the records it
 // retries with backoff, and the partition waits (nothing is committed, so
 // nothing is lost). The partition shows as stalled meanwhile, which makes
-// the worker not ready. Under exactly-once a transaction that could be
+// the worker not ready. A transaction that could be
 // aborted (the coordinator refused the generation, the brokers refused a
 // record) is done again the same way; one that could not leaves the
 // producer in an unknown state, so the partition fails instead and the
@@ -843,11 +836,11 @@ func (w *partitionWorker) flushRetrying(ctx context.Context) error {
 			}
 			return nil
 		}
-		// Under exactly-once only an aborted transaction (a commitError) is
-		// done again; after any other failure the producer's state is
+		// Only an aborted transaction or a refused offset commit (a
+		// commitError) is done again; after any other failure the producer's state is
 		// unknown and the worker restarts from the last committed one.
 		var ce *commitError
-		if ctx.Err() != nil || !retryable(err) || (w.txp != nil && !errors.As(err, &ce)) {
+		if ctx.Err() != nil || !retryable(err) || !errors.As(err, &ce) {
 			return err
 		}
 		w.r.o.State.stall(w.p, err)
@@ -887,12 +880,9 @@ func (w *partitionWorker) flushWatched(ctx context.Context) error {
 	return err
 }
 
-// producer returns where this partition's records go: its open transaction
-// under exactly-once, else the shared producer.
+// producer returns this partition's transactional producer with a
+// transaction open.
 func (w *partitionWorker) producer() (*kafka.Producer, error) {
-	if w.txp == nil {
-		return w.r.o.Producer, nil
-	}
 	if w.txp.Dead() {
 		// A record of the last transaction met a fatal error; fenced by
 		// the partition's new owner is the one a worker meets.
@@ -1018,10 +1008,8 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if w.txp != nil {
-		if err := w.commitTransaction(acks); err != nil {
-			return err
-		}
+	if err := w.commitTransaction(acks); err != nil {
+		return err
 	}
 	// Records in flight are waited for even when the session ends meanwhile
 	// (ctx): a flush given up with records still in flight could see them
@@ -1045,7 +1033,7 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 		return err
 	}
 	w.flushed = w.last
-	if w.txp == nil || r.o.OffsetsAfter {
+	if r.o.OffsetsAfter {
 		if err := w.commitOffset(); err != nil {
 			return err
 		}
@@ -1147,7 +1135,7 @@ func (w *partitionWorker) store(acks []*kafka.Ack) error {
 	b := r.o.DB.NewBatch()
 	for i, t := range r.o.Tables {
 		off := acks[i].Offset(w.p)
-		if w.txp != nil && off >= 0 {
+		if off >= 0 {
 			// The transaction's commit marker follows its last record (this
 			// producer is the partition's only writer): the store holds the
 			// state through it, and a recovery has nothing left to read.

@@ -36,10 +36,7 @@ type Standby struct {
 	Client  sarama.Client
 	Restore sarama.Consumer
 	DB      *store.DB
-	// ReadCommitted: the changelogs hold transactions (exactly-once), and
-	// a copy is caught up at their last stable offset.
-	ReadCommitted bool
-	Log           *slog.Logger
+	Log     *slog.Logger
 	// Every is how often the standby set is recomputed.
 	Every time.Duration
 
@@ -245,7 +242,7 @@ func (s *Standby) tail(ctx context.Context, p int32) error {
 
 func (s *Standby) tailTable(ctx context.Context, t Table, p int32) error {
 	defer t.Revoke(p) // also after a failed start: Revoke of a partition not held is a no-op
-	start, hwm, _, err := replayRange(ctx, t, s.Client, p, s.ReadCommitted, s.Log.With("partition", p, "table", t.Name()), nil)
+	start, hwm, _, err := replayRange(ctx, t, s.Client, p, s.Log.With("partition", p, "table", t.Name()), nil)
 	if err != nil {
 		return err
 	}

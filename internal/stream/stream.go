@@ -16,9 +16,9 @@
 // # Recovery
 //
 // A partition's recovery replays each changelog partition from the stored
-// checkpoint to the end offset measured when it starts: the high
-// watermark, or under exactly-once the last stable offset (records of a
-// transaction still open then are not the partition's state). It ends when
+// checkpoint to the end offset measured when it starts: the last stable
+// offset (records of a transaction still open then are not the
+// partition's state). It ends when
 // every record below that offset was applied, never because the fetches
 // went quiet: when nothing arrives for a moment it asks the partition's
 // leader for the next record a consumer would be given, which tells a gap
