@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/heptiolabs/healthcheck"
 
+	"github.com/gofaust/pageviews/internal/app"
 	"github.com/gofaust/pageviews/internal/pageview"
 	"github.com/gofaust/pageviews/internal/web"
 )
@@ -49,8 +51,15 @@ func (fakeReporter) Report(_ context.Context, page string) (*pageview.Report, er
 	return r, nil
 }
 
-func (fakeReporter) LocalPartial(page string, partitions []int32, _ bool) (*pageview.Partial, error) {
-	return &pageview.Partial{Partitions: partitions, Pages: map[string]pageview.Counts{"/home": {Now: 3, Back: 1, Count: 7}}}, nil
+// ServePeer answers through the runtime's reads, from partition 0 alone.
+func (fakeReporter) ServePeer(w http.ResponseWriter, r *http.Request) {
+	(&app.Reads[pageview.PageCounts]{
+		Local: func(url.Values, []int32) (map[int32]pageview.PageCounts, error) {
+			return map[int32]pageview.PageCounts{0: {Pages: map[string]pageview.Counts{"/home": {Now: 3, Back: 1, Count: 7}}}}, nil
+		},
+		Merge: func(into, from pageview.PageCounts) pageview.PageCounts { return from },
+		Log:   slog.New(slog.DiscardHandler),
+	}).ServePeer(w, r)
 }
 
 type fakeReadiness struct{}

@@ -52,7 +52,7 @@ func TestReportFromAnyWorker(t *testing.T) {
 		eventually(t, 30*time.Second, "complete report on "+w.base, func() (bool, string) {
 			var rep pageview.Report
 			getJSON(t, w.base+"/report/", &rep)
-			var pa, pb pageview.Partial
+			var pa, pb held
 			getJSON(t, a.base+"/report/?local=1", &pa)
 			getJSON(t, b.base+"/report/?local=1", &pb)
 			ok := !rep.Stale && reflect.DeepEqual(rep.Pages, want) && len(pa.Partitions) > 0 && len(pb.Partitions) > 0
@@ -63,7 +63,7 @@ func TestReportFromAnyWorker(t *testing.T) {
 
 	// Each worker alone holds only part of the pages: the complete answers
 	// above came through routing.
-	var pa, pb pageview.Partial
+	var pa, pb held
 	getJSON(t, a.base+"/report/?local=1", &pa)
 	getJSON(t, b.base+"/report/?local=1", &pb)
 	if len(pa.Pages) == pages || len(pb.Pages) == pages || len(pa.Pages)+len(pb.Pages) != pages {
@@ -101,9 +101,9 @@ func TestStandbyFailover(t *testing.T) {
 	a := startWorker(t, vars(), clock)
 	b := startWorker(t, vars(), clock)
 
-	var pa pageview.Partial
+	var pa held
 	eventually(t, 30*time.Second, "both workers own partitions", func() (bool, string) {
-		var pb pageview.Partial
+		var pb held
 		getJSON(t, a.base+"/report/?local=1", &pa)
 		getJSON(t, b.base+"/report/?local=1", &pb)
 		return len(pa.Partitions) > 0 && len(pb.Partitions) > 0 && len(pa.Partitions)+len(pb.Partitions) == partitionsOf(t, vars()),

@@ -154,7 +154,7 @@ func (w *cellWorker) stop() error {
 
 // partitions returns the partitions this worker reports holding.
 func (w *cellWorker) partitions() []int32 {
-	var p pageview.Partial
+	var p held
 	if err := getJSONErr(w.base+"/report/?local=1", &p); err != nil {
 		return nil
 	}

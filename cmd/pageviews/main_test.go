@@ -98,6 +98,13 @@ func (w *lineWatcher) String() string {
 	return w.raw.String()
 }
 
+// held is a worker's answer to /report/?local=1: the partitions it holds
+// and their pages' counts, summed.
+type held struct {
+	Partitions []int32                    `json:"partitions"`
+	Pages      map[string]pageview.Counts `json:"pages"`
+}
+
 // getJSON fetches url and decodes its JSON body into v; it returns the status.
 func getJSON(t testing.TB, url string, v any) int {
 	t.Helper()

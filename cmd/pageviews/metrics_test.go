@@ -191,7 +191,7 @@ func TestEveryMetricEmitted(t *testing.T) {
 	// leaves again (recovery back on the first).
 	b := startWorker(t, vars(), clock.Now)
 	eventually(t, 30*time.Second, "partitions split between the workers", func() (bool, string) {
-		var pa, pb pageview.Partial
+		var pa, pb held
 		getJSON(t, a.base+"/report/?local=1", &pa)
 		getJSON(t, b.base+"/report/?local=1", &pb)
 		return len(pa.Partitions) > 0 && len(pb.Partitions) > 0, fmt.Sprint(pa.Partitions, pb.Partitions)

@@ -31,7 +31,7 @@ const DefaultMaxAnswer = 8 << 20
 // Reads reads a value P of every partition of the source topic: the
 // partitions this worker holds from its own tables (Local), the others from
 // their owners over HTTP (GET <owner><Path>?local=1&by_partition=1&
-// partitions=..., served by ServePeer). The app merges the values; the
+// partitions=..., served by ServePeer). Sum merges them (Merge); the
 // partitions nobody answered for come back apart, so that a result is
 // never shown as complete when it is not.
 //
@@ -41,30 +41,50 @@ const DefaultMaxAnswer = 8 << 20
 // partition asked of that peer is then missing.
 //
 // On the wire each partition is {"partition": p, ...P's fields}, so P must
-// encode as a JSON object.
+// encode as a JSON object. Without by_partition=1 (as earlier versions
+// ask) the answer is the merge of the partitions read: {"partitions":
+// [...], ...P's fields}; an answer of that shape from a peer of an earlier
+// version is kept whole, under the first of its partitions.
 type Reads[P any] struct {
 	// Path is the app's page that answers peers (ServePeer).
 	Path string
 	// Local reads the partitions of this worker among want (all it holds
 	// when want is nil). q carries the page's own parameters. A partition
 	// it does not hold is left out.
-	Local      func(q url.Values, want []int32) (map[int32]P, error)
+	Local func(q url.Values, want []int32) (map[int32]P, error)
+	// Merge adds from to into and returns the sum.
+	Merge      func(into, from P) P
 	Self       string
 	Owners     func() (map[int32]string, error)
 	Partitions func() (int32, error)
 	Client     *http.Client
 	Log        *slog.Logger
 	MaxAnswer  int64
-	// Summed, if set, reads the answer of a peer of an earlier version,
-	// which sums the partitions it read: it returns them and the sum. The
-	// sum is kept whole (under the first of them) or not at all.
-	Summed func(body []byte) ([]int32, P, error)
 }
 
 // NewReads returns the reads of the app's page path through s.
-func NewReads[P any](s *Services, path string, local func(q url.Values, want []int32) (map[int32]P, error)) *Reads[P] {
-	return &Reads[P]{Path: path, Local: local, Self: s.Self, Owners: s.Owners, Partitions: s.Partitions,
+func NewReads[P any](s *Services, path string, local func(q url.Values, want []int32) (map[int32]P, error), merge func(into, from P) P) *Reads[P] {
+	return &Reads[P]{Path: path, Local: local, Merge: merge, Self: s.Self, Owners: s.Owners, Partitions: s.Partitions,
 		Client: &http.Client{Timeout: defaultReadTimeout}, Log: s.Log.With("component", "reads")}
+}
+
+// Sum is All merged in partition order: the sum of every partition that
+// was read, and the partitions that were not.
+func (r *Reads[P]) Sum(ctx context.Context, q url.Values) (P, []int32, error) {
+	var total P
+	vals, missing, err := r.All(ctx, q)
+	if err != nil {
+		return total, nil, err
+	}
+	return r.merged(vals), missing, nil
+}
+
+func (r *Reads[P]) merged(vals map[int32]P) P {
+	var total P
+	for _, p := range slices.Sorted(maps.Keys(vals)) {
+		total = r.Merge(total, vals[p])
+	}
+	return total
 }
 
 // All returns the value of each partition that was read, and the
@@ -123,15 +143,13 @@ func (r *Reads[P]) All(ctx context.Context, q url.Values) (map[int32]P, []int32,
 	return got, missing, nil
 }
 
-// IsPeer reports whether req is a peer's request for partitions, which
-// ServePeer answers.
-func IsPeer(req *http.Request) bool {
-	q := req.URL.Query()
-	return q.Get("local") == "1" && q.Get("by_partition") == "1"
-}
+// IsPeer reports whether req asks for this worker's own partitions
+// (?local=1), which ServePeer answers.
+func IsPeer(req *http.Request) bool { return req.URL.Query().Get("local") == "1" }
 
-// ServePeer answers a peer's request (IsPeer) with the partitions this
-// worker holds among those asked.
+// ServePeer answers a request for this worker's own partitions (IsPeer)
+// among those asked (?partitions=0,3; all it holds without): each apart
+// with by_partition=1, as peers ask, merged without.
 func (r *Reads[P]) ServePeer(w http.ResponseWriter, req *http.Request) {
 	var want []int32
 	if raw := req.URL.Query().Get("partitions"); raw != "" {
@@ -150,9 +168,16 @@ func (r *Reads[P]) ServePeer(w http.ResponseWriter, req *http.Request) {
 		web.Error(w, http.StatusInternalServerError, "read failed: "+err.Error())
 		return
 	}
-	ans := peerAnswer[P]{ByPartition: []partValue[P]{}}
-	for _, p := range slices.Sorted(maps.Keys(vals)) {
-		ans.ByPartition = append(ans.ByPartition, partValue[P]{Partition: p, Value: vals[p]})
+	var ans any
+	if req.URL.Query().Get("by_partition") == "1" {
+		byPart := peerAnswer[P]{ByPartition: []partValue[P]{}}
+		for _, p := range slices.Sorted(maps.Keys(vals)) {
+			byPart.ByPartition = append(byPart.ByPartition, partValue[P]{Partition: p, Value: vals[p]})
+		}
+		ans = byPart
+	} else {
+		parts := append([]int32{}, slices.Sorted(maps.Keys(vals))...) // [] rather than null
+		ans = summedValue[P]{Partitions: parts, Value: r.merged(vals)}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	if err := json.NewEncoder(w).Encode(ans); err != nil {
@@ -224,18 +249,15 @@ func (r *Reads[P]) fetch(ctx context.Context, owner string, q url.Values, parts 
 	return out, nil
 }
 
-// summed reads the answer of a peer of an earlier version (see Summed):
-// every partition in it must have been asked, once.
+// summed reads the answer of a peer of an earlier version, the merge of
+// the partitions it read: every partition in it must have been asked, once.
 func (r *Reads[P]) summed(owner string, body []byte, asked []int32) (map[int32]P, error) {
-	if r.Summed == nil {
-		return nil, fmt.Errorf("answer of %s has no partitions", owner)
-	}
-	parts, sum, err := r.Summed(body)
-	if err != nil {
+	var sum summedValue[P]
+	if err := json.Unmarshal(body, &sum); err != nil {
 		return nil, fmt.Errorf("answer of %s: %w", owner, err)
 	}
 	out := map[int32]P{}
-	for i, p := range parts {
+	for i, p := range sum.Partitions {
 		if _, dup := out[p]; dup {
 			return nil, fmt.Errorf("answer of %s: partition %d answered twice", owner, p)
 		}
@@ -244,7 +266,7 @@ func (r *Reads[P]) summed(owner string, body []byte, asked []int32) (map[int32]P
 		}
 		var v P
 		if i == 0 {
-			v = sum
+			v = sum.Value
 		}
 		out[p] = v
 	}
@@ -265,18 +287,23 @@ type partValue[P any] struct {
 }
 
 func (v partValue[P]) MarshalJSON() ([]byte, error) {
-	b, err := json.Marshal(v.Value)
+	return withField(`"partition":`+strconv.Itoa(int(v.Partition)), v.Value)
+}
+
+// withField encodes value, a JSON object, with field (`"name":value`)
+// first.
+func withField(field string, value any) ([]byte, error) {
+	b, err := json.Marshal(value)
 	if err != nil {
 		return nil, err
 	}
 	if len(b) < 2 || b[0] != '{' {
 		return nil, fmt.Errorf("a partition's value must encode as a JSON object, not %.20s", b)
 	}
-	head := `{"partition":` + strconv.Itoa(int(v.Partition))
 	if string(b) == "{}" {
-		return []byte(head + "}"), nil
+		return []byte("{" + field + "}"), nil
 	}
-	return append([]byte(head+","), b[1:]...), nil
+	return append([]byte("{"+field+","), b[1:]...), nil
 }
 
 func (v *partValue[P]) UnmarshalJSON(b []byte) error {
@@ -290,5 +317,34 @@ func (v *partValue[P]) UnmarshalJSON(b []byte) error {
 		return errors.New("a partition's answer without its partition number")
 	}
 	v.Partition = *p.Partition
+	return json.Unmarshal(b, &v.Value)
+}
+
+// summedValue is the merge of some partitions: {"partitions": [...],
+// ...P's fields}.
+type summedValue[P any] struct {
+	Partitions []int32
+	Value      P
+}
+
+func (v summedValue[P]) MarshalJSON() ([]byte, error) {
+	parts, err := json.Marshal(v.Partitions)
+	if err != nil {
+		return nil, err
+	}
+	return withField(`"partitions":`+string(parts), v.Value)
+}
+
+func (v *summedValue[P]) UnmarshalJSON(b []byte) error {
+	var p struct {
+		Partitions []int32 `json:"partitions"`
+	}
+	if err := json.Unmarshal(b, &p); err != nil {
+		return err
+	}
+	if p.Partitions == nil {
+		return errors.New("an answer without its partitions")
+	}
+	v.Partitions = p.Partitions
 	return json.Unmarshal(b, &v.Value)
 }

@@ -8,6 +8,9 @@ import (
 	"github.com/gofaust/pageviews/internal/table"
 )
 
+// Topic is the default name of the page-views topic.
+const Topic = "page_views"
+
 // App declares the page-view worker: page views from PAGE_VIEWS_TOPIC,
 // two tables, the agent that fills them, /count/ and /report/, the
 // livecheck, and a crontab that logs a summary.
@@ -16,11 +19,11 @@ func App() *app.App {
 	totals := app.NewPlain("totals", table.Int64{})
 	return &app.App{
 		Name:   "pageviews",
-		Source: app.Topic{Var: "PAGE_VIEWS_TOPIC", Name: "page_views"},
+		Source: app.Topic{Var: "PAGE_VIEWS_TOPIC", Name: Topic},
 		Tables: []app.TableDecl{views, totals},
 		Start: func(s *app.Services) (app.Parts, error) {
 			tables := Tables{Views: views.Table(), Totals: totals.Table()}
-			router := NewRouter(s, &Reporter{Tables: tables, Clock: s.Clock, Owned: s.Owned})
+			router := NewReporter(s, tables)
 			publisher := &Publisher{Sender: s.Producer, Topic: s.Config.Topic, Clock: s.Clock}
 			livecheck := livecheck{publish: publisher.Synthetic("livecheck"), count: router.Count}
 			summary := func(ctx context.Context) error {

@@ -2,6 +2,16 @@ package pageview
 
 import "context"
 
+// ReservedPrefix starts the pages of synthetic views (the livecheck's):
+// counted like any other page, never reported. /count/ refuses them, and
+// the agent counts a view of one only when its record carries
+// SyntheticHeader, so no user's view passes for a synthetic one.
+const ReservedPrefix = "/_pageviews/"
+
+// SyntheticHeader is the record header that marks the worker's synthetic
+// views; its value names what sent them.
+const SyntheticHeader = "pageviews-synthetic"
+
 // LivecheckPage is the reserved page of the synthetic views.
 const LivecheckPage = ReservedPrefix + "livecheck"
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -17,19 +16,10 @@ type ViewSender interface {
 	Publish(ctx context.Context, page string) (int64, error)
 }
 
-// Reports builds the cluster-wide report, and the partial report of this
-// worker's partitions that peers ask for (Router).
+// Reports builds the cluster-wide report, and answers a peer's request for
+// this worker's partitions (Reporter).
 type Reports interface {
 	Report(ctx context.Context, page string) (*Report, error)
-	LocalPartial(page string, partitions []int32, reserved bool) (*Partial, error)
-}
-
-// PeerServer is a Reports that can also answer a peer with each
-// partition's counts apart (?local=1&by_partition=1, app.IsPeer), so that
-// the peer keeps exactly the partitions it asked for. Without it, or
-// without by_partition, a peer gets the counts summed, as earlier versions
-// answer.
-type PeerServer interface {
 	ServePeer(w http.ResponseWriter, r *http.Request)
 }
 
@@ -82,12 +72,8 @@ func (o PageOptions) report(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if ps, ok := o.Reporter.(PeerServer); ok && app.IsPeer(r) {
-		ps.ServePeer(w, r)
-		return
-	}
-	if r.URL.Query().Get("local") == "1" {
-		o.localReport(w, r, page)
+	if app.IsPeer(r) {
+		o.Reporter.ServePeer(w, r)
 		return
 	}
 	rep, err := o.Reporter.Report(r.Context(), page)
@@ -100,29 +86,6 @@ func (o PageOptions) report(w http.ResponseWriter, r *http.Request) {
 		rep.Stale = true
 	}
 	web.JSON(w, http.StatusOK, rep)
-}
-
-// localReport answers a request for the partitions this worker holds,
-// summed: ?local=1&partitions=0,3 (all of them when partitions is absent).
-func (o PageOptions) localReport(w http.ResponseWriter, r *http.Request, page string) {
-	var parts []int32
-	if raw := r.URL.Query().Get("partitions"); raw != "" {
-		for _, f := range strings.Split(raw, ",") {
-			p, err := strconv.ParseInt(f, 10, 32)
-			if err != nil || p < 0 {
-				web.Error(w, http.StatusBadRequest, "partitions must be a comma-separated list of partition numbers")
-				return
-			}
-			parts = append(parts, int32(p))
-		}
-	}
-	part, err := o.Reporter.LocalPartial(page, parts, r.URL.Query().Get("reserved") == "1")
-	if err != nil {
-		o.Log.Error("local report failed", "error", err)
-		web.Error(w, http.StatusInternalServerError, "report failed: "+err.Error())
-		return
-	}
-	web.JSON(w, http.StatusOK, part)
 }
 
 // pageParam reads the page query parameter and rejects unusable values.

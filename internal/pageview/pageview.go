@@ -1,9 +1,9 @@
-// Package pageview is the worker's domain: the PageView record, the agent
-// that counts page views into the views (windowed) and totals tables, the
-// per-page report, and the publisher behind /count/.
+// Package pageview is the worker's domain: the PageView record and its
+// codec, the agent that counts page views into the views (windowed) and
+// totals tables, the per-page report, /count/ and the livecheck's record.
+// App declares it to the runtime (internal/app).
 //
-// This is the package a new worker replaces; the runtime packages (stream,
-// table, window, store, kafka) stay as they are.
+// This is the package a new worker replaces; the runtime stays as it is.
 package pageview
 
 import (
@@ -12,6 +12,9 @@ import (
 	"fmt"
 	"time"
 	"unicode/utf8"
+	"unsafe"
+
+	"github.com/gofaust/pageviews/internal/jsonscan"
 )
 
 // PageView is the value of a record on the page-views topic; its key is the
@@ -97,6 +100,31 @@ func CheckTime(ts, now time.Time) error {
 		return fmt.Errorf("%w: %s", ErrFuture, ts.Format(time.RFC3339Nano))
 	}
 	return nil
+}
+
+// decodeFast reads the common shape of a PageView (jsonscan); ok is false
+// for anything else. With borrow, Page shares b's memory.
+func decodeFast(b []byte, borrow bool) (pv PageView, ok bool) {
+	s := jsonscan.Object(b)
+	for s.Next() {
+		switch string(s.Key()) {
+		case "page":
+			if v := s.String(); borrow {
+				pv.Page = unsafe.String(unsafe.SliceData(v), len(v))
+			} else {
+				pv.Page = string(v)
+			}
+		case "count":
+			pv.Count = s.Int()
+		case "timestamp":
+			if pv.Timestamp, ok = jsonscan.MillisUTC(s.String()); !ok {
+				s.Fail()
+			}
+		default:
+			s.Fail()
+		}
+	}
+	return pv, s.Done()
 }
 
 // decodeJSON is the general decoder, kept apart from Decode so that the

@@ -2,6 +2,7 @@ package pageview_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -352,6 +353,15 @@ func newFixture(t testing.TB) *fixture {
 	return f
 }
 
+// reporter is the fixture's Reporter on a worker alone in the group, which
+// owns the partitions the totals table holds of the fixture's two.
+func (f *fixture) reporter() *pageview.Reporter {
+	s := services(nil)
+	s.Partitions = func() (int32, error) { return 2, nil }
+	s.Clock, s.Owned = f.clock.Now, f.tables.Totals.Partitions
+	return pageview.NewReporter(s, f.tables)
+}
+
 // view counts n views of page at ts in partition p, as the agent does.
 func (f *fixture) view(t testing.TB, p int32, page string, ts time.Time, n int) {
 	t.Helper()
@@ -409,7 +419,7 @@ func (f *fixture) fill(t testing.TB) {
 func TestReport(t *testing.T) {
 	f := newFixture(t)
 	f.fill(t)
-	r := &pageview.Reporter{Tables: f.tables, Clock: f.clock.Now}
+	r := f.reporter()
 
 	home := pageview.PageReport{Now: 7, Count: 11, Report: pageview.Trending}
 	about := pageview.PageReport{Now: 1, Count: 5, Report: pageview.LessPopular}
@@ -428,7 +438,7 @@ func TestReport(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run("page="+tt.page, func(t *testing.T) {
-			rep, err := r.Report(tt.page)
+			rep, err := r.Report(context.Background(), tt.page)
 			if err != nil {
 				t.Fatalf("Report(%q): %v", tt.page, err)
 			}
@@ -448,11 +458,11 @@ func TestReport(t *testing.T) {
 func TestReportFollowsTheClock(t *testing.T) {
 	f := newFixture(t)
 	f.fill(t)
-	r := &pageview.Reporter{Tables: f.tables, Clock: f.clock.Now}
+	r := f.reporter()
 	// One minute later the now-window holds the 2 later /home views, and
 	// the window two minutes back is t0-1m, which holds /cold.
 	f.clock.Set(t0.Add(time.Minute + 59*time.Second))
-	rep, err := r.Report("")
+	rep, err := r.Report(context.Background(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -469,8 +479,8 @@ func TestReportFollowsTheClock(t *testing.T) {
 func TestReportJSON(t *testing.T) {
 	f := newFixture(t)
 	f.view(t, 0, "/home", t0, 5)
-	r := &pageview.Reporter{Tables: f.tables, Clock: f.clock.Now}
-	rep, err := r.Report("")
+	r := f.reporter()
+	rep, err := r.Report(context.Background(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -482,7 +492,7 @@ func TestReportJSON(t *testing.T) {
 	if string(got) != want {
 		t.Errorf("report JSON = %s, want %s", got, want)
 	}
-	empty, err := (&pageview.Reporter{Tables: newFixture(t).tables, Clock: f.clock.Now}).Report("")
+	empty, err := newFixture(t).reporter().Report(context.Background(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -497,7 +507,7 @@ func TestReportRevokedPartition(t *testing.T) {
 		f.fill(t)
 		f.tables.Views.Revoke(1)
 		f.tables.Totals.Revoke(1)
-		rep, err := (&pageview.Reporter{Tables: f.tables, Clock: f.clock.Now}).Report("")
+		rep, err := f.reporter().Report(context.Background(), "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -515,7 +525,7 @@ func TestReportRevokedPartition(t *testing.T) {
 		f := newFixture(t)
 		f.fill(t)
 		f.tables.Views.Revoke(1) // totals still lists partition 1
-		rep, err := (&pageview.Reporter{Tables: f.tables, Clock: f.clock.Now}).Report("")
+		rep, err := f.reporter().Report(context.Background(), "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -726,7 +736,7 @@ func TestAgentFarFutureRecordTimestamp(t *testing.T) {
 func TestReportConcurrentWithAgent(t *testing.T) {
 	f := newFixture(t)
 	a := &pageview.Agent{Tables: f.tables, Clock: f.clock.Now}
-	r := &pageview.Reporter{Tables: f.tables, Clock: f.clock.Now}
+	r := f.reporter()
 	const n = 500
 	var wg sync.WaitGroup
 	for _, p := range []int32{0, 1} {
@@ -742,7 +752,7 @@ func TestReportConcurrentWithAgent(t *testing.T) {
 	}
 	wg.Go(func() {
 		for range 100 {
-			rep, err := r.Report("")
+			rep, err := r.Report(context.Background(), "")
 			if err != nil {
 				t.Error(err)
 				return
@@ -756,7 +766,7 @@ func TestReportConcurrentWithAgent(t *testing.T) {
 		}
 	})
 	wg.Wait()
-	rep, err := r.Report("")
+	rep, err := r.Report(context.Background(), "")
 	if err != nil {
 		t.Fatal(err)
 	}

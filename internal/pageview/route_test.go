@@ -143,10 +143,16 @@ func withPeer2(own map[string]pageview.PageReport) map[string]pageview.PageRepor
 	return m
 }
 
-// router is a Router over the fixture's tables, with fixed owners, four
-// partitions and self at http://self.
-func router(f *fixture, owners map[int32]string) *pageview.Router {
-	return pageview.NewRouter(services(owners), &pageview.Reporter{Tables: f.tables, Clock: f.clock.Now})
+// router is a Reporter over the fixture's tables, with fixed owners (their
+// number of partitions), self at http://self owning owned (all its
+// tables hold when none).
+func router(f *fixture, owners map[int32]string, owned ...int32) *pageview.Reporter {
+	s := services(owners)
+	s.Clock, s.Owned = f.clock.Now, f.tables.Totals.Partitions
+	if owned != nil {
+		s.Owned = func() []int32 { return owned }
+	}
+	return pageview.NewReporter(s, f.tables)
 }
 
 // services are the runtime's, as far as the router uses them: this worker
@@ -167,22 +173,20 @@ func services(owners map[int32]string) *app.Services {
 func TestRouterAsksPeers(t *testing.T) {
 	f := newFixture(t)
 	f.fill(t)
-	whole, err := (&pageview.Reporter{Tables: f.tables, Clock: f.clock.Now}).Report("")
+	whole, err := f.reporter().Report(context.Background(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	only := func(p int32) func() []int32 { return func() []int32 { return []int32{p} } }
 	for _, earlier := range []bool{false, true} {
 		t.Run(fmt.Sprintf("earlier=%v", earlier), func(t *testing.T) {
-			var peerReporter pageview.Reports = pageview.NewRouter(services(nil), &pageview.Reporter{Tables: f.tables, Clock: f.clock.Now, Owned: only(1)})
+			var peerReporter pageview.Reports = router(f, nil, 1)
 			if earlier {
 				peerReporter = summedOnly{peerReporter}
 			}
 			pages := pageview.Pages(pageview.PageOptions{Reporter: peerReporter, Ready: func() (bool, string) { return true, "" }, Log: slog.New(slog.DiscardHandler)})
 			peer := httptest.NewServer((&web.Server{Pages: pages, Health: healthcheck.NewHandler(), Log: slog.New(slog.DiscardHandler)}).Handler())
 			t.Cleanup(peer.Close)
-			rt := pageview.NewRouter(services(map[int32]string{0: "http://self", 1: peer.URL}),
-				&pageview.Reporter{Tables: f.tables, Clock: f.clock.Now, Owned: only(0)})
+			rt := router(f, map[int32]string{0: "http://self", 1: peer.URL}, 0)
 			rep, err := rt.Report(context.Background(), "")
 			if err != nil {
 				t.Fatal(err)
@@ -195,5 +199,13 @@ func TestRouterAsksPeers(t *testing.T) {
 }
 
 // summedOnly is a worker of an earlier version: it answers peers only with
-// counts summed over partitions.
+// counts summed over partitions, whatever they ask.
 type summedOnly struct{ pageview.Reports }
+
+func (s summedOnly) ServePeer(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	q.Del("by_partition")
+	r = r.Clone(r.Context())
+	r.URL.RawQuery = q.Encode()
+	s.Reports.ServePeer(w, r)
+}

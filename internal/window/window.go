@@ -6,7 +6,10 @@
 // than Expires before the newest event time seen on its partition.
 package window
 
-import "time"
+import (
+	"strconv"
+	"time"
+)
 
 // Tumbling describes fixed-size, non-overlapping windows.
 type Tumbling struct {
@@ -62,4 +65,25 @@ func (w Tumbling) FirstLive(watermark int64) int64 {
 // still compares by the fields it has.
 func (w Tumbling) Definition() string {
 	return "size=" + w.Size.String()
+}
+
+// Words is a window size in words, for a name that follows the window:
+// 1_minute, 30_seconds, 2_hours, 1500_milliseconds. Zero is taken as a
+// minute.
+func Words(size time.Duration) string {
+	if size <= 0 {
+		size = time.Minute
+	}
+	for _, u := range []struct {
+		d         time.Duration
+		one, many string
+	}{{time.Hour, "hour", "hours"}, {time.Minute, "minute", "minutes"}, {time.Second, "second", "seconds"}} {
+		if size%u.d == 0 {
+			if n := int64(size / u.d); n != 1 {
+				return strconv.FormatInt(n, 10) + "_" + u.many
+			}
+			return "1_" + u.one
+		}
+	}
+	return strconv.FormatInt(size.Milliseconds(), 10) + "_milliseconds"
 }

@@ -234,3 +234,14 @@ func checkFirstLive(t testing.TB, w window.Tumbling, wm int64) {
 		t.Fatalf("watermark %d: the window holding the watermark is expired", wm)
 	}
 }
+
+func TestWords(t *testing.T) {
+	for size, want := range map[time.Duration]string{
+		0: "1_minute", time.Minute: "1_minute", 30 * time.Second: "30_seconds", 2 * time.Minute: "2_minutes",
+		time.Hour: "1_hour", 90 * time.Second: "90_seconds", 1500 * time.Millisecond: "1500_milliseconds",
+	} {
+		if got := window.Words(size); got != want {
+			t.Errorf("Words(%v) = %q, want %q", size, got, want)
+		}
+	}
+}
