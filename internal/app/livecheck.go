@@ -23,6 +23,19 @@ type Probe interface {
 	Send(ctx context.Context) error
 }
 
+// ProbeOf is the Probe that sends with send and reads with read.
+func ProbeOf(send func(context.Context) error, read func(context.Context) (int64, bool, error)) Probe {
+	return probeFuncs{send, read}
+}
+
+type probeFuncs struct {
+	send func(context.Context) error
+	read func(context.Context) (int64, bool, error)
+}
+
+func (p probeFuncs) Send(ctx context.Context) error                { return p.send(ctx) }
+func (p probeFuncs) Read(ctx context.Context) (int64, bool, error) { return p.read(ctx) }
+
 // ErrLivecheckSLO is the failure of a synthetic record that was not
 // processed in time.
 var ErrLivecheckSLO = errors.New("synthetic record not processed within the SLO")

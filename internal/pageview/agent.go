@@ -5,10 +5,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/IBM/sarama"
-
 	"github.com/gofaust/pageviews/internal/stream"
 	"github.com/gofaust/pageviews/internal/table"
+	"github.com/gofaust/pageviews/internal/window"
 )
 
 // Tables are the two tables the agent keeps.
@@ -41,7 +40,7 @@ func (a *Agent) Handle(ev *stream.Event) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", stream.ErrInvalid, err)
 	}
-	if strings.HasPrefix(pv.Page, ReservedPrefix) && !synthetic(ev.Headers) {
+	if _, synthetic := ev.Header(SyntheticHeader); strings.HasPrefix(pv.Page, ReservedPrefix) && !synthetic {
 		return fmt.Errorf("%w: page %q is reserved for synthetic views, and the record has no %s header", stream.ErrInvalid, pv.Page, SyntheticHeader)
 	}
 	ts := pv.Timestamp
@@ -49,7 +48,7 @@ func (a *Agent) Handle(ev *stream.Event) error {
 		// The record timestamp comes from the producer's clock; hold it to
 		// the same limits as a timestamp in the value.
 		ts = ev.Timestamp
-		if err := CheckTime(ts, now); err != nil {
+		if err := window.CheckTime(ts, now); err != nil {
 			return fmt.Errorf("%w: record timestamp: %w", stream.ErrInvalid, err)
 		}
 	}
@@ -61,16 +60,6 @@ func (a *Agent) Handle(ev *stream.Event) error {
 		a.Late(ev.Partition)
 	}
 	return a.Totals.Update(ev.Partition, pv.Page, inc)
-}
-
-// synthetic reports whether a record carries SyntheticHeader.
-func synthetic(headers []*sarama.RecordHeader) bool {
-	for _, h := range headers {
-		if h != nil && string(h.Key) == SyntheticHeader {
-			return true
-		}
-	}
-	return false
 }
 
 // The report texts of the seed's agent.

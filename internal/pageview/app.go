@@ -25,7 +25,12 @@ func App() *app.App {
 			tables := Tables{Views: views.Table(), Totals: totals.Table()}
 			router := NewReporter(s, tables)
 			publisher := &Publisher{Sender: s.Producer, Topic: s.Config.Topic, Clock: s.Clock}
-			livecheck := livecheck{publish: publisher.Synthetic("livecheck"), count: router.Count}
+			livecheck := app.ProbeOf(
+				func(ctx context.Context) error { return publisher.Synthetic(ctx, "livecheck", LivecheckPage) },
+				func(ctx context.Context) (int64, bool, error) {
+					c, complete, err := router.Count(ctx, LivecheckPage)
+					return c.Count, complete, err
+				})
 			summary := func(ctx context.Context) error {
 				rep, err := router.Report(ctx, "")
 				if err != nil {

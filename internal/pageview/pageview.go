@@ -15,6 +15,7 @@ import (
 	"unsafe"
 
 	"github.com/gofaust/pageviews/internal/jsonscan"
+	"github.com/gofaust/pageviews/internal/window"
 )
 
 // PageView is the value of a record on the page-views topic; its key is the
@@ -27,22 +28,14 @@ type PageView struct {
 	Timestamp time.Time `json:"timestamp,omitzero"`
 }
 
-// Limits on what a valid page view holds.
-const (
-	MaxPageLen = 1024
-	// MaxFuture is how far past the worker's clock an event time may be.
-	// Windows expire relative to the newest event time, so one absurd
-	// timestamp would otherwise expire every live window.
-	MaxFuture = time.Hour
-)
+// MaxPageLen is the longest page a valid page view holds, in bytes.
+const MaxPageLen = 1024
 
 // Errors that make a page view invalid.
 var (
 	ErrNoPage      = errors.New("page is missing")
 	ErrPageTooLong = fmt.Errorf("page is longer than %d bytes", MaxPageLen)
 	ErrBadPage     = errors.New("page is not valid UTF-8")
-	ErrFuture      = errors.New("timestamp is too far in the future")
-	ErrBadTime     = errors.New("timestamp is outside the years 0000 to 9999")
 	ErrNotUTF8     = errors.New("record is not valid UTF-8")
 )
 
@@ -82,24 +75,11 @@ func decode(b []byte, now time.Time, borrow bool) (PageView, error) {
 	case len(pv.Page) > MaxPageLen:
 		return pv, ErrPageTooLong
 	case !pv.Timestamp.IsZero():
-		if err := CheckTime(pv.Timestamp, now); err != nil {
+		if err := window.CheckTime(pv.Timestamp, now); err != nil {
 			return pv, err
 		}
 	}
 	return pv, nil
-}
-
-// CheckTime rejects event times a window cannot sensibly hold: more than
-// MaxFuture ahead of now, or outside the years 0000 to 9999 in UTC (which
-// could not be written back as a PageView timestamp).
-func CheckTime(ts, now time.Time) error {
-	if y := ts.UTC().Year(); y < 0 || y > 9999 {
-		return fmt.Errorf("%w: %s", ErrBadTime, ts.Format(time.RFC3339Nano))
-	}
-	if ts.After(now.Add(MaxFuture)) {
-		return fmt.Errorf("%w: %s", ErrFuture, ts.Format(time.RFC3339Nano))
-	}
-	return nil
 }
 
 // decodeFast reads the common shape of a PageView (jsonscan); ok is false

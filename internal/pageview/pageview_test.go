@@ -103,7 +103,7 @@ func TestDecode(t *testing.T) {
 		{
 			name: "timestamp exactly MaxFuture ahead",
 			in:   `{"page":"/soon","timestamp":"2026-11-26T17:00:00Z"}`,
-			want: pageview.PageView{Page: "/soon", Timestamp: t0.Add(pageview.MaxFuture)},
+			want: pageview.PageView{Page: "/soon", Timestamp: t0.Add(window.MaxFuture)},
 		},
 		{
 			name: "old timestamp",
@@ -145,17 +145,17 @@ func TestDecode(t *testing.T) {
 		{
 			name:    "timestamp a millisecond past MaxFuture",
 			in:      `{"page":"/later","timestamp":"2026-11-26T17:00:00.001Z"}`,
-			wantErr: pageview.ErrFuture,
+			wantErr: window.ErrFuture,
 		},
 		{
 			name:    "far-future timestamp",
 			in:      `{"page":"/later","timestamp":"2099-01-01T00:00:00Z"}`,
-			wantErr: pageview.ErrFuture,
+			wantErr: window.ErrFuture,
 		},
 		{
 			name:    "far future in another zone",
 			in:      `{"page":"/later","timestamp":"2026-11-26T18:00:00.001+01:00"}`,
-			wantErr: pageview.ErrFuture,
+			wantErr: window.ErrFuture,
 		},
 	}
 	for _, tt := range tests {
@@ -187,7 +187,7 @@ func equalPageView(a, b pageview.PageView) bool {
 
 func TestDecodeFutureErrorNamesTimestamp(t *testing.T) {
 	_, err := pageview.Decode([]byte(`{"page":"/x","timestamp":"2099-01-01T00:00:00Z"}`), t0)
-	if !errors.Is(err, pageview.ErrFuture) || !strings.Contains(err.Error(), "2099-01-01T00:00:00Z") {
+	if !errors.Is(err, window.ErrFuture) || !strings.Contains(err.Error(), "2099-01-01T00:00:00Z") {
 		t.Errorf("error = %v, want ErrFuture naming the timestamp", err)
 	}
 }
@@ -253,7 +253,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 		{name: "unicode", pv: pageview.PageView{Page: "/日本語/😀", Count: 5}},
 		{name: "maximum length", pv: pageview.PageView{Page: strings.Repeat("/x", pageview.MaxPageLen/2)}},
 		{name: "before the epoch", pv: pageview.PageView{Page: "/old", Timestamp: time.Date(1969, 7, 20, 20, 17, 40, 0, time.UTC)}},
-		{name: "exactly MaxFuture ahead", pv: pageview.PageView{Page: "/soon", Timestamp: t0.Add(pageview.MaxFuture)}},
+		{name: "exactly MaxFuture ahead", pv: pageview.PageView{Page: "/soon", Timestamp: t0.Add(window.MaxFuture)}},
 		{name: "year zero", pv: pageview.PageView{Page: "/y0", Timestamp: time.Date(0, 1, 1, 0, 0, 0, 0, time.UTC)}},
 		{
 			// Decode accepts "0000-01-01T00:30:00+01:00"; in UTC that is year -1.
@@ -273,7 +273,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 				// What matters is that such a time never gets in: Decode
 				// refuses the local-time spelling of it too.
 				in := `{"page":"/y-1","timestamp":"0000-01-01T00:30:00+01:00"}`
-				if _, err := pageview.Decode([]byte(in), t0); !errors.Is(err, pageview.ErrBadTime) {
+				if _, err := pageview.Decode([]byte(in), t0); !errors.Is(err, window.ErrBadTime) {
 					t.Fatalf("Decode(%s) = %v, want ErrBadTime", in, err)
 				}
 				return
@@ -573,7 +573,7 @@ func TestAgentHandle(t *testing.T) {
 		{name: "bad JSON", ev: event(0, `{"page":`, t0), invalid: errAny},
 		{name: "no page", ev: event(0, `{"count":3}`, t0), invalid: pageview.ErrNoPage},
 		{name: "page too long", ev: event(0, `{"page":"/`+strings.Repeat("p", pageview.MaxPageLen)+`"}`, t0), invalid: pageview.ErrPageTooLong},
-		{name: "far future", ev: event(0, `{"page":"/x","timestamp":"2030-01-01T00:00:00Z"}`, t0), invalid: pageview.ErrFuture},
+		{name: "far future", ev: event(0, `{"page":"/x","timestamp":"2030-01-01T00:00:00Z"}`, t0), invalid: window.ErrFuture},
 		{name: "empty value", ev: event(0, ``, t0), invalid: errAny},
 	}
 	for _, tt := range tests {
@@ -728,7 +728,7 @@ func TestAgentFarFutureRecordTimestamp(t *testing.T) {
 	if v, ok, _ := f.tables.Views.Get(0, "/live", win.Start(t0)); !ok || v != 1 {
 		t.Errorf("a record timestamp a day ahead expired the live window (value %d, present %v)", v, ok)
 	}
-	if !errors.Is(err, stream.ErrInvalid) || !errors.Is(err, pageview.ErrFuture) {
+	if !errors.Is(err, stream.ErrInvalid) || !errors.Is(err, window.ErrFuture) {
 		t.Errorf("Handle = %v, want ErrInvalid wrapping ErrFuture", err)
 	}
 }
@@ -798,7 +798,7 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("Decode(%q) accepted a page of %d bytes", b, len(pv.Page))
 		case !utf8.ValidString(pv.Page):
 			t.Fatalf("Decode(%q) accepted an invalid UTF-8 page %q", b, pv.Page)
-		case pv.Timestamp.After(fuzzNow.Add(pageview.MaxFuture)):
+		case pv.Timestamp.After(fuzzNow.Add(window.MaxFuture)):
 			t.Fatalf("Decode(%q) accepted timestamp %v, past now+MaxFuture", b, pv.Timestamp)
 		}
 		if pv.Timestamp.UTC().Year() < 0 {

@@ -39,9 +39,9 @@ type PageReport struct {
 	Report string
 }
 
-// WindowField is the JSON name of the count in the window of now, which
-// follows the window: page_views_within_1_minute (the seed's name),
-// page_views_within_30_seconds.
+// WindowField is the JSON name of the count in the window of now: the
+// declared topic's name and the window, page_views_within_1_minute (the
+// seed's name) or page_views_within_30_seconds.
 func WindowField(size time.Duration) string { return Topic + "_within_" + window.Words(size) }
 
 // MarshalJSON writes the report in the order of the HTTP contract.

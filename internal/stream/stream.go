@@ -87,6 +87,17 @@ type Event struct {
 	Now time.Time
 }
 
+// Header returns the value of the record's header key, and whether it has
+// one.
+func (ev *Event) Header(key string) ([]byte, bool) {
+	for _, h := range ev.Headers {
+		if h != nil && string(h.Key) == key {
+			return h.Value, true
+		}
+	}
+	return nil, false
+}
+
 // Handler is the agent: it processes one event, updating tables of the
 // event's partition. The Event is only valid during the call.
 // An error wrapping ErrInvalid sends the record to the

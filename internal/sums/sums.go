@@ -16,6 +16,7 @@ import (
 	"github.com/gofaust/pageviews/internal/stream"
 	"github.com/gofaust/pageviews/internal/table"
 	"github.com/gofaust/pageviews/internal/web"
+	"github.com/gofaust/pageviews/internal/window"
 )
 
 // App declares the worker: records keyed by account with a whole amount
@@ -34,6 +35,9 @@ func App() *app.App {
 				amount, err := strconv.ParseInt(strings.TrimSpace(string(ev.Value)), 10, 64)
 				if err != nil {
 					return fmt.Errorf("%w: amount %q: %w", stream.ErrInvalid, ev.Value, err)
+				}
+				if err := window.CheckTime(ev.Timestamp, ev.Now); err != nil {
+					return fmt.Errorf("%w: %w", stream.ErrInvalid, err) // it would expire every window
 				}
 				add := func(v int64) int64 { return v + amount }
 				key := string(ev.Key)

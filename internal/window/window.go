@@ -7,6 +7,8 @@
 package window
 
 import (
+	"errors"
+	"fmt"
 	"strconv"
 	"time"
 )
@@ -86,4 +88,28 @@ func Words(size time.Duration) string {
 		}
 	}
 	return strconv.FormatInt(size.Milliseconds(), 10) + "_milliseconds"
+}
+
+// MaxFuture is how far past the worker's clock an event time may be.
+// Windows expire relative to the newest event time, so one absurd
+// timestamp would otherwise expire every live window.
+const MaxFuture = time.Hour
+
+// Errors of CheckTime.
+var (
+	ErrFuture  = errors.New("timestamp is too far in the future")
+	ErrBadTime = errors.New("timestamp is outside the years 0000 to 9999")
+)
+
+// CheckTime refuses an event time that windows cannot sensibly hold: more
+// than MaxFuture ahead of now, or outside the years 0000 to 9999 in UTC
+// (which JSON and Avro timestamps cannot carry).
+func CheckTime(ts, now time.Time) error {
+	if y := ts.UTC().Year(); y < 0 || y > 9999 {
+		return fmt.Errorf("%w: %s", ErrBadTime, ts.Format(time.RFC3339Nano))
+	}
+	if ts.After(now.Add(MaxFuture)) {
+		return fmt.Errorf("%w: %s", ErrFuture, ts.Format(time.RFC3339Nano))
+	}
+	return nil
 }
