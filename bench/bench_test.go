@@ -46,7 +46,7 @@ func TestBenchRuns(t *testing.T) {
 		}
 		return f
 	}
-	for _, k := range resultKeys {
+	for _, k := range resultKeys() {
 		if k == "goka_events_per_second" || k == "ratio_vs_goka" {
 			continue
 		}

@@ -28,12 +28,14 @@ const DatasourceUID = "prometheus"
 
 // anchor is the metric the template variables read their values from: a
 // sampled gauge every worker sends every METRICS_INTERVAL.
-var anchor = metrics.Goroutines
+func anchor() *metrics.Def { return metrics.Goroutines }
 
 func ptr[T any](v T) *T { return &v }
 
 // datasource refers to the dashboard's datasource variable.
-var datasource = common.DataSourceRef{Type: ptr("prometheus"), Uid: ptr("${datasource}")}
+func datasource() common.DataSourceRef {
+	return common.DataSourceRef{Type: ptr("prometheus"), Uid: ptr("${datasource}")}
+}
 
 // RebalanceAnnotation is the PromQL of the rebalance annotations: a mark
 // wherever a worker (re)joined its consumer group.
@@ -64,12 +66,12 @@ func Grafana() ([]byte, error) {
 				Text:  dashboard.StringOrArrayOfString{String: ptr("Prometheus")},
 				Value: dashboard.StringOrArrayOfString{String: ptr(DatasourceUID)},
 			})).
-		WithVariable(labelVariable("env", "env", fmt.Sprintf("label_values(%s, env)", prom(anchor)), false)).
-		WithVariable(labelVariable("service", "service", fmt.Sprintf(`label_values(%s{env=~"$env"}, service)`, prom(anchor)), false)).
-		WithVariable(labelVariable("worker", "worker", fmt.Sprintf(`label_values(%s{env=~"$env",service=~"$service"}, instance)`, prom(anchor)), true)).
+		WithVariable(labelVariable("env", "env", fmt.Sprintf("label_values(%s, env)", prom(anchor())), false)).
+		WithVariable(labelVariable("service", "service", fmt.Sprintf(`label_values(%s{env=~"$env"}, service)`, prom(anchor())), false)).
+		WithVariable(labelVariable("worker", "worker", fmt.Sprintf(`label_values(%s{env=~"$env",service=~"$service"}, instance)`, prom(anchor())), true)).
 		Annotation(dashboard.NewAnnotationQueryBuilder().
 			Name("Rebalances").
-			Datasource(datasource).
+			Datasource(datasource()).
 			Enable(true).
 			IconColor("orange").
 			Expr(RebalanceAnnotation()).
@@ -108,7 +110,7 @@ func Grafana() ([]byte, error) {
 func labelVariable(name, label, query string, all bool) cog.Builder[dashboard.VariableModel] {
 	b := dashboard.NewQueryVariableBuilder(name).
 		Label(label).
-		Datasource(datasource).
+		Datasource(datasource()).
 		Query(dashboard.StringOrMap{String: ptr(query)}).
 		Definition(query).
 		Refresh(dashboard.VariableRefreshOnTimeRangeChanged).
@@ -164,7 +166,7 @@ func grafanaPanel(p Panel) cog.Builder[dashboard.Panel] {
 	const height = 8
 	switch p.Viz {
 	case Stat:
-		b := stat.NewPanelBuilder().Title(p.Title).Description(description(p)).Datasource(datasource).
+		b := stat.NewPanelBuilder().Title(p.Title).Description(description(p)).Datasource(datasource()).
 			Unit(p.Unit).Span(p.Width).Height(5).
 			GraphMode(common.BigValueGraphModeArea).
 			ColorMode(common.BigValueColorModeNone).
@@ -175,7 +177,7 @@ func grafanaPanel(p Panel) cog.Builder[dashboard.Panel] {
 		}
 		return b
 	case States:
-		b := statetimeline.NewPanelBuilder().Title(p.Title).Description(description(p)).Datasource(datasource).
+		b := statetimeline.NewPanelBuilder().Title(p.Title).Description(description(p)).Datasource(datasource()).
 			Span(p.Width).Height(height).
 			ShowValue(common.VisibilityModeNever).
 			MergeValues(true).
@@ -196,7 +198,7 @@ func grafanaPanel(p Panel) cog.Builder[dashboard.Panel] {
 		}
 		return b
 	case Table:
-		b := table.NewPanelBuilder().Title(p.Title).Description(description(p)).Datasource(datasource).
+		b := table.NewPanelBuilder().Title(p.Title).Description(description(p)).Datasource(datasource()).
 			Span(p.Width).Height(height)
 		rename := map[string]any{}
 		for i, q := range p.Prom {
@@ -214,7 +216,7 @@ func grafanaPanel(p Panel) cog.Builder[dashboard.Panel] {
 		})
 		return b
 	}
-	b := timeseries.NewPanelBuilder().Title(p.Title).Description(description(p)).Datasource(datasource).
+	b := timeseries.NewPanelBuilder().Title(p.Title).Description(description(p)).Datasource(datasource()).
 		Unit(p.Unit).Span(p.Width).Height(height).Min(0).
 		Legend(common.NewVizLegendOptionsBuilder().
 			DisplayMode(common.LegendDisplayModeList).

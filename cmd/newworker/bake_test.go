@@ -110,7 +110,7 @@ func bakeProject(t *testing.T, root string, answers map[string]string) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), answers["name"])
 	args := []string{"-from", root, "-out", out, "-no-input"}
-	for _, name := range varFlags {
+	for _, name := range varFlags() {
 		args = append(args, "-"+name, answers[name])
 	}
 	start := time.Now()

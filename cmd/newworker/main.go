@@ -58,7 +58,9 @@ func isUsage(err error) bool {
 }
 
 // varFlags are the template variables that have a flag of their own.
-var varFlags = []string{"module", "name", "org", "topic", "table", "window", "expires", "partitions", "owner", "description"}
+func varFlags() []string {
+	return []string{"module", "name", "org", "topic", "table", "window", "expires", "partitions", "owner", "description"}
+}
 
 // options are the command line.
 type options struct {
@@ -72,7 +74,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs := flag.NewFlagSet("newworker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	vals := map[string]*string{}
-	for _, name := range varFlags {
+	for _, name := range varFlags() {
 		vals[name] = fs.String(name, "", "template variable "+name+" (see templates/template.json)")
 	}
 	o := &options{vals: map[string]string{}}

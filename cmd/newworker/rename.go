@@ -237,8 +237,9 @@ func (r *renamer) RenameText(s string, literals bool) string {
 	return alignComments(s, out)
 }
 
-// trailingComment is a line with a comment aligned by two or more spaces.
-var trailingComment = regexp.MustCompile(`^(.*\S)( {2,})(#.*)$`)
+// trailingComment matches a line with a comment aligned by two or more
+// spaces.
+func trailingComment() *regexp.Regexp { return regexp.MustCompile(`^(.*\S)( {2,})(#.*)$`) }
 
 // alignComments keeps the trailing comments of renamed lines in the column
 // they had (YAML values files align them): a rename never adds or removes
@@ -251,11 +252,12 @@ func alignComments(before, after string) string {
 	if len(bl) != len(al) {
 		return after
 	}
+	re := trailingComment()
 	for i := range al {
 		if al[i] == bl[i] {
 			continue
 		}
-		b, a := trailingComment.FindStringSubmatch(bl[i]), trailingComment.FindStringSubmatch(al[i])
+		b, a := re.FindStringSubmatch(bl[i]), re.FindStringSubmatch(al[i])
 		if b == nil || a == nil {
 			continue
 		}

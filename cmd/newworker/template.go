@@ -163,7 +163,7 @@ func (t *Template) suggestion(v *Variable, answers map[string]string) (value str
 	if v.Suggest == "" || pristine {
 		return v.Default, true
 	}
-	tmpl, err := template.New(v.Name).Funcs(suggestFuncs).Option("missingkey=error").Parse(v.Suggest)
+	tmpl, err := template.New(v.Name).Funcs(suggestFuncs()).Option("missingkey=error").Parse(v.Suggest)
 	if err != nil {
 		return v.Default, false
 	}
@@ -174,35 +174,38 @@ func (t *Template) suggestion(v *Variable, answers map[string]string) (value str
 	return b.String(), true
 }
 
-var suggestFuncs = template.FuncMap{
-	"base": path.Base,
-	// slug makes a service name of anything: lowercase letters and digits,
-	// starting with a letter.
-	"slug": func(s string) string {
-		var b strings.Builder
-		for _, c := range strings.ToLower(s) {
-			if c >= 'a' && c <= 'z' || (c >= '0' && c <= '9' && b.Len() > 0) {
-				b.WriteRune(c)
+// suggestFuncs are the functions a suggestion may call.
+func suggestFuncs() template.FuncMap {
+	return template.FuncMap{
+		"base": path.Base,
+		// slug makes a service name of anything: lowercase letters and digits,
+		// starting with a letter.
+		"slug": func(s string) string {
+			var b strings.Builder
+			for _, c := range strings.ToLower(s) {
+				if c >= 'a' && c <= 'z' || (c >= '0' && c <= '9' && b.Len() > 0) {
+					b.WriteRune(c)
+				}
 			}
-		}
-		return b.String()
-	},
-	// orgOf is the organisation of a module path: the element before the
-	// last one (github.com/acme/clicks -> acme).
-	"orgOf": func(mod string) string {
-		elems := strings.Split(mod, "/")
-		if len(elems) < 2 {
-			return ""
-		}
-		org := strings.ToLower(elems[len(elems)-2])
-		org = strings.Map(func(c rune) rune {
-			if c >= 'a' && c <= 'z' || c >= '0' && c <= '9' {
-				return c
+			return b.String()
+		},
+		// orgOf is the organisation of a module path: the element before the
+		// last one (github.com/acme/clicks -> acme).
+		"orgOf": func(mod string) string {
+			elems := strings.Split(mod, "/")
+			if len(elems) < 2 {
+				return ""
 			}
-			return '-'
-		}, org)
-		return strings.Trim(org, "-")
-	},
+			org := strings.ToLower(elems[len(elems)-2])
+			org = strings.Map(func(c rune) rune {
+				if c >= 'a' && c <= 'z' || c >= '0' && c <= '9' {
+					return c
+				}
+				return '-'
+			}, org)
+			return strings.Trim(org, "-")
+		},
+	}
 }
 
 // crossCheck validates what involves several answers, and answers against

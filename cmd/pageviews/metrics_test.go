@@ -95,7 +95,7 @@ func (s *statsdSink) missing(namespace string) []string {
 	defer s.mu.Unlock()
 	var out []string
 	for _, d := range metrics.All() {
-		want := append(slices.Clone(metrics.GlobalTags), d.Tags...)
+		want := append(slices.Clone(metrics.GlobalTags()), d.Tags...)
 		ok := false
 		for _, tags := range s.seen[namespace+"."+d.Name] {
 			has := true

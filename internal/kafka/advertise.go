@@ -10,7 +10,7 @@ import (
 
 // advertiseMagic starts the subscription user data of a member that
 // advertises something (its HTTP URL) to the rest of the group.
-var advertiseMagic = []byte("pvad1")
+const advertiseMagic = "pvad1"
 
 // Advertise wraps a balance strategy so that every member's subscription
 // user data also carries data (the worker's advertised URL), readable by
@@ -52,7 +52,7 @@ func join(data, inner []byte) []byte {
 }
 
 func split(userData []byte) (data, inner []byte, ok bool) {
-	if !bytes.HasPrefix(userData, advertiseMagic) || len(userData) < len(advertiseMagic)+4 {
+	if !bytes.HasPrefix(userData, []byte(advertiseMagic)) || len(userData) < len(advertiseMagic)+4 {
 		return nil, userData, false
 	}
 	rest := userData[len(advertiseMagic):]

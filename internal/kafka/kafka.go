@@ -14,7 +14,8 @@ import (
 )
 
 // Version is the Kafka protocol version the worker speaks. Set explicitly:
-// sarama's default is far older and lacks cooperative rebalancing.
+// sarama's default is far older and lacks cooperative rebalancing. A
+// variable only because sarama's versions are structs; nothing assigns it.
 var Version = sarama.V3_9_0_0
 
 // Options are the client settings that come from the worker's config.

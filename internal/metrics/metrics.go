@@ -35,6 +35,9 @@ type Def struct {
 	Tags []string // tag keys besides env and version
 }
 
+// all is the list the definitions in list.go add themselves to, in order,
+// as the package initialises; nothing changes it after that. The metric
+// definitions are variables only because Go has no constant structs.
 var all []*Def
 
 func def(name string, kind Kind, help string, tags ...string) *Def {
@@ -51,8 +54,8 @@ func def(name string, kind Kind, help string, tags ...string) *Def {
 // All returns every declared metric, in declaration order.
 func All() []*Def { return all }
 
-// GlobalTags are on every metric.
-var GlobalTags = []string{"env", "version"}
+// GlobalTags are the tags on every metric.
+func GlobalTags() []string { return []string{"env", "version"} }
 
 // Client sends metrics. A nil or disabled Client drops everything.
 type Client struct {

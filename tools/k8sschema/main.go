@@ -48,10 +48,8 @@ func main() {
 	}
 }
 
-var versionRE = regexp.MustCompile(`^v1\.[0-9]+\.[0-9]+$`)
-
 func run(version, spec, out string) error {
-	if !versionRE.MatchString(version) {
+	if !regexp.MustCompile(`^v1\.[0-9]+\.[0-9]+$`).MatchString(version) {
 		return fmt.Errorf("-version=%q: want a k8s.io/kubernetes release such as v1.37.2", version)
 	}
 	if spec == "" {
