@@ -54,9 +54,10 @@ func (fakeReporter) Report(_ context.Context, page string) (*pageview.Report, er
 // ServePeer answers through the runtime's reads, from partition 0 alone.
 func (fakeReporter) ServePeer(w http.ResponseWriter, r *http.Request) {
 	(&app.Reads[pageview.PageCounts]{
-		Local: func(url.Values, []int32) (map[int32]pageview.PageCounts, error) {
-			return map[int32]pageview.PageCounts{0: {Pages: map[string]pageview.Counts{"/home": {Now: 3, Back: 1, Count: 7}}}}, nil
+		Local: func(url.Values, int32) (pageview.PageCounts, error) {
+			return pageview.PageCounts{Pages: map[string]pageview.Counts{"/home": {Now: 3, Back: 1, Count: 7}}}, nil
 		},
+		Owned: func() []int32 { return []int32{0} },
 		Merge: func(into, from pageview.PageCounts) pageview.PageCounts { return from },
 		Log:   slog.New(slog.DiscardHandler),
 	}).ServePeer(w, r)

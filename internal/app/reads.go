@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gofaust/pageviews/internal/table"
 	"github.com/gofaust/pageviews/internal/web"
 )
 
@@ -48,12 +49,14 @@ const DefaultMaxAnswer = 8 << 20
 type Reads[P any] struct {
 	// Path is the app's page that answers peers (ServePeer).
 	Path string
-	// Local reads the partitions of this worker among want (all it holds
-	// when want is nil). q carries the page's own parameters. A partition
-	// it does not hold is left out.
-	Local func(q url.Values, want []int32) (map[int32]P, error)
+	// Local reads partition p of this worker's tables; q carries the
+	// page's own parameters. An error wrapping table.ErrNotAssigned (the
+	// partition was revoked while read) leaves the partition out.
+	Local func(q url.Values, p int32) (P, error)
 	// Merge adds from to into and returns the sum.
-	Merge      func(into, from P) P
+	Merge func(into, from P) P
+	// Owned lists the partitions this worker holds and has recovered.
+	Owned      func() []int32
 	Self       string
 	Owners     func() (map[int32]string, error)
 	Partitions func() (int32, error)
@@ -63,8 +66,8 @@ type Reads[P any] struct {
 }
 
 // NewReads returns the reads of the app's page path through s.
-func NewReads[P any](s *Services, path string, local func(q url.Values, want []int32) (map[int32]P, error), merge func(into, from P) P) *Reads[P] {
-	return &Reads[P]{Path: path, Local: local, Merge: merge, Self: s.Self, Owners: s.Owners, Partitions: s.Partitions,
+func NewReads[P any](s *Services, path string, local func(q url.Values, p int32) (P, error), merge func(into, from P) P) *Reads[P] {
+	return &Reads[P]{Path: path, Local: local, Merge: merge, Owned: s.Owned, Self: s.Self, Owners: s.Owners, Partitions: s.Partitions,
 		Client: &http.Client{Timeout: defaultReadTimeout}, Log: s.Log.With("component", "reads")}
 }
 
@@ -116,7 +119,7 @@ func (r *Reads[P]) All(ctx context.Context, q url.Values) (map[int32]P, []int32,
 			var vals map[int32]P
 			var err error
 			if owner == r.Self {
-				vals, err = r.Local(q, parts)
+				vals, err = r.local(q, parts)
 			} else {
 				vals, err = r.fetch(ctx, owner, q, parts)
 			}
@@ -143,6 +146,25 @@ func (r *Reads[P]) All(ctx context.Context, q url.Values) (map[int32]P, []int32,
 	return got, missing, nil
 }
 
+// local reads the partitions among want (all when nil) this worker holds.
+func (r *Reads[P]) local(q url.Values, want []int32) (map[int32]P, error) {
+	out := map[int32]P{}
+	for _, p := range r.Owned() {
+		if want != nil && !slices.Contains(want, p) {
+			continue
+		}
+		v, err := r.Local(q, p)
+		switch {
+		case errors.Is(err, table.ErrNotAssigned):
+		case err != nil:
+			return nil, fmt.Errorf("read partition %d: %w", p, err)
+		default:
+			out[p] = v
+		}
+	}
+	return out, nil
+}
+
 // IsPeer reports whether req asks for this worker's own partitions
 // (?local=1), which ServePeer answers.
 func IsPeer(req *http.Request) bool { return req.URL.Query().Get("local") == "1" }
@@ -162,7 +184,7 @@ func (r *Reads[P]) ServePeer(w http.ResponseWriter, req *http.Request) {
 			want = append(want, int32(p))
 		}
 	}
-	vals, err := r.Local(req.URL.Query(), want)
+	vals, err := r.local(req.URL.Query(), want)
 	if err != nil {
 		r.Log.Error("local read failed", "error", err)
 		web.Error(w, http.StatusInternalServerError, "read failed: "+err.Error())

@@ -3,6 +3,7 @@ package app_test
 import (
 	"context"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -16,23 +17,18 @@ type sum struct {
 	Sum int64 `json:"sum"`
 }
 
-// holding returns a Local that holds the partitions of values, and reads
-// the query's "times" factor into the sums (the app's own parameters reach
-// peers too).
-func holding(values map[int32]int64) func(url.Values, []int32) (map[int32]sum, error) {
-	return func(q url.Values, want []int32) (map[int32]sum, error) {
+// holding returns the Local and Owned of a worker that holds the
+// partitions of values; Local reads the query's "times" factor into the
+// sums (the app's own parameters reach peers too).
+func holding(values map[int32]int64) (func(url.Values, int32) (sum, error), func() []int32) {
+	local := func(q url.Values, p int32) (sum, error) {
 		times := int64(1)
 		if q.Get("times") == "10" {
 			times = 10
 		}
-		out := map[int32]sum{}
-		for p, v := range values {
-			if want == nil || slices.Contains(want, p) {
-				out[p] = sum{v * times}
-			}
-		}
-		return out, nil
+		return sum{values[p] * times}, nil
 	}
+	return local, func() []int32 { return slices.Collect(maps.Keys(values)) }
 }
 
 // TestReadsAcrossWorkers: partitions 0 and 1 are read here, 2 from a peer
@@ -40,7 +36,8 @@ func holding(values map[int32]int64) func(url.Values, []int32) (map[int32]sum, e
 // trusted), 4 has no owner this worker knows and does not hold.
 func TestReadsAcrossWorkers(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
-	peerReads := &app.Reads[sum]{Path: "/sums/", Local: holding(map[int32]int64{2: 20, 9: 90}), Log: log}
+	peerLocal, peerOwned := holding(map[int32]int64{2: 20, 9: 90})
+	peerReads := &app.Reads[sum]{Path: "/sums/", Local: peerLocal, Owned: peerOwned, Log: log}
 	peer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !app.IsPeer(r) || r.URL.Path != "/sums/" {
 			http.Error(w, "not a peer's request", http.StatusBadRequest)
@@ -54,9 +51,10 @@ func TestReadsAcrossWorkers(t *testing.T) {
 	}))
 	defer twice.Close()
 
+	local, owned := holding(map[int32]int64{0: 1, 1: 2})
 	owners := map[int32]string{0: "http://self", 1: "http://self", 2: peer.URL, 3: twice.URL}
 	r := &app.Reads[sum]{
-		Path: "/sums/", Local: holding(map[int32]int64{0: 1, 1: 2}), Self: "http://self",
+		Path: "/sums/", Local: local, Owned: owned, Self: "http://self",
 		Owners:     func() (map[int32]string, error) { return owners, nil },
 		Partitions: func() (int32, error) { return 5, nil },
 		Client:     &http.Client{}, Log: log,

@@ -36,7 +36,7 @@ func (a *Agent) Handle(ev *stream.Event) error {
 	if now.IsZero() {
 		now = a.Clock()
 	}
-	pv, err := decodeBorrowed(ev.Value, now)
+	pv, err := decode(ev.Value, now, true)
 	if err != nil {
 		return fmt.Errorf("%w: %w", stream.ErrInvalid, err)
 	}

@@ -2,31 +2,70 @@ package pageview
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
+
+	"github.com/IBM/sarama"
 
 	"github.com/gofaust/pageviews/internal/app"
 	"github.com/gofaust/pageviews/internal/web"
 )
 
-// ViewSender sends a page view and returns this process's counter (Publisher).
-type ViewSender interface {
-	Publish(ctx context.Context, page string) (int64, error)
+// ReservedPrefix starts the pages of synthetic views (the livecheck's,
+// LivecheckPage): counted like any other page, never reported. /count/
+// refuses them, and the agent counts one only from a record with
+// SyntheticHeader, so no user's view passes for a synthetic one.
+const (
+	ReservedPrefix  = "/_pageviews/"
+	LivecheckPage   = ReservedPrefix + "livecheck"
+	SyntheticHeader = "pageviews-synthetic" // its value names the sender
+)
+
+// Publisher sends page views to the page-views topic, keyed by page.
+type Publisher struct {
+	Sender app.Sender
+	Topic  string
+	Clock  func() time.Time
+	n      atomic.Int64
 }
 
-// Reports builds the cluster-wide report, and answers a peer's request for
-// this worker's partitions (Reporter).
+// Publish counts a view of page in this process's counter and sends it. It
+// returns the counter once the broker has acknowledged the record.
+func (p *Publisher) Publish(ctx context.Context, page string) (int64, error) {
+	return p.publish(ctx, page, nil)
+}
+
+// Synthetic publishes a synthetic view of page from sender.
+func (p *Publisher) Synthetic(ctx context.Context, sender, page string) error {
+	_, err := p.publish(ctx, page, []sarama.RecordHeader{{Key: []byte(SyntheticHeader), Value: []byte(sender)}})
+	return err
+}
+
+func (p *Publisher) publish(ctx context.Context, page string, headers []sarama.RecordHeader) (int64, error) {
+	pv := PageView{Page: page, Count: p.n.Add(1), Timestamp: p.Clock()}
+	m := &sarama.ProducerMessage{Topic: p.Topic, Key: sarama.StringEncoder(page), Value: sarama.ByteEncoder(Encode(pv)), Headers: headers, Timestamp: pv.Timestamp}
+	if _, _, err := p.Sender.SendAndWait(ctx, m); err != nil {
+		return 0, fmt.Errorf("publish page view: %w", err)
+	}
+	return pv.Count, nil
+}
+
+// Reports builds the report and answers peers' reads (Reporter).
 type Reports interface {
 	Report(ctx context.Context, page string) (*Report, error)
 	ServePeer(w http.ResponseWriter, r *http.Request)
 }
 
-// PageOptions is what the app's pages need.
+// PageOptions is what the pages need: a Publisher and a Reporter, or fakes.
 type PageOptions struct {
-	Publisher ViewSender
-	Reporter  Reports
+	Publisher interface {
+		Publish(ctx context.Context, page string) (int64, error)
+	}
+	Reporter Reports
 	// Ready tells whether the worker has joined and recovered; a report
 	// made while it has not is stale.
 	Ready func() (bool, string)
@@ -35,13 +74,10 @@ type PageOptions struct {
 	PublishTimeout time.Duration
 }
 
-// Pages are the example's HTTP pages: /count/ publishes a view, /report/
-// shows the tables.
+// Pages are /count/, which publishes a view, and /report/, which shows the
+// tables and answers peers' reads.
 func Pages(o PageOptions) []web.Page {
-	return []web.Page{
-		{Path: "/count/", Handler: o.count},
-		{Path: "/report/", Handler: o.report},
-	}
+	return []web.Page{{Path: "/count/", Handler: o.count}, {Path: "/report/", Handler: o.report}}
 }
 
 func (o PageOptions) count(w http.ResponseWriter, r *http.Request) {
@@ -50,9 +86,6 @@ func (o PageOptions) count(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if strings.HasPrefix(page, ReservedPrefix) {
-		// The worker's synthetic views (the livecheck) use these pages; a
-		// user's view of one would be counted but never shown, and could
-		// pass for a synthetic one.
 		web.Error(w, http.StatusBadRequest, "pages under "+ReservedPrefix+" are reserved for the worker's synthetic views")
 		return
 	}
@@ -69,33 +102,32 @@ func (o PageOptions) count(w http.ResponseWriter, r *http.Request) {
 
 func (o PageOptions) report(w http.ResponseWriter, r *http.Request) {
 	page, ok := pageParam(w, r, "")
-	if !ok {
-		return
-	}
-	if app.IsPeer(r) {
+	switch {
+	case !ok:
+	case app.IsPeer(r):
 		o.Reporter.ServePeer(w, r)
-		return
+	default:
+		rep, err := o.Reporter.Report(r.Context(), page)
+		if err != nil {
+			o.Log.Error("report failed", "error", err)
+			web.Error(w, http.StatusInternalServerError, "report failed: "+err.Error())
+			return
+		}
+		if ready, _ := o.Ready(); !ready {
+			rep.Stale = true
+		}
+		web.JSON(w, http.StatusOK, rep)
 	}
-	rep, err := o.Reporter.Report(r.Context(), page)
-	if err != nil {
-		o.Log.Error("report failed", "error", err)
-		web.Error(w, http.StatusInternalServerError, "report failed: "+err.Error())
-		return
-	}
-	if ready, _ := o.Ready(); !ready {
-		rep.Stale = true
-	}
-	web.JSON(w, http.StatusOK, rep)
 }
 
-// pageParam reads the page query parameter and rejects unusable values.
+// pageParam reads the page query parameter and refuses a page too long.
 func pageParam(w http.ResponseWriter, r *http.Request, def string) (string, bool) {
 	page := r.URL.Query().Get("page")
 	if page == "" {
 		page = def
 	}
 	if len(page) > MaxPageLen {
-		web.Error(w, http.StatusBadRequest, "page is longer than the limit of 1024 bytes")
+		web.Error(w, http.StatusBadRequest, fmt.Sprintf("page is longer than the limit of %d bytes", MaxPageLen))
 		return "", false
 	}
 	return page, true

@@ -41,17 +41,10 @@ var (
 
 // Decode parses and validates a PageView. now is the worker's clock, for the
 // future-timestamp check.
-func Decode(b []byte, now time.Time) (PageView, error) {
-	return decode(b, now, false)
-}
+func Decode(b []byte, now time.Time) (PageView, error) { return decode(b, now, false) }
 
-// decodeBorrowed is Decode whose Page may share memory with b: valid only
-// while b is, and for the agent's hot path, which copies the page into the
-// tables' keys and spares the allocation.
-func decodeBorrowed(b []byte, now time.Time) (PageView, error) {
-	return decode(b, now, true)
-}
-
+// decode is Decode whose Page, with borrow, may share b's memory: the
+// agent's hot path copies the page into the tables' keys anyway.
 func decode(b []byte, now time.Time, borrow bool) (PageView, error) {
 	pv, ok := decodeFast(b, borrow)
 	if !ok {
@@ -120,20 +113,10 @@ func decodeJSON(b []byte) (PageView, error) {
 // Encode renders a PageView as the JSON the topic carries, with the event
 // time in UTC at millisecond precision.
 func Encode(pv PageView) []byte {
-	b := make([]byte, 0, 64+len(pv.Page))
-	b = append(b, `{"page":`...)
-	b, _ = appendJSONString(b, pv.Page)
-	b = append(b, `,"count":`...)
-	b = fmt.Appendf(b, "%d", pv.Count)
+	page, _ := json.Marshal(pv.Page)
+	b := fmt.Appendf(make([]byte, 0, 64+len(page)), `{"page":%s,"count":%d`, page, pv.Count)
 	if !pv.Timestamp.IsZero() {
-		b = append(b, `,"timestamp":"`...)
-		b = pv.Timestamp.UTC().AppendFormat(b, "2006-01-02T15:04:05.000Z07:00")
-		b = append(b, '"')
+		b = pv.Timestamp.UTC().AppendFormat(append(b, `,"timestamp":"`...), `2006-01-02T15:04:05.000Z07:00"`)
 	}
 	return append(b, '}')
-}
-
-func appendJSONString(b []byte, s string) ([]byte, error) {
-	q, err := json.Marshal(s)
-	return append(b, q...), err
 }

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/gofaust/pageviews/internal/app"
-	"github.com/gofaust/pageviews/internal/table"
 	"github.com/gofaust/pageviews/internal/window"
 )
 
@@ -66,36 +65,33 @@ func quote(s string) string {
 
 // UnmarshalJSON reads a report whatever its window is called.
 func (r *Report) UnmarshalJSON(b []byte) error {
-	type line struct {
-		Count  int64  `json:"count"`
-		Report string `json:"report"`
-	}
 	var raw struct {
-		line
-		Pages             map[string]json.RawMessage `json:"pages"`
-		Stale             bool                       `json:"stale"`
-		MissingPartitions []int32                    `json:"missing_partitions"`
+		Count   int64                      `json:"count"`
+		Pages   map[string]json.RawMessage `json:"pages"`
+		Stale   bool                       `json:"stale"`
+		Missing []int32                    `json:"missing_partitions"`
 	}
-	now, err := windowCount(b, &raw)
-	*r = Report{Now: now, Count: raw.Count, Stale: raw.Stale, MissingPartitions: raw.MissingPartitions, Pages: map[string]PageReport{}}
-	for k, b := range raw.Pages {
-		var pg line
-		n, err2 := windowCount(b, &pg)
-		r.Pages[k], err = PageReport{Now: n, Count: pg.Count, Report: pg.Report}, errors.Join(err, err2)
+	err := json.Unmarshal(b, &raw)
+	*r = Report{Now: windowCount(b), Count: raw.Count, Pages: map[string]PageReport{}, Stale: raw.Stale, MissingPartitions: raw.Missing}
+	for k, line := range raw.Pages {
+		var pg PageReport // count and report
+		err = errors.Join(err, json.Unmarshal(line, &pg))
+		pg.Now = windowCount(line)
+		r.Pages[k] = pg
 	}
 	return err
 }
 
-// windowCount decodes b into v and returns its count in the window of now.
-func windowCount(b []byte, v any) (int64, error) {
+// windowCount is the count in the window of now of a JSON object.
+func windowCount(b []byte) int64 {
 	var fields map[string]any
-	err := errors.Join(json.Unmarshal(b, v), json.Unmarshal(b, &fields))
+	_ = json.Unmarshal(b, &fields)
 	for k, v := range fields {
-		if n, ok := v.(float64); ok && strings.HasPrefix(k, Topic+"_within_") {
-			return int64(n), err
+		if n, ok := v.(float64); ok && strings.Contains(k, "_within_") {
+			return int64(n)
 		}
 	}
-	return 0, err
+	return 0
 }
 
 // Counts are one page's numbers in some partitions: the window of now, the
@@ -124,10 +120,6 @@ func merge(into, from PageCounts) PageCounts {
 	return into
 }
 
-// MaxPeerAnswer bounds a peer's answer, in bytes: 100,000 to 200,000 page
-// lines. A larger answer is refused and its partitions reported missing.
-const MaxPeerAnswer = app.DefaultMaxAnswer
-
 // Reporter answers /report/ for the whole cluster: the partitions this
 // worker owns from its own tables, the others from their owners (Reads).
 // A partition whose owner is unknown, recovering or unreachable is listed
@@ -136,16 +128,13 @@ const MaxPeerAnswer = app.DefaultMaxAnswer
 type Reporter struct {
 	Tables
 	Clock func() time.Time
-	// Owned lists the partitions this worker holds and has recovered.
-	Owned func() []int32
 	Reads *app.Reads[PageCounts]
 }
 
 // NewReporter returns the reporter of tables through s.
 func NewReporter(s *app.Services, tables Tables) *Reporter {
-	r := &Reporter{Tables: tables, Clock: s.Clock, Owned: s.Owned}
+	r := &Reporter{Tables: tables, Clock: s.Clock}
 	r.Reads = app.NewReads(s, "/report/", r.local, merge)
-	r.Reads.MaxAnswer = MaxPeerAnswer
 	return r
 }
 
@@ -185,44 +174,28 @@ func (r *Reporter) sum(ctx context.Context, page string, reserved bool) (PageCou
 	return r.Reads.Sum(ctx, q)
 }
 
-// local reads the partitions among want (all when nil) this worker holds:
-// ?page= narrows to one page; pages under ReservedPrefix only with
-// ?reserved=1. A partition is read whole or, if revoked half-way, not at
-// all.
-func (r *Reporter) local(q url.Values, want []int32) (map[int32]PageCounts, error) {
+// local reads partition p: ?page= narrows to one page; pages under
+// ReservedPrefix only with ?reserved=1.
+func (r *Reporter) local(q url.Values, p int32) (PageCounts, error) {
 	page, reserved := q.Get("page"), q.Get("reserved") == "1"
 	now := r.Clock()
-	nowStart := r.Views.Window().Start(now)
-	backStart := r.Views.Window().Start(now.Add(-2 * time.Minute))
-	out := map[int32]PageCounts{}
-	for _, p := range r.Owned() {
-		if want != nil && !slices.Contains(want, p) {
-			continue
-		}
-		one := map[string]Counts{}
-		add := func(field func(*Counts) *int64) func(string, int64) {
-			return func(k string, v int64) {
-				if (page == "" || k == page) && (reserved || !strings.HasPrefix(k, ReservedPrefix)) {
-					c := one[k]
-					*field(&c) += v
-					one[k] = c
-				}
+	one := map[string]Counts{}
+	add := func(field func(*Counts) *int64) func(string, int64) {
+		return func(k string, v int64) {
+			if (page == "" || k == page) && (reserved || !strings.HasPrefix(k, ReservedPrefix)) {
+				c := one[k]
+				*field(&c) += v
+				one[k] = c
 			}
 		}
-		err := r.Totals.Scan(p, add(func(c *Counts) *int64 { return &c.Count }))
-		if err == nil {
-			err = r.Views.ScanWindow(p, nowStart, add(func(c *Counts) *int64 { return &c.Now }))
-		}
-		if err == nil {
-			err = r.Views.ScanWindow(p, backStart, add(func(c *Counts) *int64 { return &c.Back }))
-		}
-		if errors.Is(err, table.ErrNotAssigned) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("report partition %d: %w", p, err)
-		}
-		out[p] = PageCounts{Pages: one}
 	}
-	return out, nil
+	// Read whole or not at all: a partition revoked half-way is left out.
+	err := r.Totals.Scan(p, add(func(c *Counts) *int64 { return &c.Count }))
+	if err == nil {
+		err = r.Views.ScanWindow(p, r.Views.Window().Start(now), add(func(c *Counts) *int64 { return &c.Now }))
+	}
+	if err == nil {
+		err = r.Views.ScanWindow(p, r.Views.Window().Start(now.Add(-2*time.Minute)), add(func(c *Counts) *int64 { return &c.Back }))
+	}
+	return PageCounts{Pages: one}, err
 }

@@ -59,20 +59,20 @@ func TestRouterTrustsPeersOnlyForWhatItAsked(t *testing.T) {
 		{name: "trailing garbage", body: `{"by_partition":[` + p2 + `,` + p3 + `]} {}`, pages: own, missing: []int32{2, 3}},
 		{
 			name:    "oversized",
-			body:    `{"by_partition":[` + p2 + `,` + p3 + `]}` + strings.Repeat(" ", pageview.MaxPeerAnswer),
+			body:    `{"by_partition":[` + p2 + `,` + p3 + `]}` + strings.Repeat(" ", app.DefaultMaxAnswer),
 			pages:   own,
 			missing: []int32{2, 3},
 		},
 		{
 			name:    "oversized, announced",
-			body:    `{"by_partition":[` + p2 + `,` + p3 + `]}` + strings.Repeat(" ", pageview.MaxPeerAnswer),
+			body:    `{"by_partition":[` + p2 + `,` + p3 + `]}` + strings.Repeat(" ", app.DefaultMaxAnswer),
 			length:  true,
 			pages:   own,
 			missing: []int32{2, 3},
 		},
 		{
 			name:  "just under the limit",
-			body:  `{"by_partition":[` + p2 + `,` + p3 + `]}` + strings.Repeat(" ", pageview.MaxPeerAnswer-len(`{"by_partition":[`+p2+`,`+p3+`]}`)),
+			body:  `{"by_partition":[` + p2 + `,` + p3 + `]}` + strings.Repeat(" ", app.DefaultMaxAnswer-len(`{"by_partition":[`+p2+`,`+p3+`]}`)),
 			pages: withPeer,
 		},
 		// A peer of an earlier version answers the sum of the partitions
