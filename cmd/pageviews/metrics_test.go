@@ -24,8 +24,15 @@ import (
 type statsdSink struct {
 	conn *net.UDPConn
 	mu   sync.Mutex
-	seen map[string][]map[string]string // metric name -> tag sets
-	sums map[string]int64               // count metric name -> sum of values
+	seen   map[string][]map[string]string // metric name -> tag sets
+	sums   map[string]int64               // count metric name -> sum of values
+	gauges map[string][]gaugeValue        // gauge metric name -> values in order
+}
+
+// gaugeValue is one value of a gauge, with its tags.
+type gaugeValue struct {
+	v    float64
+	tags map[string]string
 }
 
 func newStatsdSink(t testing.TB) *statsdSink {
@@ -34,7 +41,7 @@ func newStatsdSink(t testing.TB) *statsdSink {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &statsdSink{conn: conn, seen: map[string][]map[string]string{}, sums: map[string]int64{}}
+	s := &statsdSink{conn: conn, seen: map[string][]map[string]string{}, sums: map[string]int64{}, gauges: map[string][]gaugeValue{}}
 	t.Cleanup(func() { conn.Close() })
 	go func() {
 		buf := make([]byte, 65536)
@@ -75,7 +82,29 @@ func (s *statsdSink) add(line string) {
 			s.sums[name] += n
 		}
 	}
+	if len(fields) > 1 && fields[1] == "g" {
+		v, _ := strconv.ParseFloat(fields[0], 64)
+		s.gauges[name] = append(s.gauges[name], gaugeValue{v: v, tags: tags})
+	}
 	s.mu.Unlock()
+}
+
+// values are the values gauge name arrived with, in order, of the series
+// whose tags include match.
+func (s *statsdSink) values(name string, match map[string]string) []float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []float64
+	for _, g := range s.gauges[name] {
+		ok := true
+		for k, v := range match {
+			ok = ok && g.tags[k] == v
+		}
+		if ok {
+			out = append(out, g.v)
+		}
+	}
+	return out
 }
 
 // sum is the total of a count metric so far.

@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
@@ -216,7 +215,7 @@ func (w *worker) startBroker(context.Context) error {
 
 func (w *worker) startMetrics(context.Context) error {
 	cfg := w.cfg
-	mc, err := metrics.New(metrics.Options{Addr: cfg.StatsdAddr, Namespace: cfg.Service, Tags: globalTags(cfg)})
+	mc, err := metrics.New(metrics.Options{Addr: cfg.StatsdAddr, Namespace: cfg.Service, Tags: globalTags(cfg), Interval: cfg.MetricsInterval})
 	if err != nil {
 		return err
 	}
@@ -373,11 +372,11 @@ func (w *worker) startApp(context.Context) error {
 		OffsetsAfter: cfg.Guarantee != config.ExactlyOnce,
 		// The admin client's connection is mostly idle; the group's is
 		// busy with fetches that a commit would queue behind.
-		Committer:   &kafka.OffsetCommitter{Client: w.clients.admin, Group: cfg.Group, InstanceID: cfg.InstanceID},
-		CommittedAt: committedAt(w.admin, cfg.Group, cfg.Topic),
-		Hooks:       w.streamHooks,
-		Log:         w.log.With("component", "stream"),
-		Clock:       w.clock,
+		Committer: &kafka.OffsetCommitter{Client: w.clients.admin, Group: cfg.Group, InstanceID: cfg.InstanceID},
+		Metadata:  commitMetadata(w.admin, cfg.Group, cfg.Topic),
+		Hooks:     w.streamHooks,
+		Log:       w.log.With("component", "stream"),
+		Clock:     w.clock,
 	})
 	if w.hooks.Runtime != nil {
 		w.hooks.Runtime(w.rt)
@@ -454,8 +453,10 @@ func (w *worker) schedule(context.Context) error {
 		Partitions: func() int { all, _ := state.Assigned(); return len(all) },
 		Standby:    func() int { return len(w.standby.Partitions()) },
 	}
+	var generation int32
 	w.sched.Timer("gauges", cfg.MetricsInterval, false, func(context.Context) error {
 		sampler.Sample()
+		generation = w.sampleGroup(generation)
 		all, _ := state.Assigned()
 		w.streamHooks.Zero(all, topics, windowed...)
 		return nil
@@ -468,6 +469,27 @@ func (w *worker) schedule(context.Context) error {
 		}
 	}
 	return nil
+}
+
+// sampleGroup sends the group's gauges and each processing partition's
+// offsets, with the high watermark asked of the broker now: a worker that
+// stalls fetches nothing, so what its consumer last saw would hide its lag.
+// previous is the generation of the previous sample; it returns this one's.
+func (w *worker) sampleGroup(previous int32) int32 {
+	s := w.state.Sample()
+	w.streamHooks.Group(s.Generation, previous, s.Rebalancing)
+	for p, pos := range s.Positions {
+		hwm, err := w.clients.admin.GetOffset(w.cfg.Topic, p, sarama.OffsetNewest)
+		if err != nil {
+			hwm = -1
+		}
+		var lag time.Duration
+		if hwm > pos.Next && !pos.LastRecord.IsZero() {
+			lag = max(time.Since(pos.LastRecord), 0)
+		}
+		w.streamHooks.Position(p, pos.Next-1, pos.Committed, hwm, lag)
+	}
+	return max(previous, s.Generation)
 }
 
 // serve puts the app's pages and the probes behind the open port.
@@ -643,23 +665,19 @@ func advertisedURL(cfg *config.Config, addr net.Addr) string {
 	return "http://" + net.JoinHostPort(host, port)
 }
 
-// committedAt reads the time a partition's offset was last committed from
-// the commit metadata the stream runtime writes.
-func committedAt(admin sarama.ClusterAdmin, group, topic string) func(p int32) (time.Time, bool) {
-	return func(p int32) (time.Time, bool) {
+// commitMetadata reads the metadata committed with a partition's offset,
+// where the stream runtime leaves the release time.
+func commitMetadata(admin sarama.ClusterAdmin, group, topic string) func(p int32) (string, bool) {
+	return func(p int32) (string, bool) {
 		resp, err := admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: {p}})
 		if err != nil {
-			return time.Time{}, false
+			return "", false
 		}
 		b := resp.GetBlock(topic, p)
 		if b == nil || b.Offset < 0 {
-			return time.Time{}, false
+			return "", false
 		}
-		ms, err := strconv.ParseInt(b.Metadata, 10, 64)
-		if err != nil {
-			return time.Time{}, false
-		}
-		return time.UnixMilli(ms), true
+		return b.Metadata, true
 	}
 }
 

@@ -21,22 +21,37 @@ func (h *StreamHooks) tp(p int32) []string {
 	return []string{Tag("topic", h.Topic), Partition(p)}
 }
 
-// Joined implements stream.Hooks.
-func (h *StreamHooks) Joined(generation int32) {
-	h.C.Count(Rebalances, 1)
-	h.C.Gauge(Generation, float64(generation))
-	h.C.Gauge(RebalanceState, 1)
-}
+// Joined implements stream.Hooks; Group counts the generations.
+func (h *StreamHooks) Joined(int32) {}
 
 // AllProcessing implements stream.Hooks.
-func (h *StreamHooks) AllProcessing(stalled time.Duration, partitions int) {
+func (h *StreamHooks) AllProcessing(stalled time.Duration, _ int) {
 	h.C.Timing(RebalanceEndLatency, stalled)
-	h.C.Gauge(RebalanceState, 0)
-	h.C.Gauge(PartitionsAssigned, float64(partitions))
 }
 
-// Assigned implements stream.Hooks.
-func (h *StreamHooks) Assigned(int32) { h.C.Gauge(RebalanceState, 1) }
+// Assigned implements stream.Hooks; Group sends the state.
+func (h *StreamHooks) Assigned(int32) {}
+
+// Group sends one sample of the worker's place in its group: the
+// generation it is in, how many generations it joined since the previous
+// sample's (every member joins each one), and whether it stopped
+// processing anything it holds since then.
+func (h *StreamHooks) Group(generation, previous int32, rebalancing bool) {
+	joined := int64(0)
+	if generation > previous {
+		joined = int64(generation - previous)
+		if previous == 0 {
+			joined = 1 // the first join, in whatever generation
+		}
+	}
+	h.C.Count(Rebalances, joined)
+	h.C.Gauge(Generation, float64(generation))
+	state := 0.0
+	if rebalancing {
+		state = 1
+	}
+	h.C.Gauge(RebalanceState, state)
+}
 
 // Resumed implements stream.Hooks.
 func (h *StreamHooks) Resumed(p int32, recovery, unprocessed time.Duration) {
@@ -81,7 +96,9 @@ func (h *StreamHooks) EventRuntime(p int32, d time.Duration) { h.C.Timing(EventR
 // EventLatency implements stream.Hooks.
 func (h *StreamHooks) EventLatency(p int32, d time.Duration) { h.C.Timing(EventLatency, d, h.tp(p)...) }
 
-// Position implements stream.Hooks.
+// Position sends one sample of partition p: the last offset processed,
+// the next committed, the broker's high watermark (negative: unknown) and
+// the age of the last record processed while the partition lags.
 func (h *StreamHooks) Position(p int32, read, committed, hwm int64, lag time.Duration) {
 	tags := h.tp(p)
 	if read >= 0 {
@@ -91,9 +108,11 @@ func (h *StreamHooks) Position(p int32, read, committed, hwm int64, lag time.Dur
 		h.C.Gauge(CommittedOffset, float64(committed), tags...)
 		h.C.Gauge(MessagesActive, float64(max(read+1-committed, 0)), tags...)
 	}
-	h.C.Gauge(EndOffset, float64(hwm), tags...)
-	h.C.Gauge(ConsumerLag, float64(max(hwm-(read+1), 0)), tags...)
-	h.C.Gauge(ConsumerLagSecs, lag.Seconds(), tags...)
+	if hwm >= 0 {
+		h.C.Gauge(EndOffset, float64(hwm), tags...)
+		h.C.Gauge(ConsumerLag, float64(max(hwm-(read+1), 0)), tags...)
+		h.C.Gauge(ConsumerLagSecs, lag.Seconds(), tags...)
+	}
 }
 
 // Committed implements stream.Hooks.

@@ -10,7 +10,7 @@ package metrics
 // Consuming and processing (the set of Faust's StatsdMonitor).
 var (
 	MessagesReceived = def("messages_received", Count, "source records received from Kafka", "topic", "partition")
-	MessagesActive   = def("messages_active", Gauge, "source records processed but not yet committed", "topic", "partition")
+	MessagesActive   = def("messages_active", Gauge, "source records processed but not yet committed, at the sample", "topic", "partition")
 	MessagesSent     = def("messages_sent", Count, "records the broker acknowledged (source records, changelogs, dead letters)", "topic")
 	Events           = def("events", Count, "events the agent processed", "topic", "partition")
 	EventRuntime     = def("event_runtime", Timing, "time the agent took for one event (1 in 64 events measured)", "topic", "partition")
@@ -20,8 +20,8 @@ var (
 	SendErrors       = def("send_errors", Count, "records the broker did not acknowledge", "topic")
 	ReadOffset       = def("read_offset", Gauge, "offset of the last source record processed", "topic", "partition")
 	CommittedOffset  = def("committed_offset", Gauge, "last committed source offset", "topic", "partition")
-	EndOffset        = def("end_offset", Gauge, "high watermark of the source partition", "topic", "partition")
-	ConsumerLag      = def("consumer_lag", Gauge, "records between the last processed offset and the high watermark", "topic", "partition")
+	EndOffset        = def("end_offset", Gauge, "high watermark of the source partition, asked of the broker at each sample", "topic", "partition")
+	ConsumerLag      = def("consumer_lag", Gauge, "records between the last processed offset and the broker's high watermark", "topic", "partition")
 	ConsumerLagSecs  = def("consumer_lag_seconds", Gauge, "age of the last processed record while the partition lags, else 0", "topic", "partition")
 	DeadLetters      = def("dead_letters", Count, "records sent to the dead-letter topic", "topic", "partition")
 	LateEvents       = def("late_events", Count, "views whose window had already expired (still counted in totals)", "table", "partition")
@@ -42,16 +42,16 @@ var (
 
 // Group membership, rebalancing and recovery.
 var (
-	Rebalances             = def("rebalances", Count, "times this worker (re)joined its group", "")
-	RebalanceState         = def("rebalance_state", Gauge, "1 while this worker does not process everything it holds (joining, revoking, recovering), else 0", "")
-	Generation             = def("generation", Gauge, "consumer group generation", "")
+	Rebalances             = def("rebalances", Count, "group generations this worker joined", "")
+	RebalanceState         = def("rebalance_state", Gauge, "1 while this worker does not process everything it holds (joining, revoking, recovering), or did not at some point since the previous sample, else 0", "")
+	Generation             = def("generation", Gauge, "the consumer group generation this worker is in", "")
 	RebalanceReturnLatency = def("rebalance_return_latency", Timing, "time from a revocation to the partition being flushed and released", "partition")
 	RebalanceEndLatency    = def("rebalance_end_latency", Timing, "time from the worker stopping processing until every held partition processes again", "")
 	PartitionsAssigned     = def("partitions_assigned", Gauge, "source partitions this worker holds", "")
 	AssignmentsComplete    = def("assignments_complete", Count, "partitions assigned and recovered", "partition")
 	AssignmentsError       = def("assignments_error", Count, "partition assignments that failed", "partition")
 	AssignmentLatency      = def("assignment_latency", Timing, "time from assignment to processing (recovery included)", "partition")
-	UnprocessedTime        = def("partition_unprocessed_seconds", Gauge, "how long a partition went unprocessed before this worker resumed it", "partition")
+	UnprocessedTime        = def("partition_unprocessed_seconds", Gauge, "how long a partition went unprocessed, from its release by the previous owner to its resumption here (not sent after a crash, when no release was recorded)", "partition")
 	RecoveryRemaining      = def("recovery_remaining", Gauge, "changelog records left to replay", "table", "partition")
 	RecoveryETA            = def("recovery_eta_seconds", Gauge, "estimated seconds until recovery ends", "table", "partition")
 	RecoveryRecords        = def("recovery_records", Count, "changelog records replayed", "table", "partition")

@@ -67,6 +67,10 @@ type Options struct {
 	Addr      string // host:port, unix:///path or udp://host:port; empty turns metrics off
 	Namespace string // without the trailing dot
 	Tags      []string
+	// Interval is how often aggregated counts and gauges are sent: the
+	// sampling interval, so that every sample arrives (the client's default
+	// is 2s). Zero keeps the default.
+	Interval time.Duration
 }
 
 // New returns a client sending to o.Addr, or a disabled client when o.Addr
@@ -75,13 +79,17 @@ func New(o Options) (*Client, error) {
 	if o.Addr == "" {
 		return &Client{sd: &statsd.NoOpClient{}}, nil
 	}
-	sd, err := statsd.New(o.Addr,
-		statsd.WithNamespace(o.Namespace+"."),
+	opts := []statsd.Option{
+		statsd.WithNamespace(o.Namespace + "."),
 		statsd.WithTags(o.Tags),
 		statsd.WithExtendedClientSideAggregation(),
 		statsd.WithBufferFlushInterval(time.Second),
 		statsd.WithoutTelemetry(),
-	)
+	}
+	if o.Interval > 0 {
+		opts = append(opts, statsd.WithAggregationInterval(o.Interval))
+	}
+	sd, err := statsd.New(o.Addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("dogstatsd client for %s: %w", o.Addr, err)
 	}
@@ -147,6 +155,9 @@ func Markdown(namespace string) string {
 	b.WriteString("Generated from `internal/metrics/list.go` by `go generate ./internal/metrics`; a test fails when\n")
 	b.WriteString("this file and the list differ. Every metric carries the tags `env` and `version`; the\n")
 	b.WriteString("tags column lists the others. Dashboards and alerts use only these names.\n\n")
+	b.WriteString("Counts and gauges are sent every `METRICS_INTERVAL`, when the sampled gauges are read: the\n")
+	b.WriteString("client aggregates between sends, so a gauge set twice in one interval arrives with its last\n")
+	b.WriteString("value, and a count arrives summed.\n\n")
 	b.WriteString("| metric | kind | tags | meaning |\n|---|---|---|---|\n")
 	for _, d := range all {
 		tags := strings.Join(d.Tags, ", ")

@@ -29,10 +29,6 @@ type Hooks interface {
 	// EventLatency: from a record's timestamp (its producer's clock, or
 	// the broker's with LogAppendTime) to the agent's table update.
 	EventLatency(p int32, d time.Duration)
-	// Position reports the partition's offsets each commit interval: the
-	// last processed, the next to commit, the high watermark, and the age
-	// of the last processed record when the partition lags.
-	Position(p int32, read, committed, highWatermark int64, lag time.Duration)
 	Committed(p int32, took time.Duration)
 	FlushFailed(p int32)
 }
@@ -50,6 +46,5 @@ func (NopHooks) RecoveryProgress(string, int32, int64, time.Duration, int64) {}
 func (NopHooks) Processed(int32, int64, int64)                               {}
 func (NopHooks) EventRuntime(int32, time.Duration)                           {}
 func (NopHooks) EventLatency(int32, time.Duration)                           {}
-func (NopHooks) Position(int32, int64, int64, int64, time.Duration)          {}
 func (NopHooks) Committed(int32, time.Duration)                              {}
 func (NopHooks) FlushFailed(int32)                                           {}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -63,11 +64,23 @@ type Options struct {
 	// own (see kafka.OffsetCommitter); nil commits through the group
 	// session, behind its fetches.
 	Committer Committer
-	// CommittedAt returns when partition p's offset was last committed (the
-	// commit metadata), for the unprocessed-time figure; nil skips it.
-	CommittedAt func(p int32) (time.Time, bool)
-	Log         *slog.Logger
-	Clock       func() time.Time
+	// Metadata returns the metadata committed with partition p's offset,
+	// where the previous owner left its release time (ReleaseMetadata),
+	// for the unprocessed-time figure; nil skips it.
+	Metadata func(p int32) (string, bool)
+	Log      *slog.Logger
+	Clock    func() time.Time
+}
+
+// ReleaseMetadata is the commit metadata of a partition released at t.
+// Other commits carry the time they were made, as a bare number.
+func ReleaseMetadata(t time.Time) string { return "released:" + strconv.FormatInt(t.UnixMilli(), 10) }
+
+// ReleasedAt reads ReleaseMetadata.
+func ReleasedAt(meta string) (time.Time, bool) {
+	ms, ok := strings.CutPrefix(meta, "released:")
+	n, err := strconv.ParseInt(ms, 10, 64)
+	return time.UnixMilli(n), ok && err == nil
 }
 
 // Committer commits a group member's source offset (offset is the next
@@ -89,6 +102,14 @@ type Runtime struct {
 	// expel ends the current group session, so that the member joins
 	// again (see expelled).
 	expel context.CancelCauseFunc
+	// released are the partitions this process released, when and in
+	// which generation.
+	released map[int32]release
+}
+
+type release struct {
+	at         time.Time
+	generation int32
 }
 
 // New returns a runtime; Run starts it.
@@ -166,7 +187,7 @@ func (r *Runtime) Run(ctx context.Context) error {
 		default:
 		}
 	}
-	r.o.State.setJoined(false, 0)
+	r.o.State.setJoined(false, 0, nil)
 	closeErr := r.o.Group.Close()
 	wg.Wait()
 	if runErr != nil {
@@ -212,7 +233,7 @@ func (h *groupHandler) Setup(sess sarama.ConsumerGroupSession) error {
 			r.o.State.assign(p, r.o.Clock())
 		}
 	}
-	r.o.State.setJoined(true, sess.GenerationID())
+	r.o.State.setJoined(true, sess.GenerationID(), sess.GenerationID)
 	r.o.Hooks.Joined(sess.GenerationID())
 	r.o.Log.Info("joined group", "generation", sess.GenerationID(), "member", sess.MemberID(), "claims", sess.Claims())
 	return nil
@@ -220,14 +241,14 @@ func (h *groupHandler) Setup(sess sarama.ConsumerGroupSession) error {
 
 func (h *groupHandler) Cleanup(sess sarama.ConsumerGroupSession) error {
 	r := (*Runtime)(h)
-	r.o.State.setJoined(false, sess.GenerationID())
+	r.o.State.setJoined(false, sess.GenerationID(), nil)
 	r.o.Log.Info("left group session", "generation", sess.GenerationID())
 	return nil
 }
 
 func (h *groupHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) error {
 	r := (*Runtime)(h)
-	w := &partitionWorker{r: r, p: claim.Partition(), sess: sess, log: r.o.Log.With("partition", claim.Partition()), last: -1}
+	w := &partitionWorker{r: r, p: claim.Partition(), sess: sess, log: r.o.Log.With("partition", claim.Partition()), last: -1, pos: newPosition()}
 	w.log.Info("partition assigned", "generation", sess.GenerationID(), "offset", claim.InitialOffset())
 	if r.o.State.seeGeneration(sess.GenerationID()) {
 		r.o.Hooks.Joined(sess.GenerationID())
@@ -235,7 +256,7 @@ func (h *groupHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sara
 	r.o.Hooks.Assigned(claim.Partition())
 	w.claim = claim
 	w.assignedAt = time.Now()
-	defer w.log.Info("partition released", "generation", sess.GenerationID())
+	defer func() { w.log.Info("partition released", "generation", sess.GenerationID()) }()
 	if err := w.run(claim); err != nil && !errors.Is(err, errDropped) {
 		err = fmt.Errorf("partition %d: %w", claim.Partition(), err)
 		r.o.Log.Error("partition failed; stopping the worker", "error", err)
@@ -268,6 +289,7 @@ type partitionWorker struct {
 	processed  int64     // records processed since the last report to the hooks
 	deadCount  int64     // of which dead-lettered
 	lastTS     time.Time // record timestamp of the last processed record
+	pos        *position // what samples read of last, flushed and lastTS
 	now        time.Time // the clock when the current batch was taken
 	ev         Event
 }
@@ -276,7 +298,7 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 	r := w.r
 	r.o.State.assign(w.p, r.o.Clock())
 	defer r.o.State.revoke(w.p)
-	r.o.State.watch(w.p, func() int { return len(claim.Messages()) })
+	r.o.State.watch(w.p, func() int { return len(claim.Messages()) }, w.pos)
 	// The standby copy of this partition (if any) stops before recovery
 	// reads the store, and may start again once the partition is released.
 	r.o.Standby.Activate(w.p)
@@ -311,6 +333,10 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 	w.resumed()
 	w.flushed = claim.InitialOffset() - 1
 	w.last = w.flushed
+	w.pos.next.Store(w.last + 1)
+	if w.flushed >= 0 {
+		w.pos.committed.Store(w.flushed + 1) // the offset the claim started from
+	}
 	r.o.State.beat(w.p, -1)
 	if w.pending != nil {
 		w.now = r.o.Clock()
@@ -395,8 +421,9 @@ func (w *partitionWorker) loop(ctx context.Context, msgs <-chan *sarama.Consumer
 }
 
 // resumed marks the partition recovered and logs how long it went
-// unprocessed: from the last commit of its previous owner (or of this
-// worker before a restart) to now.
+// unprocessed: from its release by the previous owner (this process, or
+// the release time it committed) to now. After a crash nobody recorded a
+// release, and the figure is unknown.
 func (w *partitionWorker) resumed() {
 	r := w.r
 	if took, gen, n, done := r.o.State.recovered(w.p, time.Now()); done {
@@ -404,13 +431,61 @@ func (w *partitionWorker) resumed() {
 		r.o.Hooks.AllProcessing(took, n)
 	}
 	unprocessed := time.Duration(-1)
-	if r.o.CommittedAt != nil {
-		if at, ok := r.o.CommittedAt(w.p); ok {
-			unprocessed = time.Since(at)
-			w.log.Info("partition resumed", "unprocessed_ms", unprocessed.Milliseconds(), "generation", w.sess.GenerationID())
-		}
+	if at, ok := w.releasedAt(); ok {
+		unprocessed = max(time.Since(at), 0)
+		w.log.Info("partition resumed", "unprocessed_ms", unprocessed.Milliseconds(), "generation", w.sess.GenerationID())
+	} else {
+		w.log.Info("partition resumed", "generation", w.sess.GenerationID(), "unprocessed", "unknown: no release recorded (the previous owner crashed, or the partition is new)")
 	}
 	r.o.Hooks.Resumed(w.p, time.Since(w.assignedAt), unprocessed)
+}
+
+// releasedAt is when the partition was last released: as its previous
+// owner committed, or else by this process in the rebalance just before.
+// A committed release is consumed: the offset is committed again with this
+// worker's own metadata, so that the owner after a crash of this one does
+// not read it.
+func (w *partitionWorker) releasedAt() (time.Time, bool) {
+	r := w.r
+	r.mu.Lock()
+	own, ok := r.released[w.p]
+	delete(r.released, w.p)
+	r.mu.Unlock()
+	if r.o.Metadata != nil {
+		if meta, found := r.o.Metadata(w.p); found {
+			if at, isRelease := ReleasedAt(meta); isRelease {
+				if off := w.claim.InitialOffset(); off >= 0 && r.o.Committer != nil {
+					now := strconv.FormatInt(time.Now().UnixMilli(), 10)
+					_ = r.o.Committer.Commit(w.sess.GenerationID(), w.sess.MemberID(), r.o.Topic, w.p, off, now)
+				}
+				return at, true
+			}
+		}
+	}
+	// Released here in an older generation, someone else may have held
+	// it since.
+	return own.at, ok && w.sess.GenerationID() <= own.generation+1
+}
+
+// publishRelease records when the partition was released: in this process,
+// and as the metadata of one more commit of its offset, for the next
+// owner's unprocessed-time figure (an idle partition commits nothing else,
+// so its last commit may be minutes old). A failed commit costs only that
+// figure.
+func (w *partitionWorker) publishRelease() {
+	r, at := w.r, time.Now()
+	r.mu.Lock()
+	if r.released == nil {
+		r.released = map[int32]release{}
+	}
+	r.released[w.p] = release{at: at, generation: w.sess.GenerationID()}
+	r.mu.Unlock()
+	if w.flushed < 0 || r.o.Committer == nil {
+		return
+	}
+	if err := r.o.Committer.Commit(w.sess.GenerationID(), w.sess.MemberID(), r.o.Topic, w.p, w.flushed+1, ReleaseMetadata(at)); err != nil {
+		w.log.Debug("release time not committed", "error", err)
+	}
 }
 
 // report hands the figures of the last commit interval to the hooks.
@@ -420,13 +495,10 @@ func (w *partitionWorker) report() {
 		h.Processed(w.p, w.processed, w.deadCount)
 		w.processed, w.deadCount = 0, 0
 	}
-	hwm := w.claim.HighWaterMarkOffset()
-	var lag time.Duration
-	if hwm > w.last+1 && !w.lastTS.IsZero() {
-		lag = max(time.Since(w.lastTS), 0)
+	if !w.uncommitted {
+		w.pos.committed.Store(w.flushed + 1)
 	}
 	w.r.o.State.beat(w.p, w.last+1)
-	h.Position(w.p, w.last, w.flushed+1, hwm, lag)
 }
 
 // take processes m (ok false: the partition was revoked) and what is
@@ -434,6 +506,12 @@ func (w *partitionWorker) report() {
 // the select of loop. One clock reading serves them all.
 func (w *partitionWorker) take(m *sarama.ConsumerMessage, ok bool, msgs <-chan *sarama.ConsumerMessage) (revoked bool, err error) {
 	w.now = w.r.o.Clock()
+	defer func() {
+		w.pos.next.Store(w.last + 1)
+		if !w.lastTS.IsZero() {
+			w.pos.lastTS.Store(w.lastTS.UnixNano())
+		}
+	}()
 	for drained := 0; ; drained++ {
 		if !ok {
 			return true, nil
@@ -478,6 +556,9 @@ func (w *partitionWorker) stop(ctx context.Context) error {
 	}
 	if err == nil && w.uncommitted {
 		w.commitAfterRejoin(ctx)
+	}
+	if err == nil && !w.uncommitted {
+		w.publishRelease()
 	}
 	w.report()
 	w.r.o.Hooks.Released(w.p, time.Since(began))

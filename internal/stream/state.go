@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -20,6 +21,70 @@ type State struct {
 	// stalled is when the worker last stopped processing everything it
 	// holds (a join or an assignment); zero while all partitions process.
 	stalled time.Time
+	// stalledSince is whether it stopped since the last Sample, so a
+	// rebalance shorter than the sampling interval still shows.
+	stalledSince bool
+	// live is the session's generation as the group moves on (sarama
+	// updates it at every cooperative rejoin); nil outside a session.
+	live func() int32
+}
+
+// Position is how far a partition got: the next offset to process, the
+// next offset committed (-1: not yet known) and the timestamp of the last
+// record processed.
+type Position struct {
+	Next, Committed int64
+	LastRecord      time.Time
+}
+
+// position is a partition loop's Position, written by the loop and read
+// by samples.
+type position struct {
+	next, committed, lastTS atomic.Int64
+}
+
+func newPosition() *position {
+	p := &position{}
+	p.next.Store(-1)
+	p.committed.Store(-1)
+	return p
+}
+
+func (p *position) get() Position {
+	pos := Position{Next: p.next.Load(), Committed: p.committed.Load()}
+	if ts := p.lastTS.Load(); ts != 0 {
+		pos.LastRecord = time.Unix(0, ts)
+	}
+	return pos
+}
+
+// Sample is what the metrics read at each interval.
+type Sample struct {
+	// Generation is the group generation this worker is in now (0 before
+	// it joined).
+	Generation int32
+	// Rebalancing is true while the worker does not process everything it
+	// holds, or did not at some point since the last Sample.
+	Rebalancing bool
+	// Positions are the held partitions that process, by partition.
+	Positions map[int32]Position
+}
+
+// Sample reads the state for the metrics.
+func (s *State) Sample() Sample {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := Sample{Generation: s.generation, Rebalancing: s.stalledSince || !s.stalled.IsZero(), Positions: map[int32]Position{}}
+	if s.live != nil {
+		out.Generation = max(out.Generation, s.live())
+	}
+	s.stalledSince = false
+	for p, ps := range s.parts {
+		if ps.pos != nil && !ps.Recovering {
+			out.Positions[p] = ps.pos.get()
+		}
+	}
+	return out
 }
 
 // PartitionState describes one assigned partition.
@@ -35,6 +100,7 @@ type PartitionState struct {
 	Beat    time.Time
 	Next    int64
 	Pending func() int
+	pos     *position
 }
 
 // NewState returns the state of a worker that has not joined yet.
@@ -42,12 +108,13 @@ func NewState() *State {
 	return &State{parts: make(map[int32]*PartitionState)}
 }
 
-func (s *State) setJoined(joined bool, generation int32) {
+func (s *State) setJoined(joined bool, generation int32, live func() int32) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stalled.IsZero() {
-		s.stalled = time.Now()
+		s.stalled, s.stalledSince = time.Now(), true
 	}
+	s.live = live
 	if !joined {
 		// Every claim of the session has ended; drop any that registered
 		// in Setup but never started.
@@ -79,7 +146,7 @@ func (s *State) assign(p int32, now time.Time) {
 	s.mu.Lock()
 	s.parts[p] = &PartitionState{Recovering: true, Remaining: -1, Since: now, Beat: time.Now()}
 	if s.stalled.IsZero() {
-		s.stalled = time.Now()
+		s.stalled, s.stalledSince = time.Now(), true
 	}
 	s.mu.Unlock()
 }
@@ -163,11 +230,12 @@ func (s *State) beat(p int32, next int64) {
 	s.mu.Unlock()
 }
 
-// watch gives the state a way to see partition p's fetched records.
-func (s *State) watch(p int32, pending func() int) {
+// watch gives the state a way to see partition p's fetched records and
+// its position.
+func (s *State) watch(p int32, pending func() int, pos *position) {
 	s.mu.Lock()
 	if ps := s.parts[p]; ps != nil {
-		ps.Pending = pending
+		ps.Pending, ps.pos = pending, pos
 	}
 	s.mu.Unlock()
 }
