@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/gofaust/pageviews/internal/devbroker"
@@ -20,7 +21,8 @@ func main() {
 	fs := flag.NewFlagSet("devbroker", flag.ContinueOnError)
 	addr := fs.String("addr", "127.0.0.1:9092", "address to listen on (port 0 picks a free port)")
 	dataDir := fs.String("data-dir", "", "directory for the broker's data; empty keeps everything in memory")
-	partitions := fs.Int("partitions", 8, "default partitions of auto-created topics")
+	partitions := fs.Int("partitions", 8, "partitions of the topics it creates (the worker's PARTITIONS)")
+	topics := fs.String("topics", "", "comma-separated topics to create on an empty data directory, such as the worker's source topic, so a producer can write before a worker started")
 	advertise := fs.String("advertise", "", "address to advertise to clients instead of -addr (a proxy in front of the broker)")
 	verbose := fs.Bool("v", false, "log every request")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -32,7 +34,11 @@ func main() {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
-	b, err := devbroker.Start(devbroker.Options{Addr: *addr, DataDir: *dataDir, Partitions: int32(*partitions), Advertise: *advertise, Log: log})
+	var seed []string
+	if *topics != "" {
+		seed = strings.Split(*topics, ",")
+	}
+	b, err := devbroker.Start(devbroker.Options{Addr: *addr, DataDir: *dataDir, Partitions: int32(*partitions), Topics: seed, Advertise: *advertise, Log: log})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "devbroker:", err)
 		os.Exit(1)

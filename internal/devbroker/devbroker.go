@@ -18,7 +18,11 @@ import (
 type Options struct {
 	Addr       string // host:port to listen on; port 0 picks one
 	DataDir    string // where the broker keeps its log; empty keeps it in memory
-	Partitions int32  // default partitions of auto-created topics
+	Partitions int32  // partitions of the topics it creates
+	// Topics are created when the broker starts on an empty data
+	// directory, as a local Kafka with the topics provisioned would have
+	// them: a producer (kcat) can write before any worker started.
+	Topics []string
 	// Advertise, when set, is the address the broker tells clients to use
 	// instead of the one it listens on: a proxy in front of it (fault
 	// injection tests) or a port forward.
@@ -53,6 +57,9 @@ func Start(o Options) (*Broker, error) {
 			return advertised{Listener: ln, addr: adv}, nil
 		}),
 		kfake.GroupMinSessionTimeout(time.Second),
+	}
+	if len(o.Topics) > 0 {
+		opts = append(opts, kfake.SeedTopics(max(o.Partitions, 1), o.Topics...))
 	}
 	if o.Log != nil {
 		opts = append(opts, kfake.WithLogger(logger{o.Log}))
