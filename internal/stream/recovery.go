@@ -261,7 +261,7 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, all []*rest
 		r.o.Hooks.RecoveryProgress(rs.t.Name(), w.p, 0, 0, 0)
 		return rp.commit(true)
 	}
-	rp.began = r.o.Clock()
+	rp.began = time.Now() // recovery takes wall time, whatever the event clock
 	rp.nextLog = rp.began.Add(progressEvery)
 	rp.dc, _ = rs.t.(definitionChecker)
 	stall := stallNotice{w: w, rs: rs}
@@ -322,6 +322,13 @@ type replayer struct {
 	last, replayed int64
 	began, nextLog time.Time
 	dc             definitionChecker
+	// rate is the replay's recent speed in records per second, for the
+	// ETA: an average of the speed between progress reports, each weighing
+	// more than the ones before it. An average since the start would count
+	// the set-up before the first record and overstate the time left.
+	rate           float64
+	rateAt         time.Time
+	rateReplayed   int64
 }
 
 // commit writes the batch with its checkpoint (last). The batches along the
@@ -368,7 +375,7 @@ func (rp *replayer) apply(m *sarama.ConsumerMessage) error {
 			if err := rp.commit(false); err != nil {
 				return err
 			}
-			rp.w.reportProgress(rs, rp.all, rp.last, rp.replayed, rp.began, &rp.nextLog)
+			rp.progress()
 		}
 		if rp.last+1 >= rs.end || drained == 1024 {
 			return nil
@@ -422,7 +429,7 @@ func (rp *replayer) finish() error {
 	}
 	r, rs := rp.w.r, rp.rs
 	rs.left.Store(0)
-	elapsed := r.o.Clock().Sub(rp.began)
+	elapsed := time.Since(rp.began)
 	r.o.Hooks.RecoveryProgress(rs.t.Name(), rp.w.p, 0, 0, rp.replayed%restoreBatch)
 	rs.log.Info("recovered", "records", rp.replayed, "seconds", elapsed.Seconds(),
 		"records_per_second", int64(float64(rp.replayed)/max(elapsed.Seconds(), 1e-3)))
@@ -506,23 +513,41 @@ func (s *stallNotice) clear() {
 	}
 }
 
-func (w *partitionWorker) reportProgress(rs *restoring, all []*restoring, last, replayed int64, began time.Time, nextLog *time.Time) {
-	left := rs.end - last - 1
+// progress reports how far the replay got, and the time left at the
+// recent speed.
+func (rp *replayer) progress() {
+	w, rs := rp.w, rp.rs
+	left := rs.end - rp.last - 1
 	rs.left.Store(left)
 	var sum int64
-	for _, r := range all {
+	for _, r := range rp.all {
 		sum += r.left.Load()
 	}
 	w.r.o.State.progress(w.p, sum)
-	now := w.r.o.Clock()
-	rate := float64(replayed) / max(now.Sub(began).Seconds(), 1e-3)
-	w.r.o.Hooks.RecoveryProgress(rs.t.Name(), w.p, left, time.Duration(float64(left)/rate*float64(time.Second)), restoreBatch)
-	if now.Before(*nextLog) {
+	now := time.Now()
+	if !rp.rateAt.IsZero() {
+		recent := float64(rp.replayed-rp.rateReplayed) / max(now.Sub(rp.rateAt).Seconds(), 1e-3)
+		if rp.rate == 0 {
+			rp.rate = recent
+		} else {
+			rp.rate = 0.5*rp.rate + 0.5*recent
+		}
+	}
+	rp.rateAt, rp.rateReplayed = now, rp.replayed
+	eta := time.Duration(-1) // unknown until two reports measured a speed
+	if rp.rate > 0 {
+		eta = time.Duration(float64(left) / rp.rate * float64(time.Second))
+	}
+	w.r.o.Hooks.RecoveryProgress(rs.t.Name(), w.p, left, eta, restoreBatch)
+	if now.Before(rp.nextLog) {
 		return
 	}
-	*nextLog = now.Add(progressEvery)
-	eta := time.Duration(float64(left) / rate * float64(time.Second)).Round(time.Second)
-	rs.log.Info("recovery progress", "records_left", left, "records_per_second", int64(rate), "eta", eta.String())
+	rp.nextLog = now.Add(progressEvery)
+	etaText := "unknown"
+	if eta >= 0 {
+		etaText = eta.Round(time.Second).String()
+	}
+	rs.log.Info("recovery progress", "records_left", left, "records_per_second", int64(rp.rate), "eta", etaText)
 }
 
 // quietAfter is how long a replay that applied the records up to last
