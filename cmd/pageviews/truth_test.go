@@ -37,7 +37,8 @@ func truthVars(t *testing.T, brokers string, sink *statsdSink, extra map[string]
 //   - b's partition_unprocessed_seconds is the handoff, from a's release to
 //     b's resumption, not the age of a's last commit (at least idle).
 //   - a, which only lost partitions, follows the group's generation.
-//   - b's rebalance_state showed its join, and is 0 once it processes.
+//   - b's rebalance_state showed its join, and is 0 once it processes; a's
+//     showed the partitions it released.
 func TestHandoffMetricsTellTheTruth(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
@@ -94,6 +95,9 @@ func TestHandoffMetricsTellTheTruth(t *testing.T) {
 	})
 	if v := sinkB.values("pageviews.rebalance_state", nil); !slices.Contains(v, 1) {
 		t.Errorf("b's rebalance_state never showed its join: %v", v)
+	}
+	if v := sinkA.values("pageviews.rebalance_state", nil); !slices.Contains(v, 1) {
+		t.Errorf("a's rebalance_state never showed the partitions it released: %v", v)
 	}
 }
 

@@ -546,6 +546,7 @@ func (w *partitionWorker) stop(ctx context.Context) error {
 		}
 	}
 	began := time.Now()
+	w.r.o.State.releasing()
 	err := w.flushWatched(context.Background())
 	var lost *lostError
 	if errors.As(err, &lost) {

@@ -181,6 +181,14 @@ func (s *State) recovered(p int32, now time.Time) (took time.Duration, generatio
 	return took, s.generation, len(s.parts), true
 }
 
+// releasing records that the worker stops processing a partition it holds
+// (a revocation or a shutdown): the next Sample shows a rebalance.
+func (s *State) releasing() {
+	s.mu.Lock()
+	s.stalledSince = true
+	s.mu.Unlock()
+}
+
 func (s *State) revoke(p int32) {
 	s.mu.Lock()
 	delete(s.parts, p)
