@@ -301,7 +301,7 @@ func Rows() []Row {
 			},
 			{
 				Title: "Partitions unprocessed before resuming", Unit: "s", Width: 8,
-				Tells:   "For each partition a worker resumed: how long it had gone unprocessed since its previous owner's last commit (the last hand-over's value).",
+				Tells:   "For each partition a worker resumed: how long it had gone unprocessed, from its release by the previous owner to its resumption (the last hand-over's value; nothing after a crash, when no release was recorded).",
 				Do:      "This is the freshness cost of a rebalance; long values point at slow hand-overs or recoveries.",
 				Prom:    []Query{{Expr: gaugeBy("max", m.UnprocessedTime, "instance, partition"), Legend: "p{{partition}} on {{instance}}"}},
 				Datadog: []DDQuery{{Query: ddq("max", m.UnprocessedTime, "", "partition,"+ddByWorker, ""), Alias: "unprocessed"}},
