@@ -318,7 +318,7 @@ func Rows() []Row {
 			},
 			{
 				Title: "Recovery ETA", Unit: "s", Width: 8,
-				Tells:   "Estimated seconds until the slowest recovering partition of each worker and table finishes, from the replay rate so far.",
+				Tells:   "Estimated seconds until the slowest recovering partition of each worker and table finishes, at the recent replay rate.",
 				Do:      "An ETA longer than your readiness budget means a long outage of those partitions: keep standby replicas to shorten recoveries.",
 				Prom:    []Query{{Expr: whileRebalancing(gaugeBy("max", m.RecoveryETA, "instance, table")), Legend: "{{instance}} {{table}}"}},
 				Datadog: []DDQuery{{Query: ddq("max", m.RecoveryETA, "", ddByWorker+",table", ""), Alias: "eta"}},
