@@ -52,9 +52,13 @@ func App() *app.App {
 			}
 			page := func(w http.ResponseWriter, r *http.Request) {
 				key := r.URL.Query().Get("key")
-				p, err := s.PartitionOf(key)
-				if key == "" || err != nil {
+				if key == "" {
 					web.Error(w, http.StatusBadRequest, "give the account: ?key=<account>")
+					return
+				}
+				p, err := s.PartitionOf(key)
+				if err != nil {
+					web.Error(w, http.StatusServiceUnavailable, "partition unknown: "+err.Error())
 					return
 				}
 				if !slices.Contains(s.Owned(), p) {
