@@ -148,20 +148,7 @@ func TestSumsReadyOnlyAfterRecovery(t *testing.T) {
 			first.killNine(t)
 
 			second := startWorkerProcess(t, "second", with(vars, "DATA_DIR", t.TempDir()))
-			var ready atomic.Bool
-			readyErr := make(chan error, 1)
-			go func() {
-				deadline := time.Now().Add(processDeadline)
-				for time.Now().Before(deadline) {
-					if code, _ := second.get("/ready/"); code == http.StatusOK {
-						ready.Store(true)
-						readyErr <- nil
-						return
-					}
-					time.Sleep(5 * time.Millisecond)
-				}
-				readyErr <- fmt.Errorf("not ready within %s", processDeadline)
-			}()
+			ready, readyErr := second.pollReady()
 
 			keys := slices.Sorted(maps.Keys(want))
 			var before, after int
@@ -205,6 +192,25 @@ func TestSumsReadyOnlyAfterRecovery(t *testing.T) {
 			}
 		})
 	}
+}
+
+// pollReady asks /ready/ until it says ready, which the flag then tells;
+// the channel says when, or that it did not within processDeadline.
+func (p *workerProcess) pollReady() (*atomic.Bool, <-chan error) {
+	ready, done := &atomic.Bool{}, make(chan error, 1)
+	go func() {
+		deadline := time.Now().Add(processDeadline)
+		for time.Now().Before(deadline) {
+			if code, _ := p.get("/ready/"); code == http.StatusOK {
+				ready.Store(true)
+				done <- nil
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		done <- fmt.Errorf("not ready within %s", processDeadline)
+	}()
+	return ready, done
 }
 
 // TestSumsStandbyFailover: two worker processes of one group, each keeping
@@ -273,37 +279,44 @@ func TestSumsStandbyFailover(t *testing.T) {
 				return slices.Equal(b.held(), allPartitions()), fmt.Sprintf("b holds %v", b.held())
 			}, b)
 			waitComplete(t, b, guarantee, amounts.total())
-
-			recovering := map[tablePartition]logEntry{}
-			for _, e := range b.stdout.entries(mark, "recovering") {
-				p, _ := e.num("partition")
-				tbl, _ := e["table"].(string)
-				recovering[tablePartition{tbl, int32(p)}] = e
-			}
-			for _, p := range taken {
-				for _, tbl := range tables {
-					tp := tablePartition{tbl, p}
-					e, ok := recovering[tp]
-					if !ok {
-						t.Errorf("b took over %s/%d without recovering it", tbl, p)
-						continue
-					}
-					from, _ := e.num("from_offset")
-					end, _ := e.num("end_offset")
-					records, _ := e.num("records")
-					switch {
-					case e["stored"] != true:
-						t.Errorf("%s/%d recovered without its standby copy: %v", tbl, p, e)
-					case from <= copied[tp]:
-						t.Errorf("%s/%d replayed from offset %d, which its standby copy had applied (up to %d): %v", tbl, p, from, copied[tp], e)
-					case from <= 0 || records >= end:
-						t.Errorf("%s/%d replayed the whole changelog: %v", tbl, p, e)
-					default:
-						t.Logf("%s/%d: replayed %d of the changelog's %d offsets, from %d", tbl, p, records, end, from)
-					}
-				}
-			}
+			checkTailReplayed(t, b, mark, taken, copied, tables)
 		})
+	}
+}
+
+// checkTailReplayed holds b's recoveries, logged after mark, of the table
+// partitions it took over to its standby copies: from the copy, past what
+// the copy had applied (copied), and not the whole changelog.
+func checkTailReplayed(t *testing.T, b *workerProcess, mark int, taken []int32, copied map[tablePartition]int64, tables []string) {
+	t.Helper()
+	recovering := map[tablePartition]logEntry{}
+	for _, e := range b.stdout.entries(mark, "recovering") {
+		p, _ := e.num("partition")
+		tbl, _ := e["table"].(string)
+		recovering[tablePartition{tbl, int32(p)}] = e
+	}
+	for _, p := range taken {
+		for _, tbl := range tables {
+			tp := tablePartition{tbl, p}
+			e, ok := recovering[tp]
+			if !ok {
+				t.Errorf("b took over %s/%d without recovering it", tbl, p)
+				continue
+			}
+			from, _ := e.num("from_offset")
+			end, _ := e.num("end_offset")
+			records, _ := e.num("records")
+			switch {
+			case e["stored"] != true:
+				t.Errorf("%s/%d recovered without its standby copy: %v", tbl, p, e)
+			case from <= copied[tp]:
+				t.Errorf("%s/%d replayed from offset %d, which its standby copy had applied (up to %d): %v", tbl, p, from, copied[tp], e)
+			case from <= 0 || records >= end:
+				t.Errorf("%s/%d replayed the whole changelog: %v", tbl, p, e)
+			default:
+				t.Logf("%s/%d: replayed %d of the changelog's %d offsets, from %d", tbl, p, records, end, from)
+			}
+		}
 	}
 }
 
