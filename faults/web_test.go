@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -19,7 +18,6 @@ import (
 
 	"github.com/heptiolabs/healthcheck"
 
-	"github.com/gofaust/pageviews/internal/app"
 	"github.com/gofaust/pageviews/internal/pageview"
 	"github.com/gofaust/pageviews/internal/web"
 )
@@ -49,18 +47,6 @@ func (fakeReporter) Report(_ context.Context, page string) (*pageview.Report, er
 		r.Now, r.Count = 3, 7
 	}
 	return r, nil
-}
-
-// ServePeer answers through the runtime's reads, from partition 0 alone.
-func (fakeReporter) ServePeer(w http.ResponseWriter, r *http.Request) {
-	(&app.Reads[pageview.PageCounts]{
-		Local: func(url.Values, int32) (pageview.PageCounts, error) {
-			return pageview.PageCounts{Pages: map[string]pageview.Counts{"/home": {Now: 3, Back: 1, Count: 7}}}, nil
-		},
-		Owned: func() []int32 { return []int32{0} },
-		Merge: func(into, from pageview.PageCounts) pageview.PageCounts { return from },
-		Log:   slog.New(slog.DiscardHandler),
-	}).ServePeer(w, r)
 }
 
 type fakeReadiness struct{}
@@ -172,7 +158,6 @@ func TestHTTPLimits(t *testing.T) {
 		}},
 		{name: "DELETE /report/", method: "DELETE", path: "/report/", want: 405, wantJSON: true},
 		{name: "unknown path", method: "GET", path: "/no/such/page", want: 404, wantJSON: true},
-		{name: "bad partitions list", method: "GET", path: "/report/?local=1&partitions=0,x", want: 400, wantJSON: true},
 		{name: "oversize header", method: "GET", path: "/", header: strings.Repeat("x", 64<<10), want: 431},
 		{name: "header just under the limit", method: "GET", path: "/", header: strings.Repeat("x", 8<<10), want: 200, wantJSON: true},
 		// The 405 page says HEAD is allowed on every route (Allow: GET, HEAD).

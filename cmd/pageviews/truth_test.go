@@ -123,7 +123,7 @@ func TestCatchUpMetricsTellTheTruth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const records = 100_000
+	const records = 300_000
 	ts := time.Now()
 	batch := make([]*sarama.ProducerMessage, 0, 1000)
 	for i := range records {

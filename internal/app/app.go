@@ -12,6 +12,8 @@ package app
 import (
 	"context"
 	"log/slog"
+	"net/http"
+	"slices"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -89,6 +91,29 @@ type Services struct {
 	// Late counts an event of a windowed table that came after its window
 	// expired (the late_events metric).
 	Late func(table string) func(p int32)
+
+	// peers answer peers' reads (?local=1) on the app's pages, by path:
+	// NewReads adds them, and the runtime serves them before the page.
+	peers map[string]http.HandlerFunc
+}
+
+// withPeers are the app's pages, where a page that Reads answers peers on
+// serves their requests (IsPeer) through it first.
+func (s *Services) withPeers(pages []web.Page) []web.Page {
+	out := slices.Clone(pages)
+	for i, pg := range out {
+		if serve, ok := s.peers[pg.Path]; ok {
+			page := pg.Handler
+			out[i].Handler = func(w http.ResponseWriter, r *http.Request) {
+				if IsPeer(r) {
+					serve(w, r)
+					return
+				}
+				page(w, r)
+			}
+		}
+	}
+	return out
 }
 
 // Sender sends one record and waits for the broker's acknowledgement.

@@ -2,11 +2,16 @@ package app
 
 import (
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/gofaust/pageviews/internal/store"
 	"github.com/gofaust/pageviews/internal/table"
+	"github.com/gofaust/pageviews/internal/web"
 	"github.com/gofaust/pageviews/internal/window"
 )
 
@@ -51,5 +56,31 @@ func TestTableDeclarations(t *testing.T) {
 	}
 	if pt.Name != "orders-totals-changelog" || pt.Configs["cleanup.policy"] != "compact" {
 		t.Errorf("plain changelog topic = %+v", pt)
+	}
+}
+
+// TestPeersServedBeforeThePage: on a page whose Reads answer peers, the
+// runtime serves a peer's request (?local=1) and the page sees only its
+// own; a bad partition list is the peer's mistake, 400.
+func TestPeersServedBeforeThePage(t *testing.T) {
+	type n struct {
+		N int `json:"n"`
+	}
+	s := &Services{Log: slog.New(slog.DiscardHandler), Owned: func() []int32 { return []int32{0} }}
+	NewReads(s, "/sums/", func(url.Values, int32) (n, error) { return n{7}, nil }, func(a, b n) n { return n{a.N + b.N} })
+	pages := s.withPeers([]web.Page{{Path: "/sums/", Handler: func(w http.ResponseWriter, r *http.Request) { web.JSON(w, http.StatusOK, "page") }}})
+	for query, want := range map[string]string{
+		"":                            `"page"`,
+		"?local=1":                    `{"partitions":[0],"n":7}`,
+		"?local=1&by_partition=1":     `{"by_partition":[{"partition":0,"n":7}]}`,
+		"?local=1&partitions=0,x":     `partitions must be`,
+		"?local=1&partitions=1":       `{"partitions":[],"n":0}`,
+		"?local=0&partitions=garbage": `"page"`,
+	} {
+		rec := httptest.NewRecorder()
+		pages[0].Handler(rec, httptest.NewRequest(http.MethodGet, "/sums/"+query, nil))
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("/sums/%s = %d %s, want %s", query, rec.Code, rec.Body, want)
+		}
 	}
 }

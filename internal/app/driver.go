@@ -101,7 +101,7 @@ func NewDriver(tb TB, a *App, env map[string]string, start time.Time) *Driver {
 		}
 		d.tables = append(d.tables, t)
 	}
-	d.parts, err = a.Start(&Services{
+	s := &Services{
 		Config:     cfg,
 		Log:        slog.New(slog.DiscardHandler),
 		Clock:      d.Now,
@@ -117,10 +117,12 @@ func NewDriver(tb TB, a *App, env map[string]string, start time.Time) *Driver {
 		Late: func(table string) func(int32) {
 			return func(int32) { d.mu.Lock(); d.late[table]++; d.mu.Unlock() }
 		},
-	})
+	}
+	d.parts, err = a.Start(s)
 	if err != nil {
 		tb.Fatalf("driver: start: %v", err)
 	}
+	d.parts.Pages = s.withPeers(d.parts.Pages)
 	var livecheck func() error
 	if d.parts.Livecheck != nil {
 		d.livecheck = newLivecheck(d.parts.Livecheck, cfg.LivecheckSLO, func(bool, time.Duration, error) {})

@@ -65,10 +65,17 @@ type Reads[P any] struct {
 	MaxAnswer  int64
 }
 
-// NewReads returns the reads of the app's page path through s.
+// NewReads returns the reads of the app's page path through s. The
+// runtime answers peers' requests on that page (ServePeer): the page's
+// handler sees only its own.
 func NewReads[P any](s *Services, path string, local func(q url.Values, p int32) (P, error), merge func(into, from P) P) *Reads[P] {
-	return &Reads[P]{Path: path, Local: local, Merge: merge, Owned: s.Owned, Self: s.Self, Owners: s.Owners, Partitions: s.Partitions,
+	r := &Reads[P]{Path: path, Local: local, Merge: merge, Owned: s.Owned, Self: s.Self, Owners: s.Owners, Partitions: s.Partitions,
 		Client: &http.Client{Timeout: defaultReadTimeout}, Log: s.Log.With("component", "reads")}
+	if s.peers == nil {
+		s.peers = map[string]http.HandlerFunc{}
+	}
+	s.peers[path] = r.ServePeer
+	return r
 }
 
 // Sum is All merged in partition order: the sum of every partition that

@@ -352,9 +352,11 @@ func (w *worker) startGroup(context.Context) error {
 func (w *worker) startApp(context.Context) error {
 	cfg := w.cfg
 	var err error
-	if w.parts, err = w.a.Start(w.services()); err != nil {
+	s := w.services()
+	if w.parts, err = w.a.Start(s); err != nil {
 		return err
 	}
+	w.parts.Pages = s.withPeers(w.parts.Pages)
 	handler := w.parts.Agent
 	if w.hooks.Handler != nil {
 		handler = w.hooks.Handler(handler)

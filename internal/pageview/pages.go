@@ -54,10 +54,9 @@ func (p *Publisher) publish(ctx context.Context, page string, headers []sarama.R
 	return pv.Count, nil
 }
 
-// Reports builds the report and answers peers' reads (Reporter).
+// Reports builds the report (Reporter).
 type Reports interface {
 	Report(ctx context.Context, page string) (*Report, error)
-	ServePeer(w http.ResponseWriter, r *http.Request)
 }
 
 // PageOptions is what the pages need: a Publisher and a Reporter, or fakes.
@@ -75,7 +74,7 @@ type PageOptions struct {
 }
 
 // Pages are /count/, which publishes a view, and /report/, which shows the
-// tables and answers peers' reads.
+// tables (the runtime answers peers' reads on it).
 func Pages(o PageOptions) []web.Page {
 	return []web.Page{{Path: "/count/", Handler: o.count}, {Path: "/report/", Handler: o.report}}
 }
@@ -102,22 +101,19 @@ func (o PageOptions) count(w http.ResponseWriter, r *http.Request) {
 
 func (o PageOptions) report(w http.ResponseWriter, r *http.Request) {
 	page, ok := pageParam(w, r, "")
-	switch {
-	case !ok:
-	case app.IsPeer(r):
-		o.Reporter.ServePeer(w, r)
-	default:
-		rep, err := o.Reporter.Report(r.Context(), page)
-		if err != nil {
-			o.Log.Error("report failed", "error", err)
-			web.Error(w, http.StatusInternalServerError, "report failed: "+err.Error())
-			return
-		}
-		if ready, _ := o.Ready(); !ready {
-			rep.Stale = true
-		}
-		web.JSON(w, http.StatusOK, rep)
+	if !ok {
+		return
 	}
+	rep, err := o.Reporter.Report(r.Context(), page)
+	if err != nil {
+		o.Log.Error("report failed", "error", err)
+		web.Error(w, http.StatusInternalServerError, "report failed: "+err.Error())
+		return
+	}
+	if ready, _ := o.Ready(); !ready {
+		rep.Stale = true
+	}
+	web.JSON(w, http.StatusOK, rep)
 }
 
 // pageParam reads the page query parameter and refuses a page too long.

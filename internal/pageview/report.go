@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
@@ -162,9 +161,6 @@ func (r *Reporter) Count(ctx context.Context, page string) (Counts, bool, error)
 	total, missing, err := r.sum(ctx, page, true)
 	return total.Pages[page], len(missing) == 0, err
 }
-
-// ServePeer answers a request for this worker's partitions (app.IsPeer).
-func (r *Reporter) ServePeer(w http.ResponseWriter, req *http.Request) { r.Reads.ServePeer(w, req) }
 
 func (r *Reporter) sum(ctx context.Context, page string, reserved bool) (PageCounts, []int32, error) {
 	q := url.Values{"page": {page}}

@@ -13,11 +13,8 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/heptiolabs/healthcheck"
-
 	"github.com/gofaust/pageviews/internal/app"
 	"github.com/gofaust/pageviews/internal/pageview"
-	"github.com/gofaust/pageviews/internal/web"
 )
 
 // TestRouterTrustsPeersOnlyForWhatItAsked routes partitions 0 and 1 to this
@@ -179,12 +176,15 @@ func TestRouterAsksPeers(t *testing.T) {
 	}
 	for _, earlier := range []bool{false, true} {
 		t.Run(fmt.Sprintf("earlier=%v", earlier), func(t *testing.T) {
-			var peerReporter pageview.Reports = router(f, nil, 1)
-			if earlier {
-				peerReporter = summedOnly{peerReporter}
-			}
-			pages := pageview.Pages(pageview.PageOptions{Reporter: peerReporter, Ready: func() (bool, string) { return true, "" }, Log: slog.New(slog.DiscardHandler)})
-			peer := httptest.NewServer((&web.Server{Pages: pages, Health: healthcheck.NewHandler(), Log: slog.New(slog.DiscardHandler)}).Handler())
+			peerReads := router(f, nil, 1).Reads
+			peer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if earlier { // it answers the sum of the partitions, whatever it is asked
+					q := r.URL.Query()
+					q.Del("by_partition")
+					r.URL.RawQuery = q.Encode()
+				}
+				peerReads.ServePeer(w, r)
+			}))
 			t.Cleanup(peer.Close)
 			rt := router(f, map[int32]string{0: "http://self", 1: peer.URL}, 0)
 			rep, err := rt.Report(context.Background(), "")
@@ -196,16 +196,4 @@ func TestRouterAsksPeers(t *testing.T) {
 			}
 		})
 	}
-}
-
-// summedOnly is a worker of an earlier version: it answers peers only with
-// counts summed over partitions, whatever they ask.
-type summedOnly struct{ pageview.Reports }
-
-func (s summedOnly) ServePeer(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	q.Del("by_partition")
-	r = r.Clone(r.Context())
-	r.URL.RawQuery = q.Encode()
-	s.Reports.ServePeer(w, r)
 }
