@@ -283,7 +283,7 @@ func staticQuickRestart(c *cluster) int {
 
 	var got []int32
 	var rejoined time.Time
-	for _, l := range again.logs.snapshot() {
+	for _, l := range again.lines() {
 		switch l.Msg {
 		case "partition assigned":
 			if !slices.Contains(got, l.Partition) {

@@ -1,17 +1,14 @@
 package chaos_test
 
 import (
-	"bufio"
-	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -21,6 +18,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gofaust/pageviews/internal/pageview"
+	"github.com/gofaust/pageviews/test/harness"
 )
 
 // The shape of every scenario. The figures that bound the overcount
@@ -36,141 +36,19 @@ const (
 	// this plus the HTTP grace period and some margin before it is killed.
 	shutdownTimeout = 30 * time.Second
 	exitDeadline    = shutdownTimeout + 15*time.Second
+	// askTimeout bounds one question to a worker while the suite polls.
+	askTimeout = 10 * time.Second
 )
 
-// bins are the binaries TestMain builds for this run.
-var bins struct{ worker, broker string }
-
-// TestMain builds the worker and the dev broker once, only when the suite is
-// enabled, so `go test ./...` without CHAOS=1 costs nothing.
-func TestMain(m *testing.M) {
-	if os.Getenv("CHAOS") != "1" {
-		os.Exit(m.Run())
-	}
-	dir, err := os.MkdirTemp("", "pageviews-chaos-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "chaos: temp dir:", err)
-		os.Exit(1)
-	}
-	bins.worker = filepath.Join(dir, "pageviews")
-	bins.broker = filepath.Join(dir, "devbroker")
-	for _, b := range []struct{ out, pkg string }{
-		{bins.worker, "github.com/gofaust/pageviews/cmd/pageviews"},
-		{bins.broker, "github.com/gofaust/pageviews/cmd/devbroker"},
-	} {
-		cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintf(os.Stderr, "chaos: go build %s: %v\n", b.pkg, err)
-			_ = os.RemoveAll(dir)
-			os.Exit(1)
-		}
-	}
-	code := m.Run()
-	_ = os.RemoveAll(dir)
-	os.Exit(code)
-}
+// TestMain removes the binaries the tests built. Without CHAOS=1 every test
+// skips before it builds anything, so `go test ./...` costs nothing here.
+func TestMain(m *testing.M) { os.Exit(harness.Main(m)) }
 
 func requireChaos(t *testing.T) {
 	t.Helper()
 	if os.Getenv("CHAOS") != "1" {
 		t.Skip("chaos suite: set CHAOS=1 (make chaos) to run real broker and worker processes")
 	}
-}
-
-// childAttrs puts a child in its own process group, so a Ctrl-C on the
-// terminal reaches only the test, and kills it when the test process dies
-// (a -timeout panic runs no cleanups).
-func childAttrs() *syscall.SysProcAttr {
-	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-}
-
-// syncBuffer is a bytes.Buffer safe for a child's writes and the test's
-// reads, optionally copied to a file.
-type syncBuffer struct {
-	mu   sync.Mutex
-	buf  bytes.Buffer
-	file *os.File
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.file != nil {
-		_, _ = b.file.Write(p)
-	}
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// broker is the dev broker process.
-type broker struct {
-	addr   string
-	cmd    *exec.Cmd
-	done   chan struct{}
-	stderr *syncBuffer
-}
-
-// startBroker starts a dev broker on a free port with its own data
-// directory and waits for the line that names its address.
-func startBroker(t *testing.T, logDir string) *broker {
-	t.Helper()
-	errFile, err := os.Create(filepath.Join(logDir, "broker.stderr"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = errFile.Close() })
-	b := &broker{done: make(chan struct{}), stderr: &syncBuffer{file: errFile}}
-	b.cmd = exec.Command(bins.broker, "-addr", "127.0.0.1:0", "-data-dir", filepath.Join(logDir, "broker-data"))
-	b.cmd.Stderr = b.stderr
-	b.cmd.SysProcAttr = childAttrs()
-	out, err := b.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.cmd.Start(); err != nil {
-		t.Fatalf("start devbroker: %v", err)
-	}
-	addrc := make(chan string, 1)
-	go func() {
-		defer close(b.done)
-		r := bufio.NewReader(out)
-		line, _ := r.ReadString('\n')
-		addrc <- strings.TrimSpace(strings.TrimPrefix(line, "devbroker listening on "))
-		_, _ = io.Copy(io.Discard, r)
-		_ = b.cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		_ = b.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-b.done:
-		case <-time.After(10 * time.Second):
-			_ = b.cmd.Process.Kill()
-			<-b.done
-		}
-	})
-	select {
-	case b.addr = <-addrc:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("devbroker printed no address within 30s; stderr:\n%s", b.stderr)
-	}
-	if _, _, err := net.SplitHostPort(b.addr); err != nil {
-		t.Fatalf("devbroker address %q: %v; stderr:\n%s", b.addr, err, b.stderr)
-	}
-	return b
 }
 
 // logLine is one JSON line of a worker's log, with the fields the suite
@@ -213,68 +91,28 @@ func parseLine(raw []byte) (logLine, bool) {
 	return l, true
 }
 
-// logSink receives a worker's stdout: it keeps every parsed line, copies
-// the raw log to a file, and notices when the HTTP server listens.
-type logSink struct {
-	mu        sync.Mutex
-	p         *proc
-	file      *os.File
-	partial   []byte
-	lines     []logLine
-	listening atomic.Bool
-}
-
-func (s *logSink) Write(b []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, _ = s.file.Write(b)
-	s.partial = append(s.partial, b...)
-	for {
-		i := bytes.IndexByte(s.partial, '\n')
-		if i < 0 {
-			break
-		}
-		if l, ok := parseLine(s.partial[:i]); ok {
-			l.Worker, l.Incarnation = s.p.slot.name, s.p.n
-			s.lines = append(s.lines, l)
-			if l.Msg == "http listening" {
-				s.listening.Store(true)
-			}
-		}
-		s.partial = s.partial[i+1:]
-	}
-	return len(b), nil
-}
-
-func (s *logSink) snapshot() []logLine {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.lines)
-}
-
 // proc is one run (incarnation) of a worker process.
 type proc struct {
+	*harness.Worker
 	slot     *slot
 	n        int
-	cmd      *exec.Cmd
-	logs     *logSink
-	stderr   *syncBuffer
-	done     chan struct{}
-	exitErr  error  // valid once done is closed
 	signaled string // "TERM" or "KILL" once the test sent one; under slot.mu
 }
 
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
+func (p *proc) describe() string {
+	return fmt.Sprintf("%s (run %d, pid %d)", p.slot.name, p.n, p.Cmd.Process.Pid)
 }
 
-func (p *proc) describe() string {
-	return fmt.Sprintf("%s (run %d, pid %d)", p.slot.name, p.n, p.cmd.Process.Pid)
+// lines returns the run's log lines, parsed.
+func (p *proc) lines() []logLine {
+	var out []logLine
+	for _, raw := range p.Stdout.Lines() {
+		if l, ok := parseLine([]byte(raw)); ok {
+			l.Worker, l.Incarnation = p.slot.name, p.n
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 // slot is one worker identity: its name, data directory and port survive
@@ -301,57 +139,46 @@ func (s *slot) current() *proc {
 	return s.procs[len(s.procs)-1]
 }
 
+// running is true while the current run lives; it serves HTTP from its
+// start on (the harness waits until it listens).
 func (s *slot) running() bool {
 	p := s.current()
-	return p != nil && !p.exited()
-}
-
-// serving is true while the current run's HTTP server may answer.
-func (s *slot) serving() bool {
-	p := s.current()
-	return p != nil && !p.exited() && p.logs.listening.Load()
+	return p != nil && p.Running()
 }
 
 // cluster is one scenario's broker and workers.
 type cluster struct {
 	t        *testing.T
 	logDir   string
-	broker   *broker
+	broker   *harness.Broker
 	protocol string
 	static   bool
 	slots    []*slot
-	http     *http.Client
-
-	mu         sync.Mutex
-	unexpected []string // workers that exited without being told to
 }
 
 // newCluster starts a fresh broker and prepares n worker slots (none is
 // started). Workers get free ports chosen now and kept across restarts.
 func newCluster(t *testing.T, n int, protocol string, static bool) *cluster {
 	t.Helper()
-	logDir := t.TempDir()
-	if d := os.Getenv("CHAOS_LOG_DIR"); d != "" {
-		logDir = filepath.Join(d, strings.ReplaceAll(t.Name(), "/", "_"))
-		_ = os.RemoveAll(logDir)
-		if err := os.MkdirAll(logDir, 0o755); err != nil {
+	c := &cluster{t: t, logDir: harness.LogDir(t, "CHAOS_LOG_DIR"), protocol: protocol, static: static}
+	brokerData := filepath.Join(c.logDir, "broker-data")
+	dataDirs := []string{brokerData}
+	for i := range n {
+		name := fmt.Sprintf("worker-%d", i)
+		s := &slot{c: c, idx: i, name: name, dataDir: filepath.Join(c.logDir, name+"-data"), addr: harness.FreeAddr(t)}
+		s.base = "http://" + s.addr
+		c.slots = append(c.slots, s)
+		dataDirs = append(dataDirs, s.dataDir)
+	}
+	// A kept log directory may hold an earlier run's data: start afresh.
+	for _, d := range dataDirs {
+		if err := os.RemoveAll(d); err != nil {
 			t.Fatal(err)
 		}
 	}
-	c := &cluster{
-		t: t, logDir: logDir, protocol: protocol, static: static,
-		http: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 8}},
-	}
-	c.broker = startBroker(t, logDir)
-	for i := range n {
-		s := &slot{c: c, idx: i, name: fmt.Sprintf("worker-%d", i), dataDir: filepath.Join(logDir, fmt.Sprintf("worker-%d-data", i))}
-		s.addr = freeAddr(t)
-		s.base = "http://" + s.addr
-		c.slots = append(c.slots, s)
-	}
-	// Registered after the broker's cleanup, so it runs first: workers die
-	// before the broker they talk to.
-	t.Cleanup(c.killAll)
+	c.broker = harness.StartBroker(t, c.logDir, "-data-dir", brokerData)
+	// Registered after the broker's cleanup, so it runs before it; the
+	// workers' own cleanups, registered as they start, run earlier still.
 	t.Cleanup(func() {
 		if t.Failed() {
 			c.dumpLogs()
@@ -360,41 +187,28 @@ func newCluster(t *testing.T, n int, protocol string, static bool) *cluster {
 	return c
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-func (c *cluster) env(s *slot) []string {
-	env := []string{
-		"PATH=" + os.Getenv("PATH"),
-		"HOME=" + os.Getenv("HOME"),
-		"KAFKA_BROKERS=" + c.broker.addr,
-		"WEB_ADDR=" + s.addr,
-		"DATA_DIR=" + s.dataDir,
-		"KAFKA_GROUP=pageviews",
-		"KAFKA_REBALANCE_PROTOCOL=" + c.protocol,
-		"KAFKA_SESSION_TIMEOUT=" + sessionTimeout.String(),
-		"COMMIT_INTERVAL=" + commitInterval.String(),
-		"WINDOW_SIZE=24h",
-		"WINDOW_EXPIRES=48h",
-		"PARTITIONS=" + strconv.Itoa(partitions),
-		"SHUTDOWN_TIMEOUT=" + shutdownTimeout.String(),
-		"LOG_FORMAT=json",
-		"LOG_LEVEL=info",
-	}
+func (c *cluster) env(s *slot) map[string]string {
+	env := harness.WorkerEnv(s.dataDir, map[string]string{
+		"KAFKA_BROKERS":            c.broker.Addr,
+		"WEB_ADDR":                 s.addr,
+		"KAFKA_GROUP":              "pageviews",
+		"KAFKA_REBALANCE_PROTOCOL": c.protocol,
+		"KAFKA_SESSION_TIMEOUT":    sessionTimeout.String(),
+		"COMMIT_INTERVAL":          commitInterval.String(),
+		"WINDOW_SIZE":              "24h",
+		"WINDOW_EXPIRES":           "48h",
+		"PARTITIONS":               strconv.Itoa(partitions),
+		"SHUTDOWN_TIMEOUT":         shutdownTimeout.String(),
+		"LOG_LEVEL":                "info",
+	})
 	if c.static {
-		env = append(env, "KAFKA_INSTANCE_ID="+s.name)
+		env["KAFKA_INSTANCE_ID"] = s.name
 	}
 	return env
 }
 
-// start starts a new run of worker i, with its data directory as it is.
+// start starts a new run of worker i, with its data directory as it is, and
+// waits until it serves HTTP.
 func (c *cluster) start(i int) *proc {
 	t := c.t
 	t.Helper()
@@ -405,43 +219,11 @@ func (c *cluster) start(i int) *proc {
 	s.mu.Lock()
 	n := len(s.procs) + 1
 	s.mu.Unlock()
-	stem := filepath.Join(c.logDir, fmt.Sprintf("%s.run%d", s.name, n))
-	out, err := os.Create(stem + ".log")
-	if err != nil {
-		t.Fatal(err)
-	}
-	errf, err := os.Create(stem + ".stderr")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{slot: s, n: n, done: make(chan struct{}), stderr: &syncBuffer{file: errf}}
-	p.logs = &logSink{p: p, file: out}
-	p.cmd = exec.Command(bins.worker)
-	p.cmd.Env = c.env(s)
-	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.stderr
-	p.cmd.SysProcAttr = childAttrs()
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", s.name, err)
-	}
+	p := &proc{slot: s, n: n}
+	p.Worker = harness.StartWorker(t, c.logDir, fmt.Sprintf("%s.run%d", s.name, n), c.env(s))
 	s.mu.Lock()
 	s.procs = append(s.procs, p)
 	s.mu.Unlock()
-	go func() {
-		err := p.cmd.Wait()
-		_ = out.Close()
-		_ = errf.Close()
-		s.mu.Lock()
-		p.exitErr = err
-		sig := p.signaled
-		s.mu.Unlock()
-		if sig == "" {
-			c.mu.Lock()
-			c.unexpected = append(c.unexpected, fmt.Sprintf("%s exited on its own (%v); stderr:\n%s", p.describe(), err, tail(p.stderr.String(), 20)))
-			c.mu.Unlock()
-		}
-		close(p.done)
-	}()
-	t.Logf("started %s (run %d, pid %d) on %s", s.name, n, p.cmd.Process.Pid, s.addr)
 	return p
 }
 
@@ -456,46 +238,27 @@ func (c *cluster) signal(sig syscall.Signal, idxs ...int) {
 	for _, i := range idxs {
 		s := c.slots[i]
 		p := s.current()
-		if p == nil || p.exited() {
+		if p == nil || !p.Running() {
 			t.Fatalf("%s is not running", s.name)
 		}
 		s.mu.Lock()
 		p.signaled = name
 		s.mu.Unlock()
-		if err := p.cmd.Process.Signal(sig); err != nil {
-			t.Fatalf("%s %s: %v", name, p.describe(), err)
-		}
+		p.Signal(t, sig)
 		t.Logf("sent %s to %s", name, p.describe())
 		ps = append(ps, p)
 	}
 	deadline := time.After(exitDeadline)
 	for _, p := range ps {
 		select {
-		case <-p.done:
+		case <-p.Done():
 		case <-deadline:
 			t.Errorf("%s did not exit within %s of %s; killing it", p.describe(), exitDeadline, name)
-			_ = p.cmd.Process.Kill()
-			<-p.done
+			p.Kill(t)
 			continue
 		}
-		if sig == syscall.SIGTERM && p.exitErr != nil {
-			t.Errorf("%s: warm shutdown failed: %v; stderr:\n%s", p.describe(), p.exitErr, tail(p.stderr.String(), 20))
-		}
-	}
-}
-
-// killAll kills every worker still running; it is the cleanup.
-func (c *cluster) killAll() {
-	for _, s := range c.slots {
-		if p := s.current(); p != nil && !p.exited() {
-			s.mu.Lock()
-			p.signaled = "KILL"
-			s.mu.Unlock()
-			_ = p.cmd.Process.Kill()
-			select {
-			case <-p.done:
-			case <-time.After(10 * time.Second):
-			}
+		if sig == syscall.SIGTERM && p.Err() != nil {
+			t.Errorf("%s: warm shutdown failed: %v; stderr:\n%s", p.describe(), p.Err(), p.Stderr.Tail(20))
 		}
 	}
 }
@@ -504,10 +267,18 @@ func (c *cluster) killAll() {
 // told to: waiting further would only hide the crash behind a timeout.
 func (c *cluster) checkCrashes() {
 	c.t.Helper()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.unexpected) > 0 {
-		c.t.Fatalf("worker crashed:\n%s", strings.Join(c.unexpected, "\n"))
+	var crashed []string
+	for _, s := range c.slots {
+		s.mu.Lock()
+		for _, p := range s.procs {
+			if !p.Running() && p.signaled == "" {
+				crashed = append(crashed, fmt.Sprintf("%s exited on its own (%v); stderr:\n%s", p.describe(), p.Err(), p.Stderr.Tail(20)))
+			}
+		}
+		s.mu.Unlock()
+	}
+	if len(crashed) > 0 {
+		c.t.Fatalf("worker crashed:\n%s", strings.Join(crashed, "\n"))
 	}
 }
 
@@ -520,7 +291,7 @@ func (c *cluster) lines() []logLine {
 		ps := slices.Clone(s.procs)
 		s.mu.Unlock()
 		for _, p := range ps {
-			out = append(out, p.logs.snapshot()...)
+			out = append(out, p.lines()...)
 		}
 	}
 	return out
@@ -534,15 +305,15 @@ func (c *cluster) dumpLogs() {
 		"partition released": true, "partition resumed": true, "all partitions processing": true,
 		"recovering": true, "recovered": true, "stopped cleanly": true,
 	}
-	var b strings.Builder
+	var b []string
 	lines := c.lines()
 	slices.SortStableFunc(lines, func(a, b logLine) int { return a.Time.Compare(b.Time) })
 	for _, l := range lines {
 		if keep[l.Msg] || l.Level == "WARN" || l.Level == "ERROR" {
-			fmt.Fprintf(&b, "%s run%d %s\n", l.Worker, l.Incarnation, trimLine(l.Raw))
+			b = append(b, fmt.Sprintf("%s run%d %s", l.Worker, l.Incarnation, trimLine(l.Raw)))
 		}
 	}
-	c.t.Logf("worker logs (membership, recovery, warnings) in %s:\n%s", c.logDir, tail(b.String(), 400))
+	c.t.Logf("worker logs (membership, recovery, warnings) in %s:\n%s", c.logDir, strings.Join(b[max(0, len(b)-400):], "\n"))
 }
 
 func trimLine(raw string) string {
@@ -554,95 +325,15 @@ func trimLine(raw string) string {
 	return raw
 }
 
-// live returns the workers that are running.
-func (c *cluster) live() []*slot {
-	var out []*slot
+// live returns the runs that are running.
+func (c *cluster) live() []*proc {
+	var out []*proc
 	for _, s := range c.slots {
-		if s.running() {
-			out = append(out, s)
+		if p := s.current(); p != nil && p.Running() {
+			out = append(out, p)
 		}
 	}
 	return out
-}
-
-// getJSON fetches url into v and returns the status; err is a transport or
-// decoding error.
-func (c *cluster) getJSON(url string, v any) (int, error) {
-	resp, err := c.http.Get(url)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return resp.StatusCode, err
-	}
-	if v != nil && resp.StatusCode == http.StatusOK {
-		if err := json.Unmarshal(body, v); err != nil {
-			return resp.StatusCode, fmt.Errorf("decode %q: %w", body, err)
-		}
-	}
-	return resp.StatusCode, nil
-}
-
-// pageReport and report are /report/ as the HTTP contract defines it.
-type pageReport struct {
-	Now    int64  `json:"-"` // page_views_within_<window>: see UnmarshalJSON
-	Count  int64  `json:"count"`
-	Report string `json:"report"`
-}
-
-type report struct {
-	Now     int64                 `json:"-"` // page_views_within_<window>: see UnmarshalJSON
-	Count   int64                 `json:"count"`
-	Pages   map[string]pageReport `json:"pages"`
-	Stale   bool                  `json:"stale"`
-	Missing []int32               `json:"missing_partitions"`
-}
-
-// UnmarshalJSON reads the count in the window of now whatever the window
-// is called: page_views_within_1_minute, page_views_within_30_seconds.
-func (p *pageReport) UnmarshalJSON(b []byte) error {
-	type plain pageReport
-	if err := json.Unmarshal(b, (*plain)(p)); err != nil {
-		return err
-	}
-	n, err := windowCount(b)
-	p.Now = n
-	return err
-}
-
-// UnmarshalJSON: see pageReport's.
-func (r *report) UnmarshalJSON(b []byte) error {
-	type plain report
-	if err := json.Unmarshal(b, (*plain)(r)); err != nil {
-		return err
-	}
-	n, err := windowCount(b)
-	r.Now = n
-	return err
-}
-
-// windowCount reads the page_views_within_<window> field of a JSON object.
-func windowCount(b []byte) (int64, error) {
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(b, &fields); err != nil {
-		return 0, err
-	}
-	for k, v := range fields {
-		if strings.HasPrefix(k, "page_views_within_") {
-			var n int64
-			err := json.Unmarshal(v, &n)
-			return n, err
-		}
-	}
-	return 0, nil
-}
-
-// partial is what /report/?local=1 answers: the partitions a worker serves.
-type partial struct {
-	Partitions []int32                    `json:"partitions"`
-	Pages      map[string]json.RawMessage `json:"pages"`
 }
 
 // poll calls cond until it holds or timeout passes, checking for crashed
@@ -679,14 +370,17 @@ func (c *cluster) waitSettled(what string, timeout time.Duration) map[int][]int3
 		held = map[int][]int32{}
 		owner := map[int32]string{}
 		var problems []string
-		for _, s := range live {
-			if st, err := c.getJSON(s.base+"/ready/", nil); err != nil || st != http.StatusOK {
-				problems = append(problems, fmt.Sprintf("%s not ready (%d %v)", s.name, st, err))
+		ctx, cancel := context.WithTimeout(context.Background(), askTimeout)
+		defer cancel()
+		for _, w := range live {
+			s := w.slot
+			if ok, detail := w.Ready(ctx); !ok {
+				problems = append(problems, fmt.Sprintf("%s not ready (%s)", s.name, detail))
 				continue
 			}
-			var part partial
-			if st, err := c.getJSON(s.base+"/report/?local=1", &part); err != nil || st != http.StatusOK {
-				problems = append(problems, fmt.Sprintf("%s local report: %d %v", s.name, st, err))
+			part, err := w.TryLocal(ctx)
+			if err != nil {
+				problems = append(problems, fmt.Sprintf("%s local report: %v", s.name, err))
 				continue
 			}
 			held[s.idx] = part.Partitions
@@ -699,9 +393,8 @@ func (c *cluster) waitSettled(what string, timeout time.Duration) map[int][]int3
 				}
 				owner[p] = s.name
 			}
-			var rep report
-			if st, err := c.getJSON(s.base+"/report/", &rep); err != nil || st != http.StatusOK || rep.Stale {
-				problems = append(problems, fmt.Sprintf("%s report: status %d err %v stale %v missing %v", s.name, st, err, rep.Stale, rep.Missing))
+			if rep, err := w.TryReport(ctx); err != nil || rep.Stale {
+				problems = append(problems, fmt.Sprintf("%s report: err %v stale %v missing %v", s.name, err, rep.Stale, rep.MissingPartitions))
 			}
 		}
 		if len(live) == 0 {
@@ -738,27 +431,29 @@ func formatHeld(c *cluster, held map[int][]int32) string {
 // intervals), which means the load's last records are processed. It returns
 // the last report of each worker and whether they converged; a cluster
 // whose reports keep differing is a finding, not a reason to wait longer.
-func (c *cluster) waitConverged(timeout time.Duration) (map[string]report, bool, string) {
+func (c *cluster) waitConverged(timeout time.Duration) (map[string]pageview.Report, bool, string) {
 	const stableFor = 3 * time.Second
 	deadline := time.Now().Add(timeout)
-	var prev map[string]report
+	var prev map[string]pageview.Report
 	var stableSince time.Time
 	state := ""
 	for {
 		c.checkCrashes()
-		cur := map[string]report{}
+		cur := map[string]pageview.Report{}
 		var problems []string
-		for _, s := range c.live() {
-			var rep report
-			st, err := c.getJSON(s.base+"/report/", &rep)
-			if err != nil || st != http.StatusOK {
-				problems = append(problems, fmt.Sprintf("%s: status %d err %v", s.name, st, err))
+		for _, w := range c.live() {
+			ctx, cancel := context.WithTimeout(context.Background(), askTimeout)
+			rep, err := w.TryReport(ctx)
+			cancel()
+			name := w.slot.name
+			if err != nil {
+				problems = append(problems, fmt.Sprintf("%s: %v", name, err))
 				continue
 			}
 			if rep.Stale {
-				problems = append(problems, fmt.Sprintf("%s: stale, missing %v", s.name, rep.Missing))
+				problems = append(problems, fmt.Sprintf("%s: stale, missing %v", name, rep.MissingPartitions))
 			}
-			cur[s.name] = rep
+			cur[name] = rep
 		}
 		if diff := reportsDiffer(cur); diff != "" {
 			problems = append(problems, diff)
@@ -767,7 +462,7 @@ func (c *cluster) waitConverged(timeout time.Duration) (map[string]report, bool,
 		case len(problems) > 0:
 			stableSince = time.Time{}
 			state = strings.Join(problems, "; ")
-		case prev == nil || reportsDiffer(map[string]report{"before": anyReport(prev), "now": anyReport(cur)}) != "":
+		case prev == nil || reportsDiffer(map[string]pageview.Report{"before": anyReport(prev), "now": anyReport(cur)}) != "":
 			stableSince = time.Now()
 			state = "reports agree but still change"
 		case time.Since(stableSince) >= stableFor:
@@ -781,16 +476,16 @@ func (c *cluster) waitConverged(timeout time.Duration) (map[string]report, bool,
 	}
 }
 
-func anyReport(m map[string]report) report {
+func anyReport(m map[string]pageview.Report) pageview.Report {
 	for _, r := range m {
 		return r
 	}
-	return report{}
+	return pageview.Report{}
 }
 
 // reportsDiffer compares the pages and totals of the reports and describes
 // the first differences; "" means they are identical.
-func reportsDiffer(reps map[string]report) string {
+func reportsDiffer(reps map[string]pageview.Report) string {
 	names := make([]string, 0, len(reps))
 	for n := range reps {
 		names = append(names, n)
@@ -827,11 +522,13 @@ func reportsDiffer(reps map[string]report) string {
 func (c *cluster) pagePartitions(held map[int][]int32) map[string]int32 {
 	out := map[string]int32{}
 	for idx, ps := range held {
+		w := c.slots[idx].current()
 		for _, p := range ps {
-			var part partial
-			url := fmt.Sprintf("%s/report/?local=1&partitions=%d", c.slots[idx].base, p)
-			if st, err := c.getJSON(url, &part); err != nil || st != http.StatusOK {
-				c.t.Logf("pages of partition %d: %d %v", p, st, err)
+			ctx, cancel := context.WithTimeout(context.Background(), askTimeout)
+			part, err := w.TryLocal(ctx, p)
+			cancel()
+			if err != nil {
+				c.t.Logf("pages of partition %d: %v", p, err)
 				continue
 			}
 			for page := range part.Pages {
@@ -904,7 +601,7 @@ func (c *cluster) startLoad() *load {
 func (l *load) one() {
 	var targets []*slot
 	for _, s := range l.c.slots {
-		if s.serving() {
+		if s.running() {
 			targets = append(targets, s)
 		}
 	}

@@ -4,13 +4,15 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/gofaust/pageviews/test/harness"
 )
 
 // TestPrometheusAlertRules checks deploy/prometheus/alerts.yml with promtool
 // (syntax, PromQL, templates) and runs its unit tests, alerts_test.yml.
 func TestPrometheusAlertRules(t *testing.T) {
-	promtool := requireProgram(t, "promtool", "prometheus")
-	dir := filepath.Join(repoRoot(t), "deploy", "prometheus")
+	promtool := harness.RequireProgram(t, "prometheus", "promtool")
+	dir := filepath.Join(harness.Root(t), "deploy", "prometheus")
 	for _, args := range [][]string{
 		{"check", "rules", "alerts.yml"},
 		{"test", "rules", "alerts_test.yml"},

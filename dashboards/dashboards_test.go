@@ -16,6 +16,7 @@ import (
 	"github.com/grafana/grafana-foundation-sdk/go/dashboard"
 
 	"github.com/gofaust/pageviews/internal/metrics"
+	"github.com/gofaust/pageviews/test/harness"
 )
 
 // TestGeneratedFilesUpToDate renders the dashboards in memory and compares
@@ -253,7 +254,7 @@ func TestDatadogMonitors(t *testing.T) {
 		t.Fatalf("datadog/monitors.json is not a JSON array of monitors: %v", err)
 	}
 	alerts := map[string]bool{}
-	for _, r := range alertRules(t, repoRoot(t)) {
+	for _, r := range alertRules(t, harness.Root(t)) {
 		alerts[r.Alert] = true
 	}
 	covered := map[string]bool{}
@@ -306,7 +307,7 @@ func TestDatadogMonitors(t *testing.T) {
 // TestAlertsUseListedMetrics checks the Prometheus alerting rules name only
 // listed metrics.
 func TestAlertsUseListedMetrics(t *testing.T) {
-	for _, r := range alertRules(t, repoRoot(t)) {
+	for _, r := range alertRules(t, harness.Root(t)) {
 		used, unknown := promNames(r.Expr)
 		if len(used) == 0 {
 			t.Errorf("alert %s names no metric of the list", r.Alert)
@@ -324,7 +325,7 @@ func TestReadmeDescribesEveryAlert(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range alertRules(t, repoRoot(t)) {
+	for _, r := range alertRules(t, harness.Root(t)) {
 		if !bytes.Contains(readme, []byte("### "+r.Alert+"\n")) {
 			t.Errorf("README.md has no section \"### %s\"", r.Alert)
 		}

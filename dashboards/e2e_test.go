@@ -1,6 +1,7 @@
 package dashboards
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -12,7 +13,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +20,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/gofaust/pageviews/internal/metrics"
+	"github.com/gofaust/pageviews/test/harness"
 )
 
 // TestDashboardsEndToEnd runs the whole metrics path with real processes: a
@@ -38,21 +39,20 @@ func TestDashboardsEndToEnd(t *testing.T) {
 		t.Skip("end to end: starts a broker, workers, exporters and Prometheus")
 	}
 	began := time.Now()
-	prometheusBin := requireProgram(t, "prometheus", "prometheus")
-	root := repoRoot(t)
+	prometheusBin := harness.RequireProgram(t, "prometheus", "prometheus")
+	root := harness.Root(t)
 	dir := t.TempDir()
 
-	bin := filepath.Join(dir, "bin")
-	goBuild(t, root, filepath.Join(bin, "pageviews"), "./cmd/pageviews")
-	goBuild(t, root, filepath.Join(bin, "devbroker"), "./cmd/devbroker")
+	harness.WorkerBinary(t)
+	harness.Build(t, "devbroker")
 	// The version pinned by this module's tool directive.
-	goBuild(t, ".", filepath.Join(bin, "statsd_exporter"), "github.com/prometheus/statsd_exporter")
+	exporterBin := filepath.Join(dir, "bin", "statsd_exporter")
+	goBuild(t, ".", exporterBin, "github.com/prometheus/statsd_exporter")
 	t.Logf("built the worker, the dev broker and statsd_exporter in %s", time.Since(began).Round(time.Millisecond))
 	// Every wait below together: about a minute when all goes well.
 	bud := budget{end: time.Now().Add(3 * time.Minute)}
-	baseEnv := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
 
-	broker := startBroker(t, filepath.Join(bin, "devbroker"), baseEnv)
+	broker := harness.StartBroker(t, dir)
 
 	// One statsd_exporter per worker: the worker's identity in Prometheus
 	// is the exporter's instance label, as with the Helm chart's sidecar,
@@ -61,75 +61,71 @@ func TestDashboardsEndToEnd(t *testing.T) {
 	for i := range exporters {
 		exporters[i] = &exporter{
 			name:       fmt.Sprintf("statsd_exporter-%d", i),
-			bin:        filepath.Join(bin, "statsd_exporter"),
+			bin:        exporterBin,
 			mapping:    filepath.Join(root, "deploy/statsd/mapping.yml"),
-			statsdPort: freePort(t, "udp"),
-			instance:   fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp")),
+			statsdPort: harness.FreePort(t, "udp"),
+			instance:   harness.FreeAddr(t),
 		}
-		exporters[i].start(t, bud, baseEnv)
+		exporters[i].start(t, bud, dir)
 	}
 	instances := []string{exporters[0].instance, exporters[1].instance}
 
-	promAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp"))
+	promAddr := harness.FreeAddr(t)
 	promConfig := filepath.Join(dir, "prometheus.yml")
 	writePrometheusConfig(t, root, promConfig, instances)
 	promStarted := time.Now()
-	promProc := start(t, "prometheus", prometheusBin, []string{
+	promProc := harness.Start(t, dir, "prometheus", prometheusBin, []string{
 		"--config.file=" + promConfig,
 		"--storage.tsdb.path=" + filepath.Join(dir, "tsdb"),
 		"--web.listen-address=" + promAddr,
-	}, baseEnv, nil)
+	}, nil)
 	server := promClient{base: "http://" + promAddr}
-	eventually(t, bud.within(30*time.Second), "prometheus ready", []*proc{promProc}, func() (bool, string) {
+	eventually(t, bud.within(30*time.Second), "prometheus ready", []*harness.Proc{promProc}, func() (bool, string) {
 		code, _, err := httpGet(server.base + "/-/ready")
 		return code == http.StatusOK, fmt.Sprint(code, err)
 	})
 
-	workerEnv := func(e *exporter, standbyReplicas int) []string {
-		return append(append([]string(nil), baseEnv...),
-			"KAFKA_BROKERS="+broker.addr,
-			"WEB_ADDR=127.0.0.1:0",
-			"DATA_DIR="+t.TempDir(),
-			"COMMIT_INTERVAL=100ms",
+	workerEnv := func(e *exporter, standbyReplicas int) map[string]string {
+		return harness.WorkerEnv(t.TempDir(), map[string]string{
+			"KAFKA_BROKERS":   broker.Addr,
+			"COMMIT_INTERVAL": "100ms",
 			// One-second windows expiring after two: windows expire while
 			// the test runs.
-			"WINDOW_SIZE=1s",
-			"WINDOW_EXPIRES=2s",
-			"DD_AGENT_HOST=127.0.0.1",
-			"DD_DOGSTATSD_PORT="+strconv.Itoa(e.statsdPort),
-			"DD_ENV=e2e",
-			"DD_SERVICE=pageviews",
-			"DD_VERSION=e2e",
-			"METRICS_INTERVAL=200ms",
-			"LIVECHECK_INTERVAL=1s",
-			"LIVECHECK_SLO=5s",
-			"TABLE_STANDBY_REPLICAS="+strconv.Itoa(standbyReplicas),
-			"LOG_FORMAT=json",
-			"LOG_LEVEL=info",
-		)
+			"WINDOW_SIZE":            "1s",
+			"WINDOW_EXPIRES":         "2s",
+			"DD_AGENT_HOST":          "127.0.0.1",
+			"DD_DOGSTATSD_PORT":      strconv.Itoa(e.statsdPort),
+			"DD_ENV":                 "e2e",
+			"DD_SERVICE":             "pageviews",
+			"DD_VERSION":             "e2e",
+			"METRICS_INTERVAL":       "200ms",
+			"LIVECHECK_INTERVAL":     "1s",
+			"LIVECHECK_SLO":          "5s",
+			"TABLE_STANDBY_REPLICAS": strconv.Itoa(standbyReplicas),
+			"LOG_LEVEL":              "info",
+		})
 	}
-	workerBin := filepath.Join(bin, "pageviews")
-	a := startWorker(t, "worker-a", workerBin, workerEnv(exporters[0], 1))
-	var b *worker
+	a := harness.StartWorker(t, dir, "worker-a", workerEnv(exporters[0], 1))
+	var b *harness.Worker
 	// running lists the processes that must not exit on their own.
-	running := func() []*proc {
-		ps := []*proc{broker.proc, promProc, exporters[0].proc, a.proc}
+	running := func() []*harness.Proc {
+		ps := []*harness.Proc{broker.Proc, promProc, exporters[0].proc, a.Proc}
 		if b != nil {
-			ps = append(ps, exporters[1].proc, b.proc)
+			ps = append(ps, exporters[1].proc, b.Proc)
 		}
 		return ps
 	}
-	a.waitReady(t, bud, running())
+	waitReady(t, a, bud, running())
 
 	// Load on the first worker, long enough for one-second windows to
 	// expire behind it.
-	load(t, []*worker{a}, "/p/", 48)
+	load(t, []*harness.Worker{a}, "/p/", 48)
 
 	// A record that is not JSON (dead-lettered) and one an hour old (late:
 	// its window expired long ago), from an outside producer.
-	produceRaw(t, broker.addr, "/p/0", []byte("not json"))
+	produceRaw(t, broker.Addr, "/p/0", []byte("not json"))
 	late := fmt.Sprintf(`{"page":"/p/1","count":1,"timestamp":%q}`, time.Now().Add(-time.Hour).UTC().Format(time.RFC3339Nano))
-	produceRaw(t, broker.addr, "/p/1", []byte(late))
+	produceRaw(t, broker.Addr, "/p/1", []byte(late))
 
 	// held waits until the two workers hold the 8 partitions between them,
 	// the first worker holding onFirst of them (-1: some, not all), as
@@ -155,26 +151,26 @@ func TestDashboardsEndToEnd(t *testing.T) {
 	// standby copies, which would have replayed the changelogs before the
 	// partitions arrive; the first keeps standby copies of what it gives.
 	envB := workerEnv(exporters[1], 0)
-	b = startWorker(t, "worker-b", workerBin, envB)
-	b.waitReady(t, bud, running())
+	b = harness.StartWorker(t, dir, "worker-b", envB)
+	waitReady(t, b, bud, running())
 	held("partitions split between the two workers", -1)
-	load(t, []*worker{a, b}, "/q/", 48)
+	load(t, []*harness.Worker{a, b}, "/q/", 48)
 
 	// The second worker stops (a warm shutdown: it hands its partitions
 	// back) with its exporter, and comes back with its data: two more
 	// rebalances, so that rare events happen more than once on the first
 	// worker. Prometheus sees a series grow only from its second event on:
 	// statsd_exporter creates it at the first.
-	b.stop()
+	_ = b.Terminate(stopTimeout)
 	exporters[1].stop()
 	b = nil
 	held("the first worker holds every partition", 8)
-	load(t, []*worker{a}, "/r/", 32)
-	exporters[1].start(t, bud, baseEnv)
-	b = startWorker(t, "worker-b", workerBin, envB)
-	b.waitReady(t, bud, running())
+	load(t, []*harness.Worker{a}, "/r/", 32)
+	exporters[1].start(t, bud, dir)
+	b = harness.StartWorker(t, dir, "worker-b.run2", envB)
+	waitReady(t, b, bud, running())
 	held("partitions split again", -1)
-	load(t, []*worker{a, b}, "/s/", 32)
+	load(t, []*harness.Worker{a, b}, "/s/", 32)
 	procs := running()
 
 	// What the scenario did, as Prometheus sees it.
@@ -440,110 +436,59 @@ func alertRules(t *testing.T, root string) []alertRule {
 	return out
 }
 
+// stopTimeout is how long a process gets after TERM before it is killed.
+const stopTimeout = 15 * time.Second
+
 // exporter is a statsd_exporter process serving one worker.
 type exporter struct {
 	name, bin, mapping string
 	statsdPort         int    // where its worker sends DogStatsD
 	instance           string // where Prometheus scrapes it: its instance label
-	proc               *proc
+	runs               int
+	proc               *harness.Proc
 }
 
-func (e *exporter) start(t *testing.T, bud budget, env []string) {
+// start starts the exporter, its output in dir, and waits until it serves
+// /metrics.
+func (e *exporter) start(t *testing.T, bud budget, dir string) {
 	t.Helper()
-	e.proc = start(t, e.name, e.bin, []string{
+	e.runs++
+	name := e.name
+	if e.runs > 1 {
+		name = fmt.Sprintf("%s.run%d", e.name, e.runs)
+	}
+	e.proc = harness.Start(t, dir, name, e.bin, []string{
 		"--statsd.mapping-config=" + e.mapping,
 		fmt.Sprintf("--statsd.listen-udp=127.0.0.1:%d", e.statsdPort),
 		"--statsd.listen-tcp=",
 		"--web.listen-address=" + e.instance,
-	}, env, nil)
-	eventually(t, bud.within(30*time.Second), e.name+" serves /metrics", []*proc{e.proc}, func() (bool, string) {
+	}, nil)
+	eventually(t, bud.within(30*time.Second), e.name+" serves /metrics", []*harness.Proc{e.proc}, func() (bool, string) {
 		code, _, err := httpGet("http://" + e.instance + "/metrics")
 		return code == http.StatusOK, fmt.Sprint(code, err)
 	})
 }
 
-func (e *exporter) stop() { e.proc.stop() }
-
-// brokerProc is the dev broker process and its address.
-type brokerProc struct {
-	*proc
-	addr string
-}
-
-func startBroker(t *testing.T, bin string, env []string) *brokerProc {
-	t.Helper()
-	addr := make(chan string, 1)
-	p := start(t, "devbroker", bin, []string{"-addr", "127.0.0.1:0"}, env, func(line string) {
-		if a, ok := strings.CutPrefix(line, "devbroker listening on "); ok {
-			select {
-			case addr <- strings.TrimSpace(a):
-			default:
-			}
-		}
-	})
-	select {
-	case a := <-addr:
-		return &brokerProc{proc: p, addr: a}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("devbroker printed no address within 30s\n%s", p.tail(20))
-	}
-	return nil
-}
-
-// worker is a worker process and its HTTP address.
-type worker struct {
-	*proc
-	mu   sync.Mutex
-	base string
-}
-
-// startWorker starts a worker and learns its HTTP address from its
-// "http listening" log line (WEB_ADDR has port 0).
-func startWorker(t *testing.T, name, bin string, env []string) *worker {
-	t.Helper()
-	w := &worker{}
-	w.proc = start(t, name, bin, nil, env, func(line string) {
-		var l struct {
-			Msg  string `json:"msg"`
-			Addr string `json:"addr"`
-		}
-		if json.Unmarshal([]byte(line), &l) == nil && l.Msg == "http listening" {
-			w.mu.Lock()
-			w.base = "http://" + l.Addr
-			w.mu.Unlock()
-		}
-	})
-	return w
-}
-
-func (w *worker) url() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.base
-}
+func (e *exporter) stop() { _ = e.proc.Terminate(stopTimeout) }
 
 // waitReady waits for the worker's /ready/ to answer 200: joined and every
 // assigned partition recovered.
-func (w *worker) waitReady(t *testing.T, bud budget, procs []*proc) {
+func waitReady(t *testing.T, w *harness.Worker, bud budget, procs []*harness.Proc) {
 	t.Helper()
-	eventually(t, bud.within(60*time.Second), w.name+" ready", procs, func() (bool, string) {
-		if w.url() == "" {
-			return false, "not listening yet"
-		}
-		code, body, err := httpGet(w.url() + "/ready/")
-		return code == http.StatusOK, fmt.Sprintf("%d %s %v", code, body, err)
+	eventually(t, bud.within(60*time.Second), w.Name+" ready", procs, func() (bool, string) {
+		return w.Ready(context.Background())
 	})
 }
 
 // load counts n views of 16 pages under prefix, round robin over the
 // workers, 50ms apart.
-func load(t *testing.T, ws []*worker, prefix string, n int) {
+func load(t *testing.T, ws []*harness.Worker, prefix string, n int) {
 	t.Helper()
 	for i := range n {
 		w := ws[i%len(ws)]
-		code, body, err := httpGet(fmt.Sprintf("%s/count/?page=%s%d", w.url(), prefix, i%16))
+		code, body, err := w.Get(context.Background(), fmt.Sprintf("/count/?page=%s%d", prefix, i%16))
 		if err != nil || code != http.StatusOK {
-			t.Fatalf("%s /count/: %d %s %v\n%s", w.name, code, body, err, w.tail(20))
+			t.Fatalf("%s /count/: %d %s %v\n%s", w.Name, code, body, err, w.Tail(20))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

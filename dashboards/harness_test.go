@@ -1,56 +1,23 @@
 package dashboards
 
 import (
-	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gofaust/pageviews/test/harness"
 )
 
-// requireProgram finds an outside program the test needs. Missing, it
-// skips the test with a warning on stderr (shown without -v), unless CI is
-// set, where it fails: CI must install it.
-func requireProgram(t *testing.T, name, debianPackage string) string {
-	t.Helper()
-	path, err := exec.LookPath(name)
-	if err == nil {
-		return path
-	}
-	msg := fmt.Sprintf("%s is not installed (Debian package %s: apt-get install -y --no-install-recommends %s)", name, debianPackage, debianPackage)
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s, and CI=true: CI must install it", msg)
-	}
-	fmt.Fprintf(os.Stderr, "\n*** WARNING: %s SKIPPED: %s ***\n\n", t.Name(), msg)
-	t.Skip(msg)
-	return ""
-}
-
-// repoRoot is the worker's repository: the parent of this module.
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	root := filepath.Dir(wd)
-	if _, err := os.Stat(filepath.Join(root, "cmd", "pageviews")); err != nil {
-		t.Fatalf("expected the worker's repository above %s: %v", wd, err)
-	}
-	return root
-}
+// TestMain removes the binaries the end-to-end test built.
+func TestMain(m *testing.M) { os.Exit(harness.Main(m)) }
 
 // goBuild builds pkg in dir's module into out.
 func goBuild(t *testing.T, dir, out, pkg string) {
@@ -59,124 +26,6 @@ func goBuild(t *testing.T, dir, out, pkg string) {
 	cmd.Dir = dir
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build %s (in %s): %v\n%s", pkg, dir, err, b)
-	}
-}
-
-// syncBuffer collects a child's output for the test to read.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// proc is a child process the test started; it is stopped (TERM, then
-// KILL) when the test ends, and killed with the test process if that dies.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	out  *syncBuffer
-	done chan struct{}
-}
-
-// start runs bin with args and env. Each stdout line goes to onLine (when
-// set) as well as to the process's output buffer.
-func start(t *testing.T, name, bin string, args, env []string, onLine func(string)) *proc {
-	t.Helper()
-	p := &proc{name: name, out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Env = env
-	p.cmd.Stderr = p.out
-	// Its own process group, so a terminal's Ctrl-C reaches only the test;
-	// killed when the test process dies (a -timeout panic runs no cleanup).
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	stdout, err := p.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() {
-		defer close(p.done)
-		sc := bufio.NewScanner(stdout)
-		sc.Buffer(make([]byte, 64<<10), 4<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			_, _ = p.out.Write([]byte(line + "\n"))
-			if onLine != nil {
-				onLine(line)
-			}
-		}
-		_, _ = io.Copy(io.Discard, stdout)
-		_ = p.cmd.Wait()
-	}()
-	t.Cleanup(func() { p.stop() })
-	return p
-}
-
-func (p *proc) stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(15 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// tail is the end of the process's output, for failure messages.
-func (p *proc) tail(n int) string {
-	lines := strings.Split(strings.TrimRight(p.out.String(), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return fmt.Sprintf("--- %s (last %d lines) ---\n%s", p.name, len(lines), strings.Join(lines, "\n"))
-}
-
-// freePort reserves a free port on the loopback address for network
-// ("tcp" or "udp") and releases it for a child to take.
-func freePort(t *testing.T, network string) int {
-	t.Helper()
-	switch network {
-	case "udp":
-		c, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		return c.LocalAddr().(*net.UDPAddr).Port
-	default:
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		return l.Addr().(*net.TCPAddr).Port
 	}
 }
 
@@ -194,7 +43,7 @@ func (b budget) within(d time.Duration) time.Time {
 
 // eventually polls cond until it holds or the deadline passes; it fails at
 // once when one of procs exits.
-func eventually(t *testing.T, deadline time.Time, what string, procs []*proc, cond func() (bool, string)) {
+func eventually(t *testing.T, deadline time.Time, what string, procs []*harness.Proc, cond func() (bool, string)) {
 	t.Helper()
 	began := time.Now()
 	var last string
@@ -205,14 +54,14 @@ func eventually(t *testing.T, deadline time.Time, what string, procs []*proc, co
 		}
 		last = state
 		for _, p := range procs {
-			if p.exited() {
-				t.Fatalf("%s: %s exited\n%s", what, p.name, p.tail(40))
+			if !p.Running() {
+				t.Fatalf("%s: %s exited (%v)\n%s", what, p.Name, p.Err(), p.Tail(40))
 			}
 		}
 		if time.Now().After(deadline) {
 			var b strings.Builder
 			for _, p := range procs {
-				b.WriteString(p.tail(15) + "\n")
+				b.WriteString(p.Tail(15))
 			}
 			t.Fatalf("%s: not after %s (last: %s)\n%s", what, time.Since(began).Round(time.Millisecond), last, b.String())
 		}

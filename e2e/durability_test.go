@@ -13,6 +13,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/gofaust/pageviews/internal/pageview"
+	"github.com/gofaust/pageviews/test/harness"
 )
 
 // viewsOver returns n page names spread round-robin over pages pages.
@@ -26,11 +29,11 @@ func viewsOver(n, pages int) []string {
 
 // requireEvenReport checks a report of n views spread evenly over pages
 // pages; with windowsStable it checks the window counts and texts too.
-func requireEvenReport(t testing.TB, r report, n, pages int, windowsStable bool) {
+func requireEvenReport(t testing.TB, r pageview.Report, n, pages int, windowsStable bool) {
 	t.Helper()
 	per := int64(n / pages)
 	if r.Count != int64(n) || len(r.Pages) != pages || r.Stale {
-		t.Fatalf("report: want %d views over %d pages, not stale; got %s", n, pages, summarize(r))
+		t.Fatalf("report: want %d views over %d pages, not stale; got %s", n, pages, harness.Summarize(r))
 	}
 	for page, p := range r.Pages {
 		if p.Count != per {
@@ -48,24 +51,24 @@ func TestTablesSurviveLosingDataDir(t *testing.T) {
 	const views, pages = 1000, 50
 	b := startBroker(t)
 	dataDir := filepath.Join(t.TempDir(), "data")
-	w := startWorker(t, "worker-1", workerEnv(dataDir, withEnv(dayWindows, b.env())))
-	w.waitReady(t, 60*time.Second)
+	w := startWorker(t, "worker-1", workerEnv(dataDir, dayWindows, b.env()))
+	w.WaitReady(t, 60*time.Second)
 
 	windows := windowsAt(time.Now(), daySize)
-	w.sendViews(t, viewsOver(views, pages), 8)
-	before := w.waitReport(t, 60*time.Second, fmt.Sprintf("%d views", views), func(r report) bool {
+	w.SendViews(t, viewsOver(views, pages), 8)
+	before := w.WaitReport(t, 60*time.Second, fmt.Sprintf("%d views", views), func(r pageview.Report) bool {
 		return r.Count == views && !r.Stale
 	})
 	requireEvenReport(t, before, views, pages, sameWindows(t, windows, daySize))
 
-	w.stop(t)
+	w.Stop(t)
 	if err := os.RemoveAll(dataDir); err != nil {
 		t.Fatal(err)
 	}
 
-	w2 := w.restart(t, "worker-2")
-	w2.waitReady(t, 60*time.Second)
-	after := w2.report(t)
+	w2 := w.Restart(t, "worker-2")
+	w2.WaitReady(t, 60*time.Second)
+	after := w2.Report(t)
 	compareReports(t, before, after, sameWindows(t, windows, daySize))
 
 	// With DATA_DIR gone, every table partition was rebuilt from offset 0.
@@ -87,17 +90,17 @@ func TestTablesSurviveLosingDataDir(t *testing.T) {
 func TestReadyImpliesRecovered(t *testing.T) {
 	const views, pages = 100, 10
 	b := startBroker(t)
-	w := startWorker(t, "worker-0", workerEnv(filepath.Join(t.TempDir(), "data"), withEnv(dayWindows, b.env())))
-	w.waitReady(t, 60*time.Second)
-	w.sendViews(t, viewsOver(views, pages), 8)
-	w.waitReport(t, 60*time.Second, fmt.Sprintf("%d views", views), func(r report) bool { return r.Count == views })
-	w.stop(t)
+	w := startWorker(t, "worker-0", workerEnv(filepath.Join(t.TempDir(), "data"), dayWindows, b.env()))
+	w.WaitReady(t, 60*time.Second)
+	w.SendViews(t, viewsOver(views, pages), 8)
+	w.WaitReport(t, 60*time.Second, fmt.Sprintf("%d views", views), func(r pageview.Report) bool { return r.Count == views })
+	w.Stop(t)
 
 	// A gap between the join and the registration of the claims would be
 	// short; ask as fast as possible from several goroutines, over a few
 	// restarts.
 	for i := 1; i <= 3; i++ {
-		w = w.restart(t, fmt.Sprintf("worker-%d", i))
+		w = w.Restart(t, fmt.Sprintf("worker-%d", i))
 		first := firstReadyReport(t, w)
 		// /ready/ speaks for this worker's partitions; the group may still be
 		// settling (the dev broker hands a lone joiner every partition and
@@ -105,10 +108,10 @@ func TestReadyImpliesRecovered(t *testing.T) {
 		// rather than show partial numbers as complete.
 		if !first.Stale && first.Count != views {
 			t.Errorf("restart %d: /ready/ answered 200, then /report/ showed %s as complete; want all %d views",
-				i, summarize(first), views)
+				i, harness.Summarize(first), views)
 		}
-		w.waitReport(t, 60*time.Second, fmt.Sprintf("%d views, not stale", views), func(r report) bool { return r.Count == views && !r.Stale })
-		w.stop(t)
+		w.WaitReport(t, 60*time.Second, fmt.Sprintf("%d views, not stale", views), func(r pageview.Report) bool { return r.Count == views && !r.Stale })
+		w.Stop(t)
 	}
 }
 
@@ -117,12 +120,12 @@ func TestReadyImpliesRecovered(t *testing.T) {
 // the client's connections are closed afterwards, so that none is left open
 // without a request when the worker is stopped next (see
 // TestTermWhileClientsConnectExits0).
-func firstReadyReport(t testing.TB, w *worker) report {
+func firstReadyReport(t testing.TB, w *harness.Worker) pageview.Report {
 	t.Helper()
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 16}}
 	defer client.CloseIdleConnections()
 	get := func(path string) (int, []byte, error) {
-		resp, err := client.Get(w.base + path)
+		resp, err := client.Get(w.Base + path)
 		if err != nil {
 			return 0, nil, err
 		}
@@ -134,13 +137,13 @@ func firstReadyReport(t testing.TB, w *worker) report {
 	var (
 		stop   atomic.Bool
 		once   sync.Once
-		got    report
+		got    pageview.Report
 		gotErr error
 		wg     sync.WaitGroup
 	)
 	for range 8 {
 		wg.Go(func() {
-			for !stop.Load() && time.Now().Before(deadline) && w.running() {
+			for !stop.Load() && time.Now().Before(deadline) && w.Running() {
 				status, _, err := get("/ready/")
 				if err != nil || status != http.StatusOK {
 					continue
@@ -160,7 +163,7 @@ func firstReadyReport(t testing.TB, w *worker) report {
 		})
 	}
 	wg.Wait()
-	once.Do(func() { gotErr = fmt.Errorf("%s never answered /ready/ 200", w.name) })
+	once.Do(func() { gotErr = fmt.Errorf("%s never answered /ready/ 200", w.Name) })
 	if gotErr != nil {
 		t.Fatal(gotErr)
 	}
@@ -177,13 +180,13 @@ func TestCrashLosesNoAcknowledgedView(t *testing.T) {
 	// the restart.
 	const storedBefore = 1000
 	b := startBroker(t)
-	w := startWorker(t, "worker-1", workerEnv(filepath.Join(t.TempDir(), "data"), withEnv(dayWindows, map[string]string{
+	w := startWorker(t, "worker-1", workerEnv(filepath.Join(t.TempDir(), "data"), dayWindows, map[string]string{
 		"KAFKA_BROKERS": b.addr, "PAGE_VIEWS_TOPIC": b.topic, "KAFKA_GROUP": b.group,
 		// The restarted worker joins once the broker has expired the
 		// killed member's session; keep that short.
 		"KAFKA_SESSION_TIMEOUT": "6s",
-	})))
-	w.waitReady(t, 60*time.Second)
+	}))
+	w.WaitReady(t, 60*time.Second)
 
 	var (
 		seq     atomic.Int64
@@ -199,7 +202,7 @@ func TestCrashLosesNoAcknowledgedView(t *testing.T) {
 		wg.Go(func() {
 			for ctx.Err() == nil {
 				page := fmt.Sprintf("/crash/%06d", seq.Add(1))
-				err := w.tryCount(ctx, page)
+				err := w.TryCount(ctx, page)
 				mu.Lock()
 				switch {
 				case err == nil:
@@ -234,23 +237,23 @@ func TestCrashLosesNoAcknowledgedView(t *testing.T) {
 			wg.Wait()
 			t.Fatalf("the worker committed %d source records in 2 minutes, want %d", n, storedBefore)
 		}
-		time.Sleep(pollInterval)
+		time.Sleep(harness.PollInterval)
 	}
 	killed.Store(true)
-	w.kill(t)
+	w.Kill(t)
 	cancel()
 	wg.Wait()
 	t.Logf("killed the worker with %d /count/ calls acknowledged out of %d attempted", len(acked), seq.Load())
 
-	w2 := w.restart(t, "worker-2")
-	w2.waitReady(t, 90*time.Second)
+	w2 := w.Restart(t, "worker-2")
+	w2.WaitReady(t, 90*time.Second)
 	// Wait until every acknowledged view is counted. (The total alone can
 	// reach the number of acknowledged views early: at least once, views
 	// processed again count twice, while others still wait in the source.)
-	var final report
+	var final pageview.Report
 	deadline = time.Now().Add(90 * time.Second)
 	for {
-		final = w2.report(t)
+		final = w2.Report(t)
 		var missing []string
 		for _, page := range acked {
 			if final.Pages[page].Count < 1 {
@@ -262,9 +265,9 @@ func TestCrashLosesNoAcknowledgedView(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%d of %d acknowledged views are missing after the crash, among them %v; last report: %s",
-				len(missing), len(acked), missing[:min(len(missing), 20)], summarize(final))
+				len(missing), len(acked), missing[:min(len(missing), 20)], harness.Summarize(final))
 		}
-		time.Sleep(pollInterval)
+		time.Sleep(harness.PollInterval)
 	}
 	if final.Count < int64(len(acked)) {
 		t.Fatalf("total %d is below the %d acknowledged views", final.Count, len(acked))
@@ -300,12 +303,12 @@ func TestCrashLosesNoAcknowledgedView(t *testing.T) {
 func TestCrashKeepsStoreCheckpointsUnderLightLoad(t *testing.T) {
 	const views, pages = 100, 10
 	b := startBroker(t)
-	w := startWorker(t, "worker-1", workerEnv(filepath.Join(t.TempDir(), "data"), withEnv(dayWindows, map[string]string{
+	w := startWorker(t, "worker-1", workerEnv(filepath.Join(t.TempDir(), "data"), dayWindows, map[string]string{
 		"KAFKA_BROKERS": b.addr, "PAGE_VIEWS_TOPIC": b.topic, "KAFKA_GROUP": b.group,
 		"KAFKA_SESSION_TIMEOUT": "6s",
-	})))
-	w.waitReady(t, 60*time.Second)
-	w.sendViews(t, viewsOver(views, pages), 8)
+	}))
+	w.WaitReady(t, 60*time.Second)
+	w.SendViews(t, viewsOver(views, pages), 8)
 
 	// Every view is committed, so the store batch holding it and its
 	// changelog offset was written before.
@@ -315,19 +318,19 @@ func TestCrashKeepsStoreCheckpointsUnderLightLoad(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the worker did not commit %d source records within a minute", views)
 		}
-		time.Sleep(pollInterval)
+		time.Sleep(harness.PollInterval)
 	}
-	w.kill(t)
+	w.Kill(t)
 
-	w2 := w.restart(t, "worker-2")
-	w2.waitReady(t, 90*time.Second)
+	w2 := w.Restart(t, "worker-2")
+	w2.WaitReady(t, 90*time.Second)
 	for k, l := range recoveringLines(w2) {
 		if l.EndOffset > 0 && (!l.Stored || l.Records != 0) {
 			t.Errorf("%s: recovery replays %d records from offset %d (stored=%v) up to %d; everything was committed before the kill, want nothing to replay",
 				k, l.Records, l.FromOffset, l.Stored, l.EndOffset)
 		}
 	}
-	w2.waitReport(t, 60*time.Second, fmt.Sprintf("%d views", views), func(r report) bool { return r.Count == views })
+	w2.WaitReport(t, 60*time.Second, fmt.Sprintf("%d views", views), func(r pageview.Report) bool { return r.Count == views })
 }
 
 // corruption damages the Pebble files in a stopped worker's state directory.
@@ -415,12 +418,12 @@ func TestCorruptLocalStoreIsRebuilt(t *testing.T) {
 	b := startBroker(t)
 	dataDir := filepath.Join(t.TempDir(), "data")
 	stateDir := filepath.Join(dataDir, "state")
-	w := startWorker(t, "worker-0", workerEnv(dataDir, withEnv(dayWindows, b.env())))
-	w.waitReady(t, 60*time.Second)
+	w := startWorker(t, "worker-0", workerEnv(dataDir, dayWindows, b.env()))
+	w.WaitReady(t, 60*time.Second)
 
 	windows := windowsAt(time.Now(), daySize)
-	w.sendViews(t, viewsOver(views, pages), 8)
-	before := w.waitReport(t, 60*time.Second, fmt.Sprintf("%d views", views), func(r report) bool {
+	w.SendViews(t, viewsOver(views, pages), 8)
+	before := w.WaitReport(t, 60*time.Second, fmt.Sprintf("%d views", views), func(r pageview.Report) bool {
 		return r.Count == views && !r.Stale
 	})
 	requireEvenReport(t, before, views, pages, sameWindows(t, windows, daySize))
@@ -438,22 +441,22 @@ func TestCorruptLocalStoreIsRebuilt(t *testing.T) {
 			flipMiddle(t, dir, "*.sst")
 		}},
 	} {
-		w.stop(t)
+		w.Stop(t)
 		c.apply(t, stateDir)
 		t.Logf("corrupted the store: %s", c.name)
 
-		w = w.restart(t, fmt.Sprintf("worker-%d", i+1))
-		wiped := w.waitEntry(t, 60*time.Second, "local store is corrupt; wiping it and rebuilding every partition from the changelogs")
-		if wiped.str("level") != "WARN" || wiped.str("error") == "" {
-			t.Errorf("%s: corrupt store logged at level %q with error %q, want WARN and the cause", c.name, wiped.str("level"), wiped.str("error"))
+		w = w.Restart(t, fmt.Sprintf("worker-%d", i+1))
+		wiped := w.WaitEntry(t, 60*time.Second, "local store is corrupt; wiping it and rebuilding every partition from the changelogs")
+		if wiped.Str("level") != "WARN" || wiped.Str("error") == "" {
+			t.Errorf("%s: corrupt store logged at level %q with error %q, want WARN and the cause", c.name, wiped.Str("level"), wiped.Str("error"))
 		}
-		w.waitEntry(t, 60*time.Second, "local store was rebuilt empty; every partition recovers from offset 0")
-		w.waitReady(t, 60*time.Second)
+		w.WaitEntry(t, 60*time.Second, "local store was rebuilt empty; every partition recovers from offset 0")
+		w.WaitReady(t, 60*time.Second)
 		for k, l := range recoveringLines(w) {
 			if l.Stored {
 				t.Errorf("%s: %s recovered from a stored checkpoint (offset %d) of a store that was wiped", c.name, k, l.FromOffset)
 			}
 		}
-		compareReports(t, before, w.report(t), sameWindows(t, windows, daySize))
+		compareReports(t, before, w.Report(t), sameWindows(t, windows, daySize))
 	}
 }

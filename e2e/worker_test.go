@@ -11,6 +11,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gofaust/pageviews/internal/pageview"
+	"github.com/gofaust/pageviews/test/harness"
 )
 
 // dayWindows make exact window counts comparable: a test would have to run
@@ -20,39 +23,29 @@ var dayWindows = map[string]string{"WINDOW_SIZE": "24h", "WINDOW_EXPIRES": "48h"
 
 const daySize = 24 * time.Hour
 
-func withEnv(base map[string]string, more map[string]string) map[string]string {
-	out := map[string]string{}
-	for k, v := range base {
-		out[k] = v
-	}
-	for k, v := range more {
-		out[k] = v
-	}
-	return out
-}
-
 // With KAFKA_BROKERS unset the worker starts its own broker, becomes ready,
 // and counts what /count/ publishes.
 func TestEmbeddedBrokerCountsPageViews(t *testing.T) {
+	harness.WorkerBinary(t) // built before the clock starts: the first test may build it
 	began := time.Now()
-	kafkaAddr := freeAddr(t)
-	w := startWorker(t, "worker", workerEnv(t.TempDir(), withEnv(dayWindows, map[string]string{
+	kafkaAddr := harness.FreeAddr(t)
+	w := startWorker(t, "worker", workerEnv(t.TempDir(), dayWindows, map[string]string{
 		"EMBEDDED_KAFKA_ADDR": kafkaAddr,
-	})))
+	}))
 
-	notices := w.entriesWhere(func(e entry) bool { return strings.HasPrefix(e.str("msg"), "KAFKA_BROKERS is empty") })
+	notices := w.EntriesWhere(func(e harness.Entry) bool { return strings.HasPrefix(e.Str("msg"), "KAFKA_BROKERS is empty") })
 	if len(notices) != 1 {
 		t.Fatalf("the worker logged %d notices that it started the embedded dev broker, want 1", len(notices))
 	}
 	embedded := notices[0]
-	if got := embedded.str("addr"); got != kafkaAddr {
+	if got := embedded.Str("addr"); got != kafkaAddr {
 		t.Fatalf("embedded broker logged addr %q, want EMBEDDED_KAFKA_ADDR %q", got, kafkaAddr)
 	}
-	if embedded.str("level") != "WARN" {
-		t.Errorf("embedded broker notice logged at %q, want WARN", embedded.str("level"))
+	if embedded.Str("level") != "WARN" {
+		t.Errorf("embedded broker notice logged at %q, want WARN", embedded.Str("level"))
 	}
 
-	w.waitReady(t, 30*time.Second-time.Since(began))
+	w.WaitReady(t, 30*time.Second-time.Since(began))
 
 	// The embedded broker speaks on the configured address.
 	c, err := net.DialTimeout("tcp", kafkaAddr, 5*time.Second)
@@ -62,24 +55,24 @@ func TestEmbeddedBrokerCountsPageViews(t *testing.T) {
 	c.Close()
 
 	var health map[string]string
-	w.getJSON(t, "/", http.StatusOK, &health)
+	w.GetJSON(t, "/", http.StatusOK, &health)
 	if health["status"] != "ok" {
 		t.Fatalf(`GET / = %v, want {"status":"ok"}`, health)
 	}
 
 	windows := windowsAt(time.Now(), daySize)
 	for i := int64(1); i <= 7; i++ {
-		if n := w.count(t, "/a"); n != i {
+		if n := w.Count(t, "/a"); n != i {
 			t.Fatalf("/count/ call %d answered count %d, want %d (the process's counter)", i, n, i)
 		}
 	}
-	r := w.waitReport(t, 5*time.Second, `7 views of /a`, func(r report) bool {
+	r := w.WaitReport(t, 5*time.Second, `7 views of /a`, func(r pageview.Report) bool {
 		return r.Pages["/a"].Count == 7 && (r.Pages["/a"].Now == 7 || windowsAt(time.Now(), daySize) != windows)
 	})
 	if !sameWindows(t, windows, daySize) {
 		return
 	}
-	want := report{Now: 7, Count: 7, Stale: false, Pages: map[string]pageReport{
+	want := pageview.Report{Now: 7, Count: 7, Stale: false, Pages: map[string]pageview.PageReport{
 		"/a": {Now: 7, Count: 7, Report: "Trending now"},
 	}}
 	compareReports(t, want, r, true)
@@ -89,18 +82,18 @@ func TestEmbeddedBrokerCountsPageViews(t *testing.T) {
 // not a page view goes to the dead-letter topic, and the partition goes on:
 // a valid record behind it in the same partition is counted too.
 func TestForeignRecordsAndPoisonRecord(t *testing.T) {
-	kcatBin := requireKcat(t)
+	kcatBin := harness.RequireKcat(t)
 	b := startBroker(t)
-	w := startWorker(t, "worker", workerEnv(t.TempDir(), withEnv(dayWindows, map[string]string{
+	w := startWorker(t, "worker", workerEnv(t.TempDir(), dayWindows, map[string]string{
 		"KAFKA_BROKERS": b.addr, "PAGE_VIEWS_TOPIC": b.topic, "KAFKA_GROUP": b.group,
-	})))
-	w.waitReady(t, 60*time.Second)
+	}))
+	w.WaitReady(t, 60*time.Second)
 	windows := windowsAt(time.Now(), daySize)
 
 	const page = "/kcat"
 	produce := func(value string) {
 		t.Helper()
-		kcat(t, kcatBin, value+"\n", "-P", "-b", b.addr, "-t", b.topic, "-k", page, "-q")
+		harness.Kcat(t, kcatBin, value+"\n", "-P", "-b", b.addr, "-t", b.topic, "-k", page, "-q")
 	}
 	view := func(n int) string {
 		return fmt.Sprintf(`{"page":%q,"count":%d,"timestamp":%q}`, page, n,
@@ -108,26 +101,26 @@ func TestForeignRecordsAndPoisonRecord(t *testing.T) {
 	}
 
 	produce(view(1))
-	w.waitReport(t, 30*time.Second, "the view produced by kcat", func(r report) bool { return r.Pages[page].Count == 1 })
+	w.WaitReport(t, 30*time.Second, "the view produced by kcat", func(r pageview.Report) bool { return r.Pages[page].Count == 1 })
 
 	poison := fmt.Sprintf("this is not JSON %d", time.Now().UnixNano())
 	produce(poison)
 	produce(view(2))
-	r := w.waitReport(t, 30*time.Second, "the view produced after the poison record", func(r report) bool {
+	r := w.WaitReport(t, 30*time.Second, "the view produced after the poison record", func(r pageview.Report) bool {
 		return r.Pages[page].Count == 2
 	})
 	if sameWindows(t, windows, daySize) && r.Pages[page].Now != 2 {
 		t.Errorf("page %s: %d views in the window of now, want 2", page, r.Pages[page].Now)
 	}
-	if !w.running() {
-		t.Fatalf("worker exited after the poison record: %v", w.state)
+	if !w.Running() {
+		t.Fatalf("worker exited after the poison record: %v", w.Err())
 	}
-	w.waitReady(t, 5*time.Second)
+	w.WaitReady(t, 5*time.Second)
 
 	// The three records share the key, so they are in one partition, in
 	// the order they were produced.
-	var mine []kafkaRecord
-	for _, rec := range consumeAll(t, kcatBin, b.addr, b.topic) {
+	var mine []harness.Record
+	for _, rec := range harness.ConsumeAll(t, kcatBin, b.addr, b.topic) {
 		if rec.Key != nil && *rec.Key == page {
 			mine = append(mine, rec)
 		}
@@ -149,16 +142,16 @@ func TestForeignRecordsAndPoisonRecord(t *testing.T) {
 	}
 
 	// The poison record is logged and dead-lettered with where it came from.
-	logged := w.entriesWhere(func(e entry) bool {
-		return e.str("msg") == "dead-lettering record" && e.num("partition") == int64(bad.Partition) && e.num("offset") == bad.Offset
+	logged := w.EntriesWhere(func(e harness.Entry) bool {
+		return e.Str("msg") == "dead-lettering record" && e.Num("partition") == int64(bad.Partition) && e.Num("offset") == bad.Offset
 	})
 	if len(logged) == 0 {
 		t.Errorf("no \"dead-lettering record\" log line for partition %d offset %d", bad.Partition, bad.Offset)
 	}
-	var dead kafkaRecord
+	var dead harness.Record
 	deadline := time.Now().Add(30 * time.Second)
 	for dead.Payload == nil {
-		for _, rec := range consumeAll(t, kcatBin, b.addr, b.topic+"-dlq") {
+		for _, rec := range harness.ConsumeAll(t, kcatBin, b.addr, b.topic+"-dlq") {
 			if rec.Payload != nil && *rec.Payload == poison {
 				dead = rec
 			}
@@ -167,7 +160,7 @@ func TestForeignRecordsAndPoisonRecord(t *testing.T) {
 			t.Fatal("the poison record did not reach page_views-dlq")
 		}
 		if dead.Payload == nil {
-			time.Sleep(pollInterval)
+			time.Sleep(harness.PollInterval)
 		}
 	}
 	if dead.Key == nil || *dead.Key != page {
@@ -178,11 +171,11 @@ func TestForeignRecordsAndPoisonRecord(t *testing.T) {
 		"source.partition": strconv.Itoa(int(bad.Partition)),
 		"source.offset":    strconv.FormatInt(bad.Offset, 10),
 	} {
-		if got, ok := dead.header(k); !ok || got != want {
+		if got, ok := dead.Header(k); !ok || got != want {
 			t.Errorf("dead letter header %s = %q (present %v), want %q", k, got, ok, want)
 		}
 	}
-	if e, ok := dead.header("error"); !ok || e == "" {
+	if e, ok := dead.Header("error"); !ok || e == "" {
 		t.Errorf("dead letter has no error header: %v", dead.Headers)
 	}
 }
@@ -192,24 +185,24 @@ func TestForeignRecordsAndPoisonRecord(t *testing.T) {
 func TestSignals(t *testing.T) {
 	const shutdownTimeout = 15 * time.Second
 	b := startBroker(t)
-	w := startWorker(t, "worker", workerEnv(t.TempDir(), withEnv(dayWindows, map[string]string{
+	w := startWorker(t, "worker", workerEnv(t.TempDir(), dayWindows, map[string]string{
 		"KAFKA_BROKERS": b.addr, "PAGE_VIEWS_TOPIC": b.topic, "KAFKA_GROUP": b.group,
 		"SHUTDOWN_TIMEOUT": shutdownTimeout.String(),
-	})))
-	w.waitReady(t, 60*time.Second)
+	}))
+	w.WaitReady(t, 60*time.Second)
 	committed := committedViews(t, b)
-	if n := w.count(t, "/before"); n != 1 {
+	if n := w.Count(t, "/before"); n != 1 {
 		t.Fatalf("first /count/ answered %d, want 1", n)
 	}
 
-	w.signal(t, syscall.SIGUSR1)
-	dump := w.waitEntry(t, 30*time.Second, "USR1: goroutine dump")
-	stacks := dump.str("stacks")
+	w.Signal(t, syscall.SIGUSR1)
+	dump := w.WaitEntry(t, 30*time.Second, "USR1: goroutine dump")
+	stacks := dump.Str("stacks")
 	goroutines := regexp.MustCompile(`(?m)^goroutine \d+ \[`).FindAllStringIndex(stacks, -1)
 	if len(goroutines) < 10 {
 		t.Fatalf("USR1 dump holds %d goroutine stacks, want all of them:\n%.2000s", len(goroutines), stacks)
 	}
-	if n := dump.num("goroutines"); n <= 0 {
+	if n := dump.Num("goroutines"); n <= 0 {
 		t.Errorf("USR1 dump says goroutines=%d", n)
 	}
 	// Not only the goroutine that dumps: main, the HTTP server, the Kafka
@@ -221,25 +214,25 @@ func TestSignals(t *testing.T) {
 	}
 
 	// Still serving after the dump.
-	if !w.running() {
-		t.Fatalf("worker exited after USR1: %v", w.state)
+	if !w.Running() {
+		t.Fatalf("worker exited after USR1: %v", w.Err())
 	}
-	w.waitReady(t, 5*time.Second)
-	if n := w.count(t, "/after"); n != 2 {
+	w.WaitReady(t, 5*time.Second)
+	if n := w.Count(t, "/after"); n != 2 {
 		t.Fatalf("/count/ after USR1 answered %d, want 2", n)
 	}
-	w.waitReport(t, 30*time.Second, "both views", func(r report) bool {
+	w.WaitReport(t, 30*time.Second, "both views", func(r pageview.Report) bool {
 		return r.Pages["/before"].Count == 1 && r.Pages["/after"].Count == 1
 	})
 
-	w.signal(t, syscall.SIGTERM)
-	if code := w.waitExit(t, shutdownTimeout); code != 0 {
+	w.Signal(t, syscall.SIGTERM)
+	if code := w.WaitExit(t, shutdownTimeout); code != 0 {
 		t.Fatalf("after TERM the worker exited with status %d, want 0", code)
 	}
-	if len(w.entries("stopped cleanly")) != 1 {
+	if len(w.Entries("stopped cleanly")) != 1 {
 		t.Errorf(`the worker did not log "stopped cleanly" once`)
 	}
-	if errs := w.stderr.all(); len(errs) > 0 {
+	if errs := w.Stderr.Lines(); len(errs) > 0 {
 		t.Errorf("stderr after a clean shutdown is not empty:\n%s", strings.Join(errs, "\n"))
 	}
 	// Everything processed was committed before the worker left.
@@ -257,11 +250,11 @@ func TestSignals(t *testing.T) {
 // shutdown with "stop http: context deadline exceeded" (status 1).
 func TestTermWhileClientsConnectExits0(t *testing.T) {
 	b := startBroker(t)
-	w := startWorker(t, "worker", workerEnv(filepath.Join(t.TempDir(), "data"), withEnv(dayWindows, b.env())))
-	w.waitReady(t, 60*time.Second)
-	w.count(t, "/a")
+	w := startWorker(t, "worker", workerEnv(filepath.Join(t.TempDir(), "data"), dayWindows, b.env()))
+	w.WaitReady(t, 60*time.Second)
+	w.Count(t, "/a")
 
-	addr := strings.TrimPrefix(w.base, "http://")
+	addr := strings.TrimPrefix(w.Base, "http://")
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	connected := make(chan struct{})
@@ -273,7 +266,7 @@ func TestTermWhileClientsConnectExits0(t *testing.T) {
 				c.Close()
 			}
 		}()
-		for i := 0; w.running(); i++ {
+		for i := 0; w.Running(); i++ {
 			// Refused once the server stops listening; that is fine.
 			if c, err := net.Dial("tcp", addr); err == nil {
 				conns = append(conns, c)
@@ -293,7 +286,7 @@ func TestTermWhileClientsConnectExits0(t *testing.T) {
 		<-done
 	}()
 	<-connected
-	w.stop(t)
+	w.Stop(t)
 }
 
 // A bad setting stops the worker before it does anything: exit status 2 and
@@ -311,18 +304,18 @@ func TestBadConfigExitsWithStatus2(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dataDir := filepath.Join(t.TempDir(), "data")
 			env := workerEnv(dataDir, map[string]string{tc.variable: tc.value})
-			p := startProc(t, "worker", t.TempDir(), binaries.worker, nil, env)
-			if code := p.waitExit(t, 30*time.Second); code != 2 {
+			p := harness.Start(t, logDir(t), "worker", harness.WorkerBinary(t), nil, env)
+			if code := p.WaitExit(t, 30*time.Second); code != 2 {
 				t.Fatalf("exit status %d, want 2", code)
 			}
-			lines := p.stderr.all()
+			lines := p.Stderr.Lines()
 			if len(lines) != 1 {
 				t.Fatalf("stderr has %d lines, want exactly 1:\n%s", len(lines), strings.Join(lines, "\n"))
 			}
 			if !strings.Contains(lines[0], tc.variable) || !strings.Contains(lines[0], tc.value) {
 				t.Errorf("stderr line %q does not name %s and its value %q", lines[0], tc.variable, tc.value)
 			}
-			if out := p.stdout.all(); len(out) != 0 {
+			if out := p.Stdout.Lines(); len(out) != 0 {
 				t.Errorf("stdout is not empty:\n%s", strings.Join(out, "\n"))
 			}
 			if fileExists(dataDir) {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -13,6 +12,9 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+
+	"github.com/gofaust/pageviews/internal/pageview"
+	"github.com/gofaust/pageviews/test/harness"
 )
 
 // badKind is one way a record can be unusable, the error the worker must
@@ -70,24 +72,6 @@ var badKinds = []badKind{
 	}},
 }
 
-// kcatPath finds Debian's kcat (or its old name kafkacat). Without it the
-// test skips, loudly; on CI (CI=true) a missing kcat fails it.
-func kcatPath(t *testing.T) string {
-	t.Helper()
-	for _, name := range []string{"kcat", "kafkacat"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	msg := "kcat is not installed (apt-get install kcat): the bad-input test needs an outside Kafka client"
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Log("SKIPPING: " + msg)
-	t.Skip(msg)
-	return ""
-}
-
 // TestBadInput has an outside client (kcat) write 10,000 malformed records
 // interleaved with 10,000 valid page views. The valid views are counted
 // exactly per page, every malformed record lands once in page_views-dlq
@@ -95,15 +79,15 @@ func kcatPath(t *testing.T) string {
 // offset, and the worker never stops being ready.
 func TestBadInput(t *testing.T) {
 	needProcesses(t)
-	kcat := kcatPath(t)
+	kcat := harness.RequireKcat(t)
 	const perKind = 2000 // 5 kinds: 10,000 malformed records
 	const valid = 10000
 	pages := pageNames("/valid", 50)
 
 	dir := logDir(t)
-	b := startBroker(t, dir, "127.0.0.1:0", "")
-	w := startWorker(t, dir, "worker", workerEnv(b.addr, filepath.Join(t.TempDir(), "data"), nil))
-	w.waitReady(60 * time.Second)
+	b := harness.StartBroker(t, dir)
+	w := startWorker(t, dir, "worker", workerEnv(b.Addr, filepath.Join(t.TempDir(), "data"), nil))
+	w.WaitReady(t, 60*time.Second)
 	mon := startMonitor(w)
 
 	// One record a line, "key:value"; kcat splits at the first colon, so
@@ -150,22 +134,19 @@ func TestBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cmd := exec.Command(kcat, "-P", "-b", b.addr, "-t", topic, "-K:", "-l", input)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("kcat -P: %v\n%s", err, out)
-	}
+	harness.Kcat(t, kcat, "", "-P", "-b", b.Addr, "-t", topic, "-K:", "-l", input)
 
-	k := openKafka(t, b.addr)
+	k := openKafka(t, b.Addr)
 	k.waitDrained(t, group, topic, 120*time.Second)
 
 	// The valid views, exactly per page; nothing else counted.
-	var r report
+	var r pageview.Report
 	waitFor(t, 60*time.Second, "a complete report", func() (bool, string) {
 		var err error
 		if r, err = w.report(); err != nil {
 			return false, err.Error()
 		}
-		return !r.Stale && len(r.Missing) == 0, fmt.Sprintf("stale %v, missing %v", r.Stale, r.Missing)
+		return !r.Stale && len(r.MissingPartitions) == 0, fmt.Sprintf("stale %v, missing %v", r.Stale, r.MissingPartitions)
 	})
 	var wrong []string
 	for _, p := range pages {

@@ -9,6 +9,8 @@ import (
 	"github.com/IBM/sarama"
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/rs/zerolog"
+
+	"github.com/gofaust/pageviews/test/harness"
 )
 
 // TestDevBrokerExpiresMemberThatDiedInJoin speaks the group protocol to the
@@ -31,7 +33,7 @@ func TestDevBrokerExpiresMemberThatDiedInJoin(t *testing.T) {
 		t.Skip("KNOWN DEV BROKER BUG: a member that died in JoinGroup is never expired (FAULTS_BROKER_BUGS=1 runs this)")
 	}
 	needProcesses(t)
-	b := startBroker(t, logDir(t), "127.0.0.1:0", "")
+	b := harness.StartBroker(t, logDir(t))
 	proxies := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(nil), zerolog.Nop())
 	for attempt := 1; attempt <= 8; attempt++ {
 		if expired, detail := memberDiesInJoin(t, b, proxies, fmt.Sprintf("died-in-join-%d", attempt)); !expired {
@@ -44,7 +46,7 @@ func TestDevBrokerExpiresMemberThatDiedInJoin(t *testing.T) {
 // through a proxy, B's connection cut while its join waits for A, and A
 // rejoin and sync: the generation then holds A and the dead B. It reports
 // whether the broker expired B within a few session timeouts.
-func memberDiesInJoin(t *testing.T, b *broker, proxies *toxiproxy.ApiServer, grp string) (bool, string) {
+func memberDiesInJoin(t *testing.T, b *harness.Broker, proxies *toxiproxy.ApiServer, grp string) (bool, string) {
 	t.Helper()
 	const session = time.Second // the dev broker's smallest
 	conf := saramaConfig(sarama.ReadUncommitted)
@@ -95,7 +97,7 @@ func memberDiesInJoin(t *testing.T, b *broker, proxies *toxiproxy.ApiServer, grp
 	}
 
 	// A joins alone and the group is stable.
-	a := open(b.addr)
+	a := open(b.Addr)
 	aID := joinAs(a)
 	r, err := join(a, aID)
 	if err != nil || r.Err != sarama.ErrNoError {
@@ -105,7 +107,7 @@ func memberDiesInJoin(t *testing.T, b *broker, proxies *toxiproxy.ApiServer, grp
 
 	// B joins through a proxy; the group rebalances and B's join waits for
 	// A to rejoin.
-	proxy := toxiproxy.NewProxy(proxies, grp, "127.0.0.1:0", b.addr)
+	proxy := toxiproxy.NewProxy(proxies, grp, "127.0.0.1:0", b.Addr)
 	if err := proxy.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -141,14 +143,14 @@ func memberDiesInJoin(t *testing.T, b *broker, proxies *toxiproxy.ApiServer, grp
 		}
 		time.Sleep(50 * time.Millisecond) // A's heartbeat interval
 	}
-	desc, derr := b.describe(conf, grp)
+	desc, derr := describe(b, conf, grp)
 	return false, fmt.Sprintf("B (%s) died in its join %s ago with a session timeout of %s and is still a member: group %s%s",
 		bID, time.Since(died).Round(100*time.Millisecond), session, desc, derr)
 }
 
 // describe lists a group's state and members, for failure messages.
-func (b *broker) describe(conf *sarama.Config, grp string) (string, string) {
-	admin, err := sarama.NewClusterAdmin([]string{b.addr}, conf)
+func describe(b *harness.Broker, conf *sarama.Config, grp string) (string, string) {
+	admin, err := sarama.NewClusterAdmin([]string{b.Addr}, conf)
 	if err != nil {
 		return "", err.Error()
 	}

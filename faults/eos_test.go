@@ -13,6 +13,7 @@ import (
 	"github.com/IBM/sarama"
 
 	"github.com/gofaust/pageviews/internal/pageview"
+	"github.com/gofaust/pageviews/test/harness"
 )
 
 // The crash run: views sent through /count/ of three workers while one
@@ -110,10 +111,10 @@ func TestEOSKill9(t *testing.T) {
 func crashRun(t *testing.T, res *crashResult, seed uint64) {
 	guarantee := res.guarantee
 	dir := logDir(t)
-	b := startBroker(t, dir, "127.0.0.1:0", "")
+	b := harness.StartBroker(t, dir)
 	var ws []*worker
 	for i := range crashWorkers {
-		env := workerEnv(b.addr, filepath.Join(t.TempDir(), fmt.Sprintf("data%d", i)), map[string]string{
+		env := workerEnv(b.Addr, filepath.Join(t.TempDir(), fmt.Sprintf("data%d", i)), map[string]string{
 			"PROCESSING_GUARANTEE":  guarantee,
 			"KAFKA_SESSION_TIMEOUT": "6s",
 			"WINDOW_SIZE":           crashWindow.String(),
@@ -122,7 +123,7 @@ func crashRun(t *testing.T, res *crashResult, seed uint64) {
 		ws = append(ws, startWorker(t, dir, fmt.Sprintf("worker%d", i), env))
 	}
 	for _, w := range ws {
-		w.waitReady(120 * time.Second)
+		w.WaitReady(t, 120*time.Second)
 	}
 
 	pages := pageNames("/eos", crashPages)
@@ -137,11 +138,11 @@ func crashRun(t *testing.T, res *crashResult, seed uint64) {
 	crashed := func(s *slot) {
 		res.crashes++
 		t.Errorf("%s exited by itself (%v) during the %s run:\nstderr: %s\nits last errors:\n%s",
-			s.w.p.name, s.w.p.err, guarantee, strings.TrimSpace(s.w.p.stderr.String()), lastErrors(s.w.p, 5))
+			s.w.Name, s.w.Err(), guarantee, strings.TrimSpace(s.w.Stderr.String()), lastErrors(s.w.Proc, 5))
 	}
 	supervise := func() {
 		for _, s := range p.slots {
-			if s.w.p.exited() {
+			if !s.w.Running() {
 				p.drain(s)
 				crashed(s)
 				s.w.start()
@@ -156,8 +157,8 @@ func crashRun(t *testing.T, res *crashResult, seed uint64) {
 	allReady := func() (bool, string) {
 		for _, w := range ws {
 			if ok, detail := w.ready(); !ok {
-				msg := fmt.Sprintf("%s: %s", w.p.name, detail)
-				if n := len(w.p.entries("consumer group session ended; joining again")); n >= 2 {
+				msg := fmt.Sprintf("%s: %s", w.Name, detail)
+				if n := len(w.Entries("consumer group session ended; joining again")); n >= 2 {
 					msg += fmt.Sprintf("; its joins timed out %d times (see TestDevBrokerExpiresMemberThatDiedInJoin)", n)
 				}
 				return false, msg
@@ -173,7 +174,7 @@ func crashRun(t *testing.T, res *crashResult, seed uint64) {
 	// for good and the group never rebalances again, which
 	// TestDevBrokerExpiresMemberThatDiedInJoin pins on its own; here it
 	// would only keep the exactly-once check from running.
-	k := openKafka(t, b.addr)
+	k := openKafka(t, b.Addr)
 	kills := 0
 	for i := 1; i <= crashKills; i++ {
 		at := int64(crashViews * i / (crashKills + 1))
@@ -191,14 +192,14 @@ func crashRun(t *testing.T, res *crashResult, seed uint64) {
 		})
 		s := p.slots[victims.IntN(len(p.slots))]
 		p.drain(s)
-		if s.w.p.exited() {
+		if !s.w.Running() {
 			crashed(s)
 		}
-		s.w.kill9()
+		s.w.Kill(t)
 		kills++
 		res.kills = kills
 		_, acked, _ := tl.totals()
-		t.Logf("kill %d: SIGKILL %s after %d views sent, %d acknowledged", kills, s.w.p.name, l.done(), acked)
+		t.Logf("kill %d: SIGKILL %s after %d views sent, %d acknowledged", kills, s.w.Name, l.done(), acked)
 		s.w.start()
 		p.activate(s)
 	}
@@ -222,19 +223,19 @@ func crashRun(t *testing.T, res *crashResult, seed uint64) {
 	// A backlog written straight to the topic: how fast the workers process
 	// when /count/ (which bounds the load's rate) is not in front.
 	backlogBegan := time.Now()
-	produceBacklog(t, b.addr, pages, crashBacklog, tl)
+	produceBacklog(t, b.Addr, pages, crashBacklog, tl)
 	k.waitDrained(t, group, topic, 5*time.Minute, supervise)
 	res.processBacklog = time.Since(backlogBegan)
 	res.backlog = crashBacklog
 	t.Logf("%s: a backlog of %d views processed in %s", guarantee, crashBacklog, res.processBacklog.Round(time.Millisecond))
 
-	var r report
+	var r pageview.Report
 	waitFor(t, 2*time.Minute, "a complete report", func() (bool, string) {
 		var err error
 		if r, err = ws[0].report(); err != nil {
 			return false, err.Error()
 		}
-		return !r.Stale && len(r.Missing) == 0, fmt.Sprintf("stale %v, missing %v", r.Stale, r.Missing)
+		return !r.Stale && len(r.MissingPartitions) == 0, fmt.Sprintf("stale %v, missing %v", r.Stale, r.MissingPartitions)
 	})
 	reportNow := windowStart(time.Now(), crashWindow)
 
@@ -290,14 +291,14 @@ func crashRun(t *testing.T, res *crashResult, seed uint64) {
 }
 
 // lastErrors returns the last n ERROR lines of a worker's log.
-func lastErrors(p *proc, n int) string {
+func lastErrors(p *harness.Proc, n int) string {
 	var errs []string
-	for _, l := range p.stdout.all() {
+	for _, l := range p.Stdout.Lines() {
 		if strings.Contains(l, `"level":"ERROR"`) {
 			errs = append(errs, l)
 		}
 	}
-	return tail(errs, n)
+	return strings.Join(errs[max(0, len(errs)-n):], "\n")
 }
 
 // produceBacklog writes n page views straight to the topic, keyed by page

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gofaust/pageviews/test/harness"
 )
 
 // The lifecycle tests send real signals to the real worker, with the dev
@@ -20,45 +22,45 @@ import (
 // second for TERM at any moment, a second for QUIT or a second TERM.
 
 // signal sends sig to the process and returns when it was sent.
-func (p *proc) signal(t testing.TB, sig syscall.Signal) time.Time {
+func signal(t testing.TB, p *harness.Proc, sig syscall.Signal) time.Time {
 	t.Helper()
 	at := time.Now()
-	if err := p.cmd.Process.Signal(sig); err != nil {
-		t.Fatalf("%s: signal %v: %v", p.name, sig, err)
+	if err := p.Cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("%s: signal %v: %v", p.Name, sig, err)
 	}
 	return at
 }
 
 // waitExit waits up to timeout for the process to exit and returns how
 // long after since it did, and its exit status.
-func (p *proc) waitExit(t testing.TB, since time.Time, timeout time.Duration) (time.Duration, int) {
+func waitExit(t testing.TB, p *harness.Proc, since time.Time, timeout time.Duration) (time.Duration, int) {
 	t.Helper()
 	select {
-	case <-p.done:
+	case <-p.Done():
 	case <-time.After(timeout):
-		t.Fatalf("%s still running %s after the signal\nstdout:\n%s\nstderr:\n%s", p.name, time.Since(since).Round(time.Millisecond),
-			tail(p.stdout.all(), 30), tail(p.stderr.all(), 20))
+		t.Fatalf("%s still running %s after the signal\nstdout:\n%s\nstderr:\n%s", p.Name, time.Since(since).Round(time.Millisecond),
+			p.Stdout.Tail(30), p.Stderr.Tail(20))
 	}
 	took := time.Since(since)
-	return took, p.cmd.ProcessState.ExitCode()
+	return took, p.ExitCode()
 }
 
 // pause stops the broker process (SIGSTOP): its connections stay open and
 // its port accepts, but nothing answers, as with a hung broker. The test's
 // cleanup resumes it.
-func (b *broker) pause(t testing.TB) {
+func pause(t testing.TB, b *harness.Broker) {
 	t.Helper()
-	if err := syscall.Kill(b.p.cmd.Process.Pid, syscall.SIGSTOP); err != nil {
+	if err := syscall.Kill(b.Cmd.Process.Pid, syscall.SIGSTOP); err != nil {
 		t.Fatalf("pause the broker: %v", err)
 	}
-	t.Cleanup(func() { _ = syscall.Kill(b.p.cmd.Process.Pid, syscall.SIGCONT) })
+	t.Cleanup(func() { _ = syscall.Kill(b.Cmd.Process.Pid, syscall.SIGCONT) })
 }
 
 // countViews sends n views of page through the worker.
 func (w *worker) countViews(page string, n int) {
 	w.t.Helper()
 	for range n {
-		code, body, err := probe(w.url("/count/?page=" + page))
+		code, body, err := probe(w.Worker, "/count/?page="+page)
 		if err != nil || code != http.StatusOK {
 			w.t.Fatalf("/count/?page=%s: %d %s %v", page, code, body, err)
 		}
@@ -71,27 +73,27 @@ func (w *worker) countViews(page string, n int) {
 func TestTermDuringStartup(t *testing.T) {
 	needProcesses(t)
 	dir := logDir(t)
-	b := startBroker(t, dir, "127.0.0.1:0", "")
-	b.pause(t)
+	b := harness.StartBroker(t, dir)
+	pause(t, b)
 	const shutdown = 5 * time.Second
-	p := startProc(t, dir, "worker", bins.worker, nil, workerEnv(b.addr, filepath.Join(t.TempDir(), "data"), map[string]string{
+	p := harness.Start(t, dir, "worker", harness.WorkerBinary(t), nil, workerEnv(b.Addr, filepath.Join(t.TempDir(), "data"), map[string]string{
 		"SHUTDOWN_TIMEOUT": shutdown.String(),
 		"LOG_LEVEL":        "debug", // sarama's lines show when it is connecting
 	}))
-	p.waitLine(t, p.stdout, 60*time.Second, "sarama fetching metadata", func(l string) bool {
+	p.WaitLine(t, 60*time.Second, "sarama fetching metadata", func(l string) bool {
 		return strings.Contains(l, `"component":"sarama"`) && strings.Contains(l, "fetching metadata")
 	})
-	sent := p.signal(t, syscall.SIGTERM)
-	took, status := p.waitExit(t, sent, 60*time.Second)
+	sent := signal(t, p, syscall.SIGTERM)
+	took, status := waitExit(t, p, sent, 60*time.Second)
 	t.Logf("exited %s after TERM during start-up (SHUTDOWN_TIMEOUT=%s), status %d", took.Round(time.Millisecond), shutdown, status)
 	if took > shutdown+time.Second {
 		t.Errorf("exited %s after TERM, want within SHUTDOWN_TIMEOUT + 1s = %s", took, shutdown+time.Second)
 	}
 	if status != 0 {
-		t.Errorf("exit status %d after TERM during start-up, want 0\nstderr:\n%s", status, tail(p.stderr.all(), 10))
+		t.Errorf("exit status %d after TERM during start-up, want 0\nstderr:\n%s", status, p.Stderr.Tail(10))
 	}
-	if len(p.entries("stopped during start-up")) != 1 {
-		t.Errorf("no \"stopped during start-up\" line:\n%s", tail(p.stdout.all(), 10))
+	if len(p.Entries("stopped during start-up")) != 1 {
+		t.Errorf("no \"stopped during start-up\" line:\n%s", p.Stdout.Tail(10))
 	}
 }
 
@@ -103,20 +105,20 @@ func warmShutdownStuck(t *testing.T) *worker {
 	t.Helper()
 	needProcesses(t)
 	dir := logDir(t)
-	b := startBroker(t, dir, "127.0.0.1:0", "")
-	w := startWorker(t, dir, "worker", workerEnv(b.addr, filepath.Join(t.TempDir(), "data"), map[string]string{
+	b := harness.StartBroker(t, dir)
+	w := startWorker(t, dir, "worker", workerEnv(b.Addr, filepath.Join(t.TempDir(), "data"), map[string]string{
 		"SHUTDOWN_TIMEOUT": "2m",
 		"COMMIT_INTERVAL":  "100ms",
 	}))
-	w.waitReady(60 * time.Second)
+	w.WaitReady(t, 60*time.Second)
 	w.countViews("/home", 3)
-	b.pause(t)
-	w.p.signal(t, syscall.SIGTERM)
-	w.p.waitLine(t, w.p.stdout, 30*time.Second, "the warm shutdown line", func(l string) bool {
+	pause(t, b)
+	signal(t, w.Proc, syscall.SIGTERM)
+	w.WaitLine(t, 30*time.Second, "the warm shutdown line", func(l string) bool {
 		return strings.Contains(l, `"msg":"TERM: warm shutdown`)
 	})
-	if w.p.exited() {
-		t.Fatalf("the worker finished its warm shutdown with the broker paused: %v", w.p.err)
+	if !w.Running() {
+		t.Fatalf("the worker finished its warm shutdown with the broker paused: %v", w.Err())
 	}
 	return w
 }
@@ -124,8 +126,8 @@ func warmShutdownStuck(t *testing.T) *worker {
 // TestQuitDuringWarmShutdown: QUIT ends a warm shutdown at once.
 func TestQuitDuringWarmShutdown(t *testing.T) {
 	w := warmShutdownStuck(t)
-	sent := w.p.signal(t, syscall.SIGQUIT)
-	took, status := w.p.waitExit(t, sent, 30*time.Second)
+	sent := signal(t, w.Proc, syscall.SIGQUIT)
+	took, status := waitExit(t, w.Proc, sent, 30*time.Second)
 	t.Logf("exited %s after QUIT during a warm shutdown, status %d", took.Round(time.Millisecond), status)
 	if took > time.Second {
 		t.Errorf("exited %s after QUIT, want within 1s", took)
@@ -133,8 +135,8 @@ func TestQuitDuringWarmShutdown(t *testing.T) {
 	if status != 3 {
 		t.Errorf("exit status %d after QUIT, want 3", status)
 	}
-	if len(w.p.entries("QUIT: cold shutdown, exiting without flushing; the changelogs hold the state")) != 1 {
-		t.Errorf("no QUIT line:\n%s", tail(w.p.stdout.all(), 10))
+	if len(w.Entries("QUIT: cold shutdown, exiting without flushing; the changelogs hold the state")) != 1 {
+		t.Errorf("no QUIT line:\n%s", w.Stdout.Tail(10))
 	}
 }
 
@@ -142,8 +144,8 @@ func TestQuitDuringWarmShutdown(t *testing.T) {
 // makes it cold, and one line says so.
 func TestSecondTermTurnsShutdownCold(t *testing.T) {
 	w := warmShutdownStuck(t)
-	sent := w.p.signal(t, syscall.SIGTERM)
-	took, status := w.p.waitExit(t, sent, 30*time.Second)
+	sent := signal(t, w.Proc, syscall.SIGTERM)
+	took, status := waitExit(t, w.Proc, sent, 30*time.Second)
 	t.Logf("exited %s after a second TERM, status %d", took.Round(time.Millisecond), status)
 	if took > time.Second {
 		t.Errorf("exited %s after the second TERM, want within 1s", took)
@@ -152,13 +154,13 @@ func TestSecondTermTurnsShutdownCold(t *testing.T) {
 		t.Errorf("exit status %d after the second TERM, want 3", status)
 	}
 	var cold []string
-	for _, l := range w.p.stdout.all() {
+	for _, l := range w.Stdout.Lines() {
 		if strings.Contains(l, "shutdown turned cold") {
 			cold = append(cold, l)
 		}
 	}
 	if len(cold) != 1 {
-		t.Errorf("%d lines say the shutdown turned cold, want 1:\n%s", len(cold), tail(w.p.stdout.all(), 10))
+		t.Errorf("%d lines say the shutdown turned cold, want 1:\n%s", len(cold), w.Stdout.Tail(10))
 	}
 }
 
@@ -169,26 +171,26 @@ func TestSecondTermTurnsShutdownCold(t *testing.T) {
 func TestSecondWorkerOnSameDataDir(t *testing.T) {
 	needProcesses(t)
 	dir := logDir(t)
-	b := startBroker(t, dir, "127.0.0.1:0", "")
-	k := openKafka(t, b.addr)
+	b := harness.StartBroker(t, dir)
+	k := openKafka(t, b.Addr)
 	dataDir := filepath.Join(t.TempDir(), "data")
-	env := workerEnv(b.addr, dataDir, map[string]string{"COMMIT_INTERVAL": "100ms"})
+	env := workerEnv(b.Addr, dataDir, map[string]string{"COMMIT_INTERVAL": "100ms"})
 	first := startWorker(t, dir, "first", env)
-	first.waitReady(60 * time.Second)
+	first.WaitReady(t, 60*time.Second)
 	pages := pageNames("/p", 20)
 	for _, p := range pages {
 		first.countViews(p, 2)
 	}
 	k.waitDrained(t, group, topic, 60*time.Second)
 
-	second := startProc(t, dir, "second", bins.worker, nil, env)
-	took, status := second.waitExit(t, time.Now(), 60*time.Second)
+	second := harness.Start(t, dir, "second", harness.WorkerBinary(t), nil, env)
+	took, status := waitExit(t, second, time.Now(), 60*time.Second)
 	if status != 1 {
-		t.Fatalf("the second worker exited with status %d after %s, want 1\nstderr:\n%s", status, took, tail(second.stderr.all(), 10))
+		t.Fatalf("the second worker exited with status %d after %s, want 1\nstderr:\n%s", status, took, second.Stderr.Tail(10))
 	}
 	state := filepath.Join(dataDir, "state")
-	errLines := second.stderr.all()
-	want := fmt.Sprintf("is locked by process %d", first.p.cmd.Process.Pid)
+	errLines := second.Stderr.Lines()
+	want := fmt.Sprintf("is locked by process %d", first.Cmd.Process.Pid)
 	if len(errLines) != 1 || !strings.Contains(errLines[0], state) || !strings.Contains(errLines[0], want) {
 		t.Errorf("the second worker's stderr:\n%s\nwant one line naming %s and saying %q", strings.Join(errLines, "\n"), state, want)
 	}
@@ -199,19 +201,19 @@ func TestSecondWorkerOnSameDataDir(t *testing.T) {
 		first.countViews(p, 1)
 	}
 	k.waitDrained(t, group, topic, 60*time.Second)
-	sent := first.p.signal(t, syscall.SIGTERM)
-	if _, status := first.p.waitExit(t, sent, 60*time.Second); status != 0 {
+	sent := signal(t, first.Proc, syscall.SIGTERM)
+	if _, status := waitExit(t, first.Proc, sent, 60*time.Second); status != 0 {
 		t.Fatalf("the first worker's warm shutdown exited %d", status)
 	}
 	first.start()
-	first.waitReady(60 * time.Second)
-	recovering := first.p.entries("recovering")
+	first.WaitReady(t, 60*time.Second)
+	recovering := first.Entries("recovering")
 	if len(recovering) == 0 {
 		t.Fatal("no recovery lines after the restart")
 	}
 	for _, e := range recovering {
 		if stored, _ := e["stored"].(bool); !stored {
-			t.Errorf("after the restart, %s partition %v has no checkpoint: %v", e.str("table"), e["partition"], e)
+			t.Errorf("after the restart, %s partition %v has no checkpoint: %v", e.Str("table"), e["partition"], e)
 		}
 	}
 	checkCounts(t, first, pages, 3)
@@ -242,24 +244,24 @@ func checkCounts(t *testing.T, w *worker, pages []string, want int64) {
 func TestWindowSizeChangeIsRefused(t *testing.T) {
 	needProcesses(t)
 	dir := logDir(t)
-	b := startBroker(t, dir, "127.0.0.1:0", "")
-	k := openKafka(t, b.addr)
+	b := harness.StartBroker(t, dir)
+	k := openKafka(t, b.Addr)
 	dataDir := filepath.Join(t.TempDir(), "data")
-	env := func(size string) []string {
-		return workerEnv(b.addr, dataDir, map[string]string{"COMMIT_INTERVAL": "100ms", "WINDOW_SIZE": size})
+	env := func(size string) map[string]string {
+		return workerEnv(b.Addr, dataDir, map[string]string{"COMMIT_INTERVAL": "100ms", "WINDOW_SIZE": size})
 	}
 	w := startWorker(t, dir, "worker", env("1m"))
-	w.waitReady(60 * time.Second)
+	w.WaitReady(t, 60*time.Second)
 	w.countViews("/home", 3)
 	k.waitDrained(t, group, topic, 60*time.Second)
 	stop(t, w)
 
-	changed := startProc(t, dir, "changed", bins.worker, nil, env("2m"))
-	took, status := changed.waitExit(t, time.Now(), 60*time.Second)
+	changed := harness.Start(t, dir, "changed", harness.WorkerBinary(t), nil, env("2m"))
+	took, status := waitExit(t, changed, time.Now(), 60*time.Second)
 	if status != 2 {
-		t.Fatalf("with WINDOW_SIZE changed the worker exited %d after %s, want 2\nstderr:\n%s", status, took, tail(changed.stderr.all(), 10))
+		t.Fatalf("with WINDOW_SIZE changed the worker exited %d after %s, want 2\nstderr:\n%s", status, took, changed.Stderr.Tail(10))
 	}
-	lines := changed.stderr.all()
+	lines := changed.Stderr.Lines()
 	if len(lines) != 1 || !strings.Contains(lines[0], "WINDOW_SIZE") || !strings.Contains(lines[0], "1m0s") || !strings.Contains(lines[0], "2m0s") {
 		t.Errorf("stderr:\n%s\nwant one line naming WINDOW_SIZE, the old 1m0s and the new 2m0s", strings.Join(lines, "\n"))
 	}
@@ -274,12 +276,12 @@ func TestWindowSizeChangeIsRefused(t *testing.T) {
 	}
 	w.env = env("2m")
 	w.start()
-	w.waitReady(60 * time.Second)
+	w.WaitReady(t, 60*time.Second)
 	w.countViews("/home", 2)
 	k.waitDrained(t, group, topic, 60*time.Second)
 	var now int64
 	waitFor(t, 60*time.Second, "the views counted in totals and in the 2-minute window", func() (bool, string) {
-		code, body, err := probe(w.url("/report/?page=/home"))
+		code, body, err := probe(w.Worker, "/report/?page=/home")
 		if err != nil || code != http.StatusOK {
 			return false, fmt.Sprint(code, string(body), err)
 		}
@@ -309,16 +311,16 @@ func TestWindowSizeChangeIsRefused(t *testing.T) {
 	stop(t, w)
 	// The new size is now the recorded one.
 	w.start()
-	w.waitReady(60 * time.Second)
+	w.WaitReady(t, 60*time.Second)
 	stop(t, w)
 }
 
 // stop sends TERM and expects a clean exit.
 func stop(t *testing.T, w *worker) {
 	t.Helper()
-	sent := w.p.signal(t, syscall.SIGTERM)
-	if _, status := w.p.waitExit(t, sent, 60*time.Second); status != 0 {
-		t.Fatalf("%s exited %d after TERM\nstderr:\n%s", w.p.name, status, tail(w.p.stderr.all(), 10))
+	sent := signal(t, w.Proc, syscall.SIGTERM)
+	if _, status := waitExit(t, w.Proc, sent, 60*time.Second); status != 0 {
+		t.Fatalf("%s exited %d after TERM\nstderr:\n%s", w.Name, status, w.Stderr.Tail(10))
 	}
 }
 
@@ -381,11 +383,11 @@ func TestFullDiskAtStartup(t *testing.T) {
 	dir := logDir(t)
 	disk := filepath.Join(t.TempDir(), "disk")
 	tmpfs(t, disk, 8<<20) // before the processes: their cleanup runs first
-	b := startBroker(t, dir, "127.0.0.1:0", "")
-	k := openKafka(t, b.addr)
-	env := workerEnv(b.addr, disk, map[string]string{"COMMIT_INTERVAL": "100ms"})
+	b := harness.StartBroker(t, dir)
+	k := openKafka(t, b.Addr)
+	env := workerEnv(b.Addr, disk, map[string]string{"COMMIT_INTERVAL": "100ms"})
 	w := startWorker(t, dir, "worker", env)
-	w.waitReady(60 * time.Second)
+	w.WaitReady(t, 60*time.Second)
 	pages := pageNames("/p", 10)
 	for _, p := range pages {
 		w.countViews(p, 2)
@@ -393,13 +395,13 @@ func TestFullDiskAtStartup(t *testing.T) {
 	k.waitDrained(t, group, topic, 60*time.Second)
 	// Killed, the worker leaves its last writes in the store's log only:
 	// the next open must write them to a table file.
-	w.kill9()
+	w.Kill(t)
 	filler := fill(t, disk)
 
 	started := time.Now()
-	full := startProc(t, dir, "full", bins.worker, nil, env)
-	took, status := full.waitExit(t, started, 60*time.Second)
-	t.Logf("on a full disk the worker exited %s after it started, status %d, with %d log lines", took.Round(time.Millisecond), status, len(full.stdout.all()))
+	full := harness.Start(t, dir, "full", harness.WorkerBinary(t), nil, env)
+	took, status := waitExit(t, full, started, 60*time.Second)
+	t.Logf("on a full disk the worker exited %s after it started, status %d, with %d log lines", took.Round(time.Millisecond), status, len(full.Stdout.Lines()))
 	if took > 30*time.Second {
 		t.Errorf("exited %s after start on a full disk, want within 30s", took)
 	}
@@ -407,15 +409,15 @@ func TestFullDiskAtStartup(t *testing.T) {
 		t.Errorf("exit status %d on a full disk, want 1", status)
 	}
 	state := filepath.Join(disk, "state")
-	lines := full.stderr.all()
+	lines := full.Stderr.Lines()
 	if len(lines) != 1 || !strings.Contains(lines[0], state) || !strings.Contains(lines[0], "no space left") {
 		t.Errorf("stderr:\n%s\nwant one line naming %s and saying \"no space left\"", strings.Join(lines, "\n"), state)
 	}
 	perSecond := map[string]int{}
-	for _, l := range full.stdout.all() {
-		var e entry
-		if json.Unmarshal([]byte(l), &e) == nil && e.str("component") == "store" && len(e.str("time")) >= 19 {
-			perSecond[e.str("time")[:19]]++
+	for _, l := range full.Stdout.Lines() {
+		var e harness.Entry
+		if json.Unmarshal([]byte(l), &e) == nil && e.Str("component") == "store" && len(e.Str("time")) >= 19 {
+			perSecond[e.Str("time")[:19]]++
 		}
 	}
 	for sec, n := range perSecond {
@@ -428,6 +430,6 @@ func TestFullDiskAtStartup(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.start()
-	w.waitReady(60 * time.Second)
+	w.WaitReady(t, 60*time.Second)
 	checkCounts(t, w, pages, 2)
 }

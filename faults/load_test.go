@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/gofaust/pageviews/test/harness"
 )
 
 // windowKey is one page in one tumbling window (start in Unix ms).
@@ -161,7 +163,7 @@ type pool struct {
 
 type slot struct {
 	w        *worker
-	base     string // http://host:port of the current process
+	cur      *harness.Worker // the current process
 	active   bool
 	inflight int
 }
@@ -170,7 +172,7 @@ func newPool(seed uint64, ws ...*worker) *pool {
 	p := &pool{rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))}
 	p.cond = sync.NewCond(&p.mu)
 	for _, w := range ws {
-		p.slots = append(p.slots, &slot{w: w, base: "http://" + w.addr, active: true})
+		p.slots = append(p.slots, &slot{w: w, cur: w.Worker, active: true})
 	}
 	return p
 }
@@ -215,7 +217,7 @@ func (p *pool) drain(s *slot) {
 // activate puts s back, at its worker's current address.
 func (p *pool) activate(s *slot) {
 	p.mu.Lock()
-	s.base = "http://" + s.w.addr
+	s.cur = s.w.Worker
 	s.active = true
 	p.mu.Unlock()
 }
@@ -272,7 +274,7 @@ func (l *load) one(page string) bool {
 	}
 	defer l.pool.release(s)
 	began := time.Now()
-	code, body, err := get(context.Background(), s.base+"/count/?page="+url.QueryEscape(page))
+	code, body, err := s.cur.Get(context.Background(), "/count/?page="+url.QueryEscape(page))
 	l.tally.record(page, began, time.Now(), code, body, err)
 	return true
 }

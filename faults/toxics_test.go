@@ -14,6 +14,9 @@ import (
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/rs/zerolog"
+
+	"github.com/gofaust/pageviews/internal/pageview"
+	"github.com/gofaust/pageviews/test/harness"
 )
 
 // group and topic are the worker's defaults, which these tests keep.
@@ -27,7 +30,7 @@ const (
 // proxy's address, so every request after bootstrap goes through it too.
 type proxied struct {
 	proxy  *toxiproxy.Proxy
-	broker *broker
+	broker *harness.Broker
 	worker *worker
 	kafka  *kafkaClient
 }
@@ -42,15 +45,15 @@ func startProxied(t *testing.T, extra map[string]string) *proxied {
 	t.Cleanup(func() { _ = f.Close() })
 	server := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(nil), zerolog.New(f).Level(zerolog.InfoLevel))
 
-	upstream := freeAddr(t)
+	upstream := harness.FreeAddr(t)
 	proxy := toxiproxy.NewProxy(server, "kafka", "127.0.0.1:0", upstream)
 	if err := proxy.Start(); err != nil {
 		t.Fatalf("start proxy: %v", err)
 	}
 	t.Cleanup(proxy.Stop)
-	b := startBroker(t, dir, upstream, proxy.Listen)
-	if b.addr != proxy.Listen {
-		t.Fatalf("the broker advertises %s, not the proxy %s", b.addr, proxy.Listen)
+	b := harness.StartBroker(t, dir, "-addr", upstream, "-advertise", proxy.Listen)
+	if b.Addr != proxy.Listen {
+		t.Fatalf("the broker advertises %s, not the proxy %s", b.Addr, proxy.Listen)
 	}
 	env := workerEnv(proxy.Listen, filepath.Join(t.TempDir(), "data"), extra)
 	w := startWorker(t, dir, "worker", env)
@@ -110,13 +113,13 @@ func startMonitor(w *worker) *monitor {
 }
 
 func (m *monitor) poll() {
-	if m.w.p.exited() {
+	if !m.w.Running() {
 		return
 	}
 	now := time.Now()
 	at := now.Format("15:04:05.000")
-	rcode, rbody, rerr := probe(m.w.url("/ready/"))
-	lcode, lbody, lerr := probe(m.w.url("/live"))
+	rcode, rbody, rerr := probe(m.w.Worker, "/ready/")
+	lcode, lbody, lerr := probe(m.w.Worker, "/live")
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.polls++
@@ -156,14 +159,14 @@ func (m *monitor) finish() (unready, live []string, polls int) {
 // published after all, or views processed twice).
 func checkNoLoss(t *testing.T, w *worker, tl *tally, pages []string) (surplus int64) {
 	t.Helper()
-	var r report
+	var r pageview.Report
 	waitFor(t, 60*time.Second, "a complete report", func() (bool, string) {
 		var err error
 		r, err = w.report()
 		if err != nil {
 			return false, err.Error()
 		}
-		return !r.Stale && len(r.Missing) == 0, fmt.Sprintf("stale %v, missing partitions %v", r.Stale, r.Missing)
+		return !r.Stale && len(r.MissingPartitions) == 0, fmt.Sprintf("stale %v, missing partitions %v", r.Stale, r.MissingPartitions)
 	})
 	var lost []string
 	var over []string
@@ -191,7 +194,7 @@ func checkNoLoss(t *testing.T, w *worker, tl *tally, pages []string) (surplus in
 func TestLatency(t *testing.T) {
 	needProcesses(t)
 	c := startProxied(t, nil)
-	c.worker.waitReady(60 * time.Second)
+	c.worker.WaitReady(t, 60*time.Second)
 	mon := startMonitor(c.worker)
 
 	remove := c.toxic(t, `{"name":"latency","type":"latency","stream":"downstream","attributes":{"latency":200}}`)
@@ -228,7 +231,7 @@ func TestLatency(t *testing.T) {
 func TestConnectionResets(t *testing.T) {
 	needProcesses(t)
 	c := startProxied(t, nil)
-	c.worker.waitReady(60 * time.Second)
+	c.worker.WaitReady(t, 60*time.Second)
 	mon := startMonitor(c.worker)
 
 	pages := pageNames("/resets", 20)
@@ -241,7 +244,7 @@ func TestConnectionResets(t *testing.T) {
 	_, before, _ := tl.totals()
 	// reset_peer with timeout 0 resets a connection as soon as anything
 	// travels on it, in either direction.
-	logFrom := len(c.worker.p.stdout.all())
+	logFrom := len(c.worker.Stdout.Lines())
 	up := c.toxic(t, `{"name":"reset_up","type":"reset_peer","stream":"upstream","attributes":{"timeout":0}}`)
 	down := c.toxic(t, `{"name":"reset_down","type":"reset_peer","stream":"downstream","attributes":{"timeout":0}}`)
 	time.Sleep(3 * time.Second) // the fault lasts a moment while the load runs
@@ -250,13 +253,13 @@ func TestConnectionResets(t *testing.T) {
 	// Evidence that the resets reached the worker: what it logged meanwhile.
 	warned := 0
 	var sample string
-	for _, l := range c.worker.p.stdout.all()[logFrom:] {
-		var e entry
-		if json.Unmarshal([]byte(l), &e) != nil || (e.str("level") != "WARN" && e.str("level") != "ERROR") {
+	for _, l := range c.worker.Stdout.Lines()[logFrom:] {
+		var e harness.Entry
+		if json.Unmarshal([]byte(l), &e) != nil || (e.Str("level") != "WARN" && e.Str("level") != "ERROR") {
 			continue
 		}
 		if warned++; sample == "" {
-			sample = e.str("msg") + ": " + e.str("error")
+			sample = e.Str("msg") + ": " + e.Str("error")
 		}
 	}
 	t.Logf("during the resets the worker logged %d warnings and errors, e.g. %q", warned, sample)
@@ -271,7 +274,7 @@ func TestConnectionResets(t *testing.T) {
 		sent, acked, before, unknown, tl.outcomeSummary())
 
 	c.worker.requireRunning("after connection resets")
-	c.worker.waitReady(90 * time.Second)
+	c.worker.WaitReady(t, 90*time.Second)
 	c.kafka.waitDrained(t, group, topic, 90*time.Second)
 	surplus := checkNoLoss(t, c.worker, tl, pages)
 	t.Logf("counted %d views beyond the %d acknowledged (%d requests unknown)", surplus, acked, unknown)
@@ -282,7 +285,7 @@ func TestConnectionResets(t *testing.T) {
 		t.Errorf("/live failed %d times during the resets:\n%s", len(live), strings.Join(live, "\n"))
 	}
 	t.Logf("/ready/ and /live polled %d times; /ready/ not ready %d times after ready: %s", polls, len(unready), strings.Join(first(unready, 5), "; "))
-	for _, e := range c.worker.p.entries("flush failed; retrying") {
+	for _, e := range c.worker.Entries("flush failed; retrying") {
 		t.Logf("worker: flush failed; retrying: %v", e["error"])
 		break
 	}
@@ -309,7 +312,7 @@ func brokerOutage(t *testing.T, outageFor time.Duration) {
 	// A commit interval of 2s leaves the views below processed but not yet
 	// committed when the broker goes away.
 	c := startProxied(t, map[string]string{"COMMIT_INTERVAL": "2s"})
-	c.worker.waitReady(60 * time.Second)
+	c.worker.WaitReady(t, 60*time.Second)
 	mon := startMonitor(c.worker)
 
 	pages := pageNames("/outage", 10)
@@ -344,7 +347,7 @@ func brokerOutage(t *testing.T, outageFor time.Duration) {
 	outage := time.Now()
 
 	// /count/ during the outage: 503 with a JSON error.
-	code, body, err := get(context.Background(), c.worker.url("/count/?page=/outage/during"))
+	code, body, err := c.worker.Get(context.Background(), "/count/?page=/outage/during")
 	tl.record("/outage/during", time.Now(), time.Now(), code, body, err)
 	switch {
 	case err != nil:
@@ -355,7 +358,7 @@ func brokerOutage(t *testing.T, outageFor time.Duration) {
 		t.Logf("/count/ during the outage answered %d %s after %s", code, strings.TrimSpace(string(body)), time.Since(outage).Round(time.Millisecond))
 	}
 	time.Sleep(time.Until(outage.Add(outageFor))) // the outage lasts outageFor
-	exited := c.worker.p.exited()
+	exited := !c.worker.Running()
 	if err := c.proxy.Start(); err != nil {
 		t.Fatalf("re-enable the proxy: %v", err)
 	}
@@ -364,7 +367,7 @@ func brokerOutage(t *testing.T, outageFor time.Duration) {
 		c.worker.requireRunning(fmt.Sprintf("during a %s broker outage", outageFor))
 	}
 
-	c.worker.waitReady(120 * time.Second)
+	c.worker.WaitReady(t, 120*time.Second)
 	c.kafka.waitDrained(t, group, topic, 90*time.Second)
 	unready, live, polls := mon.finish()
 	stalled := 0
@@ -373,7 +376,7 @@ func brokerOutage(t *testing.T, outageFor time.Duration) {
 			stalled++
 		}
 	}
-	flushFailures := c.worker.p.entries("flush failed; retrying")
+	flushFailures := c.worker.Entries("flush failed; retrying")
 	firstUnready := "never"
 	if !mon.firstUnready.IsZero() {
 		firstUnready = mon.firstUnready.Sub(outage).Round(10*time.Millisecond).String() + " into the outage"

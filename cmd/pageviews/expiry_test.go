@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,6 +15,7 @@ import (
 	"github.com/gofaust/pageviews/internal/pageview"
 	"github.com/gofaust/pageviews/internal/store"
 	"github.com/gofaust/pageviews/internal/window"
+	"github.com/gofaust/pageviews/test/harness"
 )
 
 // fakeClock is a settable clock shared by the worker and the test.
@@ -37,40 +36,15 @@ func (c *fakeClock) Set(t time.Time) {
 	c.mu.Unlock()
 }
 
-// startDevBroker builds and starts cmd/devbroker as its own process and
-// returns its address. The process is stopped at cleanup.
+// TestMain removes the dev broker binary the tests built.
+func TestMain(m *testing.M) { os.Exit(harness.Main(m)) }
+
+// startDevBroker starts cmd/devbroker as its own process, with its data in
+// a temporary directory, and returns its address. The process is stopped at
+// cleanup.
 func startDevBroker(t testing.TB) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "devbroker")
-	build := exec.Command("go", "build", "-o", bin, "github.com/gofaust/pageviews/cmd/devbroker")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build devbroker: %v\n%s", err, out)
-	}
-	cmd := exec.Command(bin, "-addr", "127.0.0.1:0", "-data-dir", t.TempDir())
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		_ = cmd.Wait()
-	})
-	sc := bufio.NewScanner(stdout)
-	for sc.Scan() {
-		if addr, ok := strings.CutPrefix(sc.Text(), "devbroker listening on "); ok {
-			go func() { // keep draining so the broker never blocks on stdout
-				for sc.Scan() {
-				}
-			}()
-			return addr
-		}
-	}
-	t.Fatalf("devbroker exited before listening: %v", sc.Err())
-	return ""
+	return harness.StartBroker(t, t.TempDir(), "-data-dir", t.TempDir()).Addr
 }
 
 // worker is a worker run in-process with an injected clock.

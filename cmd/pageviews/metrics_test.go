@@ -22,8 +22,8 @@ import (
 // statsdSink is a real UDP DogStatsD listener that keeps, per metric name,
 // the tag keys it arrived with.
 type statsdSink struct {
-	conn *net.UDPConn
-	mu   sync.Mutex
+	conn   *net.UDPConn
+	mu     sync.Mutex
 	seen   map[string][]map[string]string // metric name -> tag sets
 	sums   map[string]int64               // count metric name -> sum of values
 	gauges map[string][]gaugeValue        // gauge metric name -> values in order

@@ -326,9 +326,9 @@ type replayer struct {
 	// ETA: an average of the speed between progress reports, each weighing
 	// more than the ones before it. An average since the start would count
 	// the set-up before the first record and overstate the time left.
-	rate           float64
-	rateAt         time.Time
-	rateReplayed   int64
+	rate         float64
+	rateAt       time.Time
+	rateReplayed int64
 }
 
 // commit writes the batch with its checkpoint (last). The batches along the
