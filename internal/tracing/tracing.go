@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"reflect"
 	"strings"
 
 	"github.com/IBM/sarama"
@@ -36,8 +37,9 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 )
 
-// Name is the instrumentation scope of the worker's spans.
-const Name = "github.com/gofaust/pageviews"
+// scope is the instrumentation scope of the worker's spans: this
+// package's import path, as OpenTelemetry names instrumentation.
+type scope struct{}
 
 // Options come from the configuration.
 type Options struct {
@@ -118,7 +120,7 @@ func firstOf(a, b string) string {
 }
 
 // Tracer returns the worker's tracer from the global provider.
-func Tracer() trace.Tracer { return otel.Tracer(Name) }
+func Tracer() trace.Tracer { return otel.Tracer(reflect.TypeFor[scope]().PkgPath()) }
 
 // ProducerHeaders carries trace context into the headers of a record
 // being produced.
