@@ -242,6 +242,19 @@ func (t *Windowed[V]) changelog(e *tableEnv) kafka.Topic {
 	return kafka.Topic{Name: Changelog(e.group, t.name), Configs: kafka.WindowedChangelogConfigs(w.Size, w.Expires)}
 }
 
+// Topics are the topics the worker of a creates with the settings cfg: the
+// source topic, then the tables' changelogs with their configs, then the
+// dead-letter topic. Every name is derived from the declarations; deploy
+// files that create topics are checked against this list.
+func Topics(a *App, cfg *config.Config) []kafka.Topic {
+	e := &tableEnv{group: cfg.Group, windows: cfg.Windows}
+	topics := []kafka.Topic{{Name: cfg.Topic}}
+	for _, d := range a.Tables {
+		topics = append(topics, d.changelog(e))
+	}
+	return append(topics, kafka.Topic{Name: cfg.DeadLetterTopic()})
+}
+
 // MetricsDoc is docs/metrics.md for the worker of a: the runtime's metrics
 // under the app's name, their default namespace.
 func MetricsDoc(a *App) string { return metrics.Markdown(a.Name) }
