@@ -67,11 +67,15 @@ type Options struct {
 	Addr      string // host:port, unix:///path or udp://host:port; empty turns metrics off
 	Namespace string // without the trailing dot
 	Tags      []string
-	// Interval is how often aggregated counts and gauges are sent: the
-	// sampling interval, so that every sample arrives (the client's default
-	// is 2s). Zero keeps the default.
+	// Interval is the sampling interval. Aggregated metrics are sent at it
+	// when it is shorter than the client's 2s, so that every sample
+	// arrives; a longer one keeps counts and timings fresh every 2s.
 	Interval time.Duration
 }
+
+// defaultAggregation is how often the DogStatsD client sends what it
+// aggregated, unless Options.Interval is shorter.
+const defaultAggregation = 2 * time.Second
 
 // New returns a client sending to o.Addr, or a disabled client when o.Addr
 // is empty.
@@ -86,7 +90,7 @@ func New(o Options) (*Client, error) {
 		statsd.WithBufferFlushInterval(time.Second),
 		statsd.WithoutTelemetry(),
 	}
-	if o.Interval > 0 {
+	if o.Interval > 0 && o.Interval < defaultAggregation {
 		opts = append(opts, statsd.WithAggregationInterval(o.Interval))
 	}
 	sd, err := statsd.New(o.Addr, opts...)
@@ -156,9 +160,9 @@ func Markdown(namespace string) string {
 	b.WriteString("test of the app fails when this file and the list differ (`UPDATE_DOCS=1 go test` in the app's\n")
 	b.WriteString("package writes it). Every metric carries the tags `env` and `version`; the\n")
 	b.WriteString("tags column lists the others. Dashboards and alerts use only these names.\n\n")
-	b.WriteString("Counts and gauges are sent every `METRICS_INTERVAL`, when the sampled gauges are read: the\n")
-	b.WriteString("client aggregates between sends, so a gauge set twice in one interval arrives with its last\n")
-	b.WriteString("value, and a count arrives summed.\n\n")
+	b.WriteString("The sampled gauges are read every `METRICS_INTERVAL`. The client aggregates and sends every\n")
+	b.WriteString("`METRICS_INTERVAL` or every 2 s, whichever is shorter: a gauge set twice in one send arrives\n")
+	b.WriteString("with its last value, a count summed.\n\n")
 	b.WriteString("| metric | kind | tags | meaning |\n|---|---|---|---|\n")
 	for _, d := range all {
 		tags := strings.Join(d.Tags, ", ")
