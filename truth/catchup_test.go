@@ -37,8 +37,20 @@ func TestCatchUp(t *testing.T) {
 	hwm := s.caughtUp(3 * time.Minute)
 	committed := s.kafka.committed(group, sourceTopic)
 	s.settled(w, hwm, 30*time.Second)
-	k := w.sink
 
+	s.catchUpOffsets(w, records, hwm, committed)
+	s.catchUpEvents(w, records, hwm, ts, started)
+	s.catchUpTables(w, pages)
+	s.catchUpGroup(w)
+	s.catchUpHTTP(w)
+	s.catchUpRuntime(w, started)
+}
+
+// catchUpOffsets checks the catch-up's offsets and lag: messages_active
+// above 0 while the records were processed and 0 at the end, and each
+// partition's offsets the broker's.
+func (s *scenario) catchUpOffsets(w *worker, records int, hwm, committed map[int32]int64) {
+	k := w.sink
 	active := k.gauges("messages_active", nil)
 	s.check(slices.Max(append(active, 0)) > 0, "messages_active",
 		fmt.Sprintf("above 0 while %d records were processed between commits 2s apart", records),
@@ -50,13 +62,19 @@ func TestCatchUp(t *testing.T) {
 	s.partitionGauges(w, "committed_offset", "group's committed offset (ListConsumerGroupOffsets)", committed)
 	readNext := map[int32]int64{}
 	for p, v := range k.lastBy("read_offset", "partition", nil) {
-		readNext[parsePartition(t, p)] = int64(v) + 1
+		readNext[parsePartition(s.t, p)] = int64(v) + 1
 	}
 	s.check(equalMaps(readNext, committed), "read_offset", "+1 equals the group's committed offset, per partition",
 		fmt.Sprintf("+1: %v; committed %v", readNext, committed))
 	s.partitionGauges(w, "consumer_lag", "0: the broker's lag (high watermark - committed)", zeros(hwm))
 	s.partitionGauges(w, "consumer_lag_seconds", "0 once nothing lags", zeros(hwm))
+}
 
+// catchUpEvents checks the counts of the records processed and the
+// timings of the events: the records of each partition, one timing in 64
+// at least, each latency between the worker's start and now.
+func (s *scenario) catchUpEvents(w *worker, records int, hwm map[int32]int64, ts, started time.Time) {
+	k := w.sink
 	s.partitionCounts(w, "messages_received", "records on the partition (high watermark)", hwm)
 	s.partitionCounts(w, "events", "records sent, all valid", hwm)
 	s.check(k.sum("dead_letters", nil) == 0, "dead_letters", "0: every record valid", fmt.Sprint(k.sum("dead_letters", nil)))
@@ -83,8 +101,12 @@ func TestCatchUp(t *testing.T) {
 	commits := values(k.find("commit_latency", nil))
 	s.check(len(commits) > 0 && minOf(commits) >= 0, "commit_latency", "sent, each >= 0 (a bound: its truth is inside the process)",
 		fmt.Sprintf("%d timings, max %.1fms", len(commits), maxOf(commits)))
+}
 
-	// The tables: each commit writes a changed key once to its changelog.
+// catchUpTables checks the tables against their changelogs: each commit
+// writes a changed key once to its changelog.
+func (s *scenario) catchUpTables(w *worker, pages int) {
+	k := w.sink
 	for _, table := range []string{"views", "totals"} {
 		changelog := app.Changelog(group, table)
 		written := int64(count(s.kafka.readCommitted(changelog)))
@@ -94,14 +116,17 @@ func TestCatchUp(t *testing.T) {
 		sentTo := k.sum("messages_sent", map[string]string{"topic": changelog})
 		s.check(sentTo == written, "messages_sent", fmt.Sprintf("records on %s: %d", changelog, written), fmt.Sprint(sentTo))
 		cached, _ := k.last("table_keys", map[string]string{"table": table})
-		s.check(cached > 0 && cached <= pages, "table_keys",
+		s.check(cached > 0 && cached <= float64(pages), "table_keys",
 			fmt.Sprintf("between 1 and the %d pages sent (one 24h window of views)", pages), fmt.Sprintf("%s: %v", table, cached))
 	}
 	sendLat := values(k.find("send_latency", nil))
 	s.check(len(sendLat) > 0 && minOf(sendLat) >= 0, "send_latency", "sent, each >= 0 (a bound)",
 		fmt.Sprintf("%d timings, max %.1fms", len(sendLat), maxOf(sendLat)))
+}
 
-	// The group: one worker, one generation.
+// catchUpGroup checks the group's metrics: one worker, one generation.
+func (s *scenario) catchUpGroup(w *worker) {
+	k := w.sink
 	gen := maxGeneration(w.Entries("partition assigned"))
 	lastGen, _ := k.last("generation", nil)
 	s.check(lastGen == float64(gen), "generation", fmt.Sprintf("the generation of the partition assigned log lines: %d", gen), fmt.Sprint(lastGen))
@@ -117,11 +142,15 @@ func TestCatchUp(t *testing.T) {
 	logged := w.Entries("all partitions processing")
 	s.check(len(ends) == len(logged) && len(ends) > 0 && math.Abs(ends[0]-float64(logged[0].Num("rebalance_ms"))) < 1, "rebalance_end_latency",
 		fmt.Sprintf("one per all partitions processing log line (%d), its rebalance_ms", len(logged)), fmt.Sprintf("%v ms", ends))
+}
 
-	// HTTP: the test is the only client.
+// catchUpHTTP checks the HTTP metrics against the test's own requests: the
+// test is the only client.
+func (s *scenario) catchUpHTTP(w *worker) {
+	k := w.sink
 	const requests = 7
 	for range requests {
-		w.Report(t)
+		w.Report(s.t)
 	}
 	time.Sleep(1500 * time.Millisecond)
 	reqs := k.sum("http_requests", nil)
@@ -130,8 +159,12 @@ func TestCatchUp(t *testing.T) {
 		fmt.Sprintf("%d in all, %d path:/report/ status_code:200", reqs, ok200))
 	httpLat := values(k.find("http_latency", map[string]string{"path": "/report/"}))
 	s.check(len(httpLat) == requests, "http_latency", fmt.Sprintf("one per request (%d)", requests), fmt.Sprint(len(httpLat)))
+}
 
-	// The Go runtime has no truth outside the process: bounds only.
+// catchUpRuntime checks the Go runtime and Pebble gauges. They have no
+// truth outside the process: bounds only.
+func (s *scenario) catchUpRuntime(w *worker, started time.Time) {
+	k := w.sink
 	gor, _ := k.last("go_goroutines", nil)
 	heap, _ := k.last("go_heap_bytes", nil)
 	pauses := k.gauges("go_gc_pause_seconds", nil)

@@ -35,7 +35,25 @@ func TestJoin(t *testing.T) {
 	held := s.waitHeld(workers)
 	s.settled(c, hwmOf(hwm, held[c.Name]), 30*time.Second)
 
-	// The group's generation: the newest any worker was assigned in.
+	s.joinShares(workers, held)
+	s.joinMoved(c, idle)
+	// The group's view of the join.
+	for _, w := range workers {
+		s.joinRebalance(w)
+	}
+	var returns, released int
+	for _, w := range []*worker{a, b} {
+		returns += len(values(w.sink.find("rebalance_return_latency", nil)))
+		released += len(w.Entries("partition released"))
+	}
+	s.check(returns == released && released > 0, "rebalance_return_latency",
+		"one timing per partition released log line of a and b", fmt.Sprintf("%d timings, %d lines", returns, released))
+}
+
+// joinShares checks each worker's last generation against the group's,
+// the newest any worker was assigned in, and its partitions_assigned
+// against what it serves.
+func (s *scenario) joinShares(workers []*worker, held map[string][]int32) {
 	var gen int64
 	for _, w := range workers {
 		gen = max(gen, maxGeneration(w.Entries("partition assigned")), maxGeneration(w.Entries("all partitions processing")))
@@ -55,8 +73,11 @@ func TestJoin(t *testing.T) {
 	s.check(genOK, "generation", fmt.Sprintf("last sample of every worker: the group's generation %d (partition assigned log lines)", gen), strings.Join(gens, " "))
 	s.check(sumOK && total == partitions, "partitions_assigned",
 		fmt.Sprintf("each what /report/?local=1 serves; %d in all", partitions), strings.Join(sums, " "))
+}
 
-	// The moved partitions: c logged how long each went unprocessed.
+// joinMoved checks the partitions c took over: c logged how long each went
+// unprocessed, which is below the idle time before the join.
+func (s *scenario) joinMoved(c *worker, idle time.Duration) {
 	logged := map[string]int64{}
 	for _, e := range c.Entries("partition resumed") {
 		if _, ok := e["unprocessed_ms"]; ok {
@@ -72,39 +93,33 @@ func TestJoin(t *testing.T) {
 	s.check(ok, "partition_unprocessed_seconds",
 		fmt.Sprintf("each moved partition: below the %s idle time before the join (the handoff, not the last commit), the unprocessed_ms c logged %v", idle, logged),
 		formatGot(sent))
+}
 
-	// The group's view of the join.
-	for _, w := range workers {
-		state := w.sink.gauges("rebalance_state", nil)
-		s.check(len(state) > 0 && slices.Contains(state, 1) && state[len(state)-1] == 0, "rebalance_state",
-			"1 at some sample during the join, 0 at the end", fmt.Sprintf("%s: 1 seen %v, last %v", w.Name, slices.Contains(state, 1), state[len(state)-1]))
-		// Before it joined, a worker samples generation 0.
-		gs := slices.DeleteFunc(w.sink.gauges("generation", nil), func(g float64) bool { return g == 0 })
-		joined := int64(gs[len(gs)-1]-gs[0]) + 1
-		s.check(w.sink.sum("rebalances", nil) == joined, "rebalances",
-			"generations joined: 1 + the last generation sample - the first after the join", fmt.Sprintf("%s: %d (generations %v to %v)", w.Name, w.sink.sum("rebalances", nil), gs[0], gs[len(gs)-1]))
-		ends := values(w.sink.find("rebalance_end_latency", nil))
-		lines := w.Entries("all partitions processing")
-		endOK := len(ends) == len(lines)
-		for i := range min(len(ends), len(lines)) {
-			endOK = endOK && math.Abs(ends[i]-float64(lines[i].Num("rebalance_ms"))) < 1
-		}
-		s.check(endOK, "rebalance_end_latency", "one per all partitions processing log line, its rebalance_ms",
-			fmt.Sprintf("%s: %d timings, %d lines", w.Name, len(ends), len(lines)))
-		complete := w.sink.sumBy("assignments_complete", "partition", nil)
-		resumed := map[string]int64{}
-		for _, e := range w.Entries("partition resumed") {
-			resumed[fmt.Sprint(e.Num("partition"))]++
-		}
-		s.check(equalCounts(complete, resumed), "assignments_complete", "one per partition resumed log line", fmt.Sprintf("%s: %v", w.Name, complete))
+// joinRebalance checks w's view of the join: its rebalance state, the
+// generations it joined, and a timing or a count per log line.
+func (s *scenario) joinRebalance(w *worker) {
+	state := w.sink.gauges("rebalance_state", nil)
+	s.check(len(state) > 0 && slices.Contains(state, 1) && state[len(state)-1] == 0, "rebalance_state",
+		"1 at some sample during the join, 0 at the end", fmt.Sprintf("%s: 1 seen %v, last %v", w.Name, slices.Contains(state, 1), state[len(state)-1]))
+	// Before it joined, a worker samples generation 0.
+	gs := slices.DeleteFunc(w.sink.gauges("generation", nil), func(g float64) bool { return g == 0 })
+	joined := int64(gs[len(gs)-1]-gs[0]) + 1
+	s.check(w.sink.sum("rebalances", nil) == joined, "rebalances",
+		"generations joined: 1 + the last generation sample - the first after the join", fmt.Sprintf("%s: %d (generations %v to %v)", w.Name, w.sink.sum("rebalances", nil), gs[0], gs[len(gs)-1]))
+	ends := values(w.sink.find("rebalance_end_latency", nil))
+	lines := w.Entries("all partitions processing")
+	endOK := len(ends) == len(lines)
+	for i := range min(len(ends), len(lines)) {
+		endOK = endOK && math.Abs(ends[i]-float64(lines[i].Num("rebalance_ms"))) < 1
 	}
-	var returns, released int
-	for _, w := range []*worker{a, b} {
-		returns += len(values(w.sink.find("rebalance_return_latency", nil)))
-		released += len(w.Entries("partition released"))
+	s.check(endOK, "rebalance_end_latency", "one per all partitions processing log line, its rebalance_ms",
+		fmt.Sprintf("%s: %d timings, %d lines", w.Name, len(ends), len(lines)))
+	complete := w.sink.sumBy("assignments_complete", "partition", nil)
+	resumed := map[string]int64{}
+	for _, e := range w.Entries("partition resumed") {
+		resumed[fmt.Sprint(e.Num("partition"))]++
 	}
-	s.check(returns == released && released > 0, "rebalance_return_latency",
-		"one timing per partition released log line of a and b", fmt.Sprintf("%d timings, %d lines", returns, released))
+	s.check(equalCounts(complete, resumed), "assignments_complete", "one per partition resumed log line", fmt.Sprintf("%s: %v", w.Name, complete))
 }
 
 // waitHeld waits until the workers serve every partition exactly once,

@@ -38,9 +38,17 @@ func TestRecovery(t *testing.T) {
 	w := s.start("empty", t.TempDir(), nil)
 	w.WaitReady(t, 2*time.Minute)
 	s.settled(w, hwm, 30*time.Second)
-	k := w.sink
 
-	// Every table partition replayed to its end.
+	s.recoveryEnds(w, tables, ends)
+	s.recoveryRecords(w, tables, changelogs)
+	s.recoveryAssignments(w)
+}
+
+// recoveryEnds checks that every table partition was replayed to its end:
+// recovery_remaining ends at 0, and the recovering log lines run from 0 to
+// the changelog's high watermark.
+func (s *scenario) recoveryEnds(w *worker, tables []string, ends map[string]map[int32]int64) {
+	k := w.sink
 	remaining := map[string]float64{}
 	for _, table := range tables {
 		for p, v := range k.lastBy("recovery_remaining", "partition", map[string]string{"table": table}) {
@@ -56,13 +64,17 @@ func TestRecovery(t *testing.T) {
 		for p, end := range ends[table] {
 			l, ok := logged[fmt.Sprintf("%s/%d", table, p)]
 			if !ok || l.Num("from_offset") != 0 || l.Num("end_offset") != end {
-				t.Errorf("%s/%d: recovering logged %v; the changelog ends at %d", table, p, l, end)
+				s.t.Errorf("%s/%d: recovering logged %v; the changelog ends at %d", table, p, l, end)
 			}
 		}
 	}
+}
 
-	// The records replayed are the records a read_committed consumer
-	// receives.
+// recoveryRecords checks the records replayed against the records a
+// read_committed consumer receives, the estimate at the end of each
+// replay, and the tombstones: none in the changelogs, none deleted.
+func (s *scenario) recoveryRecords(w *worker, tables []string, changelogs map[string]map[int32][][]byte) {
+	k := w.sink
 	replayed := map[string]float64{}
 	truth := map[string]float64{}
 	for _, table := range tables {
@@ -84,7 +96,6 @@ func TestRecovery(t *testing.T) {
 	}
 	s.check(len(eta) == len(tables)*partitions && allZero(eta), "recovery_eta_seconds", "0 at the end of each table partition's recovery", formatKeyed(eta))
 
-	// Tombstones: none in the changelogs, none deleted.
 	var tombstones int
 	for _, table := range tables {
 		for _, vs := range changelogs[table] {
@@ -97,8 +108,12 @@ func TestRecovery(t *testing.T) {
 	}
 	s.check(k.sum("table_keys_deleted", nil) == int64(tombstones), "table_keys_deleted",
 		fmt.Sprintf("tombstones in the changelogs: %d", tombstones), fmt.Sprint(k.sum("table_keys_deleted", nil)))
+}
 
-	// Every partition assigned, recovered and resumed once.
+// recoveryAssignments checks that every partition was assigned, recovered
+// and resumed once, and that nothing was received or failed.
+func (s *scenario) recoveryAssignments(w *worker) {
+	k := w.sink
 	complete := k.sumBy("assignments_complete", "partition", nil)
 	resumed := map[string]int64{}
 	for _, e := range w.Entries("partition resumed") {

@@ -20,7 +20,25 @@ func TestStall(t *testing.T) {
 	w := s.start("worker", t.TempDir(), nil)
 	w.WaitReady(t, time.Minute)
 
-	// The steady flow: 200 records every 100ms, for 3 seconds.
+	s.steadyFlow()
+	// Caught up, so that every sample before the stop shows lag 0.
+	hwm := s.caughtUp(time.Minute)
+	s.settled(w, hwm, 30*time.Second)
+
+	st := s.stall(w)
+
+	hwm = s.caughtUp(2 * time.Minute)
+	s.settled(w, hwm, 30*time.Second)
+
+	s.stallResumed(w, st)
+	s.partitionGauges(w, "consumer_lag", "0 once caught up", zeros(hwm))
+	s.partitionGauges(w, "end_offset", "broker high watermark at the end", hwm)
+	s.partitionCounts(w, "messages_received", "records on the partition (high watermark)", hwm)
+}
+
+// steadyFlow sends the steady flow: 200 records every 100ms, for 3
+// seconds.
+func (s *scenario) steadyFlow() {
 	prod := s.kafka.producer()
 	var (
 		wg   sync.WaitGroup
@@ -52,12 +70,22 @@ func TestStall(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	if ferr != nil {
-		t.Fatalf("the steady flow: %v", ferr)
+		s.t.Fatalf("the steady flow: %v", ferr)
 	}
-	// Caught up, so that every sample before the stop shows lag 0.
-	hwm := s.caughtUp(time.Minute)
-	s.settled(w, hwm, 30*time.Second)
+}
 
+// stallState is what the broker showed while the worker was stopped, and
+// when the stop and the resume were.
+type stallState struct {
+	stopped, resumed time.Time
+	hwm              map[int32]int64 // high watermarks at the resume
+	brokerLag        int64           // high watermark - committed, summed
+}
+
+// stall stops w (SIGSTOP) for 5 seconds while 60k records arrive, then
+// continues it, and returns the broker's lag at the resume.
+func (s *scenario) stall(w *worker) stallState {
+	t := s.t
 	const pause, burst = 5 * time.Second, 60_000
 	stopped := time.Now().Truncate(time.Millisecond)
 	w.Signal(t, syscall.SIGSTOP)
@@ -88,20 +116,24 @@ func TestStall(t *testing.T) {
 	if brokerLag < burst {
 		t.Fatalf("the broker's lag at the resume is %d, below the %d records produced during the stop", brokerLag, burst)
 	}
+	return stallState{stopped: stopped, resumed: resumed, hwm: hwmStall, brokerLag: brokerLag}
+}
 
-	hwm = s.caughtUp(2 * time.Minute)
-	s.settled(w, hwm, 30*time.Second)
-
-	// Samples taken before the stop may still sit in the client's buffer
-	// and arrive after the resume; they show the caught-up state (lag 0,
-	// end_offset below the burst). The first sample taken after the resume
-	// is the first whose end_offset is the high watermark of the stop, and
-	// its lag the first non-zero one: the burst's records were still
-	// waiting then.
+// stallResumed checks the first samples w took after the resume against
+// the broker's figures of the stall.
+//
+// Samples taken before the stop may still sit in the client's buffer and
+// arrive after the resume; they show the caught-up state (lag 0,
+// end_offset below the burst). The first sample taken after the resume is
+// the first whose end_offset is the high watermark of the stop, and its
+// lag the first non-zero one: the burst's records were still waiting then.
+func (s *scenario) stallResumed(w *worker, st stallState) {
+	t := s.t
+	resumed, brokerLag := st.resumed, st.brokerLag
 	var firstLag float64
 	var stale, fresh []string
 	lagSecs := map[int32]float64{}
-	for p, h := range hwmStall {
+	for p, h := range st.hwm {
 		var lags []point
 		for _, pt := range w.sink.find("consumer_lag", map[string]string{"partition": partitionKey(p)}) {
 			if !pt.At.Before(resumed) {
@@ -147,14 +179,11 @@ func TestStall(t *testing.T) {
 		fmt.Sprintf("%.0f (%.0f%%)", firstLag, 100*firstLag/float64(brokerLag)))
 	// The last record processed before the resume is at most as young as the
 	// stop: while the partition lags, its age is at least the pause.
-	least := resumed.Sub(stopped).Seconds()
+	least := resumed.Sub(st.stopped).Seconds()
 	ok := len(lagSecs) == partitions
 	for _, v := range lagSecs {
 		ok = ok && v >= least
 	}
 	s.check(ok, "consumer_lag_seconds", fmt.Sprintf("first sample above 0 after the resume, per partition, at least the stop (%.2fs): no record processed is younger", least),
 		fmt.Sprint(lagSecs))
-	s.partitionGauges(w, "consumer_lag", "0 once caught up", zeros(hwm))
-	s.partitionGauges(w, "end_offset", "broker high watermark at the end", hwm)
-	s.partitionCounts(w, "messages_received", "records on the partition (high watermark)", hwm)
 }
