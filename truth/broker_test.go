@@ -46,12 +46,6 @@ func (k *kafkaTruth) hwms(topic string) map[int32]int64 {
 	return k.offsets(topic, sarama.OffsetNewest)
 }
 
-// starts returns the log start offset of each partition of topic.
-func (k *kafkaTruth) starts(topic string) map[int32]int64 {
-	k.t.Helper()
-	return k.offsets(topic, sarama.OffsetOldest)
-}
-
 func (k *kafkaTruth) offsets(topic string, which int64) map[int32]int64 {
 	k.t.Helper()
 	if err := k.client.RefreshMetadata(topic); err != nil {

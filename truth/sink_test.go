@@ -207,17 +207,6 @@ func (s *sink) sumBy(name, key string, match map[string]string) map[string]int64
 	return out
 }
 
-// names returns the metric names received, without the namespace.
-func (s *sink) names() map[string]bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := map[string]bool{}
-	for _, p := range s.points {
-		out[strings.TrimPrefix(p.Name, namespace)] = true
-	}
-	return out
-}
-
 // problems lists lines that were not metrics, names outside the
 // namespace, and lines without the global tags env and version.
 func (s *sink) problems() []string {
