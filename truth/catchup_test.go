@@ -3,6 +3,7 @@ package truth
 import (
 	"fmt"
 	"io/fs"
+	"maps"
 	"math"
 	"path/filepath"
 	"slices"
@@ -64,7 +65,7 @@ func (s *scenario) catchUpOffsets(w *worker, records int, hwm, committed map[int
 	for p, v := range k.lastBy("read_offset", "partition", nil) {
 		readNext[parsePartition(s.t, p)] = int64(v) + 1
 	}
-	s.check(equalMaps(readNext, committed), "read_offset", "+1 equals the group's committed offset, per partition",
+	s.check(maps.Equal(readNext, committed), "read_offset", "+1 equals the group's committed offset, per partition",
 		fmt.Sprintf("+1: %v; committed %v", readNext, committed))
 	s.partitionGauges(w, "consumer_lag", "0: the broker's lag (high watermark - committed)", zeros(hwm))
 	s.partitionGauges(w, "consumer_lag_seconds", "0 once nothing lags", zeros(hwm))
@@ -182,7 +183,7 @@ func (s *scenario) catchUpRuntime(w *worker, started time.Time) {
 func (s *scenario) partitionGauges(w *worker, name, truth string, want map[int32]int64) {
 	s.t.Helper()
 	got := w.sink.lastBy(name, "partition", nil)
-	s.check(allMatch(got, want), name, truth+", per partition", fmt.Sprintf("%s; truth %s", formatGot(got), formatWant(want)))
+	s.check(allMatch(got, want), name, truth+", per partition", fmt.Sprintf("%s; truth %s", formatKeyed("p", got), formatWant(want)))
 }
 
 // partitionCounts checks the sum of count name of every partition against
@@ -193,7 +194,7 @@ func (s *scenario) partitionCounts(w *worker, name, truth string, want map[int32
 	for p, n := range w.sink.sumBy(name, "partition", nil) {
 		got[p] = float64(n)
 	}
-	s.check(allMatch(got, want), name, truth+", per partition", fmt.Sprintf("sum %d; %s; truth %s", int64(sumMap(got)), formatGot(got), formatWant(want)))
+	s.check(allMatch(got, want), name, truth+", per partition", fmt.Sprintf("sum %d; %s; truth %s", int64(sumMap(got)), formatKeyed("p", got), formatWant(want)))
 }
 
 func allMatch(got map[string]float64, want map[int32]int64) bool {
@@ -233,31 +234,6 @@ func zeros(m map[int32]int64) map[int32]int64 {
 		out[p] = 0
 	}
 	return out
-}
-
-func equalMaps(a, b map[int32]int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
-}
-
-func formatGot(m map[string]float64) string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	var parts []string
-	for _, k := range keys {
-		parts = append(parts, fmt.Sprintf("p%s=%v", k, m[k]))
-	}
-	return strings.Join(parts, " ")
 }
 
 func formatWant(m map[int32]int64) string {

@@ -3,6 +3,7 @@ package truth
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -92,7 +93,7 @@ func (s *scenario) joinMoved(c *worker, idle time.Duration) {
 	}
 	s.check(ok, "partition_unprocessed_seconds",
 		fmt.Sprintf("each moved partition: below the %s idle time before the join (the handoff, not the last commit), the unprocessed_ms c logged %v", idle, logged),
-		formatGot(sent))
+		formatKeyed("p", sent))
 }
 
 // joinRebalance checks w's view of the join: its rebalance state, the
@@ -119,7 +120,7 @@ func (s *scenario) joinRebalance(w *worker) {
 	for _, e := range w.Entries("partition resumed") {
 		resumed[fmt.Sprint(e.Num("partition"))]++
 	}
-	s.check(equalCounts(complete, resumed), "assignments_complete", "one per partition resumed log line", fmt.Sprintf("%s: %v", w.Name, complete))
+	s.check(maps.Equal(complete, resumed), "assignments_complete", "one per partition resumed log line", fmt.Sprintf("%s: %v", w.Name, complete))
 }
 
 // waitHeld waits until the workers serve every partition exactly once,

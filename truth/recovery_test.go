@@ -2,6 +2,7 @@ package truth
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -56,7 +57,7 @@ func (s *scenario) recoveryEnds(w *worker, tables []string, ends map[string]map[
 		}
 	}
 	s.check(len(remaining) == len(tables)*partitions && allZero(remaining), "recovery_remaining",
-		fmt.Sprintf("last sample 0 for each of the %d table partitions", len(tables)*partitions), formatKeyed(remaining))
+		fmt.Sprintf("last sample 0 for each of the %d table partitions", len(tables)*partitions), formatKeyed("", remaining))
 	// The worker logged where each replay started and ended: from 0 (an
 	// empty store) to the changelog's high watermark.
 	logged := recoveringLines(w)
@@ -85,16 +86,16 @@ func (s *scenario) recoveryRecords(w *worker, tables []string, changelogs map[st
 			truth[fmt.Sprintf("%s/%d", table, p)] = float64(len(vs))
 		}
 	}
-	s.check(equalKeyed(replayed, truth), "recovery_records",
+	s.check(maps.Equal(replayed, truth), "recovery_records",
 		fmt.Sprintf("records of each changelog partition (read_committed), %d in all", int64(sumMap(truth))),
-		fmt.Sprintf("%d in all; %s", int64(sumMap(replayed)), formatKeyed(replayed)))
+		fmt.Sprintf("%d in all; %s", int64(sumMap(replayed)), formatKeyed("", replayed)))
 	eta := map[string]float64{}
 	for _, table := range tables {
 		for p, v := range k.lastBy("recovery_eta_seconds", "partition", map[string]string{"table": table}) {
 			eta[table+"/"+p] = v
 		}
 	}
-	s.check(len(eta) == len(tables)*partitions && allZero(eta), "recovery_eta_seconds", "0 at the end of each table partition's recovery", formatKeyed(eta))
+	s.check(len(eta) == len(tables)*partitions && allZero(eta), "recovery_eta_seconds", "0 at the end of each table partition's recovery", formatKeyed("", eta))
 
 	var tombstones int
 	for _, table := range tables {
@@ -119,14 +120,14 @@ func (s *scenario) recoveryAssignments(w *worker) {
 	for _, e := range w.Entries("partition resumed") {
 		resumed[fmt.Sprint(e.Num("partition"))]++
 	}
-	s.check(len(complete) == partitions && equalCounts(complete, resumed), "assignments_complete",
+	s.check(len(complete) == partitions && maps.Equal(complete, resumed), "assignments_complete",
 		fmt.Sprintf("one per partition resumed log line: %d partitions", partitions), fmt.Sprint(complete))
 	latency := k.byTag("assignment_latency", "partition", nil)
 	lat := map[string]int64{}
 	for p, pts := range latency {
 		lat[p] = int64(len(values(pts)))
 	}
-	s.check(equalCounts(lat, resumed), "assignment_latency", "one timing per partition resumed log line", fmt.Sprint(lat))
+	s.check(maps.Equal(lat, resumed), "assignment_latency", "one timing per partition resumed log line", fmt.Sprint(lat))
 	assigned, _ := k.last("partitions_assigned", nil)
 	s.check(assigned == partitions, "partitions_assigned", fmt.Sprintf("%d: every partition", partitions), fmt.Sprint(assigned))
 	s.check(k.sum("messages_received", nil) == 0, "messages_received", "0: nothing was produced after the first worker stopped",
@@ -157,39 +158,11 @@ func allZero(m map[string]float64) bool {
 	return true
 }
 
-func equalKeyed(a, b map[string]float64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
-}
-
-func equalCounts(a, b map[string]int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
-}
-
-func formatKeyed(m map[string]float64) string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
+// formatKeyed lists m by key, each key after prefix.
+func formatKeyed(prefix string, m map[string]float64) string {
 	var parts []string
-	for _, k := range keys {
-		parts = append(parts, fmt.Sprintf("%s=%v", k, m[k]))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf("%s%s=%v", prefix, k, m[k]))
 	}
 	return strings.Join(parts, " ")
 }

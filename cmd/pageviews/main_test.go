@@ -105,6 +105,17 @@ type held struct {
 	Pages      map[string]pageview.Counts `json:"pages"`
 }
 
+// heldViews is the total of the views the worker at base holds.
+func heldViews(t testing.TB, base string) int64 {
+	var h held
+	getJSON(t, base+"/report/?local=1", &h)
+	n := int64(0)
+	for _, c := range h.Pages {
+		n += c.Count
+	}
+	return n
+}
+
 // getJSON fetches url and decodes its JSON body into v; it returns the status.
 func getJSON(t testing.TB, url string, v any) int {
 	t.Helper()

@@ -50,12 +50,7 @@ func TestHandoffMetricsTellTheTruth(t *testing.T) {
 		getJSON(t, a.base+"/count/?page=/t/"+strconv.Itoa(i), nil)
 	}
 	eventually(t, 30*time.Second, "views counted", func() (bool, string) {
-		var h held
-		getJSON(t, a.base+"/report/?local=1", &h)
-		n := int64(0)
-		for _, c := range h.Pages {
-			n += c.Count
-		}
+		n := heldViews(t, a.base)
 		return n == 40, fmt.Sprint(n)
 	})
 	// Idle: no commit on a from here on.
