@@ -21,16 +21,10 @@ func (h *StreamHooks) tp(p int32) []string {
 	return []string{Tag("topic", h.Topic), Partition(p)}
 }
 
-// Joined implements stream.Hooks; Group counts the generations.
-func (h *StreamHooks) Joined(int32) {}
-
 // AllProcessing implements stream.Hooks.
 func (h *StreamHooks) AllProcessing(stalled time.Duration, _ int) {
 	h.C.Timing(RebalanceEndLatency, stalled)
 }
-
-// Assigned implements stream.Hooks; Group sends the state.
-func (h *StreamHooks) Assigned(int32) {}
 
 // Group sends one sample of the worker's place in its group: the
 // generation it is in, how many generations it joined since the previous

@@ -7,15 +7,12 @@ import "time"
 // cheap and must not block. Per-record figures are summed by the runtime
 // and reported once per commit interval.
 type Hooks interface {
-	// Joined: the worker (re)joined its group.
-	Joined(generation int32)
 	// AllProcessing: every partition the worker holds processes again,
 	// after stalled without full processing.
 	AllProcessing(stalled time.Duration, partitions int)
-	// Assigned: partition p was assigned; Resumed: it processes, after
-	// recovery took; unprocessed is how long it went without processing
-	// (negative when unknown).
-	Assigned(p int32)
+	// Resumed: partition p processes, after recovery took; unprocessed is
+	// how long it went without processing (negative when unknown). The
+	// group's generation and state are sampled (State.Sample).
 	Resumed(p int32, recovery, unprocessed time.Duration)
 	AssignFailed(p int32)
 	// Released: partition p was flushed and handed back, took after the
@@ -36,9 +33,7 @@ type Hooks interface {
 // NopHooks observes nothing.
 type NopHooks struct{}
 
-func (NopHooks) Joined(int32)                                                {}
 func (NopHooks) AllProcessing(time.Duration, int)                            {}
-func (NopHooks) Assigned(int32)                                              {}
 func (NopHooks) Resumed(int32, time.Duration, time.Duration)                 {}
 func (NopHooks) AssignFailed(int32)                                          {}
 func (NopHooks) Released(int32, time.Duration)                               {}

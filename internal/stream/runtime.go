@@ -234,7 +234,6 @@ func (h *groupHandler) Setup(sess sarama.ConsumerGroupSession) error {
 		}
 	}
 	r.o.State.setJoined(true, sess.GenerationID(), sess.GenerationID)
-	r.o.Hooks.Joined(sess.GenerationID())
 	r.o.Log.Info("joined group", "generation", sess.GenerationID(), "member", sess.MemberID(), "claims", sess.Claims())
 	return nil
 }
@@ -250,10 +249,7 @@ func (h *groupHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sara
 	r := (*Runtime)(h)
 	w := &partitionWorker{r: r, p: claim.Partition(), sess: sess, log: r.o.Log.With("partition", claim.Partition()), last: -1, pos: newPosition()}
 	w.log.Info("partition assigned", "generation", sess.GenerationID(), "offset", claim.InitialOffset())
-	if r.o.State.seeGeneration(sess.GenerationID()) {
-		r.o.Hooks.Joined(sess.GenerationID())
-	}
-	r.o.Hooks.Assigned(claim.Partition())
+	r.o.State.seeGeneration(sess.GenerationID())
 	w.claim = claim
 	w.assignedAt = time.Now()
 	defer func() { w.log.Info("partition released", "generation", sess.GenerationID()) }()
@@ -337,7 +333,7 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 	if w.flushed >= 0 {
 		w.pos.committed.Store(w.flushed + 1) // the offset the claim started from
 	}
-	r.o.State.beat(w.p, -1)
+	r.o.State.beat(w.p)
 	if w.pending != nil {
 		w.now = r.o.Clock()
 		if err := w.process(w.pending); err != nil {
@@ -393,7 +389,7 @@ func (w *partitionWorker) loop(ctx context.Context, msgs <-chan *sarama.Consumer
 			if revoked {
 				return w.stop(ctx)
 			}
-			r.o.State.beat(w.p, w.last+1)
+			r.o.State.beat(w.p)
 			idle.Reset(idleCommit)
 		case <-idle.C:
 			if w.last == w.flushed {
@@ -498,7 +494,7 @@ func (w *partitionWorker) report() {
 	if !w.uncommitted {
 		w.pos.committed.Store(w.flushed + 1)
 	}
-	w.r.o.State.beat(w.p, w.last+1)
+	w.r.o.State.beat(w.p)
 }
 
 // take processes m (ok false: the partition was revoked) and what is
@@ -926,7 +922,7 @@ func (w *partitionWorker) flushRetrying(ctx context.Context) error {
 			return err
 		}
 		w.r.o.State.stall(w.p, err)
-		w.r.o.State.beat(w.p, -1) // waiting for the brokers is not being stuck
+		w.r.o.State.beat(w.p) // waiting for the brokers is not being stuck
 		w.r.o.Hooks.FlushFailed(w.p)
 		w.log.Warn("flush failed; retrying", "attempt", attempt, "backoff", backoff.String(), "error", err)
 		select {

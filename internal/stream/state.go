@@ -94,11 +94,10 @@ type PartitionState struct {
 	Since      time.Time
 	Stalled    error // why the partition cannot commit right now
 	Waiting    error // why its recovery is not making progress right now
-	// Beat is when the partition's loop last made progress and Next the
-	// next offset it will process. Pending counts records fetched and
-	// waiting for the loop; the fetcher fills it whatever the loop does.
+	// Beat is when the partition's loop last made progress. Pending counts
+	// records fetched and waiting for the loop; the fetcher fills it
+	// whatever the loop does. pos is how far the loop got (Sample).
 	Beat    time.Time
-	Next    int64
 	Pending func() int
 	pos     *position
 }
@@ -125,15 +124,11 @@ func (s *State) setJoined(joined bool, generation int32, live func() int32) {
 
 // seeGeneration records a generation seen on an assignment; with
 // cooperative rebalancing Setup runs once, so new generations show up
-// here. It reports whether the generation is new.
-func (s *State) seeGeneration(generation int32) bool {
+// here.
+func (s *State) seeGeneration(generation int32) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if generation <= s.generation {
-		return false
-	}
-	s.generation = generation
-	return true
+	s.generation = max(s.generation, generation)
+	s.mu.Unlock()
 }
 
 func (s *State) setFatal(err error) {
@@ -224,16 +219,12 @@ func (s *State) Ready() (ready bool, reason string) {
 	return true, ""
 }
 
-// beat records that partition p's loop made progress; next is the next
-// offset it will process, or -1 to leave it.
-func (s *State) beat(p int32, next int64) {
+// beat records that partition p's loop made progress.
+func (s *State) beat(p int32) {
 	now := time.Now()
 	s.mu.Lock()
 	if ps := s.parts[p]; ps != nil {
 		ps.Beat = now
-		if next >= 0 {
-			ps.Next = next
-		}
 	}
 	s.mu.Unlock()
 }
