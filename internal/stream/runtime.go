@@ -73,7 +73,7 @@ type Options struct {
 }
 
 // ReleaseMetadata is the commit metadata of a partition released at t.
-// Other commits carry the time they were made, as a bare number.
+// Other commits carry none.
 func ReleaseMetadata(t time.Time) string { return "released:" + strconv.FormatInt(t.UnixMilli(), 10) }
 
 // ReleasedAt reads ReleaseMetadata.
@@ -451,8 +451,7 @@ func (w *partitionWorker) releasedAt() (time.Time, bool) {
 		if meta, found := r.o.Metadata(w.p); found {
 			if at, isRelease := ReleasedAt(meta); isRelease {
 				if off := w.claim.InitialOffset(); off >= 0 && r.o.Committer != nil {
-					now := strconv.FormatInt(time.Now().UnixMilli(), 10)
-					_ = r.o.Committer.Commit(w.sess.GenerationID(), w.sess.MemberID(), r.o.Topic, w.p, off, now)
+					_ = r.o.Committer.Commit(w.sess.GenerationID(), w.sess.MemberID(), r.o.Topic, w.p, off, "")
 				}
 				return at, true
 			}
@@ -601,9 +600,8 @@ func (w *partitionWorker) drop(cause error) error {
 // errDropped ends a partition's loop after drop; it is not a failure.
 var errDropped = errors.New("partition dropped after losing group membership")
 
-// commitOffset commits the source offset after the last flushed record. Its
-// metadata is when the commit was made: the next owner logs how long the
-// partition went unprocessed from it. A commit that does not go through
+// commitOffset commits the source offset after the last flushed record. A
+// commit that does not go through
 // loses nothing (the state is durable; a new owner would process the events
 // since the previous commit again), and the next flush tries it again:
 //   - rejected because the group is rebalancing while this member keeps the
@@ -613,13 +611,12 @@ var errDropped = errors.New("partition dropped after losing group membership")
 //     partition shows as stalled and flushRetrying tries again.
 func (w *partitionWorker) commitOffset() error {
 	r := w.r
-	meta := strconv.FormatInt(time.Now().UnixMilli(), 10)
 	if r.o.Committer == nil {
-		w.sess.MarkOffset(r.o.Topic, w.p, w.flushed+1, meta)
+		w.sess.MarkOffset(r.o.Topic, w.p, w.flushed+1, "")
 		w.sess.Commit()
 		return nil
 	}
-	err := r.o.Committer.Commit(w.sess.GenerationID(), w.sess.MemberID(), r.o.Topic, w.p, w.flushed+1, meta)
+	err := r.o.Committer.Commit(w.sess.GenerationID(), w.sess.MemberID(), r.o.Topic, w.p, w.flushed+1, "")
 	w.uncommitted = err != nil
 	switch {
 	case err == nil:
@@ -1173,9 +1170,8 @@ func (w *partitionWorker) commitTransaction(acks []*kafka.Ack) error {
 	if r.o.OffsetsAfter {
 		err = w.txp.Commit()
 	} else {
-		meta := strconv.FormatInt(time.Now().UnixMilli(), 10)
 		offsets := map[string][]*sarama.PartitionOffsetMetadata{
-			r.o.Topic: {{Partition: w.p, Offset: w.last + 1, Metadata: &meta}},
+			r.o.Topic: {{Partition: w.p, Offset: w.last + 1}},
 		}
 		group := &sarama.ConsumerGroupMetadata{GroupID: r.o.GroupID, GenerationID: w.sess.GenerationID(), MemberID: w.sess.MemberID()}
 		err = w.txp.CommitWithOffsets(offsets, group)
