@@ -257,9 +257,13 @@ func (d *Driver) Late(table string) int {
 // returns the status and the body.
 func (d *Driver) Get(path string) (int, []byte) {
 	rec := httptest.NewRecorder()
-	d.pages.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+	d.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
 	return rec.Code, rec.Body.Bytes()
 }
+
+// ServeHTTP serves r as the worker's HTTP port would: the app's pages and
+// the runtime's own (/, /ready/, /live, /ready, /livecheck/).
+func (d *Driver) ServeHTTP(w http.ResponseWriter, r *http.Request) { d.pages.ServeHTTP(w, r) }
 
 // Livecheck runs the app's livecheck once.
 func (d *Driver) Livecheck(ctx context.Context) error {

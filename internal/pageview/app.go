@@ -40,14 +40,8 @@ func App() *app.App {
 				return nil
 			}
 			return app.Parts{
-				Agent: &Agent{Tables: tables, Clock: s.Clock, Late: s.Late("views")},
-				Pages: Pages(PageOptions{
-					Publisher:      publisher,
-					Reporter:       router,
-					Ready:          s.Ready,
-					Log:            s.Log.With("component", "web"),
-					PublishTimeout: 10 * time.Second,
-				}),
+				Agent:     &Agent{Tables: tables, Clock: s.Clock, Late: s.Late("views")},
+				Pages:     pages{publisher, router, s.Ready, s.Log.With("component", "web")}.list(),
 				Livecheck: livecheck,
 				Timers:    []app.Timer{{Name: "summary", Cron: "*/15 * * * *", Leader: true, Run: summary}},
 			}, nil

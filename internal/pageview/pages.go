@@ -54,32 +54,25 @@ func (p *Publisher) publish(ctx context.Context, page string, headers []sarama.R
 	return pv.Count, nil
 }
 
-// Reports builds the report (Reporter).
-type Reports interface {
-	Report(ctx context.Context, page string) (*Report, error)
-}
-
-// PageOptions is what the pages need: a Publisher and a Reporter, or fakes.
-type PageOptions struct {
-	Publisher interface {
-		Publish(ctx context.Context, page string) (int64, error)
-	}
-	Reporter Reports
-	// Ready tells whether the worker has joined and recovered; a report
-	// made while it has not is stale.
-	Ready func() (bool, string)
-	Log   *slog.Logger
-	// PublishTimeout bounds how long /count/ waits for the broker.
-	PublishTimeout time.Duration
-}
-
-// Pages are /count/, which publishes a view, and /report/, which shows the
+// pages are /count/, which publishes a view, and /report/, which shows the
 // tables (the runtime answers peers' reads on it).
-func Pages(o PageOptions) []web.Page {
+type pages struct {
+	publisher *Publisher
+	reporter  *Reporter
+	// ready tells whether the worker has joined and recovered; a report
+	// made while it has not is stale.
+	ready func() (bool, string)
+	log   *slog.Logger
+}
+
+// publishTimeout bounds how long /count/ waits for the broker.
+const publishTimeout = 10 * time.Second
+
+func (o pages) list() []web.Page {
 	return []web.Page{{Path: "/count/", Handler: o.count}, {Path: "/report/", Handler: o.report}}
 }
 
-func (o PageOptions) count(w http.ResponseWriter, r *http.Request) {
+func (o pages) count(w http.ResponseWriter, r *http.Request) {
 	page, ok := pageParam(w, r, "/")
 	if !ok {
 		return
@@ -88,29 +81,29 @@ func (o PageOptions) count(w http.ResponseWriter, r *http.Request) {
 		web.Error(w, http.StatusBadRequest, "pages under "+ReservedPrefix+" are reserved for the worker's synthetic views")
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), o.PublishTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), publishTimeout)
 	defer cancel()
-	n, err := o.Publisher.Publish(ctx, page)
+	n, err := o.publisher.Publish(ctx, page)
 	if err != nil {
-		o.Log.WarnContext(r.Context(), "count: publish failed", "page", page, "error", err)
+		o.log.WarnContext(r.Context(), "count: publish failed", "page", page, "error", err)
 		web.Error(w, http.StatusServiceUnavailable, "page view not published: "+err.Error())
 		return
 	}
 	web.JSON(w, http.StatusOK, map[string]int64{"count": n})
 }
 
-func (o PageOptions) report(w http.ResponseWriter, r *http.Request) {
+func (o pages) report(w http.ResponseWriter, r *http.Request) {
 	page, ok := pageParam(w, r, "")
 	if !ok {
 		return
 	}
-	rep, err := o.Reporter.Report(r.Context(), page)
+	rep, err := o.reporter.Report(r.Context(), page)
 	if err != nil {
-		o.Log.Error("report failed", "error", err)
+		o.log.Error("report failed", "error", err)
 		web.Error(w, http.StatusInternalServerError, "report failed: "+err.Error())
 		return
 	}
-	if ready, _ := o.Ready(); !ready {
+	if ready, _ := o.ready(); !ready {
 		rep.Stale = true
 	}
 	web.JSON(w, http.StatusOK, rep)

@@ -3,94 +3,80 @@ package pageview
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
-	"maps"
 	"net/url"
-	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/gofaust/pageviews/internal/app"
+	"github.com/gofaust/pageviews/internal/web"
 	"github.com/gofaust/pageviews/internal/window"
 )
 
-// Report is what /report/ shows. In JSON, Now is named after the window
+// Report is what /report/ shows; in JSON, Now is named after the window
 // (WindowField).
 type Report struct {
-	Now   int64
-	Count int64
-	Pages map[string]PageReport
-	Stale bool
+	Now   int64                 `json:"-"`
+	Count int64                 `json:"count"`
+	Pages map[string]PageReport `json:"pages"`
+	Stale bool                  `json:"stale"`
 	// MissingPartitions lists the partitions the report could not read
 	// (owner unknown, recovering or unreachable); the numbers leave them out.
-	MissingPartitions []int32
+	MissingPartitions []int32 `json:"missing_partitions,omitempty"`
 	// Window is the size of the windows; zero is taken as a minute.
-	Window time.Duration
+	Window time.Duration `json:"-"`
 }
 
 // PageReport is one page's line of the report.
 type PageReport struct {
-	Now    int64
-	Count  int64
-	Report string
+	Now    int64  `json:"-"`
+	Count  int64  `json:"count"`
+	Report string `json:"report"`
 }
 
-// WindowField is the JSON name of the count in the window of now: the
-// declared topic's name and the window, page_views_within_1_minute (the
-// seed's name) or page_views_within_30_seconds.
+// WindowField is the JSON name of the count in the window of now:
+// page_views_within_1_minute (the seed's), page_views_within_30_seconds.
 func WindowField(size time.Duration) string { return Topic + "_within_" + window.Words(size) }
 
 // MarshalJSON writes the report in the order of the HTTP contract.
 func (r Report) MarshalJSON() ([]byte, error) {
-	field := strconv.Quote(WindowField(r.Window))
-	pages := make([]string, 0, len(r.Pages))
-	for _, k := range slices.Sorted(maps.Keys(r.Pages)) {
-		pg := r.Pages[k]
-		pages = append(pages, fmt.Sprintf(`%s:{%s:%d,"count":%d,"report":%s}`, quote(k), field, pg.Now, pg.Count, quote(pg.Report)))
+	field := WindowField(r.Window)
+	pages := make(map[string]web.Ordered, len(r.Pages))
+	for k, pg := range r.Pages {
+		pages[k] = web.Ordered{field, pg.Now, "count", pg.Count, "report", pg.Report}
 	}
-	b := fmt.Appendf(nil, `{%s:%d,"count":%d,"pages":{%s},"stale":%t`, field, r.Now, r.Count, strings.Join(pages, ","), r.Stale)
+	out := web.Ordered{field, r.Now, "count", r.Count, "pages", pages, "stale", r.Stale}
 	if len(r.MissingPartitions) > 0 {
-		b = fmt.Appendf(b, `,"missing_partitions":%s`, strings.ReplaceAll(fmt.Sprint(r.MissingPartitions), " ", ","))
+		out = append(out, "missing_partitions", r.MissingPartitions)
 	}
-	return append(b, '}'), nil
-}
-
-func quote(s string) string {
-	b, _ := json.Marshal(s)
-	return string(b)
+	return json.Marshal(out)
 }
 
 // UnmarshalJSON reads a report whatever its window is called.
 func (r *Report) UnmarshalJSON(b []byte) error {
-	var raw struct {
-		Count   int64                      `json:"count"`
-		Pages   map[string]json.RawMessage `json:"pages"`
-		Stale   bool                       `json:"stale"`
-		Missing []int32                    `json:"missing_partitions"`
-	}
-	err := json.Unmarshal(b, &raw)
-	*r = Report{Now: windowCount(b), Count: raw.Count, Pages: map[string]PageReport{}, Stale: raw.Stale, MissingPartitions: raw.Missing}
-	for k, line := range raw.Pages {
-		var pg PageReport // count and report
-		err = errors.Join(err, json.Unmarshal(line, &pg))
-		pg.Now = windowCount(line)
-		r.Pages[k] = pg
-	}
+	type plain Report
+	err := json.Unmarshal(b, (*plain)(r))
+	r.Now = windowCount(b)
+	return err
+}
+
+// UnmarshalJSON reads a page's line whatever its window is called.
+func (p *PageReport) UnmarshalJSON(b []byte) error {
+	type plain PageReport
+	err := json.Unmarshal(b, (*plain)(p))
+	p.Now = windowCount(b)
 	return err
 }
 
 // windowCount is the count in the window of now of a JSON object.
-func windowCount(b []byte) int64 {
-	var fields map[string]any
+func windowCount(b []byte) (n int64) {
+	var fields map[string]json.RawMessage
 	_ = json.Unmarshal(b, &fields)
 	for k, v := range fields {
-		if n, ok := v.(float64); ok && strings.Contains(k, "_within_") {
-			return int64(n)
+		if strings.Contains(k, "_within_") {
+			_ = json.Unmarshal(v, &n)
 		}
 	}
-	return 0
+	return n
 }
 
 // Counts are one page's numbers in some partitions: the window of now, the

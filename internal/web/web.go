@@ -155,6 +155,30 @@ func JSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
+// Ordered is a JSON object whose fields keep the order they are given in:
+// key, value, key, value, ... The keys are strings.
+type Ordered []any
+
+// MarshalJSON writes the object with its fields in order.
+func (o Ordered) MarshalJSON() ([]byte, error) {
+	b := []byte{'{'}
+	for i := 0; i+1 < len(o); i += 2 {
+		k, err := json.Marshal(o[i])
+		if err != nil {
+			return nil, err
+		}
+		v, err := json.Marshal(o[i+1])
+		if err != nil {
+			return nil, err
+		}
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(append(append(b, k...), ':'), v...)
+	}
+	return append(b, '}'), nil
+}
+
 // Error writes the JSON error body every page answers with: {"error": msg}.
 func Error(w http.ResponseWriter, status int, msg string) {
 	JSON(w, status, map[string]string{"error": msg})
