@@ -103,8 +103,9 @@ type Services struct {
 func (s *Services) withPeers(pages []web.Page) []web.Page {
 	out := slices.Clone(pages)
 	for i, pg := range out {
+		page := pg.Serve(s.Log)
+		out[i].Handler = page
 		if serve, ok := s.peers[pg.Path]; ok {
-			page := pg.Handler
 			out[i].Handler = func(w http.ResponseWriter, r *http.Request) {
 				if IsPeer(r) {
 					serve(w, r)

@@ -6,7 +6,12 @@
 // decoder does).
 package jsonscan
 
-import "time"
+import (
+	"encoding/json"
+	"errors"
+	"time"
+	"unicode/utf8"
+)
 
 // Scanner reads one flat JSON object, field by field:
 //
@@ -169,4 +174,17 @@ func daysIn(month, year int) int {
 		return 30
 	}
 	return 31
+}
+
+// ErrNotUTF8 refuses a value that is not valid UTF-8.
+var ErrNotUTF8 = errors.New("record is not valid UTF-8")
+
+// Unmarshal is the fallback: json.Unmarshal, except that it refuses b when
+// it is not valid UTF-8. encoding/json would replace each bad byte with
+// U+FFFD, making different raw strings one.
+func Unmarshal(b []byte, v any) error {
+	if !utf8.Valid(b) {
+		return ErrNotUTF8
+	}
+	return json.Unmarshal(b, v)
 }

@@ -2,14 +2,31 @@ package pageview
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync/atomic"
 	"time"
+
+	"github.com/IBM/sarama"
 
 	"github.com/gofaust/pageviews/internal/app"
 	"github.com/gofaust/pageviews/internal/table"
+	"github.com/gofaust/pageviews/internal/web"
 )
 
 // Topic is the default name of the page-views topic.
 const Topic = "page_views"
+
+// ReservedPrefix starts the pages of synthetic views (the livecheck's):
+// counted, never reported. /count/ refuses them, and the agent counts one
+// only from a record with SyntheticHeader (whose value names the sender).
+const (
+	ReservedPrefix  = "/_pageviews/"
+	LivecheckPage   = ReservedPrefix + "livecheck"
+	SyntheticHeader = "pageviews-synthetic"
+)
 
 // App declares the page-view worker: page views from PAGE_VIEWS_TOPIC,
 // two tables, the agent that fills them, /count/ and /report/, the
@@ -23,28 +40,95 @@ func App() *app.App {
 		Tables: []app.TableDecl{views, totals},
 		Start: func(s *app.Services) (app.Parts, error) {
 			tables := Tables{Views: views.Table(), Totals: totals.Table()}
-			router := NewReporter(s, tables)
-			publisher := &Publisher{Sender: s.Producer, Topic: s.Config.Topic, Clock: s.Clock}
-			livecheck := app.ProbeOf(
-				func(ctx context.Context) error { return publisher.Synthetic(ctx, "livecheck", LivecheckPage) },
-				func(ctx context.Context) (int64, bool, error) {
-					c, complete, err := router.Count(ctx, LivecheckPage)
-					return c.Count, complete, err
-				})
-			summary := func(ctx context.Context) error {
-				rep, err := router.Report(ctx, "")
-				if err != nil {
-					return err
-				}
-				s.Log.Info("table summary", "pages", len(rep.Pages), "views_total", rep.Count, "views_in_window", rep.Now, "stale", rep.Stale)
-				return nil
+			p := &pages{
+				publisher: &Publisher{Sender: s.Producer, Topic: s.Config.Topic, Clock: s.Clock},
+				reporter:  NewReporter(s, tables),
+				log:       s.Log,
 			}
 			return app.Parts{
 				Agent:     &Agent{Tables: tables, Clock: s.Clock, Late: s.Late("views")},
-				Pages:     pages{publisher, router, s.Ready, s.Log.With("component", "web")}.list(),
-				Livecheck: livecheck,
-				Timers:    []app.Timer{{Name: "summary", Cron: "*/15 * * * *", Leader: true, Run: summary}},
+				Pages:     []web.Page{{Path: "/count/", JSON: p.count}, {Path: "/report/", JSON: p.report}},
+				Livecheck: app.ProbeOf(p.livecheckSend, p.livecheckCount),
+				Timers:    []app.Timer{{Name: "summary", Cron: "*/15 * * * *", Leader: true, Run: p.summary}},
 			}, nil
 		},
 	}
+}
+
+// Publisher sends page views to the page-views topic, keyed by page.
+type Publisher struct {
+	Sender app.Sender
+	Topic  string
+	Clock  func() time.Time
+	n      atomic.Int64
+}
+
+// Publish counts a view of page in this process's counter and sends it,
+// as a synthetic view when sender is set, and returns the counter once the
+// broker has acknowledged the record.
+func (p *Publisher) Publish(ctx context.Context, page, sender string) (int64, error) {
+	pv := PageView{Page: page, Count: p.n.Add(1), Timestamp: p.Clock()}
+	m := &sarama.ProducerMessage{Topic: p.Topic, Key: sarama.StringEncoder(page), Value: sarama.ByteEncoder(Encode(pv)), Timestamp: pv.Timestamp}
+	if sender != "" {
+		m.Headers = []sarama.RecordHeader{{Key: []byte(SyntheticHeader), Value: []byte(sender)}}
+	}
+	if _, _, err := p.Sender.SendAndWait(ctx, m); err != nil {
+		return 0, fmt.Errorf("publish page view: %w", err)
+	}
+	return pv.Count, nil
+}
+
+// pages are /count/, which publishes a view, and /report/, which shows the
+// tables (the runtime answers peers' reads on it); the livecheck and the
+// summary use them too.
+type pages struct {
+	publisher *Publisher
+	reporter  *Reporter
+	log       *slog.Logger
+}
+
+// publishTimeout bounds how long /count/ waits for the broker.
+const publishTimeout = 10 * time.Second
+
+func (o *pages) count(r *http.Request) (any, error) {
+	page, err := web.Param(r, "page", "/", MaxPageLen)
+	if err != nil {
+		return nil, err
+	}
+	if strings.HasPrefix(page, ReservedPrefix) {
+		return nil, web.Errorf(http.StatusBadRequest, "pages under %s are reserved for the worker's synthetic views", ReservedPrefix)
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), publishTimeout)
+	defer cancel()
+	n, err := o.publisher.Publish(ctx, page, "")
+	if err != nil {
+		return nil, web.Errorf(http.StatusServiceUnavailable, "page view not published: %v", err)
+	}
+	return map[string]int64{"count": n}, nil
+}
+
+func (o *pages) report(r *http.Request) (any, error) {
+	page, err := web.Param(r, "page", "", MaxPageLen)
+	if err != nil {
+		return nil, err
+	}
+	return o.reporter.Report(r.Context(), page)
+}
+
+func (o *pages) livecheckSend(ctx context.Context) error {
+	_, err := o.publisher.Publish(ctx, LivecheckPage, "livecheck")
+	return err
+}
+
+func (o *pages) livecheckCount(ctx context.Context) (int64, bool, error) {
+	c, complete, err := o.reporter.Count(ctx, LivecheckPage)
+	return c.Count, complete, err
+}
+
+func (o *pages) summary(ctx context.Context) error {
+	rep, err := o.reporter.Report(ctx, "")
+	if err == nil {
+		o.log.Info("table summary", "pages", len(rep.Pages), "views_total", rep.Count, "views_in_window", rep.Now, "stale", rep.Stale)
+	}
+	return err
 }

@@ -1,25 +1,24 @@
 // Package pageview is the worker's domain: the PageView record and its
-// codec, the agent that counts page views into the views (windowed) and
-// totals tables, the per-page report, /count/ and the livecheck's record.
-// App declares it to the runtime (internal/app).
-//
-// This is the package a new worker replaces; the runtime stays as it is.
+// codec, the agent that counts views into the views (windowed) and totals
+// tables, the report, /count/ and the livecheck's record. App declares it
+// to the runtime (internal/app); a new worker replaces this package.
 package pageview
 
 import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
-	"unicode/utf8"
 	"unsafe"
 
 	"github.com/gofaust/pageviews/internal/jsonscan"
+	"github.com/gofaust/pageviews/internal/stream"
+	"github.com/gofaust/pageviews/internal/table"
 	"github.com/gofaust/pageviews/internal/window"
 )
 
-// PageView is the value of a record on the page-views topic; its key is the
-// page path.
+// PageView is the value of a record on the page-views topic, keyed by page.
 type PageView struct {
 	Page string `json:"page"`
 	// Count is the sender's in-memory counter when it sent the view.
@@ -35,31 +34,20 @@ const MaxPageLen = 1024
 var (
 	ErrNoPage      = errors.New("page is missing")
 	ErrPageTooLong = fmt.Errorf("page is longer than %d bytes", MaxPageLen)
-	ErrBadPage     = errors.New("page is not valid UTF-8")
-	ErrNotUTF8     = errors.New("record is not valid UTF-8")
+	ErrNotUTF8     = jsonscan.ErrNotUTF8
 )
 
-// Decode parses and validates a PageView. now is the worker's clock, for the
-// future-timestamp check.
+// Decode parses and validates a PageView; now is the worker's clock, for
+// the future-timestamp check.
 func Decode(b []byte, now time.Time) (PageView, error) { return decode(b, now, false) }
 
-// decode is Decode whose Page, with borrow, may share b's memory: the
-// agent's hot path copies the page into the tables' keys anyway.
-func decode(b []byte, now time.Time, borrow bool) (PageView, error) {
+// decode is Decode whose Page, with borrow, shares b's memory: the agent
+// copies it into the tables' keys anyway.
+func decode(b []byte, now time.Time, borrow bool) (pv PageView, err error) {
 	pv, ok := decodeFast(b, borrow)
 	if !ok {
-		// The fast path takes only ASCII, so only here can b be invalid
-		// UTF-8. encoding/json would silently replace invalid UTF-8 with
-		// U+FFFD, making different raw pages one page; refuse such records.
-		if !utf8.Valid(b) {
-			return PageView{}, ErrNotUTF8
-		}
-		var err error
 		if pv, err = decodeJSON(b); err != nil {
-			return pv, err
-		}
-		if !utf8.ValidString(pv.Page) {
-			return pv, ErrBadPage
+			return pv, fmt.Errorf("decode page view: %w", err)
 		}
 	}
 	switch {
@@ -68,15 +56,13 @@ func decode(b []byte, now time.Time, borrow bool) (PageView, error) {
 	case len(pv.Page) > MaxPageLen:
 		return pv, ErrPageTooLong
 	case !pv.Timestamp.IsZero():
-		if err := window.CheckTime(pv.Timestamp, now); err != nil {
-			return pv, err
-		}
+		return pv, window.CheckTime(pv.Timestamp, now)
 	}
 	return pv, nil
 }
 
 // decodeFast reads the common shape of a PageView (jsonscan); ok is false
-// for anything else. With borrow, Page shares b's memory.
+// for anything else.
 func decodeFast(b []byte, borrow bool) (pv PageView, ok bool) {
 	s := jsonscan.Object(b)
 	for s.Next() {
@@ -100,18 +86,15 @@ func decodeFast(b []byte, borrow bool) (pv PageView, ok bool) {
 	return pv, s.Done()
 }
 
-// decodeJSON is the general decoder, kept apart from Decode so that the
-// value Decode returns does not escape to the heap on the fast path.
-func decodeJSON(b []byte) (PageView, error) {
-	var pv PageView
-	if err := json.Unmarshal(b, &pv); err != nil {
-		return PageView{}, fmt.Errorf("decode page view: %w", err)
-	}
-	return pv, nil
+// decodeJSON is the fallback, apart so that decode's value stays on the
+// stack on the fast path.
+func decodeJSON(b []byte) (pv PageView, err error) {
+	err = jsonscan.Unmarshal(b, &pv)
+	return pv, err
 }
 
-// Encode renders a PageView as the JSON the topic carries, with the event
-// time in UTC at millisecond precision.
+// Encode renders a PageView as the topic's JSON, the event time in UTC at
+// millisecond precision.
 func Encode(pv PageView) []byte {
 	page, _ := json.Marshal(pv.Page)
 	b := fmt.Appendf(make([]byte, 0, 64+len(page)), `{"page":%s,"count":%d`, page, pv.Count)
@@ -119,4 +102,75 @@ func Encode(pv PageView) []byte {
 		b = pv.Timestamp.UTC().AppendFormat(append(b, `,"timestamp":"`...), `2006-01-02T15:04:05.000Z07:00"`)
 	}
 	return append(b, '}')
+}
+
+// Tables are the agent's: Views counts views per page and tumbling window,
+// Totals per page since the beginning.
+type Tables struct {
+	Views  *table.Windowed[int64]
+	Totals *table.Table[int64]
+}
+
+// Agent counts page views. It implements stream.Handler.
+type Agent struct {
+	Tables
+	Clock func() time.Time
+	// Late counts views whose window had expired; they still count in
+	// totals.
+	Late func(partition int32)
+}
+
+func inc(v int64) int64 { return v + 1 }
+
+// Handle counts one view in the window of its event time and in the
+// page's total.
+func (a *Agent) Handle(ev *stream.Event) error {
+	now := ev.Now
+	if now.IsZero() {
+		now = a.Clock()
+	}
+	pv, err := decode(ev.Value, now, true)
+	if err != nil {
+		return fmt.Errorf("%w: %w", stream.ErrInvalid, err)
+	}
+	if _, synthetic := ev.Header(SyntheticHeader); strings.HasPrefix(pv.Page, ReservedPrefix) && !synthetic {
+		return fmt.Errorf("%w: page %q is reserved for synthetic views, and the record has no %s header", stream.ErrInvalid, pv.Page, SyntheticHeader)
+	}
+	ts := pv.Timestamp
+	if ts.IsZero() { // the producer's clock, held to the same limits
+		ts = ev.Timestamp
+		if err := window.CheckTime(ts, now); err != nil {
+			return fmt.Errorf("%w: record timestamp: %w", stream.ErrInvalid, err)
+		}
+	}
+	applied, err := a.Views.UpdateAt(ev.Partition, pv.Page, ts, now, inc)
+	if err != nil {
+		return err
+	}
+	if !applied && a.Late != nil {
+		a.Late(ev.Partition)
+	}
+	return a.Totals.Update(ev.Partition, pv.Page, inc)
+}
+
+// The report texts of the seed's agent, and the count from which a page
+// is trending.
+const (
+	Trending    = "Trending now"
+	LessPopular = "Less popular compared to 2 minutes back"
+	NotEnough   = "Not enough data"
+	TrendingAt  = 5
+)
+
+// Trend is the seed's rule: trending from TrendingAt views in the window
+// of now, less popular when the window two minutes back held more.
+func Trend(now, twoMinutesBack int64) string {
+	switch {
+	case now >= TrendingAt:
+		return Trending
+	case twoMinutesBack > now:
+		return LessPopular
+	default:
+		return NotEnough
+	}
 }

@@ -3,6 +3,7 @@ package pageview
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/url"
 	"strings"
 	"time"
@@ -81,15 +82,19 @@ func windowCount(b []byte) (n int64) {
 
 // Counts are one page's numbers in some partitions: the window of now, the
 // window two minutes back, and the total. They add up across partitions;
-// the report text is derived only after that.
+// the report text is derived from the sums.
 type Counts struct {
 	Now   int64 `json:"now"`
 	Back  int64 `json:"back"`
 	Count int64 `json:"count"`
 }
 
-// PageCounts are the counts of the pages of some partitions: what a partition
-// answers a cluster-wide read (app.Reads), and their sum.
+func (c Counts) plus(d Counts) Counts {
+	return Counts{Now: c.Now + d.Now, Back: c.Back + d.Back, Count: c.Count + d.Count}
+}
+
+// PageCounts are the counts of the pages of some partitions: a partition's
+// answer to a cluster-wide read (app.Reads), and their sum.
 type PageCounts struct {
 	Pages map[string]Counts `json:"pages"`
 }
@@ -99,37 +104,38 @@ func merge(into, from PageCounts) PageCounts {
 		into.Pages = map[string]Counts{}
 	}
 	for k, c := range from.Pages {
-		cur := into.Pages[k]
-		into.Pages[k] = Counts{Now: cur.Now + c.Now, Back: cur.Back + c.Back, Count: cur.Count + c.Count}
+		into.Pages[k] = into.Pages[k].plus(c)
 	}
 	return into
 }
 
-// Reporter answers /report/ for the whole cluster: the partitions this
-// worker owns from its own tables, the others from their owners (Reads).
+// Reporter answers /report/ for the whole cluster: this worker's
+// partitions from its tables, the others from their owners (app.Reads).
 // A partition whose owner is unknown, recovering or unreachable is listed
-// as missing and the report marked stale; partial numbers are never shown
-// as complete.
+// as missing and the report is stale; so is one made before the worker
+// is ready.
 type Reporter struct {
 	Tables
 	Clock func() time.Time
+	Ready func() (bool, string)
 	Reads *app.Reads[PageCounts]
 }
 
 // NewReporter returns the reporter of tables through s.
 func NewReporter(s *app.Services, tables Tables) *Reporter {
-	r := &Reporter{Tables: tables, Clock: s.Clock}
+	r := &Reporter{Tables: tables, Clock: s.Clock, Ready: s.Ready}
 	r.Reads = app.NewReads(s, "/report/", r.local, merge)
 	return r
 }
 
 // Report is the report of every page, or only of page.
 func (r *Reporter) Report(ctx context.Context, page string) (*Report, error) {
-	total, missing, err := r.sum(ctx, page, false)
+	total, missing, err := r.Reads.Sum(ctx, url.Values{"page": {page}})
 	if err != nil {
 		return nil, err
 	}
-	rep := &Report{Pages: map[string]PageReport{}, Window: r.Views.Window().Size, MissingPartitions: missing, Stale: len(missing) > 0}
+	ready, _ := r.Ready()
+	rep := &Report{Pages: map[string]PageReport{}, Window: r.Views.Window().Size, MissingPartitions: missing, Stale: len(missing) > 0 || !ready}
 	for k, c := range total.Pages {
 		if c.Now == 0 && c.Count == 0 {
 			continue // only the window two minutes back: not a page of the report
@@ -144,40 +150,26 @@ func (r *Reporter) Report(ctx context.Context, page string) (*Report, error) {
 // Count returns the counts of page, reserved pages included (the
 // livecheck reads its own this way), and whether every partition answered.
 func (r *Reporter) Count(ctx context.Context, page string) (Counts, bool, error) {
-	total, missing, err := r.sum(ctx, page, true)
+	total, missing, err := r.Reads.Sum(ctx, url.Values{"page": {page}, "reserved": {"1"}})
 	return total.Pages[page], len(missing) == 0, err
 }
 
-func (r *Reporter) sum(ctx context.Context, page string, reserved bool) (PageCounts, []int32, error) {
-	q := url.Values{"page": {page}}
-	if reserved {
-		q.Set("reserved", "1")
-	}
-	return r.Reads.Sum(ctx, q)
-}
-
-// local reads partition p: ?page= narrows to one page; pages under
+// local reads partition p, whole or not at all (a partition revoked
+// half-way is left out): ?page= narrows to one page; pages under
 // ReservedPrefix only with ?reserved=1.
 func (r *Reporter) local(q url.Values, p int32) (PageCounts, error) {
 	page, reserved := q.Get("page"), q.Get("reserved") == "1"
-	now := r.Clock()
-	one := map[string]Counts{}
-	add := func(field func(*Counts) *int64) func(string, int64) {
+	out := PageCounts{Pages: map[string]Counts{}}
+	add := func(c Counts) func(string, int64) {
 		return func(k string, v int64) {
 			if (page == "" || k == page) && (reserved || !strings.HasPrefix(k, ReservedPrefix)) {
-				c := one[k]
-				*field(&c) += v
-				one[k] = c
+				out.Pages[k] = out.Pages[k].plus(Counts{Now: c.Now * v, Back: c.Back * v, Count: c.Count * v})
 			}
 		}
 	}
-	// Read whole or not at all: a partition revoked half-way is left out.
-	err := r.Totals.Scan(p, add(func(c *Counts) *int64 { return &c.Count }))
-	if err == nil {
-		err = r.Views.ScanWindow(p, r.Views.Window().Start(now), add(func(c *Counts) *int64 { return &c.Now }))
-	}
-	if err == nil {
-		err = r.Views.ScanWindow(p, r.Views.Window().Start(now.Add(-2*time.Minute)), add(func(c *Counts) *int64 { return &c.Back }))
-	}
-	return PageCounts{Pages: one}, err
+	now, w := r.Clock(), r.Views.Window()
+	err := errors.Join(r.Totals.Scan(p, add(Counts{Count: 1})),
+		r.Views.ScanWindow(p, w.Start(now), add(Counts{Now: 1})),
+		r.Views.ScanWindow(p, w.Start(now.Add(-2*time.Minute)), add(Counts{Back: 1})))
+	return out, err
 }

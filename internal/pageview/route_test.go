@@ -159,6 +159,7 @@ func services(owners map[int32]string) *app.Services {
 		Self:       "http://self",
 		Owners:     func() (map[int32]string, error) { return owners, nil },
 		Partitions: func() (int32, error) { return int32(len(owners)), nil },
+		Ready:      func() (bool, string) { return true, "" },
 		Log:        slog.New(slog.DiscardHandler),
 	}
 }

@@ -5,6 +5,7 @@ package web
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"path"
@@ -21,11 +22,50 @@ type Readiness interface {
 }
 
 // Page is one of the app's HTTP pages: GET on Path, with and without a
-// trailing slash (served, not redirected). Name is its bounded label for
-// metrics ("/count/").
+// trailing slash (served, not redirected). Path is also its bounded label
+// for metrics. Handler answers it; or, when Handler is nil, JSON does: its
+// value is the body of a 200, its error the {"error": ...} body with the
+// status of a StatusError (Errorf), or 500 for any other error.
 type Page struct {
 	Path    string // "/count/"
 	Handler http.HandlerFunc
+	JSON    func(r *http.Request) (any, error)
+}
+
+// StatusError is a JSON page's error with the status it answers.
+type StatusError struct {
+	Status int
+	Msg    string
+}
+
+func (e *StatusError) Error() string { return e.Msg }
+
+// Errorf returns a StatusError.
+func Errorf(status int, format string, args ...any) error {
+	return &StatusError{Status: status, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Serve is p's handler: Handler, or JSON's answer; log records the
+// answers of 500 and above.
+func (p Page) Serve(log *slog.Logger) http.HandlerFunc {
+	if p.Handler != nil {
+		return p.Handler
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		v, err := p.JSON(r)
+		if err == nil {
+			JSON(w, http.StatusOK, v)
+			return
+		}
+		status := http.StatusInternalServerError
+		if se := (*StatusError)(nil); errors.As(err, &se) {
+			status = se.Status
+		}
+		if status >= 500 {
+			log.WarnContext(r.Context(), "page failed", "path", p.Path, "status", status, "error", err)
+		}
+		Error(w, status, err.Error())
+	}
 }
 
 // Server serves the worker's generic pages (health, readiness, probes,
@@ -54,10 +94,11 @@ func (s *Server) Handler() http.Handler {
 	paths := []string{"/{$}", "/ready/{$}", "/live", "/ready", "/livecheck"}
 	for _, pg := range s.Pages {
 		dir := strings.TrimSuffix(pg.Path, "/")
-		mux.HandleFunc("GET "+dir+"/{$}", pg.Handler)
+		h := pg.Serve(s.Log)
+		mux.HandleFunc("GET "+dir+"/{$}", h)
 		// Without the slash too, served rather than redirected (the mux's
 		// redirect would answer HTML).
-		mux.HandleFunc("GET "+dir, pg.Handler)
+		mux.HandleFunc("GET "+dir, h)
 		paths = append(paths, dir+"/{$}", dir)
 	}
 	for _, path := range paths {
@@ -153,6 +194,19 @@ func JSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// Param is the query parameter name of r, or def when it is empty; a value
+// longer than limit bytes is a 400 (StatusError).
+func Param(r *http.Request, name, def string, limit int) (string, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		v = def
+	}
+	if len(v) > limit {
+		return "", Errorf(http.StatusBadRequest, "%s is longer than the limit of %d bytes", name, limit)
+	}
+	return v, nil
 }
 
 // Ordered is a JSON object whose fields keep the order they are given in:
