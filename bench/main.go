@@ -134,56 +134,11 @@ func run(o options) (map[string]string, error) {
 		results["latency_p50_ms"] = fmt.Sprintf("%.1f", agg.steady.p50)
 		results["latency_p99_ms"] = fmt.Sprintf("%.1f", agg.steady.p99)
 	}
-	if o.bare {
-		rate, err := bareConsume(addr, []string{"page_views"}, o.partitions)
-		if err != nil {
-			return nil, fmt.Errorf("bare consumer: %w", err)
-		}
-		fmt.Printf("bare:     %8.0f records/s (sarama consumer, no processing)\n", rate)
-		results["bare_records_per_second"] = fmt.Sprintf("%.0f", rate)
-		results["ratio_vs_bare"] = fmt.Sprintf("%.2f", agg.rate/rate)
+	if err := comparisons(o, addr, dir, agg.rate, results); err != nil {
+		return nil, err
 	}
-	if o.peer != "" {
-		rate, err := runPeer(o, addr, filepath.Join(dir, "peer"))
-		if err != nil {
-			return nil, fmt.Errorf("goka peer: %w", err)
-		}
-		fmt.Printf("goka:     %8.0f events/s (goka v1.1.17 processor, defaults, LevelDB)\n", rate)
-		results["goka_events_per_second"] = fmt.Sprintf("%.0f", rate)
-		results["ratio_vs_goka"] = fmt.Sprintf("%.2f", agg.rate/rate)
-	}
-	if o.recovery {
-		rec, err := recoveryBench(o, addr, filepath.Join(dir, "recovery"), o.events)
-		if err != nil {
-			return nil, fmt.Errorf("recovery: %w", err)
-		}
-		fmt.Printf("recovery: %8.0f records/s (%d changelog records into an empty DATA_DIR in %.2fs, cpu %.2fs, peak rss %.1f MiB)\n",
-			rec.rate, rec.records, rec.seconds, rec.cpu, rec.rssMiB)
-		fmt.Printf("bare changelog consume: %8.0f records/s\n", rec.bare)
-		results["recovery_records_per_second"] = fmt.Sprintf("%.0f", rec.rate)
-		results["bare_changelog_records_per_second"] = fmt.Sprintf("%.0f", rec.bare)
-		results["recovery_ratio"] = fmt.Sprintf("%.2f", rec.rate/rec.bare)
-	}
-	if o.rebalanceRuns > 0 {
-		for _, protocol := range []string{"cooperative", "eager"} {
-			rb, err := rebalanceBench(o.worker, addr, protocol, o.partitions, o.rebalanceRuns)
-			for _, w := range rb.Warnings {
-				fmt.Println("  worker log:", w)
-			}
-			if err != nil {
-				return nil, fmt.Errorf("rebalance: %w", err)
-			}
-			// From the moment the group starts to rebalance (the third
-			// worker's start-up excluded) to every partition processing.
-			rebal := make([]float64, len(rb.Millis))
-			for i := range rb.Millis {
-				rebal[i] = rb.Millis[i] - rb.JoinMillis[i]
-			}
-			fmt.Printf("rebalance %-12s %5.0f ms median from a third worker joining until every partition processes again (runs %s; %.0f ms from its start); longest stop of one partition %.0f ms; partitions stopped %v\n",
-				protocol+":", median(rebal), joinMillis(rebal), rb.Median, rb.MedianGap, rb.Stopped)
-			results["rebalance_"+protocol+"_ms"] = fmt.Sprintf("%.0f", median(rebal))
-			results["rebalance_"+protocol+"_partition_stop_ms"] = fmt.Sprintf("%.0f", rb.MedianGap)
-		}
+	if err := rebalances(o, addr, results); err != nil {
+		return nil, err
 	}
 	return results, nil
 }
@@ -300,25 +255,9 @@ func runWorker(o options, addr, dataDir, group string, want int64) (aggResult, e
 		return res, err
 	}
 	defer stopProcess(cmd)
-	joined := make(chan time.Time, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		sc.Buffer(make([]byte, 1<<20), 1<<24)
-		sent := false
-		for sc.Scan() {
-			var l struct {
-				Time time.Time `json:"time"`
-				Msg  string    `json:"msg"`
-			}
-			if json.Unmarshal(sc.Bytes(), &l) == nil && l.Msg == "joined group" && !sent {
-				joined <- l.Time
-				sent = true
-			}
-		}
-	}()
 	var start time.Time
 	select {
-	case start = <-joined:
+	case start = <-joinedAt(out):
 	case <-time.After(60 * time.Second):
 		return res, errors.New("worker did not join its group within 60s")
 	}
@@ -348,19 +287,47 @@ func runWorker(o options, addr, dataDir, group string, want int64) (aggResult, e
 	time.Sleep(metricsDelay)
 	res.backlog = figuresOf(statsd.since(start))
 	if o.latencyRate > 0 {
-		began := time.Now()
-		n, err := steadyLoad(addr, o.pages, o.latencyRate, o.latencyFor)
-		if err != nil {
-			return res, fmt.Errorf("steady load: %w", err)
-		}
-		if _, err := waitCommitted(addr, group, o.partitions, want+n, cmd, nil); err != nil {
-			return res, fmt.Errorf("worker under steady load: %w", err)
-		}
-		time.Sleep(metricsDelay)
-		res.steady = figuresOf(statsd.since(began))
-		res.steadyEvents = n
+		res.steady, res.steadyEvents, err = steadyLatency(o, addr, group, want, cmd, statsd)
 	}
-	return res, nil
+	return res, err
+}
+
+// joinedAt sends the time of the worker's "joined group" log line, read
+// from its JSON log out, which it reads to the end.
+func joinedAt(out io.Reader) <-chan time.Time {
+	joined := make(chan time.Time, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 1<<20), 1<<24)
+		sent := false
+		for sc.Scan() {
+			var l struct {
+				Time time.Time `json:"time"`
+				Msg  string    `json:"msg"`
+			}
+			if json.Unmarshal(sc.Bytes(), &l) == nil && l.Msg == "joined group" && !sent {
+				joined <- l.Time
+				sent = true
+			}
+		}
+	}()
+	return joined
+}
+
+// steadyLatency sends o.latencyRate views a second for o.latencyFor once
+// the worker has caught up with want records, and returns the latency
+// figures of those views and how many there were.
+func steadyLatency(o options, addr, group string, want int64, cmd *exec.Cmd, statsd *statsdSink) (latencyFigures, int64, error) {
+	began := time.Now()
+	n, err := steadyLoad(addr, o.pages, o.latencyRate, o.latencyFor)
+	if err != nil {
+		return latencyFigures{}, 0, fmt.Errorf("steady load: %w", err)
+	}
+	if _, err := waitCommitted(addr, group, o.partitions, want+n, cmd, nil); err != nil {
+		return latencyFigures{}, 0, fmt.Errorf("worker under steady load: %w", err)
+	}
+	time.Sleep(metricsDelay)
+	return figuresOf(statsd.since(began)), n, nil
 }
 
 // rssHWM returns the peak resident set size of pid in MiB.
@@ -511,4 +478,68 @@ func joinMillis(xs []float64) string {
 		parts[i] = fmt.Sprintf("%.0f", x)
 	}
 	return strings.Join(parts, ", ")
+}
+
+// comparisons runs what the worker's rate is compared with, as o asks:
+// a bare sarama consumer, the goka peer, and recovery against a bare
+// changelog consume. They add their figures to results.
+func comparisons(o options, addr, dir string, worker float64, results map[string]string) error {
+	if o.bare {
+		rate, err := bareConsume(addr, []string{"page_views"}, o.partitions)
+		if err != nil {
+			return fmt.Errorf("bare consumer: %w", err)
+		}
+		fmt.Printf("bare:     %8.0f records/s (sarama consumer, no processing)\n", rate)
+		results["bare_records_per_second"] = fmt.Sprintf("%.0f", rate)
+		results["ratio_vs_bare"] = fmt.Sprintf("%.2f", worker/rate)
+	}
+	if o.peer != "" {
+		rate, err := runPeer(o, addr, filepath.Join(dir, "peer"))
+		if err != nil {
+			return fmt.Errorf("goka peer: %w", err)
+		}
+		fmt.Printf("goka:     %8.0f events/s (goka v1.1.17 processor, defaults, LevelDB)\n", rate)
+		results["goka_events_per_second"] = fmt.Sprintf("%.0f", rate)
+		results["ratio_vs_goka"] = fmt.Sprintf("%.2f", worker/rate)
+	}
+	if o.recovery {
+		rec, err := recoveryBench(o, addr, filepath.Join(dir, "recovery"), o.events)
+		if err != nil {
+			return fmt.Errorf("recovery: %w", err)
+		}
+		fmt.Printf("recovery: %8.0f records/s (%d changelog records into an empty DATA_DIR in %.2fs, cpu %.2fs, peak rss %.1f MiB)\n",
+			rec.rate, rec.records, rec.seconds, rec.cpu, rec.rssMiB)
+		fmt.Printf("bare changelog consume: %8.0f records/s\n", rec.bare)
+		results["recovery_records_per_second"] = fmt.Sprintf("%.0f", rec.rate)
+		results["bare_changelog_records_per_second"] = fmt.Sprintf("%.0f", rec.bare)
+		results["recovery_ratio"] = fmt.Sprintf("%.2f", rec.rate/rec.bare)
+	}
+	return nil
+}
+
+// rebalances times a third worker joining two, under each protocol, and
+// adds the medians to results.
+func rebalances(o options, addr string, results map[string]string) error {
+	if o.rebalanceRuns > 0 {
+		for _, protocol := range []string{"cooperative", "eager"} {
+			rb, err := rebalanceBench(o.worker, addr, protocol, o.partitions, o.rebalanceRuns)
+			for _, w := range rb.Warnings {
+				fmt.Println("  worker log:", w)
+			}
+			if err != nil {
+				return fmt.Errorf("rebalance: %w", err)
+			}
+			// From the moment the group starts to rebalance (the third
+			// worker's start-up excluded) to every partition processing.
+			rebal := make([]float64, len(rb.Millis))
+			for i := range rb.Millis {
+				rebal[i] = rb.Millis[i] - rb.JoinMillis[i]
+			}
+			fmt.Printf("rebalance %-12s %5.0f ms median from a third worker joining until every partition processes again (runs %s; %.0f ms from its start); longest stop of one partition %.0f ms; partitions stopped %v\n",
+				protocol+":", median(rebal), joinMillis(rebal), rb.Median, rb.MedianGap, rb.Stopped)
+			results["rebalance_"+protocol+"_ms"] = fmt.Sprintf("%.0f", median(rebal))
+			results["rebalance_"+protocol+"_partition_stop_ms"] = fmt.Sprintf("%.0f", rb.MedianGap)
+		}
+	}
+	return nil
 }

@@ -161,13 +161,7 @@ func rebalanceRun(workerBin, brokerAddr, protocol string, partitions, run int, d
 		"WINDOW_SIZE=1h", "WINDOW_EXPIRES=2h", "COMMIT_INTERVAL=1s")
 	var workers []*benchWorker
 	defer func() {
-		errs := make([]error, len(workers))
-		var wg sync.WaitGroup
-		for i, w := range workers {
-			wg.Go(func() { errs[i] = w.stop() })
-		}
-		wg.Wait()
-		if serr := errors.Join(errs...); serr != nil && err == nil {
+		if serr := stopWorkers(workers); serr != nil && err == nil {
 			err = serr
 		}
 	}()
@@ -218,6 +212,17 @@ func rebalanceRun(workerBin, brokerAddr, protocol string, partitions, run int, d
 }
 
 // waitFor polls cond until it holds and the group has not changed for
+// stopWorkers stops every worker at once.
+func stopWorkers(workers []*benchWorker) error {
+	errs := make([]error, len(workers))
+	var wg sync.WaitGroup
+	for i, w := range workers {
+		wg.Go(func() { errs[i] = w.stop() })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
 // rebalanceQuiet, a worker exits, or timeout passes.
 func waitFor(timeout time.Duration, workers []*benchWorker, cond func() (bool, string)) (string, error) {
 	deadline := time.Now().Add(timeout)

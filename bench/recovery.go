@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strconv"
@@ -142,15 +143,7 @@ func recoverWorker(o options, addr, dataDir string) (records int64, seconds, cpu
 	} else {
 		profiled <- nil
 	}
-	lines := make(chan []byte, 64)
-	go func() {
-		defer close(lines)
-		sc := bufio.NewScanner(out)
-		sc.Buffer(make([]byte, 1<<20), 1<<24)
-		for sc.Scan() {
-			lines <- append([]byte(nil), sc.Bytes()...)
-		}
-	}()
+	lines := logLines(out)
 	var first, last time.Time
 	recovered, want := 0, 2*o.partitions
 	timeout := time.After(10 * time.Minute)
@@ -200,4 +193,18 @@ func recoverWorker(o options, addr, dataDir string) (records int64, seconds, cpu
 		cpu = (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
 	}
 	return records, last.Sub(first).Seconds(), cpu, peak, nil
+}
+
+// logLines sends each line of out, and closes when out ends.
+func logLines(out io.Reader) <-chan []byte {
+	lines := make(chan []byte, 64)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 1<<20), 1<<24)
+		for sc.Scan() {
+			lines <- append([]byte(nil), sc.Bytes()...)
+		}
+	}()
+	return lines
 }
