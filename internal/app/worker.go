@@ -44,43 +44,48 @@ type Hooks struct {
 
 // RunWorker wires the worker of a and runs it until ctx ends. Shutdown
 // follows a fixed order: stop fetching, flush and commit every partition,
-// leave the group, close the producer and the store, stop HTTP, stop the
-// dev broker.
+// leave the group, stop HTTP (after a grace period), then the actors'
+// stops: the producer, the Kafka clients, the port, the metrics, the dev
+// broker, the store, the traces.
 func RunWorker(ctx context.Context, a *App, cfg *config.Config, log *slog.Logger, hooks Hooks) (err error) {
 	log.Info("starting", "config", cfg)
 	w := &worker{a: a, cfg: cfg, log: log, hooks: hooks, clock: hooks.Clock}
 	if w.clock == nil {
 		w.clock = time.Now
 	}
-	defer func() { err = w.stop(ctx, err) }()
-	// Start-up, in order. Each step starts what it names and registers
-	// its stop at once (a start beside its stop); the stops run in the
-	// reverse order, so the order of shutdown is written here too.
-	for _, step := range []func(context.Context) error{
-		w.startTraces, // flushed last
-		w.openStore,   // its lock guards DATA_DIR, the dev broker's data too
-		w.startBroker, // the embedded dev broker, when KAFKA_BROKERS is empty
-		w.startMetrics,
-		w.makeTables,
-		w.listen, // before joining: the group learns the advertised URL
-		w.connect,
-		w.createTopics,
-		w.startProducer,
-		w.startGroup, // the group, the changelog consumer, the standbys
-		w.startApp,   // the app's parts and the stream runtime
-		w.schedule,
-		w.serve,
-		w.startPprof,
-	} {
-		if err := step(ctx); err != nil {
-			return err
-		}
+	g := &runGroup{}
+	defer func() { err = w.stop(ctx, g, err) }()
+	if err := g.startAll(ctx, w.actors()); err != nil {
+		return err
 	}
 	return w.run(ctx)
 }
 
-// worker is one run of an app: what start-up builds, and the stops that
-// undo it.
+// actors are the worker's components, each start beside its stop, in the
+// order of start-up; shutdown runs the stops in the reverse order.
+func (w *worker) actors() []actor {
+	return []actor{
+		{"traces", w.startTraces, w.stopTraces}, // flushed last
+		// Its lock guards DATA_DIR, the dev broker's data too.
+		{"store", w.openStore, func() error { return w.db.Close() }},
+		{"dev broker", w.startBroker, w.stopBroker}, // when KAFKA_BROKERS is empty
+		{"metrics", w.startMetrics, func() error { return w.mc.Close() }},
+		{"tables", w.makeTables, nil},
+		// Before joining: the group learns the advertised URL.
+		{"http", w.listen, w.closeHTTP},
+		{"kafka clients", w.connect, func() error { return w.clients.close() }},
+		{"topics", w.createTopics, nil},
+		{"producer", w.startProducer, func() error { return w.producer.Close() }},
+		// The group, the changelog consumer, the standbys.
+		{"group", w.startGroup, func() error { return w.restore.Close() }},
+		{"app", w.startApp, nil}, // the app's parts and the stream runtime
+		{"timers", w.schedule, nil},
+		{"pages", w.serve, nil},
+		{"pprof", w.startPprof, w.stopPprof},
+	}
+}
+
+// worker is one run of an app: what its actors start.
 type worker struct {
 	a     *App
 	cfg   *config.Config
@@ -88,14 +93,14 @@ type worker struct {
 	hooks Hooks
 	clock func() time.Time
 
-	// stops run in reverse order after ctx ends; SHUTDOWN_TIMEOUT bounds
-	// them, from deadline on (zero: the worker failed, not stopped).
-	stops    []func() error
+	// deadline is when SHUTDOWN_TIMEOUT, counted from the signal, ends
+	// (zero: the worker failed, not stopped).
 	deadline time.Time
-	// abandon skips the stops: the warm shutdown ran out of time, and
-	// they could block on the parts still running.
-	abandon bool
 
+	traces      func(context.Context) error
+	broker      *devbroker.Broker
+	ln          net.Listener
+	pprof       *http.Server
 	db          *store.DB
 	brokers     []string
 	mc          *metrics.Client
@@ -121,37 +126,25 @@ type worker struct {
 	rt          *stream.Runtime
 }
 
-// onStop registers what undoes the step that just started.
-func (w *worker) onStop(stop func() error) { w.stops = append(w.stops, stop) }
-
-// stop runs the stops in reverse order within the shutdown budget and
-// returns the worker's error: err, or the first stop's.
-func (w *worker) stop(ctx context.Context, err error) error {
-	if w.abandon {
+// stop stops the actors that started, within the shutdown budget, and
+// returns the worker's error: err, or the first stop's. After an abandoned
+// warm shutdown it stops nothing: the stops could block on the parts
+// still running.
+func (w *worker) stop(ctx context.Context, g *runGroup, err error) error {
+	if errors.Is(err, errAbandoned) {
 		return err
 	}
-	done := make(chan error, 1)
-	go func() {
-		var errs []error
-		for i := len(w.stops) - 1; i >= 0; i-- {
-			errs = append(errs, w.stops[i]())
-		}
-		done <- errors.Join(errs...)
-	}()
 	if errors.Is(err, errStartInterrupted) && ctx.Err() != nil {
 		// TERM during start-up is a requested stop, not a failure.
 		w.log.Info("stopped during start-up", "step", err.Error())
 		err = nil
 	}
-	select {
-	case cerr := <-done:
-		if err == nil {
-			err = cerr
-		}
-	case <-time.After(budget(w.deadline, w.cfg.ShutdownTimeout)):
-		if err == nil {
-			err = fmt.Errorf("shutdown did not finish within SHUTDOWN_TIMEOUT=%s", w.cfg.ShutdownTimeout)
-		}
+	serr := g.stopAll(budget(w.deadline, w.cfg.ShutdownTimeout))
+	if errors.Is(serr, errStopsTimedOut) {
+		serr = fmt.Errorf("shutdown did not finish within SHUTDOWN_TIMEOUT=%s (%w)", w.cfg.ShutdownTimeout, serr)
+	}
+	if err == nil {
+		err = serr
 	}
 	if err == nil {
 		w.log.Info("stopped cleanly")
@@ -168,12 +161,14 @@ func (w *worker) startTraces(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	w.onStop(func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		return shutdownTraces(ctx)
-	})
+	w.traces = shutdownTraces
 	return nil
+}
+
+func (w *worker) stopTraces() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return w.traces(ctx)
 }
 
 func (w *worker) openStore(ctx context.Context) error {
@@ -188,7 +183,6 @@ func (w *worker) openStore(ctx context.Context) error {
 		w.log.Warn("local store was rebuilt empty; every partition recovers from offset 0")
 	}
 	w.db = db
-	w.onStop(db.Close)
 	return nil
 }
 
@@ -206,10 +200,16 @@ func (w *worker) startBroker(context.Context) error {
 	if err != nil {
 		return err
 	}
-	w.onStop(func() error { b.Close(); return nil })
-	w.brokers = b.Addrs()
+	w.broker, w.brokers = b, b.Addrs()
 	w.log.Warn("KAFKA_BROKERS is empty: started the embedded dev broker; it is for development only, set KAFKA_BROKERS in production",
 		"addr", w.brokers[0], "data_dir", dir)
+	return nil
+}
+
+func (w *worker) stopBroker() error {
+	if w.broker != nil {
+		w.broker.Close()
+	}
 	return nil
 }
 
@@ -225,7 +225,6 @@ func (w *worker) startMetrics(context.Context) error {
 		w.log.Info("metrics off: set DD_AGENT_HOST or DD_DOGSTATSD_URL to send them to DogStatsD")
 	}
 	w.mc = mc
-	w.onStop(mc.Close)
 	w.streamHooks = &metrics.StreamHooks{C: mc, Topic: cfg.Topic}
 	return nil
 }
@@ -253,18 +252,23 @@ func (w *worker) listen(context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen on WEB_ADDR=%s: %w", w.cfg.WebAddr, err)
 	}
-	w.onStop(func() error { _ = ln.Close(); return nil })
-	w.self = advertisedURL(w.cfg, ln.Addr())
+	w.ln, w.self = ln, advertisedURL(w.cfg, ln.Addr())
 	w.front = &web.Front{}
 	w.front.Starting("connecting to Kafka")
 	w.srv = web.NewHTTPServer(w.front)
 	w.served = make(chan error, 1)
 	go func() { w.served <- w.srv.Serve(ln) }()
-	w.onStop(func() error { _ = w.srv.Close(); return nil })
 	w.log.Info("http listening", "addr", ln.Addr().String(), "advertised_url", w.self)
 	if w.hooks.Listening != nil {
 		w.hooks.Listening(ln.Addr().String())
 	}
+	return nil
+}
+
+// closeHTTP closes the server, if run has not shut it down, and the port.
+func (w *worker) closeHTTP() error {
+	_ = w.srv.Close()
+	_ = w.ln.Close()
 	return nil
 }
 
@@ -275,7 +279,6 @@ func (w *worker) connect(ctx context.Context) error {
 		return err
 	}
 	w.clients = cs
-	w.onStop(cs.close)
 	if w.admin, err = sarama.NewClusterAdminFromClient(cs.admin); err != nil {
 		return fmt.Errorf("kafka admin: %w", err)
 	}
@@ -309,7 +312,6 @@ func (w *worker) startProducer(ctx context.Context) error {
 	}
 	p.OnAck = w.mc.OnAck
 	w.producer = p
-	w.onStop(p.Close)
 	return nil
 }
 
@@ -321,17 +323,17 @@ func (w *worker) startGroup(context.Context) error {
 	if w.group, err = sarama.NewConsumerGroupFromClient(cfg.Group, cs.group); err != nil {
 		return fmt.Errorf("kafka consumer group: %w", err)
 	}
-	if w.restore, err = sarama.NewConsumerFromClient(cs.restore); err != nil {
-		return fmt.Errorf("kafka changelog consumer: %w", err)
-	}
-	w.onStop(w.restore.Close)
-	w.state = stream.NewState()
 	// Owner lookups on a client of their own: on the group's, they would
 	// queue behind a JoinGroup the coordinator holds during a rebalance.
 	dirAdmin, err := sarama.NewClusterAdminFromClient(cs.directory)
 	if err != nil {
 		return fmt.Errorf("kafka admin: %w", err)
 	}
+	// Last: nothing fails after it, so the stop closes it.
+	if w.restore, err = sarama.NewConsumerFromClient(cs.restore); err != nil {
+		return fmt.Errorf("kafka changelog consumer: %w", err)
+	}
+	w.state = stream.NewState()
 	w.directory = &stream.Directory{Admin: dirAdmin, Group: cfg.Group, Topic: cfg.Topic, TTL: time.Second}
 	// Separate table instances for the standbys: a partition is held by
 	// the active tables or by the standby ones, never both.
@@ -529,9 +531,16 @@ func (w *worker) startPprof(context.Context) error {
 	}
 	psrv := &http.Server{Handler: pprofMux(), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = psrv.Serve(pln) }()
-	w.onStop(psrv.Close)
+	w.pprof = psrv
 	w.log.Info("pprof listening", "addr", pln.Addr().String())
 	return nil
+}
+
+func (w *worker) stopPprof() error {
+	if w.pprof == nil {
+		return nil
+	}
+	return w.pprof.Close()
 }
 
 // run runs the HTTP server, the standbys, the scheduler and the stream
@@ -576,10 +585,12 @@ func (w *worker) run(ctx context.Context) error {
 	case err := <-waited:
 		return err
 	case <-time.After(w.cfg.ShutdownTimeout):
-		w.abandon = true
-		return fmt.Errorf("warm shutdown did not finish within SHUTDOWN_TIMEOUT=%s; exiting without it (the changelogs hold the state)", w.cfg.ShutdownTimeout)
+		return fmt.Errorf("%w within SHUTDOWN_TIMEOUT=%s; exiting without it (the changelogs hold the state)", errAbandoned, w.cfg.ShutdownTimeout)
 	}
 }
+
+// errAbandoned ends a warm shutdown that ran out of time.
+var errAbandoned = errors.New("warm shutdown did not finish")
 
 // clients are separate sarama clients, so a long-polling fetch never delays
 // a produce acknowledgement on a shared connection, and a JoinGroup held
