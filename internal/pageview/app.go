@@ -3,7 +3,6 @@ package pageview
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -16,13 +15,12 @@ import (
 	"github.com/gofaust/pageviews/internal/web"
 )
 
-// Topic is the default name of the page-views topic.
-const Topic = "page_views"
-
-// ReservedPrefix starts the pages of synthetic views (the livecheck's):
-// counted, never reported. /count/ refuses them, and the agent counts one
-// only from a record with SyntheticHeader (whose value names the sender).
+// Topic is the default name of the page-views topic. ReservedPrefix starts
+// the pages of synthetic views (the livecheck's): counted, never reported.
+// /count/ refuses them, and the agent counts one only from a record with
+// SyntheticHeader (whose value names the sender).
 const (
+	Topic           = "page_views"
 	ReservedPrefix  = "/_pageviews/"
 	LivecheckPage   = ReservedPrefix + "livecheck"
 	SyntheticHeader = "pageviews-synthetic"
@@ -40,57 +38,42 @@ func App() *app.App {
 		Tables: []app.TableDecl{views, totals},
 		Start: func(s *app.Services) (app.Parts, error) {
 			tables := Tables{Views: views.Table(), Totals: totals.Table()}
-			p := &pages{
-				publisher: &Publisher{Sender: s.Producer, Topic: s.Config.Topic, Clock: s.Clock},
-				reporter:  NewReporter(s, tables),
-				log:       s.Log,
-			}
+			p := &pages{s: s, reporter: NewReporter(s, tables)}
 			return app.Parts{
 				Agent:     &Agent{Tables: tables, Clock: s.Clock, Late: s.Late("views")},
-				Pages:     []web.Page{{Path: "/count/", JSON: p.count}, {Path: "/report/", JSON: p.report}},
-				Livecheck: app.ProbeOf(p.livecheckSend, p.livecheckCount),
+				Pages:     []web.Page{{Path: "/count/", JSON: p.countPage}, {Path: "/report/", JSON: p.reportPage}},
+				Livecheck: app.ProbeOf(p.livecheck, p.livecheckCount),
 				Timers:    []app.Timer{{Name: "summary", Cron: "*/15 * * * *", Leader: true, Run: p.summary}},
 			}, nil
 		},
 	}
 }
 
-// Publisher sends page views to the page-views topic, keyed by page.
-type Publisher struct {
-	Sender app.Sender
-	Topic  string
-	Clock  func() time.Time
-	n      atomic.Int64
+// pages are /count/, which publishes a view keyed by page, and /report/,
+// which shows the tables; the livecheck and the summary use them too.
+type pages struct {
+	s        *app.Services
+	reporter *Reporter
+	n        atomic.Int64 // this process's count of the views it sent
 }
 
-// Publish counts a view of page in this process's counter and sends it,
-// as a synthetic view when sender is set, and returns the counter once the
-// broker has acknowledged the record.
-func (p *Publisher) Publish(ctx context.Context, page, sender string) (int64, error) {
-	pv := PageView{Page: page, Count: p.n.Add(1), Timestamp: p.Clock()}
-	m := &sarama.ProducerMessage{Topic: p.Topic, Key: sarama.StringEncoder(page), Value: sarama.ByteEncoder(Encode(pv)), Timestamp: pv.Timestamp}
+// publish counts a view of page and sends it, as a synthetic view when
+// sender is set; it returns the count once the broker has the record.
+func (o *pages) publish(ctx context.Context, page, sender string) (int64, error) {
+	pv := PageView{Page: page, Count: o.n.Add(1), Timestamp: o.s.Clock()}
+	m := &sarama.ProducerMessage{Topic: o.s.Config.Topic, Key: sarama.StringEncoder(page), Value: sarama.ByteEncoder(Encode(pv)), Timestamp: pv.Timestamp}
 	if sender != "" {
 		m.Headers = []sarama.RecordHeader{{Key: []byte(SyntheticHeader), Value: []byte(sender)}}
 	}
-	if _, _, err := p.Sender.SendAndWait(ctx, m); err != nil {
+	if _, _, err := o.s.Producer.SendAndWait(ctx, m); err != nil {
 		return 0, fmt.Errorf("publish page view: %w", err)
 	}
 	return pv.Count, nil
 }
 
-// pages are /count/, which publishes a view, and /report/, which shows the
-// tables (the runtime answers peers' reads on it); the livecheck and the
-// summary use them too.
-type pages struct {
-	publisher *Publisher
-	reporter  *Reporter
-	log       *slog.Logger
-}
+const publishTimeout = 10 * time.Second // how long /count/ waits for the broker
 
-// publishTimeout bounds how long /count/ waits for the broker.
-const publishTimeout = 10 * time.Second
-
-func (o *pages) count(r *http.Request) (any, error) {
+func (o *pages) countPage(r *http.Request) (any, error) {
 	page, err := web.Param(r, "page", "/", MaxPageLen)
 	if err != nil {
 		return nil, err
@@ -100,14 +83,14 @@ func (o *pages) count(r *http.Request) (any, error) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), publishTimeout)
 	defer cancel()
-	n, err := o.publisher.Publish(ctx, page, "")
+	n, err := o.publish(ctx, page, "")
 	if err != nil {
 		return nil, web.Errorf(http.StatusServiceUnavailable, "page view not published: %v", err)
 	}
 	return map[string]int64{"count": n}, nil
 }
 
-func (o *pages) report(r *http.Request) (any, error) {
+func (o *pages) reportPage(r *http.Request) (any, error) {
 	page, err := web.Param(r, "page", "", MaxPageLen)
 	if err != nil {
 		return nil, err
@@ -115,20 +98,20 @@ func (o *pages) report(r *http.Request) (any, error) {
 	return o.reporter.Report(r.Context(), page)
 }
 
-func (o *pages) livecheckSend(ctx context.Context) error {
-	_, err := o.publisher.Publish(ctx, LivecheckPage, "livecheck")
+// livecheck sends the livecheck's view; livecheckCount reads it back.
+func (o *pages) livecheck(ctx context.Context) error {
+	_, err := o.publish(ctx, LivecheckPage, "livecheck")
 	return err
 }
 
 func (o *pages) livecheckCount(ctx context.Context) (int64, bool, error) {
-	c, complete, err := o.reporter.Count(ctx, LivecheckPage)
-	return c.Count, complete, err
+	return o.reporter.Count(ctx, LivecheckPage)
 }
 
 func (o *pages) summary(ctx context.Context) error {
 	rep, err := o.reporter.Report(ctx, "")
 	if err == nil {
-		o.log.Info("table summary", "pages", len(rep.Pages), "views_total", rep.Count, "views_in_window", rep.Now, "stale", rep.Stale)
+		o.s.Log.Info("table summary", "pages", len(rep.Pages), "views_total", rep.Count, "views_in_window", rep.Now, "stale", rep.Stale)
 	}
 	return err
 }

@@ -41,8 +41,7 @@ var (
 // the future-timestamp check.
 func Decode(b []byte, now time.Time) (PageView, error) { return decode(b, now, false) }
 
-// decode is Decode whose Page, with borrow, shares b's memory: the agent
-// copies it into the tables' keys anyway.
+// decode is Decode whose Page, with borrow, shares b's memory (the agent's).
 func decode(b []byte, now time.Time, borrow bool) (pv PageView, err error) {
 	pv, ok := decodeFast(b, borrow)
 	if !ok {
@@ -86,15 +85,14 @@ func decodeFast(b []byte, borrow bool) (pv PageView, ok bool) {
 	return pv, s.Done()
 }
 
-// decodeJSON is the fallback, apart so that decode's value stays on the
-// stack on the fast path.
+// decodeJSON is the fallback, apart so that the fast path's value stays on
+// the stack.
 func decodeJSON(b []byte) (pv PageView, err error) {
 	err = jsonscan.Unmarshal(b, &pv)
 	return pv, err
 }
 
-// Encode renders a PageView as the topic's JSON, the event time in UTC at
-// millisecond precision.
+// Encode renders a PageView as JSON, the event time in UTC to the millisecond.
 func Encode(pv PageView) []byte {
 	page, _ := json.Marshal(pv.Page)
 	b := fmt.Appendf(make([]byte, 0, 64+len(page)), `{"page":%s,"count":%d`, page, pv.Count)
@@ -104,8 +102,7 @@ func Encode(pv PageView) []byte {
 	return append(b, '}')
 }
 
-// Tables are the agent's: Views counts views per page and tumbling window,
-// Totals per page since the beginning.
+// Tables are the agent's: views per page and window, and per page in all.
 type Tables struct {
 	Views  *table.Windowed[int64]
 	Totals *table.Table[int64]
@@ -115,15 +112,12 @@ type Tables struct {
 type Agent struct {
 	Tables
 	Clock func() time.Time
-	// Late counts views whose window had expired; they still count in
-	// totals.
-	Late func(partition int32)
+	Late  func(partition int32) // a view whose window expired (it still counts in totals)
 }
 
 func inc(v int64) int64 { return v + 1 }
 
-// Handle counts one view in the window of its event time and in the
-// page's total.
+// Handle counts a view in the window of its event time and in its total.
 func (a *Agent) Handle(ev *stream.Event) error {
 	now := ev.Now
 	if now.IsZero() {
@@ -153,8 +147,7 @@ func (a *Agent) Handle(ev *stream.Event) error {
 	return a.Totals.Update(ev.Partition, pv.Page, inc)
 }
 
-// The report texts of the seed's agent, and the count from which a page
-// is trending.
+// The seed's report texts, and the count from which a page is trending.
 const (
 	Trending    = "Trending now"
 	LessPopular = "Less popular compared to 2 minutes back"

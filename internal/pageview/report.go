@@ -20,11 +20,9 @@ type Report struct {
 	Count int64                 `json:"count"`
 	Pages map[string]PageReport `json:"pages"`
 	Stale bool                  `json:"stale"`
-	// MissingPartitions lists the partitions the report could not read
-	// (owner unknown, recovering or unreachable); the numbers leave them out.
-	MissingPartitions []int32 `json:"missing_partitions,omitempty"`
-	// Window is the size of the windows; zero is taken as a minute.
-	Window time.Duration `json:"-"`
+	// MissingPartitions could not be read; the numbers leave them out.
+	MissingPartitions []int32       `json:"missing_partitions,omitempty"`
+	Window            time.Duration `json:"-"` // zero is taken as a minute
 }
 
 // PageReport is one page's line of the report.
@@ -55,34 +53,29 @@ func (r Report) MarshalJSON() ([]byte, error) {
 // UnmarshalJSON reads a report whatever its window is called.
 func (r *Report) UnmarshalJSON(b []byte) error {
 	type plain Report
-	err := json.Unmarshal(b, (*plain)(r))
-	r.Now = windowCount(b)
-	return err
+	return windowed(b, (*plain)(r), &r.Now)
 }
 
 // UnmarshalJSON reads a page's line whatever its window is called.
 func (p *PageReport) UnmarshalJSON(b []byte) error {
 	type plain PageReport
-	err := json.Unmarshal(b, (*plain)(p))
-	p.Now = windowCount(b)
-	return err
+	return windowed(b, (*plain)(p), &p.Now)
 }
 
-// windowCount is the count in the window of now of a JSON object.
-func windowCount(b []byte) (n int64) {
+// windowed decodes b into v, and its count in the window of now into now.
+func windowed(b []byte, v any, now *int64) error {
 	var fields map[string]json.RawMessage
-	_ = json.Unmarshal(b, &fields)
-	for k, v := range fields {
+	err := json.Unmarshal(b, &fields)
+	for k, f := range fields {
 		if strings.Contains(k, "_within_") {
-			_ = json.Unmarshal(v, &n)
+			err = errors.Join(err, json.Unmarshal(f, now))
 		}
 	}
-	return n
+	return errors.Join(err, json.Unmarshal(b, v))
 }
 
 // Counts are one page's numbers in some partitions: the window of now, the
-// window two minutes back, and the total. They add up across partitions;
-// the report text is derived from the sums.
+// window two minutes back, the total. The report text comes from the sums.
 type Counts struct {
 	Now   int64 `json:"now"`
 	Back  int64 `json:"back"`
@@ -90,11 +83,10 @@ type Counts struct {
 }
 
 func (c Counts) plus(d Counts) Counts {
-	return Counts{Now: c.Now + d.Now, Back: c.Back + d.Back, Count: c.Count + d.Count}
+	return Counts{c.Now + d.Now, c.Back + d.Back, c.Count + d.Count}
 }
 
-// PageCounts are the counts of the pages of some partitions: a partition's
-// answer to a cluster-wide read (app.Reads), and their sum.
+// PageCounts are a partition's answer to a read (app.Reads), and their sum.
 type PageCounts struct {
 	Pages map[string]Counts `json:"pages"`
 }
@@ -111,19 +103,16 @@ func merge(into, from PageCounts) PageCounts {
 
 // Reporter answers /report/ for the whole cluster: this worker's
 // partitions from its tables, the others from their owners (app.Reads).
-// A partition whose owner is unknown, recovering or unreachable is listed
-// as missing and the report is stale; so is one made before the worker
-// is ready.
+// The report is stale when a partition is missing or the worker not ready.
 type Reporter struct {
 	Tables
-	Clock func() time.Time
-	Ready func() (bool, string)
+	s     *app.Services
 	Reads *app.Reads[PageCounts]
 }
 
 // NewReporter returns the reporter of tables through s.
 func NewReporter(s *app.Services, tables Tables) *Reporter {
-	r := &Reporter{Tables: tables, Clock: s.Clock, Ready: s.Ready}
+	r := &Reporter{Tables: tables, s: s}
 	r.Reads = app.NewReads(s, "/report/", r.local, merge)
 	return r
 }
@@ -134,7 +123,7 @@ func (r *Reporter) Report(ctx context.Context, page string) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	ready, _ := r.Ready()
+	ready, _ := r.s.Ready()
 	rep := &Report{Pages: map[string]PageReport{}, Window: r.Views.Window().Size, MissingPartitions: missing, Stale: len(missing) > 0 || !ready}
 	for k, c := range total.Pages {
 		if c.Now == 0 && c.Count == 0 {
@@ -147,16 +136,15 @@ func (r *Reporter) Report(ctx context.Context, page string) (*Report, error) {
 	return rep, nil
 }
 
-// Count returns the counts of page, reserved pages included (the
-// livecheck reads its own this way), and whether every partition answered.
-func (r *Reporter) Count(ctx context.Context, page string) (Counts, bool, error) {
+// Count returns the total of page, reserved pages included (the livecheck
+// reads its own this way), and whether every partition answered.
+func (r *Reporter) Count(ctx context.Context, page string) (int64, bool, error) {
 	total, missing, err := r.Reads.Sum(ctx, url.Values{"page": {page}, "reserved": {"1"}})
-	return total.Pages[page], len(missing) == 0, err
+	return total.Pages[page].Count, len(missing) == 0, err
 }
 
-// local reads partition p, whole or not at all (a partition revoked
-// half-way is left out): ?page= narrows to one page; pages under
-// ReservedPrefix only with ?reserved=1.
+// local reads partition p whole or not at all: ?page= narrows to one page;
+// pages under ReservedPrefix only with ?reserved=1.
 func (r *Reporter) local(q url.Values, p int32) (PageCounts, error) {
 	page, reserved := q.Get("page"), q.Get("reserved") == "1"
 	out := PageCounts{Pages: map[string]Counts{}}
@@ -167,7 +155,7 @@ func (r *Reporter) local(q url.Values, p int32) (PageCounts, error) {
 			}
 		}
 	}
-	now, w := r.Clock(), r.Views.Window()
+	now, w := r.s.Clock(), r.Views.Window()
 	err := errors.Join(r.Totals.Scan(p, add(Counts{Count: 1})),
 		r.Views.ScanWindow(p, w.Start(now), add(Counts{Now: 1})),
 		r.Views.ScanWindow(p, w.Start(now.Add(-2*time.Minute)), add(Counts{Back: 1})))
