@@ -101,36 +101,12 @@ func TestStandbyFailover(t *testing.T) {
 	a := startWorker(t, vars(), clock)
 	b := startWorker(t, vars(), clock)
 
-	var pa held
-	eventually(t, 30*time.Second, "both workers own partitions", func() (bool, string) {
-		var pb held
-		getJSON(t, a.base+"/report/?local=1", &pa)
-		getJSON(t, b.base+"/report/?local=1", &pb)
-		return len(pa.Partitions) > 0 && len(pb.Partitions) > 0 && len(pa.Partitions)+len(pb.Partitions) == partitionsOf(t, vars()),
-			fmt.Sprintf("a %v b %v", pa.Partitions, pb.Partitions)
-	})
+	pa := waitBothOwn(t, a, b, partitionsOf(t, vars()))
 	const views = 300
 	for i := range views {
 		getJSON(t, a.base+"/count/?page=/p/"+strconv.Itoa(i%30), nil)
 	}
-	// b's copies of a's partitions hold some of the views: a copy started
-	// before the views came (it logs "caught up" at once, on an empty
-	// changelog) says nothing, and the group may still move partitions
-	// when the workers have just started.
-	eventually(t, 30*time.Second, "standby copies on b hold views", func() (bool, string) {
-		caught := map[string]bool{}
-		for _, l := range b.logs.all("standby copy committed") {
-			if off, ok := l["offset"].(float64); ok && off >= 0 {
-				caught[fmt.Sprint(l["table"], l["partition"])] = true
-			}
-		}
-		for _, p := range pa.Partitions {
-			if !caught[fmt.Sprint("views", p)] || !caught[fmt.Sprint("totals", p)] {
-				return false, fmt.Sprintf("caught up: %v, a holds %v", caught, pa.Partitions)
-			}
-		}
-		return true, ""
-	})
+	waitStandbyCopies(t, b, pa.Partitions)
 	var before pageview.Report
 	eventually(t, 10*time.Second, "all views counted", func() (bool, string) {
 		before = pageview.Report{}
@@ -148,23 +124,66 @@ func TestStandbyFailover(t *testing.T) {
 	if !reflect.DeepEqual(after.Pages, before.Pages) {
 		t.Errorf("report changed across the failover:\nbefore %v\nafter  %v", before.Pages, after.Pages)
 	}
-	// Every partition b took over recovered from its warm copy.
-	took := 0
+	checkRecoveredFromStandby(t, b, pa.Partitions)
+	if t.Failed() {
+		t.Logf("a held %v; b's log:\n%s", pa.Partitions, b.logs)
+	}
+}
+
+// waitBothOwn waits until workers a and b each own partitions, and
+// together all partitions of the topic, and returns what a holds.
+func waitBothOwn(t *testing.T, a, b *worker, partitions int) held {
+	t.Helper()
+	var pa held
+	eventually(t, 30*time.Second, "both workers own partitions", func() (bool, string) {
+		var pb held
+		getJSON(t, a.base+"/report/?local=1", &pa)
+		getJSON(t, b.base+"/report/?local=1", &pb)
+		return len(pa.Partitions) > 0 && len(pb.Partitions) > 0 && len(pa.Partitions)+len(pb.Partitions) == partitions,
+			fmt.Sprintf("a %v b %v", pa.Partitions, pb.Partitions)
+	})
+	return pa
+}
+
+// waitStandbyCopies waits until b's standby copies of both tables of
+// partitions hold some of the views: a copy started before the views came
+// (it logs "caught up" at once, on an empty changelog) says nothing, and
+// the group may still move partitions when the workers have just started.
+func waitStandbyCopies(t *testing.T, b *worker, partitions []int32) {
+	t.Helper()
+	eventually(t, 30*time.Second, "standby copies on b hold views", func() (bool, string) {
+		caught := map[string]bool{}
+		for _, l := range b.logs.all("standby copy committed") {
+			if off, ok := l["offset"].(float64); ok && off >= 0 {
+				caught[fmt.Sprint(l["table"], l["partition"])] = true
+			}
+		}
+		for _, p := range partitions {
+			if !caught[fmt.Sprint("views", p)] || !caught[fmt.Sprint("totals", p)] {
+				return false, fmt.Sprintf("caught up: %v, a holds %v", caught, partitions)
+			}
+		}
+		return true, ""
+	})
+}
+
+// checkRecoveredFromStandby checks that b recovered both tables of every
+// partition it took over from its warm copy.
+func checkRecoveredFromStandby(t *testing.T, b *worker, took []int32) {
+	t.Helper()
+	n := 0
 	for _, l := range b.logs.all("recovering") {
 		p := int32(l["partition"].(float64))
-		if !slices.Contains(pa.Partitions, p) {
+		if !slices.Contains(took, p) {
 			continue
 		}
-		took++
+		n++
 		if l["stored"] != true {
 			t.Errorf("partition %d table %v recovered without a standby copy: %v", p, l["table"], l)
 		}
 	}
-	if took != 2*len(pa.Partitions) {
-		t.Errorf("b logged %d recoveries of a's partitions, want %d", took, 2*len(pa.Partitions))
-	}
-	if t.Failed() {
-		t.Logf("a held %v; b's log:\n%s", pa.Partitions, b.logs)
+	if n != 2*len(took) {
+		t.Errorf("b logged %d recoveries of a's partitions, want %d", n, 2*len(took))
 	}
 }
 

@@ -153,39 +153,7 @@ func TestExpiryAcrossRestart(t *testing.T) {
 	clock := &fakeClock{now: t0}
 
 	w := startWorker(t, vars, clock.Now)
-	for range 3 {
-		getJSON(t, w.base+"/count/?page=/old", nil)
-	}
-	report := func(w *worker) pageview.Report {
-		var rep pageview.Report
-		getJSON(t, w.base+"/report/", &rep)
-		return rep
-	}
-	eventually(t, 10*time.Second, "/old counted in its window", func() (bool, string) {
-		r := report(w)
-		return r.Pages["/old"].Now == 3, strings.TrimSpace(w.logs.String()[max(0, len(w.logs.String())-400):])
-	})
-
-	// Ten minutes of event time later, one view of another page moves the
-	// partition's watermark past the old window's expiry.
-	clock.Set(t0.Add(10 * time.Minute))
-	getJSON(t, w.base+"/count/?page=/new", nil)
-	eventually(t, 10*time.Second, "/new counted", func() (bool, string) {
-		r := report(w)
-		return r.Pages["/new"].Now == 1, ""
-	})
-
-	// Read as of t0 again: the old window is gone, its total stays.
-	clock.Set(t0)
-	checkOld := func(w *worker, when string) {
-		t.Helper()
-		r := report(w)
-		old := r.Pages["/old"]
-		if old.Now != 0 || old.Count != 3 {
-			t.Errorf("%s: /old = %+v, want the expired window to read 0 and the total 3", when, old)
-		}
-	}
-	checkOld(w, "after expiry")
+	expireOldWindow(t, w, clock, t0)
 	clock.Set(t0.Add(10 * time.Minute))
 	w.stop(t)
 
@@ -203,9 +171,9 @@ func TestExpiryAcrossRestart(t *testing.T) {
 		t.Fatalf("restart logged no recovery")
 	}
 	clock.Set(t0)
-	checkOld(w, "after recovery from the changelog")
+	checkOldExpired(t, w, "after recovery from the changelog")
 	clock.Set(t0.Add(10 * time.Minute))
-	if r := report(w); r.Pages["/new"].Now != 1 {
+	if r := reportOf(t, w); r.Pages["/new"].Now != 1 {
 		t.Errorf("after recovery /new = %+v, want 1 in the window of now", r.Pages["/new"])
 	}
 	w.stop(t)
@@ -215,5 +183,50 @@ func TestExpiryAcrossRestart(t *testing.T) {
 	}
 	if starts[win.Start(t0.Add(10*time.Minute))] != 1 {
 		t.Errorf("recovered store lacks the live window: %v", starts)
+	}
+}
+
+// expireOldWindow counts three views of /old at t0, then moves event time
+// on until /old's window expires, and checks that, read as of t0, the
+// window is gone and its total stays. It leaves the clock at t0.
+func expireOldWindow(t *testing.T, w *worker, clock *fakeClock, t0 time.Time) {
+	t.Helper()
+	for range 3 {
+		getJSON(t, w.base+"/count/?page=/old", nil)
+	}
+	eventually(t, 10*time.Second, "/old counted in its window", func() (bool, string) {
+		r := reportOf(t, w)
+		return r.Pages["/old"].Now == 3, strings.TrimSpace(w.logs.String()[max(0, len(w.logs.String())-400):])
+	})
+
+	// Ten minutes of event time later, one view of another page moves the
+	// partition's watermark past the old window's expiry.
+	clock.Set(t0.Add(10 * time.Minute))
+	getJSON(t, w.base+"/count/?page=/new", nil)
+	eventually(t, 10*time.Second, "/new counted", func() (bool, string) {
+		r := reportOf(t, w)
+		return r.Pages["/new"].Now == 1, ""
+	})
+
+	// Read as of t0 again: the old window is gone, its total stays.
+	clock.Set(t0)
+	checkOldExpired(t, w, "after expiry")
+}
+
+// reportOf is the report of the worker w.
+func reportOf(t *testing.T, w *worker) pageview.Report {
+	var rep pageview.Report
+	getJSON(t, w.base+"/report/", &rep)
+	return rep
+}
+
+// checkOldExpired checks that w reads /old's expired window as 0 and its
+// total as 3; when says at which step of the test.
+func checkOldExpired(t *testing.T, w *worker, when string) {
+	t.Helper()
+	r := reportOf(t, w)
+	old := r.Pages["/old"]
+	if old.Now != 0 || old.Count != 3 {
+		t.Errorf("%s: /old = %+v, want the expired window to read 0 and the total 3", when, old)
 	}
 }

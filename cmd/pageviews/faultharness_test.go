@@ -298,62 +298,90 @@ func topicContents(brokers []string, topic string, readCommitted bool) (last map
 		return nil, nil, fmt.Errorf("read %s: %w", topic, err)
 	}
 	defer consumer.Close()
+	recs, err := readRecords(client, consumer, topic)
+	if err != nil {
+		return nil, nil, err
+	}
+	last, counts = lastPerKey(recs)
+	return last, counts, nil
+}
+
+// topicRecord is a record read by topicContents.
+type topicRecord struct {
+	p      int32
+	off    int64
+	key    string
+	value  []byte
+	isNull bool
+}
+
+// readRecords reads the partitions of topic concurrently, as topicContents
+// describes, and returns their records in no particular order.
+func readRecords(client sarama.Client, consumer sarama.Consumer, topic string) ([]topicRecord, error) {
 	parts, err := client.Partitions(topic)
 	if err != nil {
-		return nil, nil, fmt.Errorf("read %s: %w", topic, err)
-	}
-	type rec struct {
-		p      int32
-		off    int64
-		key    string
-		value  []byte
-		isNull bool
+		return nil, fmt.Errorf("read %s: %w", topic, err)
 	}
 	var mu sync.Mutex
-	var recs []rec
+	var recs []topicRecord
 	var errs []error
 	var wg sync.WaitGroup
 	for _, p := range parts {
 		hwm, err := client.GetOffset(topic, p, sarama.OffsetNewest)
 		if err != nil {
-			return nil, nil, fmt.Errorf("read %s/%d: %w", topic, p, err)
+			return nil, fmt.Errorf("read %s/%d: %w", topic, p, err)
 		}
 		if hwm == 0 {
 			continue
 		}
 		pc, err := consumer.ConsumePartition(topic, p, sarama.OffsetOldest)
 		if err != nil {
-			return nil, nil, fmt.Errorf("read %s/%d: %w", topic, p, err)
+			return nil, fmt.Errorf("read %s/%d: %w", topic, p, err)
 		}
 		wg.Go(func() {
 			defer pc.Close()
-			for {
-				select {
-				case m, ok := <-pc.Messages():
-					if !ok {
-						return
-					}
-					mu.Lock()
-					recs = append(recs, rec{p: p, off: m.Offset, key: string(m.Key), value: m.Value, isNull: m.Value == nil})
-					mu.Unlock()
-					if m.Offset+1 >= hwm {
-						return
-					}
-				case err := <-pc.Errors():
-					mu.Lock()
-					errs = append(errs, fmt.Errorf("read %s/%d: %w", topic, p, err))
-					mu.Unlock()
-					return
-				case <-time.After(time.Second):
-					return
-				}
+			got, err := readPartition(pc, p, hwm)
+			mu.Lock()
+			defer mu.Unlock()
+			recs = append(recs, got...)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("read %s/%d: %w", topic, p, err))
 			}
 		})
 	}
 	wg.Wait()
 	if len(errs) > 0 {
-		return nil, nil, errors.Join(errs...)
+		return nil, errors.Join(errs...)
 	}
+	return recs, nil
+}
+
+// readPartition returns the records of partition p that pc delivers until
+// the one before the high watermark hwm, an error, or a quiet second.
+func readPartition(pc sarama.PartitionConsumer, p int32, hwm int64) ([]topicRecord, error) {
+	var recs []topicRecord
+	for {
+		select {
+		case m, ok := <-pc.Messages():
+			if !ok {
+				return recs, nil
+			}
+			recs = append(recs, topicRecord{p: p, off: m.Offset, key: string(m.Key), value: m.Value, isNull: m.Value == nil})
+			if m.Offset+1 >= hwm {
+				return recs, nil
+			}
+		case err := <-pc.Errors():
+			return recs, err
+		case <-time.After(time.Second):
+			return recs, nil
+		}
+	}
+}
+
+// lastPerKey replays recs in partition and offset order and returns the
+// last value of each key, tombstones deleting it, and how many records
+// each key has.
+func lastPerKey(recs []topicRecord) (last map[string][]byte, counts map[string]int64) {
 	sort.Slice(recs, func(i, j int) bool {
 		if recs[i].p != recs[j].p {
 			return recs[i].p < recs[j].p
@@ -369,7 +397,7 @@ func topicContents(brokers []string, topic string, readCommitted bool) (last map
 		}
 		last[r.key] = r.value
 	}
-	return last, counts, nil
+	return last, counts
 }
 
 // tableState is what the changelogs say the tables hold, per page: the

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -175,6 +174,24 @@ func TestRunEndToEnd(t *testing.T) {
 		t.Skip("end-to-end")
 	}
 	startWindow := windowOf(time.Now())
+	base := startRun(t)
+	want := map[string]int{"/home": 3, "/about": 2}
+	acked := countPages(t, base, want)
+	checkEndToEndReport(t, base, want, acked, startWindow)
+
+	var one pageview.Report
+	getJSON(t, base+"/report/?page=/about", &one)
+	if len(one.Pages) != 1 || one.Count != 2 {
+		t.Errorf("?page=/about gave %+v, want only /about with count 2", one)
+	}
+	checkErrorAnswers(t, base)
+}
+
+// startRun starts the worker through run on the embedded broker, with 24h
+// windows, and returns its base URL once it is ready. It is stopped at
+// cleanup.
+func startRun(t *testing.T) string {
+	t.Helper()
 	logs := newLineWatcher()
 	ctx, cancel := context.WithCancel(context.Background())
 	dataDir := t.TempDir()
@@ -202,27 +219,41 @@ func TestRunEndToEnd(t *testing.T) {
 	})
 	base := "http://" + logs.wait(t, "http listening", 30*time.Second)["addr"].(string)
 	waitReady(t, base, 30*time.Second)
+	return base
+}
 
-	want := map[string]int{"/home": 3, "/about": 2}
-	var acked atomic.Int64
+// countPages counts want[page] views of each page through /count/ at base,
+// checking that each answer is this process's counter, and returns how
+// many views were acknowledged.
+func countPages(t *testing.T, base string, want map[string]int) int64 {
+	t.Helper()
+	var acked int64
 	for page, n := range want {
 		for range n {
 			var c struct{ Count int64 }
 			if st := getJSON(t, base+"/count/?page="+page, &c); st != http.StatusOK {
 				t.Fatalf("/count/ status %d", st)
 			}
-			acked.Add(1)
-			if c.Count != acked.Load() {
-				t.Fatalf("/count/ answered count %d, want this process's counter %d", c.Count, acked.Load())
+			acked++
+			if c.Count != acked {
+				t.Fatalf("/count/ answered count %d, want this process's counter %d", c.Count, acked)
 			}
 		}
 	}
+	return acked
+}
 
+// checkEndToEndReport waits until /report/ at base shows all acked views,
+// then checks each page of want: its total, its views in the window of
+// now unless the test straddled a window boundary since startWindow, and
+// the report of /home.
+func checkEndToEndReport(t *testing.T, base string, want map[string]int, acked, startWindow int64) {
+	t.Helper()
 	var rep pageview.Report
 	eventually(t, 10*time.Second, "report shows every acknowledged view", func() (bool, string) {
 		rep = pageview.Report{}
 		getJSON(t, base+"/report/", &rep)
-		return rep.Count == acked.Load(), fmt.Sprintf("%+v", rep)
+		return rep.Count == acked, fmt.Sprintf("%+v", rep)
 	})
 	for page, n := range want {
 		got := rep.Pages[page]
@@ -238,13 +269,12 @@ func TestRunEndToEnd(t *testing.T) {
 	if rep.Pages["/home"].Report != pageview.NotEnough {
 		t.Errorf("/home report = %q, want %q", rep.Pages["/home"].Report, pageview.NotEnough)
 	}
+}
 
-	var one pageview.Report
-	getJSON(t, base+"/report/?page=/about", &one)
-	if len(one.Pages) != 1 || one.Count != 2 {
-		t.Errorf("?page=/about gave %+v, want only /about with count 2", one)
-	}
-
+// checkErrorAnswers checks that the worker at base answers an unknown path
+// with 404 and a POST to /count/ with 405, each with a JSON error.
+func checkErrorAnswers(t *testing.T, base string) {
+	t.Helper()
 	var e struct{ Error string }
 	if st := getJSON(t, base+"/nope", &e); st != http.StatusNotFound || e.Error == "" {
 		t.Errorf("unknown path: status %d error %q, want 404 with a JSON error", st, e.Error)

@@ -13,6 +13,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/gofaust/pageviews/internal/config"
 	"github.com/gofaust/pageviews/internal/kafka"
 	"github.com/gofaust/pageviews/internal/pageview"
 )
@@ -50,10 +51,34 @@ func TestReportWhileJoinGroupParked(t *testing.T) {
 		return !rep.Stale, fmt.Sprintf("missing %v", rep.MissingPartitions)
 	})
 
-	// The next JoinGroup of a member that advertises a URL (the worker)
-	// is held until the test ends; every other request goes on as usual.
-	release := make(chan struct{})
-	parked := make(chan struct{})
+	release, parked := parkWorkerJoin(cluster)
+	joined := joinSecondMember(t, addr, cfg, release)
+	select {
+	case <-parked:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the worker did not rejoin after the second member joined\n%s", w.logs)
+	}
+	// Ask for longer than the directory's cache time (1 s), so that
+	// reports need fresh lookups while the JoinGroup is held.
+	lookups := cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.DescribeGroups}, Observe: true, Count: -1})
+	n, stale, slowest := reportsWhileHeld(t, w)
+	// The rebalance was pending all along: the second member's JoinGroup
+	// waits for the worker's.
+	if len(joined) > 0 {
+		t.Fatal("the rebalance completed while the worker's JoinGroup was held")
+	}
+	if lookups.Hits() == 0 {
+		t.Error("no owner lookup reached the broker while the JoinGroup was held")
+	}
+	t.Logf("%d reports (%d stale) and %d owner lookups while the JoinGroup was held; slowest report %s", n, stale, lookups.Hits(), slowest)
+}
+
+// parkWorkerJoin holds the next JoinGroup of a member that advertises a
+// URL (the worker) until release is closed; every other request goes on
+// as usual. parked is closed once that JoinGroup is held.
+func parkWorkerJoin(cluster *kfake.Cluster) (release, parked chan struct{}) {
+	release = make(chan struct{})
+	parked = make(chan struct{})
 	var parking atomic.Bool
 	cluster.ControlKey(int16(kmsg.JoinGroup), func(req kmsg.Request) (kmsg.Response, error, bool) {
 		cluster.KeepControl()
@@ -63,9 +88,20 @@ func TestReportWhileJoinGroupParked(t *testing.T) {
 		}
 		return nil, nil, false
 	})
+	return release, parked
+}
 
-	// A second member joins: the group rebalances, the worker is told so
-	// by its next heartbeat and rejoins, and its JoinGroup is held.
+// joinSecondMember joins a second member to cfg's group through the
+// broker at addr: the group rebalances, and the worker is told so by its
+// next heartbeat and rejoins. The second member's JoinGroup completes once
+// the worker's does; its error arrives on the returned channel.
+//
+// At cleanup release is closed, the rebalance completes and the second
+// member leaves: the worker is alone in the group again and stops cleanly.
+// A worker started before this call is stopped after that cleanup
+// (cleanups run last added first).
+func joinSecondMember(t *testing.T, addr string, cfg *config.Config, release chan struct{}) <-chan error {
+	t.Helper()
 	conf := sarama.NewConfig()
 	conf.Version = sarama.V3_9_0_0
 	joiner := sarama.NewBroker(addr)
@@ -75,30 +111,15 @@ func TestReportWhileJoinGroupParked(t *testing.T) {
 	if _, err := joiner.Connected(); err != nil {
 		t.Fatal(err)
 	}
-	join := func(member string) (*sarama.JoinGroupResponse, error) {
-		req := &sarama.JoinGroupRequest{
-			Version: 5, GroupId: cfg.Group, MemberId: member, ProtocolType: "consumer",
-			SessionTimeout: 30_000, RebalanceTimeout: 60_000,
-		}
-		if err := req.AddGroupProtocolMetadata(sarama.CooperativeStickyBalanceStrategyName,
-			&sarama.ConsumerGroupMemberMetadata{Topics: []string{cfg.Topic}}); err != nil {
-			return nil, err
-		}
-		return joiner.JoinGroup(req)
-	}
-	first, err := join("")
+	first, err := joinGroup(joiner, cfg, "")
 	if err != nil || first.Err != sarama.ErrMemberIdRequired {
 		t.Fatalf("first JoinGroup of the second member: %v, %v", first, err)
 	}
 	joined := make(chan error, 1)
 	go func() {
-		_, err := join(first.MemberId)
+		_, err := joinGroup(joiner, cfg, first.MemberId)
 		joined <- err
 	}()
-	// At the end the worker's JoinGroup goes on, the rebalance completes,
-	// and the second member leaves: the worker is alone in the group again
-	// and stops cleanly. This runs before the worker is stopped (cleanups
-	// run last added first).
 	t.Cleanup(func() {
 		close(release)
 		if err := <-joined; err != nil {
@@ -112,19 +133,30 @@ func TestReportWhileJoinGroupParked(t *testing.T) {
 		}
 		_ = joiner.Close()
 	})
+	return joined
+}
 
-	select {
-	case <-parked:
-	case <-time.After(60 * time.Second):
-		t.Fatalf("the worker did not rejoin after the second member joined\n%s", w.logs)
+// joinGroup sends the JoinGroup of a consumer of cfg's topic in cfg's
+// group, as member, through b.
+func joinGroup(b *sarama.Broker, cfg *config.Config, member string) (*sarama.JoinGroupResponse, error) {
+	req := &sarama.JoinGroupRequest{
+		Version: 5, GroupId: cfg.Group, MemberId: member, ProtocolType: "consumer",
+		SessionTimeout: 30_000, RebalanceTimeout: 60_000,
 	}
-	// Ask for longer than the directory's cache time (1 s), so that
-	// reports need fresh lookups while the JoinGroup is held.
-	lookups := cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.DescribeGroups}, Observe: true, Count: -1})
+	if err := req.AddGroupProtocolMetadata(sarama.CooperativeStickyBalanceStrategyName,
+		&sarama.ConsumerGroupMemberMetadata{Topics: []string{cfg.Topic}}); err != nil {
+		return nil, err
+	}
+	return b.JoinGroup(req)
+}
+
+// reportsWhileHeld asks w for /report/ for at least 3 s and fails unless
+// every request is answered with a report within 2 s. It returns how many
+// reports it got, how many of them were stale, and the slowest one's time.
+func reportsWhileHeld(t *testing.T, w *worker) (n, stale int, slowest time.Duration) {
+	t.Helper()
 	client := &http.Client{Timeout: 2 * time.Second}
 	heldAt := time.Now()
-	var slowest time.Duration
-	var stale, n int
 	for n == 0 || time.Since(heldAt) < 3*time.Second {
 		start := time.Now()
 		resp, err := client.Get(w.base + "/report/")
@@ -145,15 +177,7 @@ func TestReportWhileJoinGroupParked(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	// The rebalance was pending all along: the second member's JoinGroup
-	// waits for the worker's.
-	if len(joined) > 0 {
-		t.Fatal("the rebalance completed while the worker's JoinGroup was held")
-	}
-	if lookups.Hits() == 0 {
-		t.Error("no owner lookup reached the broker while the JoinGroup was held")
-	}
-	t.Logf("%d reports (%d stale) and %d owner lookups while the JoinGroup was held; slowest report %s", n, stale, lookups.Hits(), slowest)
+	return n, stale, slowest
 }
 
 // advertises tells whether req is a JoinGroup of a member that advertises

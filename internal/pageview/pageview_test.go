@@ -48,13 +48,38 @@ func (c *clock) Set(t time.Time) {
 	c.mu.Unlock()
 }
 
+// decodeCase is a case of TestDecode: an input and the page view it
+// decodes to, or the error it fails with.
+type decodeCase struct {
+	name    string
+	in      string
+	want    pageview.PageView
+	wantErr error // a sentinel, or errAny for any error
+}
+
 func TestDecode(t *testing.T) {
-	tests := []struct {
-		name    string
-		in      string
-		want    pageview.PageView
-		wantErr error // a sentinel, or errAny for any error
-	}{
+	for _, tt := range append(validDecodeCases(), invalidDecodeCases()...) {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := pageview.Decode([]byte(tt.in), t0)
+			switch {
+			case tt.wantErr == nil && err != nil:
+				t.Fatalf("Decode(%q): %v", tt.in, err)
+			case tt.wantErr == nil:
+				if !equalPageView(got, tt.want) {
+					t.Errorf("Decode(%q) = %+v, want %+v", tt.in, got, tt.want)
+				}
+			case err == nil:
+				t.Errorf("Decode(%q) = %+v, want error %v", tt.in, got, tt.wantErr)
+			case tt.wantErr != errAny && !errors.Is(err, tt.wantErr):
+				t.Errorf("Decode(%q) error = %v, want %v", tt.in, err, tt.wantErr)
+			}
+		})
+	}
+}
+
+// validDecodeCases are the inputs Decode accepts.
+func validDecodeCases() []decodeCase {
+	return []decodeCase{
 		{
 			name: "the contract example",
 			in:   `{"page":"/home","count":12,"timestamp":"2026-11-26T16:00:00.123Z"}`,
@@ -110,6 +135,12 @@ func TestDecode(t *testing.T) {
 			in:   `{"page":"/old","timestamp":"2001-01-01T00:00:00Z"}`,
 			want: pageview.PageView{Page: "/old", Timestamp: time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC)},
 		},
+	}
+}
+
+// invalidDecodeCases are the inputs Decode rejects, with the error.
+func invalidDecodeCases() []decodeCase {
+	return []decodeCase{
 		{name: "empty input", in: ``, wantErr: errAny},
 		{name: "not JSON", in: `page=/home`, wantErr: errAny},
 		{name: "truncated JSON", in: `{"page":"/home"`, wantErr: errAny},
@@ -157,23 +188,6 @@ func TestDecode(t *testing.T) {
 			in:      `{"page":"/later","timestamp":"2026-11-26T18:00:00.001+01:00"}`,
 			wantErr: window.ErrFuture,
 		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := pageview.Decode([]byte(tt.in), t0)
-			switch {
-			case tt.wantErr == nil && err != nil:
-				t.Fatalf("Decode(%q): %v", tt.in, err)
-			case tt.wantErr == nil:
-				if !equalPageView(got, tt.want) {
-					t.Errorf("Decode(%q) = %+v, want %+v", tt.in, got, tt.want)
-				}
-			case err == nil:
-				t.Errorf("Decode(%q) = %+v, want error %v", tt.in, got, tt.wantErr)
-			case tt.wantErr != errAny && !errors.Is(err, tt.wantErr):
-				t.Errorf("Decode(%q) error = %v, want %v", tt.in, err, tt.wantErr)
-			}
-		})
 	}
 }
 

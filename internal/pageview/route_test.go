@@ -23,6 +23,23 @@ import (
 // well-formed answer, count; anything else leaves the peer's partitions
 // missing and the report stale.
 func TestRouterTrustsPeersOnlyForWhatItAsked(t *testing.T) {
+	for _, tt := range peerAnswers() {
+		t.Run(tt.name, func(t *testing.T) { checkPeerAnswer(t, tt) })
+	}
+}
+
+// peerAnswer is a case of TestRouterTrustsPeersOnlyForWhatItAsked: what
+// the peer answers, and the report the router gives then.
+type peerAnswer struct {
+	name    string
+	body    string
+	length  bool // send a Content-Length header
+	pages   map[string]pageview.PageReport
+	missing []int32
+}
+
+// peerAnswers are the cases of TestRouterTrustsPeersOnlyForWhatItAsked.
+func peerAnswers() []peerAnswer {
 	// What the fixture's partitions hold (see TestReport), and what a
 	// well-behaved peer adds.
 	own := map[string]pageview.PageReport{
@@ -39,13 +56,7 @@ func TestRouterTrustsPeersOnlyForWhatItAsked(t *testing.T) {
 		// not add to it.
 		p0 = `{"partition":0,"pages":{"/home":{"now":100,"back":0,"count":100},"/intruder":{"now":5,"back":0,"count":5}}}`
 	)
-	tests := []struct {
-		name    string
-		body    string
-		length  bool // send a Content-Length header
-		pages   map[string]pageview.PageReport
-		missing []int32
-	}{
+	return []peerAnswer{
 		{name: "by partition", body: `{"by_partition":[` + p2 + `,` + p3 + `]}`, pages: withPeer},
 		{name: "pages of a partition not asked are ignored", body: `{"by_partition":[` + p2 + `,` + p0 + `,` + p3 + `]}`, pages: withPeer},
 		{name: "partition answered twice", body: `{"by_partition":[` + p2 + `,` + p2 + `]}`, pages: own, missing: []int32{2, 3}},
@@ -80,56 +91,67 @@ func TestRouterTrustsPeersOnlyForWhatItAsked(t *testing.T) {
 		{name: "earlier version, partition answered twice", body: `{"partitions":[2,2],"pages":{"/peer":{"now":2,"back":0,"count":5}}}`, pages: own, missing: []int32{2, 3}},
 		{name: "earlier version, pages without partitions", body: `{"partitions":[],"pages":{"/intruder":{"now":5,"back":0,"count":5}}}`, pages: own, missing: []int32{2, 3}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var mu sync.Mutex
-			var asked []string
-			peer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				mu.Lock()
-				asked = append(asked, r.URL.RawQuery)
-				mu.Unlock()
-				w.Header().Set("Content-Type", "application/json")
-				if tt.length {
-					w.Header().Set("Content-Length", strconv.Itoa(len(tt.body)))
-				}
-				_, _ = w.Write([]byte(tt.body))
-			}))
-			t.Cleanup(peer.Close)
-			f := newFixture(t)
-			f.fill(t)
-			rt := router(f, map[int32]string{0: "http://self", 1: "http://self", 2: peer.URL, 3: peer.URL})
+}
 
-			rep, err := rt.Report(context.Background(), "")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !maps.Equal(rep.Pages, tt.pages) {
-				t.Errorf("Pages = %+v, want %+v", rep.Pages, tt.pages)
-			}
-			if !slices.Equal(rep.MissingPartitions, tt.missing) {
-				t.Errorf("MissingPartitions = %v, want %v", rep.MissingPartitions, tt.missing)
-			}
-			if rep.Stale != (len(tt.missing) > 0) {
-				t.Errorf("Stale = %v with partitions %v missing", rep.Stale, tt.missing)
-			}
-			// The livecheck's read says whether every partition answered:
-			// a partition answered twice must not stand in for one missing.
-			_, complete, err := rt.Count(context.Background(), "/peer")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if complete != (len(tt.missing) == 0) {
-				t.Errorf("Count: complete = %v with partitions %v missing", complete, tt.missing)
-			}
+// checkPeerAnswer checks the report and the count of a router whose peer
+// answers tt.body, and what the peer was asked.
+func checkPeerAnswer(t *testing.T, tt peerAnswer) {
+	peerURL, asked := answeringPeer(t, tt.body, tt.length)
+	f := newFixture(t)
+	f.fill(t)
+	rt := router(f, map[int32]string{0: "http://self", 1: "http://self", 2: peerURL, 3: peerURL})
 
-			mu.Lock()
-			defer mu.Unlock()
-			for _, q := range asked {
-				if !strings.Contains(q, "by_partition=1") || !strings.Contains(q, "partitions=2%2C3") {
-					t.Errorf("peer asked with %q, want by_partition=1 and partitions=2,3", q)
-				}
-			}
-		})
+	rep, err := rt.Report(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(rep.Pages, tt.pages) {
+		t.Errorf("Pages = %+v, want %+v", rep.Pages, tt.pages)
+	}
+	if !slices.Equal(rep.MissingPartitions, tt.missing) {
+		t.Errorf("MissingPartitions = %v, want %v", rep.MissingPartitions, tt.missing)
+	}
+	if rep.Stale != (len(tt.missing) > 0) {
+		t.Errorf("Stale = %v with partitions %v missing", rep.Stale, tt.missing)
+	}
+	// The livecheck's read says whether every partition answered:
+	// a partition answered twice must not stand in for one missing.
+	_, complete, err := rt.Count(context.Background(), "/peer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if complete != (len(tt.missing) == 0) {
+		t.Errorf("Count: complete = %v with partitions %v missing", complete, tt.missing)
+	}
+
+	for _, q := range asked() {
+		if !strings.Contains(q, "by_partition=1") || !strings.Contains(q, "partitions=2%2C3") {
+			t.Errorf("peer asked with %q, want by_partition=1 and partitions=2,3", q)
+		}
+	}
+}
+
+// answeringPeer starts a peer that answers every request with body, with
+// a Content-Length header if length is set. It returns the peer's URL and
+// a function that returns the queries the peer was asked so far.
+func answeringPeer(t *testing.T, body string, length bool) (url string, asked func() []string) {
+	var mu sync.Mutex
+	var queries []string
+	peer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		queries = append(queries, r.URL.RawQuery)
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		if length {
+			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		}
+		_, _ = w.Write([]byte(body))
+	}))
+	t.Cleanup(peer.Close)
+	return peer.URL, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(queries)
 	}
 }
 
