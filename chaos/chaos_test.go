@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gofaust/pageviews/internal/pageview"
 )
 
 // result is one scenario's summary line.
@@ -115,13 +117,7 @@ func runScenario(t *testing.T, sc scenario, r *result) {
 	start := time.Now()
 	defer func() { r.Duration = time.Since(start) }()
 	c := newCluster(t, 3, sc.protocol, sc.static)
-	for i := range sc.initial {
-		c.start(i)
-		if sc.ordered {
-			c.waitSettled(fmt.Sprintf("ordered start of worker-%d", i), 90*time.Second)
-		}
-	}
-	c.waitSettled("start", 90*time.Second)
+	startWorkers(c, sc)
 
 	// Everything the workers log from here on belongs to the scenario; the
 	// generations seen so far are the starting point.
@@ -129,6 +125,50 @@ func runScenario(t *testing.T, sc scenario, r *result) {
 	mark := time.Now()
 	r.ran = true
 
+	ld, restarts := disruptUnderLoad(t, c, sc)
+	held := c.waitSettled("after the load", 90*time.Second)
+	reps, converged, why := c.waitConverged(60 * time.Second)
+	c.checkCrashes()
+
+	figuresFromLogs(t, c, r, mark, baseline)
+	r.Acked = ld.total()
+	r.Ambiguous = ld.ambiguous.Load()
+	r.Bound = int64(loadRate*commitInterval.Seconds())*int64(restarts) + 50 + r.Ambiguous
+
+	if !converged {
+		t.Errorf("reports did not converge within 60s after the load stopped: %s", why)
+	}
+	rep := firstReport(t, reps)
+	r.Counted = rep.Count
+	r.Overcount = rep.Count - r.Acked
+
+	checkNoLoss(t, ld, rep, c.pagePartitions(held), r, restarts)
+	checkWindowOfNow(t, rep, start)
+
+	// Same answer on every worker (pages and totals).
+	if diff := reportsDiffer(reps); diff != "" {
+		t.Errorf("workers answer /report/ differently: %s", diff)
+	}
+	t.Logf("longest time until a worker processed all its partitions after a rebalance: %s ms", ms(r.MaxRebalanceMS))
+}
+
+// startWorkers starts the scenario's initial workers and waits until the
+// group settled.
+func startWorkers(c *cluster, sc scenario) {
+	for i := range sc.initial {
+		c.start(i)
+		if sc.ordered {
+			c.waitSettled(fmt.Sprintf("ordered start of worker-%d", i), 90*time.Second)
+		}
+	}
+	c.waitSettled("start", 90*time.Second)
+}
+
+// disruptUnderLoad runs the scenario's disruption while the load runs, and
+// stops the load. It returns the load and how many workers the disruption
+// stopped, crashed or added.
+func disruptUnderLoad(t *testing.T, c *cluster, sc scenario) (*load, int) {
+	t.Helper()
 	ld := c.startLoad()
 	time.Sleep(3 * time.Second) // let the load build some committed state
 	restarts := sc.disrupt(c)
@@ -137,12 +177,14 @@ func runScenario(t *testing.T, sc scenario, r *result) {
 	c.checkCrashes()
 	t.Logf("load: %d calls in %s, %d acknowledged, %d refused, %d ambiguous (failed after sending), %d skipped at the rate bound",
 		ld.sent.Load(), ld.stopped.Sub(ld.started).Round(time.Millisecond), ld.total(), ld.refused.Load(), ld.ambiguous.Load(), ld.dropped.Load())
+	return ld, restarts
+}
 
-	held := c.waitSettled("after the load", 90*time.Second)
-	reps, converged, why := c.waitConverged(60 * time.Second)
-	c.checkCrashes()
-
-	// Figures from the logs of the scenario.
+// figuresFromLogs fills r with the figures from the logs of the scenario
+// (the lines from mark on), counting the generations after baseline, and
+// fails the test for every error logged.
+func figuresFromLogs(t *testing.T, c *cluster, r *result, mark time.Time, baseline int32) {
+	t.Helper()
 	gens := map[int32]bool{}
 	for _, l := range c.lines() {
 		if l.Time.Before(mark) {
@@ -163,13 +205,11 @@ func runScenario(t *testing.T, sc scenario, r *result) {
 		}
 	}
 	r.Rebalances = len(gens)
-	r.Acked = ld.total()
-	r.Ambiguous = ld.ambiguous.Load()
-	r.Bound = int64(loadRate*commitInterval.Seconds())*int64(restarts) + 50 + r.Ambiguous
+}
 
-	if !converged {
-		t.Errorf("reports did not converge within 60s after the load stopped: %s", why)
-	}
+// firstReport returns the report of the worker whose name sorts first.
+func firstReport(t *testing.T, reps map[string]pageview.Report) pageview.Report {
+	t.Helper()
 	var names []string
 	for n := range reps {
 		names = append(names, n)
@@ -178,12 +218,15 @@ func runScenario(t *testing.T, sc scenario, r *result) {
 	if len(names) == 0 {
 		t.Fatalf("no report to check")
 	}
-	rep := reps[names[0]]
-	r.Counted = rep.Count
-	r.Overcount = rep.Count - r.Acked
+	return reps[names[0]]
+}
 
-	// No loss: every page counts at least the views acknowledged for it.
-	pageOf := c.pagePartitions(held)
+// checkNoLoss checks that every page of rep counts at least the views
+// acknowledged for it, that rep holds no page the load did not send, and
+// that the surplus stays within r's bound. pageOf is the partition of each
+// page.
+func checkNoLoss(t *testing.T, ld *load, rep pageview.Report, pageOf map[string]int32, r *result, restarts int) {
+	t.Helper()
 	var lost []string
 	var surplus int64
 	surplusBy := map[int32]int64{}
@@ -212,22 +255,21 @@ func runScenario(t *testing.T, sc scenario, r *result) {
 	if surplus > r.Bound {
 		t.Errorf("surplus of %d views is more than at-least-once allows (%d): more than one commit interval replayed per restart", surplus, r.Bound)
 	}
+}
 
-	// Every view landed in the 24h window of now, unless the scenario
-	// crossed midnight UTC, the only window boundary it can meet.
-	if start.UTC().Truncate(24 * time.Hour).Equal(time.Now().UTC().Truncate(24 * time.Hour)) {
-		for page, pr := range rep.Pages {
-			if pr.Now != pr.Count {
-				t.Errorf("%s: window of now holds %d views but the total is %d; the windowed and totals tables disagree", page, pr.Now, pr.Count)
-			}
+// checkWindowOfNow checks that every view of rep landed in the 24h window
+// of now, unless the scenario, begun at start, crossed midnight UTC, the
+// only window boundary it can meet.
+func checkWindowOfNow(t *testing.T, rep pageview.Report, start time.Time) {
+	t.Helper()
+	if !start.UTC().Truncate(24 * time.Hour).Equal(time.Now().UTC().Truncate(24 * time.Hour)) {
+		return
+	}
+	for page, pr := range rep.Pages {
+		if pr.Now != pr.Count {
+			t.Errorf("%s: window of now holds %d views but the total is %d; the windowed and totals tables disagree", page, pr.Now, pr.Count)
 		}
 	}
-
-	// Same answer on every worker (pages and totals).
-	if diff := reportsDiffer(reps); diff != "" {
-		t.Errorf("workers answer /report/ differently: %s", diff)
-	}
-	t.Logf("longest time until a worker processed all its partitions after a rebalance: %s ms", ms(r.MaxRebalanceMS))
 }
 
 // rollingRestart TERMs and restarts worker 0, then workers 1 and 2 together

@@ -188,72 +188,105 @@ func TestCrashLosesNoAcknowledgedView(t *testing.T) {
 	}))
 	w.WaitReady(t, 60*time.Second)
 
-	var (
-		seq     atomic.Int64
-		mu      sync.Mutex
-		acked   []string
-		failure error // the first failed call before the kill
-		killed  atomic.Bool
-	)
+	s := startCountStream(w, 8)
+	defer s.cancel()
+	s.waitCommitted(t, committedViews(t, b), storedBefore)
+	s.killed.Store(true)
+	w.Kill(t)
+	s.stop()
+	t.Logf("killed the worker with %d /count/ calls acknowledged out of %d attempted", len(s.acked), s.seq.Load())
+
+	w2 := w.Restart(t, "worker-2")
+	w2.WaitReady(t, 90*time.Second)
+	final := waitAllCounted(t, w2, s.acked)
+	if final.Count < int64(len(s.acked)) {
+		t.Fatalf("total %d is below the %d acknowledged views", final.Count, len(s.acked))
+	}
+	t.Logf("after the restart: %d views counted for %d acknowledged (at least once: views after the last commit may count twice)",
+		final.Count, len(s.acked))
+
+	requireResumedFromStore(t, w2)
+}
+
+// countStream is /count/ calls from several goroutines, each for a page of
+// its own, until the first failure or until it is stopped.
+type countStream struct {
+	seq     atomic.Int64
+	mu      sync.Mutex
+	acked   []string
+	failure error // the first failed call before the kill
+	killed  atomic.Bool
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+// startCountStream starts n goroutines that call w's /count/.
+func startCountStream(w *harness.Worker, n int) *countStream {
+	s := &countStream{}
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Go(func() {
+	s.cancel = cancel
+	for range n {
+		s.wg.Go(func() {
 			for ctx.Err() == nil {
-				page := fmt.Sprintf("/crash/%06d", seq.Add(1))
+				page := fmt.Sprintf("/crash/%06d", s.seq.Add(1))
 				err := w.TryCount(ctx, page)
-				mu.Lock()
+				s.mu.Lock()
 				switch {
 				case err == nil:
-					acked = append(acked, page)
-				case !killed.Load() && failure == nil:
-					failure = err
+					s.acked = append(s.acked, page)
+				case !s.killed.Load() && s.failure == nil:
+					s.failure = err
 				}
-				mu.Unlock()
+				s.mu.Unlock()
 				if err != nil {
 					return
 				}
 			}
 		})
 	}
-	committed := committedViews(t, b)
+	return s
+}
+
+// stop ends the calls and waits for the goroutines.
+func (s *countStream) stop() {
+	s.cancel()
+	s.wg.Wait()
+}
+
+// waitCommitted waits until committed reports at least n source records,
+// and fails the test when a call fails first.
+func (s *countStream) waitCommitted(t testing.TB, committed func() int64, n int64) {
+	t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
-		mu.Lock()
-		err := failure
-		mu.Unlock()
+		s.mu.Lock()
+		err := s.failure
+		s.mu.Unlock()
 		if err != nil {
-			cancel()
-			wg.Wait()
+			s.stop()
 			t.Fatalf("/count/ failed before the crash: %v", err)
 		}
-		n := committed()
-		if n >= storedBefore {
-			break
+		got := committed()
+		if got >= n {
+			return
 		}
 		if time.Now().After(deadline) {
-			cancel()
-			wg.Wait()
-			t.Fatalf("the worker committed %d source records in 2 minutes, want %d", n, storedBefore)
+			s.stop()
+			t.Fatalf("the worker committed %d source records in 2 minutes, want %d", got, n)
 		}
 		time.Sleep(harness.PollInterval)
 	}
-	killed.Store(true)
-	w.Kill(t)
-	cancel()
-	wg.Wait()
-	t.Logf("killed the worker with %d /count/ calls acknowledged out of %d attempted", len(acked), seq.Load())
+}
 
-	w2 := w.Restart(t, "worker-2")
-	w2.WaitReady(t, 90*time.Second)
-	// Wait until every acknowledged view is counted. (The total alone can
-	// reach the number of acknowledged views early: at least once, views
-	// processed again count twice, while others still wait in the source.)
-	var final pageview.Report
-	deadline = time.Now().Add(90 * time.Second)
+// waitAllCounted waits until w's report counts every acknowledged page, and
+// returns that report. (The total alone can reach the number of
+// acknowledged views early: at least once, views processed again count
+// twice, while others still wait in the source.)
+func waitAllCounted(t testing.TB, w *harness.Worker, acked []string) pageview.Report {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
 	for {
-		final = w2.Report(t)
+		final := w.Report(t)
 		var missing []string
 		for _, page := range acked {
 			if final.Pages[page].Count < 1 {
@@ -261,7 +294,7 @@ func TestCrashLosesNoAcknowledgedView(t *testing.T) {
 			}
 		}
 		if len(missing) == 0 {
-			break
+			return final
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%d of %d acknowledged views are missing after the crash, among them %v; last report: %s",
@@ -269,16 +302,15 @@ func TestCrashLosesNoAcknowledgedView(t *testing.T) {
 		}
 		time.Sleep(harness.PollInterval)
 	}
-	if final.Count < int64(len(acked)) {
-		t.Fatalf("total %d is below the %d acknowledged views", final.Count, len(acked))
-	}
-	t.Logf("after the restart: %d views counted for %d acknowledged (at least once: views after the last commit may count twice)",
-		final.Count, len(acked))
+}
 
-	// Recovery resumed from the local store instead of replaying everything.
+// requireResumedFromStore checks that w's recovery resumed from the local
+// store instead of replaying everything.
+func requireResumedFromStore(t testing.TB, w *harness.Worker) {
+	t.Helper()
 	var replayed, ends int64
 	resumed := 0
-	for k, l := range recoveringLines(w2) {
+	for k, l := range recoveringLines(w) {
 		t.Logf("restart recovered %s: from offset %d to %d (%d records), stored=%v", k, l.FromOffset, l.EndOffset, l.Records, l.Stored)
 		replayed += l.Records
 		ends += l.EndOffset
@@ -287,7 +319,7 @@ func TestCrashLosesNoAcknowledgedView(t *testing.T) {
 		}
 	}
 	if resumed == 0 {
-		t.Errorf("no table partition resumed recovery from the local store (stored=true, from_offset>0): %v", recoveringLines(w2))
+		t.Errorf("no table partition resumed recovery from the local store (stored=true, from_offset>0): %v", recoveringLines(w))
 	}
 	if replayed >= ends {
 		t.Errorf("recovery replayed %d changelog records, the whole changelogs (%d): the local store saved nothing", replayed, ends)

@@ -117,8 +117,15 @@ func TestForeignRecordsAndPoisonRecord(t *testing.T) {
 	}
 	w.WaitReady(t, 5*time.Second)
 
-	// The three records share the key, so they are in one partition, in
-	// the order they were produced.
+	bad := poisonRecord(t, kcatBin, b, page, poison)
+	checkDeadLettered(t, w, kcatBin, b, bad)
+}
+
+// poisonRecord returns the poison record, the second of the three records
+// with key page in the source topic. The three records share the key, so
+// they are in one partition, in the order they were produced.
+func poisonRecord(t testing.TB, kcatBin string, b *broker, page, poison string) harness.Record {
+	t.Helper()
 	var mine []harness.Record
 	for _, rec := range harness.ConsumeAll(t, kcatBin, b.addr, b.topic) {
 		if rec.Key != nil && *rec.Key == page {
@@ -140,14 +147,41 @@ func TestForeignRecordsAndPoisonRecord(t *testing.T) {
 	if !(mine[0].Offset < mine[1].Offset && mine[1].Offset < mine[2].Offset) {
 		t.Fatalf("offsets out of order: %d, %d, %d", mine[0].Offset, mine[1].Offset, mine[2].Offset)
 	}
+	return bad
+}
 
-	// The poison record is logged and dead-lettered with where it came from.
+// checkDeadLettered checks that the poison record bad is logged and
+// dead-lettered with where it came from.
+func checkDeadLettered(t testing.TB, w *harness.Worker, kcatBin string, b *broker, bad harness.Record) {
+	t.Helper()
 	logged := w.EntriesWhere(func(e harness.Entry) bool {
 		return e.Str("msg") == "dead-lettering record" && e.Num("partition") == int64(bad.Partition) && e.Num("offset") == bad.Offset
 	})
 	if len(logged) == 0 {
 		t.Errorf("no \"dead-lettering record\" log line for partition %d offset %d", bad.Partition, bad.Offset)
 	}
+	dead := waitDeadLetter(t, kcatBin, b, *bad.Payload)
+	if dead.Key == nil || *dead.Key != *bad.Key {
+		t.Errorf("dead letter key %v, want %s", dead.Key, *bad.Key)
+	}
+	for k, want := range map[string]string{
+		"source.topic":     b.topic,
+		"source.partition": strconv.Itoa(int(bad.Partition)),
+		"source.offset":    strconv.FormatInt(bad.Offset, 10),
+	} {
+		if got, ok := dead.Header(k); !ok || got != want {
+			t.Errorf("dead letter header %s = %q (present %v), want %q", k, got, ok, want)
+		}
+	}
+	if e, ok := dead.Header("error"); !ok || e == "" {
+		t.Errorf("dead letter has no error header: %v", dead.Headers)
+	}
+}
+
+// waitDeadLetter waits until the dead-letter topic holds a record with
+// payload poison, and returns it.
+func waitDeadLetter(t testing.TB, kcatBin string, b *broker, poison string) harness.Record {
+	t.Helper()
 	var dead harness.Record
 	deadline := time.Now().Add(30 * time.Second)
 	for dead.Payload == nil {
@@ -163,21 +197,7 @@ func TestForeignRecordsAndPoisonRecord(t *testing.T) {
 			time.Sleep(harness.PollInterval)
 		}
 	}
-	if dead.Key == nil || *dead.Key != page {
-		t.Errorf("dead letter key %v, want %s", dead.Key, page)
-	}
-	for k, want := range map[string]string{
-		"source.topic":     b.topic,
-		"source.partition": strconv.Itoa(int(bad.Partition)),
-		"source.offset":    strconv.FormatInt(bad.Offset, 10),
-	} {
-		if got, ok := dead.Header(k); !ok || got != want {
-			t.Errorf("dead letter header %s = %q (present %v), want %q", k, got, ok, want)
-		}
-	}
-	if e, ok := dead.Header("error"); !ok || e == "" {
-		t.Errorf("dead letter has no error header: %v", dead.Headers)
-	}
+	return dead
 }
 
 // USR1 logs a dump of every goroutine and changes nothing else; TERM shuts

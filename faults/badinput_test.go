@@ -90,14 +90,42 @@ func TestBadInput(t *testing.T) {
 	w.WaitReady(t, 60*time.Second)
 	mon := startMonitor(w)
 
-	// One record a line, "key:value"; kcat splits at the first colon, so
-	// keys have none and no value holds a newline.
+	in := makeBadInput(t, pages, perKind, valid)
+	harness.Kcat(t, kcat, "", "-P", "-b", b.Addr, "-t", topic, "-K:", "-l", in.file)
+
+	k := openKafka(t, b.Addr)
+	k.waitDrained(t, group, topic, 120*time.Second)
+
+	r := checkValidCounted(t, w, pages, in.want, valid)
+	dead, sources := checkDeadLetters(t, k, in)
+
+	// The sources the dead letters name hold the malformed records.
+	if len(sources) > 0 {
+		checkSources(t, k, sources, in.badValue)
+	}
+
+	polls := checkStayedReady(t, w, mon)
+	t.Logf("%d malformed and %d valid records: %d dead letters, %d views counted on %d pages; /ready/ polled %d times, never unready",
+		len(in.badValue), valid, dead, r.Count, len(r.Pages), polls)
+}
+
+// badInput is what TestBadInput has kcat write: a file of records, the
+// malformed values and their kinds by key, and the valid views by page.
+type badInput struct {
+	file      string
+	badValue  map[string][]byte
+	badKindOf map[string]badKind
+	want      map[string]int64
+}
+
+// makeBadInput writes perKind malformed records of every kind and valid
+// views of pages, shuffled, to a file for kcat.
+func makeBadInput(t *testing.T, pages []string, perKind, valid int) *badInput {
+	t.Helper()
+	in := &badInput{badValue: map[string][]byte{}, badKindOf: map[string]badKind{}, want: map[string]int64{}}
 	rng := rand.New(rand.NewPCG(7, 11))
 	now := time.Now()
-	type rec struct{ key, value []byte }
-	var recs []rec
-	badValue := map[string][]byte{} // by key
-	badKindOf := map[string]badKind{}
+	var recs []kcatRecord
 	for _, k := range badKinds {
 		for i := range perKind {
 			key := fmt.Sprintf("bad-%s-%05d", k.name, i)
@@ -105,23 +133,34 @@ func TestBadInput(t *testing.T) {
 			if bytes.ContainsAny(v, "\n") {
 				t.Fatalf("a %s value holds a newline", k.name)
 			}
-			recs = append(recs, rec{[]byte(key), v})
-			badValue[key] = v
-			badKindOf[key] = k
+			recs = append(recs, kcatRecord{[]byte(key), v})
+			in.badValue[key] = v
+			in.badKindOf[key] = k
 		}
 	}
-	want := map[string]int64{}
 	for i := range valid {
 		page := pages[rng.IntN(len(pages))]
-		want[page]++
+		in.want[page]++
 		v := fmt.Appendf(nil, `{"page":%q,"count":%d,"timestamp":%q}`, page, i+1, now.UTC().Format("2006-01-02T15:04:05.000Z"))
 		if i%4 == 0 {
 			// Without a timestamp the record's own timestamp is used.
 			v = fmt.Appendf(nil, `{"page":%q,"count":%d}`, page, i+1)
 		}
-		recs = append(recs, rec{[]byte(page), v})
+		recs = append(recs, kcatRecord{[]byte(page), v})
 	}
 	rng.Shuffle(len(recs), func(i, j int) { recs[i], recs[j] = recs[j], recs[i] })
+	in.file = writeKcatRecords(t, recs)
+	return in
+}
+
+// kcatRecord is one record for kcat to produce.
+type kcatRecord struct{ key, value []byte }
+
+// writeKcatRecords writes recs to a file in a temporary directory, one
+// record a line as "key:value", and returns its path. kcat splits at the
+// first colon, so keys have none and no value holds a newline.
+func writeKcatRecords(t *testing.T, recs []kcatRecord) string {
+	t.Helper()
 	var file bytes.Buffer
 	for _, r := range recs {
 		file.Write(r.key)
@@ -133,13 +172,14 @@ func TestBadInput(t *testing.T) {
 	if err := os.WriteFile(input, file.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	return input
+}
 
-	harness.Kcat(t, kcat, "", "-P", "-b", b.Addr, "-t", topic, "-K:", "-l", input)
-
-	k := openKafka(t, b.Addr)
-	k.waitDrained(t, group, topic, 120*time.Second)
-
-	// The valid views, exactly per page; nothing else counted.
+// checkValidCounted waits for a complete report and checks that it counts
+// the valid views exactly per page, and nothing else. It returns the
+// report.
+func checkValidCounted(t *testing.T, w *worker, pages []string, want map[string]int64, valid int64) pageview.Report {
+	t.Helper()
 	var r pageview.Report
 	waitFor(t, 60*time.Second, "a complete report", func() (bool, string) {
 		var err error
@@ -165,53 +205,23 @@ func TestBadInput(t *testing.T) {
 	if len(wrong) > 0 {
 		t.Errorf("valid views not counted exactly:\n%s", strings.Join(first(wrong, 20), "\n"))
 	}
+	return r
+}
 
-	// Every malformed record, once, in the dead-letter topic (read as a
-	// consumer of it should: dead letters go out in the partition's
-	// transactions, and an aborted one's go out again in the next).
+// checkDeadLetters checks that every malformed record is in the dead-letter
+// topic once (read as a consumer of it should: dead letters go out in the
+// partition's transactions, and an aborted one's go out again in the
+// next). It returns how many dead letters it read, and the key of the
+// malformed record each source partition/offset they name holds.
+func checkDeadLetters(t *testing.T, k *kafkaClient, in *badInput) (int, map[string]string) {
+	t.Helper()
 	dlq := k.readAll(t, topic+"-dlq", sarama.ReadCommitted)
 	seenKey := map[string]int{}
 	seenSource := map[string]string{}
 	var bad []string
 	for _, m := range dlq {
-		key := string(m.Key)
-		seenKey[key]++
-		problem := func(format string, args ...any) {
-			bad = append(bad, fmt.Sprintf("dlq %d/%d key %q: ", m.Partition, m.Offset, trim(key))+fmt.Sprintf(format, args...))
-		}
-		kind, ok := badKindOf[key]
-		if !ok {
-			problem("not one of the malformed records (value %q)", trim(string(m.Value)))
-			continue
-		}
-		if !bytes.Equal(m.Value, badValue[key]) {
-			problem("value %q, want the original %q", trim(string(m.Value)), trim(string(badValue[key])))
-		}
-		errHdr, okErr := header(m, "error")
-		srcTopic, okTopic := header(m, "source.topic")
-		srcPart, okPart := header(m, "source.partition")
-		srcOff, okOff := header(m, "source.offset")
-		if !okErr || !okTopic || !okPart || !okOff {
-			problem("headers %v, want error, source.topic, source.partition and source.offset", headerKeys(m))
-			continue
-		}
-		if !strings.Contains(errHdr, kind.error) {
-			problem("error header %q does not name %q", errHdr, kind.error)
-		}
-		if srcTopic != topic {
-			problem("source.topic %q", srcTopic)
-		}
-		p, err1 := strconv.ParseInt(srcPart, 10, 32)
-		o, err2 := strconv.ParseInt(srcOff, 10, 64)
-		if err1 != nil || err2 != nil || p < 0 || o < 0 {
-			problem("source.partition %q, source.offset %q are not a partition and an offset", srcPart, srcOff)
-			continue
-		}
-		src := srcPart + "/" + srcOff
-		if other, dup := seenSource[src]; dup {
-			problem("source %s also named by the dead letter of %q", src, trim(other))
-		}
-		seenSource[src] = key
+		seenKey[string(m.Key)]++
+		bad = append(bad, in.deadLetterProblems(m, seenSource)...)
 	}
 	for key, n := range seenKey {
 		if n > 1 {
@@ -219,26 +229,72 @@ func TestBadInput(t *testing.T) {
 		}
 	}
 	missing := 0
-	for key := range badValue {
+	for key := range in.badValue {
 		if seenKey[key] == 0 {
 			missing++
 			if missing <= 5 {
-				bad = append(bad, fmt.Sprintf("key %q (%s) never dead-lettered", key, badKindOf[key].name))
+				bad = append(bad, fmt.Sprintf("key %q (%s) never dead-lettered", key, in.badKindOf[key].name))
 			}
 		}
 	}
-	if len(dlq) != len(badValue) {
-		t.Errorf("page_views-dlq holds %d records, want exactly %d (%d malformed records missing)", len(dlq), len(badValue), missing)
+	if len(dlq) != len(in.badValue) {
+		t.Errorf("page_views-dlq holds %d records, want exactly %d (%d malformed records missing)", len(dlq), len(in.badValue), missing)
 	}
 	if len(bad) > 0 {
 		t.Errorf("%d problems with the dead letters:\n%s", len(bad), strings.Join(first(bad, 20), "\n"))
 	}
+	return len(dlq), seenSource
+}
 
-	// The sources the dead letters name hold the malformed records.
-	if len(seenSource) > 0 {
-		checkSources(t, k, seenSource, badValue)
+// deadLetterProblems checks one dead letter against the malformed record
+// it carries and files the source it names in seenSource.
+func (in *badInput) deadLetterProblems(m *sarama.ConsumerMessage, seenSource map[string]string) []string {
+	key := string(m.Key)
+	var bad []string
+	problem := func(format string, args ...any) {
+		bad = append(bad, fmt.Sprintf("dlq %d/%d key %q: ", m.Partition, m.Offset, trim(key))+fmt.Sprintf(format, args...))
 	}
+	kind, ok := in.badKindOf[key]
+	if !ok {
+		problem("not one of the malformed records (value %q)", trim(string(m.Value)))
+		return bad
+	}
+	if !bytes.Equal(m.Value, in.badValue[key]) {
+		problem("value %q, want the original %q", trim(string(m.Value)), trim(string(in.badValue[key])))
+	}
+	errHdr, okErr := header(m, "error")
+	srcTopic, okTopic := header(m, "source.topic")
+	srcPart, okPart := header(m, "source.partition")
+	srcOff, okOff := header(m, "source.offset")
+	if !okErr || !okTopic || !okPart || !okOff {
+		problem("headers %v, want error, source.topic, source.partition and source.offset", headerKeys(m))
+		return bad
+	}
+	if !strings.Contains(errHdr, kind.error) {
+		problem("error header %q does not name %q", errHdr, kind.error)
+	}
+	if srcTopic != topic {
+		problem("source.topic %q", srcTopic)
+	}
+	p, err1 := strconv.ParseInt(srcPart, 10, 32)
+	o, err2 := strconv.ParseInt(srcOff, 10, 64)
+	if err1 != nil || err2 != nil || p < 0 || o < 0 {
+		problem("source.partition %q, source.offset %q are not a partition and an offset", srcPart, srcOff)
+		return bad
+	}
+	src := srcPart + "/" + srcOff
+	if other, dup := seenSource[src]; dup {
+		problem("source %s also named by the dead letter of %q", src, trim(other))
+	}
+	seenSource[src] = key
+	return bad
+}
 
+// checkStayedReady stops mon and checks that the worker still runs, that
+// /ready/ never answered 503 after the worker had been ready and that /live
+// never failed. It returns how many times mon polled.
+func checkStayedReady(t *testing.T, w *worker, mon *monitor) int {
+	t.Helper()
 	unready, live, polls := mon.finish()
 	w.requireRunning("after the bad input")
 	if len(unready) > 0 {
@@ -247,8 +303,7 @@ func TestBadInput(t *testing.T) {
 	if len(live) > 0 {
 		t.Errorf("/live failed %d times:\n%s", len(live), strings.Join(first(live, 10), "\n"))
 	}
-	t.Logf("%d malformed and %d valid records: %d dead letters, %d views counted on %d pages; /ready/ polled %d times, never unready",
-		len(badValue), valid, len(dlq), r.Count, len(r.Pages), polls)
+	return polls
 }
 
 // checkSources reads page_views and checks that each dead letter's

@@ -109,12 +109,56 @@ func TestEOSKill9(t *testing.T) {
 
 // crashRun fills res as it goes, so a failed run still shows its figures.
 func crashRun(t *testing.T, res *crashResult, seed uint64) {
-	guarantee := res.guarantee
 	dir := logDir(t)
 	b := harness.StartBroker(t, dir)
+	ws := startCrashWorkers(t, dir, b.Addr, res.guarantee)
+	pages := pageNames("/eos", crashPages)
+	tl := newTally(crashWindow)
+	p := newPool(seed, ws...)
+	victims := rand.New(rand.NewPCG(seed, 1))
+	began := time.Now()
+	c := &crashCluster{t: t, res: res, ws: ws, pool: p, tally: tl}
+	c.load = startLoad(p, pages, tl, crashViews, crashConcurrency)
+	c.kafka = openKafka(t, b.Addr)
+	c.killWorkers(victims)
+	c.finishLoad()
+	c.kafka.waitDrained(t, group, topic, 5*time.Minute, c.supervise)
+	res.endToEnd = time.Since(began)
+	c.processBacklog(b.Addr, pages)
+
+	r := c.completeReport()
+	reportNow := windowStart(time.Now(), crashWindow)
+	res.counted = r.Count
+	for _, n := range tl.straddle {
+		res.boundaryCrossings += n
+	}
+	if res.boundaryCrossings > 0 {
+		t.Logf("%d acknowledged views were sent across a window boundary (midnight UTC): their window is known only as one of two", res.boundaryCrossings)
+	}
+
+	over := checkNothingLost(t, res.guarantee, tl, pages, r)
+	if res.guarantee != "exactly_once" {
+		t.Logf("at_least_once: %d views counted beyond the %d acknowledged and %d written directly (%d pages over)", res.overcount(), res.acked, res.backlog, len(over))
+		return
+	}
+	if len(over) > 0 {
+		t.Errorf("exactly_once counted views twice on %d pages:\n%s", len(over), strings.Join(first(over, 20), "\n"))
+	}
+	checkWindowOfNow(t, tl, pages, r, reportNow)
+
+	// Every window and every total, from the changelogs as a read_committed
+	// consumer (and so a recovering worker) sees them.
+	res.windowsChecked = checkChangelogs(t, c.kafka, tl, pages)
+	t.Logf("exactly_once: %d page totals and %d page windows equal the acknowledged views", len(pages), res.windowsChecked)
+}
+
+// startCrashWorkers starts the crash run's workers under guarantee and
+// waits until each is ready.
+func startCrashWorkers(t *testing.T, dir, addr, guarantee string) []*worker {
+	t.Helper()
 	var ws []*worker
 	for i := range crashWorkers {
-		env := workerEnv(b.Addr, filepath.Join(t.TempDir(), fmt.Sprintf("data%d", i)), map[string]string{
+		env := workerEnv(addr, filepath.Join(t.TempDir(), fmt.Sprintf("data%d", i)), map[string]string{
 			"PROCESSING_GUARANTEE":  guarantee,
 			"KAFKA_SESSION_TIMEOUT": "6s",
 			"WINDOW_SIZE":           crashWindow.String(),
@@ -125,130 +169,156 @@ func crashRun(t *testing.T, res *crashResult, seed uint64) {
 	for _, w := range ws {
 		w.WaitReady(t, 120*time.Second)
 	}
+	return ws
+}
 
-	pages := pageNames("/eos", crashPages)
-	tl := newTally(crashWindow)
-	p := newPool(seed, ws...)
-	victims := rand.New(rand.NewPCG(seed, 1))
-	began := time.Now()
-	l := startLoad(p, pages, tl, crashViews, crashConcurrency)
+// crashCluster is the workers of a crash run, the load sent to them and
+// what the run measured.
+type crashCluster struct {
+	t     *testing.T
+	res   *crashResult
+	ws    []*worker
+	pool  *pool
+	tally *tally
+	load  *load
+	kafka *kafkaClient
+}
 
-	// A worker that exits by itself fails the run; it is started again so
-	// that the run, and its exactly-once check, go on.
-	crashed := func(s *slot) {
-		res.crashes++
-		t.Errorf("%s exited by itself (%v) during the %s run:\nstderr: %s\nits last errors:\n%s",
-			s.w.Name, s.w.Err(), guarantee, strings.TrimSpace(s.w.Stderr.String()), lastErrors(s.w.Proc, 5))
-	}
-	supervise := func() {
-		for _, s := range p.slots {
-			if !s.w.Running() {
-				p.drain(s)
-				crashed(s)
-				s.w.start()
-				p.activate(s)
-			}
+// crashed fails the run for a worker that exited by itself.
+func (c *crashCluster) crashed(s *slot) {
+	c.t.Helper()
+	c.res.crashes++
+	c.t.Errorf("%s exited by itself (%v) during the %s run:\nstderr: %s\nits last errors:\n%s",
+		s.w.Name, s.w.Err(), c.res.guarantee, strings.TrimSpace(s.w.Stderr.String()), lastErrors(s.w.Proc, 5))
+}
+
+// supervise fails the run for every worker that exited by itself and
+// starts it again, so that the run, and its exactly-once check, go on.
+func (c *crashCluster) supervise() {
+	c.t.Helper()
+	for _, s := range c.pool.slots {
+		if !s.w.Running() {
+			c.pool.drain(s)
+			c.crashed(s)
+			s.w.start()
+			c.pool.activate(s)
 		}
 	}
+}
 
-	// allReady reports whether every worker answers ready; a worker whose
-	// joins keep timing out points at a group that cannot finish a
-	// rebalance.
-	allReady := func() (bool, string) {
-		for _, w := range ws {
-			if ok, detail := w.ready(); !ok {
-				msg := fmt.Sprintf("%s: %s", w.Name, detail)
-				if n := len(w.Entries("consumer group session ended; joining again")); n >= 2 {
-					msg += fmt.Sprintf("; its joins timed out %d times (see TestDevBrokerExpiresMemberThatDiedInJoin)", n)
-				}
-				return false, msg
+// allReady reports whether every worker answers ready; a worker whose
+// joins keep timing out points at a group that cannot finish a rebalance.
+func (c *crashCluster) allReady() (bool, string) {
+	for _, w := range c.ws {
+		if ok, detail := w.ready(); !ok {
+			msg := fmt.Sprintf("%s: %s", w.Name, detail)
+			if n := len(w.Entries("consumer group session ended; joining again")); n >= 2 {
+				msg += fmt.Sprintf("; its joins timed out %d times (see TestDevBrokerExpiresMemberThatDiedInJoin)", n)
 			}
+			return false, msg
 		}
-		return true, ""
 	}
+	return true, ""
+}
 
-	// Kill a random worker at evenly spaced points of the load, each time
-	// once nothing it answers is outstanding, and start it again at once.
-	// A kill waits for a stable group with every worker ready: a worker
-	// killed while its JoinGroup is parked stays in the dev broker's group
-	// for good and the group never rebalances again, which
-	// TestDevBrokerExpiresMemberThatDiedInJoin pins on its own; here it
-	// would only keep the exactly-once check from running.
-	k := openKafka(t, b.Addr)
+// killWorkers kills a random worker at evenly spaced points of the load,
+// each time once nothing it answers is outstanding, and starts it again at
+// once.
+//
+// A kill waits for a stable group with every worker ready: a worker killed
+// while its JoinGroup is parked stays in the dev broker's group for good
+// and the group never rebalances again, which
+// TestDevBrokerExpiresMemberThatDiedInJoin pins on its own; here it would
+// only keep the exactly-once check from running.
+func (c *crashCluster) killWorkers(victims *rand.Rand) {
+	t, l, tl, p := c.t, c.load, c.tally, c.pool
+	t.Helper()
 	kills := 0
 	for i := 1; i <= crashKills; i++ {
 		at := int64(crashViews * i / (crashKills + 1))
 		waitFor(t, 10*time.Minute, fmt.Sprintf("%d views sent", at), func() (bool, string) {
-			supervise()
+			c.supervise()
 			return l.done() >= at, fmt.Sprintf("%d sent (%s)", l.done(), tl.outcomeSummary())
 		})
 		waitFor(t, 3*time.Minute, fmt.Sprintf("a stable group before kill %d", i), func() (bool, string) {
-			supervise()
-			state, err := k.groupState(group)
+			c.supervise()
+			state, err := c.kafka.groupState(group)
 			if err != nil || state != "Stable" {
 				return false, fmt.Sprintf("group %q %v", state, err)
 			}
-			return allReady()
+			return c.allReady()
 		})
 		s := p.slots[victims.IntN(len(p.slots))]
 		p.drain(s)
 		if !s.w.Running() {
-			crashed(s)
+			c.crashed(s)
 		}
 		s.w.Kill(t)
 		kills++
-		res.kills = kills
+		c.res.kills = kills
 		_, acked, _ := tl.totals()
 		t.Logf("kill %d: SIGKILL %s after %d views sent, %d acknowledged", kills, s.w.Name, l.done(), acked)
 		s.w.start()
 		p.activate(s)
 	}
+}
+
+// finishLoad waits until the load is done, records its figures and waits
+// until every worker is ready.
+func (c *crashCluster) finishLoad() {
+	t, l, tl, res := c.t, c.load, c.tally, c.res
+	t.Helper()
 	waitFor(t, 10*time.Minute, "the load done", func() (bool, string) {
-		supervise()
+		c.supervise()
 		return l.finished(), fmt.Sprintf("%d sent (%s)", l.done(), tl.outcomeSummary())
 	})
 	loadTook := l.took
 	sent, acked, unknown := tl.totals()
 	res.sent, res.acked, res.unknown, res.load = sent, acked, unknown, loadTook
 	t.Logf("%s: load done in %s: %d sent, %d acknowledged, %d unknown; outcomes: %s",
-		guarantee, loadTook.Round(time.Millisecond), sent, acked, unknown, tl.outcomeSummary())
+		res.guarantee, loadTook.Round(time.Millisecond), sent, acked, unknown, tl.outcomeSummary())
 
 	waitFor(t, 3*time.Minute, "every worker ready", func() (bool, string) {
-		supervise()
-		return allReady()
+		c.supervise()
+		return c.allReady()
 	})
-	k.waitDrained(t, group, topic, 5*time.Minute, supervise)
-	res.endToEnd = time.Since(began)
+}
 
-	// A backlog written straight to the topic: how fast the workers process
-	// when /count/ (which bounds the load's rate) is not in front.
+// processBacklog writes a backlog straight to the topic and measures how
+// fast the workers process it when /count/ (which bounds the load's rate)
+// is not in front.
+func (c *crashCluster) processBacklog(addr string, pages []string) {
+	t, res := c.t, c.res
+	t.Helper()
 	backlogBegan := time.Now()
-	produceBacklog(t, b.Addr, pages, crashBacklog, tl)
-	k.waitDrained(t, group, topic, 5*time.Minute, supervise)
+	produceBacklog(t, addr, pages, crashBacklog, c.tally)
+	c.kafka.waitDrained(t, group, topic, 5*time.Minute, c.supervise)
 	res.processBacklog = time.Since(backlogBegan)
 	res.backlog = crashBacklog
-	t.Logf("%s: a backlog of %d views processed in %s", guarantee, crashBacklog, res.processBacklog.Round(time.Millisecond))
+	t.Logf("%s: a backlog of %d views processed in %s", res.guarantee, crashBacklog, res.processBacklog.Round(time.Millisecond))
+}
 
+// completeReport waits for a report of the first worker that is neither
+// stale nor missing partitions.
+func (c *crashCluster) completeReport() pageview.Report {
+	c.t.Helper()
 	var r pageview.Report
-	waitFor(t, 2*time.Minute, "a complete report", func() (bool, string) {
+	waitFor(c.t, 2*time.Minute, "a complete report", func() (bool, string) {
 		var err error
-		if r, err = ws[0].report(); err != nil {
+		if r, err = c.ws[0].report(); err != nil {
 			return false, err.Error()
 		}
 		return !r.Stale && len(r.MissingPartitions) == 0, fmt.Sprintf("stale %v, missing %v", r.Stale, r.MissingPartitions)
 	})
-	reportNow := windowStart(time.Now(), crashWindow)
+	return r
+}
 
-	res.counted = r.Count
-	for _, n := range tl.straddle {
-		res.boundaryCrossings += n
-	}
-	if res.boundaryCrossings > 0 {
-		t.Logf("%d acknowledged views were sent across a window boundary (midnight UTC): their window is known only as one of two", res.boundaryCrossings)
-	}
-
-	// No loss, under either guarantee.
-	var lost, over []string
+// checkNothingLost checks that every page of r counts at least its
+// acknowledged views, under either guarantee, and returns the pages that
+// count more than their acknowledged and unknown views together.
+func checkNothingLost(t *testing.T, guarantee string, tl *tally, pages []string, r pageview.Report) (over []string) {
+	t.Helper()
+	var lost []string
 	for _, pg := range pages {
 		got, want := r.Pages[pg].Count, tl.ackedOf(pg)
 		if got < want {
@@ -261,15 +331,13 @@ func crashRun(t *testing.T, res *crashResult, seed uint64) {
 	if len(lost) > 0 {
 		t.Errorf("%s lost acknowledged views on %d pages:\n%s", guarantee, len(lost), strings.Join(first(lost, 20), "\n"))
 	}
-	if guarantee != "exactly_once" {
-		t.Logf("at_least_once: %d views counted beyond the %d acknowledged and %d written directly (%d pages over)", res.overcount(), acked, res.backlog, len(over))
-		return
-	}
-	if len(over) > 0 {
-		t.Errorf("exactly_once counted views twice on %d pages:\n%s", len(over), strings.Join(first(over, 20), "\n"))
-	}
+	return over
+}
 
-	// The window of now, from the report.
+// checkWindowOfNow checks the window of now of every page of r, the window
+// starting at reportNow, against the tally.
+func checkWindowOfNow(t *testing.T, tl *tally, pages []string, r pageview.Report, reportNow int64) {
+	t.Helper()
 	tl.mu.Lock()
 	var wrongNow []string
 	for _, pg := range pages {
@@ -283,11 +351,6 @@ func crashRun(t *testing.T, res *crashResult, seed uint64) {
 	if len(wrongNow) > 0 {
 		t.Errorf("exactly_once: the window of now is wrong on %d pages:\n%s", len(wrongNow), strings.Join(first(wrongNow, 20), "\n"))
 	}
-
-	// Every window and every total, from the changelogs as a read_committed
-	// consumer (and so a recovering worker) sees them.
-	res.windowsChecked = checkChangelogs(t, k, tl, pages)
-	t.Logf("exactly_once: %d page totals and %d page windows equal the acknowledged views", len(pages), res.windowsChecked)
 }
 
 // lastErrors returns the last n ERROR lines of a worker's log.

@@ -308,6 +308,8 @@ func TestBrokerOutageLong(t *testing.T) {
 	brokerOutage(t, 45*time.Second)
 }
 
+// brokerOutage cuts the worker off the broker for outageFor, with work
+// pending, and checks how it behaves during and after the outage.
 func brokerOutage(t *testing.T, outageFor time.Duration) {
 	// A commit interval of 2s leaves the views below processed but not yet
 	// committed when the broker goes away.
@@ -317,7 +319,34 @@ func brokerOutage(t *testing.T, outageFor time.Duration) {
 
 	pages := pageNames("/outage", 10)
 	tl := newTally(0)
-	var pending int64
+	pending := startOutage(t, c, pages, tl)
+	outage := time.Now()
+
+	countDuringOutage(t, c, tl, outage)
+	time.Sleep(time.Until(outage.Add(outageFor))) // the outage lasts outageFor
+	exited := !c.worker.Running()
+	if err := c.proxy.Start(); err != nil {
+		t.Fatalf("re-enable the proxy: %v", err)
+	}
+	t.Logf("outage over after %s", time.Since(outage).Round(time.Millisecond))
+	if exited {
+		c.worker.requireRunning(fmt.Sprintf("during a %s broker outage", outageFor))
+	}
+
+	c.worker.WaitReady(t, 120*time.Second)
+	c.kafka.waitDrained(t, group, topic, 90*time.Second)
+	checkUnreadyInOutage(t, c, mon, outage, outageFor, pending)
+
+	surplus := checkNoLoss(t, c.worker, tl, append(pages, "/outage/during"))
+	_, acked, unknown := tl.totals()
+	t.Logf("after the outage: %d acknowledged views, %d unknown, %d counted beyond the acknowledged", acked, unknown, surplus)
+}
+
+// startOutage counts views of pages until the worker has processed some
+// that it has not committed yet, and then stops the proxy. It returns how
+// many processed records were not committed.
+func startOutage(t *testing.T, c *proxied, pages []string, tl *tally) (pending int64) {
+	t.Helper()
 	for attempt := 1; pending == 0; attempt++ {
 		if attempt > 5 {
 			t.Fatal("the worker had committed everything each of 5 times the test looked; cannot start the outage with work pending")
@@ -344,9 +373,13 @@ func brokerOutage(t *testing.T, outageFor time.Duration) {
 			t.Logf("outage begins with %d processed records not committed (%s)", pending, detail)
 		}
 	}
-	outage := time.Now()
+	return pending
+}
 
-	// /count/ during the outage: 503 with a JSON error.
+// countDuringOutage checks that /count/ during the outage answers 503 with
+// a JSON error.
+func countDuringOutage(t *testing.T, c *proxied, tl *tally, outage time.Time) {
+	t.Helper()
 	code, body, err := c.worker.Get(context.Background(), "/count/?page=/outage/during")
 	tl.record("/outage/during", time.Now(), time.Now(), code, body, err)
 	switch {
@@ -357,18 +390,13 @@ func brokerOutage(t *testing.T, outageFor time.Duration) {
 	default:
 		t.Logf("/count/ during the outage answered %d %s after %s", code, strings.TrimSpace(string(body)), time.Since(outage).Round(time.Millisecond))
 	}
-	time.Sleep(time.Until(outage.Add(outageFor))) // the outage lasts outageFor
-	exited := !c.worker.Running()
-	if err := c.proxy.Start(); err != nil {
-		t.Fatalf("re-enable the proxy: %v", err)
-	}
-	t.Logf("outage over after %s", time.Since(outage).Round(time.Millisecond))
-	if exited {
-		c.worker.requireRunning(fmt.Sprintf("during a %s broker outage", outageFor))
-	}
+}
 
-	c.worker.WaitReady(t, 120*time.Second)
-	c.kafka.waitDrained(t, group, topic, 90*time.Second)
+// checkUnreadyInOutage stops mon and checks that /live never failed and
+// that /ready/ answered 503, naming the partitions that cannot commit,
+// while the worker could not commit its pending records.
+func checkUnreadyInOutage(t *testing.T, c *proxied, mon *monitor, outage time.Time, outageFor time.Duration, pending int64) {
+	t.Helper()
 	unready, live, polls := mon.finish()
 	stalled := 0
 	for _, u := range unready {
@@ -393,10 +421,6 @@ func brokerOutage(t *testing.T, outageFor time.Duration) {
 	if len(flushFailures) > 0 && stalled == 0 {
 		t.Errorf("the worker logged %d failed flushes but /ready/ never said \"cannot commit\"", len(flushFailures))
 	}
-
-	surplus := checkNoLoss(t, c.worker, tl, append(pages, "/outage/during"))
-	_, acked, unknown := tl.totals()
-	t.Logf("after the outage: %d acknowledged views, %d unknown, %d counted beyond the acknowledged", acked, unknown, surplus)
 }
 
 func first(s []string, n int) []string {
