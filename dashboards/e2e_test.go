@@ -42,138 +42,209 @@ func TestDashboardsEndToEnd(t *testing.T) {
 	prometheusBin := harness.RequireProgram(t, "prometheus", "prometheus")
 	root := harness.Root(t)
 	dir := t.TempDir()
+	exporterBin := buildBinaries(t, dir)
+	t.Logf("built the worker, the dev broker and statsd_exporter in %s", time.Since(began).Round(time.Millisecond))
+	// Every wait below together: about a minute when all goes well.
+	st := &stack{root: root, dir: dir, bud: budget{end: time.Now().Add(3 * time.Minute)}}
 
+	st.broker = harness.StartBroker(t, dir)
+	st.startExporters(t, exporterBin)
+	st.startPrometheus(t, prometheusBin)
+	st.runScenario(t)
+	procs := st.running()
+
+	st.checkFacts(t, procs)
+	st.checkListedMetrics(t, procs)
+	if v, err := st.server.scalar(`sum(statsd_exporter_events_conflict_total)`); err != nil || v != 0 {
+		t.Errorf("statsd_exporter dropped events whose type conflicts with a mapped metric: %g (%v)", v, err)
+	}
+	t.Logf("scenario done after %s", time.Since(began).Round(time.Millisecond))
+
+	exprs, variableQueries := grafanaQueries(t)
+	// The interval variables cover the whole scenario, as a dashboard zoomed
+	// out over it would.
+	window := fmt.Sprintf("%ds", int(time.Since(st.promStarted).Seconds())+15)
+	st.checkPanelQueries(t, procs, exprs, window)
+	st.checkVariableQueries(t, variableQueries, window)
+	st.checkAlertRules(t, procs)
+	t.Logf("end to end in %s", time.Since(began).Round(time.Millisecond))
+}
+
+// stack is the processes of the end-to-end test: the broker, an exporter
+// per worker, Prometheus and the workers.
+type stack struct {
+	root, dir   string
+	bud         budget
+	broker      *harness.Broker
+	exporters   []*exporter
+	instances   []string // the exporters' instance labels
+	promProc    *harness.Proc
+	promStarted time.Time
+	server      promClient
+	a, b        *harness.Worker   // b is nil while the second worker is down
+	envB        map[string]string // the second worker's, kept across restarts
+}
+
+// buildBinaries builds the worker, the dev broker and statsd_exporter, and
+// returns the path of statsd_exporter.
+func buildBinaries(t *testing.T, dir string) string {
+	t.Helper()
 	harness.WorkerBinary(t)
 	harness.Build(t, "devbroker")
 	// The version pinned by this module's tool directive.
 	exporterBin := filepath.Join(dir, "bin", "statsd_exporter")
 	goBuild(t, ".", exporterBin, "github.com/prometheus/statsd_exporter")
-	t.Logf("built the worker, the dev broker and statsd_exporter in %s", time.Since(began).Round(time.Millisecond))
-	// Every wait below together: about a minute when all goes well.
-	bud := budget{end: time.Now().Add(3 * time.Minute)}
+	return exporterBin
+}
 
-	broker := harness.StartBroker(t, dir)
-
-	// One statsd_exporter per worker: the worker's identity in Prometheus
-	// is the exporter's instance label, as with the Helm chart's sidecar,
-	// which also starts and stops with its worker.
-	exporters := make([]*exporter, 2)
-	for i := range exporters {
-		exporters[i] = &exporter{
+// startExporters starts one statsd_exporter per worker: the worker's
+// identity in Prometheus is the exporter's instance label, as with the Helm
+// chart's sidecar, which also starts and stops with its worker.
+func (st *stack) startExporters(t *testing.T, bin string) {
+	t.Helper()
+	st.exporters = make([]*exporter, 2)
+	for i := range st.exporters {
+		st.exporters[i] = &exporter{
 			name:       fmt.Sprintf("statsd_exporter-%d", i),
-			bin:        exporterBin,
-			mapping:    filepath.Join(root, "deploy/statsd/mapping.yml"),
+			bin:        bin,
+			mapping:    filepath.Join(st.root, "deploy/statsd/mapping.yml"),
 			statsdPort: harness.FreePort(t, "udp"),
 			instance:   harness.FreeAddr(t),
 		}
-		exporters[i].start(t, bud, dir)
+		st.exporters[i].start(t, st.bud, st.dir)
 	}
-	instances := []string{exporters[0].instance, exporters[1].instance}
+	st.instances = []string{st.exporters[0].instance, st.exporters[1].instance}
+}
 
+// startPrometheus starts Prometheus scraping the exporters and waits until
+// it is ready.
+func (st *stack) startPrometheus(t *testing.T, bin string) {
+	t.Helper()
 	promAddr := harness.FreeAddr(t)
-	promConfig := filepath.Join(dir, "prometheus.yml")
-	writePrometheusConfig(t, root, promConfig, instances)
-	promStarted := time.Now()
-	promProc := harness.Start(t, dir, "prometheus", prometheusBin, []string{
+	promConfig := filepath.Join(st.dir, "prometheus.yml")
+	writePrometheusConfig(t, st.root, promConfig, st.instances)
+	st.promStarted = time.Now()
+	st.promProc = harness.Start(t, st.dir, "prometheus", bin, []string{
 		"--config.file=" + promConfig,
-		"--storage.tsdb.path=" + filepath.Join(dir, "tsdb"),
+		"--storage.tsdb.path=" + filepath.Join(st.dir, "tsdb"),
 		"--web.listen-address=" + promAddr,
 	}, nil)
-	server := promClient{base: "http://" + promAddr}
-	eventually(t, bud.within(30*time.Second), "prometheus ready", []*harness.Proc{promProc}, func() (bool, string) {
-		code, _, err := httpGet(server.base + "/-/ready")
+	st.server = promClient{base: "http://" + promAddr}
+	eventually(t, st.bud.within(30*time.Second), "prometheus ready", []*harness.Proc{st.promProc}, func() (bool, string) {
+		code, _, err := httpGet(st.server.base + "/-/ready")
 		return code == http.StatusOK, fmt.Sprint(code, err)
 	})
+}
 
-	workerEnv := func(e *exporter, standbyReplicas int) map[string]string {
-		return harness.WorkerEnv(t.TempDir(), map[string]string{
-			"KAFKA_BROKERS":   broker.Addr,
-			"COMMIT_INTERVAL": "100ms",
-			// One-second windows expiring after two: windows expire while
-			// the test runs.
-			"WINDOW_SIZE":            "1s",
-			"WINDOW_EXPIRES":         "2s",
-			"DD_AGENT_HOST":          "127.0.0.1",
-			"DD_DOGSTATSD_PORT":      strconv.Itoa(e.statsdPort),
-			"DD_ENV":                 "e2e",
-			"DD_SERVICE":             "pageviews",
-			"DD_VERSION":             "e2e",
-			"METRICS_INTERVAL":       "200ms",
-			"LIVECHECK_INTERVAL":     "1s",
-			"LIVECHECK_SLO":          "5s",
-			"TABLE_STANDBY_REPLICAS": strconv.Itoa(standbyReplicas),
-			"LOG_LEVEL":              "info",
-		})
+// workerEnv is the environment of a worker, with a data directory of its
+// own, that sends its metrics to e and keeps standbyReplicas standby copies.
+func (st *stack) workerEnv(t *testing.T, e *exporter, standbyReplicas int) map[string]string {
+	return harness.WorkerEnv(t.TempDir(), map[string]string{
+		"KAFKA_BROKERS":   st.broker.Addr,
+		"COMMIT_INTERVAL": "100ms",
+		// One-second windows expiring after two: windows expire while
+		// the test runs.
+		"WINDOW_SIZE":            "1s",
+		"WINDOW_EXPIRES":         "2s",
+		"DD_AGENT_HOST":          "127.0.0.1",
+		"DD_DOGSTATSD_PORT":      strconv.Itoa(e.statsdPort),
+		"DD_ENV":                 "e2e",
+		"DD_SERVICE":             "pageviews",
+		"DD_VERSION":             "e2e",
+		"METRICS_INTERVAL":       "200ms",
+		"LIVECHECK_INTERVAL":     "1s",
+		"LIVECHECK_SLO":          "5s",
+		"TABLE_STANDBY_REPLICAS": strconv.Itoa(standbyReplicas),
+		"LOG_LEVEL":              "info",
+	})
+}
+
+// running lists the processes that must not exit on their own.
+func (st *stack) running() []*harness.Proc {
+	ps := []*harness.Proc{st.broker.Proc, st.promProc, st.exporters[0].proc, st.a.Proc}
+	if st.b != nil {
+		ps = append(ps, st.exporters[1].proc, st.b.Proc)
 	}
-	a := harness.StartWorker(t, dir, "worker-a", workerEnv(exporters[0], 1))
-	var b *harness.Worker
-	// running lists the processes that must not exit on their own.
-	running := func() []*harness.Proc {
-		ps := []*harness.Proc{broker.Proc, promProc, exporters[0].proc, a.Proc}
-		if b != nil {
-			ps = append(ps, exporters[1].proc, b.Proc)
+	return ps
+}
+
+// held waits until the two workers hold the 8 partitions between them, the
+// first worker holding onFirst of them (-1: some, not all), as Prometheus
+// sees it.
+func (st *stack) held(t *testing.T, what string, onFirst float64) {
+	t.Helper()
+	eventually(t, st.bud.within(60*time.Second), what, st.running(), func() (bool, string) {
+		s, err := st.server.query(`pageviews_partitions_assigned{env="e2e"}`)
+		if err != nil {
+			return false, err.Error()
 		}
-		return ps
-	}
-	waitReady(t, a, bud, running())
+		got := map[string]float64{}
+		for _, x := range s {
+			got[x.Metric["instance"]] = x.value()
+		}
+		n1, n2 := got[st.instances[0]], got[st.instances[1]]
+		ok := n1+n2 == 8 && (onFirst < 0 && n1 > 0 && n2 > 0 || onFirst == n1)
+		return ok, fmt.Sprint(got)
+	})
+}
 
+// runScenario makes every metric move: load on the first worker, a bad and
+// a late record, then the second worker joining, leaving and joining again.
+func (st *stack) runScenario(t *testing.T) {
+	t.Helper()
+	st.a = harness.StartWorker(t, st.dir, "worker-a", st.workerEnv(t, st.exporters[0], 1))
+	waitReady(t, st.a, st.bud, st.running())
 	// Load on the first worker, long enough for one-second windows to
 	// expire behind it.
-	load(t, []*harness.Worker{a}, "/p/", 48)
+	load(t, []*harness.Worker{st.a}, "/p/", 48)
+	produceBadRecords(t, st.broker.Addr)
+	st.joinSecondWorker(t)
+	st.restartSecondWorker(t)
+}
 
-	// A record that is not JSON (dead-lettered) and one an hour old (late:
-	// its window expired long ago), from an outside producer.
-	produceRaw(t, broker.Addr, "/p/0", []byte("not json"))
+// produceBadRecords sends a record that is not JSON (dead-lettered) and one
+// an hour old (late: its window expired long ago), from an outside producer.
+func produceBadRecords(t *testing.T, brokers string) {
+	t.Helper()
+	produceRaw(t, brokers, "/p/0", []byte("not json"))
 	late := fmt.Sprintf(`{"page":"/p/1","count":1,"timestamp":%q}`, time.Now().Add(-time.Hour).UTC().Format(time.RFC3339Nano))
-	produceRaw(t, broker.Addr, "/p/1", []byte(late))
+	produceRaw(t, brokers, "/p/1", []byte(late))
+}
 
-	// held waits until the two workers hold the 8 partitions between them,
-	// the first worker holding onFirst of them (-1: some, not all), as
-	// Prometheus sees it.
-	held := func(what string, onFirst float64) {
-		eventually(t, bud.within(60*time.Second), what, running(), func() (bool, string) {
-			s, err := server.query(`pageviews_partitions_assigned{env="e2e"}`)
-			if err != nil {
-				return false, err.Error()
-			}
-			got := map[string]float64{}
-			for _, x := range s {
-				got[x.Metric["instance"]] = x.value()
-			}
-			n1, n2 := got[instances[0]], got[instances[1]]
-			ok := n1+n2 == 8 && (onFirst < 0 && n1 > 0 && n2 > 0 || onFirst == n1)
-			return ok, fmt.Sprint(got)
-		})
-	}
+// joinSecondWorker starts the second worker: a rebalance; the first hands
+// partitions over, and the second recovers them from the changelogs. It
+// keeps no standby copies, which would have replayed the changelogs before
+// the partitions arrive; the first keeps standby copies of what it gives.
+func (st *stack) joinSecondWorker(t *testing.T) {
+	t.Helper()
+	st.envB = st.workerEnv(t, st.exporters[1], 0)
+	st.b = harness.StartWorker(t, st.dir, "worker-b", st.envB)
+	waitReady(t, st.b, st.bud, st.running())
+	st.held(t, "partitions split between the two workers", -1)
+	load(t, []*harness.Worker{st.a, st.b}, "/q/", 48)
+}
 
-	// The second worker joins: a rebalance; the first hands partitions
-	// over, and the second recovers them from the changelogs. It keeps no
-	// standby copies, which would have replayed the changelogs before the
-	// partitions arrive; the first keeps standby copies of what it gives.
-	envB := workerEnv(exporters[1], 0)
-	b = harness.StartWorker(t, dir, "worker-b", envB)
-	waitReady(t, b, bud, running())
-	held("partitions split between the two workers", -1)
-	load(t, []*harness.Worker{a, b}, "/q/", 48)
+// restartSecondWorker stops the second worker (a warm shutdown: it hands
+// its partitions back) with its exporter, and brings it back with its data:
+// two more rebalances, so that rare events happen more than once on the
+// first worker. Prometheus sees a series grow only from its second event
+// on: statsd_exporter creates it at the first.
+func (st *stack) restartSecondWorker(t *testing.T) {
+	t.Helper()
+	_ = st.b.Terminate(stopTimeout)
+	st.exporters[1].stop()
+	st.b = nil
+	st.held(t, "the first worker holds every partition", 8)
+	load(t, []*harness.Worker{st.a}, "/r/", 32)
+	st.exporters[1].start(t, st.bud, st.dir)
+	st.b = harness.StartWorker(t, st.dir, "worker-b.run2", st.envB)
+	waitReady(t, st.b, st.bud, st.running())
+	st.held(t, "partitions split again", -1)
+	load(t, []*harness.Worker{st.a, st.b}, "/s/", 32)
+}
 
-	// The second worker stops (a warm shutdown: it hands its partitions
-	// back) with its exporter, and comes back with its data: two more
-	// rebalances, so that rare events happen more than once on the first
-	// worker. Prometheus sees a series grow only from its second event on:
-	// statsd_exporter creates it at the first.
-	_ = b.Terminate(stopTimeout)
-	exporters[1].stop()
-	b = nil
-	held("the first worker holds every partition", 8)
-	load(t, []*harness.Worker{a}, "/r/", 32)
-	exporters[1].start(t, bud, dir)
-	b = harness.StartWorker(t, dir, "worker-b.run2", envB)
-	waitReady(t, b, bud, running())
-	held("partitions split again", -1)
-	load(t, []*harness.Worker{a, b}, "/s/", 32)
-	procs := running()
-
-	// What the scenario did, as Prometheus sees it.
+// checkFacts waits until Prometheus sees what the scenario did.
+func (st *stack) checkFacts(t *testing.T, procs []*harness.Proc) {
 	facts := []struct {
 		what, query string
 		atLeast     float64
@@ -188,19 +259,22 @@ func TestDashboardsEndToEnd(t *testing.T) {
 		{"livechecks succeeded", `sum(pageviews_livecheck_success{env="e2e"})`, 1},
 		{"standby copies kept", `sum(pageviews_standby_partitions{env="e2e"})`, 1},
 	}
-	factsBy := bud.within(60 * time.Second)
+	factsBy := st.bud.within(60 * time.Second)
 	for _, f := range facts {
 		eventually(t, factsBy, f.what, procs, func() (bool, string) {
-			v, err := server.scalar(f.query)
+			v, err := st.server.scalar(f.query)
 			if err != nil {
 				return false, err.Error()
 			}
 			return v >= f.atLeast, fmt.Sprintf("%s = %g, want >= %g", f.query, v, f.atLeast)
 		})
 	}
-	// Every listed metric reached Prometheus under its mapped name, with the
-	// tags docs/metrics.md lists as labels.
-	metricsBy := bud.within(30 * time.Second)
+}
+
+// checkListedMetrics waits until every listed metric reaches Prometheus
+// under its mapped name, with the tags docs/metrics.md lists as labels.
+func (st *stack) checkListedMetrics(t *testing.T, procs []*harness.Proc) {
+	metricsBy := st.bud.within(30 * time.Second)
 	for _, d := range metrics.All() {
 		name := prom(d)
 		if d.Kind == metrics.Timing {
@@ -208,7 +282,7 @@ func TestDashboardsEndToEnd(t *testing.T) {
 		}
 		labels := append([]string{"env", "service", "version", "instance"}, d.Tags...)
 		eventually(t, metricsBy, "metric "+name, procs, func() (bool, string) {
-			s, err := server.query(name + `{env="e2e"}`)
+			s, err := st.server.query(name + `{env="e2e"}`)
 			if err != nil {
 				return false, err.Error()
 			}
@@ -226,45 +300,52 @@ func TestDashboardsEndToEnd(t *testing.T) {
 			return false, fmt.Sprintf("%d series, none with every label of %v", len(s), labels)
 		})
 	}
-	if v, err := server.scalar(`sum(statsd_exporter_events_conflict_total)`); err != nil || v != 0 {
-		t.Errorf("statsd_exporter dropped events whose type conflicts with a mapped metric: %g (%v)", v, err)
-	}
-	t.Logf("scenario done after %s", time.Since(began).Round(time.Millisecond))
+}
 
-	// Every panel query, with the variables Grafana would substitute: all
-	// workers, and one worker at a time. The interval variables cover the
-	// whole scenario, as a dashboard zoomed out over it would.
+// grafanaQueries returns the queries of the generated Grafana dashboard:
+// its panels' and annotations', and its template variables'.
+func grafanaQueries(t *testing.T) (exprs, variableQueries []string) {
+	t.Helper()
 	grafanaJSON, err := os.ReadFile(GrafanaFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	exprs, variableQueries, err := PanelQueries(grafanaJSON)
+	exprs, variableQueries, err = PanelQueries(grafanaJSON)
 	if err != nil {
 		t.Fatal(err)
 	}
-	window := fmt.Sprintf("%ds", int(time.Since(promStarted).Seconds())+15)
-	vars := func(worker string) map[string]string {
-		return map[string]string{
-			"env": "e2e", "service": "pageviews", "worker": worker,
-			"__rate_interval": window, "__interval": window, "__range": window,
-		}
+	return exprs, variableQueries
+}
+
+// grafanaVars is the variables Grafana would substitute with worker as the
+// worker variable and every interval variable set to window.
+func grafanaVars(window, worker string) map[string]string {
+	return map[string]string{
+		"env": "e2e", "service": "pageviews", "worker": worker,
+		"__rate_interval": window, "__interval": window, "__range": window,
 	}
-	queriesBy := bud.within(30 * time.Second)
+}
+
+// checkPanelQueries checks every panel query, with the variables Grafana
+// would substitute: for all workers it returns data, and for one worker at a
+// time it returns only that worker's series, with data for one at least.
+func (st *stack) checkPanelQueries(t *testing.T, procs []*harness.Proc, exprs []string, window string) {
+	queriesBy := st.bud.within(30 * time.Second)
 	for _, expr := range exprs {
-		all := substitute(expr, vars(".*"))
+		all := substitute(expr, grafanaVars(window, ".*"))
 		eventually(t, queriesBy, "panel query returns data: "+all, procs, func() (bool, string) {
-			s, err := server.query(all)
+			s, err := st.server.query(all)
 			if err != nil {
 				t.Fatalf("panel query %s: %v", all, err)
 			}
 			return hasNumber(s), fmt.Sprintf("%d series: %v", len(s), s)
 		})
 		some := false
-		for _, inst := range instances {
+		for _, inst := range st.instances {
 			// Grafana escapes a value's regex characters, and the
 			// escape's backslash for the PromQL string: 127\\.0...
-			one := substitute(expr, vars(strings.ReplaceAll(regexp.QuoteMeta(inst), `\`, `\\`)))
-			s, err := server.query(one)
+			one := substitute(expr, grafanaVars(window, strings.ReplaceAll(regexp.QuoteMeta(inst), `\`, `\\`)))
+			s, err := st.server.query(one)
 			if err != nil {
 				t.Fatalf("panel query for worker %s: %s: %v", inst, one, err)
 			}
@@ -280,35 +361,41 @@ func TestDashboardsEndToEnd(t *testing.T) {
 		}
 	}
 	t.Logf("%d panel and annotation queries return data", len(exprs))
+}
 
-	// The template variables list what the panels need.
+// checkVariableQueries checks that the template variables list what the
+// panels need.
+func (st *stack) checkVariableQueries(t *testing.T, variableQueries []string, window string) {
 	for _, vq := range variableQueries {
 		match := regexp.MustCompile(`^label_values\((.*),\s*(\w+)\)$`).FindStringSubmatch(vq)
 		if match == nil {
 			t.Errorf("variable query %q is not label_values(selector, label)", vq)
 			continue
 		}
-		selector := substitute(match[1], vars(".*"))
-		values, err := server.labelValues(match[2], selector)
+		selector := substitute(match[1], grafanaVars(window, ".*"))
+		values, err := st.server.labelValues(match[2], selector)
 		if err != nil {
 			t.Fatalf("variable query %s: %v", vq, err)
 		}
-		want := slices.Clone(map[string][]string{"env": {"e2e"}, "service": {"pageviews"}, "instance": instances}[match[2]])
+		want := slices.Clone(map[string][]string{"env": {"e2e"}, "service": {"pageviews"}, "instance": st.instances}[match[2]])
 		sort.Strings(values)
 		sort.Strings(want)
 		if fmt.Sprint(values) != fmt.Sprint(want) {
 			t.Errorf("variable query %s lists %v, want %v", vq, values, want)
 		}
 	}
+}
 
-	// Every alert rule parses and evaluates on the server that loaded it.
-	for _, r := range alertRules(t, root) {
-		if _, err := server.query(r.Expr); err != nil {
+// checkAlertRules checks that every alert rule parses and evaluates on the
+// server that loaded it.
+func (st *stack) checkAlertRules(t *testing.T, procs []*harness.Proc) {
+	for _, r := range alertRules(t, st.root) {
+		if _, err := st.server.query(r.Expr); err != nil {
 			t.Errorf("alert %s: %v", r.Alert, err)
 		}
 	}
-	eventually(t, bud.within(30*time.Second), "every alert rule evaluated without error", procs, func() (bool, string) {
-		data, err := server.get("/api/v1/rules", nil)
+	eventually(t, st.bud.within(30*time.Second), "every alert rule evaluated without error", procs, func() (bool, string) {
+		data, err := st.server.get("/api/v1/rules", nil)
 		if err != nil {
 			return false, err.Error()
 		}
@@ -337,9 +424,8 @@ func TestDashboardsEndToEnd(t *testing.T) {
 				n++
 			}
 		}
-		return n == len(alertRules(t, root)), fmt.Sprintf("%d rules evaluated", n)
+		return n == len(alertRules(t, st.root)), fmt.Sprintf("%d rules evaluated", n)
 	})
-	t.Logf("end to end in %s", time.Since(began).Round(time.Millisecond))
 }
 
 // hasNumber reports whether a result holds at least one value that is a

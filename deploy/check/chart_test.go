@@ -105,21 +105,39 @@ func TestChart(t *testing.T) {
 	}
 }
 
+// checkStatefulSet checks the StatefulSet sts among the rendered objects.
 func checkStatefulSet(t *testing.T, objs []map[string]any, sts map[string]any) {
 	spec := get(sts, "spec")
 	pod := get(spec, "template", "spec")
 	if got := str(get(spec, "podManagementPolicy")); got != "Parallel" {
 		t.Errorf("podManagementPolicy %q, want Parallel", got)
 	}
+	headless := checkHeadlessService(t, objs, spec)
+	worker := workerContainer(t, pod)
+	envs := workerEnvVars(t, worker)
+	checkWorkerEnv(t, envs, worker, headless)
+	checkDataDir(t, envs, spec, worker)
+	checkMountedFiles(t, envs, pod, worker)
+	checkShutdown(t, envs, pod)
+	checkProbes(t, worker)
+	checkSecurity(t, pod)
+	checkMetrics(t, objs, pod, worker, envs.value)
+}
 
-	// The governing headless Service publishes not-ready pods, so that
-	// workers resolve each other while recovering.
+// checkHeadlessService checks that the governing headless Service publishes
+// not-ready pods, so that workers resolve each other while recovering, and
+// returns its name.
+func checkHeadlessService(t *testing.T, objs []map[string]any, spec any) string {
 	headless := str(get(spec, "serviceName"))
 	svc := named(objs, "Service", headless)
 	if svc == nil || str(get(svc, "spec", "clusterIP")) != "None" || get(svc, "spec", "publishNotReadyAddresses") != true {
 		t.Errorf("serviceName %q: want a headless Service with publishNotReadyAddresses", headless)
 	}
+	return headless
+}
 
+// workerContainer is the pod's container named worker.
+func workerContainer(t *testing.T, pod any) map[string]any {
 	var worker map[string]any
 	for _, c := range list(get(pod, "containers")) {
 		if str(get(c, "name")) == "worker" {
@@ -129,7 +147,24 @@ func checkStatefulSet(t *testing.T, objs []map[string]any, sts map[string]any) {
 	if worker == nil {
 		t.Fatal("no container named worker")
 	}
-	envs := map[string]map[string]any{}
+	return worker
+}
+
+// envVars is a container's environment: each variable's entry by name.
+type envVars map[string]map[string]any
+
+// value is the variable's literal value.
+func (e envVars) value(name string) string { return str(e[name]["value"]) }
+
+// fieldRef is the pod field the variable comes from.
+func (e envVars) fieldRef(name string) string {
+	return str(get(e[name], "valueFrom", "fieldRef", "fieldPath"))
+}
+
+// workerEnvVars reads the worker's environment, checking that no variable
+// is set twice and that $(VAR) references only variables defined before.
+func workerEnvVars(t *testing.T, worker map[string]any) envVars {
+	envs := envVars{}
 	var names []string
 	for i, e := range list(worker["env"]) {
 		em, _ := e.(map[string]any)
@@ -147,27 +182,30 @@ func checkStatefulSet(t *testing.T, objs []map[string]any, sts map[string]any) {
 		names = append(names, name)
 	}
 	envReport(t, "the chart", names)
-	value := func(name string) string { return str(envs[name]["value"]) }
-	fieldRef := func(name string) string { return str(get(envs[name], "valueFrom", "fieldRef", "fieldPath")) }
+	return envs
+}
 
-	if _, ok := envs["KAFKA_INSTANCE_ID"]; ok && fieldRef("KAFKA_INSTANCE_ID") != "metadata.name" {
+// checkWorkerEnv checks the worker's identity, addresses, log format,
+// brokers and credentials.
+func checkWorkerEnv(t *testing.T, envs envVars, worker map[string]any, headless string) {
+	if _, ok := envs["KAFKA_INSTANCE_ID"]; ok && envs.fieldRef("KAFKA_INSTANCE_ID") != "metadata.name" {
 		t.Error("KAFKA_INSTANCE_ID must be the pod name (fieldRef metadata.name)")
 	}
-	if fieldRef("POD_NAME") != "metadata.name" || fieldRef("POD_NAMESPACE") != "metadata.namespace" {
+	if envs.fieldRef("POD_NAME") != "metadata.name" || envs.fieldRef("POD_NAMESPACE") != "metadata.namespace" {
 		t.Error("POD_NAME and POD_NAMESPACE must come from the pod's metadata")
 	}
 	port := str(get(worker, "ports", 0, "containerPort"))
 	wantURL := regexp.MustCompile(`^http://\$\(POD_NAME\)\.` + regexp.QuoteMeta(headless) + `\.\$\(POD_NAMESPACE\)\.svc(\.[a-z0-9.-]+)?:` + port + `$`)
-	if !wantURL.MatchString(value("ADVERTISED_URL")) {
-		t.Errorf("ADVERTISED_URL=%q, want http://$(POD_NAME).%s.$(POD_NAMESPACE).svc:%s", value("ADVERTISED_URL"), headless, port)
+	if !wantURL.MatchString(envs.value("ADVERTISED_URL")) {
+		t.Errorf("ADVERTISED_URL=%q, want http://$(POD_NAME).%s.$(POD_NAMESPACE).svc:%s", envs.value("ADVERTISED_URL"), headless, port)
 	}
-	if value("WEB_ADDR") != ":"+port {
-		t.Errorf("WEB_ADDR=%q but the container port is %s", value("WEB_ADDR"), port)
+	if envs.value("WEB_ADDR") != ":"+port {
+		t.Errorf("WEB_ADDR=%q but the container port is %s", envs.value("WEB_ADDR"), port)
 	}
-	if value("LOG_FORMAT") != "json" {
-		t.Errorf("LOG_FORMAT=%q, want json", value("LOG_FORMAT"))
+	if envs.value("LOG_FORMAT") != "json" {
+		t.Errorf("LOG_FORMAT=%q, want json", envs.value("LOG_FORMAT"))
 	}
-	if value("KAFKA_BROKERS") == "" {
+	if envs.value("KAFKA_BROKERS") == "" {
 		t.Error("KAFKA_BROKERS is empty: every pod would start the embedded dev broker")
 	}
 	for _, secret := range []string{"KAFKA_SASL_PASSWORD", "KAFKA_SASL_USERNAME"} {
@@ -175,16 +213,20 @@ func checkStatefulSet(t *testing.T, objs []map[string]any, sts map[string]any) {
 			t.Errorf("%s must come from a Secret (secretKeyRef)", secret)
 		}
 	}
+}
 
-	// DATA_DIR on the volume claim template.
+// checkDataDir checks that DATA_DIR is on the volume claim template.
+func checkDataDir(t *testing.T, envs envVars, spec any, worker map[string]any) {
 	claim := str(get(spec, "volumeClaimTemplates", 0, "metadata", "name"))
-	if value("DATA_DIR") != "/data" || mountOf(worker, "/data") != claim || claim == "" {
-		t.Errorf("DATA_DIR=%q must be /data, mounted from the volumeClaimTemplate %q", value("DATA_DIR"), claim)
+	if envs.value("DATA_DIR") != "/data" || mountOf(worker, "/data") != claim || claim == "" {
+		t.Errorf("DATA_DIR=%q must be /data, mounted from the volumeClaimTemplate %q", envs.value("DATA_DIR"), claim)
 	}
+}
 
-	// Files the worker opens must be mounted.
+// checkMountedFiles checks that the files the worker opens are mounted.
+func checkMountedFiles(t *testing.T, envs envVars, pod any, worker map[string]any) {
 	for _, v := range []string{"KAFKA_TLS_CA_FILE", "KAFKA_TLS_CERT_FILE", "KAFKA_TLS_KEY_FILE"} {
-		path := value(v)
+		path := envs.value(v)
 		if path == "" {
 			continue
 		}
@@ -206,18 +248,23 @@ func checkStatefulSet(t *testing.T, objs []map[string]any, sts map[string]any) {
 			t.Errorf("%s=%s: volume %s projects no %s", v, path, vol, filepath.Base(path))
 		}
 	}
+}
 
-	// Shutdown: the kubelet's KILL comes after SHUTDOWN_TIMEOUT.
-	timeout, err := time.ParseDuration(value("SHUTDOWN_TIMEOUT"))
+// checkShutdown checks that the kubelet's KILL comes after SHUTDOWN_TIMEOUT.
+func checkShutdown(t *testing.T, envs envVars, pod any) {
+	timeout, err := time.ParseDuration(envs.value("SHUTDOWN_TIMEOUT"))
 	if err != nil {
-		t.Errorf("SHUTDOWN_TIMEOUT=%q: %v", value("SHUTDOWN_TIMEOUT"), err)
+		t.Errorf("SHUTDOWN_TIMEOUT=%q: %v", envs.value("SHUTDOWN_TIMEOUT"), err)
 	}
 	grace, _ := get(pod, "terminationGracePeriodSeconds").(int)
 	if time.Duration(grace)*time.Second <= timeout {
 		t.Errorf("terminationGracePeriodSeconds=%d is not above SHUTDOWN_TIMEOUT=%s", grace, timeout)
 	}
+}
 
-	// Probes.
+// checkProbes checks the worker's probes and the time the startup probe
+// allows for recovery.
+func checkProbes(t *testing.T, worker map[string]any) {
 	for probe, path := range map[string]string{"startupProbe": "/ready", "readinessProbe": "/ready", "livenessProbe": "/live"} {
 		if got := str(get(worker, probe, "httpGet", "path")); got != path {
 			t.Errorf("%s on %q, want %s", probe, got, path)
@@ -228,8 +275,11 @@ func checkStatefulSet(t *testing.T, objs []map[string]any, sts map[string]any) {
 	if budget := time.Duration(period*failures) * time.Second; budget < 30*time.Minute {
 		t.Errorf("the startup probe allows %s for recovery, want at least 30m", budget)
 	}
+}
 
-	// Security.
+// checkSecurity checks the pod's and every container's security settings
+// and that every container has resources.
+func checkSecurity(t *testing.T, pod any) {
 	if get(pod, "securityContext", "runAsNonRoot") != true {
 		t.Error("the pod does not set runAsNonRoot")
 	}
@@ -256,8 +306,6 @@ func checkStatefulSet(t *testing.T, objs []map[string]any, sts map[string]any) {
 			t.Errorf("container %s has no resources", name)
 		}
 	}
-
-	checkMetrics(t, objs, pod, worker, value)
 }
 
 // checkMetrics: with the statsd_exporter sidecar the worker sends to it (UDP

@@ -270,7 +270,14 @@ func TestComposeKafka(t *testing.T) {
 func TestComposeObservability(t *testing.T) {
 	p := loadCompose(t)
 	root := repoRoot(t)
+	checkStatsdExporter(t, p, root)
+	checkPrometheus(t, p, root)
+	checkGrafana(t, p, root)
+}
 
+// checkStatsdExporter checks that statsd-exporter loads the mapping and
+// listens where the workers send.
+func checkStatsdExporter(t *testing.T, p *types.Project, root string) {
 	se := service(t, p, "statsd-exporter")
 	mapping := mountTarget(se, filepath.Join(root, "deploy/statsd/mapping.yml"))
 	if mapping == "" || !containsArg(se.Command, "--statsd.mapping-config="+mapping) {
@@ -279,7 +286,11 @@ func TestComposeObservability(t *testing.T) {
 	if w := service(t, p, "worker-1"); env(w, "DD_DOGSTATSD_PORT") != "9125" || !containsArg(se.Command, "--statsd.listen-udp=:9125") {
 		t.Error("workers and statsd-exporter disagree on the DogStatsD port (9125/udp)")
 	}
+}
 
+// checkPrometheus checks that prometheus mounts its configuration and
+// scrapes statsd-exporter, and only services of the compose file.
+func checkPrometheus(t *testing.T, p *types.Project, root string) {
 	prom := service(t, p, "prometheus")
 	if mountTarget(prom, filepath.Join(root, "deploy/prometheus/prometheus.yml")) == "" {
 		t.Error("prometheus does not mount deploy/prometheus/prometheus.yml")
@@ -314,13 +325,25 @@ func TestComposeObservability(t *testing.T) {
 	if !scrapesExporter {
 		t.Error("prometheus does not scrape statsd-exporter:9102")
 	}
+}
 
+// checkGrafana checks where grafana mounts its provisioning, and that the
+// provisioning's data sources and dashboard providers point at services of
+// the compose file and at the mounted dashboards directory.
+func checkGrafana(t *testing.T, p *types.Project, root string) {
 	g := service(t, p, "grafana")
 	provisioning := mountTarget(g, filepath.Join(root, "deploy/grafana/provisioning"))
 	dashboards := mountTarget(g, filepath.Join(root, "dashboards/grafana"))
 	if provisioning != "/etc/grafana/provisioning" {
 		t.Errorf("grafana mounts deploy/grafana/provisioning at %q, want /etc/grafana/provisioning", provisioning)
 	}
+	checkGrafanaDatasources(t, p)
+	checkGrafanaDashboards(t, dashboards)
+}
+
+// checkGrafanaDatasources checks that Grafana's data sources include
+// Prometheus and point at services of the compose file.
+func checkGrafanaDatasources(t *testing.T, p *types.Project) {
 	var ds struct {
 		APIVersion  int `yaml:"apiVersion"`
 		Datasources []struct {
@@ -343,6 +366,11 @@ func TestComposeObservability(t *testing.T) {
 	if ds.APIVersion != 1 || !hasProm {
 		t.Errorf("datasources.yml: want apiVersion 1 and a prometheus data source, got %+v", ds)
 	}
+}
+
+// checkGrafanaDashboards checks that Grafana's dashboard providers read the
+// directory where dashboards/grafana is mounted.
+func checkGrafanaDashboards(t *testing.T, dashboards string) {
 	var dp struct {
 		APIVersion int `yaml:"apiVersion"`
 		Providers  []struct {

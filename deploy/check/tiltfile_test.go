@@ -25,7 +25,7 @@ type tilt struct {
 	locals         []string
 	localResources []localResource
 	dockerBuilds   []dockerBuild
-	k8sYAML        []string // files applied
+	k8sYAMLFiles   []string // files applied
 	objects        []map[string]any
 	helmCalls      []helmCall
 	k8sResources   []k8sResource
@@ -88,272 +88,335 @@ func (s liveUpdateStep) Freeze()               {}
 func (s liveUpdateStep) Truth() starlark.Bool  { return true }
 func (s liveUpdateStep) Hash() (uint32, error) { return starlark.String(s.args[0]).Hash() }
 
-func (tl *tilt) builtins() starlark.StringDict {
-	fn := func(name string, f func(*starlark.Thread, *starlark.Builtin, starlark.Tuple, []starlark.Tuple) (starlark.Value, error)) *starlark.Builtin {
-		return starlark.NewBuiltin(name, f)
-	}
-	osPath := starlarkstruct.FromStringDict(starlarkstruct.Default, starlark.StringDict{
-		"basename": fn("basename", func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
-			var p string
-			if err := starlark.UnpackArgs(b.Name(), args, kw, "path", &p); err != nil {
-				return nil, err
-			}
-			return starlark.String(filepath.Base(p)), nil
-		}),
-		"join": fn("join", func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
-			parts := make([]string, len(args))
-			for i, a := range args {
-				s, ok := starlark.AsString(a)
-				if !ok {
-					return nil, fmt.Errorf("join: want strings")
-				}
-				parts[i] = s
-			}
-			return starlark.String(filepath.Join(parts...)), nil
-		}),
-		"exists": fn("exists", func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
-			var p string
-			if err := starlark.UnpackArgs(b.Name(), args, kw, "path", &p); err != nil {
-				return nil, err
-			}
-			_, err := os.Stat(inRepo(tl.tb, p))
-			return starlark.Bool(err == nil), nil
-		}),
-	})
-	osModule := starlarkstruct.FromStringDict(starlarkstruct.Default, starlark.StringDict{
-		"path": osPath,
-		// The environment is empty, as on a fresh machine.
-		"getenv": fn("getenv", func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
-			var key string
-			var def starlark.Value = starlark.None
-			if err := starlark.UnpackArgs(b.Name(), args, kw, "key", &key, "default?", &def); err != nil {
-				return nil, err
-			}
-			return def, nil
-		}),
-	})
+// builtinFunc is the Go side of a Starlark builtin.
+type builtinFunc func(*starlark.Thread, *starlark.Builtin, starlark.Tuple, []starlark.Tuple) (starlark.Value, error)
 
-	return starlark.StringDict{
-		"os": osModule,
-		"version_settings": fn("version_settings", func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
-			var checkUpdates bool
-			var constraint string
-			return starlark.None, starlark.UnpackArgs(b.Name(), args, kw, "check_updates?", &checkUpdates, "constraint?", &constraint)
-		}),
-		"local": fn("local", func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
-			var cmd, cmdBat, dir string
-			var quiet, echoOff bool
-			var env *starlark.Dict
-			if err := starlark.UnpackArgs(b.Name(), args, kw, "command", &cmd, "quiet?", &quiet, "command_bat?", &cmdBat, "echo_off?", &echoOff, "env?", &env, "dir?", &dir); err != nil {
-				return nil, err
-			}
-			tl.locals = append(tl.locals, cmd)
-			// Nothing runs: answer what the commands used here print.
-			if cmd == "go env GOARCH" {
-				return blob{"amd64\n"}, nil
-			}
-			return blob{""}, nil
-		}),
-		"local_resource": fn("local_resource", func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
-			var name string
-			var cmd, serveCmd, cmdBat, serveCmdBat, dir, serveDir starlark.Value
-			var deps, ignore, resourceDeps, links, labels *starlark.List
-			var triggerMode, readinessProbe starlark.Value
-			var autoInit, allowParallel bool
-			var env, serveEnv *starlark.Dict
-			if err := starlark.UnpackArgs(b.Name(), args, kw, "name", &name, "cmd?", &cmd, "deps?", &deps,
-				"trigger_mode?", &triggerMode, "resource_deps?", &resourceDeps, "ignore?", &ignore,
-				"auto_init?", &autoInit, "serve_cmd?", &serveCmd, "cmd_bat?", &cmdBat, "serve_cmd_bat?", &serveCmdBat,
-				"allow_parallel?", &allowParallel, "links?", &links, "labels?", &labels, "env?", &env,
-				"serve_env?", &serveEnv, "readiness_probe?", &readinessProbe, "dir?", &dir, "serve_dir?", &serveDir); err != nil {
-				return nil, err
-			}
-			c, _ := starlark.AsString(cmd)
-			tl.localResources = append(tl.localResources, localResource{name: name, cmd: c, deps: strings_(deps)})
-			return starlark.None, nil
-		}),
-		"docker_build": fn("docker_build", func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
-			var ref, context, dockerfile, dockerfileContents, target, ssh, network, secret, extraTag, platform string
-			var buildArgs *starlark.Dict
-			var liveUpdate, ignore, only, entrypoint, containerArgs, cacheFrom, extraHosts *starlark.List
-			var matchInEnvVars, pull bool
-			if err := starlark.UnpackArgs(b.Name(), args, kw, "ref", &ref, "context?", &context,
-				"build_args?", &buildArgs, "dockerfile?", &dockerfile, "dockerfile_contents?", &dockerfileContents,
-				"live_update?", &liveUpdate, "match_in_env_vars?", &matchInEnvVars, "ignore?", &ignore, "only?", &only,
-				"entrypoint?", &entrypoint, "target?", &target, "ssh?", &ssh, "network?", &network, "secret?", &secret,
-				"extra_tag?", &extraTag, "container_args?", &containerArgs, "cache_from?", &cacheFrom, "pull?", &pull,
-				"platform?", &platform, "extra_hosts?", &extraHosts); err != nil {
-				return nil, err
-			}
-			if context == "" {
-				context = "."
-			}
-			d := dockerBuild{ref: ref, context: context, dockerfile: dockerfile, dockerfileContents: dockerfileContents}
-			if liveUpdate != nil {
-				for i := 0; i < liveUpdate.Len(); i++ {
-					step, ok := liveUpdate.Index(i).(liveUpdateStep)
-					if !ok {
-						return nil, fmt.Errorf("docker_build: live_update[%d] is %s, not a live update step", i, liveUpdate.Index(i).Type())
-					}
-					if step.kind == "sync" {
-						d.syncs = append(d.syncs, step.args)
-					} else {
-						d.runs = append(d.runs, step.args[0])
-					}
-				}
-			}
-			tl.dockerBuilds = append(tl.dockerBuilds, d)
-			return starlark.None, nil
-		}),
-		"sync": fn("sync", func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
-			var local, remote string
-			if err := starlark.UnpackArgs(b.Name(), args, kw, "local_path", &local, "remote_path", &remote); err != nil {
-				return nil, err
-			}
-			return liveUpdateStep{kind: "sync", args: [2]string{local, remote}}, nil
-		}),
-		"run": fn("run", func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
-			var cmd string
-			var trigger starlark.Value
-			var echoOff bool
-			if err := starlark.UnpackArgs(b.Name(), args, kw, "cmd", &cmd, "trigger?", &trigger, "echo_off?", &echoOff); err != nil {
-				return nil, err
-			}
-			return liveUpdateStep{kind: "run", args: [2]string{cmd}}, nil
-		}),
-		"k8s_yaml": fn("k8s_yaml", func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
-			var v starlark.Value
-			var allowDuplicates bool
-			if err := starlark.UnpackArgs(b.Name(), args, kw, "yaml", &v, "allow_duplicates?", &allowDuplicates); err != nil {
-				return nil, err
-			}
-			return starlark.None, tl.k8sYAMLValue(v)
-		}),
-		"helm": fn("helm", func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
-			var chart, name, namespace, kubeVersion string
-			var values, set starlark.Value
-			var skipCRDs bool
-			if err := starlark.UnpackArgs(b.Name(), args, kw, "pathToChartDir", &chart, "name?", &name,
-				"namespace?", &namespace, "values?", &values, "set?", &set, "kube_version?", &kubeVersion,
-				"skip_crds?", &skipCRDs); err != nil {
-				return nil, err
-			}
-			h := helmCall{chart: chart, name: name, values: stringOrList(values), set: stringOrList(set)}
-			tl.helmCalls = append(tl.helmCalls, h)
-			return blob{"# helm template " + chart}, nil
-		}),
-		"listdir": fn("listdir", func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
-			var dir string
-			var recursive bool
-			if err := starlark.UnpackArgs(b.Name(), args, kw, "directory", &dir, "recursive?", &recursive); err != nil {
-				return nil, err
-			}
-			tl.listDirs = append(tl.listDirs, dir)
-			entries, err := os.ReadDir(inRepo(tl.tb, dir))
-			if err != nil {
-				return nil, err
-			}
-			var files []starlark.Value
-			for _, e := range entries {
-				if !e.IsDir() {
-					files = append(files, starlark.String(filepath.Join(inRepo(tl.tb, dir), e.Name())))
-				}
-			}
-			return starlark.NewList(files), nil
-		}),
-		"read_file": fn("read_file", func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
-			var path string
-			var def starlark.Value
-			if err := starlark.UnpackArgs(b.Name(), args, kw, "file_path", &path, "default?", &def); err != nil {
-				return nil, err
-			}
-			tl.readFiles = append(tl.readFiles, path)
-			data, err := os.ReadFile(inRepo(tl.tb, path))
-			if err != nil {
-				return nil, err
-			}
-			return blob{string(data)}, nil
-		}),
-		"encode_yaml": fn("encode_yaml", func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
-			var obj starlark.Value
-			if err := starlark.UnpackArgs(b.Name(), args, kw, "obj", &obj); err != nil {
-				return nil, err
-			}
-			out, err := yaml.Marshal(toGo(obj))
-			if err != nil {
-				return nil, err
-			}
-			return blob{string(out)}, nil
-		}),
-		"encode_yaml_stream": fn("encode_yaml_stream", func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
-			var objs *starlark.List
-			if err := starlark.UnpackArgs(b.Name(), args, kw, "objs", &objs); err != nil {
-				return nil, err
-			}
-			var docs []string
-			for i := 0; i < objs.Len(); i++ {
-				out, err := yaml.Marshal(toGo(objs.Index(i)))
-				if err != nil {
-					return nil, err
-				}
-				docs = append(docs, string(out))
-			}
-			return blob{strings.Join(docs, "---\n")}, nil
-		}),
-		"port_forward": fn("port_forward", func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
-			var local int
-			var container starlark.Value = starlark.None
-			var name, linkPath, host string
-			if err := starlark.UnpackArgs(b.Name(), args, kw, "local_port", &local, "container_port?", &container,
-				"name?", &name, "link_path?", &linkPath, "host?", &host); err != nil {
-				return nil, err
-			}
-			c := local
-			if container != starlark.None {
-				n, err := starlark.AsInt32(container)
-				if err != nil {
-					return nil, err
-				}
-				c = n
-			}
-			return portForward{local, c}, nil
-		}),
-		"k8s_resource": fn("k8s_resource", func(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
-			var workload, newName, discovery string
-			var portForwards, links, labels, triggerMode, podReadiness starlark.Value
-			var extraSelectors, resourceDeps, objects *starlark.List
-			var autoInit bool
-			if err := starlark.UnpackArgs(b.Name(), args, kw, "workload?", &workload, "new_name?", &newName,
-				"port_forwards?", &portForwards, "extra_pod_selectors?", &extraSelectors, "trigger_mode?", &triggerMode,
-				"resource_deps?", &resourceDeps, "objects?", &objects, "auto_init?", &autoInit,
-				"pod_readiness?", &podReadiness, "links?", &links, "labels?", &labels,
-				"discovery_strategy?", &discovery); err != nil {
-				return nil, err
-			}
-			r := k8sResource{workload: workload, deps: strings_(resourceDeps)}
-			if l, ok := portForwards.(*starlark.List); ok {
-				for i := 0; i < l.Len(); i++ {
-					switch pf := l.Index(i).(type) {
-					case portForward:
-						r.portForwards = append(r.portForwards, pf.local)
-					case starlark.Int:
-						n, _ := pf.Int64()
-						r.portForwards = append(r.portForwards, int(n))
-					default:
-						return nil, fmt.Errorf("k8s_resource: port forward %s", pf)
-					}
-				}
-			}
-			tl.k8sResources = append(tl.k8sResources, r)
-			return starlark.None, nil
-		}),
+// builtins returns the names the Tiltfile finds predeclared: the stubs of
+// Tilt's builtins and of its os module.
+func (tl *tilt) builtins() starlark.StringDict {
+	osPath := starlarkstruct.FromStringDict(starlarkstruct.Default, newBuiltins(map[string]builtinFunc{
+		"basename": tl.basename,
+		"join":     tl.join,
+		"exists":   tl.exists,
+	}))
+	osModule := newBuiltins(map[string]builtinFunc{"getenv": tl.getenv})
+	osModule["path"] = osPath
+
+	globals := newBuiltins(map[string]builtinFunc{
+		"version_settings":   tl.versionSettings,
+		"local":              tl.local,
+		"local_resource":     tl.localResource,
+		"docker_build":       tl.dockerBuild,
+		"sync":               tl.sync,
+		"run":                tl.run,
+		"k8s_yaml":           tl.k8sYAML,
+		"helm":               tl.helm,
+		"listdir":            tl.listdir,
+		"read_file":          tl.readFile,
+		"encode_yaml":        tl.encodeYAML,
+		"encode_yaml_stream": tl.encodeYAMLStream,
+		"port_forward":       tl.portForward,
+		"k8s_resource":       tl.k8sResource,
+	})
+	globals["os"] = starlarkstruct.FromStringDict(starlarkstruct.Default, osModule)
+	return globals
+}
+
+// newBuiltins makes each function a Starlark builtin of its name.
+func newBuiltins(fns map[string]builtinFunc) starlark.StringDict {
+	d := make(starlark.StringDict, len(fns))
+	for name, f := range fns {
+		d[name] = starlark.NewBuiltin(name, f)
 	}
+	return d
+}
+
+// basename is os.path.basename.
+func (tl *tilt) basename(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var p string
+	if err := starlark.UnpackArgs(b.Name(), args, kw, "path", &p); err != nil {
+		return nil, err
+	}
+	return starlark.String(filepath.Base(p)), nil
+}
+
+// join is os.path.join.
+func (tl *tilt) join(_ *starlark.Thread, _ *starlark.Builtin, args starlark.Tuple, _ []starlark.Tuple) (starlark.Value, error) {
+	parts := make([]string, len(args))
+	for i, a := range args {
+		s, ok := starlark.AsString(a)
+		if !ok {
+			return nil, fmt.Errorf("join: want strings")
+		}
+		parts[i] = s
+	}
+	return starlark.String(filepath.Join(parts...)), nil
+}
+
+// exists is os.path.exists, for paths relative to the repository's root.
+func (tl *tilt) exists(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var p string
+	if err := starlark.UnpackArgs(b.Name(), args, kw, "path", &p); err != nil {
+		return nil, err
+	}
+	_, err := os.Stat(inRepo(tl.tb, p))
+	return starlark.Bool(err == nil), nil
+}
+
+// getenv is os.getenv in an empty environment, as on a fresh machine.
+func (tl *tilt) getenv(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var key string
+	var def starlark.Value = starlark.None
+	if err := starlark.UnpackArgs(b.Name(), args, kw, "key", &key, "default?", &def); err != nil {
+		return nil, err
+	}
+	return def, nil
+}
+
+// versionSettings is version_settings: it only checks its arguments.
+func (tl *tilt) versionSettings(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var checkUpdates bool
+	var constraint string
+	return starlark.None, starlark.UnpackArgs(b.Name(), args, kw, "check_updates?", &checkUpdates, "constraint?", &constraint)
+}
+
+// local records the command and returns what it would print.
+func (tl *tilt) local(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var cmd, cmdBat, dir string
+	var quiet, echoOff bool
+	var env *starlark.Dict
+	if err := starlark.UnpackArgs(b.Name(), args, kw, "command", &cmd, "quiet?", &quiet, "command_bat?", &cmdBat, "echo_off?", &echoOff, "env?", &env, "dir?", &dir); err != nil {
+		return nil, err
+	}
+	tl.locals = append(tl.locals, cmd)
+	// Nothing runs: answer what the commands used here print.
+	if cmd == "go env GOARCH" {
+		return blob{"amd64\n"}, nil
+	}
+	return blob{""}, nil
+}
+
+// localResource records a local_resource: its name, command and deps.
+func (tl *tilt) localResource(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var name string
+	var cmd, serveCmd, cmdBat, serveCmdBat, dir, serveDir starlark.Value
+	var deps, ignore, resourceDeps, links, labels *starlark.List
+	var triggerMode, readinessProbe starlark.Value
+	var autoInit, allowParallel bool
+	var env, serveEnv *starlark.Dict
+	if err := starlark.UnpackArgs(b.Name(), args, kw, "name", &name, "cmd?", &cmd, "deps?", &deps,
+		"trigger_mode?", &triggerMode, "resource_deps?", &resourceDeps, "ignore?", &ignore,
+		"auto_init?", &autoInit, "serve_cmd?", &serveCmd, "cmd_bat?", &cmdBat, "serve_cmd_bat?", &serveCmdBat,
+		"allow_parallel?", &allowParallel, "links?", &links, "labels?", &labels, "env?", &env,
+		"serve_env?", &serveEnv, "readiness_probe?", &readinessProbe, "dir?", &dir, "serve_dir?", &serveDir); err != nil {
+		return nil, err
+	}
+	c, _ := starlark.AsString(cmd)
+	tl.localResources = append(tl.localResources, localResource{name: name, cmd: c, deps: strings_(deps)})
+	return starlark.None, nil
+}
+
+// dockerBuild records a docker_build with its live update steps.
+func (tl *tilt) dockerBuild(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var ref, context, dockerfile, dockerfileContents, target, ssh, network, secret, extraTag, platform string
+	var buildArgs *starlark.Dict
+	var liveUpdate, ignore, only, entrypoint, containerArgs, cacheFrom, extraHosts *starlark.List
+	var matchInEnvVars, pull bool
+	if err := starlark.UnpackArgs(b.Name(), args, kw, "ref", &ref, "context?", &context,
+		"build_args?", &buildArgs, "dockerfile?", &dockerfile, "dockerfile_contents?", &dockerfileContents,
+		"live_update?", &liveUpdate, "match_in_env_vars?", &matchInEnvVars, "ignore?", &ignore, "only?", &only,
+		"entrypoint?", &entrypoint, "target?", &target, "ssh?", &ssh, "network?", &network, "secret?", &secret,
+		"extra_tag?", &extraTag, "container_args?", &containerArgs, "cache_from?", &cacheFrom, "pull?", &pull,
+		"platform?", &platform, "extra_hosts?", &extraHosts); err != nil {
+		return nil, err
+	}
+	if context == "" {
+		context = "."
+	}
+	d := dockerBuild{ref: ref, context: context, dockerfile: dockerfile, dockerfileContents: dockerfileContents}
+	if liveUpdate != nil {
+		for i := 0; i < liveUpdate.Len(); i++ {
+			step, ok := liveUpdate.Index(i).(liveUpdateStep)
+			if !ok {
+				return nil, fmt.Errorf("docker_build: live_update[%d] is %s, not a live update step", i, liveUpdate.Index(i).Type())
+			}
+			if step.kind == "sync" {
+				d.syncs = append(d.syncs, step.args)
+			} else {
+				d.runs = append(d.runs, step.args[0])
+			}
+		}
+	}
+	tl.dockerBuilds = append(tl.dockerBuilds, d)
+	return starlark.None, nil
+}
+
+// sync is the live update step sync().
+func (tl *tilt) sync(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var local, remote string
+	if err := starlark.UnpackArgs(b.Name(), args, kw, "local_path", &local, "remote_path", &remote); err != nil {
+		return nil, err
+	}
+	return liveUpdateStep{kind: "sync", args: [2]string{local, remote}}, nil
+}
+
+// run is the live update step run().
+func (tl *tilt) run(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var cmd string
+	var trigger starlark.Value
+	var echoOff bool
+	if err := starlark.UnpackArgs(b.Name(), args, kw, "cmd", &cmd, "trigger?", &trigger, "echo_off?", &echoOff); err != nil {
+		return nil, err
+	}
+	return liveUpdateStep{kind: "run", args: [2]string{cmd}}, nil
+}
+
+// k8sYAML records the files and objects given to k8s_yaml.
+func (tl *tilt) k8sYAML(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var v starlark.Value
+	var allowDuplicates bool
+	if err := starlark.UnpackArgs(b.Name(), args, kw, "yaml", &v, "allow_duplicates?", &allowDuplicates); err != nil {
+		return nil, err
+	}
+	return starlark.None, tl.k8sYAMLValue(v)
+}
+
+// helm records the chart, release name, values files and --set values.
+func (tl *tilt) helm(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var chart, name, namespace, kubeVersion string
+	var values, set starlark.Value
+	var skipCRDs bool
+	if err := starlark.UnpackArgs(b.Name(), args, kw, "pathToChartDir", &chart, "name?", &name,
+		"namespace?", &namespace, "values?", &values, "set?", &set, "kube_version?", &kubeVersion,
+		"skip_crds?", &skipCRDs); err != nil {
+		return nil, err
+	}
+	h := helmCall{chart: chart, name: name, values: stringOrList(values), set: stringOrList(set)}
+	tl.helmCalls = append(tl.helmCalls, h)
+	return blob{"# helm template " + chart}, nil
+}
+
+// listdir records the directory and lists the files in it.
+func (tl *tilt) listdir(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var dir string
+	var recursive bool
+	if err := starlark.UnpackArgs(b.Name(), args, kw, "directory", &dir, "recursive?", &recursive); err != nil {
+		return nil, err
+	}
+	tl.listDirs = append(tl.listDirs, dir)
+	entries, err := os.ReadDir(inRepo(tl.tb, dir))
+	if err != nil {
+		return nil, err
+	}
+	var files []starlark.Value
+	for _, e := range entries {
+		if !e.IsDir() {
+			files = append(files, starlark.String(filepath.Join(inRepo(tl.tb, dir), e.Name())))
+		}
+	}
+	return starlark.NewList(files), nil
+}
+
+// readFile records the file and returns its contents.
+func (tl *tilt) readFile(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var path string
+	var def starlark.Value
+	if err := starlark.UnpackArgs(b.Name(), args, kw, "file_path", &path, "default?", &def); err != nil {
+		return nil, err
+	}
+	tl.readFiles = append(tl.readFiles, path)
+	data, err := os.ReadFile(inRepo(tl.tb, path))
+	if err != nil {
+		return nil, err
+	}
+	return blob{string(data)}, nil
+}
+
+// encodeYAML is encode_yaml.
+func (tl *tilt) encodeYAML(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var obj starlark.Value
+	if err := starlark.UnpackArgs(b.Name(), args, kw, "obj", &obj); err != nil {
+		return nil, err
+	}
+	out, err := yaml.Marshal(toGo(obj))
+	if err != nil {
+		return nil, err
+	}
+	return blob{string(out)}, nil
+}
+
+// encodeYAMLStream is encode_yaml_stream.
+func (tl *tilt) encodeYAMLStream(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var objs *starlark.List
+	if err := starlark.UnpackArgs(b.Name(), args, kw, "objs", &objs); err != nil {
+		return nil, err
+	}
+	var docs []string
+	for i := 0; i < objs.Len(); i++ {
+		out, err := yaml.Marshal(toGo(objs.Index(i)))
+		if err != nil {
+			return nil, err
+		}
+		docs = append(docs, string(out))
+	}
+	return blob{strings.Join(docs, "---\n")}, nil
+}
+
+// portForward is port_forward().
+func (tl *tilt) portForward(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var local int
+	var container starlark.Value = starlark.None
+	var name, linkPath, host string
+	if err := starlark.UnpackArgs(b.Name(), args, kw, "local_port", &local, "container_port?", &container,
+		"name?", &name, "link_path?", &linkPath, "host?", &host); err != nil {
+		return nil, err
+	}
+	c := local
+	if container != starlark.None {
+		n, err := starlark.AsInt32(container)
+		if err != nil {
+			return nil, err
+		}
+		c = n
+	}
+	return portForward{local, c}, nil
+}
+
+// k8sResource records a k8s_resource: its workload, local ports and deps.
+func (tl *tilt) k8sResource(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var workload, newName, discovery string
+	var portForwards, links, labels, triggerMode, podReadiness starlark.Value
+	var extraSelectors, resourceDeps, objects *starlark.List
+	var autoInit bool
+	if err := starlark.UnpackArgs(b.Name(), args, kw, "workload?", &workload, "new_name?", &newName,
+		"port_forwards?", &portForwards, "extra_pod_selectors?", &extraSelectors, "trigger_mode?", &triggerMode,
+		"resource_deps?", &resourceDeps, "objects?", &objects, "auto_init?", &autoInit,
+		"pod_readiness?", &podReadiness, "links?", &links, "labels?", &labels,
+		"discovery_strategy?", &discovery); err != nil {
+		return nil, err
+	}
+	r := k8sResource{workload: workload, deps: strings_(resourceDeps)}
+	if l, ok := portForwards.(*starlark.List); ok {
+		for i := 0; i < l.Len(); i++ {
+			switch pf := l.Index(i).(type) {
+			case portForward:
+				r.portForwards = append(r.portForwards, pf.local)
+			case starlark.Int:
+				n, _ := pf.Int64()
+				r.portForwards = append(r.portForwards, int(n))
+			default:
+				return nil, fmt.Errorf("k8s_resource: port forward %s", pf)
+			}
+		}
+	}
+	tl.k8sResources = append(tl.k8sResources, r)
+	return starlark.None, nil
 }
 
 func (tl *tilt) k8sYAMLValue(v starlark.Value) error {
 	switch x := v.(type) {
 	case starlark.String:
-		tl.k8sYAML = append(tl.k8sYAML, string(x))
+		tl.k8sYAMLFiles = append(tl.k8sYAMLFiles, string(x))
 	case *starlark.List:
 		for i := 0; i < x.Len(); i++ {
 			if err := tl.k8sYAMLValue(x.Index(i)); err != nil {
@@ -479,8 +542,22 @@ func runTiltfile(t *testing.T) *tilt {
 // name workloads that exist.
 func TestTiltfile(t *testing.T) {
 	tl := runTiltfile(t)
+	binary := checkCompileStep(t, tl)
+	checkDockerBuild(t, tl, binary)
+	checkTiltfilePaths(t, tl)
+	h := checkHelmCall(t, tl)
+	checkK8sResources(t, tl, h)
 
-	// The compile step and the image it feeds.
+	// Hand the objects and the chart's settings to `make lint-deploy`, which
+	// validates them with kubeconform and renders the chart as Tilt would.
+	if dir := os.Getenv("PAGEVIEWS_TILT_OUT"); dir != "" {
+		writeTiltOutputs(t, dir, tl)
+	}
+}
+
+// checkCompileStep checks the local_resource that compiles the worker and
+// returns the binary it builds.
+func checkCompileStep(t *testing.T, tl *tilt) string {
 	if len(tl.localResources) == 0 {
 		t.Fatal("no local_resource compiles the worker")
 	}
@@ -497,8 +574,12 @@ func TestTiltfile(t *testing.T) {
 	if out == nil {
 		t.Fatalf("compile command %q names no output (-o)", compile.cmd)
 	}
-	binary := out[1]
+	return out[1]
+}
 
+// checkDockerBuild checks the image the compiled binary feeds and its live
+// update.
+func checkDockerBuild(t *testing.T, tl *tilt, binary string) {
 	if len(tl.dockerBuilds) != 1 {
 		t.Fatalf("want one docker_build, got %d", len(tl.dockerBuilds))
 	}
@@ -536,9 +617,12 @@ func TestTiltfile(t *testing.T) {
 	if len(db.runs) == 0 {
 		t.Error("live_update syncs the binary but runs nothing to restart it")
 	}
+}
 
-	// Files and directories.
-	for _, f := range tl.k8sYAML {
+// checkTiltfilePaths checks that the files and directories the Tiltfile
+// names exist, and adds the objects of its k8s_yaml files to tl.objects.
+func checkTiltfilePaths(t *testing.T, tl *tilt) {
+	for _, f := range tl.k8sYAMLFiles {
 		mustExist(t, f, false, "k8s_yaml")
 		tl.objects = append(tl.objects, decodeAll(t, f)...)
 	}
@@ -548,8 +632,11 @@ func TestTiltfile(t *testing.T) {
 	for _, d := range tl.listDirs {
 		mustExist(t, d, true, "listdir")
 	}
+}
 
-	// The chart, and the values the Tiltfile sets.
+// checkHelmCall checks the chart and the values the Tiltfile sets, and
+// returns the one helm() call.
+func checkHelmCall(t *testing.T, tl *tilt) helmCall {
 	if len(tl.helmCalls) != 1 {
 		t.Fatalf("want one helm() call, got %d", len(tl.helmCalls))
 	}
@@ -570,8 +657,12 @@ func TestTiltfile(t *testing.T) {
 			t.Errorf("helm set %q: %s is not a value of %s/values.yaml", kv, key, h.chart)
 		}
 	}
+	return h
+}
 
-	// Resources and port forwards.
+// checkK8sResources checks that the resources and their dependencies name
+// workloads or local resources, and where the ports are forwarded.
+func checkK8sResources(t *testing.T, tl *tilt, h helmCall) {
 	workloads := map[string]bool{h.name: true}
 	for _, obj := range tl.objects {
 		switch obj["kind"] {
@@ -600,12 +691,6 @@ func TestTiltfile(t *testing.T) {
 	}
 	if forwarded[3000] != "grafana" {
 		t.Errorf("port 3000 is forwarded to %q, want grafana", forwarded[3000])
-	}
-
-	// Hand the objects and the chart's settings to `make lint-deploy`, which
-	// validates them with kubeconform and renders the chart as Tilt would.
-	if dir := os.Getenv("PAGEVIEWS_TILT_OUT"); dir != "" {
-		writeTiltOutputs(t, dir, tl)
 	}
 }
 
