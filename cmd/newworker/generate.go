@@ -25,8 +25,6 @@ type generator struct {
 
 	r  *renamer
 	gr *goRewriter
-	// written lists the generated files (slash-separated, relative to out).
-	written []string
 }
 
 // srcFile is one file of the template.
@@ -39,12 +37,7 @@ type srcFile struct {
 func newGenerator(src, out string, t *Template, answers map[string]string, version string, warn func(string, ...any)) *generator {
 	g := &generator{src: src, out: out, t: t, answers: answers, version: version, warn: warn}
 	g.r = newRenamer(t, answers)
-	g.gr = &goRewriter{oldMod: t.Module, newMod: answers["module"], r: g.r, answers: answers, warn: warn}
-	for _, v := range t.Variables {
-		if v.Kind == kindSetting {
-			g.gr.settings = append(g.gr.settings, v)
-		}
-	}
+	g.gr = newGoRewriter(t, g.r, answers)
 	return g
 }
 
@@ -100,25 +93,8 @@ func (g *generator) generate() error {
 	if err != nil {
 		return err
 	}
-	// First find where the settings' defaults live, so that the tests
-	// next to them can be changed with them.
-	for _, f := range files {
-		if isGoSource(f) && !strings.HasSuffix(f.rel, "_test.go") {
-			src, err := os.ReadFile(filepath.Join(g.src, filepath.FromSlash(f.rel)))
-			if err != nil {
-				return err
-			}
-			if err := g.gr.scan(f.rel, src); err != nil {
-				return fmt.Errorf("%s: %w", f.rel, err)
-			}
-		}
-	}
-	for _, v := range g.gr.settings {
-		if s := g.gr.sites[v.Env]; s == nil || len(s.found) == 0 {
-			g.warn("no Go code takes %s with the default %s (as in %s): set its default by hand", v.Env, v.Default, templateFile)
-		}
-	}
-
+	// The non-test Go files first: the tests beside them follow them.
+	sort.SliceStable(files, func(i, j int) bool { return isGoCode(files[i]) && !isGoCode(files[j]) })
 	dests := map[string]string{}
 	for _, f := range files {
 		to := g.r.RenamePath(f.rel)
@@ -130,6 +106,11 @@ func (g *generator) generate() error {
 			return fmt.Errorf("%s: %w", f.rel, err)
 		}
 	}
+	for _, v := range g.t.Variables {
+		if v.Kind == kindSetting && !g.gr.found[v.Env] {
+			g.warn("no Go code takes %s with the default %s (as in %s): set its default by hand", v.Env, v.Default, templateFile)
+		}
+	}
 	if err := g.render(); err != nil {
 		return err
 	}
@@ -137,9 +118,13 @@ func (g *generator) generate() error {
 	return nil
 }
 
+// isGoSource reports whether f is Go to parse: not a link, not testdata.
 func isGoSource(f srcFile) bool {
 	return f.link == "" && strings.HasSuffix(f.rel, ".go") && !inTestdata(f.rel)
 }
+
+// isGoCode reports whether f is Go to parse and not a test.
+func isGoCode(f srcFile) bool { return isGoSource(f) && !strings.HasSuffix(f.rel, "_test.go") }
 
 func inTestdata(rel string) bool {
 	return strings.HasPrefix(rel, "testdata/") || strings.Contains(rel, "/testdata/")
@@ -157,7 +142,6 @@ func (g *generator) copyFile(f srcFile, to string) error {
 		if path.IsAbs(target) || inside == ".." || strings.HasPrefix(inside, "../") {
 			return fmt.Errorf("symbolic link to %s leaves the template", f.link)
 		}
-		g.written = append(g.written, to)
 		return os.Symlink(filepath.FromSlash(g.r.RenamePath(target)), dst)
 	}
 	data, err := os.ReadFile(filepath.Join(g.src, filepath.FromSlash(f.rel)))
@@ -171,12 +155,6 @@ func (g *generator) copyFile(f srcFile, to string) error {
 		if data, err = g.gr.rewriteGo(f.rel, data); err != nil {
 			return err
 		}
-	case base == "go.mod":
-		if data, err = g.gr.rewriteGoMod(f.rel, data); err != nil {
-			return err
-		}
-	case strings.HasSuffix(f.rel, ".go"): // Go in testdata need not parse
-		data = []byte(g.r.Rename(string(data)))
 	default:
 		// A test fixture (alerts_test.yml) keeps its table labels: they
 		// are data, repeated in the messages it expects.
@@ -192,10 +170,10 @@ func (g *generator) copyFile(f srcFile, to string) error {
 	if f.mode&0o111 != 0 || bytes.HasPrefix(data, []byte("#!")) {
 		mode = 0o755
 	}
-	g.written = append(g.written, to)
 	return os.WriteFile(dst, data, mode)
 }
 
+// isBinary reports whether data is not text: a NUL byte early, or not UTF-8.
 func isBinary(data []byte) bool {
 	head := data[:min(len(data), 8000)]
 	return bytes.IndexByte(head, 0) >= 0 || !utf8.Valid(data)
@@ -253,7 +231,6 @@ func (g *generator) render() error {
 		"renamed": g.r.Rename,
 		// quote writes a YAML (and JSON) string.
 		"quote": func(s string) string { b, _ := json.Marshal(s); return string(b) },
-		"upper": strings.ToUpper,
 	}
 	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".tmpl") {
@@ -277,20 +254,8 @@ func (g *generator) render() error {
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 			return err
 		}
-		if !contains(g.written, rel) {
-			g.written = append(g.written, rel)
-		}
 		return os.WriteFile(dst, b.Bytes(), 0o644)
 	})
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // githubSlug is owner/repo for a module on github.com, else "".
@@ -303,14 +268,49 @@ func githubSlug(mod string) string {
 }
 
 // checkLeftovers warns about every old name still in the new project,
-// outside what template.json keeps or allows: most likely a file added to
-// the template with a name in a spelling no rule knows. It looks for the
-// old module path and words in any case, like the bake test.
+// outside what template.json allows: most likely a file added to the
+// template with a name in a spelling no rule knows. Like the bake test, it
+// looks for the old module path and words in any case.
 func (g *generator) checkLeftovers() {
-	// The names the project has now, in every spelling, are not
-	// leftovers even where they contain an old one (a topic kept as
-	// page_views is spelled pageViews, which holds pageviews).
-	var olds, current []string
+	olds, current := g.names()
+	if len(olds) == 0 {
+		return
+	}
+	var found []string
+	filepath.WalkDir(g.out, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(g.out, p)
+		rel = filepath.ToSlash(rel)
+		data, err := os.ReadFile(p)
+		if err != nil || isBinary(data) || matchBase(g.t.Verbatim, rel) || g.t.allowedFile(rel) {
+			return nil
+		}
+		for n, line := range strings.Split(g.t.withoutAllowed(rel, string(data)), "\n") {
+			if hasOld(line, olds, current) {
+				found = append(found, fmt.Sprintf("%s:%d: %s", rel, n+1, strings.TrimSpace(line)))
+			}
+		}
+		if hasOld(rel, olds, nil) {
+			found = append(found, rel+": the path")
+		}
+		return nil
+	})
+	for i, f := range found {
+		if i == 20 {
+			g.warn("... and %d more", len(found)-20)
+			break
+		}
+		g.warn("still names the template: %s", f)
+	}
+}
+
+// names returns the template's names to look for, in lower case, and the
+// project's names in every spelling, which are no leftovers even where
+// they hold an old one (a topic kept as page_views is spelled pageViews,
+// which holds pageviews), longest first.
+func (g *generator) names() (olds, current []string) {
 	for _, v := range g.t.Variables {
 		if v.Kind != kindModule && v.Kind != kindWord {
 			continue
@@ -325,44 +325,20 @@ func (g *generator) checkLeftovers() {
 		}
 	}
 	sort.Slice(current, func(i, j int) bool { return len(current[i]) > len(current[j]) })
-	if len(olds) == 0 {
-		return
+	return olds, current
+}
+
+// hasOld reports whether s holds one of olds once the current names are
+// taken out.
+func hasOld(s string, olds, current []string) bool {
+	for _, c := range current {
+		s = strings.ReplaceAll(s, c, "")
 	}
-	var found []string
-	for _, rel := range g.written {
-		if matchBase(g.t.Verbatim, rel) || g.t.allowedFile(rel) {
-			continue
-		}
-		data, err := os.ReadFile(filepath.Join(g.out, filepath.FromSlash(rel)))
-		if err != nil || isBinary(data) {
-			continue
-		}
-		text := g.t.withoutAllowed(rel, string(data))
-		lines := strings.Split(text, "\n")
-		for n, line := range lines {
-			low := line
-			for _, c := range current {
-				low = strings.ReplaceAll(low, c, "")
-			}
-			low = strings.ToLower(low)
-			for _, old := range olds {
-				if strings.Contains(low, old) {
-					found = append(found, fmt.Sprintf("%s:%d: %s", rel, n+1, strings.TrimSpace(line)))
-					break
-				}
-			}
-		}
-		for _, old := range olds {
-			if strings.Contains(strings.ToLower(rel), old) {
-				found = append(found, rel+": the path")
-			}
+	s = strings.ToLower(s)
+	for _, old := range olds {
+		if strings.Contains(s, old) {
+			return true
 		}
 	}
-	for i, f := range found {
-		if i == 20 {
-			g.warn("... and %d more", len(found)-20)
-			break
-		}
-		g.warn("still names the template: %s", f)
-	}
+	return false
 }

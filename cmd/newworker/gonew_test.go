@@ -71,43 +71,50 @@ func TestGonew(t *testing.T) {
 	// it finds its template with go mod download, as gonew does. A module
 	// download holds no nested modules, and the generator says so.
 	t.Run("go run newworker@version", func(t *testing.T) {
-		out := filepath.Join(tmp, "fromproxy")
-		cmd := exec.Command("go", "run", tmpl.Module+"/cmd/newworker@"+version,
-			"-module", "example.com/acme/clicks", "-out", out, "-no-input")
-		cmd.Dir = tmp
-		cmd.Env = append(offlineGo(),
-			"GOPROXY=file://"+filepath.ToSlash(proxy)+",file://"+filepath.ToSlash(filepath.Join(gomodcache, "cache", "download")),
-			"GOMODCACHE="+filepath.Join(tmp, "modcache"),
-			"GOFLAGS=-modcacherw",
-			"GOSUMDB=off",
-		)
-		output, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("go run newworker@%s: %v\n%s", version, err, output)
-		}
-		if want := "from " + tmpl.Module + " " + version; !strings.Contains(string(output), want) {
-			t.Errorf("output lacks %q:\n%s", want, output)
-		}
-		if strings.Contains(string(output), "warning") {
-			t.Errorf("warnings:\n%s", output)
-		}
-		data, err := os.ReadFile(filepath.Join(out, "cmd", "clicks", "main.go"))
-		if err != nil || !strings.Contains(string(data), `"example.com/acme/clicks/internal/`) {
-			t.Errorf("cmd/clicks/main.go not generated with the new imports: %v", err)
-		}
-		// The nested modules, fetched one by one, are there and point at
-		// the new module.
-		for _, sub := range tmpl.Modules {
-			data, err := os.ReadFile(filepath.Join(out, filepath.FromSlash(sub), "go.mod"))
-			if err != nil {
-				t.Errorf("nested module %s missing: %v", sub, err)
-				continue
-			}
-			if mod := modfile.ModulePath(data); mod != "example.com/acme/clicks/"+sub {
-				t.Errorf("%s/go.mod says module %q", sub, mod)
-			}
-		}
+		runNewworkerAt(t, tmpl, version, proxy, gomodcache, filepath.Join(tmp, "fromproxy"))
 	})
+}
+
+// runNewworkerAt generates a worker into out with go run of newworker at
+// version, from the module proxy directory proxy, and checks it: the
+// template's version named, no warning, new imports, every nested module.
+func runNewworkerAt(t *testing.T, tmpl *Template, version, proxy, gomodcache, out string) {
+	tmp := filepath.Dir(out)
+	cmd := exec.Command("go", "run", tmpl.Module+"/cmd/newworker@"+version,
+		"-module", "example.com/acme/clicks", "-out", out, "-no-input")
+	cmd.Dir = tmp
+	cmd.Env = append(offlineGo(),
+		"GOPROXY=file://"+filepath.ToSlash(proxy)+",file://"+filepath.ToSlash(filepath.Join(gomodcache, "cache", "download")),
+		"GOMODCACHE="+filepath.Join(tmp, "modcache"),
+		"GOFLAGS=-modcacherw",
+		"GOSUMDB=off",
+	)
+	output, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("go run newworker@%s: %v\n%s", version, err, output)
+	}
+	if want := "from " + tmpl.Module + " " + version; !strings.Contains(string(output), want) {
+		t.Errorf("output lacks %q:\n%s", want, output)
+	}
+	if strings.Contains(string(output), "warning") {
+		t.Errorf("warnings:\n%s", output)
+	}
+	data, err := os.ReadFile(filepath.Join(out, "cmd", "clicks", "main.go"))
+	if err != nil || !strings.Contains(string(data), `"example.com/acme/clicks/internal/`) {
+		t.Errorf("cmd/clicks/main.go not generated with the new imports: %v", err)
+	}
+	// The nested modules, fetched one by one, are there and point at
+	// the new module.
+	for _, sub := range tmpl.Modules {
+		data, err := os.ReadFile(filepath.Join(out, filepath.FromSlash(sub), "go.mod"))
+		if err != nil {
+			t.Errorf("nested module %s missing: %v", sub, err)
+			continue
+		}
+		if mod := modfile.ModulePath(data); mod != "example.com/acme/clicks/"+sub {
+			t.Errorf("%s/go.mod says module %q", sub, mod)
+		}
+	}
 }
 
 // installGonew builds gonew at the x/tools version tools/go.mod pins,

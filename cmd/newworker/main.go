@@ -1,9 +1,9 @@
 // Command newworker stamps out a new Kafka stream-processing worker from
 // this template, like cookiecutter: it asks for the names in
 // templates/template.json (or takes them from flags), copies the template,
-// renames the module path (through the Go parser, as gonew does) and every
-// name of the worker (binary, chart, metric namespace, group, topics,
-// tables, defaults), and writes the files only a new project gets
+// renames the module path and every name the worker declares (binary,
+// chart, metric namespace, group, topics, tables, window and partitions
+// defaults), and writes the files only a new project gets
 // (templates/*.tmpl: README, Backstage catalog entry, CODEOWNERS).
 //
 //	go run github.com/gofaust/pageviews/cmd/newworker@latest
@@ -161,7 +161,6 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		}
 		return fmt.Errorf("generate %s: %w", dst, err)
 	}
-	checkNestedModules(dst, warn)
 
 	fmt.Fprintf(stdout, "\nCreated %s (%s) in %s from %s %s.\n\nNext:\n", answers["module"], answers["name"], dir, t.Module, version)
 	fmt.Fprintf(stdout, "  cd %s\n", dir)
@@ -288,7 +287,7 @@ func checkOut(dir, src string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if rel, err := filepath.Rel(src, dst); err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+	if within(src, dst) {
 		return "", usagef("target directory %s is inside the template (%s): choose one outside it, such as ../%s", dir, src, filepath.Base(dst))
 	}
 	info, err := os.Stat(dst)
@@ -314,7 +313,7 @@ func defaultOut(src, name string) string {
 	if err != nil {
 		return dir
 	}
-	if rel, err := filepath.Rel(src, wd); err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+	if within(src, wd) {
 		if r, err := filepath.Rel(wd, filepath.Join(filepath.Dir(src), name)); err == nil {
 			return r
 		}
@@ -334,29 +333,8 @@ func commands(src string) []string {
 	return names
 }
 
-// checkNestedModules warns when the Makefiles include a file or use a
-// go.mod that the new project lacks: a module download holds no nested
-// modules (tools/, dashboards/, ...), which are modules of their own.
-func checkNestedModules(dst string, warn func(string, ...any)) {
-	files, _ := filepath.Glob(filepath.Join(dst, "*.mk"))
-	more, _ := filepath.Glob(filepath.Join(dst, "*", "*.mk"))
-	files = append(append(files, filepath.Join(dst, "Makefile")), more...)
-	re := regexp.MustCompile(`(?m)(?:-modfile=(\S+)|^include\s+(\S+))`)
-	seen := map[string]bool{}
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		for _, m := range re.FindAllStringSubmatch(string(data), -1) {
-			p := m[1] + m[2]
-			if seen[p] {
-				continue
-			}
-			seen[p] = true
-			if _, err := os.Stat(filepath.Join(dst, filepath.FromSlash(p))); err != nil {
-				warn("%s uses %s, which the new project lacks (a nested module, which module downloads leave out): copy it from a checkout of the template", filepath.Base(f), p)
-			}
-		}
-	}
+// within reports whether the absolute path p is dir or inside it.
+func within(dir, p string) bool {
+	rel, err := filepath.Rel(dir, p)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
 }

@@ -1,11 +1,9 @@
 package main
 
 import (
-	"fmt"
 	"regexp"
 	"sort"
 	"strings"
-	"time"
 )
 
 // A pair is one literal rename.
@@ -14,26 +12,24 @@ type pair struct {
 	// exact pairs match anywhere; the others only at a word boundary
 	// (see atBoundary).
 	exact bool
-	// literal pairs rename a table name where it is a value ("views",
-	// table="views"). They apply only where the text means the worker's
-	// table: in Go, the packages that name the worker's tables (see
-	// goRewriter), not the store's tests that use "views" as any name;
-	// in other files, not in test fixtures (alerts_test.yml), whose
-	// expected messages repeat a label in prose.
+	// literal pairs rename a quoted table name ("views"). They apply
+	// only where the text means the worker's table: in Go, the package
+	// that declares it (see goRewriter), not the store's tests that use
+	// "views" as any name; in other files, not in test fixtures
+	// (alerts_test.yml), whose expected messages repeat a label in prose.
 	literal bool
 }
 
 // renamer renames every variable in one pass over a text: at each position
-// it tries the text to keep, then the longest pair that matches there, and
-// it never looks at what it wrote. So the order of the rules does not
-// matter, a new value that contains an old one is not renamed twice, and
-// page_views is never half-renamed by the rule for pageviews.
+// it tries the longest pair that matches there, and it never looks at what
+// it wrote. So the order of the rules does not matter, a new value that
+// contains an old one is not renamed twice, and page_views is never
+// half-renamed by the rule for pageviews.
 type renamer struct {
-	pairs []pair   // longest first
-	keep  []string // copied as they are
+	pairs []pair // longest first
 	first [256]bool
 	// settings rewrite the defaults of environment variables in files
-	// other than Go (compose, Helm values, Markdown tables).
+	// other than Go (compose, Helm values, docs/settings.md).
 	settings []settingRule
 }
 
@@ -75,14 +71,10 @@ func newRenamer(t *Template, answers map[string]string) *renamer {
 				add(pair{from: "#" + v.Default, to: "#" + strings.ToLower(pascal(words(to))), exact: true})
 			}
 		case kindTable:
-			// Only where the text names the table: as a quoted string,
-			// in its changelog topic, or as a table tag or label.
+			// Only where the text names the table: quoted, and in its
+			// changelog topic.
 			add(pair{from: `"` + v.Default + `"`, to: `"` + to + `"`, exact: true, literal: true})
-			add(pair{from: `'` + v.Default + `'`, to: `'` + to + `'`, exact: true, literal: true})
 			add(pair{from: "-" + v.Default + "-changelog", to: "-" + to + "-changelog"})
-			for _, pre := range []string{`table:`, `table: `, `table="`, `table=\"`, `table=~"`, `table=~\"`} {
-				add(pair{from: pre + v.Default, to: pre + to, literal: true})
-			}
 		case kindText:
 			add(pair{from: v.Default, to: to, exact: true})
 		case kindSetting:
@@ -92,15 +84,9 @@ func newRenamer(t *Template, answers map[string]string) *renamer {
 			r.settings = append(r.settings, settingRules(v, to)...)
 		}
 	}
-	for _, k := range t.Keep {
-		r.keep = append(r.keep, k.Text)
-	}
 	sort.SliceStable(r.pairs, func(i, j int) bool { return len(r.pairs[i].from) > len(r.pairs[j].from) })
 	for _, p := range r.pairs {
 		r.first[p.from[0]] = true
-	}
-	for _, k := range r.keep {
-		r.first[k[0]] = true
 	}
 	return r
 }
@@ -111,13 +97,12 @@ func newRenamer(t *Template, answers map[string]string) *renamer {
 // environment variable) and, for a one-word name, Capitalised (Pageviews).
 func spellings(from, to string) []pair {
 	fw, tw := words(from), words(to)
-	ps := []pair{{from: from, to: to}}
-	ps = append(ps,
-		pair{from: camel(fw), to: camel(tw)},
-		pair{from: pascal(fw), to: pascal(tw)},
-		pair{from: strings.ToUpper(strings.Join(fw, "_")), to: strings.ToUpper(strings.Join(tw, "_"))},
-	)
-	return ps
+	return []pair{
+		{from: from, to: to},
+		{from: camel(fw), to: camel(tw)},
+		{from: pascal(fw), to: pascal(tw)},
+		{from: strings.ToUpper(strings.Join(fw, "_")), to: strings.ToUpper(strings.Join(tw, "_"))},
+	}
 }
 
 func words(s string) []string {
@@ -143,14 +128,14 @@ func pascal(ws []string) string {
 
 // settingRules rewrite the default of a setting where a file other than Go
 // states it: `WINDOW_SIZE: 1m` (compose), `windowSize: 1m` (Helm values),
-// "| `WINDOW_SIZE` | `1m` |" (Markdown), `WINDOW_SIZE=1m` (env files), and
-// for PARTITIONS, `--partitions 8` (topic creation).
+// "| `WINDOW_SIZE` | `1m` |" (docs/settings.md), and for PARTITIONS,
+// `--partitions 8` (topic creation).
 func settingRules(v Variable, to string) []settingRule {
 	key := camel(strings.Split(strings.ToLower(v.Env), "_"))
 	val := regexp.QuoteMeta(v.Default)
 	end := `([^A-Za-z0-9.]|$)`
 	rules := []settingRule{{
-		re: regexp.MustCompile(`(\b(?:` + regexp.QuoteMeta(v.Env) + `|` + regexp.QuoteMeta(key) + `)\b["'` + "`" + `]?[ \t]*(?::|=|\|)[ \t]*["'` + "`" + `]?)` + val + end),
+		re: regexp.MustCompile(`(\b(?:` + regexp.QuoteMeta(v.Env) + `|` + regexp.QuoteMeta(key) + `)\b["'` + "`" + `]?[ \t]*[:|][ \t]*["'` + "`" + `]?)` + val + end),
 		to: to,
 	}}
 	if v.Env == "PARTITIONS" {
@@ -175,13 +160,6 @@ outer:
 			b.WriteByte(s[i])
 			i++
 			continue
-		}
-		for _, k := range r.keep {
-			if strings.HasPrefix(s[i:end], k) {
-				b.WriteString(k)
-				i += len(k)
-				continue outer
-			}
 		}
 		for _, p := range r.pairs {
 			if (literals || !p.literal) && strings.HasPrefix(s[i:end], p.from) && (p.exact || atBoundary(s, i, i+len(p.from))) {
@@ -228,7 +206,7 @@ func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 func isAlnum(c byte) bool { return isLower(c) || isUpper(c) || isDigit(c) }
 
 // RenameText renames a file other than Go: the pairs, then the setting
-// defaults. literals says whether table names as values are renamed.
+// defaults. literals says whether quoted table names are renamed.
 func (r *renamer) RenameText(s string, literals bool) string {
 	out := r.renameRange(s, 0, len(s), literals)
 	for _, rule := range r.settings {
@@ -236,10 +214,6 @@ func (r *renamer) RenameText(s string, literals bool) string {
 	}
 	return alignComments(s, out)
 }
-
-// trailingComment matches a line with a comment aligned by two or more
-// spaces.
-func trailingComment() *regexp.Regexp { return regexp.MustCompile(`^(.*\S)( {2,})(#.*)$`) }
 
 // alignComments keeps the trailing comments of renamed lines in the column
 // they had (YAML values files align them): a rename never adds or removes
@@ -252,7 +226,8 @@ func alignComments(before, after string) string {
 	if len(bl) != len(al) {
 		return after
 	}
-	re := trailingComment()
+	// A line with a comment aligned by two or more spaces.
+	re := regexp.MustCompile(`^(.*\S)( {2,})(#.*)$`)
 	for i := range al {
 		if al[i] == bl[i] {
 			continue
@@ -274,21 +249,4 @@ func (r *renamer) RenamePath(p string) string {
 		elems[i] = r.Rename(e)
 	}
 	return strings.Join(elems, "/")
-}
-
-// goDuration writes d as a Go constant expression: 30*time.Second.
-func goDuration(d time.Duration) string {
-	units := []struct {
-		d    time.Duration
-		name string
-	}{{time.Hour, "time.Hour"}, {time.Minute, "time.Minute"}, {time.Second, "time.Second"}, {time.Millisecond, "time.Millisecond"}}
-	for _, u := range units {
-		if d%u.d == 0 {
-			if n := d / u.d; n != 1 {
-				return fmt.Sprintf("%d * %s", n, u.name)
-			}
-			return u.name
-		}
-	}
-	return fmt.Sprintf("%d", int64(d))
 }

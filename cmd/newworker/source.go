@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -97,7 +95,8 @@ func assemble(f found, t *Template, warn func(string, ...any)) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := copyTree(f.dir, dir); err != nil {
+	// The module cache is read-only; CopyFS makes the copies writable.
+	if err := os.CopyFS(dir, os.DirFS(f.dir)); err != nil {
 		os.RemoveAll(dir)
 		return "", err
 	}
@@ -111,44 +110,12 @@ func assemble(f found, t *Template, warn func(string, ...any)) (string, error) {
 			warn("the new project lacks %s/: the nested module %s is not to be had at %s (%v)", sub, path, f.version, err)
 			continue
 		}
-		if err := copyTree(info.Dir, filepath.Join(dir, filepath.FromSlash(sub))); err != nil {
+		if err := os.CopyFS(filepath.Join(dir, filepath.FromSlash(sub)), os.DirFS(info.Dir)); err != nil {
 			os.RemoveAll(dir)
 			return "", err
 		}
 	}
 	return dir, nil
-}
-
-// copyTree copies the regular files under from (a module in the
-// read-only module cache) to to, writable.
-func copyTree(from, to string) error {
-	return filepath.WalkDir(from, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() {
-			return err
-		}
-		rel, err := filepath.Rel(from, p)
-		if err != nil {
-			return err
-		}
-		dst := filepath.Join(to, rel)
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			return err
-		}
-		in, err := os.Open(p)
-		if err != nil {
-			return err
-		}
-		defer in.Close()
-		out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-		if err != nil {
-			return err
-		}
-		if _, err := io.Copy(out, in); err != nil {
-			out.Close()
-			return err
-		}
-		return out.Close()
-	})
 }
 
 // checkoutVersion names a checkout by its commit when git can tell.

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path"
@@ -22,7 +21,7 @@ const templateFile = "templates/template.json"
 
 // The kinds of variable, which decide how a value is renamed.
 const (
-	kindModule  = "module"  // the Go module path: go.mod files and imports
+	kindModule  = "module"  // the Go module path, in go.mod files, imports and text
 	kindWord    = "word"    // a name, in every spelling, in contents and paths
 	kindTable   = "table"   // a table name, only where it names the table
 	kindSetting = "setting" // the default of an environment variable
@@ -37,11 +36,7 @@ type Template struct {
 	Variables []Variable `json:"variables"`
 	Skip      []string   `json:"skip"`
 	Verbatim  []string   `json:"verbatim"`
-	Keep      []struct {
-		Text string `json:"text"`
-		Why  string `json:"why"`
-	} `json:"keep"`
-	Allow []struct {
+	Allow     []struct {
 		File string `json:"file"`
 		Text string `json:"text"`
 		Why  string `json:"why"`
@@ -251,12 +246,9 @@ func (t *Template) allowedFile(rel string) bool {
 	return false
 }
 
-// withoutAllowed removes from a file's text what template.json keeps or
-// allows in it.
+// withoutAllowed removes from a file's text what template.json allows in
+// it.
 func (t *Template) withoutAllowed(rel, text string) string {
-	for _, k := range t.Keep {
-		text = strings.ReplaceAll(text, k.Text, "")
-	}
 	for _, a := range t.Allow {
 		if ok, _ := path.Match(a.File, rel); ok && a.Text != "" {
 			text = strings.ReplaceAll(text, a.Text, "")
@@ -265,4 +257,10 @@ func (t *Template) withoutAllowed(rel, text string) string {
 	return text
 }
 
-var errNoInput = errors.New("no answer")
+// errNoInput is the input ending before every question has its answer.
+const errNoInput = constError("no answer")
+
+// constError is an error that can be a constant.
+type constError string
+
+func (e constError) Error() string { return string(e) }
