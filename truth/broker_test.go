@@ -271,3 +271,10 @@ func count(recs map[int32][][]byte) int {
 	}
 	return n
 }
+
+// tableNames are the example's windowed and plain tables, named as its
+// declaration names them (a generated worker renames them there).
+func tableNames() (views, totals string) {
+	ts := pageview.App().Tables
+	return ts[0].Name(), ts[1].Name()
+}

@@ -108,7 +108,8 @@ func (s *scenario) catchUpEvents(w *worker, records int, hwm map[int32]int64, ts
 // writes a changed key once to its changelog.
 func (s *scenario) catchUpTables(w *worker, pages int) {
 	k := w.sink
-	for _, table := range []string{"views", "totals"} {
+	views, totals := tableNames()
+	for _, table := range []string{views, totals} {
 		changelog := app.Changelog(group, table)
 		written := int64(count(s.kafka.readCommitted(changelog)))
 		s.check(k.sum("table_keys_updated", map[string]string{"table": table}) == written, "table_keys_updated",

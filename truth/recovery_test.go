@@ -28,7 +28,8 @@ func TestRecovery(t *testing.T) {
 	s.settled(first, hwm, 30*time.Second)
 	first.Stop(t)
 
-	tables := []string{"views", "totals"}
+	views, totals := tableNames()
+	tables := []string{views, totals}
 	changelogs := map[string]map[int32][][]byte{}
 	ends := map[string]map[int32]int64{} // high watermarks
 	for _, table := range tables {

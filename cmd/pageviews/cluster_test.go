@@ -158,8 +158,9 @@ func waitStandbyCopies(t *testing.T, b *worker, partitions []int32) {
 				caught[fmt.Sprint(l["table"], l["partition"])] = true
 			}
 		}
+		views, totals := tableNames()
 		for _, p := range partitions {
-			if !caught[fmt.Sprint("views", p)] || !caught[fmt.Sprint("totals", p)] {
+			if !caught[fmt.Sprint(views, p)] || !caught[fmt.Sprint(totals, p)] {
 				return false, fmt.Sprintf("caught up: %v, a holds %v", caught, partitions)
 			}
 		}
@@ -224,7 +225,8 @@ func TestStandbyCopyCaughtUpOnACommittedChangelog(t *testing.T) {
 	// which therefore end with a transaction's commit marker.
 	eventually(t, 30*time.Second, "changelogs committed", func() (bool, string) {
 		var got []int
-		for _, tbl := range []string{"views", "totals"} {
+		views, totals := tableNames()
+		for _, tbl := range []string{views, totals} {
 			last, _, err := topicContents([]string{brokers}, "pageviews-"+tbl+"-changelog", true)
 			if err != nil {
 				return false, err.Error()

@@ -118,7 +118,8 @@ func storedWindowStarts(t testing.TB, dataDir string) map[int64]int {
 	}
 	defer db.Close()
 	starts := map[int64]int{}
-	err = db.Scan("views", 0, nil, func(k, _ []byte) error {
+	views, _ := tableNames()
+	err = db.Scan(views, 0, nil, func(k, _ []byte) error {
 		starts[int64(binary.BigEndian.Uint64(k)^(1<<63))]++
 		return nil
 	})

@@ -423,18 +423,19 @@ func readTables(brokers []string, cfg *config.Config) (tableState, error) {
 		}
 		st.totals[k] = n
 	}
-	views, _, err := topicContents(brokers, app.Changelog(cfg.Group, "views"), eos)
+	viewsTable, _ := tableNames()
+	views, _, err := topicContents(brokers, app.Changelog(cfg.Group, viewsTable), eos)
 	if err != nil {
 		return st, err
 	}
 	for k, v := range views {
 		i := strings.LastIndexByte(k, '|')
 		if i < 0 {
-			return st, fmt.Errorf("%s key %q has no window", app.Changelog(cfg.Group, "views"), k)
+			return st, fmt.Errorf("%s key %q has no window", app.Changelog(cfg.Group, viewsTable), k)
 		}
 		n, err := codec.Decode(v)
 		if err != nil {
-			return st, fmt.Errorf("%s key %q: %w", app.Changelog(cfg.Group, "views"), k, err)
+			return st, fmt.Errorf("%s key %q: %w", app.Changelog(cfg.Group, viewsTable), k, err)
 		}
 		st.views[k[:i]] += n
 	}

@@ -269,7 +269,7 @@ func (c cell) topics(cfg *config.Config) []string {
 	switch c.req {
 	case kmsg.Fetch, kmsg.ListOffsets, kmsg.Metadata:
 		if c.phase == phaseRecovery || c.phase == phaseStandby || c.phase == phaseFlush {
-			topics = []string{app.Changelog(cfg.Group, "totals"), app.Changelog(cfg.Group, "views")}
+			topics = changelogsOf(cfg.Group)
 		} else {
 			topics = []string{cfg.Topic}
 		}
@@ -277,7 +277,7 @@ func (c cell) topics(cfg *config.Config) []string {
 		if c.phase == phaseProcessing {
 			topics = []string{cfg.Topic}
 		} else {
-			topics = []string{app.Changelog(cfg.Group, "totals"), app.Changelog(cfg.Group, "views")}
+			topics = changelogsOf(cfg.Group)
 		}
 	}
 	return topics
@@ -1071,4 +1071,10 @@ func (r *cellRun) waitSplit(a, b *cellWorker) (*cellWorker, *cellWorker) {
 	}
 	r.fail("the two workers did not share the partitions within 60s (a holds %v, b holds %v)", a.partitions(), b.partitions())
 	return a, b
+}
+
+// changelogsOf are the changelogs of the example's tables in group.
+func changelogsOf(group string) []string {
+	views, totals := tableNames()
+	return []string{app.Changelog(group, totals), app.Changelog(group, views)}
 }

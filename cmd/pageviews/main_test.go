@@ -347,3 +347,10 @@ func TestRunRefusesALockedDataDir(t *testing.T) {
 		t.Errorf("the second worker started an embedded broker on the first one's data")
 	}
 }
+
+// tableNames are the example's windowed and plain tables, named as its
+// declaration names them (a generated worker renames them there).
+func tableNames() (views, totals string) {
+	ts := pageview.App().Tables
+	return ts[0].Name(), ts[1].Name()
+}
