@@ -147,7 +147,7 @@ func TestExpiryAcrossRestart(t *testing.T) {
 		"WINDOW_EXPIRES":  "5m",
 		"COMMIT_INTERVAL": "50ms",
 	}
-	win := window.Tumbling{Size: time.Minute, Expires: 5 * time.Minute}
+	win := window.Hopping{Size: time.Minute, Expires: 5 * time.Minute}
 	// Event times near the real date, so broker retention keeps the
 	// changelog, but in the middle of a window of the fake clock.
 	t0 := time.Now().Truncate(time.Minute).Add(30 * time.Second)

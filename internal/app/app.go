@@ -165,7 +165,7 @@ type TableDecl interface {
 type tableEnv struct {
 	group   string
 	db      *store.DB
-	windows map[string]window.Tumbling // by table (config.Config.Windows)
+	windows map[string]window.Hopping // by table (config.Config.Windows)
 	clock   func() time.Time
 }
 
@@ -208,11 +208,13 @@ type Windowed[V any] struct {
 	active *table.Windowed[V]
 }
 
-// Window declares a windowed table's window: its size and expiry are the
-// settings <Var>_SIZE and <Var>_EXPIRES, with these defaults.
+// Window declares a windowed table's window: its size, step, grace period
+// and expiry are the settings <Var>_SIZE, <Var>_STEP, <Var>_GRACE and
+// <Var>_EXPIRES, with these defaults. A zero Step means Size: tumbling
+// windows.
 type Window struct {
-	Var           string
-	Size, Expires time.Duration
+	Var                        string
+	Size, Step, Grace, Expires time.Duration
 }
 
 // NewWindowed declares a windowed table of V per key and window.
@@ -221,7 +223,7 @@ func NewWindowed[V any](name string, codec table.Codec[V], win Window) *Windowed
 }
 
 func (t *Windowed[V]) windowSpec() config.WindowSpec {
-	return config.WindowSpec{Table: t.name, Var: t.win.Var, Size: t.win.Size, Expires: t.win.Expires}
+	return config.WindowSpec{Table: t.name, Var: t.win.Var, Size: t.win.Size, Step: t.win.Step, Grace: t.win.Grace, Expires: t.win.Expires}
 }
 
 // Name is the table's name.

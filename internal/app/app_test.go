@@ -25,7 +25,7 @@ func TestTableDeclarations(t *testing.T) {
 	}
 	defer db.Close()
 	clock := func() time.Time { return time.Unix(1_700_000_000, 0) }
-	env := &tableEnv{group: "orders", db: db, windows: map[string]window.Tumbling{"sums": {Size: 30 * time.Second, Expires: 2 * time.Minute}}, clock: clock}
+	env := &tableEnv{group: "orders", db: db, windows: map[string]window.Hopping{"sums": {Size: 30 * time.Second, Expires: 2 * time.Minute}}, clock: clock}
 
 	sums := NewWindowed("sums", table.Int64{}, Window{Var: "SUMS_WINDOW", Size: time.Minute, Expires: 5 * time.Minute})
 	totals := NewPlain("totals", table.Int64{})

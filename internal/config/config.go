@@ -40,7 +40,7 @@ type Config struct {
 
 	// Windows are the windows of the app's windowed tables, by table, from
 	// the variables they declare (Spec.Windows).
-	Windows map[string]window.Tumbling
+	Windows map[string]window.Hopping
 	// App are the app's own settings as read (Spec.Settings), for the
 	// start-up log line; secrets masked.
 	App []slog.Attr
@@ -118,7 +118,7 @@ type Spec struct {
 	// default.
 	TopicVar, Topic string
 	// Windows are the windowed tables' windows: each is read from
-	// <Var>_SIZE and <Var>_EXPIRES.
+	// <Var>_SIZE, <Var>_STEP, <Var>_GRACE and <Var>_EXPIRES.
 	Windows []WindowSpec
 	// Settings reads the app's own settings, with the same checks and
 	// errors as the runtime's; what it reads is logged at start.
@@ -128,9 +128,11 @@ type Spec struct {
 // WindowSpec declares the window of table: its variables' prefix and
 // defaults.
 type WindowSpec struct {
-	Table         string
-	Var           string // WINDOW: WINDOW_SIZE, WINDOW_EXPIRES
-	Size, Expires time.Duration
+	Table string
+	Var   string // WINDOW: WINDOW_SIZE, WINDOW_STEP, WINDOW_GRACE, WINDOW_EXPIRES
+	// Size and Expires are the defaults; a zero Step means Size
+	// (tumbling windows).
+	Size, Step, Grace, Expires time.Duration
 }
 
 // Load reads and validates the configuration of the app that spec
@@ -177,7 +179,7 @@ func load(r *Reader, spec Spec) (*Config, error) {
 		Topic:              r.topic(spec.TopicVar, spec.Topic),
 		Partitions:         int32(r.integer("PARTITIONS", 8, 1, 10000)),
 		Replication:        int16(r.integer("TOPIC_REPLICATION_FACTOR", -1, -1, 32)),
-		Windows:            map[string]window.Tumbling{},
+		Windows:            map[string]window.Hopping{},
 		Brokers:            r.list("KAFKA_BROKERS"),
 		EmbeddedAddr:       r.addr("EMBEDDED_KAFKA_ADDR", "127.0.0.1:9092"),
 		InstanceID:         r.str("KAFKA_INSTANCE_ID", ""),
@@ -233,20 +235,44 @@ func load(r *Reader, spec Spec) (*Config, error) {
 }
 
 // window reads a windowed table's window.
-func (r *Reader) window(w WindowSpec, group string) window.Tumbling {
+func (r *Reader) window(w WindowSpec, group string) window.Hopping {
 	// The table by its changelog, the name it has everywhere.
 	table := "the table with the changelog `" + group + "-" + w.Table + "-changelog`"
-	r.Doc(w.Var+"_SIZE", "size of the tumbling windows (a Go duration) of "+table)
+	r.Doc(w.Var+"_SIZE", "size of the windows (a Go duration) of "+table)
+	r.Doc(w.Var+"_STEP", "how often a window of "+table+" starts: "+w.Var+"_SIZE gives tumbling windows, a divisor of it hopping ones (an event counts in size/step windows)")
+	r.Doc(w.Var+"_GRACE", "how long after its end a window of "+table+" still takes late events before it closes and its result is emitted")
 	r.Doc(w.Var+"_EXPIRES", "how long after its end a window of "+table+" is kept (relative to the newest event time)")
 	size := r.duration(w.Var+"_SIZE", w.Size, time.Second)
+	step := w.Step
+	if step == 0 {
+		// Tumbling by default, whatever the size.
+		r.declare(w.Var+"_STEP", w.Var+"_SIZE")
+		step = size
+	}
+	step = r.duration(w.Var+"_STEP", step, time.Millisecond)
+	grace := r.duration(w.Var+"_GRACE", w.Grace, 0)
 	expires := r.duration(w.Var+"_EXPIRES", w.Expires, time.Second)
 	if size%time.Millisecond != 0 {
 		r.fail(w.Var+"_SIZE", size.String(), "a whole number of milliseconds")
 	}
+	if step > size || size%step != 0 || step%time.Millisecond != 0 {
+		r.fail(w.Var+"_STEP", r.raw(w.Var+"_STEP", step), "a whole number of milliseconds that divides "+w.Var+"_SIZE ("+size.String()+")")
+	}
 	if expires < size {
 		r.fail(w.Var+"_EXPIRES", expires.String(), "a duration at least "+w.Var+"_SIZE ("+size.String()+")")
 	}
-	return window.Tumbling{Size: size, Expires: expires}
+	if grace > expires {
+		r.fail(w.Var+"_GRACE", r.raw(w.Var+"_GRACE", grace), "a duration at most "+w.Var+"_EXPIRES ("+expires.String()+")")
+	}
+	return window.Hopping{Size: size, Step: step, Grace: grace, Expires: expires}
+}
+
+// raw is the value of name as set, or d when it is not set.
+func (r *Reader) raw(name string, d time.Duration) string {
+	if v := strings.TrimSpace(r.getenv(name)); v != "" {
+		return v
+	}
+	return d.String()
 }
 
 // LogValue renders the effective configuration for the start-up log line,
@@ -289,11 +315,13 @@ func (c *Config) LogValue() slog.Value {
 	)
 }
 
-// windowsValue logs each table's window as its size and expiry.
-func windowsValue(ws map[string]window.Tumbling) slog.Value {
+// windowsValue logs each table's window.
+func windowsValue(ws map[string]window.Hopping) slog.Value {
 	attrs := make([]slog.Attr, 0, len(ws))
 	for _, t := range slices.Sorted(maps.Keys(ws)) {
-		attrs = append(attrs, slog.Group(t, slog.Duration("size", ws[t].Size), slog.Duration("expires", ws[t].Expires)))
+		w := ws[t]
+		attrs = append(attrs, slog.Group(t, slog.Duration("size", w.Size), slog.Duration("step", w.Step),
+			slog.Duration("grace", w.Grace), slog.Duration("expires", w.Expires)))
 	}
 	return slog.GroupValue(attrs...)
 }

@@ -25,7 +25,7 @@ func (e env) getenv(name string) string { return e[name] }
 func spec() config.Spec {
 	return config.Spec{
 		Name: "pageviews", TopicVar: "PAGE_VIEWS_TOPIC", Topic: "page_views",
-		Windows: []config.WindowSpec{{Table: "views", Var: "WINDOW", Size: time.Minute, Expires: 5 * time.Minute}},
+		Windows: []config.WindowSpec{{Table: "views", Var: "WINDOW", Size: time.Minute, Grace: 10 * time.Second, Expires: 5 * time.Minute}},
 	}
 }
 
@@ -79,7 +79,7 @@ func TestLoadDefaults(t *testing.T) {
 		Topic:           "page_views",
 		Partitions:      8,
 		Replication:     -1,
-		Windows:         map[string]window.Tumbling{"views": {Size: time.Minute, Expires: 5 * time.Minute}},
+		Windows:         map[string]window.Hopping{"views": {Size: time.Minute, Step: time.Minute, Grace: 10 * time.Second, Expires: 5 * time.Minute}},
 		Brokers:         nil,
 		EmbeddedAddr:    "127.0.0.1:9092",
 		InstanceID:      "",
@@ -159,6 +159,14 @@ func TestLoadValid(t *testing.T) {
 		{"window expires equal to size", env{"WINDOW_SIZE": "2m", "WINDOW_EXPIRES": "2m"}, func(c *config.Config) bool {
 			return c.Windows["views"].Size == 2*time.Minute && c.Windows["views"].Expires == 2*time.Minute
 		}},
+		{"window step follows the size", env{"WINDOW_SIZE": "30s"}, func(c *config.Config) bool { return c.Windows["views"].Step == 30*time.Second }},
+		{"hopping windows", env{"WINDOW_SIZE": "6s", "WINDOW_STEP": "3s"}, func(c *config.Config) bool {
+			return c.Windows["views"].Size == 6*time.Second && c.Windows["views"].Step == 3*time.Second
+		}},
+		{"window step of a millisecond", env{"WINDOW_STEP": "1ms"}, func(c *config.Config) bool { return c.Windows["views"].Step == time.Millisecond }},
+		{"window grace", env{"WINDOW_GRACE": "1s"}, func(c *config.Config) bool { return c.Windows["views"].Grace == time.Second }},
+		{"no window grace", env{"WINDOW_GRACE": "0s"}, func(c *config.Config) bool { return c.Windows["views"].Grace == 0 }},
+		{"window grace equal to expires", env{"WINDOW_GRACE": "5m"}, func(c *config.Config) bool { return c.Windows["views"].Grace == 5*time.Minute }},
 		{"instance id", env{"KAFKA_INSTANCE_ID": "pageviews-0"}, func(c *config.Config) bool { return c.InstanceID == "pageviews-0" }},
 		{"embedded addr", env{"EMBEDDED_KAFKA_ADDR": ":19092"}, func(c *config.Config) bool { return c.EmbeddedAddr == ":19092" }},
 		{"at least once", env{"PROCESSING_GUARANTEE": "at_least_once"}, func(c *config.Config) bool { return c.Guarantee == config.AtLeastOnce }},
@@ -215,6 +223,12 @@ func TestLoadInvalid(t *testing.T) {
 		{"window size negative", "WINDOW_SIZE", "-1m"},
 		{"window expires banana", "WINDOW_EXPIRES", "banana"},
 		{"window expires below a second", "WINDOW_EXPIRES", "500ms"},
+		{"window step that does not divide the size", "WINDOW_STEP", "7s"},
+		{"window step above the size", "WINDOW_STEP", "2m"},
+		{"window step of microseconds", "WINDOW_STEP", "1500us"},
+		{"window step zero", "WINDOW_STEP", "0s"},
+		{"window grace negative", "WINDOW_GRACE", "-1s"},
+		{"window grace above expires", "WINDOW_GRACE", "6m"},
 		{"brokers without a port", "KAFKA_BROKERS", "kafka-0"},
 		{"brokers one without a port", "KAFKA_BROKERS", "kafka-0:9092,kafka-1"},
 		{"brokers with too many colons", "KAFKA_BROKERS", "a:b:9092"},

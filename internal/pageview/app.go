@@ -30,7 +30,7 @@ const (
 // two tables, the agent that fills them, /count/ and /report/, the
 // livecheck, and a crontab that logs a summary.
 func App() *app.App {
-	views := app.NewWindowed("views", table.Int64{}, app.Window{Var: "WINDOW", Size: time.Minute, Expires: 5 * time.Minute})
+	views := app.NewWindowed("views", table.Int64{}, app.Window{Var: "WINDOW", Size: time.Minute, Grace: 10 * time.Second, Expires: 5 * time.Minute})
 	totals := app.NewPlain("totals", table.Int64{})
 	return &app.App{
 		Name:   "pageviews",

@@ -23,7 +23,7 @@ func BenchmarkAgentHandle(b *testing.B) {
 	now := time.Date(2026, 11, 26, 16, 0, 30, 0, time.UTC)
 	clock := func() time.Time { return now }
 	tables := Tables{
-		Views:  table.NewWindowed("views", "v", table.Int64{}, db, window.Tumbling{Size: time.Minute, Expires: 5 * time.Minute}, clock),
+		Views:  table.NewWindowed("views", "v", table.Int64{}, db, window.Hopping{Size: time.Minute, Expires: 5 * time.Minute}, clock),
 		Totals: table.New("totals", "t", table.Int64{}, db),
 	}
 	for _, t := range []stream.Table{tables.Views, tables.Totals} {

@@ -424,11 +424,14 @@ func dataBounds(table string, partition int32) (lo, hi []byte) {
 }
 
 // Checkpoint is what the store knows about a table partition: the changelog
-// offset of the last record its values include, and the partition's newest
-// event time (Unix ms) used for window expiry.
+// offset of the last record its values include, the partition's newest
+// event time (Unix ms) used for window expiry, and the start (Unix ms)
+// below which every window is closed and its result emitted (windowed
+// tables; 0 for none yet).
 type Checkpoint struct {
 	Offset    int64
 	Watermark int64
+	Closed    int64
 }
 
 // Checkpoint returns the stored checkpoint of a table partition; ok is false
@@ -442,13 +445,18 @@ func (d *DB) Checkpoint(table string, partition int32) (cp Checkpoint, ok bool, 
 		return Checkpoint{}, false, fmt.Errorf("read checkpoint %s/%d: %w", table, partition, err)
 	}
 	defer closer.Close()
-	if len(v) != 16 {
-		return Checkpoint{}, false, fmt.Errorf("read checkpoint %s/%d: %d bytes, want 16", table, partition, len(v))
+	// 16 bytes: written before windows closed.
+	if len(v) != 16 && len(v) != 24 {
+		return Checkpoint{}, false, fmt.Errorf("read checkpoint %s/%d: %d bytes, want 16 or 24", table, partition, len(v))
 	}
-	return Checkpoint{
+	cp = Checkpoint{
 		Offset:    int64(binary.BigEndian.Uint64(v)),
 		Watermark: int64(binary.BigEndian.Uint64(v[8:])),
-	}, true, nil
+	}
+	if len(v) == 24 {
+		cp.Closed = int64(binary.BigEndian.Uint64(v[16:]))
+	}
+	return cp, true, nil
 }
 
 // Get appends the value of key to dst. ok is false when the key is absent.
@@ -475,6 +483,15 @@ func (d *DB) Scan(table string, partition int32, userPrefix []byte, fn func(user
 	} else {
 		hi = upperBound(lo)
 	}
+	return d.scan(table, partition, lo, hi, fn)
+}
+
+// ScanRange is Scan over the user keys in [from, to).
+func (d *DB) ScanRange(table string, partition int32, from, to []byte, fn func(userKey, value []byte) error) error {
+	return d.scan(table, partition, DataKey(table, partition, from), DataKey(table, partition, to), fn)
+}
+
+func (d *DB) scan(table string, partition int32, lo, hi []byte, fn func(userKey, value []byte) error) error {
 	it, err := d.pdb.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
 		return err
@@ -557,9 +574,10 @@ func (b *Batch) DeleteBelow(table string, partition int32, userKey []byte) error
 
 // SetCheckpoint records the checkpoint of a table partition in the batch.
 func (b *Batch) SetCheckpoint(table string, partition int32, cp Checkpoint) error {
-	var v [16]byte
+	var v [24]byte
 	binary.BigEndian.PutUint64(v[:], uint64(cp.Offset))
 	binary.BigEndian.PutUint64(v[8:], uint64(cp.Watermark))
+	binary.BigEndian.PutUint64(v[16:], uint64(cp.Closed))
 	return b.b.Set(prefix(kindMeta, table, partition, 0), v[:], nil)
 }
 

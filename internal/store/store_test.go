@@ -195,6 +195,8 @@ func TestCheckpointRoundTrip(t *testing.T) {
 		{Offset: 123456789, Watermark: 1_795_708_800_123},
 		{Offset: math.MaxInt64, Watermark: math.MinInt64},
 		{Offset: 7, Watermark: -60_000},
+		{Offset: 7, Watermark: 1_795_708_800_123, Closed: 1_795_708_740_000},
+		{Offset: 8, Watermark: 0, Closed: -60_000},
 	}
 	db := openDB(t, t.TempDir())
 	for i, want := range tests {
@@ -209,6 +211,34 @@ func TestCheckpointRoundTrip(t *testing.T) {
 				t.Errorf("Checkpoint = %+v, %v, want %+v", got, ok, want)
 			}
 		})
+	}
+}
+
+func TestScanRange(t *testing.T) {
+	db := openDB(t, t.TempDir())
+	fillNeighbours(t, db)
+	for _, tt := range []struct {
+		from, to string
+		want     []string
+	}{
+		{"", "\xff\xff\xff", []string{"", "\x00", "a", "ab", "abc", "b", "\xff", "\xff\xff"}},
+		{"a", "b", []string{"a", "ab", "abc"}},
+		{"ab", "abc", []string{"ab"}},
+		{"abc", "\xff", []string{"abc", "b"}},
+		{"b", "b", nil},
+		{"c", "d", nil},
+	} {
+		var keys []string
+		err := db.ScanRange("views", 1, []byte(tt.from), []byte(tt.to), func(k, v []byte) error {
+			if !strings.HasPrefix(string(v), "views/1/") {
+				t.Errorf("key %q has value %q from another table partition", k, v)
+			}
+			keys = append(keys, string(k))
+			return nil
+		})
+		if err != nil || !slices.Equal(keys, tt.want) {
+			t.Errorf("ScanRange(%q, %q) = %q, %v; want %q", tt.from, tt.to, keys, err, tt.want)
+		}
 	}
 }
 

@@ -26,7 +26,7 @@ func inc(v int64) int64 { return v + 1 }
 // over 1,000 keys (window lookup included).
 func BenchmarkWindowedUpdate(b *testing.B) {
 	now := time.Date(2026, 11, 26, 16, 0, 30, 0, time.UTC)
-	t := NewWindowed("views", "c", Int64{}, benchStore(b), window.Tumbling{Size: time.Minute, Expires: 5 * time.Minute}, func() time.Time { return now })
+	t := NewWindowed("views", "c", Int64{}, benchStore(b), window.Hopping{Size: time.Minute, Expires: 5 * time.Minute}, func() time.Time { return now })
 	if _, _, err := t.Assign(0); err != nil {
 		b.Fatal(err)
 	}
@@ -47,7 +47,7 @@ func BenchmarkWindowedUpdate(b *testing.B) {
 func BenchmarkFlush(b *testing.B) {
 	now := time.Date(2026, 11, 26, 16, 0, 30, 0, time.UTC)
 	db := benchStore(b)
-	t := NewWindowed("views", "c", Int64{}, db, window.Tumbling{Size: time.Minute, Expires: 5 * time.Minute}, func() time.Time { return now })
+	t := NewWindowed("views", "c", Int64{}, db, window.Hopping{Size: time.Minute, Expires: 5 * time.Minute}, func() time.Time { return now })
 	if _, _, err := t.Assign(0); err != nil {
 		b.Fatal(err)
 	}
@@ -63,7 +63,7 @@ func BenchmarkFlush(b *testing.B) {
 			}
 		}
 		recs, err := t.Flush(0, now)
-		if err != nil || len(recs) != len(keys) {
+		if err != nil || len(recs) < len(keys) { // and the first flush's closed-up-to point
 			b.Fatalf("flush: %d records, %v", len(recs), err)
 		}
 		batch := db.NewBatch()
@@ -83,7 +83,7 @@ func BenchmarkFlush(b *testing.B) {
 func BenchmarkRestore(b *testing.B) {
 	now := time.Date(2026, 11, 26, 16, 0, 30, 0, time.UTC)
 	db := benchStore(b)
-	t := NewWindowed("views", "c", Int64{}, db, window.Tumbling{Size: time.Hour, Expires: 24 * time.Hour}, func() time.Time { return now })
+	t := NewWindowed("views", "c", Int64{}, db, window.Hopping{Size: time.Hour, Expires: 24 * time.Hour}, func() time.Time { return now })
 	if _, _, err := t.Assign(0); err != nil {
 		b.Fatal(err)
 	}

@@ -43,8 +43,11 @@ func (Int64) Decode(b []byte) (int64, error) { return strconv.ParseInt(string(b)
 // not hold.
 var ErrNotAssigned = errors.New("partition not assigned to this worker")
 
-// Record is a changelog record produced by a flush.
+// Record is a record produced by a flush: to the table's changelog, in
+// the table's partition, or, when Topic is set, to that topic (a closed
+// window's result).
 type Record struct {
+	Topic      string
 	Key, Value []byte
 	Timestamp  time.Time
 	// Headers go with the record to the changelog.
@@ -123,6 +126,18 @@ type part[V any] struct {
 	valBuf   []byte
 	// expiredTo is the expiry cut-off of the last expiry (windowed tables).
 	expiredTo int64
+	// Windowed tables close windows: every window starting before closed
+	// is closed and its result emitted (durable: in the store's checkpoint
+	// and the changelog). closing is where the last Flush closed up to,
+	// before that flush is stored; wallClose is the wall-clock time (Unix
+	// ms) the partition was last caught up at, which closes windows too.
+	closed, closing, wallClose int64
+	starts                     []int64
+}
+
+// checkpoint is the partition's checkpoint; pt.mu is held.
+func (pt *part[V]) checkpoint() store.Checkpoint {
+	return store.Checkpoint{Offset: pt.offset, Watermark: pt.watermark, Closed: max(pt.closed, pt.closing)}
 }
 
 type flushed struct {
@@ -155,7 +170,7 @@ func (c *core[V]) Assign(p int32) (store.Checkpoint, bool, error) {
 	}
 	pt := &part[V]{cache: make(map[string]*entry[V]), offset: -1}
 	if ok {
-		pt.offset, pt.watermark = cp.Offset, cp.Watermark
+		pt.offset, pt.watermark, pt.closed = cp.Offset, cp.Watermark, cp.Closed
 	}
 	c.mu.Lock()
 	c.parts[p] = pt
@@ -192,6 +207,7 @@ func (c *core[V]) Wipe(p int32) error {
 		pt.mu.Lock()
 		clear(pt.cache)
 		pt.dirty, pt.offset, pt.watermark = nil, -1, 0
+		pt.closed, pt.closing, pt.wallClose = 0, 0, 0
 		pt.mu.Unlock()
 	}
 	return nil
@@ -249,6 +265,31 @@ func (c *core[V]) get(p int32, userKey []byte) (V, bool, error) {
 		return e.val, true, nil
 	}
 	return c.load(p, pt, userKey)
+}
+
+// scanRange calls fn for every key of partition pt in [from, to), merging
+// the cache over the store; pt.mu is held.
+func (c *core[V]) scanRange(p int32, pt *part[V], from, to []byte, fn func(userKey []byte, v V)) error {
+	err := c.db.ScanRange(c.name, p, from, to, func(k, raw []byte) error {
+		if _, cached := pt.cache[string(k)]; cached {
+			return nil
+		}
+		v, err := c.codec.Decode(raw)
+		if err != nil {
+			return fmt.Errorf("decode %s/%d: %w", c.name, p, err)
+		}
+		fn(k, v)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for k, e := range pt.cache {
+		if k >= string(from) && k < string(to) {
+			fn([]byte(k), e.val)
+		}
+	}
+	return nil
 }
 
 // scan calls fn for every key of partition p under userPrefix, merging the
@@ -341,7 +382,7 @@ func (c *core[V]) write(p int32, b *store.Batch, offset int64, expire func(pt *p
 	if offset > pt.offset {
 		pt.offset = offset
 	}
-	return b.SetCheckpoint(c.name, p, store.Checkpoint{Offset: pt.offset, Watermark: pt.watermark})
+	return b.SetCheckpoint(c.name, p, pt.checkpoint())
 }
 
 // Flushed ends the last flush once the store batch holding it has
@@ -354,6 +395,7 @@ func (c *core[V]) Flushed(p int32) {
 	pt.mu.Lock()
 	defer pt.mu.Unlock()
 	pt.flushing = pt.flushing[:0]
+	pt.closed = max(pt.closed, pt.closing)
 	if len(pt.cache) > maxCleanEntries {
 		for k, e := range pt.cache {
 			if !e.dirty {
@@ -442,5 +484,5 @@ func (t *Table[V]) Recovered(p int32, b *store.Batch, offset int64) error {
 	if offset > pt.offset {
 		pt.offset = offset
 	}
-	return b.SetCheckpoint(t.name, p, store.Checkpoint{Offset: pt.offset, Watermark: pt.watermark})
+	return b.SetCheckpoint(t.name, p, pt.checkpoint())
 }

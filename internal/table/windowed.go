@@ -2,9 +2,12 @@ package table
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -13,7 +16,8 @@ import (
 	"github.com/gofaust/pageviews/internal/window"
 )
 
-// Windowed is a table with one value per key and tumbling window.
+// Windowed is a table with one value per key and window (hopping, or
+// tumbling).
 //
 // In the store a key is the window start (8 bytes, order-preserving) followed
 // by the user's key, so that all keys of a window are adjacent and expiring
@@ -21,9 +25,31 @@ import (
 // key is the user's key, '|', and the window start in Unix milliseconds.
 type Windowed[V any] struct {
 	core[V]
-	win   window.Tumbling
-	clock func() time.Time
+	win     window.Hopping
+	clock   func() time.Time
+	onClose *Close[V]
 }
+
+// Close is what a windowed table does when a window closes: for each key
+// with a value in the window, Emit returns the value of the record sent to
+// Topic, keyed by the key and timestamped with the window's end (nil sends
+// nothing). The records go out with the flush that closes the window: in
+// its transaction under exactly-once.
+type Close[V any] struct {
+	Topic string
+	Emit  func(key string, start, end time.Time, v V) []byte
+	// Closed, if set, is told of each closed window that held a value, and
+	// how long after its end plus grace the flush closed it.
+	Closed func(p int32, lag time.Duration)
+}
+
+// OnClose sets what closing a window does.
+func (t *Windowed[V]) OnClose(c Close[V]) { t.onClose = &c }
+
+// closedKey is the changelog key of a partition's closed-up-to point, the
+// window start below which every window is closed (a decimal in Unix ms).
+// A window key always ends in '|' and digits, so this one is never one.
+const closedKey = "\x00closed"
 
 // MaxClockSkew is how far past the wall clock an event time may move a
 // partition's stream time (the newest event time, from which windows
@@ -32,7 +58,7 @@ type Windowed[V any] struct {
 const MaxClockSkew = 5 * time.Second
 
 // NewWindowed returns a windowed table. clock gives wall-clock time for Now.
-func NewWindowed[V any](name, changelog string, codec Codec[V], db *store.DB, win window.Tumbling, clock func() time.Time) *Windowed[V] {
+func NewWindowed[V any](name, changelog string, codec Codec[V], db *store.DB, win window.Hopping, clock func() time.Time) *Windowed[V] {
 	return &Windowed[V]{
 		core: core[V]{
 			name: name, changelog: changelog, codec: codec, db: db,
@@ -46,7 +72,7 @@ func NewWindowed[V any](name, changelog string, codec Codec[V], db *store.DB, wi
 }
 
 // Window returns the table's window definition.
-func (t *Windowed[V]) Window() window.Tumbling { return t.win }
+func (t *Windowed[V]) Window() window.Hopping { return t.win }
 
 // DefinitionError is a table whose store was built with other windows than
 // the table has now: reading it would mix window sizes.
@@ -127,10 +153,10 @@ func windowFromChangelog(dst, k []byte) ([]byte, error) {
 	return appendWindowKey(dst, start, string(k[:i])), nil
 }
 
-// Update applies fn to the value of key in the window holding ts, in
+// Update applies fn to the value of key in every window holding ts, in
 // partition p. It advances the partition's stream time (watermark) to ts.
-// applied is false when that window has already expired; the update is
-// then dropped.
+// applied is false when a window of ts had already closed (the event is
+// late): that window's update is dropped.
 func (t *Windowed[V]) Update(p int32, key string, ts time.Time, fn func(V) V) (applied bool, err error) {
 	return t.UpdateAt(p, key, ts, time.Time{}, fn)
 }
@@ -146,7 +172,6 @@ func (t *Windowed[V]) UpdateAt(p int32, key string, ts, now time.Time, fn func(V
 		return false, err
 	}
 	ms := ts.UnixMilli()
-	start := t.win.StartMs(ms)
 	pt.mu.Lock()
 	defer pt.mu.Unlock()
 	if ms > pt.watermark {
@@ -156,11 +181,89 @@ func (t *Windowed[V]) UpdateAt(p int32, key string, ts, now time.Time, fn func(V
 		}
 		pt.watermark = max(pt.watermark, st)
 	}
-	if t.win.Expired(start, pt.watermark) {
-		return false, nil
+	open := t.openFrom(pt)
+	applied = true
+	pt.starts = t.win.Starts(pt.starts[:0], ms)
+	for _, start := range pt.starts {
+		if start < open {
+			applied = false
+			continue
+		}
+		pt.scratch = appendWindowKey(pt.scratch[:0], start, key)
+		if err := t.update(p, pt, pt.scratch, fn); err != nil {
+			return false, err
+		}
 	}
-	pt.scratch = appendWindowKey(pt.scratch[:0], start, key)
-	return true, t.update(p, pt, pt.scratch, fn)
+	return applied, nil
+}
+
+// openFrom is the start of the oldest window of partition pt still open:
+// neither closed by a flush nor by stream time; pt.mu is held.
+func (t *Windowed[V]) openFrom(pt *part[V]) int64 {
+	from := int64(math.MinInt64) // nothing closed yet
+	if pt.closed != 0 || pt.closing != 0 {
+		from = max(pt.closed, pt.closing)
+	}
+	if pt.watermark != 0 {
+		from = max(from, t.win.ClosedBelow(pt.watermark))
+	}
+	return from
+}
+
+// CloseAt tells the table that partition p is caught up at the wall-clock
+// time now: windows whose end plus grace it has passed close at the next
+// flush even if no event moves stream time there. It reports whether a
+// window is due to close.
+func (t *Windowed[V]) CloseAt(p int32, now time.Time) bool {
+	pt, err := t.part(p)
+	if err != nil {
+		return false
+	}
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	pt.wallClose = max(pt.wallClose, now.UnixMilli())
+	return pt.watermark != 0 && t.win.ClosedBelow(max(pt.watermark, pt.wallClose)) > max(pt.closed, pt.closing)
+}
+
+// closeWindows returns the records of the windows of partition p that are
+// closed now and were not at the last flush that was stored: the close
+// handler's results and the new closed-up-to point. A flush done again
+// after one that failed returns them again. pt.mu is held.
+func (t *Windowed[V]) closeWindows(p int32, pt *part[V]) ([]Record, error) {
+	if pt.watermark == 0 {
+		return nil, nil // nothing seen: no window to close
+	}
+	below := t.win.ClosedBelow(max(pt.watermark, pt.wallClose))
+	if below <= pt.closed {
+		return nil, nil
+	}
+	pt.closing = max(pt.closing, below)
+	var recs []Record
+	if c := t.onClose; c != nil {
+		from := max(pt.closed, t.win.FirstLive(pt.watermark)) // expired windows are gone
+		now := t.clock()
+		seen := map[int64]bool{}
+		err := t.scanRange(p, pt, appendWindowKey(nil, from, ""), appendWindowKey(nil, below, ""), func(k []byte, v V) {
+			start := windowStartOf(k)
+			end := time.UnixMilli(t.win.End(start)).UTC()
+			if val := c.Emit(string(k[8:]), time.UnixMilli(start).UTC(), end, v); val != nil {
+				recs = append(recs, Record{Topic: c.Topic, Key: k[8:], Value: val, Timestamp: end})
+			}
+			if !seen[start] && c.Closed != nil {
+				seen[start] = true
+				c.Closed(p, max(now.Sub(end.Add(t.win.Grace)), 0))
+			}
+		})
+		if err != nil {
+			return nil, err
+		}
+		// In window order, then key order (the cache's entries come last).
+		slices.SortFunc(recs, func(a, b Record) int {
+			return cmp.Or(a.Timestamp.Compare(b.Timestamp), bytes.Compare(a.Key, b.Key))
+		})
+	}
+	marker := Record{Key: []byte(closedKey), Value: strconv.AppendInt(nil, below, 10), Timestamp: time.UnixMilli(pt.watermark)}
+	return append(recs, marker), nil
 }
 
 // Get returns the value of key in the window starting at start. Expired
@@ -244,7 +347,7 @@ func (t *Windowed[V]) expire(p int32, pt *part[V], b *store.Batch) error {
 	}
 	// Count each window once, as the partition's expiry cut-off passes it.
 	if pt.expiredTo != 0 && first > pt.expiredTo {
-		t.expired.Add((first - pt.expiredTo) / t.win.Size.Milliseconds())
+		t.expired.Add((first - pt.expiredTo) / t.win.Every().Milliseconds())
 	}
 	pt.expiredTo = first
 	for k := range pt.cache {
@@ -270,11 +373,19 @@ func (t *Windowed[V]) Restore(p int32, b *store.Batch, key, value []byte, ts tim
 		return err
 	}
 	pt.mu.Lock()
+	defer pt.mu.Unlock()
 	if ms := ts.UnixMilli(); ms > pt.watermark {
 		pt.watermark = ms
 	}
+	if string(key) == closedKey {
+		below, err := strconv.ParseInt(string(value), 10, 64)
+		if err != nil {
+			return fmt.Errorf("changelog %s/%d: closed-up-to point %q: %w", t.changelog, p, value, err)
+		}
+		pt.closed = max(pt.closed, below)
+		return nil
+	}
 	pt.scratch, err = t.restore(p, b, key, value, pt.scratch)
-	pt.mu.Unlock()
 	return err
 }
 
@@ -293,7 +404,7 @@ func (t *Windowed[V]) Recovered(p int32, b *store.Batch, offset int64) error {
 	if offset > pt.offset {
 		pt.offset = offset
 	}
-	return b.SetCheckpoint(t.name, p, store.Checkpoint{Offset: pt.offset, Watermark: pt.watermark})
+	return b.SetCheckpoint(t.name, p, pt.checkpoint())
 }
 
 // Flush returns the changelog records of partition p's dirty windows. Their
@@ -303,15 +414,28 @@ func (t *Windowed[V]) Recovered(p int32, b *store.Batch, offset int64) error {
 // Each record carries the window definition in a DefinitionHeader header,
 // so that a recovery into a store built from scratch still finds out when
 // the changelog holds windows of another size.
+//
+// It also closes the windows due (closeWindows): their results follow the
+// changelog records.
 func (t *Windowed[V]) Flush(p int32, _ time.Time) ([]Record, error) {
 	recs, err := t.core.Flush(p, time.UnixMilli(t.Watermark(p)))
+	if err != nil {
+		return nil, err
+	}
 	if len(recs) > 0 {
 		h := []Header{{Key: DefinitionHeader, Value: []byte(t.win.Definition())}}
 		for i := range recs {
 			recs[i].Headers = h
 		}
 	}
-	return recs, err
+	pt, err := t.part(p)
+	if err != nil {
+		return nil, err
+	}
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	closed, err := t.closeWindows(p, pt)
+	return append(recs, closed...), err
 }
 
 // DefinitionHeader is the changelog record header that holds a windowed

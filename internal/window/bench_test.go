@@ -11,7 +11,7 @@ var sink int64
 // BenchmarkWindowLookup measures finding the window of an event time and
 // checking whether it has expired: what the agent does for every view.
 func BenchmarkWindowLookup(b *testing.B) {
-	w := Tumbling{Size: time.Minute, Expires: 5 * time.Minute}
+	w := Hopping{Size: time.Minute, Expires: 5 * time.Minute}
 	base := time.Date(2026, 11, 26, 16, 0, 0, 0, time.UTC)
 	times := make([]time.Time, 1024)
 	for i := range times {

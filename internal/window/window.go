@@ -1,9 +1,13 @@
-// Package window is the arithmetic of tumbling windows with Faust semantics.
+// Package window is the arithmetic of hopping and tumbling windows, with
+// Faust's semantics and what Faust lacks: a grace period and closing.
 //
-// A window of size S holds the timestamps in [start, start+S), where
-// start = t - t mod S, aligned to the Unix epoch. Windows are identified by
-// their start in Unix milliseconds. A window expires when its end is older
-// than Expires before the newest event time seen on its partition.
+// A window of size S holds the timestamps in [start, start+S). Windows
+// start every step H (H divides S), aligned to the Unix epoch, so an event
+// belongs to S/H windows; tumbling windows are hopping windows with H = S.
+// Windows are identified by their start in Unix milliseconds. A window
+// closes once the time that closes windows (stream time, or the wall clock
+// on a caught-up partition) reaches its end plus Grace, and expires when its
+// end is older than Expires before the newest event time of its partition.
 package window
 
 import (
@@ -13,24 +17,40 @@ import (
 	"time"
 )
 
-// Tumbling describes fixed-size, non-overlapping windows.
-type Tumbling struct {
+// Hopping describes windows of Size that start every Step; a zero Step
+// means Size (tumbling windows). Config guarantees Size of at least 1s,
+// whole milliseconds, and a Step that divides it.
+type Hopping struct {
 	Size    time.Duration
+	Step    time.Duration
+	Grace   time.Duration
 	Expires time.Duration
 }
 
-// sizeMs is the window size in milliseconds; config guarantees at least 1s.
-func (w Tumbling) sizeMs() int64 { return w.Size.Milliseconds() }
+func (w Hopping) sizeMs() int64 { return w.Size.Milliseconds() }
 
-// Start returns the start (Unix ms) of the window that holds t.
-func (w Tumbling) Start(t time.Time) int64 {
+func (w Hopping) stepMs() int64 {
+	if w.Step <= 0 {
+		return w.sizeMs()
+	}
+	return w.Step.Milliseconds()
+}
+
+// Every is how often a window starts: Step, or Size for tumbling windows.
+func (w Hopping) Every() time.Duration { return time.Duration(w.stepMs()) * time.Millisecond }
+
+// Tumbling reports whether the windows do not overlap.
+func (w Hopping) Tumbling() bool { return w.stepMs() == w.sizeMs() }
+
+// Start returns the start (Unix ms) of the latest window that holds t.
+func (w Hopping) Start(t time.Time) int64 {
 	return w.StartMs(t.UnixMilli())
 }
 
-// StartMs returns the start of the window that holds the Unix ms timestamp ms.
-// Timestamps before the epoch floor towards minus infinity.
-func (w Tumbling) StartMs(ms int64) int64 {
-	s := w.sizeMs()
+// StartMs returns the start of the latest window that holds the Unix ms
+// timestamp ms. Timestamps before the epoch floor towards minus infinity.
+func (w Hopping) StartMs(ms int64) int64 {
+	s := w.stepMs()
 	r := ms % s
 	if r < 0 {
 		r += s
@@ -38,35 +58,63 @@ func (w Tumbling) StartMs(ms int64) int64 {
 	return ms - r
 }
 
+// Starts appends to dst the starts of every window that holds ms, latest
+// first: Size/Step of them.
+func (w Hopping) Starts(dst []int64, ms int64) []int64 {
+	for s := w.StartMs(ms); s > ms-w.sizeMs(); s -= w.stepMs() {
+		dst = append(dst, s)
+	}
+	return dst
+}
+
 // End returns the exclusive end (Unix ms) of the window starting at start.
-func (w Tumbling) End(start int64) int64 { return start + w.sizeMs() }
+func (w Hopping) End(start int64) int64 { return start + w.sizeMs() }
+
+// Closed reports whether the window starting at start is closed when the
+// time that closes windows is at (Unix ms): at has reached its end plus
+// the grace period.
+func (w Hopping) Closed(start, at int64) bool {
+	return at >= w.End(start)+w.Grace.Milliseconds()
+}
+
+// ClosedBelow returns the start from which windows are still open at at:
+// every window starting before it is closed.
+func (w Hopping) ClosedBelow(at int64) int64 {
+	// Open <=> start + size + grace > at <=> start > at - size - grace.
+	return w.alignUp(at - w.sizeMs() - w.Grace.Milliseconds() + 1)
+}
 
 // Expired reports whether the window starting at start has expired when the
 // newest event time seen on its partition is watermark (Unix ms).
-func (w Tumbling) Expired(start, watermark int64) bool {
+func (w Hopping) Expired(start, watermark int64) bool {
 	return w.End(start) < watermark-w.Expires.Milliseconds()
 }
 
 // FirstLive returns the start of the oldest window that has not expired at
 // watermark. Every window starting before it has expired, so expiry can
 // delete the key range below it.
-func (w Tumbling) FirstLive(watermark int64) int64 {
+func (w Hopping) FirstLive(watermark int64) int64 {
 	// End(start) >= watermark - expires  <=>  start >= watermark - expires - size.
-	lowest := watermark - w.Expires.Milliseconds() - w.sizeMs()
-	first := w.StartMs(lowest)
-	if first < lowest {
-		first += w.sizeMs()
+	return w.alignUp(watermark - w.Expires.Milliseconds() - w.sizeMs())
+}
+
+// alignUp is the first window start at or after ms.
+func (w Hopping) alignUp(ms int64) int64 {
+	first := w.StartMs(ms)
+	if first < ms {
+		first += w.stepMs()
 	}
 	return first
 }
 
 // Definition describes the windows as space-separated name=value fields
-// ("size=1m0s"), the form in which a table records the windows its data
-// was built with. Fields are only ever added (a step and a grace period
-// will join the size), so a definition recorded before a field existed
-// still compares by the fields it has.
-func (w Tumbling) Definition() string {
-	return "size=" + w.Size.String()
+// ("size=1m0s step=1m0s"), the form in which a table records the windows
+// its data was built with. Fields are only ever added, so a definition
+// recorded before a field existed ("size=1m0s") still compares by the
+// fields it has. The grace period is not part of it: changing it changes
+// only which windows are still open.
+func (w Hopping) Definition() string {
+	return "size=" + w.Size.String() + " step=" + w.Every().String()
 }
 
 // Words is a window size in words, for a name that follows the window:

@@ -9,7 +9,7 @@ import (
 )
 
 // minute is the default window of the worker: 1m windows expiring after 5m.
-var minute = window.Tumbling{Size: time.Minute, Expires: 5 * time.Minute}
+var minute = window.Hopping{Size: time.Minute, Expires: 5 * time.Minute}
 
 func TestStartMs(t *testing.T) {
 	tests := []struct {
@@ -37,9 +37,9 @@ func TestStartMs(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w := window.Tumbling{Size: tt.size, Expires: 5 * tt.size}
+			w := window.Hopping{Size: tt.size, Expires: 5 * tt.size}
 			if got := w.StartMs(tt.ms); got != tt.want {
-				t.Errorf("Tumbling{Size: %v}.StartMs(%d) = %d, want %d", tt.size, tt.ms, got, tt.want)
+				t.Errorf("Hopping{Size: %v}.StartMs(%d) = %d, want %d", tt.size, tt.ms, got, tt.want)
 			}
 		})
 	}
@@ -100,7 +100,7 @@ func TestEnd(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%v/%d", tt.size, tt.start), func(t *testing.T) {
-			w := window.Tumbling{Size: tt.size, Expires: 5 * tt.size}
+			w := window.Hopping{Size: tt.size, Expires: 5 * tt.size}
 			if got := w.End(tt.start); got != tt.want {
 				t.Errorf("End(%d) = %d, want %d", tt.start, got, tt.want)
 			}
@@ -112,7 +112,7 @@ func TestEnd(t *testing.T) {
 func TestStartEndContain(t *testing.T) {
 	sizes := []time.Duration{time.Second, 7 * time.Second, time.Minute, time.Hour}
 	for _, size := range sizes {
-		w := window.Tumbling{Size: size, Expires: size}
+		w := window.Hopping{Size: size, Expires: size}
 		for ms := int64(-3 * size.Milliseconds()); ms <= 3*size.Milliseconds(); ms += size.Milliseconds()/7 + 1 {
 			start := w.StartMs(ms)
 			if start > ms || ms >= w.End(start) {
@@ -159,7 +159,7 @@ func TestFirstLive(t *testing.T) {
 	const m = int64(60_000)
 	tests := []struct {
 		name      string
-		win       window.Tumbling
+		win       window.Hopping
 		watermark int64
 		want      int64
 	}{
@@ -169,8 +169,8 @@ func TestFirstLive(t *testing.T) {
 		{"last millisecond of a window", minute, 11*m - 1, 5 * m},
 		{"zero watermark", minute, 0, -6 * m},
 		{"negative watermark", minute, -1, -6 * m},
-		{"expires equal to size", window.Tumbling{Size: time.Minute, Expires: time.Minute}, 10*m + 1, 9 * m},
-		{"size not dividing expires", window.Tumbling{Size: 7 * time.Second, Expires: 20 * time.Second}, 100_000, 77_000},
+		{"expires equal to size", window.Hopping{Size: time.Minute, Expires: time.Minute}, 10*m + 1, 9 * m},
+		{"size not dividing expires", window.Hopping{Size: 7 * time.Second, Expires: 20 * time.Second}, 100_000, 77_000},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -185,7 +185,7 @@ func TestFirstLive(t *testing.T) {
 // window starting before FirstLive(w) is expired at w, and FirstLive(w)
 // itself (and every later window) is not.
 func TestFirstLiveSplitsExpired(t *testing.T) {
-	wins := []window.Tumbling{
+	wins := []window.Hopping{
 		{Size: time.Second, Expires: time.Second},
 		{Size: time.Second, Expires: 2500 * time.Millisecond},
 		{Size: 7 * time.Second, Expires: 20 * time.Second},
@@ -211,7 +211,7 @@ func TestFirstLiveSplitsExpired(t *testing.T) {
 	}
 }
 
-func checkFirstLive(t testing.TB, w window.Tumbling, wm int64) {
+func checkFirstLive(t testing.TB, w window.Hopping, wm int64) {
 	t.Helper()
 	first := w.FirstLive(wm)
 	size := w.Size.Milliseconds()
