@@ -11,6 +11,7 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -167,6 +168,10 @@ type tableEnv struct {
 	db      *store.DB
 	windows map[string]window.Hopping // by table (config.Config.Windows)
 	clock   func() time.Time
+	// closedTopic is where closed windows' results go (<source>-windows);
+	// closed, if set, observes each closed window (metrics).
+	closedTopic string
+	closed      func(table string, p int32, lag time.Duration)
 }
 
 // Plain is a declared table of V per key.
@@ -202,10 +207,11 @@ func (t *Plain[V]) changelog(e *tableEnv) kafka.Topic {
 
 // Windowed is a declared table of V per key and window.
 type Windowed[V any] struct {
-	name   string
-	codec  table.Codec[V]
-	win    Window
-	active *table.Windowed[V]
+	name    string
+	codec   table.Codec[V]
+	win     Window
+	onClose func(key string, start, end time.Time, v V) any
+	active  *table.Windowed[V]
 }
 
 // Window declares a windowed table's window: its size, step, grace period
@@ -222,6 +228,21 @@ func NewWindowed[V any](name string, codec table.Codec[V], win Window) *Windowed
 	return &Windowed[V]{name: name, codec: codec, win: win}
 }
 
+// OnClose declares what a window of the table emits when it closes: for
+// each key with a value in it, emit returns the value of the record sent to
+// the closed-window topic <source topic>-windows, keyed by the key and
+// timestamped with the window's end: bytes as they are, nil for nothing,
+// anything else in JSON. A window closes
+// once stream time, or the wall clock on a caught-up partition, passes its
+// end plus grace, and each window's results go out once under exactly_once
+// (in the commit's transaction), at least once otherwise.
+func (t *Windowed[V]) OnClose(emit func(key string, start, end time.Time, v V) any) *Windowed[V] {
+	t.onClose = emit
+	return t
+}
+
+func (t *Windowed[V]) closes() bool { return t.onClose != nil }
+
 func (t *Windowed[V]) windowSpec() config.WindowSpec {
 	return config.WindowSpec{Table: t.name, Var: t.win.Var, Size: t.win.Size, Step: t.win.Step, Grace: t.win.Grace, Expires: t.win.Expires}
 }
@@ -234,6 +255,22 @@ func (t *Windowed[V]) Table() *table.Windowed[V] { return t.active }
 
 func (t *Windowed[V]) make(e *tableEnv, active bool) stream.Table {
 	tb := table.NewWindowed(t.name, Changelog(e.group, t.name), t.codec, e.db, e.windows[t.name], e.clock)
+	if t.onClose != nil {
+		c := table.Close[V]{Topic: e.closedTopic, Emit: func(key string, start, end time.Time, v V) ([]byte, error) {
+			switch out := t.onClose(key, start, end, v).(type) {
+			case nil:
+				return nil, nil
+			case []byte:
+				return out, nil
+			default:
+				return json.Marshal(out)
+			}
+		}}
+		if e.closed != nil {
+			c.Closed = func(p int32, lag time.Duration) { e.closed(t.name, p, lag) }
+		}
+		tb.OnClose(c)
+	}
 	if active {
 		t.active = tb
 	}
@@ -247,15 +284,37 @@ func (t *Windowed[V]) changelog(e *tableEnv) kafka.Topic {
 
 // Topics are the topics the worker of a creates with the settings cfg: the
 // source topic, then the tables' changelogs with their configs, then the
-// dead-letter topic. Every name is derived from the declarations; deploy
-// files that create topics are checked against this list.
+// dead-letter topic and, when a table declares OnClose, the closed-window
+// topic. Every name is derived from the declarations; deploy files that
+// create topics are checked against this list.
 func Topics(a *App, cfg *config.Config) []kafka.Topic {
 	e := &tableEnv{group: cfg.Group, windows: cfg.Windows}
 	topics := []kafka.Topic{{Name: cfg.Topic}}
 	for _, d := range a.Tables {
 		topics = append(topics, d.changelog(e))
 	}
-	return append(topics, kafka.Topic{Name: cfg.DeadLetterTopic()})
+	return append(topics, outputs(a, cfg)...)
+}
+
+// outputs are the topics the worker writes besides its changelogs: the
+// dead-letter topic, and the closed-window topic when a table closes
+// windows.
+func outputs(a *App, cfg *config.Config) []kafka.Topic {
+	out := []kafka.Topic{{Name: cfg.DeadLetterTopic()}}
+	if closes(a) {
+		out = append(out, kafka.Topic{Name: cfg.WindowsTopic()})
+	}
+	return out
+}
+
+// closes reports whether a table of a declares OnClose.
+func closes(a *App) bool {
+	for _, t := range a.Tables {
+		if c, ok := t.(interface{ closes() bool }); ok && c.closes() {
+			return true
+		}
+	}
+	return false
 }
 
 // MetricsDoc is docs/metrics.md for the worker of a: the runtime's metrics

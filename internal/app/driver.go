@@ -4,6 +4,7 @@ package app
 // broker, on a real store, with a clock the test moves.
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -90,7 +91,7 @@ func NewDriver(tb TB, a *App, env map[string]string, start time.Time) *Driver {
 		tb.Fatalf("driver: %v", err)
 	}
 	d.partitioner = kc.Producer.Partitioner(cfg.Topic)
-	tenv := &tableEnv{group: cfg.Group, db: db, windows: cfg.Windows, clock: d.Now}
+	tenv := &tableEnv{group: cfg.Group, db: db, windows: cfg.Windows, clock: d.Now, closedTopic: cfg.WindowsTopic()}
 	all := d.partitions()
 	for _, decl := range a.Tables {
 		t := decl.make(tenv, true)
@@ -203,24 +204,33 @@ func (d *Driver) SendAndWait(ctx context.Context, m *sarama.ProducerMessage) (in
 	return p, off, nil
 }
 
-// Flush does what a commit does to the tables: their changes go to their
-// changelogs (kept, see Output) and to the store, and expired windows go.
+// Flush does what a commit of caught-up partitions does to the tables:
+// their changes go to their changelogs (kept, see Output) and to the store,
+// the windows whose end plus grace the clock has passed close (their
+// results go to the closed-window topic), and expired windows go.
 func (d *Driver) Flush() {
 	d.tb.Helper()
 	now := d.Now()
 	for _, p := range d.partitions() {
 		b := d.db.NewBatch()
 		for _, t := range d.tables {
+			if c, ok := t.(interface{ CloseAt(int32, time.Time) bool }); ok {
+				c.CloseAt(p, now)
+			}
 			recs, err := t.Flush(p, now)
 			if err != nil {
 				d.tb.Fatalf("driver: flush %s/%d: %v", t.Name(), p, err)
 			}
 			last := int64(-1)
 			for _, r := range recs {
-				last = d.nextOffset(t.Changelog(), p)
+				topic := cmp.Or(r.Topic, t.Changelog())
+				off := d.nextOffset(topic, p)
+				if r.Topic == "" {
+					last = off
+				}
 				d.mu.Lock()
-				d.output[t.Changelog()] = append(d.output[t.Changelog()], &sarama.ProducerMessage{
-					Topic: t.Changelog(), Partition: p, Key: sarama.ByteEncoder(r.Key), Value: sarama.ByteEncoder(r.Value), Timestamp: r.Timestamp,
+				d.output[topic] = append(d.output[topic], &sarama.ProducerMessage{
+					Topic: topic, Partition: p, Key: sarama.ByteEncoder(r.Key), Value: sarama.ByteEncoder(r.Value), Timestamp: r.Timestamp,
 				})
 				d.mu.Unlock()
 			}
@@ -245,8 +255,8 @@ func (d *Driver) Output(topic string) []*sarama.ProducerMessage {
 	return append([]*sarama.ProducerMessage(nil), d.output[topic]...)
 }
 
-// Late is how many events the windowed table took after their window
-// expired.
+// Late is how many events came for the windowed table after one of their
+// windows had closed.
 func (d *Driver) Late(table string) int {
 	d.mu.Lock()
 	defer d.mu.Unlock()

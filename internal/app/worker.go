@@ -232,7 +232,8 @@ func (w *worker) startMetrics(context.Context) error {
 // makeTables makes the active copies of the app's tables, after checking
 // that the store holds the windows the settings ask for.
 func (w *worker) makeTables(context.Context) error {
-	w.tenv = &tableEnv{group: w.cfg.Group, db: w.db, windows: w.cfg.Windows, clock: w.clock}
+	w.tenv = &tableEnv{group: w.cfg.Group, db: w.db, windows: w.cfg.Windows, clock: w.clock,
+		closedTopic: w.cfg.WindowsTopic(), closed: w.streamHooks.Closed}
 	for _, d := range w.a.Tables {
 		t := d.make(w.tenv, true)
 		if err := checkWindows(w.a, t, w.storeDir()); err != nil {
@@ -292,7 +293,7 @@ func (w *worker) createTopics(ctx context.Context) error {
 	w.sched = &stream.Scheduler{Now: time.Now, After: time.After, Log: w.log.With("component", "scheduler")}
 	w.sched.Task("topics", func(context.Context) error {
 		partitions, err := kafka.EnsureTopics(w.admin, kafka.Topic{Name: cfg.Topic}, w.changelogs,
-			[]kafka.Topic{{Name: cfg.DeadLetterTopic()}}, cfg.Partitions, cfg.Replication, w.log)
+			outputs(w.a, cfg), cfg.Partitions, cfg.Replication, w.log)
 		if err == nil {
 			w.log.Info("topics ready", "partitions", partitions)
 		}
@@ -441,7 +442,10 @@ func (w *worker) schedule(context.Context) error {
 		}
 	}
 	stats := make(map[string]interface{ Stats() table.Stats }, len(w.tables))
-	topics := []string{cfg.Topic, cfg.DeadLetterTopic()}
+	topics := []string{cfg.Topic}
+	for _, t := range outputs(w.a, cfg) {
+		topics = append(topics, t.Name)
+	}
 	var windowed []string
 	for _, t := range w.tables {
 		if st, ok := t.(interface{ Stats() table.Stats }); ok {

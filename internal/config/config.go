@@ -95,6 +95,9 @@ type Config struct {
 // Embedded reports whether the worker runs its own development broker.
 func (c *Config) Embedded() bool { return len(c.Brokers) == 0 }
 
+// WindowsTopic receives the results of closed windows.
+func (c *Config) WindowsTopic() string { return c.Topic + "-windows" }
+
 // DeadLetterTopic receives records that cannot be processed.
 func (c *Config) DeadLetterTopic() string { return c.Topic + "-dlq" }
 

@@ -127,6 +127,7 @@ func (h *StreamHooks) Zero(partitions []int32, topics []string, windowed ...stri
 		h.C.Count(DeadLetters, 0, h.tp(p)...)
 		for _, w := range windowed {
 			h.C.Count(LateEvents, 0, Tag("table", w), Partition(p))
+			h.C.Count(WindowsClosed, 0, Tag("table", w), Partition(p))
 		}
 	}
 	for _, t := range topics {
@@ -136,7 +137,14 @@ func (h *StreamHooks) Zero(partitions []int32, topics []string, windowed ...stri
 	h.C.Count(LivecheckSuccess, 0)
 }
 
-// Late counts an event whose window had expired.
+// Closed counts a window of table tbl closed on partition p, lag after its
+// end plus grace.
+func (h *StreamHooks) Closed(tbl string, p int32, lag time.Duration) {
+	h.C.Count(WindowsClosed, 1, Tag("table", tbl), Partition(p))
+	h.C.Timing(WindowCloseLag, lag, Tag("table", tbl))
+}
+
+// Late counts an event that came after one of its windows had closed.
 func (h *StreamHooks) Late(tbl string, p int32) {
 	h.C.Count(LateEvents, 1, Tag("table", tbl), Partition(p))
 }

@@ -23,7 +23,7 @@ var (
 	ConsumerLag      = def("consumer_lag", Gauge, "records between the last processed offset and the broker's high watermark", "topic", "partition")
 	ConsumerLagSecs  = def("consumer_lag_seconds", Gauge, "age of the last processed record while the partition lags, else 0", "topic", "partition")
 	DeadLetters      = def("dead_letters", Count, "records sent to the dead-letter topic", "topic", "partition")
-	LateEvents       = def("late_events", Count, "views whose window had already expired (still counted in totals)", "table", "partition")
+	LateEvents       = def("late_events", Count, "events that came after one of their windows had closed: not added to it (still counted in totals)", "table", "partition")
 	Stalls           = def("flush_failures", Count, "commits that failed and are being retried", "topic", "partition")
 )
 
@@ -33,6 +33,8 @@ var (
 	KeysUpdated    = def("table_keys_updated", Count, "table keys written to the changelog and store", "table")
 	KeysDeleted    = def("table_keys_deleted", Count, "table keys deleted (changelog tombstones replayed)", "table")
 	WindowExpiries = def("window_expiries", Count, "windows removed because they expired", "table")
+	WindowsClosed  = def("windows_closed", Count, "windows closed with their results emitted (each window that held a value, once per partition)", "table", "partition")
+	WindowCloseLag = def("window_close_lag", Timing, "time from a window's end plus grace to the flush that closed it", "table")
 	TableKeys      = def("table_keys", Gauge, "keys cached in memory for a table", "table")
 	StoreSize      = def("pebble_size_bytes", Gauge, "size of the local Pebble store on disk", "")
 	Compactions    = def("pebble_compactions", Count, "Pebble compactions completed", "")

@@ -15,10 +15,9 @@ import (
 	"github.com/gofaust/pageviews/internal/web"
 )
 
-// Topic is the default name of the page-views topic. ReservedPrefix starts
-// the pages of synthetic views (the livecheck's): counted, never reported.
-// /count/ refuses them, and the agent counts one only from a record with
-// SyntheticHeader (whose value names the sender).
+// Topic is the default page-views topic. Pages under ReservedPrefix are
+// synthetic views (the livecheck's): counted, never reported; /count/ refuses
+// them, and the agent takes one only with SyntheticHeader (naming the sender).
 const (
 	Topic           = "page_views"
 	ReservedPrefix  = "/_pageviews/"
@@ -26,11 +25,14 @@ const (
 	SyntheticHeader = "pageviews-synthetic"
 )
 
-// App declares the page-view worker: page views from PAGE_VIEWS_TOPIC,
-// two tables, the agent that fills them, /count/ and /report/, the
-// livecheck, and a crontab that logs a summary.
+// App declares the page-view worker: views from PAGE_VIEWS_TOPIC, two tables
+// and their agent, closed windows' counts to <topic>-windows, /count/,
+// /report/, the livecheck and a crontab that logs a summary.
 func App() *app.App {
-	views := app.NewWindowed("views", table.Int64{}, app.Window{Var: "WINDOW", Size: time.Minute, Grace: 10 * time.Second, Expires: 5 * time.Minute})
+	views := app.NewWindowed("views", table.Int64{}, app.Window{Var: "WINDOW", Size: time.Minute, Grace: 10 * time.Second, Expires: 5 * time.Minute}).
+		OnClose(func(page string, start, end time.Time, n int64) any { // a page's final count in a window
+			return web.Ordered{"page", page, "window_start", start, "window_end", end, "count", n}
+		})
 	totals := app.NewPlain("totals", table.Int64{})
 	return &app.App{
 		Name:   "pageviews",

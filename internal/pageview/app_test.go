@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -82,8 +85,14 @@ func TestAppFlushWritesChangelogs(t *testing.T) {
 	if string(k) != "/home" || string(v) != "3" {
 		t.Errorf("totals changelog record = %q: %q, want \"/home\": \"3\"", k, v)
 	}
-	if n := len(d.Output(app.Changelog(d.Config().Group, "views"))); n != 1 {
-		t.Errorf("views changelog holds %d records, want 1 (one page, one window)", n)
+	// One page in one window, and the partition's closed-up-to point.
+	var keys []string
+	for _, m := range d.Output(app.Changelog(d.Config().Group, "views")) {
+		k, _ := m.Key.Encode()
+		keys = append(keys, string(k))
+	}
+	if start := d.Now().Truncate(time.Minute).UnixMilli(); !slices.Equal(keys, []string{fmt.Sprintf("/home|%d", start), "\x00closed"}) {
+		t.Errorf("views changelog keys = %q, want /home's window and the closed-up-to point", keys)
 	}
 	// Nothing changed since: the next flush writes nothing.
 	d.Flush()
@@ -132,5 +141,55 @@ func TestAppLivecheckPassesThroughTheDriver(t *testing.T) {
 	}
 	if code, body := d.Get("/livecheck"); code != http.StatusOK {
 		t.Errorf("/livecheck after passing runs: %d %s", code, body)
+	}
+}
+
+// A window closes once the clock passes its end plus grace (10s): each
+// page's final count goes to page_views-windows once, and a view for the
+// window after that is late.
+func TestAppEmitsClosedWindowsOnce(t *testing.T) {
+	d := newDriver(t)
+	start := d.Now()
+	count(t, d, "/home", 3)
+	count(t, d, "/about", 1)
+	topic := d.Config().WindowsTopic()
+	d.Advance(time.Minute + 9*time.Second)
+	d.Flush()
+	if out := d.Output(topic); len(out) != 0 {
+		t.Fatalf("%d results before the end plus grace", len(out))
+	}
+	d.Advance(time.Second)
+	d.Flush()
+	d.Flush()
+	var got []string
+	for _, m := range d.Output(topic) {
+		k, _ := m.Key.Encode()
+		v, _ := m.Value.Encode()
+		if !m.Timestamp.Equal(start.Add(time.Minute)) {
+			t.Errorf("%s: timestamp %v, want the window's end", k, m.Timestamp)
+		}
+		got = append(got, string(k)+" "+string(v))
+	}
+	want := []string{
+		`/about {"page":"/about","window_start":"2026-01-05T12:00:00Z","window_end":"2026-01-05T12:01:00Z","count":1}`,
+		`/home {"page":"/home","window_start":"2026-01-05T12:00:00Z","window_end":"2026-01-05T12:01:00Z","count":3}`,
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Errorf("closed-window results:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	// Late: in the total, not in the closed window, and counted.
+	if err := d.Send("/home", Encode(PageView{Page: "/home", Timestamp: start.Add(30 * time.Second)})); err != nil {
+		t.Fatal(err)
+	}
+	if d.Late("views") != 1 {
+		t.Errorf("late views = %d, want 1", d.Late("views"))
+	}
+	d.Flush()
+	if n := len(d.Output(topic)); n != 2 {
+		t.Errorf("%d results after a late view, want the 2 emitted", n)
+	}
+	if rep := report(t, d); rep.Pages["/home"].Count != 4 {
+		t.Errorf("/home total = %d, want 4 (the late view counts)", rep.Pages["/home"].Count)
 	}
 }

@@ -85,8 +85,7 @@ func decodeFast(b []byte, borrow bool) (pv PageView, ok bool) {
 	return pv, s.Done()
 }
 
-// decodeJSON is the fallback, apart so that the fast path's value stays on
-// the stack.
+// decodeJSON is the fallback, apart so the fast path's value stays on the stack.
 func decodeJSON(b []byte) (pv PageView, err error) {
 	err = jsonscan.Unmarshal(b, &pv)
 	return pv, err

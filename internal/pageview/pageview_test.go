@@ -28,7 +28,7 @@ import (
 // t0 is the worker's clock in these tests, on a minute boundary.
 var t0 = time.Date(2026, 11, 26, 16, 0, 0, 0, time.UTC)
 
-var win = window.Hopping{Size: time.Minute, Expires: 5 * time.Minute}
+var win = window.Hopping{Size: time.Minute, Grace: 5 * time.Minute, Expires: 5 * time.Minute}
 
 // clock is an injected wall clock.
 type clock struct {

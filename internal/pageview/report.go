@@ -13,8 +13,7 @@ import (
 	"github.com/gofaust/pageviews/internal/window"
 )
 
-// Report is what /report/ shows; in JSON, Now is named after the window
-// (WindowField).
+// Report is what /report/ shows; in JSON, Now is named after the window.
 type Report struct {
 	Now   int64                 `json:"-"`
 	Count int64                 `json:"count"`

@@ -1062,7 +1062,7 @@ func (w *partitionWorker) txnCause(err error, acks []*kafka.Ack) error {
 // changelog records and dead letters are acknowledged, then the store batch
 // is written, then the source offset is committed.
 func (w *partitionWorker) flush(ctx context.Context) error {
-	if w.last == w.flushed {
+	if w.last == w.flushed && !w.windowsDue() {
 		if w.uncommitted {
 			return w.commitOffset()
 		}
@@ -1117,6 +1117,24 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 	return nil
 }
 
+// windowsDue tells the windowed tables the wall-clock time when the
+// partition is caught up, so that they close the windows it has passed
+// even when no event moves stream time there, and reports whether one is
+// due: then a flush must run, new records or not.
+func (w *partitionWorker) windowsDue() bool {
+	if w.claim == nil || w.claim.HighWaterMarkOffset() > w.last+1 || len(w.claim.Messages()) > 0 {
+		return false
+	}
+	now := w.r.o.Clock()
+	due := false
+	for _, t := range w.r.o.Tables {
+		if c, ok := t.(interface{ CloseAt(int32, time.Time) bool }); ok && c.CloseAt(w.p, now) {
+			due = true
+		}
+	}
+	return due
+}
+
 // send sends the tables' changelog records of the partition, and the dead
 // letters not sent yet or to be sent again, through prod. It returns the
 // acknowledgements of each table's records.
@@ -1138,6 +1156,9 @@ func (w *partitionWorker) send(prod *kafka.Producer, now time.Time) ([]*kafka.Ac
 				Value:     sarama.ByteEncoder(rec.Value),
 				Headers:   hs.of(rec.Headers),
 				Timestamp: rec.Timestamp,
+			}
+			if rec.Topic != "" { // a closed window's result, partitioned by its key
+				msgs[j].Topic = rec.Topic
 			}
 		}
 		acks[i] = kafka.NewAck(len(msgs))

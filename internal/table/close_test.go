@@ -20,8 +20,8 @@ func closing(t testing.TB, db *store.DB, w window.Hopping, c *clock) (*table.Win
 	var lags []time.Duration
 	tb.OnClose(table.Close[int64]{
 		Topic: "closed",
-		Emit: func(key string, start, end time.Time, v int64) []byte {
-			return fmt.Appendf(nil, "%s-%s=%d", start.Format("15:04:05"), end.Format("15:04:05"), v)
+		Emit: func(key string, start, end time.Time, v int64) ([]byte, error) {
+			return fmt.Appendf(nil, "%s-%s=%d", start.Format("15:04:05"), end.Format("15:04:05"), v), nil
 		},
 		Closed: func(_ int32, lag time.Duration) { lags = append(lags, lag) },
 	})

@@ -33,11 +33,11 @@ type Windowed[V any] struct {
 // Close is what a windowed table does when a window closes: for each key
 // with a value in the window, Emit returns the value of the record sent to
 // Topic, keyed by the key and timestamped with the window's end (nil sends
-// nothing). The records go out with the flush that closes the window: in
-// its transaction under exactly-once.
+// nothing; an error fails the flush). The records go out with the flush
+// that closes the window: in its transaction under exactly-once.
 type Close[V any] struct {
 	Topic string
-	Emit  func(key string, start, end time.Time, v V) []byte
+	Emit  func(key string, start, end time.Time, v V) ([]byte, error)
 	// Closed, if set, is told of each closed window that held a value, and
 	// how long after its end plus grace the flush closed it.
 	Closed func(p int32, lag time.Duration)
@@ -243,10 +243,14 @@ func (t *Windowed[V]) closeWindows(p int32, pt *part[V]) ([]Record, error) {
 		from := max(pt.closed, t.win.FirstLive(pt.watermark)) // expired windows are gone
 		now := t.clock()
 		seen := map[int64]bool{}
+		var errs []error
 		err := t.scanRange(p, pt, appendWindowKey(nil, from, ""), appendWindowKey(nil, below, ""), func(k []byte, v V) {
 			start := windowStartOf(k)
 			end := time.UnixMilli(t.win.End(start)).UTC()
-			if val := c.Emit(string(k[8:]), time.UnixMilli(start).UTC(), end, v); val != nil {
+			val, err := c.Emit(string(k[8:]), time.UnixMilli(start).UTC(), end, v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("close window %s of %q: %w", end.Add(-t.win.Size).Format(time.RFC3339Nano), k[8:], err))
+			} else if val != nil {
 				recs = append(recs, Record{Topic: c.Topic, Key: k[8:], Value: val, Timestamp: end})
 			}
 			if !seen[start] && c.Closed != nil {
@@ -254,7 +258,7 @@ func (t *Windowed[V]) closeWindows(p int32, pt *part[V]) ([]Record, error) {
 				c.Closed(p, max(now.Sub(end.Add(t.win.Grace)), 0))
 			}
 		})
-		if err != nil {
+		if err := errors.Join(append(errs, err)...); err != nil {
 			return nil, err
 		}
 		// In window order, then key order (the cache's entries come last).
