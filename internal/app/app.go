@@ -90,9 +90,9 @@ type Services struct {
 	// Ready tells whether the worker has joined and recovered, and if not,
 	// why.
 	Ready func() (bool, string)
-	// Late counts an event of a windowed table that came after its window
-	// expired (the late_events metric).
-	Late func(table string) func(p int32)
+	// Late records an event that came after one of its windows of table
+	// had closed: the late_events metric, and an event on its trace.
+	Late func(table string) func(ev *stream.Event)
 
 	// peers answer peers' reads (?local=1) on the app's pages, by path:
 	// NewReads adds them, and the runtime serves them before the page.

@@ -115,8 +115,8 @@ func NewDriver(tb TB, a *App, env map[string]string, start time.Time) *Driver {
 		},
 		Owned: d.partitions,
 		Ready: recovered{}.Ready,
-		Late: func(table string) func(int32) {
-			return func(int32) { d.mu.Lock(); d.late[table]++; d.mu.Unlock() }
+		Late: func(table string) func(*stream.Event) {
+			return func(*stream.Event) { d.mu.Lock(); d.late[table]++; d.mu.Unlock() }
 		},
 	}
 	d.parts, err = a.Start(s)

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"github.com/heptiolabs/healthcheck"
 	"golang.org/x/sync/errgroup"
 
@@ -413,8 +415,14 @@ func (w *worker) services() *Services {
 		Config: cfg, Log: w.log, Clock: w.clock, Producer: w.producer, Self: w.self,
 		Owners: w.directory.Owners, Partitions: partitions, PartitionOf: partitionOf,
 		Owned: w.state.Recovered, Ready: w.state.Ready,
-		Late: func(tbl string) func(int32) {
-			return func(p int32) { w.streamHooks.Late(tbl, p) }
+		Late: func(tbl string) func(*stream.Event) {
+			return func(ev *stream.Event) {
+				w.streamHooks.Late(tbl, ev.Partition)
+				if ev.Ctx != nil {
+					trace.SpanFromContext(ev.Ctx).AddEvent("late event", trace.WithAttributes(
+						attribute.String("table", tbl), attribute.String("reason", "a window of its event time had closed")))
+				}
+			}
 		},
 	}
 }

@@ -111,7 +111,7 @@ type Tables struct {
 type Agent struct {
 	Tables
 	Clock func() time.Time
-	Late  func(partition int32) // a view whose window expired (it still counts in totals)
+	Late  func(*stream.Event) // a view for a closed window (it still counts in totals)
 }
 
 func inc(v int64) int64 { return v + 1 }
@@ -141,7 +141,7 @@ func (a *Agent) Handle(ev *stream.Event) error {
 		return err
 	}
 	if !applied && a.Late != nil {
-		a.Late(ev.Partition)
+		a.Late(ev)
 	}
 	return a.Totals.Update(ev.Partition, pv.Page, inc)
 }

@@ -594,7 +594,7 @@ func TestAgentHandle(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFixture(t)
 			var late []int32
-			a := &pageview.Agent{Tables: f.tables, Clock: f.clock.Now, Late: func(p int32) { late = append(late, p) }}
+			a := &pageview.Agent{Tables: f.tables, Clock: f.clock.Now, Late: func(ev *stream.Event) { late = append(late, ev.Partition) }}
 			err := a.Handle(tt.ev)
 			p := tt.ev.Partition
 			if tt.invalid != nil {
@@ -685,7 +685,7 @@ func TestAgentCounts(t *testing.T) {
 func TestAgentLateView(t *testing.T) {
 	f := newFixture(t)
 	var late []int32
-	a := &pageview.Agent{Tables: f.tables, Clock: f.clock.Now, Late: func(p int32) { late = append(late, p) }}
+	a := &pageview.Agent{Tables: f.tables, Clock: f.clock.Now, Late: func(ev *stream.Event) { late = append(late, ev.Partition) }}
 	// The worker's clock is ten minutes past t0, and so is the first view:
 	// it moves the stream time there, so the window of t0 has expired when
 	// the second arrives.
@@ -847,7 +847,7 @@ func TestAgentFutureViewKeepsWindowsLive(t *testing.T) {
 	f := newFixture(t)
 	f.clock.Set(t0.Add(20 * time.Second))
 	var late []int32
-	a := &pageview.Agent{Tables: f.tables, Clock: f.clock.Now, Late: func(p int32) { late = append(late, p) }}
+	a := &pageview.Agent{Tables: f.tables, Clock: f.clock.Now, Late: func(ev *stream.Event) { late = append(late, ev.Partition) }}
 	for _, ev := range []*stream.Event{
 		event(1, `{"page":"/a","timestamp":"2026-11-26T16:00:05Z"}`, t0),
 		event(1, `{"page":"/a","timestamp":"2026-11-26T16:30:00Z"}`, t0), // 30 minutes ahead

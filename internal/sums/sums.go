@@ -46,7 +46,7 @@ func App() *app.App {
 					return err
 				}
 				if !applied {
-					late(ev.Partition)
+					late(ev)
 				}
 				return totals.Table().Update(ev.Partition, key, add)
 			}
