@@ -41,6 +41,7 @@ type options struct {
 	cpuprofile     string
 	commitInterval string
 	peer           string
+	hopping        bool
 }
 
 func main() {
@@ -51,6 +52,7 @@ func main() {
 	flag.IntVar(&o.pages, "pages", 10_000, "distinct pages")
 	flag.IntVar(&o.partitions, "partitions", 8, "partitions of page_views")
 	flag.BoolVar(&o.bare, "bare", true, "also measure a bare sarama consumer")
+	flag.BoolVar(&o.hopping, "hopping", true, "also measure the worker with hopping windows of a quarter step (WINDOW_STEP=WINDOW_SIZE/4: 4 windows per event)")
 	flag.BoolVar(&o.recovery, "recovery", true, "also measure the recovery of an empty DATA_DIR from as many changelog records as -events")
 	flag.IntVar(&o.rebalanceRuns, "rebalance-runs", 3, "runs of the rebalance benchmark per protocol (a third worker joining two under load); 0 skips it")
 	flag.IntVar(&o.latencyRate, "latency-rate", 20_000, "page views per second of the steady load after the backlog, for the end-to-end latency; 0 skips it")
@@ -84,6 +86,7 @@ func envInt(name string, def int) int {
 func resultKeys() []string {
 	return []string{"events_per_second", "bare_records_per_second", "goka_events_per_second", "ratio_vs_goka", "ratio_vs_bare",
 		"recovery_records_per_second", "bare_changelog_records_per_second", "recovery_ratio", "cpu_seconds", "peak_rss_mib",
+		"hopping_events_per_second", "hopping_peak_rss_mib", "hopping_ratio",
 		"latency_p50_ms", "latency_p99_ms", "backlog_latency_p50_ms", "backlog_latency_p99_ms",
 		"rebalance_cooperative_ms", "rebalance_cooperative_partition_stop_ms", "rebalance_eager_ms", "rebalance_eager_partition_stop_ms"}
 }
@@ -133,6 +136,11 @@ func run(o options) (map[string]string, error) {
 	if agg.steadyEvents > 0 {
 		results["latency_p50_ms"] = fmt.Sprintf("%.1f", agg.steady.p50)
 		results["latency_p99_ms"] = fmt.Sprintf("%.1f", agg.steady.p99)
+	}
+	if o.hopping {
+		if err := hopping(o, addr, dir, agg, results); err != nil {
+			return nil, err
+		}
 	}
 	if err := comparisons(o, addr, dir, agg.rate, results); err != nil {
 		return nil, err
@@ -228,7 +236,7 @@ type aggResult struct {
 
 // runWorker runs the worker until the group's committed offsets cover want
 // records. The clock starts at the worker's first "joined group" log line.
-func runWorker(o options, addr, dataDir, group string, want int64) (aggResult, error) {
+func runWorker(o options, addr, dataDir, group string, want int64, env ...string) (aggResult, error) {
 	var res aggResult
 	// The worker's metrics go to a DogStatsD listener here, as they would to
 	// an agent: their cost is part of the figures, and the end-to-end
@@ -243,6 +251,7 @@ func runWorker(o options, addr, dataDir, group string, want int64) (aggResult, e
 		"KAFKA_BROKERS="+addr, "DATA_DIR="+dataDir, "WEB_ADDR=127.0.0.1:0", "KAFKA_GROUP="+group,
 		"LOG_FORMAT=json", "PARTITIONS="+strconv.Itoa(o.partitions), "WINDOW_SIZE=1h", "WINDOW_EXPIRES=2h",
 		"LIVECHECK_INTERVAL=0", "COMMIT_INTERVAL="+o.commitInterval, "DD_DOGSTATSD_URL="+statsd.url())
+	cmd.Env = append(cmd.Env, env...)
 	if o.cpuprofile != "" {
 		cmd.Env = append(cmd.Env, "PPROF_ADDR=127.0.0.1:6061")
 	}
@@ -541,5 +550,22 @@ func rebalances(o options, addr string, results map[string]string) error {
 			results["rebalance_"+protocol+"_partition_stop_ms"] = fmt.Sprintf("%.0f", rb.MedianGap)
 		}
 	}
+	return nil
+}
+
+// hopping runs the worker again over the same records with hopping windows
+// of a quarter step (each event updates four windows), and adds its figures
+// next to the tumbling ones (tumbling).
+func hopping(o options, addr, dir string, tumbling aggResult, results map[string]string) error {
+	o.latencyRate, o.cpuprofile = 0, ""
+	agg, err := runWorker(o, addr, filepath.Join(dir, "hopping"), "pageviews-hopping", int64(o.events), "WINDOW_STEP=15m")
+	if err != nil {
+		return fmt.Errorf("hopping worker: %w", err)
+	}
+	fmt.Printf("hopping:  %8.0f events/s  (WINDOW_STEP=WINDOW_SIZE/4, 4 windows per event; %.2fs, cpu %.2fs, peak rss %.1f MiB)\n",
+		agg.rate, agg.seconds, agg.cpu, agg.rssMiB)
+	results["hopping_events_per_second"] = fmt.Sprintf("%.0f", agg.rate)
+	results["hopping_peak_rss_mib"] = fmt.Sprintf("%.1f", agg.rssMiB)
+	results["hopping_ratio"] = fmt.Sprintf("%.2f", agg.rate/tumbling.rate)
 	return nil
 }

@@ -23,10 +23,20 @@ func benchStore(b *testing.B) *store.DB {
 func inc(v int64) int64 { return v + 1 }
 
 // BenchmarkWindowedUpdate measures one update through the write-back cache
-// over 1,000 keys (window lookup included).
+// over 1,000 keys (window lookup included), in tumbling windows.
 func BenchmarkWindowedUpdate(b *testing.B) {
+	benchUpdate(b, window.Hopping{Size: time.Minute, Expires: 5 * time.Minute})
+}
+
+// BenchmarkHoppingUpdate is BenchmarkWindowedUpdate with hopping windows of
+// a quarter step: each event updates size/step = 4 windows.
+func BenchmarkHoppingUpdate(b *testing.B) {
+	benchUpdate(b, window.Hopping{Size: time.Minute, Step: 15 * time.Second, Expires: 5 * time.Minute})
+}
+
+func benchUpdate(b *testing.B, w window.Hopping) {
 	now := time.Date(2026, 11, 26, 16, 0, 30, 0, time.UTC)
-	t := NewWindowed("views", "c", Int64{}, benchStore(b), window.Hopping{Size: time.Minute, Expires: 5 * time.Minute}, func() time.Time { return now })
+	t := NewWindowed("views", "c", Int64{}, benchStore(b), w, func() time.Time { return now })
 	if _, _, err := t.Assign(0); err != nil {
 		b.Fatal(err)
 	}
