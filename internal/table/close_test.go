@@ -1,6 +1,7 @@
 package table_test
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -193,5 +194,25 @@ func TestHoppingWindowsCloseOneByOne(t *testing.T) {
 		if got := emitted(commitFlush(t, db, tb, 0, t0, 0)); !slices.Equal(got, tc.want) {
 			t.Errorf("closing at %v emitted %q, want %q", tc.at, got, tc.want)
 		}
+	}
+}
+
+// Another step is another layout of the store: refused like another size.
+func TestAnotherStepIsRefused(t *testing.T) {
+	db := newDB(t)
+	if err := newViews(db, win, &clock{now: t0}).CheckDefinition(); err != nil {
+		t.Fatal(err)
+	}
+	hop := win
+	hop.Step = 30 * time.Second
+	var derr *table.DefinitionError
+	err := newViews(db, hop, &clock{now: t0}).CheckDefinition()
+	if !errors.As(err, &derr) || derr.Field != "step" || derr.Stored != "1m0s" || derr.Current != "30s" {
+		t.Errorf("30s steps on a store of tumbling 1m windows: %v, want a DefinitionError of the step", err)
+	}
+	grace := win
+	grace.Grace = time.Second
+	if err := newViews(db, grace, &clock{now: t0}).CheckDefinition(); err != nil {
+		t.Errorf("another grace period: %v, want it taken (it only changes which windows are open)", err)
 	}
 }
