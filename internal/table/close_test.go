@@ -216,3 +216,26 @@ func TestAnotherStepIsRefused(t *testing.T) {
 		t.Errorf("another grace period: %v, want it taken (it only changes which windows are open)", err)
 	}
 }
+
+// Windows held only by the store (a restart emptied the cache) close with
+// their own keys and values.
+func TestWindowsCloseFromTheStore(t *testing.T) {
+	db := newDB(t)
+	c := &clock{now: t0}
+	tb, _ := closing(t, db, fourSeconds, c)
+	var want []string
+	for i := range 50 {
+		page := fmt.Sprintf("/p%02d", i)
+		for range i%3 + 1 {
+			updateAt(t, tb, 0, page, t0.Add(time.Second))
+		}
+		want = append(want, fmt.Sprintf("closed %s 16:00:00-16:00:04=%d @16:00:04", page, i%3+1))
+	}
+	commitFlush(t, db, tb, 0, t0, 0)
+	tb.Revoke(0)
+	again, _ := closing(t, db, fourSeconds, c)
+	again.CloseAt(0, t0.Add(time.Minute))
+	if got := emitted(commitFlush(t, db, again, 0, t0, 1)); !slices.Equal(got, want) {
+		t.Errorf("closing from the store emitted\n%q\nwant\n%q", got, want)
+	}
+}

@@ -251,7 +251,8 @@ func (t *Windowed[V]) closeWindows(p int32, pt *part[V]) ([]Record, error) {
 			if err != nil {
 				errs = append(errs, fmt.Errorf("close window %s of %q: %w", end.Add(-t.win.Size).Format(time.RFC3339Nano), k[8:], err))
 			} else if val != nil {
-				recs = append(recs, Record{Topic: c.Topic, Key: k[8:], Value: val, Timestamp: end})
+				// k is the store's, valid only during the call.
+				recs = append(recs, Record{Topic: c.Topic, Key: bytes.Clone(k[8:]), Value: val, Timestamp: end})
 			}
 			if !seen[start] && c.Closed != nil {
 				seen[start] = true
