@@ -142,9 +142,11 @@ func (st *stack) workerEnv(t *testing.T, e *exporter, standbyReplicas int) map[s
 	return harness.WorkerEnv(t.TempDir(), map[string]string{
 		"KAFKA_BROKERS":   st.broker.Addr,
 		"COMMIT_INTERVAL": "100ms",
-		// One-second windows expiring after two: windows expire while
-		// the test runs.
+		// One-second windows that close a second after their end and
+		// expire a second later: windows close (their counts go to
+		// page_views-windows) and expire while the test runs.
 		"WINDOW_SIZE":            "1s",
+		"WINDOW_GRACE":           "1s",
 		"WINDOW_EXPIRES":         "2s",
 		"DD_AGENT_HOST":          "127.0.0.1",
 		"DD_DOGSTATSD_PORT":      strconv.Itoa(e.statsdPort),
@@ -203,7 +205,7 @@ func (st *stack) runScenario(t *testing.T) {
 }
 
 // produceBadRecords sends a record that is not JSON (dead-lettered) and one
-// an hour old (late: its window expired long ago), from an outside producer.
+// an hour old (late: its window closed long ago), from an outside producer.
 func produceBadRecords(t *testing.T, brokers string) {
 	t.Helper()
 	produceRaw(t, brokers, "/p/0", []byte("not json"))
@@ -253,6 +255,8 @@ func (st *stack) checkFacts(t *testing.T, procs []*harness.Proc) {
 		{"the bad record dead-lettered", `sum(pageviews_dead_letters{env="e2e"})`, 1},
 		{"the old record counted late", `sum(pageviews_late_events{env="e2e"})`, 1},
 		{"windows expired", `sum(pageviews_window_expiries{env="e2e"})`, 1},
+		{"windows closed", `sum(pageviews_windows_closed{env="e2e"})`, 1},
+		{"windows closed with their lag timed", `sum(pageviews_window_close_lag_count{env="e2e"})`, 1},
 		{"changelog records replayed in a recovery", `sum(pageviews_recovery_records{env="e2e"})`, 1},
 		{"a second generation", `max(pageviews_generation{env="e2e"})`, 2},
 		{"partitions handed over", `sum(pageviews_rebalance_return_latency_count{env="e2e"})`, 1},

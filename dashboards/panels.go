@@ -109,6 +109,7 @@ func Rows() []Row {
 	assignQ, assignDD := sparseLatency(m.AssignmentLatency, byWorker, "{{instance}}", ddByWorker)
 	liveQ, liveDD := latency(m.LivecheckLatency, "", "livecheck", "")
 	httpQ, httpDD := latency(m.HTTPLatency, "path", "{{path}}", "path")
+	closeQ, closeDD := latency(m.WindowCloseLag, "instance, table", "{{instance}} {{table}}", ddByWorker+",table")
 
 	return []Row{
 		{Title: "Overview", Panels: []Panel{
@@ -172,7 +173,7 @@ func Rows() []Row {
 			},
 			{
 				Title: "Records out", Unit: "recps", Width: 12,
-				Tells:   "Records the broker acknowledged, per topic: page views published by /count/, changelog records, dead letters.",
+				Tells:   "Records the broker acknowledged, per topic: page views published by /count/, changelog records, closed windows' counts (page_views-windows), dead letters.",
 				Do:      "Changelog traffic follows the number of keys changed per commit interval; a drop to zero with load in means flushing stopped: see send errors and flush failures.",
 				Prom:    []Query{{Expr: rateBy(m.MessagesSent, byTopic), Legend: "{{topic}}"}},
 				Datadog: []DDQuery{{Query: ddq("sum", m.MessagesSent, "", byTopic, ".as_rate()"), Alias: "sent"}},
@@ -361,14 +362,14 @@ func Rows() []Row {
 
 		{Title: "Tables and windows", Panels: []Panel{
 			{
-				Title: "Table keys cached", Unit: "short", Width: 8,
+				Title: "Table keys cached", Unit: "short", Width: 12,
 				Tells:   "Keys each worker holds in memory per table (the write-back cache), not the keys stored on disk.",
 				Do:      "Steady growth with a windowed table means windows do not expire: check event timestamps and WINDOW_EXPIRES; memory follows this number.",
 				Prom:    []Query{{Expr: gaugeBy("sum", m.TableKeys, "instance, table"), Legend: "{{instance}} {{table}}"}},
 				Datadog: []DDQuery{{Query: ddq("sum", m.TableKeys, "", ddByWorker+",table", ""), Alias: "keys"}},
 			},
 			{
-				Title: "Table key operations", Unit: "ops", Width: 8,
+				Title: "Table key operations", Unit: "ops", Width: 12,
 				Tells: "Keys read from the store (cache misses), written to the changelog and store, and deleted (tombstones replayed), per table.",
 				Do:    "Many retrievals per update mean the cache is too small for the key space a partition sees.",
 				Prom: []Query{
@@ -383,9 +384,22 @@ func Rows() []Row {
 				},
 			},
 			{
+				Title: "Windows closed", Viz: Bars, Unit: "short", Width: 8,
+				Tells:   "Windows closed per interval, per table and source partition: each window that held a value, counted once when stream time (or the clock, on a caught-up partition) passes its end plus WINDOW_GRACE and its final counts go to page_views-windows.",
+				Do:      "A partition that gets views should close about one window per WINDOW_STEP; one that closes none while views arrive is lagging or stuck (its stream time does not move): see its consumer lag and the close lag.",
+				Prom:    []Query{{Expr: increaseBy(m.WindowsClosed, "table, partition"), Legend: "{{table}} p{{partition}}"}},
+				Datadog: []DDQuery{{Query: ddq("sum", m.WindowsClosed, "", "table,partition", ".as_count()"), Alias: "windows closed", Bars: true}},
+			},
+			{
+				Title: "Window close lag", Unit: "s", Width: 8,
+				Tells: "Time from a window's end plus WINDOW_GRACE to the flush that closed it and sent its results, per worker and table: how much later than promised the final counts leave.",
+				Do:    "Up to one COMMIT_INTERVAL plus the commit time is normal on a caught-up partition; more follows the consumer lag in seconds (a lagging partition closes a window only when its stream time passes it): see the lag row and commit time.",
+				Prom:  closeQ, Datadog: closeDD,
+			},
+			{
 				Title: "Window expiries and late views", Unit: "short", Width: 8,
-				Tells: "Windows removed per second because they expired, and views per second whose window had already expired (counted in totals only).",
-				Do:    "Late views mean producers send old timestamps or a partition lagged past WINDOW_EXPIRES: raise WINDOW_EXPIRES or fix the clocks.",
+				Tells: "Windows removed per second because they expired (WINDOW_EXPIRES), and views per second that came after one of their windows had closed: not added to that window, still counted in totals.",
+				Do:    "Late views mean producers send old timestamps or clocks that run behind, or records that reach the worker later than WINDOW_GRACE after their window's end: fix the producer, or raise WINDOW_GRACE (at most WINDOW_EXPIRES) at the cost of later results.",
 				Prom: []Query{
 					{Expr: rateBy(m.WindowExpiries, "table"), Legend: "{{table}} windows expired"},
 					{Expr: rateBy(m.LateEvents, "table"), Legend: "{{table}} late views"},

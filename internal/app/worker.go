@@ -17,9 +17,9 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+	"github.com/heptiolabs/healthcheck"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
-	"github.com/heptiolabs/healthcheck"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/gofaust/pageviews/internal/config"

@@ -243,7 +243,7 @@ func (r *Reader) window(w WindowSpec, group string) window.Hopping {
 	table := "the table with the changelog `" + group + "-" + w.Table + "-changelog`"
 	r.Doc(w.Var+"_SIZE", "size of the windows (a Go duration) of "+table)
 	r.Doc(w.Var+"_STEP", "how often a window of "+table+" starts: "+w.Var+"_SIZE gives tumbling windows, a divisor of it hopping ones (an event counts in size/step windows)")
-	r.Doc(w.Var+"_GRACE", "how long after its end a window of "+table+" still takes late events before it closes and its result is emitted")
+	r.Doc(w.Var+"_GRACE", "how long after its end a window of "+table+" still takes late events before it closes and its result is emitted (at most "+w.Var+"_EXPIRES, to which the default shrinks)")
 	r.Doc(w.Var+"_EXPIRES", "how long after its end a window of "+table+" is kept (relative to the newest event time)")
 	size := r.duration(w.Var+"_SIZE", w.Size, time.Second)
 	step := w.Step
@@ -263,6 +263,9 @@ func (r *Reader) window(w WindowSpec, group string) window.Hopping {
 	}
 	if expires < size {
 		r.fail(w.Var+"_EXPIRES", expires.String(), "a duration at least "+w.Var+"_SIZE ("+size.String()+")")
+	}
+	if grace > expires && strings.TrimSpace(r.getenv(w.Var+"_GRACE")) == "" {
+		grace = expires // the default, for windows that expire sooner
 	}
 	if grace > expires {
 		r.fail(w.Var+"_GRACE", r.raw(w.Var+"_GRACE", grace), "a duration at most "+w.Var+"_EXPIRES ("+expires.String()+")")

@@ -167,6 +167,9 @@ func TestLoadValid(t *testing.T) {
 		{"window grace", env{"WINDOW_GRACE": "1s"}, func(c *config.Config) bool { return c.Windows["views"].Grace == time.Second }},
 		{"no window grace", env{"WINDOW_GRACE": "0s"}, func(c *config.Config) bool { return c.Windows["views"].Grace == 0 }},
 		{"window grace equal to expires", env{"WINDOW_GRACE": "5m"}, func(c *config.Config) bool { return c.Windows["views"].Grace == 5*time.Minute }},
+		{"default grace of windows that expire sooner", env{"WINDOW_SIZE": "1s", "WINDOW_EXPIRES": "2s"}, func(c *config.Config) bool {
+			return c.Windows["views"].Grace == 2*time.Second
+		}},
 		{"instance id", env{"KAFKA_INSTANCE_ID": "pageviews-0"}, func(c *config.Config) bool { return c.InstanceID == "pageviews-0" }},
 		{"embedded addr", env{"EMBEDDED_KAFKA_ADDR": ":19092"}, func(c *config.Config) bool { return c.EmbeddedAddr == ":19092" }},
 		{"at least once", env{"PROCESSING_GUARANTEE": "at_least_once"}, func(c *config.Config) bool { return c.Guarantee == config.AtLeastOnce }},

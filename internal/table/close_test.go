@@ -129,7 +129,7 @@ func TestWallClockClosesWindowsOfAQuietPartition(t *testing.T) {
 func TestClosingIsDurable(t *testing.T) {
 	db := newDB(t)
 	c := &clock{now: t0}
-	tb, _ := closing(t, db, fourSeconds, c)
+	tb, lags := closing(t, db, fourSeconds, c)
 	updateAt(t, tb, 0, "/a", t0.Add(time.Second))
 	updateAt(t, tb, 0, "/z", t0.Add(6*time.Second))
 	first, err := tb.Flush(0, t0)
@@ -139,6 +139,9 @@ func TestClosingIsDurable(t *testing.T) {
 	again := commitFlush(t, db, tb, 0, t0, 1)
 	if got, want := emitted(again), emitted(first); len(want) != 1 || !slices.Equal(got, want) {
 		t.Errorf("flush after an unfinished one emitted %q, want %q again", got, want)
+	}
+	if len(*lags) != 1 {
+		t.Errorf("the window closed by two flushes was counted %d times, want once", len(*lags))
 	}
 	cp, _, _ := db.Checkpoint("views", 0)
 	if cp.Closed != t0ms+4000 {

@@ -132,7 +132,10 @@ type part[V any] struct {
 	// before that flush is stored; wallClose is the wall-clock time (Unix
 	// ms) the partition was last caught up at, which closes windows too.
 	closed, closing, wallClose int64
-	starts                     []int64
+	// observed is where Close.Closed was last told of closed windows: a
+	// flush done again does not count them twice.
+	observed int64
+	starts   []int64
 }
 
 // checkpoint is the partition's checkpoint; pt.mu is held.

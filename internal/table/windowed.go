@@ -254,7 +254,7 @@ func (t *Windowed[V]) closeWindows(p int32, pt *part[V]) ([]Record, error) {
 				// k is the store's, valid only during the call.
 				recs = append(recs, Record{Topic: c.Topic, Key: bytes.Clone(k[8:]), Value: val, Timestamp: end})
 			}
-			if !seen[start] && c.Closed != nil {
+			if !seen[start] && c.Closed != nil && start >= pt.observed {
 				seen[start] = true
 				c.Closed(p, max(now.Sub(end.Add(t.win.Grace)), 0))
 			}
@@ -262,6 +262,7 @@ func (t *Windowed[V]) closeWindows(p int32, pt *part[V]) ([]Record, error) {
 		if err := errors.Join(append(errs, err)...); err != nil {
 			return nil, err
 		}
+		pt.observed = max(pt.observed, below)
 		// In window order, then key order (the cache's entries come last).
 		slices.SortFunc(recs, func(a, b Record) int {
 			return cmp.Or(a.Timestamp.Compare(b.Timestamp), bytes.Compare(a.Key, b.Key))
