@@ -31,6 +31,9 @@ const (
 func App() *app.App {
 	views := app.NewWindowed("views", table.Int64{}, app.Window{Var: "WINDOW", Size: time.Minute, Grace: 10 * time.Second, Expires: 5 * time.Minute}).
 		OnClose(func(page string, start, end time.Time, n int64) any { // a page's final count in a window
+			if strings.HasPrefix(page, ReservedPrefix) {
+				return nil // synthetic: never reported
+			}
 			return web.Ordered{"page", page, "window_start", start, "window_end", end, "count", n}
 		})
 	totals := app.NewPlain("totals", table.Int64{})
@@ -51,29 +54,29 @@ func App() *app.App {
 	}
 }
 
-// pages are /count/, which publishes a view keyed by page, and /report/,
-// which shows the tables; the livecheck and the summary use them too.
+// pages serve /count/ and /report/; the livecheck and the summary use them.
 type pages struct {
 	s        *app.Services
 	reporter *Reporter
 	n        atomic.Int64 // this process's count of the views it sent
 }
 
-// publish counts a view of page and sends it, as a synthetic view when
-// sender is set; it returns the count once the broker has the record.
+// publish sends a view of page (synthetic, from sender, when set) and
+// returns the process's count of the users' views once the broker has it.
 func (o *pages) publish(ctx context.Context, page, sender string) (int64, error) {
-	pv := PageView{Page: page, Count: o.n.Add(1), Timestamp: o.s.Clock()}
-	m := &sarama.ProducerMessage{Topic: o.s.Config.Topic, Key: sarama.StringEncoder(page), Value: sarama.ByteEncoder(Encode(pv)), Timestamp: pv.Timestamp}
+	pv := PageView{Page: page, Timestamp: o.s.Clock()}
+	m := &sarama.ProducerMessage{Topic: o.s.Config.Topic, Key: sarama.StringEncoder(page), Timestamp: pv.Timestamp}
 	if sender != "" {
 		m.Headers = []sarama.RecordHeader{{Key: []byte(SyntheticHeader), Value: []byte(sender)}}
+	} else {
+		pv.Count = o.n.Add(1)
 	}
+	m.Value = sarama.ByteEncoder(Encode(pv))
 	if _, _, err := o.s.Producer.SendAndWait(ctx, m); err != nil {
 		return 0, fmt.Errorf("publish page view: %w", err)
 	}
 	return pv.Count, nil
 }
-
-const publishTimeout = 10 * time.Second // how long /count/ waits for the broker
 
 func (o *pages) countPage(r *http.Request) (any, error) {
 	page, err := web.Param(r, "page", "/", MaxPageLen)
@@ -83,7 +86,7 @@ func (o *pages) countPage(r *http.Request) (any, error) {
 	if strings.HasPrefix(page, ReservedPrefix) {
 		return nil, web.Errorf(http.StatusBadRequest, "pages under %s are reserved for the worker's synthetic views", ReservedPrefix)
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), publishTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second) // for the broker's ack
 	defer cancel()
 	n, err := o.publish(ctx, page, "")
 	if err != nil {

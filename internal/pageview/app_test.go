@@ -193,3 +193,26 @@ func TestAppEmitsClosedWindowsOnce(t *testing.T) {
 		t.Errorf("/home total = %d, want 4 (the late view counts)", rep.Pages["/home"].Count)
 	}
 }
+
+// The livecheck's views are the worker's own: they take no number from the
+// users' counter and close into no window result.
+func TestLivecheckViewsStayTheWorkers(t *testing.T) {
+	d := newDriver(t)
+	if err := d.Livecheck(context.Background()); err != nil {
+		t.Fatalf("livecheck: %v", err)
+	}
+	code, body := d.Get("/count/?page=/home")
+	if code != http.StatusOK || strings.TrimSpace(string(body)) != `{"count":1}` {
+		t.Errorf("/count/ after a livecheck = %d %s, want the users' first view: {\"count\":1}", code, body)
+	}
+	d.Advance(2 * time.Minute)
+	d.Flush()
+	for _, m := range d.Output(d.Config().WindowsTopic()) {
+		if k, _ := m.Key.Encode(); strings.HasPrefix(string(k), ReservedPrefix) {
+			t.Errorf("the closed-window topic holds the synthetic page %s", k)
+		}
+	}
+	if n := len(d.Output(d.Config().WindowsTopic())); n != 1 {
+		t.Errorf("%d closed-window results, want /home's only", n)
+	}
+}

@@ -1,7 +1,6 @@
-// Package pageview is the worker's domain: the PageView record and its
-// codec, the agent that counts views into the views (windowed) and totals
-// tables, the report, /count/ and the livecheck's record. App declares it
-// to the runtime (internal/app); a new worker replaces this package.
+// Package pageview is the worker's domain: the PageView record and its codec,
+// the agent that counts views into a windowed and a totals table, the report,
+// /count/ and the livecheck's record. App declares it to the runtime.
 package pageview
 
 import (

@@ -100,9 +100,8 @@ func merge(into, from PageCounts) PageCounts {
 	return into
 }
 
-// Reporter answers /report/ for the whole cluster: this worker's
-// partitions from its tables, the others from their owners (app.Reads).
-// The report is stale when a partition is missing or the worker not ready.
+// Reporter answers /report/ for the cluster: owned partitions from the tables,
+// others from their owners (app.Reads); stale if one is missing or not ready.
 type Reporter struct {
 	Tables
 	s     *app.Services
