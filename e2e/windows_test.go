@@ -3,7 +3,6 @@ package e2e_test
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -377,48 +376,28 @@ func checkWindowResult(t testing.TB, r closedWindow, page string, start time.Tim
 // until now; this reads the lines as truth/'s listener does:
 // name:value[:value...]|type[|@rate][|#tag,tag...].
 type statsdSink struct {
-	conn  *net.UDPConn
-	mu    sync.Mutex
-	lines []string
+	udpPort string
+	mu      sync.Mutex
+	lines   []string
 }
 
 func newStatsdSink(t testing.TB) *statsdSink {
 	t.Helper()
-	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatalf("DogStatsD listener: %v", err)
-	}
-	_ = conn.SetReadBuffer(4 << 20)
-	s := &statsdSink{conn: conn}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 1<<16)
-		for {
-			n, err := conn.Read(buf)
-			if err != nil {
-				return
+	s := &statsdSink{}
+	s.udpPort = harness.ListenStatsd(t, func(_ time.Time, datagram string) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for _, l := range strings.Split(datagram, "\n") {
+			if l != "" {
+				s.lines = append(s.lines, l)
 			}
-			s.mu.Lock()
-			for _, l := range strings.Split(string(buf[:n]), "\n") {
-				if l != "" {
-					s.lines = append(s.lines, l)
-				}
-			}
-			s.mu.Unlock()
 		}
-	}()
-	t.Cleanup(func() {
-		_ = conn.Close()
-		<-done
 	})
 	return s
 }
 
 // port is the listener's port, for DD_DOGSTATSD_PORT.
-func (s *statsdSink) port() string {
-	return strconv.Itoa(s.conn.LocalAddr().(*net.UDPAddr).Port)
-}
+func (s *statsdSink) port() string { return s.udpPort }
 
 // count adds up the count metric name of the worker's namespace
 // (pageviews.) over the lines tagged tag ("table:views").

@@ -1,13 +1,14 @@
 package truth
 
 import (
-	"net"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gofaust/pageviews/test/harness"
 )
 
 // namespace is the prefix of every metric the worker sends.
@@ -28,7 +29,7 @@ type point struct {
 // sink is a real UDP DogStatsD listener for one worker: it keeps every
 // line it receives, in arrival order.
 type sink struct {
-	conn *net.UDPConn
+	udpPort string
 
 	mu     sync.Mutex
 	points []point
@@ -37,37 +38,13 @@ type sink struct {
 
 func newSink(t testing.TB) *sink {
 	t.Helper()
-	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// A burst of datagrams while the test is busy must not be dropped: a
-	// lost count would read as a wrong one.
-	_ = conn.SetReadBuffer(8 << 20)
-	s := &sink{conn: conn}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 1<<16)
-		for {
-			n, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			s.add(time.Now(), string(buf[:n]))
-		}
-	}()
-	t.Cleanup(func() {
-		_ = conn.Close()
-		<-done
-	})
+	s := &sink{}
+	s.udpPort = harness.ListenStatsd(t, s.add)
 	return s
 }
 
 // port is the listener's UDP port, for DD_DOGSTATSD_PORT.
-func (s *sink) port() string {
-	return strconv.Itoa(s.conn.LocalAddr().(*net.UDPAddr).Port)
-}
+func (s *sink) port() string { return s.udpPort }
 
 func (s *sink) add(at time.Time, datagram string) {
 	s.mu.Lock()

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -273,26 +274,8 @@ func (c *core[V]) get(p int32, userKey []byte) (V, bool, error) {
 // scanRange calls fn for every key of partition pt in [from, to), merging
 // the cache over the store; pt.mu is held.
 func (c *core[V]) scanRange(p int32, pt *part[V], from, to []byte, fn func(userKey []byte, v V)) error {
-	err := c.db.ScanRange(c.name, p, from, to, func(k, raw []byte) error {
-		if _, cached := pt.cache[string(k)]; cached {
-			return nil
-		}
-		v, err := c.codec.Decode(raw)
-		if err != nil {
-			return fmt.Errorf("decode %s/%d: %w", c.name, p, err)
-		}
-		fn(k, v)
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	for k, e := range pt.cache {
-		if k >= string(from) && k < string(to) {
-			fn([]byte(k), e.val)
-		}
-	}
-	return nil
+	return c.merge(p, pt, func(k string) bool { return k >= string(from) && k < string(to) },
+		func(f func(k, raw []byte) error) error { return c.db.ScanRange(c.name, p, from, to, f) }, fn)
 }
 
 // scan calls fn for every key of partition p under userPrefix, merging the
@@ -304,7 +287,14 @@ func (c *core[V]) scan(p int32, userPrefix []byte, fn func(userKey []byte, v V))
 	}
 	pt.mu.Lock()
 	defer pt.mu.Unlock()
-	err = c.db.Scan(c.name, p, userPrefix, func(k, raw []byte) error {
+	return c.merge(p, pt, func(k string) bool { return strings.HasPrefix(k, string(userPrefix)) },
+		func(f func(k, raw []byte) error) error { return c.db.Scan(c.name, p, userPrefix, f) }, fn)
+}
+
+// merge calls fn for every key the store scan yields that the cache does
+// not hold, then for every cached key in; pt.mu is held.
+func (c *core[V]) merge(p int32, pt *part[V], in func(string) bool, scan func(func(k, raw []byte) error) error, fn func(userKey []byte, v V)) error {
+	err := scan(func(k, raw []byte) error {
 		if _, cached := pt.cache[string(k)]; cached {
 			return nil
 		}
@@ -319,7 +309,7 @@ func (c *core[V]) scan(p int32, userPrefix []byte, fn func(userKey []byte, v V))
 		return err
 	}
 	for k, e := range pt.cache {
-		if len(k) >= len(userPrefix) && k[:len(userPrefix)] == string(userPrefix) {
+		if in(k) {
 			fn([]byte(k), e.val)
 		}
 	}
