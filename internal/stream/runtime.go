@@ -1119,22 +1119,46 @@ func (w *partitionWorker) flush(ctx context.Context) error {
 	return nil
 }
 
+// windowCloser is a table whose windows close on the wall clock of a
+// caught-up partition (table.Windowed).
+type windowCloser interface {
+	DueAt(p int32, now time.Time) bool
+	CloseAt(p int32, now time.Time) bool
+}
+
 // windowsDue tells the windowed tables the wall-clock time when the
 // partition is caught up, so that they close the windows it has passed
 // even when no event moves stream time there, and reports whether one is
 // due: then a flush must run, new records or not.
+//
+// Caught up means the broker holds nothing past what was processed. The
+// claim's high watermark is only as fresh as the last fetch, and fetches
+// stop while the group rebalances, so the broker is asked (on the admin
+// client's connection) before a window closes: records already in the
+// partition must not turn late. The clock is read before the broker
+// answers, so a record it does not count came after the window closed.
 func (w *partitionWorker) windowsDue() bool {
-	if w.claim == nil || w.claim.HighWaterMarkOffset() > w.last+1 || len(w.claim.Messages()) > 0 {
+	r := w.r
+	if r.o.Client == nil || w.claim == nil || w.claim.HighWaterMarkOffset() > w.last+1 || len(w.claim.Messages()) > 0 {
 		return false
 	}
-	now := w.r.o.Clock()
-	due := false
-	for _, t := range w.r.o.Tables {
-		if c, ok := t.(interface{ CloseAt(int32, time.Time) bool }); ok && c.CloseAt(w.p, now) {
-			due = true
+	now := r.o.Clock()
+	var due []windowCloser
+	for _, t := range r.o.Tables {
+		if c, ok := t.(windowCloser); ok && c.DueAt(w.p, now) {
+			due = append(due, c)
 		}
 	}
-	return due
+	if len(due) == 0 {
+		return false
+	}
+	if end, err := r.o.Client.GetOffset(r.o.Topic, w.p, sarama.OffsetNewest); err != nil || end > w.last+1 {
+		return false
+	}
+	for _, c := range due {
+		c.CloseAt(w.p, now)
+	}
+	return true
 }
 
 // send sends the tables' changelog records of the partition, and the dead

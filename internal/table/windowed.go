@@ -215,14 +215,27 @@ func (t *Windowed[V]) openFrom(pt *part[V]) int64 {
 // flush even if no event moves stream time there. It reports whether a
 // window is due to close.
 func (t *Windowed[V]) CloseAt(p int32, now time.Time) bool {
+	return t.closeAt(p, now, true)
+}
+
+// DueAt reports whether CloseAt(p, now) would find a window due, and
+// changes nothing.
+func (t *Windowed[V]) DueAt(p int32, now time.Time) bool {
+	return t.closeAt(p, now, false)
+}
+
+func (t *Windowed[V]) closeAt(p int32, now time.Time, set bool) bool {
 	pt, err := t.part(p)
 	if err != nil {
 		return false
 	}
 	pt.mu.Lock()
 	defer pt.mu.Unlock()
-	pt.wallClose = max(pt.wallClose, now.UnixMilli())
-	return pt.watermark != 0 && t.win.ClosedBelow(max(pt.watermark, pt.wallClose)) > max(pt.closed, pt.closing)
+	wall := max(pt.wallClose, now.UnixMilli())
+	if set {
+		pt.wallClose = wall
+	}
+	return pt.watermark != 0 && t.win.ClosedBelow(max(pt.watermark, wall)) > max(pt.closed, pt.closing)
 }
 
 // closeWindows returns the records of the windows of partition p that are

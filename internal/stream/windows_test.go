@@ -1,0 +1,95 @@
+package stream
+
+import (
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/gofaust/pageviews/internal/kafka"
+	"github.com/gofaust/pageviews/internal/store"
+	"github.com/gofaust/pageviews/internal/table"
+	"github.com/gofaust/pageviews/internal/window"
+)
+
+// staleClaim is a claim whose last fetch saw offsets up to hwm and that has
+// nothing buffered: what a partition looks like while the group rebalances
+// and fetches have stopped.
+type staleClaim struct {
+	sarama.ConsumerGroupClaim
+	hwm int64
+}
+
+func (c staleClaim) HighWaterMarkOffset() int64               { return c.hwm }
+func (c staleClaim) Messages() <-chan *sarama.ConsumerMessage { return nil }
+
+// A partition closes its windows on the wall clock only when the broker,
+// not the claim's last fetch, says nothing is left to process: records
+// that reached the broker while fetches stood still are not made late.
+func TestWallClockClosesOnlyWhatTheBrokerConfirms(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "views"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	cfg, err := kafka.NewConfig(kafka.Options{ClientID: "windows-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := sarama.NewClient(cluster.ListenAddrs(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	prod, err := sarama.NewSyncProducerFromClient(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	for range 3 {
+		if _, _, err := prod.SendMessage(&sarama.ProducerMessage{Topic: "views", Key: sarama.StringEncoder("/a"), Value: sarama.StringEncoder("v")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	db, _, err := store.Open(t.TempDir(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	start := time.Date(2026, 12, 4, 3, 0, 0, 0, time.UTC)
+	views := table.NewWindowed("views", "c", table.Int64{}, db, window.Hopping{Size: 4 * time.Second, Grace: time.Second, Expires: time.Minute},
+		func() time.Time { return start })
+	if _, _, err := views.Assign(0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := views.Update(0, "/a", start.Add(time.Second), func(v int64) int64 { return v + 1 }); err != nil {
+		t.Fatal(err)
+	}
+	wall := start.Add(time.Minute) // long past the window's end plus grace
+	w := &partitionWorker{
+		r: &Runtime{o: Options{Topic: "views", Client: client, Tables: []Table{views}, Clock: func() time.Time { return wall }}},
+		p: 0,
+	}
+
+	// The first record processed; the claim's last fetch saw no more, but
+	// the broker holds two more.
+	w.last, w.claim = 0, staleClaim{hwm: 1}
+	if w.windowsDue() || !views.DueAt(0, wall) {
+		t.Fatal("a window closed on the wall clock while the broker held records not processed")
+	}
+	if _, err := views.Flush(0, wall); err != nil || !views.DueAt(0, wall) {
+		t.Fatalf("after a flush (%v) the window is closed, though the broker held records not processed", err)
+	}
+
+	// All three processed: the window closes.
+	w.last, w.claim = 2, staleClaim{hwm: 3}
+	if !w.windowsDue() {
+		t.Fatal("the window did not close on the wall clock once everything was processed")
+	}
+	if _, err := views.Flush(0, wall); err != nil || views.DueAt(0, wall) {
+		t.Fatalf("after a flush (%v) the window is still open", err)
+	}
+}
