@@ -96,7 +96,7 @@ bake: ## generate a worker from the template (newworker and gonew), then build, 
 	$(GO) test -count=1 -v -run 'TestBake|TestGonew|TestDefaultsReproduceTheTemplate|TestNestedModulesListed' ./cmd/newworker/
 
 .PHONY: chaos
-chaos: ## the chaos suites: restarts, scaling and kill -9 (chaos/), and the exactly-once crash test (faults/) (about 6 minutes)
+chaos: ## the chaos suites: restarts, scaling, kill -9 and closed windows over rolling restarts (chaos/), and the crash tests of totals and closed windows (faults/) (about 8 minutes)
 	CHAOS=1 $(GO) test -count=1 -v -timeout 30m ./chaos/
 	cd faults && CHAOS=1 $(GO) test -count=1 -v -timeout 30m -run 'EOS|Long|ClosedWindows' ./...
 
