@@ -336,12 +336,12 @@ func rwScanStore(t *testing.T, s *slot) map[int32]rwCopy {
 	}
 	out := map[int32]rwCopy{}
 	for p := range int32(partitions) {
-		cp, ok, err := db.Checkpoint("views", p)
+		cp, ok, err := db.Checkpoint(windowedTable(), p)
 		if err != nil {
 			t.Fatalf("%s: checkpoint of views/%d: %v", s.name, p, err)
 		}
 		var starts []int64
-		err = db.Scan("views", p, nil, func(k, _ []byte) error {
+		err = db.Scan(windowedTable(), p, nil, func(k, _ []byte) error {
 			if len(k) < 8 {
 				return fmt.Errorf("key %q is not a window start and a page", k)
 			}
@@ -438,3 +438,7 @@ func rwCheckExpired(c *cluster, held map[int][]int32, loadNewest int64) {
 		t.Logf("copies of partitions that moved away, kept for a later assignment and not expired meanwhile:\n%s", strings.Join(stale, "\n"))
 	}
 }
+
+// windowedTable is the example's windowed table, named as its declaration
+// names it (a generated worker renames it there).
+func windowedTable() string { return pageview.App().Tables[0].Name() }

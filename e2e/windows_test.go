@@ -74,12 +74,12 @@ func tumblingWindowCloses(t *testing.T, guarantee string) {
 
 	result := waitWindowResult(t, watch, kcatBin, b, page, start, size, grace)
 	checkWindowResult(t, result, page, start, size, views)
-	if n := sink.count("late_events", "table:views"); n != 0 {
+	if n := sink.count("late_events", "table:"+windowedTable()); n != 0 {
 		t.Errorf("late_events is %d before any late view, want 0", n)
 	}
 
 	lateView(t, w, kcatBin, b, page, sent[0].partition, start.Add(size/2), views+1)
-	if n := sink.waitCount(t, "late_events", "table:views", 1, 30*time.Second); n != 1 {
+	if n := sink.waitCount(t, "late_events", "table:"+windowedTable(), 1, 30*time.Second); n != 1 {
 		t.Errorf("late_events is %d after one late view, want 1", n)
 	}
 	// The flush that processed the late view has committed: had it changed
@@ -91,7 +91,7 @@ func tumblingWindowCloses(t *testing.T, guarantee string) {
 			b.topic+"-windows", len(got), page, result.Offset, describeResults(got))
 	}
 	checkWindowResult(t, got[0], page, start, size, views)
-	if n := sink.count("late_events", "table:views"); n != 1 {
+	if n := sink.count("late_events", "table:"+windowedTable()); n != 1 {
 		t.Errorf("late_events is %d at the end of the test, want 1", n)
 	}
 }
@@ -400,7 +400,7 @@ func newStatsdSink(t testing.TB) *statsdSink {
 func (s *statsdSink) port() string { return s.udpPort }
 
 // count adds up the count metric name of the worker's namespace
-// (pageviews.) over the lines tagged tag ("table:views").
+// (pageviews.) over the lines tagged tag ("table:"+windowedTable()).
 func (s *statsdSink) count(name, tag string) int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -446,3 +446,7 @@ func (s *statsdSink) waitCount(t testing.TB, name, tag string, want int64, timeo
 	}
 	return s.count(name, tag)
 }
+
+// windowedTable is the example's windowed table, named as its declaration
+// names it (a generated worker renames it there).
+func windowedTable() string { return pageview.App().Tables[0].Name() }

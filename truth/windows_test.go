@@ -380,7 +380,7 @@ func (s *scenario) windowsClosed(w *worker, src sourceViews, onTopic map[int32][
 		want[p] = int64(len(starts))
 	}
 	got := map[string]float64{}
-	for p, n := range w.sink.sumBy("windows_closed", "partition", map[string]string{"table": "views"}) {
+	for p, n := range w.sink.sumBy("windows_closed", "partition", map[string]string{"table": windowedTable()}) {
 		got[p] = float64(n)
 	}
 	s.check(allMatch(got, want) && len(got) == len(want), "windows_closed",
@@ -442,7 +442,7 @@ func (s *scenario) windowCloseLag(w *worker, recs []closedWindow, began time.Tim
 		due := time.UnixMilli(k.start).Add(windowSize + windowGrace)
 		bounds = append(bounds, float64((at.Sub(due)+windowLagMargin).Microseconds())/1000)
 	}
-	lags := values(w.sink.find("window_close_lag", map[string]string{"table": "views"}))
+	lags := values(w.sink.find("window_close_lag", map[string]string{"table": windowedTable()}))
 	slices.Sort(bounds)
 	slices.Sort(lags)
 	elapsed := float64(time.Since(began).Milliseconds())
@@ -476,7 +476,7 @@ func (s *scenario) windowsLate(w *worker, src sourceViews, onTime map[int32][][]
 		after[p] = h - int64(len(onTime[p]))
 	}
 	got := map[string]float64{}
-	for p, n := range k.sumBy("late_events", "partition", map[string]string{"table": "views"}) {
+	for p, n := range k.sumBy("late_events", "partition", map[string]string{"table": windowedTable()}) {
 		got[p] = float64(n)
 	}
 	s.check(allMatch(got, after) && total(after) == int64(late) && int64(sumMap(got)) == int64(late), "late_events",
@@ -489,4 +489,11 @@ func (s *scenario) windowsLate(w *worker, src sourceViews, onTime map[int32][][]
 		fmt.Sprintf("%d; %d", sent, closed))
 	s.check(k.sum("flush_failures", nil) == 0, "flush_failures", "0: no flush was retried (a retried flush closes its windows again)",
 		fmt.Sprint(k.sum("flush_failures", nil)))
+}
+
+// windowedTable is the example's windowed table, named as its declaration
+// names it.
+func windowedTable() string {
+	views, _ := tableNames()
+	return views
 }
