@@ -3,7 +3,6 @@ package faults
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -142,15 +141,3 @@ func isJSONError(body []byte) bool {
 	return json.Unmarshal(body, &e) == nil && e.Error != nil && *e.Error != ""
 }
 
-// errorsJoin keeps the first few distinct messages of errs, for failure
-// messages that would otherwise repeat one error thousands of times.
-func errorsJoin(errs map[string]int) error {
-	var out []error
-	for msg, n := range errs {
-		out = append(out, fmt.Errorf("%dx %s", n, msg))
-		if len(out) == 8 {
-			break
-		}
-	}
-	return errors.Join(out...)
-}
