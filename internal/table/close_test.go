@@ -242,3 +242,24 @@ func TestWindowsCloseFromTheStore(t *testing.T) {
 		t.Errorf("closing from the store emitted\n%q\nwant\n%q", got, want)
 	}
 }
+
+// A window that stream time closes and expires at once (a jump of event
+// time) is still closed, once, before it goes.
+func TestAWindowExpiringWithItsCloseIsClosedFirst(t *testing.T) {
+	db := newDB(t)
+	c := &clock{now: t0}
+	tb, _ := closing(t, db, fourSeconds, c)
+	updateAt(t, tb, 0, "/a", t0.Add(time.Second))
+	commitFlush(t, db, tb, 0, t0, 0)
+	updateAt(t, tb, 0, "/b", t0.Add(5*time.Minute)) // past end + grace and expiry (1m)
+	want := []string{"closed /a 16:00:00-16:00:04=1 @16:00:04"}
+	if got := emitted(commitFlush(t, db, tb, 0, t0, 1)); !slices.Equal(got, want) {
+		t.Errorf("the flush that expires the window emitted %q, want %q", got, want)
+	}
+	if got := scanWindow(t, tb, 0, t0ms); len(got) != 0 {
+		t.Errorf("the window is still readable after its expiry: %v", got)
+	}
+	if got := emitted(commitFlush(t, db, tb, 0, t0, 2)); got != nil {
+		t.Errorf("the next flush emitted %q", got)
+	}
+}

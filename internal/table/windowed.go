@@ -253,7 +253,9 @@ func (t *Windowed[V]) closeWindows(p int32, pt *part[V]) ([]Record, error) {
 	pt.closing = max(pt.closing, below)
 	var recs []Record
 	if c := t.onClose; c != nil {
-		from := max(pt.closed, t.win.FirstLive(pt.watermark)) // expired windows are gone
+		// Windows below the last expiry's cut-off are gone; a window that
+		// expires with this flush still closes first.
+		from := max(pt.closed, pt.expiredTo)
 		now := t.clock()
 		seen := map[int64]bool{}
 		var errs []error
