@@ -347,7 +347,7 @@ func (w *worker) startGroup(context.Context) error {
 	w.standby = &stream.Standby{
 		Replicas: cfg.StandbyReplicas, Self: w.self, Owners: w.directory.Owners, Tables: standbyTables,
 		Client: cs.admin, Restore: w.restore, DB: w.db,
-		Log: w.log.With("component", "standby"), Every: 2 * time.Second,
+		Log: w.log.With("component", "standby"), Every: 2 * time.Second, SweepEvery: sweepEvery(w.cfg),
 	}
 	return nil
 }
@@ -599,6 +599,19 @@ func (w *worker) run(ctx context.Context) error {
 	case <-time.After(w.cfg.ShutdownTimeout):
 		return fmt.Errorf("%w within SHUTDOWN_TIMEOUT=%s; exiting without it (the changelogs hold the state)", errAbandoned, w.cfg.ShutdownTimeout)
 	}
+}
+
+// sweepEvery is how often the worker deletes the expired windows of the
+// partitions it keeps in its store but no longer holds: half the shortest
+// WINDOW_EXPIRES, between a second and a minute; never without windows.
+func sweepEvery(cfg *config.Config) time.Duration {
+	var every time.Duration
+	for _, w := range cfg.Windows {
+		if d := min(max(w.Expires/2, time.Second), time.Minute); every == 0 || d < every {
+			every = d
+		}
+	}
+	return every
 }
 
 // errAbandoned ends a warm shutdown that ran out of time.

@@ -523,6 +523,23 @@ func upperBound(p []byte) []byte {
 	return nil
 }
 
+// Partitions lists the partitions of table that have a checkpoint in the
+// store, in order.
+func (d *DB) Partitions(table string) ([]int32, error) {
+	lo := append(append([]byte{kindMeta}, table...), 0)
+	it, err := d.pdb.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: upperBound(lo)})
+	if err != nil {
+		return nil, err
+	}
+	var out []int32
+	for ok := it.First(); ok; ok = it.Next() {
+		if k := it.Key(); len(k) == len(lo)+4 {
+			out = append(out, int32(binary.BigEndian.Uint32(k[len(lo):])))
+		}
+	}
+	return out, it.Close()
+}
+
 // WipePartition removes every value and the checkpoint of a table partition.
 func (d *DB) WipePartition(table string, partition int32) error {
 	b := d.NewBatch()

@@ -785,3 +785,27 @@ func TestOpenFailureThatIsNotCorruptionKeepsTheStore(t *testing.T) {
 		t.Errorf("store after the cause was removed: checkpoint %+v, %v; want offset 1250", cp, ok)
 	}
 }
+
+func TestPartitionsWithACheckpoint(t *testing.T) {
+	db := openDB(t, t.TempDir())
+	b := db.NewBatch()
+	for _, p := range []int32{7, 0, 300, math.MaxInt32} {
+		if err := b.SetCheckpoint("views", p, store.Checkpoint{Offset: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.SetCheckpoint("viewsx", 5, store.Checkpoint{Offset: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetData("views", 9, []byte("k"), []byte("v")); err != nil { // data without a checkpoint
+		t.Fatal(err)
+	}
+	commit(t, b)
+	got, err := db.Partitions("views")
+	if want := []int32{0, 7, 300, math.MaxInt32}; err != nil || !slices.Equal(got, want) {
+		t.Errorf("Partitions(views) = %v, %v; want %v", got, err, want)
+	}
+	if got, _ := db.Partitions("absent"); len(got) != 0 {
+		t.Errorf("Partitions(absent) = %v", got)
+	}
+}

@@ -39,6 +39,9 @@ type Standby struct {
 	Log     *slog.Logger
 	// Every is how often the standby set is recomputed.
 	Every time.Duration
+	// SweepEvery is how often the expired windows of the partitions held
+	// neither here nor as copies are deleted (sweep); 0 never.
+	SweepEvery time.Duration
 
 	mu      sync.Mutex
 	active  map[int32]bool // partitions the runtime processes here
@@ -54,17 +57,25 @@ type tailer struct {
 	done   chan struct{}
 }
 
-// Run keeps the standby set up to date until ctx ends.
+// Run keeps the standby set up to date, and sweeps the store, until ctx
+// ends.
 func (s *Standby) Run(ctx context.Context) error {
-	if s.Replicas <= 0 {
+	if s.Replicas <= 0 && s.SweepEvery <= 0 {
 		<-ctx.Done()
 		return nil
 	}
 	s.init()
 	t := time.NewTicker(s.Every)
 	defer t.Stop()
+	var swept time.Time
 	for {
-		s.reconcile(ctx)
+		if s.Replicas > 0 {
+			s.reconcile(ctx)
+		}
+		if s.SweepEvery > 0 && time.Since(swept) >= s.SweepEvery {
+			s.sweep(ctx)
+			swept = time.Now()
+		}
 		s.fatalMu.Lock()
 		fatal := s.fatal
 		s.fatalMu.Unlock()
@@ -102,7 +113,7 @@ func (s *Standby) init() {
 // standby copy of p stops (its last batch committed) and is not restarted
 // until Deactivate.
 func (s *Standby) Activate(p int32) {
-	if s == nil || s.Replicas <= 0 {
+	if s == nil {
 		return
 	}
 	s.init()
@@ -114,7 +125,7 @@ func (s *Standby) Activate(p int32) {
 
 // Deactivate is called by the runtime once it no longer processes p.
 func (s *Standby) Deactivate(p int32) {
-	if s == nil || s.Replicas <= 0 {
+	if s == nil {
 		return
 	}
 	s.init()

@@ -1,7 +1,9 @@
 package stream
 
 import (
+	"encoding/binary"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
@@ -91,5 +93,93 @@ func TestWallClockClosesOnlyWhatTheBrokerConfirms(t *testing.T) {
 	}
 	if _, err := views.Flush(0, wall); err != nil || views.DueAt(0, wall) {
 		t.Fatalf("after a flush (%v) the window is still open", err)
+	}
+}
+
+// The sweep deletes what a partition that moved away left in the store,
+// once its owner's stream time (the changelog's newest timestamp) has
+// expired it; a partition this worker processes is left alone.
+func TestSweepExpiresCopiesLeftBehind(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "views-changelog"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	cfg, err := kafka.NewConfig(kafka.Options{ClientID: "sweep-test", ManualTopics: map[string]bool{"views-changelog": true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := sarama.NewClient(cluster.ListenAddrs(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	start := time.Date(2026, 12, 4, 3, 0, 0, 0, time.UTC)
+	prod, err := sarama.NewSyncProducerFromClient(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	for p := range int32(2) { // the owners' last flush: stream time start+12m
+		if _, _, err := prod.SendMessage(&sarama.ProducerMessage{Topic: "views-changelog", Partition: p, Key: sarama.StringEncoder("x"),
+			Value: sarama.StringEncoder("1"), Timestamp: start.Add(12 * time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	restore, err := sarama.NewConsumerFromClient(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer restore.Close()
+
+	db, _, err := store.Open(t.TempDir(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	win := window.Hopping{Size: time.Minute, Expires: 5 * time.Minute}
+	left := table.NewWindowed("views", "views-changelog", table.Int64{}, db, win, func() time.Time { return start })
+	inc := func(v int64) int64 { return v + 1 }
+	for p := range int32(2) { // what this worker held: windows at start+4m and start+8m
+		if _, _, err := left.Assign(p); err != nil {
+			t.Fatal(err)
+		}
+		for _, at := range []time.Duration{4 * time.Minute, 8 * time.Minute} {
+			if _, err := left.Update(p, "/a", start.Add(at), inc); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := left.Flush(p, start); err != nil {
+			t.Fatal(err)
+		}
+		b := db.NewBatch()
+		if err := left.Write(p, b, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		left.Revoke(p)
+	}
+
+	copies := table.NewWindowed("views", "views-changelog", table.Int64{}, db, win, func() time.Time { return start })
+	s := &Standby{Tables: []Table{copies}, Client: client, Restore: restore, DB: db, Log: slog.New(slog.DiscardHandler), Every: time.Second}
+	s.init()
+	s.Activate(1) // processed here: not the sweep's
+	s.sweep(t.Context())
+
+	windows := func(p int32) []int64 {
+		var starts []int64
+		_ = db.Scan("views", p, nil, func(k, _ []byte) error {
+			starts = append(starts, int64(binary.BigEndian.Uint64(k)^(1<<63)))
+			return nil
+		})
+		return starts
+	}
+	if got, want := windows(0), []int64{start.Add(8 * time.Minute).UnixMilli()}; !slices.Equal(got, want) {
+		t.Errorf("partition 0, left behind: windows %v, want only the live one %v", got, want)
+	}
+	if got := windows(1); len(got) != 2 {
+		t.Errorf("partition 1, processed here: windows %v, want both kept", got)
 	}
 }

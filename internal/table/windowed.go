@@ -379,6 +379,25 @@ func (t *Windowed[V]) expire(p int32, pt *part[V], b *store.Batch) error {
 	return nil
 }
 
+// ExpireStale deletes from the store the windows of partition p, which
+// this worker does not hold, that have expired when the partition's stream
+// time is streamTime (Unix ms; its owner's, as its changelog records
+// carry it). A copy left behind by a partition that moved then holds no
+// expired window. It is safe whoever holds p meanwhile: what it deletes is
+// expired for every holder, whose stream time is at least streamTime, and
+// expired windows are never read.
+func (t *Windowed[V]) ExpireStale(p int32, streamTime int64) error {
+	if streamTime == 0 {
+		return nil
+	}
+	b := t.db.NewBatch()
+	if err := b.DeleteBelow(t.name, p, appendWindowKey(nil, t.win.FirstLive(streamTime), "")); err != nil {
+		b.Discard()
+		return err
+	}
+	return b.Commit()
+}
+
 // Write adds the last flush of partition p to batch b, together with the
 // range deletion of every expired window.
 func (t *Windowed[V]) Write(p int32, b *store.Batch, offset int64) error {
