@@ -60,15 +60,7 @@ func rate(n int64, d time.Duration) float64 { return float64(n) / max(d.Seconds(
 // cost of exactly-once.
 func TestEOSKill9(t *testing.T) {
 	needChaos(t)
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("FAULTS_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("FAULTS_SEED=%q: %v", s, err)
-		}
-		seed = v
-	}
-	t.Logf("seed %d (FAULTS_SEED=%d repeats the choice of workers to kill)", seed, seed)
+	seed := faultsSeed(t)
 
 	var results []*crashResult
 	for _, g := range []string{"exactly_once", "at_least_once"} {
@@ -105,6 +97,21 @@ func TestEOSKill9(t *testing.T) {
 			alo.kills, alo.overcount(), 100*float64(alo.overcount())/float64(max(alo.acked, 1)))
 	}
 	t.Log(b.String())
+}
+
+// faultsSeed is the seed of the choice of workers to kill: FAULTS_SEED,
+// or the clock's, logged so that a run can be repeated.
+func faultsSeed(t *testing.T) uint64 {
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("FAULTS_SEED"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("FAULTS_SEED=%q: %v", s, err)
+		}
+		seed = v
+	}
+	t.Logf("seed %d (FAULTS_SEED=%d repeats the choice of workers to kill)", seed, seed)
+	return seed
 }
 
 // crashRun fills res as it goes, so a failed run still shows its figures.

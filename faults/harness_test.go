@@ -140,4 +140,3 @@ func isJSONError(body []byte) bool {
 	}
 	return json.Unmarshal(body, &e) == nil && e.Error != nil && *e.Error != ""
 }
-

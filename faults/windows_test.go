@@ -56,15 +56,7 @@ type cwResult struct {
 // count; under at_least_once none is missing (duplicates are reported).
 func TestClosedWindowsKill9(t *testing.T) {
 	needChaos(t)
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("FAULTS_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("FAULTS_SEED=%q: %v", s, err)
-		}
-		seed = v
-	}
-	t.Logf("seed %d (FAULTS_SEED=%d repeats the choice of workers to kill)", seed, seed)
+	seed := faultsSeed(t)
 	var results []*cwResult
 	for _, g := range []string{"exactly_once", "at_least_once"} {
 		res := &cwResult{guarantee: g}

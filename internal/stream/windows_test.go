@@ -31,25 +31,7 @@ func (c staleClaim) Messages() <-chan *sarama.ConsumerMessage { return nil }
 // not the claim's last fetch, says nothing is left to process: records
 // that reached the broker while fetches stood still are not made late.
 func TestWallClockClosesOnlyWhatTheBrokerConfirms(t *testing.T) {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "views"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
-	cfg, err := kafka.NewConfig(kafka.Options{ClientID: "windows-test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := sarama.NewClient(cluster.ListenAddrs(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	prod, err := sarama.NewSyncProducerFromClient(client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prod.Close()
+	client, prod := kfakeClient(t, 1, "views")
 	for range 3 {
 		if _, _, err := prod.SendMessage(&sarama.ProducerMessage{Topic: "views", Key: sarama.StringEncoder("/a"), Value: sarama.StringEncoder("v")}); err != nil {
 			t.Fatal(err)
@@ -100,26 +82,8 @@ func TestWallClockClosesOnlyWhatTheBrokerConfirms(t *testing.T) {
 // once its owner's stream time (the changelog's newest timestamp) has
 // expired it; a partition this worker processes is left alone.
 func TestSweepExpiresCopiesLeftBehind(t *testing.T) {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "views-changelog"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
-	cfg, err := kafka.NewConfig(kafka.Options{ClientID: "sweep-test", ManualTopics: map[string]bool{"views-changelog": true}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := sarama.NewClient(cluster.ListenAddrs(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
+	client, prod := kfakeClient(t, 2, "views-changelog")
 	start := time.Date(2026, 12, 4, 3, 0, 0, 0, time.UTC)
-	prod, err := sarama.NewSyncProducerFromClient(client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prod.Close()
 	for p := range int32(2) { // the owners' last flush: stream time start+12m
 		if _, _, err := prod.SendMessage(&sarama.ProducerMessage{Topic: "views-changelog", Partition: p, Key: sarama.StringEncoder("x"),
 			Value: sarama.StringEncoder("1"), Timestamp: start.Add(12 * time.Minute)}); err != nil {
@@ -182,4 +146,30 @@ func TestSweepExpiresCopiesLeftBehind(t *testing.T) {
 	if got := windows(1); len(got) != 2 {
 		t.Errorf("partition 1, processed here: windows %v, want both kept", got)
 	}
+}
+
+// kfakeClient starts a kfake broker holding topic with partitions, and
+// returns a client of it and a producer that picks the partition given in
+// each record.
+func kfakeClient(t *testing.T, partitions int32, topic string) (sarama.Client, sarama.SyncProducer) {
+	t.Helper()
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	cfg, err := kafka.NewConfig(kafka.Options{ClientID: "windows-test", ManualTopics: map[string]bool{topic: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := sarama.NewClient(cluster.ListenAddrs(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prod, err := sarama.NewSyncProducerFromClient(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = prod.Close(); _ = client.Close() })
+	return client, prod
 }
