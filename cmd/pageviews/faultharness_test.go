@@ -429,6 +429,9 @@ func readTables(brokers []string, cfg *config.Config) (tableState, error) {
 		return st, err
 	}
 	for k, v := range views {
+		if k == "\x00closed" {
+			continue // the partition's closed-up-to point, not a window
+		}
 		i := strings.LastIndexByte(k, '|')
 		if i < 0 {
 			return st, fmt.Errorf("%s key %q has no window", app.Changelog(cfg.Group, viewsTable), k)
