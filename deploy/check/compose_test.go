@@ -238,6 +238,7 @@ func TestComposeKafka(t *testing.T) {
 		env(w, "KAFKA_GROUP") + "-views-changelog":  {"cleanup.policy=compact,delete"},
 		env(w, "KAFKA_GROUP") + "-totals-changelog": {"cleanup.policy=compact"},
 		env(w, "PAGE_VIEWS_TOPIC") + "-dlq":         nil,
+		env(w, "PAGE_VIEWS_TOPIC") + "-windows":     nil,
 	}
 	created := regexp.MustCompile(`--create[^\n]*--topic (\S+)((?:\\\n|[^\n])*)`).FindAllStringSubmatch(script, -1)
 	got := map[string]string{}

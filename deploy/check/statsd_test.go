@@ -28,8 +28,8 @@ func TestStatsdMapping(t *testing.T) {
 
 	// Every metric docs/metrics.md lists (the contract dashboards use) keeps
 	// its name, dots turned into underscores; timings become histograms in
-	// seconds, with hour-long buckets for rebalances, recoveries and
-	// assignments.
+	// seconds, with hour-long buckets for rebalances, recoveries,
+	// assignments and how late a window closes.
 	doc, err := os.ReadFile(filepath.Join(root, "docs/metrics.md"))
 	if err != nil {
 		t.Fatalf("docs/metrics.md lists the metrics the mapping must cover: %v", err)
@@ -42,7 +42,7 @@ func TestStatsdMapping(t *testing.T) {
 		"count": mapper.MetricTypeCounter, "gauge": mapper.MetricTypeGauge,
 		"timing": mapper.MetricTypeObserver, "histogram": mapper.MetricTypeObserver, "distribution": mapper.MetricTypeObserver,
 	}
-	long := regexp.MustCompile(`rebalance|recovery|assignment|shutdown`)
+	long := regexp.MustCompile(`rebalance|recovery|assignment|shutdown|window_close`)
 	for _, row := range rows {
 		metric, kind := "pageviews."+row[1], row[2]
 		typ, ok := types[kind]
