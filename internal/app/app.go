@@ -22,6 +22,7 @@ import (
 	"github.com/gofaust/pageviews/internal/config"
 	"github.com/gofaust/pageviews/internal/kafka"
 	"github.com/gofaust/pageviews/internal/metrics"
+	"github.com/gofaust/pageviews/internal/schema"
 	"github.com/gofaust/pageviews/internal/store"
 	"github.com/gofaust/pageviews/internal/stream"
 	"github.com/gofaust/pageviews/internal/table"
@@ -49,10 +50,29 @@ type App struct {
 }
 
 // Topic declares a topic whose name is a setting: the variable Var, with
-// the default Name.
+// the default Name. Codec, if set, is its records' codec (schema.NewCodec):
+// with a schema registry, the runtime binds it at start under the subject
+// <topic>-value, and it writes registry-framed Avro.
 type Topic struct {
 	Var, Name string
+	Codec     Codec
 }
+
+// Codec is a topic's codec as the runtime sees it (a *schema.Codec).
+type Codec interface {
+	Bind(ctx context.Context, reg *schema.Registry, subject string) (schema.Binding, error)
+	// Name is its record's name, for logs.
+	Name() string
+}
+
+// ValueCodec is a Codec that also encodes values given as any.
+type ValueCodec interface {
+	Codec
+	EncodeValue(v any) ([]byte, error)
+}
+
+// Subject is the registry subject of topic's values (TopicNameStrategy).
+func Subject(topic string) string { return topic + "-value" }
 
 // Spec is what the configuration needs to know of a: its name, its
 // topic's variable, its tables' windows and its own settings.
@@ -211,6 +231,7 @@ type Windowed[V any] struct {
 	codec   table.Codec[V]
 	win     Window
 	onClose func(key string, start, end time.Time, v V) any
+	emits   ValueCodec
 	active  *table.Windowed[V]
 }
 
@@ -241,6 +262,15 @@ func (t *Windowed[V]) OnClose(emit func(key string, start, end time.Time, v V) a
 	return t
 }
 
+// Emits declares the codec of the closed-window topic: what OnClose's emit
+// returns (nil, or a value of the codec's type) is encoded with it, as
+// registry-framed Avro under <topic>-windows-value when a registry is
+// configured, else as the codec's JSON.
+func (t *Windowed[V]) Emits(c ValueCodec) *Windowed[V] {
+	t.emits = c
+	return t
+}
+
 func (t *Windowed[V]) closes() bool { return t.onClose != nil }
 
 func (t *Windowed[V]) windowSpec() config.WindowSpec {
@@ -263,6 +293,9 @@ func (t *Windowed[V]) make(e *tableEnv, active bool) stream.Table {
 			case []byte:
 				return out, nil
 			default:
+				if t.emits != nil {
+					return t.emits.EncodeValue(out)
+				}
 				return json.Marshal(out)
 			}
 		}}
@@ -306,6 +339,23 @@ func outputs(a *App, cfg *config.Config) []kafka.Topic {
 	}
 	return out
 }
+
+// codecs are a's declared codecs by topic: the source's, and the
+// closed-window topic's.
+func codecs(a *App, cfg *config.Config) map[string]Codec {
+	out := map[string]Codec{}
+	if a.Source.Codec != nil {
+		out[cfg.Topic] = a.Source.Codec
+	}
+	for _, t := range a.Tables {
+		if e, ok := t.(interface{ emitsCodec() ValueCodec }); ok && e.emitsCodec() != nil {
+			out[cfg.WindowsTopic()] = e.emitsCodec()
+		}
+	}
+	return out
+}
+
+func (t *Windowed[V]) emitsCodec() ValueCodec { return t.emits }
 
 // closes reports whether a table of a declares OnClose.
 func closes(a *App) bool {

@@ -21,12 +21,14 @@ import (
 	"github.com/IBM/sarama"
 
 	"github.com/gofaust/pageviews/internal/config"
+	"github.com/gofaust/pageviews/internal/schema"
 	"github.com/gofaust/pageviews/internal/tracing"
 )
 
 // Main runs the worker of a as the process: it reads the settings from the
 // environment, handles signals, and exits with 0 after a clean stop, 2 for
-// a bad setting (one line naming it), 3 after a cold shutdown, 1 otherwise.
+// a bad setting or a schema its registry's latest version is incompatible
+// with (one line naming it), 3 after a cold shutdown, 1 otherwise.
 // version (set by the build) is the default of DD_VERSION.
 func Main(a *App, version string) {
 	if os.Getenv("GOGC") == "" {
@@ -46,10 +48,11 @@ func Main(a *App, version string) {
 	}
 	err := run(context.Background(), a, process{version: version, saramaLogger: true}, os.Args[1:], os.Getenv, os.Stdout)
 	var cerr *config.Error
+	var incompatible *schema.IncompatibleError
 	name := filepath.Base(os.Args[0])
 	switch {
 	case err == nil:
-	case errors.As(err, &cerr):
+	case errors.As(err, &cerr), errors.As(err, &incompatible):
 		fmt.Fprintln(os.Stderr, name+":", err)
 		os.Exit(2)
 	default:

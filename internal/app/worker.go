@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -24,8 +25,10 @@ import (
 
 	"github.com/gofaust/pageviews/internal/config"
 	"github.com/gofaust/pageviews/internal/devbroker"
+	"github.com/gofaust/pageviews/internal/devregistry"
 	"github.com/gofaust/pageviews/internal/kafka"
 	"github.com/gofaust/pageviews/internal/metrics"
+	"github.com/gofaust/pageviews/internal/schema"
 	"github.com/gofaust/pageviews/internal/store"
 	"github.com/gofaust/pageviews/internal/stream"
 	"github.com/gofaust/pageviews/internal/table"
@@ -70,11 +73,13 @@ func (w *worker) actors() []actor {
 		{"traces", w.startTraces, w.stopTraces}, // flushed last
 		// Its lock guards DATA_DIR, the dev broker's data too.
 		{"store", w.openStore, func() error { return w.db.Close() }},
-		{"dev broker", w.startBroker, w.stopBroker}, // when KAFKA_BROKERS is empty
+		{"dev broker", w.startBroker, w.stopBroker},       // when KAFKA_BROKERS is empty
+		{"dev registry", w.startRegistry, w.stopRegistry}, // with the dev broker, when SCHEMA_REGISTRY_URL is empty
 		{"metrics", w.startMetrics, func() error { return w.mc.Close() }},
 		{"tables", w.makeTables, nil},
 		// Before joining: the group learns the advertised URL.
 		{"http", w.listen, w.closeHTTP},
+		{"schemas", w.bindSchemas, nil}, // before any record is written or read
 		{"kafka clients", w.connect, func() error { return w.clients.close() }},
 		{"topics", w.createTopics, nil},
 		{"producer", w.startProducer, func() error { return w.producer.Close() }},
@@ -101,6 +106,8 @@ type worker struct {
 
 	traces      func(context.Context) error
 	broker      *devbroker.Broker
+	devRegistry *devregistry.Registry
+	registry    *schema.Registry // nil: no registry, plain JSON
 	ln          net.Listener
 	pprof       *http.Server
 	db          *store.DB
@@ -212,6 +219,73 @@ func (w *worker) stopBroker() error {
 	if w.broker != nil {
 		w.broker.Close()
 	}
+	return nil
+}
+
+func (w *worker) startRegistry(context.Context) error {
+	url, embedded := w.cfg.Registry()
+	if !embedded || len(codecs(w.a, w.cfg)) == 0 {
+		return nil
+	}
+	dir := filepath.Join(w.cfg.DataDir, "registry")
+	r, err := devregistry.Start(devregistry.Options{Addr: w.cfg.EmbeddedRegistry, DataDir: dir})
+	if err != nil {
+		return err
+	}
+	w.devRegistry = r
+	w.log.Warn("SCHEMA_REGISTRY_URL is empty: started the embedded dev schema registry; it is for development only",
+		"url", url, "data_dir", dir)
+	return nil
+}
+
+func (w *worker) stopRegistry() error {
+	if w.devRegistry != nil {
+		return w.devRegistry.Close()
+	}
+	return nil
+}
+
+// bindSchemas binds the app's codecs to the schema registry, if there is
+// one: each checks its schema against its subject's latest version, and
+// registers it when the subject lacks it. An incompatible schema stops the
+// worker (exit 2); a registry that does not answer is tried again.
+func (w *worker) bindSchemas(ctx context.Context) error {
+	cs := codecs(w.a, w.cfg)
+	url, _ := w.cfg.Registry()
+	if url == "" || len(cs) == 0 {
+		if len(cs) > 0 {
+			w.log.Info("no schema registry: records are written as JSON, and registry-framed ones are dead-lettered")
+		}
+		return nil
+	}
+	reg, err := schema.Connect(schema.Options{URL: url, Username: w.cfg.RegistryUser, Password: w.cfg.RegistryPassword, CAFile: w.cfg.RegistryCAFile})
+	if err != nil {
+		return err
+	}
+	for _, topic := range slices.Sorted(maps.Keys(cs)) {
+		subject := Subject(topic)
+		for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
+			b, err := cs[topic].Bind(ctx, reg, subject)
+			var incompatible *schema.IncompatibleError
+			if err == nil {
+				w.log.Info("schema bound", "subject", subject, "record", cs[topic].Name(), "id", b.ID, "version", b.Version,
+					"registered", b.Registered, "latest_before", b.Latest)
+				break
+			}
+			if errors.As(err, &incompatible) {
+				return err
+			}
+			w.front.Starting("waiting for the schema registry: " + err.Error())
+			w.log.Warn("schema registry unavailable; trying again", "subject", subject, "error", err)
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			}
+		}
+	}
+	w.front.Starting("connecting to Kafka")
+	w.registry = reg
 	return nil
 }
 
@@ -465,7 +539,7 @@ func (w *worker) schedule(context.Context) error {
 		}
 	}
 	sampler := &metrics.Sampler{
-		C: w.mc, Tables: stats, Store: w.db,
+		C: w.mc, Tables: stats, Store: w.db, Registry: w.registry,
 		Partitions: func() int { all, _ := state.Assigned(); return len(all) },
 		Standby:    func() int { return len(w.standby.Partitions()) },
 	}

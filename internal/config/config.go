@@ -48,7 +48,14 @@ type Config struct {
 	Brokers      []string // KAFKA_BROKERS; empty starts the embedded dev broker
 	EmbeddedAddr string   // EMBEDDED_KAFKA_ADDR
 	InstanceID   string   // KAFKA_INSTANCE_ID: static membership
-	Guarantee    Guarantee
+
+	// The schema registry. The password is never logged.
+	RegistryURL      string // SCHEMA_REGISTRY_URL; empty: the embedded dev registry with the embedded broker, else none
+	RegistryUser     string // SCHEMA_REGISTRY_USERNAME
+	RegistryPassword string // SCHEMA_REGISTRY_PASSWORD
+	RegistryCAFile   string // SCHEMA_REGISTRY_CA_FILE
+	EmbeddedRegistry string // EMBEDDED_REGISTRY_ADDR
+	Guarantee        Guarantee
 	// Rebalance is the group protocol: cooperative (incremental) or eager.
 	Rebalance      string        // KAFKA_REBALANCE_PROTOCOL
 	SessionTimeout time.Duration // KAFKA_SESSION_TIMEOUT
@@ -94,6 +101,18 @@ type Config struct {
 
 // Embedded reports whether the worker runs its own development broker.
 func (c *Config) Embedded() bool { return len(c.Brokers) == 0 }
+
+// Registry is the schema registry's URL and whether the worker serves it
+// itself (the embedded dev registry); an empty URL means none.
+func (c *Config) Registry() (url string, embedded bool) {
+	switch {
+	case c.RegistryURL != "":
+		return c.RegistryURL, false
+	case c.Embedded():
+		return "http://" + c.EmbeddedRegistry, true
+	}
+	return "", false
+}
 
 // WindowsTopic receives the results of closed windows.
 func (c *Config) WindowsTopic() string { return c.Topic + "-windows" }
@@ -185,6 +204,11 @@ func load(r *Reader, spec Spec) (*Config, error) {
 		Windows:            map[string]window.Hopping{},
 		Brokers:            r.list("KAFKA_BROKERS"),
 		EmbeddedAddr:       r.addr("EMBEDDED_KAFKA_ADDR", "127.0.0.1:9092"),
+		RegistryURL:        r.serviceURL("SCHEMA_REGISTRY_URL"),
+		RegistryUser:       r.str("SCHEMA_REGISTRY_USERNAME", ""),
+		RegistryPassword:   r.secret("SCHEMA_REGISTRY_PASSWORD"),
+		RegistryCAFile:     r.file("SCHEMA_REGISTRY_CA_FILE"),
+		EmbeddedRegistry:   r.addr("EMBEDDED_REGISTRY_ADDR", "127.0.0.1:8081"),
 		InstanceID:         r.str("KAFKA_INSTANCE_ID", ""),
 		Guarantee:          Guarantee(r.oneOf("PROCESSING_GUARANTEE", string(AtLeastOnce), string(AtLeastOnce), string(ExactlyOnce))),
 		Rebalance:          r.oneOf("KAFKA_REBALANCE_PROTOCOL", "cooperative", "cooperative", "eager"),
@@ -282,7 +306,7 @@ func (r *Reader) raw(name string, d time.Duration) string {
 }
 
 // LogValue renders the effective configuration for the start-up log line,
-// with the SASL password masked.
+// with the SASL and schema registry passwords masked.
 func (c *Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("service", c.Service),
@@ -295,6 +319,10 @@ func (c *Config) LogValue() slog.Value {
 		slog.Any("app", slog.GroupValue(c.App...)),
 		slog.String("brokers", strings.Join(c.Brokers, ",")),
 		slog.Bool("embedded_broker", c.Embedded()),
+		slog.String("schema_registry_url", c.RegistryURL),
+		slog.String("schema_registry_username", c.RegistryUser),
+		slog.String("schema_registry_password", mask(c.RegistryPassword)),
+		slog.String("schema_registry_ca_file", c.RegistryCAFile),
 		slog.String("instance_id", c.InstanceID),
 		slog.String("guarantee", string(c.Guarantee)),
 		slog.String("rebalance", c.Rebalance),
@@ -613,6 +641,21 @@ func (r *Reader) url(name string) string {
 	u, err := neturl.Parse(v)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
 		r.fail(name, v, "an absolute http(s) URL with no path, such as http://worker-0.worker:8088")
+		return ""
+	}
+	return strings.TrimSuffix(v, "/")
+}
+
+// serviceURL reads the base URL of a service; credentials have their own
+// variables, so that the URL can be logged.
+func (r *Reader) serviceURL(name string) string {
+	v := r.str(name, "")
+	if v == "" {
+		return ""
+	}
+	u, err := neturl.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" {
+		r.fail(name, "(not shown)", "an absolute http(s) URL without user info or query, such as https://registry.example.com:8081")
 		return ""
 	}
 	return strings.TrimSuffix(v, "/")

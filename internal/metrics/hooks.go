@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/gofaust/pageviews/internal/schema"
 	"github.com/gofaust/pageviews/internal/store"
 	"github.com/gofaust/pageviews/internal/table"
 )
@@ -169,9 +170,12 @@ type Sampler struct {
 	Store      interface{ Stats() store.Stats }
 	Partitions func() int
 	Standby    func() int
+	// Registry, if set, is the schema registry the codecs use.
+	Registry *schema.Registry
 
 	last    map[string]table.Stats
 	lastDB  store.Stats
+	lastReg schema.Stats
 	samples []metrics.Sample
 	lastGC  float64
 }
@@ -205,6 +209,9 @@ func (s *Sampler) Sample() {
 		s.C.Count(WriteStalls, st.WriteStalls-s.lastDB.WriteStalls)
 		s.lastDB = st
 	}
+	if s.Registry != nil {
+		s.sampleRegistry()
+	}
 	if s.Partitions != nil {
 		s.C.Gauge(PartitionsAssigned, float64(s.Partitions()))
 	}
@@ -219,6 +226,21 @@ func (s *Sampler) Sample() {
 		s.C.Gauge(GCPause, max(total-s.lastGC, 0))
 		s.lastGC = total
 	}
+}
+
+// sampleRegistry counts the registry's lookups, errors and cache hits,
+// and the records read per schema id, since the previous sample.
+func (s *Sampler) sampleRegistry() {
+	st, prev := s.Registry.Stats(), s.lastReg
+	s.C.Count(RegistryLookups, st.Lookups-prev.Lookups)
+	s.C.Count(RegistryErrors, st.Failures-prev.Failures)
+	s.C.Count(SchemaCacheHits, st.Hits-prev.Hits)
+	for id, n := range st.Records {
+		if d := n - prev.Records[id]; d > 0 || prev.Records == nil {
+			s.C.Count(SchemaRecords, d, Tag("schema_id", strconv.Itoa(id)))
+		}
+	}
+	s.lastReg = st
 }
 
 // histTotal approximates the sum of a runtime histogram from bucket bounds.

@@ -59,6 +59,14 @@ var (
 	StandbyPartitions      = def("standby_partitions", Gauge, "partitions this worker keeps standby copies of", "")
 )
 
+// Data models and the schema registry.
+var (
+	RegistryLookups = def("schema_registry_lookups", Count, "writer schemas fetched from the schema registry by id (cache misses)", "")
+	RegistryErrors  = def("schema_registry_errors", Count, "schema registry lookups that got no answer (unreachable, a server error): the record waits and is tried again", "")
+	SchemaCacheHits = def("schema_cache_hits", Count, "registry-framed records whose writer schema was already cached", "")
+	SchemaRecords   = def("schema_records", Count, "registry-framed records read, by writer schema id", "schema_id")
+)
+
 // Web, livecheck and runtime.
 var (
 	HTTPRequests     = def("http_requests", Count, "HTTP requests answered", "path", "status_code")

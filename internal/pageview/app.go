@@ -11,6 +11,7 @@ import (
 	"github.com/IBM/sarama"
 
 	"github.com/gofaust/pageviews/internal/app"
+	"github.com/gofaust/pageviews/internal/schema"
 	"github.com/gofaust/pageviews/internal/table"
 	"github.com/gofaust/pageviews/internal/web"
 )
@@ -29,23 +30,25 @@ const (
 // and their agent, closed windows' counts to <topic>-windows, /count/,
 // /report/, the livecheck and a crontab that logs a summary.
 func App() *app.App {
+	codec := NewCodec()
 	views := app.NewWindowed("views", table.Int64{}, app.Window{Var: "WINDOW", Size: time.Minute, Grace: 10 * time.Second, Expires: 5 * time.Minute}).
 		OnClose(func(page string, start, end time.Time, n int64) any { // a page's final count in a window
 			if strings.HasPrefix(page, ReservedPrefix) {
 				return nil // synthetic: never reported
 			}
-			return web.Ordered{"page", page, "window_start", start, "window_end", end, "count", n}
-		})
+			return WindowCount{Page: page, Start: start, End: end, Count: n}
+		}).
+		Emits(NewWindowCodec())
 	totals := app.NewPlain("totals", table.Int64{})
 	return &app.App{
 		Name:   "pageviews",
-		Source: app.Topic{Var: "PAGE_VIEWS_TOPIC", Name: Topic},
+		Source: app.Topic{Var: "PAGE_VIEWS_TOPIC", Name: Topic, Codec: codec},
 		Tables: []app.TableDecl{views, totals},
 		Start: func(s *app.Services) (app.Parts, error) {
 			tables := Tables{Views: views.Table(), Totals: totals.Table()}
-			p := &pages{s: s, reporter: NewReporter(s, tables)}
+			p := &pages{s: s, codec: codec, reporter: NewReporter(s, tables)}
 			return app.Parts{
-				Agent:     &Agent{Tables: tables, Clock: s.Clock, Late: s.Late("views")},
+				Agent:     &Agent{Tables: tables, Codec: codec, Clock: s.Clock, Late: s.Late("views")},
 				Pages:     []web.Page{{Path: "/count/", JSON: p.countPage}, {Path: "/report/", JSON: p.reportPage}},
 				Livecheck: app.ProbeOf(p.livecheck, p.livecheckCount),
 				Timers:    []app.Timer{{Name: "summary", Cron: "*/15 * * * *", Leader: true, Run: p.summary}},
@@ -57,6 +60,7 @@ func App() *app.App {
 // pages serve /count/ and /report/; the livecheck and the summary use them.
 type pages struct {
 	s        *app.Services
+	codec    *schema.Codec[PageView]
 	reporter *Reporter
 	n        atomic.Int64 // this process's count of the views it sent
 }
@@ -71,7 +75,11 @@ func (o *pages) publish(ctx context.Context, page, sender string) (int64, error)
 	} else {
 		pv.Count = o.n.Add(1)
 	}
-	m.Value = sarama.ByteEncoder(Encode(pv))
+	v, err := o.codec.Encode(pv)
+	if err != nil {
+		return 0, err
+	}
+	m.Value = sarama.ByteEncoder(v)
 	if _, _, err := o.s.Producer.SendAndWait(ctx, m); err != nil {
 		return 0, fmt.Errorf("publish page view: %w", err)
 	}

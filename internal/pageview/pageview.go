@@ -4,26 +4,66 @@
 package pageview
 
 import (
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 	"unsafe"
 
 	"github.com/gofaust/pageviews/internal/jsonscan"
+	"github.com/gofaust/pageviews/internal/schema"
 	"github.com/gofaust/pageviews/internal/stream"
 	"github.com/gofaust/pageviews/internal/table"
 	"github.com/gofaust/pageviews/internal/window"
 )
 
-// PageView is the value of a record on the page-views topic, keyed by page.
+// PageView is the value of a record on the page-views topic, keyed by page:
+// JSON, or Avro by the schema in pageview.avsc (NewCodec).
 type PageView struct {
-	Page string `json:"page"`
+	Page string `json:"page" avro:"page"`
 	// Count is the sender's in-memory counter when it sent the view.
-	Count int64 `json:"count"`
-	// Timestamp is the event time; the record timestamp is used when absent.
-	Timestamp time.Time `json:"timestamp,omitzero"`
+	Count int64 `json:"count" avro:"count"`
+	// Timestamp is the event time; the record timestamp is used when absent
+	// (JSON only: the Avro schema requires it).
+	Timestamp time.Time `json:"timestamp,omitzero" avro:"timestamp"`
+}
+
+// The Avro schemas of the records, registered under <topic>-value and
+// <topic>-windows-value when a schema registry is configured.
+var (
+	//go:embed pageview.avsc
+	pageViewSchema string
+	//go:embed window.avsc
+	windowSchema string
+)
+
+// NewCodec is the page-views topic's codec: registry-framed Avro once the
+// runtime bound it to a registry, JSON otherwise; it reads both. The Page
+// it decodes from JSON shares the record's memory: copy it to keep it.
+func NewCodec() *schema.Codec[PageView] {
+	return schema.NewCodec(pageViewSchema,
+		func(pv PageView) ([]byte, error) { return Encode(pv), nil },
+		func(b []byte) (PageView, error) { return parse(b, true) })
+}
+
+// WindowCount is a page's final count in a closed window: the value of a
+// record on the closed-window topic.
+type WindowCount struct {
+	Page  string    `json:"page" avro:"page"`
+	Start time.Time `json:"window_start" avro:"window_start"`
+	End   time.Time `json:"window_end" avro:"window_end"`
+	Count int64     `json:"count" avro:"count"`
+}
+
+// NewWindowCodec is the closed-window topic's codec.
+func NewWindowCodec() *schema.Codec[WindowCount] {
+	return schema.NewCodec(windowSchema, func(w WindowCount) ([]byte, error) { return json.Marshal(w) }, func(b []byte) (w WindowCount, err error) {
+		err = jsonscan.Unmarshal(b, &w)
+		return w, err
+	})
 }
 
 // MaxPageLen is the longest page a valid page view holds, in bytes.
@@ -38,25 +78,38 @@ var (
 
 // Decode parses and validates a PageView; now is the worker's clock, for
 // the future-timestamp check.
-func Decode(b []byte, now time.Time) (PageView, error) { return decode(b, now, false) }
+func Decode(b []byte, now time.Time) (PageView, error) {
+	pv, err := parse(b, false)
+	if err != nil {
+		return pv, err
+	}
+	return pv, validate(pv, now)
+}
 
-// decode is Decode whose Page, with borrow, shares b's memory (the agent's).
-func decode(b []byte, now time.Time, borrow bool) (pv PageView, err error) {
+// parse reads a JSON PageView; with borrow, its Page shares b's memory.
+func parse(b []byte, borrow bool) (pv PageView, err error) {
 	pv, ok := decodeFast(b, borrow)
 	if !ok {
 		if pv, err = decodeJSON(b); err != nil {
 			return pv, fmt.Errorf("decode page view: %w", err)
 		}
 	}
+	return pv, nil
+}
+
+// validate checks what every page view must hold, however it was encoded.
+func validate(pv PageView, now time.Time) error {
 	switch {
 	case pv.Page == "":
-		return pv, ErrNoPage
+		return ErrNoPage
 	case len(pv.Page) > MaxPageLen:
-		return pv, ErrPageTooLong
+		return ErrPageTooLong
+	case !utf8.ValidString(pv.Page):
+		return ErrNotUTF8
 	case !pv.Timestamp.IsZero():
-		return pv, window.CheckTime(pv.Timestamp, now)
+		return window.CheckTime(pv.Timestamp, now)
 	}
-	return pv, nil
+	return nil
 }
 
 // decodeFast reads the common shape of a PageView (jsonscan); ok is false
@@ -109,6 +162,7 @@ type Tables struct {
 // Agent counts page views. It implements stream.Handler.
 type Agent struct {
 	Tables
+	Codec *schema.Codec[PageView] // nil: JSON only
 	Clock func() time.Time
 	Late  func(*stream.Event) // a view for a closed window (it still counts in totals)
 }
@@ -121,9 +175,9 @@ func (a *Agent) Handle(ev *stream.Event) error {
 	if now.IsZero() {
 		now = a.Clock()
 	}
-	pv, err := decode(ev.Value, now, true)
+	pv, err := a.decode(ev.Value, now)
 	if err != nil {
-		return fmt.Errorf("%w: %w", stream.ErrInvalid, err)
+		return err
 	}
 	if _, synthetic := ev.Header(SyntheticHeader); strings.HasPrefix(pv.Page, ReservedPrefix) && !synthetic {
 		return fmt.Errorf("%w: page %q is reserved for synthetic views, and the record has no %s header", stream.ErrInvalid, pv.Page, SyntheticHeader)
@@ -143,6 +197,23 @@ func (a *Agent) Handle(ev *stream.Event) error {
 		a.Late(ev)
 	}
 	return a.Totals.Update(ev.Partition, pv.Page, inc)
+}
+
+// decode reads and checks a view; errors wrap stream.ErrInvalid, or
+// stream.ErrUnavailable while the schema registry does not answer.
+func (a *Agent) decode(b []byte, now time.Time) (pv PageView, err error) {
+	if a.Codec != nil {
+		pv, err = a.Codec.Decode(b)
+	} else {
+		pv, err = parse(b, true)
+	}
+	if err == nil {
+		err = validate(pv, now)
+	}
+	if err != nil && !errors.Is(err, stream.ErrUnavailable) && !errors.Is(err, stream.ErrInvalid) {
+		err = fmt.Errorf("%w: %w", stream.ErrInvalid, err)
+	}
+	return pv, err
 }
 
 // The seed's report texts, and the count from which a page is trending.

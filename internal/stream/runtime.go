@@ -288,6 +288,10 @@ type partitionWorker struct {
 	pos        *position // what samples read of last, flushed and lastTS
 	now        time.Time // the clock when the current batch was taken
 	ev         Event
+	// blocked is a record that met ErrUnavailable (blockedErr): await
+	// tries it again.
+	blocked    *sarama.ConsumerMessage
+	blockedErr error
 }
 
 func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
@@ -385,6 +389,17 @@ func (w *partitionWorker) loop(ctx context.Context, msgs <-chan *sarama.Consumer
 			revoked, err := w.take(m, ok, msgs)
 			if err != nil {
 				return err
+			}
+			if !revoked && w.blocked != nil {
+				// What came before the record is committed, so a long
+				// wait holds no open transaction or unflushed state.
+				if err := commit(); err != nil {
+					return err
+				}
+				revoked, err = w.await(ctx, msgs)
+				if err != nil {
+					return err
+				}
 			}
 			if revoked {
 				return w.stop(ctx)
@@ -512,6 +527,10 @@ func (w *partitionWorker) take(m *sarama.ConsumerMessage, ok bool, msgs <-chan *
 			return true, nil
 		}
 		if err := w.process(m); err != nil {
+			if errors.Is(err, ErrUnavailable) {
+				w.blocked, w.blockedErr = m, err
+				return false, nil
+			}
 			return false, err
 		}
 		if drained == 1024 {
@@ -523,6 +542,72 @@ func (w *partitionWorker) take(m *sarama.ConsumerMessage, ok bool, msgs <-chan *
 			return false, nil
 		}
 	}
+}
+
+// Backoff of a record that meets ErrUnavailable.
+const (
+	awaitFirst = 100 * time.Millisecond
+	awaitMax   = 5 * time.Second
+)
+
+// await tries the blocked record again with backoff until it goes through,
+// then what arrived behind it, in order. The partition is paused meanwhile,
+// so what it buffers is bounded, and its Messages channel is still read:
+// its closing tells a revocation, which ends the wait with revoked (the
+// blocked record and those behind it are not committed, and the next owner
+// processes them). The session ending ends it too.
+func (w *partitionWorker) await(ctx context.Context, msgs <-chan *sarama.ConsumerMessage) (revoked bool, err error) {
+	r := w.r
+	topic := map[string][]int32{r.o.Topic: {w.p}}
+	r.o.Group.Pause(topic)
+	defer r.o.Group.Resume(topic)
+	defer r.o.State.waiting(w.p, nil)
+	queue := []*sarama.ConsumerMessage{w.blocked}
+	cause := w.blockedErr
+	w.blocked, w.blockedErr = nil, nil
+	backoff, tries := awaitFirst, 0
+	for len(queue) > 0 {
+		if cause == nil {
+			w.now = r.o.Clock()
+			if cause = w.process(queue[0]); cause == nil {
+				queue = queue[1:]
+				w.pos.next.Store(w.last + 1)
+				continue
+			}
+			if !errors.Is(cause, ErrUnavailable) {
+				return false, cause
+			}
+		}
+		if tries%20 == 0 {
+			w.log.Warn("record waits for an unavailable service; trying again", "offset", queue[0].Offset, "attempt", tries+1, "error", cause)
+		}
+		r.o.State.waiting(w.p, cause)
+		tries++
+		timer := time.NewTimer(backoff)
+	wait:
+		for {
+			select {
+			case m, ok := <-msgs:
+				if !ok {
+					timer.Stop()
+					return true, nil
+				}
+				queue = append(queue, m)
+				continue wait
+			case <-timer.C:
+			case <-ctx.Done():
+				timer.Stop()
+				return true, nil
+			}
+			break
+		}
+		backoff = min(2*backoff, awaitMax)
+		cause = nil
+	}
+	if tries > 0 {
+		w.log.Info("service available again: the partition goes on", "attempts", tries+1)
+	}
+	return false, nil
 }
 
 // stop ends processing when the session ends or the partition is revoked.

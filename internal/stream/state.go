@@ -93,7 +93,7 @@ type PartitionState struct {
 	Remaining  int64 // changelog records left to replay
 	Since      time.Time
 	Stalled    error // why the partition cannot commit right now
-	Waiting    error // why its recovery is not making progress right now
+	Waiting    error // why its recovery, or its next record, is not making progress right now
 	// Beat is when the partition's loop last made progress. Pending counts
 	// records fetched and waiting for the loop; the fetcher fills it
 	// whatever the loop does. pos is how far the loop got (Sample).
@@ -216,6 +216,11 @@ func (s *State) Ready() (ready bool, reason string) {
 			return false, "recovering"
 		}
 	}
+	for p, ps := range s.parts {
+		if ps.Waiting != nil {
+			return false, fmt.Sprintf("partition %d waits: %v", p, ps.Waiting)
+		}
+	}
 	return true, ""
 }
 
@@ -267,12 +272,13 @@ func (s *State) stall(p int32, err error) {
 	s.mu.Unlock()
 }
 
-// waiting records why partition p's recovery waits (err), or that it goes
-// on again (nil).
+// waiting records why partition p's recovery or processing waits (err),
+// or that it goes on again (nil). A wait counts as progress for Live.
 func (s *State) waiting(p int32, err error) {
 	s.mu.Lock()
 	if ps := s.parts[p]; ps != nil {
 		ps.Waiting = err
+		ps.Beat = time.Now()
 	}
 	s.mu.Unlock()
 }

@@ -101,8 +101,9 @@ func (ev *Event) Header(key string) ([]byte, bool) {
 // Handler is the agent: it processes one event, updating tables of the
 // event's partition. The Event is only valid during the call.
 // An error wrapping ErrInvalid sends the record to the
-// dead-letter topic and processing goes on; any other error stops the
-// partition.
+// dead-letter topic and processing goes on; one wrapping ErrUnavailable
+// makes the partition wait and try the record again; any other error stops
+// the partition.
 type Handler interface {
 	Handle(ev *Event) error
 }
@@ -116,6 +117,13 @@ func (f HandlerFunc) Handle(ev *Event) error { return f(ev) }
 // ErrInvalid marks a record that can never be processed (poison): it is
 // dead-lettered instead of retried.
 var ErrInvalid = errors.New("invalid record")
+
+// ErrUnavailable marks a record that cannot be processed yet because a
+// service it needs does not answer (a schema registry): the partition stops
+// fetching and tries the record again with backoff until it goes through,
+// and the worker is not ready meanwhile, the error as the reason. The
+// handler must return it before it changed any table.
+var ErrUnavailable = errors.New("a service the record needs is unavailable")
 
 // Table is what the runtime needs of a table to recover, flush and release
 // its partitions. table.Table and table.Windowed implement it.
