@@ -106,6 +106,9 @@ func (c *Codec[T]) Decode(b []byte) (T, error) {
 	if err != nil {
 		return v, err
 	}
+	if len(b) == 5 {
+		return v, fmt.Errorf("%w: a registry-framed record of schema id %d with no body", stream.ErrInvalid, id)
+	}
 	if err := avro.Unmarshal(res.schema, b[5:], &v); err != nil {
 		return v, fmt.Errorf("%w: the Avro body does not match schema id %d: %w", stream.ErrInvalid, id, err)
 	}
@@ -187,6 +190,9 @@ func (c *Codec[T]) Bind(ctx context.Context, reg *Registry, subject string) (Bin
 			err = c.compat.Compatible(c.reader, w)
 		}
 		if err != nil {
+			if w != nil {
+				err = c.explain(c.reader, w, "", err)
+			}
 			return bd, &IncompatibleError{Subject: subject, Name: c.Name(), Own: own.Version, Latest: latest.Version, LatestID: latest.ID, Cause: err}
 		}
 	}
@@ -201,4 +207,32 @@ func (c *Codec[T]) Bind(ctx context.Context, reg *Registry, subject string) (Bin
 	binary.BigEndian.PutUint32(b.header[1:], uint32(own.ID))
 	c.bound.Store(b)
 	return bd, nil
+}
+
+// explain finds the first field of reader that cannot read writer's, to
+// name it in err; path is the fields above it.
+func (c *Codec[T]) explain(reader, writer avro.Schema, path string, err error) error {
+	r, ok1 := reader.(*avro.RecordSchema)
+	w, ok2 := writer.(*avro.RecordSchema)
+	if !ok1 || !ok2 {
+		return err
+	}
+	written := map[string]*avro.Field{}
+	for _, f := range w.Fields() {
+		written[f.Name()] = f
+	}
+	for _, f := range r.Fields() {
+		name := path + f.Name()
+		wf, ok := written[f.Name()]
+		if !ok {
+			if !f.HasDefault() {
+				return fmt.Errorf("field %s: the latest version does not have it, and this worker's schema gives it no default", name)
+			}
+			continue
+		}
+		if ferr := c.compat.Compatible(f.Type(), wf.Type()); ferr != nil {
+			return c.explain(f.Type(), wf.Type(), name+".", fmt.Errorf("field %s: %w", name, ferr))
+		}
+	}
+	return err
 }
