@@ -198,12 +198,13 @@ func startRun(t *testing.T) string {
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, nil, env(map[string]string{
-			"WEB_ADDR":            "127.0.0.1:0",
-			"EMBEDDED_KAFKA_ADDR": "127.0.0.1:0",
-			"DATA_DIR":            dataDir,
-			"WINDOW_SIZE":         "24h",
-			"WINDOW_EXPIRES":      "48h",
-			"COMMIT_INTERVAL":     "100ms",
+			"WEB_ADDR":               "127.0.0.1:0",
+			"EMBEDDED_KAFKA_ADDR":    "127.0.0.1:0",
+			"EMBEDDED_REGISTRY_ADDR": "127.0.0.1:0",
+			"DATA_DIR":               dataDir,
+			"WINDOW_SIZE":            "24h",
+			"WINDOW_EXPIRES":         "48h",
+			"COMMIT_INTERVAL":        "100ms",
 		}), logs)
 	}()
 	t.Cleanup(func() {
@@ -313,9 +314,10 @@ func TestRunRefusesALockedDataDir(t *testing.T) {
 	}
 	dataDir := t.TempDir()
 	cfg := map[string]string{
-		"WEB_ADDR":            "127.0.0.1:0",
-		"EMBEDDED_KAFKA_ADDR": "127.0.0.1:0",
-		"DATA_DIR":            dataDir,
+		"WEB_ADDR":               "127.0.0.1:0",
+		"EMBEDDED_KAFKA_ADDR":    "127.0.0.1:0",
+		"EMBEDDED_REGISTRY_ADDR": "127.0.0.1:0",
+		"DATA_DIR":               dataDir,
 	}
 	logs := newLineWatcher()
 	ctx, cancel := context.WithCancel(context.Background())

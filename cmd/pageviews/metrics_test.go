@@ -14,6 +14,7 @@ import (
 	"github.com/IBM/sarama"
 
 	"github.com/gofaust/pageviews/internal/app"
+	"github.com/gofaust/pageviews/internal/devregistry"
 	"github.com/gofaust/pageviews/internal/kafka"
 	"github.com/gofaust/pageviews/internal/metrics"
 	"github.com/gofaust/pageviews/internal/pageview"
@@ -160,6 +161,18 @@ func (s *statsdSink) undeclared(namespace string) []string {
 	return out
 }
 
+// startRegistry serves a schema registry (the dev registry, in memory) on
+// a loopback port for the test, and returns its URL.
+func startRegistry(t *testing.T) string {
+	t.Helper()
+	r, err := devregistry.Start(devregistry.Options{Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	return r.URL()
+}
+
 // TestEveryMetricEmitted runs a scripted scenario (counts, a bad record, a
 // late view, window expiry, a second worker joining and leaving, recovery,
 // livechecks) against a real UDP listener, and checks that every metric in
@@ -170,9 +183,11 @@ func TestEveryMetricEmitted(t *testing.T) {
 	}
 	sink := newStatsdSink(t)
 	brokers := startDevBroker(t)
+	registry := startRegistry(t)
 	vars := func() map[string]string {
 		return map[string]string{
 			"KAFKA_BROKERS":          brokers,
+			"SCHEMA_REGISTRY_URL":    registry,
 			"WEB_ADDR":               "127.0.0.1:0",
 			"DATA_DIR":               t.TempDir(),
 			"COMMIT_INTERVAL":        "100ms",

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -262,6 +263,100 @@ func TestComposeKafka(t *testing.T) {
 	}
 	if len(got) != len(want) {
 		t.Errorf("topics creates %d topics, want %d: %v", len(got), len(want), got)
+	}
+}
+
+// TestComposeSchemaRegistry checks the schema registry the workers use:
+// Confluent's image at a pinned version, its schemas stored in this file's
+// Kafka, a healthcheck on its API, its port published on loopback only and
+// clear of the dev registry of `make run`, and every worker pointed at it and
+// waiting until it is healthy (a worker refuses to start without it).
+func TestComposeSchemaRegistry(t *testing.T) {
+	p := loadCompose(t)
+	const name = "schema-registry"
+	sr := service(t, p, name)
+	if !regexp.MustCompile(`^confluentinc/cp-schema-registry:[78]\.\d+\.\d+$`).MatchString(sr.Image) {
+		t.Errorf("%s image %q: want confluentinc/cp-schema-registry:<7.x or 8.x>, a pinned version", name, sr.Image)
+	}
+	if env(sr, "SCHEMA_REGISTRY_HOST_NAME") == "" {
+		t.Errorf("%s: SCHEMA_REGISTRY_HOST_NAME is empty", name)
+	}
+	if d, ok := sr.DependsOn["kafka"]; !ok || d.Condition != "service_healthy" {
+		t.Errorf("%s must wait for a healthy kafka", name)
+	}
+	// The registry stores its schemas in the broker the workers use, on the
+	// same listener.
+	brokers := map[string]bool{}
+	for _, b := range strings.Split(env(service(t, p, "worker-1"), "KAFKA_BROKERS"), ",") {
+		brokers[strings.TrimSpace(b)] = true
+	}
+	store := env(sr, "SCHEMA_REGISTRY_KAFKASTORE_BOOTSTRAP_SERVERS")
+	for _, b := range strings.Split(store, ",") {
+		b = strings.TrimSpace(b)
+		if _, addr, ok := strings.Cut(b, "://"); ok {
+			b = addr
+		}
+		if !brokers[b] {
+			t.Errorf("%s: SCHEMA_REGISTRY_KAFKASTORE_BOOTSTRAP_SERVERS=%q names %q, not a broker of the workers' KAFKA_BROKERS", name, store, b)
+		}
+	}
+	// The ports it listens on.
+	listens := map[string]bool{}
+	for _, l := range strings.Split(env(sr, "SCHEMA_REGISTRY_LISTENERS"), ",") {
+		u, err := url.Parse(strings.TrimSpace(l))
+		if err != nil || u.Scheme != "http" || u.Port() == "" {
+			t.Errorf("%s: SCHEMA_REGISTRY_LISTENERS entry %q: want http://<host>:<port>", name, l)
+			continue
+		}
+		listens[u.Port()] = true
+	}
+	checkRegistryHealthcheck(t, name, sr, listens)
+	if len(sr.Ports) == 0 {
+		t.Errorf("%s publishes no port: the host cannot reach it", name)
+	}
+	for _, port := range sr.Ports {
+		if port.HostIP != "127.0.0.1" {
+			t.Errorf("%s publishes %s on %q: bind it to 127.0.0.1 only", name, port.Published, port.HostIP)
+		}
+		if !listens[strconv.Itoa(int(port.Target))] {
+			t.Errorf("%s publishes container port %d, where it does not listen", name, port.Target)
+		}
+		// `make run` serves its dev registry on 127.0.0.1:8081
+		// (EMBEDDED_REGISTRY_ADDR).
+		if port.Published == "8081" {
+			t.Errorf("%s publishes host port 8081, which the embedded dev registry of `make run` uses", name)
+		}
+	}
+	for _, w := range []string{"worker-1", "worker-2"} {
+		s := service(t, p, w)
+		raw := env(s, "SCHEMA_REGISTRY_URL")
+		u, err := url.Parse(raw)
+		if err != nil || u.Scheme != "http" || (u.Hostname() != name && u.Hostname() != sr.Hostname) || !listens[u.Port()] {
+			t.Errorf("%s: SCHEMA_REGISTRY_URL=%q, want http://%s:<a port of SCHEMA_REGISTRY_LISTENERS>", w, raw, name)
+		}
+		if d, ok := s.DependsOn[name]; !ok || d.Condition != "service_healthy" {
+			t.Errorf("%s: want depends_on %s with condition service_healthy", w, name)
+		}
+	}
+}
+
+// checkRegistryHealthcheck checks that the registry's healthcheck asks its
+// API for the subjects, on a port it listens on: it answers only once it has
+// read its schemas from Kafka.
+func checkRegistryHealthcheck(t *testing.T, name string, sr types.ServiceConfig, listens map[string]bool) {
+	if sr.HealthCheck == nil || len(sr.HealthCheck.Test) == 0 {
+		t.Errorf("%s has no healthcheck: the workers cannot wait for it", name)
+		return
+	}
+	probed := false
+	for _, arg := range sr.HealthCheck.Test {
+		for _, f := range strings.Fields(arg) {
+			u, err := url.Parse(f)
+			probed = probed || (err == nil && u.Scheme == "http" && listens[u.Port()] && u.Path == "/subjects")
+		}
+	}
+	if !probed {
+		t.Errorf("%s: the healthcheck %q does not request /subjects on a port of SCHEMA_REGISTRY_LISTENERS", name, sr.HealthCheck.Test)
 	}
 }
 

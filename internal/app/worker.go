@@ -223,8 +223,7 @@ func (w *worker) stopBroker() error {
 }
 
 func (w *worker) startRegistry(context.Context) error {
-	url, embedded := w.cfg.Registry()
-	if !embedded || len(codecs(w.a, w.cfg)) == 0 {
+	if _, embedded := w.cfg.Registry(); !embedded || len(codecs(w.a, w.cfg)) == 0 {
 		return nil
 	}
 	dir := filepath.Join(w.cfg.DataDir, "registry")
@@ -234,7 +233,7 @@ func (w *worker) startRegistry(context.Context) error {
 	}
 	w.devRegistry = r
 	w.log.Warn("SCHEMA_REGISTRY_URL is empty: started the embedded dev schema registry; it is for development only",
-		"url", url, "data_dir", dir)
+		"url", r.URL(), "data_dir", dir)
 	return nil
 }
 
@@ -252,6 +251,9 @@ func (w *worker) stopRegistry() error {
 func (w *worker) bindSchemas(ctx context.Context) error {
 	cs := codecs(w.a, w.cfg)
 	url, _ := w.cfg.Registry()
+	if w.devRegistry != nil {
+		url = w.devRegistry.URL() // the port it got
+	}
 	if url == "" || len(cs) == 0 {
 		if len(cs) > 0 {
 			w.log.Info("no schema registry: records are written as JSON, and registry-framed ones are dead-lettered")
@@ -275,12 +277,15 @@ func (w *worker) bindSchemas(ctx context.Context) error {
 			if errors.As(err, &incompatible) {
 				return err
 			}
+			if ctx.Err() != nil {
+				return fmt.Errorf("%w while waiting for the schema registry", errStartInterrupted)
+			}
 			w.front.Starting("waiting for the schema registry: " + err.Error())
 			w.log.Warn("schema registry unavailable; trying again", "subject", subject, "error", err)
 			select {
 			case <-time.After(backoff):
 			case <-ctx.Done():
-				return context.Cause(ctx)
+				return fmt.Errorf("%w while waiting for the schema registry", errStartInterrupted)
 			}
 		}
 	}

@@ -33,10 +33,13 @@ type Worker struct {
 // harness reads, and a SHUTDOWN_TIMEOUT that Stop waits for.
 func WorkerEnv(dataDir string, extra ...map[string]string) map[string]string {
 	env := map[string]string{
-		"WEB_ADDR":         "127.0.0.1:0",
-		"DATA_DIR":         dataDir,
-		"LOG_FORMAT":       "json",
-		"SHUTDOWN_TIMEOUT": "20s",
+		"WEB_ADDR": "127.0.0.1:0",
+		// With the embedded broker, the embedded registry on a port of
+		// its own (workers of a test run side by side).
+		"EMBEDDED_REGISTRY_ADDR": "127.0.0.1:0",
+		"DATA_DIR":               dataDir,
+		"LOG_FORMAT":             "json",
+		"SHUTDOWN_TIMEOUT":       "20s",
 	}
 	for _, e := range extra {
 		maps.Copy(env, e)

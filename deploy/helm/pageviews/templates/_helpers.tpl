@@ -145,6 +145,53 @@ short.
 /etc/pageviews/kafka-tls
 {{- end }}
 
+{{/*
+The schema registry. The chart makes its own Secret (credentials, CA bundle)
+from values only for what no Secret of yours provides. Settings that need a
+URL fail without one, rather than doing nothing.
+*/}}
+{{- define "pageviews.registrySecretName" -}}
+{{- printf "%s-schema-registry" (include "pageviews.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* "true" when the worker sends basic-auth credentials to the registry. */}}
+{{- define "pageviews.registryAuth" -}}
+{{- $r := .Values.schemaRegistry }}
+{{- if or $r.existingSecret $r.username $r.password }}
+{{- if not $r.url }}
+{{- fail "schemaRegistry: credentials are set but schemaRegistry.url is empty" }}
+{{- end }}
+{{- if and (not $r.existingSecret) (not (and $r.username $r.password)) }}
+{{- fail "schemaRegistry.username and schemaRegistry.password: set both, or give schemaRegistry.existingSecret" }}
+{{- end -}}
+true
+{{- end }}
+{{- end }}
+
+{{/* "true" when a CA bundle for the registry is mounted. */}}
+{{- define "pageviews.registryHasCA" -}}
+{{- $r := .Values.schemaRegistry }}
+{{- if or $r.caSecret $r.ca }}
+{{- if not (hasPrefix "https://" $r.url) }}
+{{- fail (printf "schemaRegistry: a CA bundle is set (caSecret or ca) but schemaRegistry.url=%q is not an https URL" $r.url) }}
+{{- end -}}
+true
+{{- end }}
+{{- end }}
+
+{{/* "true" when the chart itself creates the schema registry Secret. */}}
+{{- define "pageviews.createRegistrySecret" -}}
+{{- $r := .Values.schemaRegistry }}
+{{- $madeAuth := and (include "pageviews.registryAuth" .) (not $r.existingSecret) }}
+{{- $madeCA := and (include "pageviews.registryHasCA" .) (not $r.caSecret) }}
+{{- if or $madeAuth $madeCA }}true{{ end }}
+{{- end }}
+
+{{/* Where the registry's CA bundle appears inside the worker container. */}}
+{{- define "pageviews.registryCADir" -}}
+/etc/pageviews/schema-registry-tls
+{{- end }}
+
 {{/* The statsd_exporter sidecar's Unix socket, when the worker sends over one. */}}
 {{- define "pageviews.dsdSocket" -}}
 {{- printf "%s/dsd.socket" (trimSuffix "/" .Values.datadog.uds.socketDir) }}
