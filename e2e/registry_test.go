@@ -179,6 +179,7 @@ func TestRegistryIncompatible(t *testing.T) {
 	if !strings.HasPrefix(lines[0], want) || len(lines[0]) == len(want) {
 		t.Fatalf("stderr line\n  %s\nwant it to start with\n  %s\nand name the cause", lines[0], want)
 	}
+	t.Logf("stderr: %s", lines[0])
 	if s, ok := rs.reg.GetSchema(subject, bad+1); ok {
 		t.Errorf("the worker registered version %d (id %d) in %s", s.Version, s.ID, subject)
 	}
@@ -261,6 +262,7 @@ func TestRegistryOutage(t *testing.T) {
 	t.Logf("the registry at %s is down", rs.url())
 	produce(t, p, avroViews(t, b.topic, v2, pageViewV2Schema, "/v2", during, pages, want, pageViewWithReferrer))
 	reason := waitNotReady(t, w, 60*time.Second)
+	t.Logf("/ready/ while the registry is down: %s", reason)
 	for _, s := range []string{"waits", rs.url()} {
 		if !strings.Contains(reason, s) {
 			t.Errorf("/ready/ reason %q does not say %q", reason, s)

@@ -2,6 +2,7 @@ package check
 
 import (
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -95,6 +96,7 @@ func TestChart(t *testing.T) {
 				t.Fatalf("want one StatefulSet, got %d", len(sets))
 			}
 			checkStatefulSet(t, objs, sets[0])
+			checkRegistryValues(t, file, objs, sets[0])
 			if file == "chart-default.yaml" {
 				pdbs := byKind(objs, "PodDisruptionBudget")
 				if len(pdbs) != 1 || str(get(pdbs[0], "spec", "maxUnavailable")) != "50%" {
@@ -118,6 +120,8 @@ func checkStatefulSet(t *testing.T, objs []map[string]any, sts map[string]any) {
 	checkWorkerEnv(t, envs, worker, headless)
 	checkDataDir(t, envs, spec, worker)
 	checkMountedFiles(t, envs, pod, worker)
+	checkRegistry(t, envs)
+	checkSecretRefs(t, objs, get(spec, "template"))
 	checkShutdown(t, envs, pod)
 	checkProbes(t, worker)
 	checkSecurity(t, pod)
@@ -208,7 +212,7 @@ func checkWorkerEnv(t *testing.T, envs envVars, worker map[string]any, headless 
 	if envs.value("KAFKA_BROKERS") == "" {
 		t.Error("KAFKA_BROKERS is empty: every pod would start the embedded dev broker")
 	}
-	for _, secret := range []string{"KAFKA_SASL_PASSWORD", "KAFKA_SASL_USERNAME"} {
+	for _, secret := range []string{"KAFKA_SASL_PASSWORD", "KAFKA_SASL_USERNAME", "SCHEMA_REGISTRY_PASSWORD", "SCHEMA_REGISTRY_USERNAME"} {
 		if e, ok := envs[secret]; ok && get(e, "valueFrom", "secretKeyRef", "name") == nil {
 			t.Errorf("%s must come from a Secret (secretKeyRef)", secret)
 		}
@@ -223,9 +227,10 @@ func checkDataDir(t *testing.T, envs envVars, spec any, worker map[string]any) {
 	}
 }
 
-// checkMountedFiles checks that the files the worker opens are mounted.
+// checkMountedFiles checks that the files the worker opens are mounted,
+// read-only, from a Secret that projects them.
 func checkMountedFiles(t *testing.T, envs envVars, pod any, worker map[string]any) {
-	for _, v := range []string{"KAFKA_TLS_CA_FILE", "KAFKA_TLS_CERT_FILE", "KAFKA_TLS_KEY_FILE"} {
+	for _, v := range []string{"KAFKA_TLS_CA_FILE", "KAFKA_TLS_CERT_FILE", "KAFKA_TLS_KEY_FILE", "SCHEMA_REGISTRY_CA_FILE"} {
 		path := envs.value(v)
 		if path == "" {
 			continue
@@ -234,6 +239,9 @@ func checkMountedFiles(t *testing.T, envs envVars, pod any, worker map[string]an
 		if vol == "" {
 			t.Errorf("%s=%s is on no volume mount", v, path)
 			continue
+		}
+		if !mountReadOnly(worker, filepath.Dir(path)) {
+			t.Errorf("%s=%s: volume %s is mounted writable", v, path, vol)
 		}
 		found := false
 		for _, pv := range list(get(pod, "volumes")) {
@@ -357,6 +365,158 @@ func checkMetrics(t *testing.T, objs []map[string]any, pod any, worker map[strin
 		}
 	}
 	t.Error("no ConfigMap carries deploy/statsd/mapping.yml as mapping.yml")
+}
+
+// checkRegistry checks the schema registry settings together, as the worker
+// reads them: credentials and a CA bundle only with a URL, a URL the worker
+// accepts, a CA bundle only for https, and a user name only with a password.
+func checkRegistry(t *testing.T, envs envVars) {
+	raw := envs.value("SCHEMA_REGISTRY_URL")
+	_, hasURL := envs["SCHEMA_REGISTRY_URL"]
+	if !hasURL {
+		for _, v := range []string{"SCHEMA_REGISTRY_USERNAME", "SCHEMA_REGISTRY_PASSWORD", "SCHEMA_REGISTRY_CA_FILE"} {
+			if _, ok := envs[v]; ok {
+				t.Errorf("%s is set without SCHEMA_REGISTRY_URL: it has no effect", v)
+			}
+		}
+		return
+	}
+	// The worker's own check (internal/config, serviceURL): the URL is logged,
+	// so credentials never ride in it.
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" {
+		t.Errorf("SCHEMA_REGISTRY_URL=%q: want an absolute http(s) URL without user info or query", raw)
+	}
+	if _, ok := envs["SCHEMA_REGISTRY_CA_FILE"]; ok && (u == nil || u.Scheme != "https") {
+		t.Errorf("SCHEMA_REGISTRY_CA_FILE is set but SCHEMA_REGISTRY_URL=%q is not https", raw)
+	}
+	_, user := envs["SCHEMA_REGISTRY_USERNAME"]
+	_, password := envs["SCHEMA_REGISTRY_PASSWORD"]
+	if user != password {
+		t.Errorf("SCHEMA_REGISTRY_USERNAME (set: %v) and SCHEMA_REGISTRY_PASSWORD (set: %v): want both or neither", user, password)
+	}
+}
+
+// registryWant is what each values set of ci/ must make of the schema
+// registry, so that lint-deploy renders every branch: the defaults none, the
+// nondefault values all settings from Secrets of the user's, the made-secret
+// values all settings from the Secret the chart makes. Other values sets are
+// only checked for consistency.
+var registryWant = map[string]struct {
+	set, madeSecret bool
+}{
+	"chart-default.yaml":            {},
+	"chart-nondefault-values.yaml":  {set: true},
+	"chart-made-secret-values.yaml": {set: true, madeSecret: true},
+}
+
+// checkRegistryValues checks the schema registry settings a values set
+// renders against registryWant.
+func checkRegistryValues(t *testing.T, file string, objs []map[string]any, sts map[string]any) {
+	want, ok := registryWant[file]
+	if !ok {
+		return
+	}
+	pod := get(sts, "spec", "template", "spec")
+	envs := envVars{}
+	for _, e := range list(get(workerContainer(t, pod), "env")) {
+		em, _ := e.(map[string]any)
+		envs[str(em["name"])] = em
+	}
+	vars := []string{"SCHEMA_REGISTRY_URL", "SCHEMA_REGISTRY_USERNAME", "SCHEMA_REGISTRY_PASSWORD", "SCHEMA_REGISTRY_CA_FILE"}
+	if !want.set {
+		for _, v := range vars {
+			if _, ok := envs[v]; ok {
+				t.Errorf("%s sets %s: want no schema registry (plain JSON)", file, v)
+			}
+		}
+		return
+	}
+	for _, v := range vars {
+		if _, ok := envs[v]; !ok {
+			t.Errorf("%s does not set %s", file, v)
+		}
+	}
+	// Where the credentials and the CA bundle come from: the chart's own
+	// Secret (rendered here) or the user's (not rendered).
+	from := map[string]string{
+		"SCHEMA_REGISTRY_USERNAME": str(get(envs["SCHEMA_REGISTRY_USERNAME"], "valueFrom", "secretKeyRef", "name")),
+		"SCHEMA_REGISTRY_PASSWORD": str(get(envs["SCHEMA_REGISTRY_PASSWORD"], "valueFrom", "secretKeyRef", "name")),
+	}
+	if ca := envs.value("SCHEMA_REGISTRY_CA_FILE"); ca != "" {
+		vol := mountOf(workerContainer(t, pod), filepath.Dir(ca))
+		for _, pv := range list(get(pod, "volumes")) {
+			if str(get(pv, "name")) == vol {
+				from["SCHEMA_REGISTRY_CA_FILE"] = str(get(pv, "secret", "secretName"))
+			}
+		}
+	}
+	for v, secret := range from {
+		if secret == "" {
+			t.Errorf("%s: %s comes from no Secret", file, v)
+			continue
+		}
+		if made := named(objs, "Secret", secret) != nil; made != want.madeSecret {
+			t.Errorf("%s: %s comes from Secret %s, which the chart renders: %v, want %v", file, v, secret, made, want.madeSecret)
+		}
+	}
+}
+
+// checkSecretRefs checks the pod's references to Secrets the chart renders
+// itself: every key a variable or a volume takes must be in the Secret, and
+// the pod template must carry a checksum annotation per such Secret, so that
+// a changed Secret rolls the pods.
+func checkSecretRefs(t *testing.T, objs []map[string]any, template any) {
+	pod := get(template, "spec")
+	used := map[string]bool{}
+	ref := func(secret, key, by string) {
+		s := named(objs, "Secret", secret)
+		if s == nil {
+			return // a Secret of the user's
+		}
+		used[secret] = true
+		if get(s, "stringData", key) == nil && get(s, "data", key) == nil {
+			t.Errorf("%s takes key %q of Secret %s, which the chart renders without it", by, key, secret)
+		}
+	}
+	containers := append(list(get(pod, "containers")), list(get(pod, "initContainers"))...)
+	for _, c := range containers {
+		for _, e := range list(get(c, "env")) {
+			if name := str(get(e, "valueFrom", "secretKeyRef", "name")); name != "" {
+				ref(name, str(get(e, "valueFrom", "secretKeyRef", "key")), "env "+str(get(e, "name")))
+			}
+		}
+	}
+	for _, v := range list(get(pod, "volumes")) {
+		name := str(get(v, "secret", "secretName"))
+		if name == "" {
+			continue
+		}
+		for _, item := range list(get(v, "secret", "items")) {
+			ref(name, str(get(item, "key")), "volume "+str(get(v, "name")))
+		}
+	}
+	checksums := 0
+	annotations, _ := get(template, "metadata", "annotations").(map[string]any)
+	for k := range annotations {
+		if strings.HasPrefix(k, "checksum/") && strings.HasSuffix(k, "-secret") {
+			checksums++
+		}
+	}
+	if checksums < len(used) {
+		t.Errorf("the pod uses %d Secrets the chart renders but has %d checksum/*-secret annotations: a changed Secret would not restart the workers", len(used), checksums)
+	}
+}
+
+// mountReadOnly reports whether the mount at path in a container is
+// read-only.
+func mountReadOnly(c map[string]any, path string) bool {
+	for _, m := range list(c["volumeMounts"]) {
+		if str(get(m, "mountPath")) == path {
+			return get(m, "readOnly") == true
+		}
+	}
+	return false
 }
 
 // mountOf is the volume mounted at path in a container.

@@ -1,6 +1,7 @@
 package check
 
 import (
+	"cmp"
 	"context"
 	"net"
 	"net/url"
@@ -316,7 +317,7 @@ func TestComposeSchemaRegistry(t *testing.T) {
 	}
 	for _, port := range sr.Ports {
 		if port.HostIP != "127.0.0.1" {
-			t.Errorf("%s publishes %s on %q: bind it to 127.0.0.1 only", name, port.Published, port.HostIP)
+			t.Errorf("%s publishes host port %s on %s: bind it to 127.0.0.1 only", name, port.Published, cmp.Or(port.HostIP, "every interface"))
 		}
 		if !listens[strconv.Itoa(int(port.Target))] {
 			t.Errorf("%s publishes container port %d, where it does not listen", name, port.Target)

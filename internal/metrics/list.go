@@ -63,7 +63,7 @@ var (
 var (
 	RegistryLookups = def("schema_registry_lookups", Count, "writer schemas fetched from the schema registry by id (cache misses)", "")
 	RegistryErrors  = def("schema_registry_errors", Count, "schema registry lookups that got no answer (unreachable, a server error): the record waits and is tried again", "")
-	SchemaCacheHits = def("schema_cache_hits", Count, "registry-framed records whose writer schema was already cached", "")
+	SchemaCacheHits = def("schema_cache_hits", Count, "registry-framed records read without a registry lookup of their own (writer schema cached)", "")
 	SchemaRecords   = def("schema_records", Count, "registry-framed records read, by writer schema id", "schema_id")
 )
 

@@ -52,6 +52,7 @@ type Registry struct {
 
 	mu      sync.Mutex
 	writers map[int]avro.Schema   // writer schemas by id
+	pending map[int]*lookup       // lookups under way, by id
 	unknown map[int]time.Time     // ids the registry did not know, until when to believe it
 	seen    map[int]*atomic.Int64 // records read per schema id
 
@@ -93,7 +94,8 @@ func Connect(o Options) (*Registry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("schema registry %s: %w", o.URL, err)
 	}
-	return &Registry{cl: cl, url: o.URL, writers: map[int]avro.Schema{}, unknown: map[int]time.Time{}, seen: map[int]*atomic.Int64{}}, nil
+	return &Registry{cl: cl, url: o.URL, writers: map[int]avro.Schema{}, pending: map[int]*lookup{},
+		unknown: map[int]time.Time{}, seen: map[int]*atomic.Int64{}}, nil
 }
 
 // URL is where the registry is.
@@ -102,8 +104,9 @@ func (r *Registry) URL() string { return r.url }
 // Stats are the registry's counters since it was made.
 type Stats struct {
 	// Lookups are requests for a writer schema by id; Failures those that
-	// did not get an answer (unreachable, a server error); Hits records
-	// whose writer schema was already cached.
+	// did not get an answer (unreachable, a server error); Hits framed
+	// records read without a lookup of their own (cached, or answered by
+	// another partition's lookup of the same id).
 	Lookups, Failures, Hits int64
 	// Records are the framed records read, by schema id.
 	Records map[int]int64
@@ -136,21 +139,61 @@ func (r *Registry) IDs() []int {
 // not know.
 var ErrUnknownSchema = errors.New("unknown schema id")
 
-// writer returns the writer schema of id: cached, or fetched. Errors wrap
+// lookup is one request for a writer schema; the partitions that need the
+// same id meanwhile wait for it instead of asking again.
+type lookup struct {
+	done chan struct{}
+	err  error
+}
+
+// writer returns the writer schema of id: cached, or fetched (a lookup of
+// this call's own, counted as a cache miss; any other answer counts as a
+// hit). Errors wrap
 // stream.ErrInvalid (the registry does not know the id, or it is not a
 // usable Avro schema) or stream.ErrUnavailable (no answer).
 func (r *Registry) writer(id int) (avro.Schema, *atomic.Int64, error) {
-	r.mu.Lock()
-	s, ok := r.writers[id]
-	until, unknown := r.unknown[id]
-	seen := r.seen[id]
-	r.mu.Unlock()
-	if ok {
-		return s, seen, nil
+	for {
+		r.mu.Lock()
+		s, ok := r.writers[id]
+		until, unknown := r.unknown[id]
+		seen := r.seen[id]
+		call := r.pending[id]
+		if !ok && call == nil && (!unknown || time.Now().After(until)) {
+			call = &lookup{done: make(chan struct{})}
+			r.pending[id] = call
+			r.mu.Unlock()
+			call.err = r.fetch(id)
+			r.mu.Lock()
+			delete(r.pending, id)
+			close(call.done)
+			r.mu.Unlock()
+			if call.err != nil {
+				return nil, nil, call.err
+			}
+			r.mu.Lock()
+			s, seen = r.writers[id], r.seen[id]
+			r.mu.Unlock()
+			return s, seen, nil
+		}
+		r.mu.Unlock()
+		switch {
+		case ok:
+			r.hits.Add(1)
+			return s, seen, nil
+		case call != nil:
+			<-call.done
+			if call.err != nil && !errors.Is(call.err, stream.ErrInvalid) {
+				return nil, nil, call.err
+			}
+		default:
+			return nil, nil, fmt.Errorf("%w: %w %d (registry %s)", stream.ErrInvalid, ErrUnknownSchema, id, r.url)
+		}
 	}
-	if unknown && time.Now().Before(until) {
-		return nil, nil, fmt.Errorf("%w: %w %d (registry %s)", stream.ErrInvalid, ErrUnknownSchema, id, r.url)
-	}
+}
+
+// fetch asks the registry for the writer schema of id and caches the
+// answer: the schema, or that the id is unknown.
+func (r *Registry) fetch(id int) error {
 	r.lookups.Add(1)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -160,17 +203,17 @@ func (r *Registry) writer(id int) (avro.Schema, *atomic.Int64, error) {
 			r.mu.Lock()
 			r.unknown[id] = time.Now().Add(unknownFor)
 			r.mu.Unlock()
-			return nil, nil, fmt.Errorf("%w: %w %d: the registry %s answered 404", stream.ErrInvalid, ErrUnknownSchema, id, r.url)
+			return fmt.Errorf("%w: %w %d: the registry %s answered 404", stream.ErrInvalid, ErrUnknownSchema, id, r.url)
 		}
 		r.failures.Add(1)
-		return nil, nil, fmt.Errorf("%w: schema registry %s: schema id %d: %w", stream.ErrUnavailable, r.url, id, err)
+		return fmt.Errorf("%w: schema registry %s: schema id %d: %w", stream.ErrUnavailable, r.url, id, err)
 	}
 	if got.Type != sr.TypeAvro {
-		return nil, nil, fmt.Errorf("%w: schema id %d is %s, not Avro", stream.ErrInvalid, id, got.Type)
+		return fmt.Errorf("%w: schema id %d is %s, not Avro", stream.ErrInvalid, id, got.Type)
 	}
-	s, err = avro.Parse(got.Schema)
+	s, err := avro.Parse(got.Schema)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: schema id %d does not parse: %w", stream.ErrInvalid, id, err)
+		return fmt.Errorf("%w: schema id %d does not parse: %w", stream.ErrInvalid, id, err)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -179,7 +222,7 @@ func (r *Registry) writer(id int) (avro.Schema, *atomic.Int64, error) {
 	if r.seen[id] == nil {
 		r.seen[id] = new(atomic.Int64)
 	}
-	return s, r.seen[id], nil
+	return nil
 }
 
 // notFound reports whether the registry answered 404: no such subject,
