@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -32,32 +31,42 @@ import (
 // sarama, framed as Confluent's clients frame them: byte 0, the schema id
 // in 4 bytes big-endian, the Avro body.
 
-// pageViewV2Schema is the PageView schema with an optional field added: a
-// worker built with the first version reads it without a deploy.
-const pageViewV2Schema = `{
-  "type": "record",
-  "name": "PageView",
-  "namespace": "com.github.gofaust.pageviews",
-  "fields": [
-    {"name": "page", "type": "string"},
-    {"name": "count", "type": "long", "default": 0},
-    {"name": "timestamp", "type": {"type": "long", "logicalType": "timestamp-millis"}},
-    {"name": "referrer", "type": ["null", "string"], "default": null}
-  ]
-}`
+// pageViewV2Schema is the worker's PageView schema with an optional field
+// added: a worker built with the first version reads it without a deploy.
+var pageViewV2Schema = evolve(func(fields []map[string]any) []map[string]any {
+	return append(fields, map[string]any{"name": "referrer", "type": []any{"null", "string"}, "default": nil})
+})
 
 // pageViewIntPageSchema changes page to an int: no reader of the first
 // version can read it.
-const pageViewIntPageSchema = `{
-  "type": "record",
-  "name": "PageView",
-  "namespace": "com.github.gofaust.pageviews",
-  "fields": [
-    {"name": "page", "type": "int"},
-    {"name": "count", "type": "long", "default": 0},
-    {"name": "timestamp", "type": {"type": "long", "logicalType": "timestamp-millis"}}
-  ]
-}`
+var pageViewIntPageSchema = evolve(func(fields []map[string]any) []map[string]any {
+	for _, f := range fields {
+		if f["name"] == "page" {
+			f["type"] = "int"
+		}
+	}
+	return fields
+})
+
+// evolve is the worker's own PageView schema (whatever a generated worker
+// named its record) with its fields changed by change.
+func evolve(change func([]map[string]any) []map[string]any) string {
+	var s struct {
+		Type      string           `json:"type"`
+		Name      string           `json:"name"`
+		Namespace string           `json:"namespace"`
+		Fields    []map[string]any `json:"fields"`
+	}
+	if err := json.Unmarshal([]byte(pageview.NewCodec().Schema()), &s); err != nil {
+		panic(err)
+	}
+	s.Fields = change(s.Fields)
+	b, err := json.Marshal(s)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}
 
 // pageViewV2 is a record of pageViewV2Schema.
 type pageViewV2 struct {
@@ -137,12 +146,12 @@ func TestRegistryEvolution(t *testing.T) {
 	p := newProducer(t, b.addr)
 	want := map[string]int64{}
 
-	produce(t, p, avroViews(t, b.topic, v1, pageview.NewCodec().Schema(), "/v1", before, pages, want, pageViewV1))
+	produce(t, p, avroViews(t, b.topic, v1Views(v1), "/v1", before, pages, want))
 	waitCommittedViews(t, committed, before, 60*time.Second)
 
 	v2, version := rs.register(t, subject, pageViewV2Schema)
 	t.Logf("registered version %d (id %d) of %s while the worker runs", version, v2, subject)
-	produce(t, p, avroViews(t, b.topic, v2, pageViewV2Schema, "/v2", after, pages, want, pageViewWithReferrer))
+	produce(t, p, avroViews(t, b.topic, v2Views(v2), "/v2", after, pages, want))
 	waitCommittedViews(t, committed, before+after, 60*time.Second)
 
 	requireCounts(t, w.Report(t), want)
@@ -199,7 +208,7 @@ func TestRegistryBadRecords(t *testing.T) {
 	v1 := boundID(t, w, b.topic+"-value")
 
 	want := map[string]int64{}
-	good := avroViews(t, b.topic, v1, pageview.NewCodec().Schema(), "/good", n, pages, want, pageViewV1)
+	good := avroViews(t, b.topic, v1Views(v1), "/good", n, pages, want)
 	var msgs []*sarama.ProducerMessage
 	for _, m := range good {
 		value := m.Value.(sarama.ByteEncoder)
@@ -210,10 +219,7 @@ func TestRegistryBadRecords(t *testing.T) {
 	waitCommittedViews(t, committedViews(t, b), 2*n, 60*time.Second)
 
 	requireCounts(t, w.Report(t), want)
-	dead := readTopic(t, b.addr, b.topic+"-dlq")
-	if len(dead) != n {
-		t.Fatalf("%d dead letters, want %d", len(dead), n)
-	}
+	dead := waitDeadLetters(t, b.addr, b.topic, n)
 	wantErr := fmt.Sprintf("unknown schema id %d", unknownSchemaID)
 	sources := map[string]bool{}
 	for _, d := range dead {
@@ -254,13 +260,13 @@ func TestRegistryOutage(t *testing.T) {
 	p := newProducer(t, b.addr)
 	want := map[string]int64{}
 
-	produce(t, p, avroViews(t, b.topic, v1, pageview.NewCodec().Schema(), "/v1", before, pages, want, pageViewV1))
+	produce(t, p, avroViews(t, b.topic, v1Views(v1), "/v1", before, pages, want))
 	waitCommittedViews(t, committed, before, 60*time.Second)
 	v2, _ := rs.register(t, subject, pageViewV2Schema)
 
 	rs.stop()
 	t.Logf("the registry at %s is down", rs.url())
-	produce(t, p, avroViews(t, b.topic, v2, pageViewV2Schema, "/v2", during, pages, want, pageViewWithReferrer))
+	produce(t, p, avroViews(t, b.topic, v2Views(v2), "/v2", during, pages, want))
 	reason := waitNotReady(t, w, 60*time.Second)
 	t.Logf("/ready/ while the registry is down: %s", reason)
 	for _, s := range []string{"waits", rs.url()} {
@@ -302,7 +308,8 @@ func serveRegistry(t testing.TB) *registryServer {
 	return rs
 }
 
-// start listens on the registry's address again and serves.
+// start listens on the registry's address (on a free port the first time)
+// and serves.
 func (rs *registryServer) start(t testing.TB) {
 	t.Helper()
 	ln, err := net.Listen("tcp", rs.addr)
@@ -332,8 +339,8 @@ func (rs *registryServer) stop() {
 
 func (rs *registryServer) url() string { return "http://" + rs.addr }
 
-// register adds an Avro schema to subject, as a client would; it returns
-// its id and version.
+// register adds an Avro schema to subject, in the registry the test
+// serves (which checks no compatibility); it returns its id and version.
 func (rs *registryServer) register(t testing.TB, subject, text string) (id, version int) {
 	t.Helper()
 	id, version, err := rs.reg.RegisterSchema(subject, sr.Schema{Schema: text, Type: sr.TypeAvro})
@@ -422,20 +429,38 @@ func pageViewWithReferrer(page string, i int) any {
 	return v
 }
 
+// viewEncoding is how a producer of the tests writes views: framed with
+// schema id, the body encoded by schema from what value makes of the i-th
+// view of a page.
+type viewEncoding struct {
+	id     int
+	schema string
+	value  func(page string, i int) any
+}
+
+// v1Views writes by the worker's own schema, registered as id.
+func v1Views(id int) viewEncoding {
+	return viewEncoding{id: id, schema: pageview.NewCodec().Schema(), value: pageViewV1}
+}
+
+// v2Views writes by pageViewV2Schema, registered as id.
+func v2Views(id int) viewEncoding {
+	return viewEncoding{id: id, schema: pageViewV2Schema, value: pageViewWithReferrer}
+}
+
 // avroViews makes n views spread round-robin over pages pages named
-// prefix/NN, each keyed by its page and framed with schema id, encoded by
-// schema; it adds them to want.
-func avroViews(t testing.TB, topic string, id int, schema, prefix string, n, pages int, want map[string]int64, value func(page string, i int) any) []*sarama.ProducerMessage {
+// prefix/NN, each keyed by its page, and adds them to want.
+func avroViews(t testing.TB, topic string, enc viewEncoding, prefix string, n, pages int, want map[string]int64) []*sarama.ProducerMessage {
 	t.Helper()
-	s := parseSchema(t, schema)
+	s := parseSchema(t, enc.schema)
 	out := make([]*sarama.ProducerMessage, n)
 	for i := range out {
 		page := fmt.Sprintf("%s/%02d", prefix, i%pages)
-		body, err := avro.Marshal(s, value(page, i))
+		body, err := avro.Marshal(s, enc.value(page, i))
 		if err != nil {
 			t.Fatalf("encode a view of %s as Avro: %v", page, err)
 		}
-		out[i] = &sarama.ProducerMessage{Topic: topic, Key: sarama.StringEncoder(page), Value: sarama.ByteEncoder(append(frame(id), body...))}
+		out[i] = &sarama.ProducerMessage{Topic: topic, Key: sarama.StringEncoder(page), Value: sarama.ByteEncoder(append(frame(enc.id), body...))}
 		want[page]++
 	}
 	return out
@@ -618,6 +643,28 @@ func waitRecord(t testing.TB, addr, topic, key string) record {
 	}
 }
 
+// waitDeadLetters waits until the dead-letter topic of source holds n
+// records, and fails when it holds more. A commit of the source offsets
+// can be seen a moment before the markers of its transaction, which make
+// its dead letters readable.
+func waitDeadLetters(t testing.TB, addr, source string, n int) []record {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		dead := readTopic(t, addr, source+"-dlq")
+		if len(dead) > n {
+			t.Fatalf("%d dead letters, want %d", len(dead), n)
+		}
+		if len(dead) == n {
+			return dead
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d dead letters, want %d, 30s after the worker committed every source record", len(dead), n)
+		}
+		time.Sleep(harness.PollInterval)
+	}
+}
+
 // requireNoDeadLetters fails when the dead-letter topic of source holds a
 // record.
 func requireNoDeadLetters(t testing.TB, addr, source string) {
@@ -632,10 +679,10 @@ func requireNoDeadLetters(t testing.TB, addr, source string) {
 // Readiness.
 
 // readyWatch asks /ready/ over and over in the background and keeps every
-// answer that was not ready.
+// answer that was not ready; its fields are the goroutine's until done is
+// closed.
 type readyWatch struct {
 	stop, done chan struct{}
-	mu         sync.Mutex
 	polls      int
 	notReady   []string
 }
@@ -648,12 +695,10 @@ func watchReady(w *harness.Worker) *readyWatch {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			ok, why := w.Ready(ctx)
 			cancel()
-			rw.mu.Lock()
 			rw.polls++
 			if !ok {
 				rw.notReady = append(rw.notReady, why)
 			}
-			rw.mu.Unlock()
 			select {
 			case <-rw.stop:
 				return

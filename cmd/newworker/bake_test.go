@@ -137,12 +137,16 @@ func checkLayout(t *testing.T, out string) {
 		}
 	}
 	want := map[string][]string{
-		"README.md":                     {"# clicks\n", "Counts clicks per page in 30-second windows", "`click_events`", "`clicks-hits-changelog`", "`CLICK_EVENTS_TOPIC`", "@acme/streaming"},
-		"CODEOWNERS":                    {"* @acme/streaming\n"},
-		"catalog-info.yaml":             {"  name: clicks\n", "  owner: streaming\n", `"Counts clicks per page in 30-second windows"`},
-		"go.mod":                        {"module example.com/acme/clicks\n"},
-		"deploy/helm/clicks/Chart.yaml": {"\nname: clicks\n"},
-		"Dockerfile":                    {"./cmd/clicks", "/usr/local/bin/clicks"},
+		"README.md":  {"# clicks\n", "Counts clicks per page in 30-second windows", "`click_events`", "`clicks-hits-changelog`", "`CLICK_EVENTS_TOPIC`", "@acme/streaming"},
+		"CODEOWNERS": {"* @acme/streaming\n"},
+		// The records are named after the topic, in the organisation's and
+		// the service's namespace; their subjects follow the topic.
+		"internal/pageview/pageview.avsc": {`"name": "ClickEvent"`, `"namespace": "com.github.acme.clicks"`},
+		"internal/pageview/window.avsc":   {`"name": "ClickEventWindow"`, `"namespace": "com.github.acme.clicks"`},
+		"catalog-info.yaml":               {"  name: clicks\n", "  owner: streaming\n", `"Counts clicks per page in 30-second windows"`},
+		"go.mod":                          {"module example.com/acme/clicks\n"},
+		"deploy/helm/clicks/Chart.yaml":   {"\nname: clicks\n"},
+		"Dockerfile":                      {"./cmd/clicks", "/usr/local/bin/clicks"},
 	}
 	for file, subs := range want {
 		data, _ := os.ReadFile(filepath.Join(out, file))

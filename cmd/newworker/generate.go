@@ -160,6 +160,9 @@ func (g *generator) copyFile(f srcFile, to string) error {
 		// are data, repeated in the messages it expects.
 		fixture := strings.Contains(base, "_test.")
 		s := g.r.RenameText(string(data), !fixture)
+		if path.Ext(base) == ".avsc" {
+			s = g.renameRecords(s)
+		}
 		if strings.HasPrefix(f.rel, ".github/workflows/") && (strings.HasSuffix(base, ".yml") || strings.HasSuffix(base, ".yaml")) {
 			s = g.dropJobs(to, s)
 		}
@@ -172,6 +175,23 @@ func (g *generator) copyFile(f srcFile, to string) error {
 	}
 	return os.WriteFile(dst, data, mode)
 }
+
+// renameRecords names the records of an Avro schema after the source
+// topic, as their namespace already follows the organisation and the name:
+// page_views carries PageView (and its closed windows PageViewWindow),
+// click_events ClickEvent.
+func (g *generator) renameRecords(s string) string {
+	from := g.t.variable("topic").Default
+	to, ok := g.answers["topic"]
+	if !ok || to == from {
+		return s
+	}
+	return strings.ReplaceAll(s, `"name": "`+recordName(from), `"name": "`+recordName(to))
+}
+
+// recordName is the Avro record of a topic: its PascalCase spelling,
+// singular.
+func recordName(topic string) string { return strings.TrimSuffix(pascal(words(topic)), "s") }
 
 // isBinary reports whether data is not text: a NUL byte early, or not UTF-8.
 func isBinary(data []byte) bool {

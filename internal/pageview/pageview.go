@@ -35,7 +35,7 @@ type PageView struct {
 // <topic>-windows-value when a schema registry is configured.
 var (
 	//go:embed pageview.avsc
-	pageViewSchema string
+	sourceSchema string
 	//go:embed window.avsc
 	windowSchema string
 )
@@ -44,7 +44,7 @@ var (
 // runtime bound it to a registry, JSON otherwise; it reads both. The Page
 // it decodes from JSON shares the record's memory: copy it to keep it.
 func NewCodec() *schema.Codec[PageView] {
-	return schema.NewCodec(pageViewSchema,
+	return schema.NewCodec(sourceSchema,
 		func(pv PageView) ([]byte, error) { return Encode(pv), nil },
 		func(b []byte) (PageView, error) { return parse(b, true) })
 }
