@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 
 	"github.com/gofaust/pageviews/internal/app"
 	"github.com/gofaust/pageviews/internal/config"
+	"github.com/gofaust/pageviews/internal/stream"
 	"github.com/gofaust/pageviews/internal/sums"
 )
 
@@ -29,8 +32,12 @@ type sumsWorker struct {
 	done   chan error
 }
 
-func startSums(t *testing.T, vars map[string]string) *sumsWorker {
+func startSums(t *testing.T, vars map[string]string, wrap ...func(stream.Handler) stream.Handler) *sumsWorker {
 	t.Helper()
+	hooks := app.Hooks{}
+	if len(wrap) > 0 {
+		hooks.Handler = wrap[0]
+	}
 	a := sums.App()
 	cfg, err := config.Load(func(k string) string { return vars[k] }, a.Spec())
 	if err != nil {
@@ -40,7 +47,8 @@ func startSums(t *testing.T, vars map[string]string) *sumsWorker {
 	w := &sumsWorker{cancel: cancel, done: make(chan error, 1)}
 	addr := make(chan string, 1)
 	go func() {
-		w.done <- app.RunWorker(ctx, a, cfg, slog.New(slog.DiscardHandler), app.Hooks{Listening: func(s string) { addr <- s }})
+		hooks.Listening = func(s string) { addr <- s }
+		w.done <- app.RunWorker(ctx, a, cfg, slog.New(slog.DiscardHandler), hooks)
 	}()
 	select {
 	case s := <-addr:
@@ -142,35 +150,8 @@ func TestGuaranteesOnAnotherApp(t *testing.T) {
 			first.waitReady(t)
 
 			want := map[string]int64{}
-			produce := func(n, from int) {
-				t.Helper()
-				pc := sarama.NewConfig()
-				pc.Producer.Return.Successes = true
-				pc.Producer.Partitioner = sarama.NewHashPartitioner
-				p, err := sarama.NewSyncProducer(brokers, pc)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer p.Close()
-				for i := from; i < from+n; i++ {
-					key, amount := fmt.Sprintf("acct-%d", i%7), int64(i%50-10)
-					if _, _, err := p.SendMessage(&sarama.ProducerMessage{Topic: topic, Key: sarama.StringEncoder(key),
-						Value: sarama.StringEncoder(strconv.FormatInt(amount, 10))}); err != nil {
-						t.Fatal(err)
-					}
-					want[key] += amount
-				}
-			}
-			waitTotals := func(w *sumsWorker) {
-				t.Helper()
-				deadline := time.Now().Add(30 * time.Second)
-				for got := w.totals(t, want); !equal(got, want); got = w.totals(t, want) {
-					if time.Now().After(deadline) {
-						t.Fatalf("totals = %v, want %v", got, want)
-					}
-					time.Sleep(50 * time.Millisecond)
-				}
-			}
+			produce := sender(t, brokers, topic, want)
+			waitTotals := func(w *sumsWorker) { t.Helper(); w.waitTotals(t, want) }
 			produce(300, 0)
 			waitTotals(first)
 			first.stop(t)
@@ -186,4 +167,112 @@ func TestGuaranteesOnAnotherApp(t *testing.T) {
 			waitTotals(second)
 		})
 	}
+}
+
+// TestUnavailableServiceMakesThePartitionWait: while a service the agent
+// needs is down (its handler answers stream.ErrUnavailable), the partition
+// waits and tries the record again; /ready/ names the cause; nothing is
+// dead-lettered or lost, and once the service is back every amount adds up
+// exactly, under both guarantees.
+func TestUnavailableServiceMakesThePartitionWait(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs workers against a broker")
+	}
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	brokers := cluster.ListenAddrs()
+	for _, guarantee := range []string{"at_least_once", "exactly_once"} {
+		t.Run(guarantee, func(t *testing.T) {
+			topic := "waits-" + guarantee
+			var down atomic.Bool
+			var refused atomic.Int64
+			wrap := func(h stream.Handler) stream.Handler {
+				return stream.HandlerFunc(func(ev *stream.Event) error {
+					if down.Load() {
+						refused.Add(1)
+						return fmt.Errorf("%w: the rates service is down", stream.ErrUnavailable)
+					}
+					return h.Handle(ev)
+				})
+			}
+			w := startSums(t, map[string]string{
+				"KAFKA_BROKERS": brokers[0], "WEB_ADDR": "127.0.0.1:0", "DATA_DIR": t.TempDir(),
+				"PARTITIONS": "3", "COMMIT_INTERVAL": "100ms", "PROCESSING_GUARANTEE": guarantee,
+				"LIVECHECK_INTERVAL": "0", "KAFKA_GROUP": "waits-" + guarantee, "AMOUNTS_TOPIC": topic,
+			}, wrap)
+			w.waitReady(t)
+			want := map[string]int64{}
+			send := sender(t, brokers, topic, want)
+			send(100, 0)
+			w.waitTotals(t, want)
+
+			down.Store(true)
+			send(200, 100)
+			reason := w.waitUnready(t)
+			if !strings.Contains(reason, "the rates service is down") {
+				t.Errorf("/ready/ says %q, want the cause named", reason)
+			}
+			down.Store(false)
+			w.waitTotals(t, want)
+			w.waitReady(t)
+			if refused.Load() < 2 {
+				t.Errorf("the record was tried %d times while the service was down, want it tried again", refused.Load())
+			}
+		})
+	}
+}
+
+// sender returns a function that sends n amounts from the from-th on, and
+// adds them to want.
+func sender(t *testing.T, brokers []string, topic string, want map[string]int64) func(n, from int) {
+	return func(n, from int) {
+		t.Helper()
+		pc := sarama.NewConfig()
+		pc.Producer.Return.Successes = true
+		pc.Producer.Partitioner = sarama.NewHashPartitioner
+		p, err := sarama.NewSyncProducer(brokers, pc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		for i := from; i < from+n; i++ {
+			key, amount := fmt.Sprintf("acct-%d", i%7), int64(i%50-10)
+			if _, _, err := p.SendMessage(&sarama.ProducerMessage{Topic: topic, Key: sarama.StringEncoder(key),
+				Value: sarama.StringEncoder(strconv.FormatInt(amount, 10))}); err != nil {
+				t.Fatal(err)
+			}
+			want[key] += amount
+		}
+	}
+}
+
+// waitTotals waits until every account's total is want's.
+func (w *sumsWorker) waitTotals(t *testing.T, want map[string]int64) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for got := w.totals(t, want); !equal(got, want); got = w.totals(t, want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("totals = %v, want %v", got, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitUnready waits for /ready/ to say not ready, and returns its reason.
+func (w *sumsWorker) waitUnready(t *testing.T) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		code, body := w.get("/ready/")
+		var r struct{ Reason string }
+		if code == http.StatusServiceUnavailable && json.Unmarshal(body, &r) == nil {
+			return r.Reason
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("worker still ready 30s after its service went down")
+	return ""
 }
