@@ -42,8 +42,9 @@ native-run: build ## run the worker against the Kafka you give it: make native-r
 	KAFKA_BROKERS=$(KAFKA_BROKERS) LOG_FORMAT=$${LOG_FORMAT:-text} $(BIN)/pageviews
 
 .PHONY: broker
-broker: build ## run the dev broker alone on 127.0.0.1:9092, for several workers (KAFKA_BROKERS=127.0.0.1:9092); it creates page_views, so kcat can write first
-	$(BIN)/devbroker -addr 127.0.0.1:9092 -data-dir data/devbroker -topics page_views -partitions 8
+broker: build ## run the dev broker alone on 127.0.0.1:9092 and the dev schema registry on 127.0.0.1:8081, for several workers (KAFKA_BROKERS=127.0.0.1:9092 SCHEMA_REGISTRY_URL=http://127.0.0.1:8081); it creates page_views, so kcat can write first
+	$(BIN)/devbroker -addr 127.0.0.1:9092 -data-dir data/devbroker -topics page_views -partitions 8 \
+	  -registry-addr 127.0.0.1:8081 -registry-data-dir data/devregistry
 
 .PHONY: test
 test: ## run every test (race detector on): the worker, the dashboards, faults and bad input; slow suites have their own targets
