@@ -47,7 +47,7 @@ func TestDashboardsEndToEnd(t *testing.T) {
 	// Every wait below together: about a minute when all goes well.
 	st := &stack{root: root, dir: dir, bud: budget{end: time.Now().Add(3 * time.Minute)}}
 
-	st.broker = harness.StartBroker(t, dir)
+	st.broker = harness.StartBroker(t, dir, "-registry-addr", "127.0.0.1:0")
 	st.startExporters(t, exporterBin)
 	st.startPrometheus(t, prometheusBin)
 	st.runScenario(t)
@@ -140,8 +140,9 @@ func (st *stack) startPrometheus(t *testing.T, bin string) {
 // own, that sends its metrics to e and keeps standbyReplicas standby copies.
 func (st *stack) workerEnv(t *testing.T, e *exporter, standbyReplicas int) map[string]string {
 	return harness.WorkerEnv(t.TempDir(), map[string]string{
-		"KAFKA_BROKERS":   st.broker.Addr,
-		"COMMIT_INTERVAL": "100ms",
+		"KAFKA_BROKERS":       st.broker.Addr,
+		"SCHEMA_REGISTRY_URL": st.broker.Registry,
+		"COMMIT_INTERVAL":     "100ms",
 		// One-second windows that close a second after their end and
 		// expire a second later: windows close (their counts go to
 		// page_views-windows) and expire while the test runs.
@@ -256,6 +257,7 @@ func (st *stack) checkFacts(t *testing.T, procs []*harness.Proc) {
 		{"the old record counted late", `sum(pageviews_late_events{env="e2e"})`, 1},
 		{"windows expired", `sum(pageviews_window_expiries{env="e2e"})`, 1},
 		{"windows closed", `sum(pageviews_windows_closed{env="e2e"})`, 1},
+		{"registry-framed views read", `sum(pageviews_schema_records{env="e2e"})`, 1},
 		{"windows closed with their lag timed", `sum(pageviews_window_close_lag_count{env="e2e"})`, 1},
 		{"changelog records replayed in a recovery", `sum(pageviews_recovery_records{env="e2e"})`, 1},
 		{"a second generation", `max(pageviews_generation{env="e2e"})`, 2},

@@ -411,6 +411,31 @@ func Rows() []Row {
 			},
 		}},
 
+		{Title: "Data models and the schema registry", Panels: []Panel{
+			{
+				Title: "Records by schema id", Unit: "ops", Width: 12,
+				Tells:   "Registry-framed records read per second, per writer schema id: which versions of the record producers write now (JSON records are not counted).",
+				Do:      "A new id appears when a producer deploys a new schema version; an old id going to zero means every producer moved on. An id nobody expects: find its subject with GET /schemas/ids/<id>/versions on the registry.",
+				Prom:    []Query{{Expr: rateBy(m.SchemaRecords, "schema_id"), Legend: "schema id {{schema_id}}"}},
+				Datadog: []DDQuery{{Query: ddq("sum", m.SchemaRecords, "", "schema_id", ".as_rate()"), Alias: "records"}},
+			},
+			{
+				Title: "Registry lookups, errors and cache hits", Unit: "ops", Width: 12,
+				Tells: "Writer schemas fetched from the registry per second (about one per new id and worker), lookups that got no answer, and framed records read without a lookup.",
+				Do:    "Errors mean the registry is unreachable, refuses the credentials or fails: the partitions that need a new schema wait (nothing is dead-lettered) and /ready/ names the registry. Check SCHEMA_REGISTRY_URL, the credentials and the registry's health.",
+				Prom: []Query{
+					{Expr: rateBy(m.RegistryLookups, "instance"), Legend: "{{instance}} lookups"},
+					{Expr: rateBy(m.RegistryErrors, "instance"), Legend: "{{instance}} errors"},
+					{Expr: rateBy(m.SchemaCacheHits, "instance"), Legend: "{{instance}} cache hits"},
+				},
+				Datadog: []DDQuery{
+					{Query: ddq("sum", m.RegistryLookups, "", ddByWorker, ".as_rate()"), Alias: "lookups"},
+					{Query: ddq("sum", m.RegistryErrors, "", ddByWorker, ".as_rate()"), Alias: "errors"},
+					{Query: ddq("sum", m.SchemaCacheHits, "", ddByWorker, ".as_rate()"), Alias: "cache hits"},
+				},
+			},
+		}},
+
 		{Title: "Dead letters and errors", Panels: []Panel{
 			{
 				Title: "Dead-lettered records", Viz: Bars, Unit: "short", Width: 8,

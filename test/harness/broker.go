@@ -2,6 +2,7 @@ package harness
 
 import (
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,9 @@ import (
 type Broker struct {
 	*Proc
 	Addr string // host:port, as it advertises itself
+	// Registry is the URL of its schema registry, when started with
+	// -registry-addr.
+	Registry string
 }
 
 // StartBroker starts the dev broker on a free loopback port, its output in
@@ -27,5 +31,11 @@ func StartBroker(t testing.TB, dir string, args ...string) *Broker {
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		t.Fatalf("devbroker address %q: %v", addr, err)
 	}
-	return &Broker{Proc: p, Addr: addr}
+	b := &Broker{Proc: p, Addr: addr}
+	if slices.Contains(args, "-registry-addr") {
+		const prefix = "devregistry listening on "
+		l := p.WaitLine(t, 30*time.Second, "its registry's URL", func(l string) bool { return strings.HasPrefix(l, prefix) })
+		b.Registry = strings.TrimSpace(strings.TrimPrefix(l, prefix))
+	}
+	return b
 }
