@@ -131,6 +131,34 @@ func TestRegistryEmbedded(t *testing.T) {
 	requireNoDeadLetters(t, kafkaAddr, pageview.Topic)
 }
 
+// With a registry, a closed window's count goes to <topic>-windows as
+// registry-framed Avro of PageViewWindow, under <topic>-windows-value.
+func TestRegistryClosedWindows(t *testing.T) {
+	rs := serveRegistry(t)
+	b := startBroker(t)
+	w := startWorker(t, "worker", registryEnv(t, b, rs, map[string]string{
+		"WINDOW_SIZE": "1s", "WINDOW_GRACE": "0s", "WINDOW_EXPIRES": "1m",
+	}))
+	w.WaitReady(t, 60*time.Second)
+	const page = "/closed"
+	w.Count(t, page)
+	rec := waitRecord(t, b.addr, b.topic+"-windows", page)
+	subject := b.topic + "-windows-value"
+	id := frameID(t, rec.Value)
+	if bound := boundID(t, w, subject); id != bound {
+		t.Errorf("the closed window's record carries schema id %d; the worker bound %s to id %d", id, subject, bound)
+	}
+	var served sr.Schema
+	getJSON(t, fmt.Sprintf("%s/schemas/ids/%d", rs.url(), id), &served)
+	var got pageview.WindowCount
+	if err := avro.Unmarshal(parseSchema(t, served.Schema), rec.Value[5:], &got); err != nil {
+		t.Fatalf("the closed window's record by schema id %d: %v", id, err)
+	}
+	if got.Page != page || got.Count != 1 || got.End.Sub(got.Start) != time.Second {
+		t.Errorf("closed window = %+v, want one view of %s in a 1s window", got, page)
+	}
+}
+
 // A schema registered while the worker runs, with an added optional field,
 // is read by the running worker: every record of the new version is
 // counted, none is dead-lettered, and the worker never restarts.
@@ -352,10 +380,9 @@ func (rs *registryServer) register(t testing.TB, subject, text string) (id, vers
 
 // registryEnv is the settings of a worker on b and rs, without the
 // livecheck: its synthetic views would be records the tests did not send.
-func registryEnv(t testing.TB, b *broker, rs *registryServer) map[string]string {
-	return workerEnv(filepath.Join(t.TempDir(), "data"), dayWindows, b.env(), map[string]string{
-		"SCHEMA_REGISTRY_URL": rs.url(), "LIVECHECK_INTERVAL": "0",
-	})
+func registryEnv(t testing.TB, b *broker, rs *registryServer, extra ...map[string]string) map[string]string {
+	env := []map[string]string{dayWindows, b.env(), {"SCHEMA_REGISTRY_URL": rs.url(), "LIVECHECK_INTERVAL": "0"}}
+	return workerEnv(filepath.Join(t.TempDir(), "data"), append(env, extra...)...)
 }
 
 // boundID is the schema id the worker logged it bound subject to.
