@@ -27,7 +27,7 @@ func TestBenchRuns(t *testing.T) {
 	const events = 20_000
 	results, err := run(options{
 		worker: filepath.Join(bin, "pageviews"), broker: filepath.Join(bin, "devbroker"),
-		events: events, pages: 200, partitions: 8, bare: true, recovery: true, hopping: true,
+		events: events, pages: 200, partitions: 8, bare: true, recovery: true, hopping: true, avro: true,
 		rebalanceRuns: 1, latencyRate: 2000, latencyFor: time.Second, commitInterval: "1s",
 	})
 	if err != nil {
@@ -55,7 +55,7 @@ func TestBenchRuns(t *testing.T) {
 		}
 	}
 	for _, k := range []string{"events_per_second", "bare_records_per_second", "recovery_records_per_second",
-		"bare_changelog_records_per_second", "peak_rss_mib", "rebalance_cooperative_ms", "rebalance_eager_ms", "hopping_events_per_second"} {
+		"bare_changelog_records_per_second", "peak_rss_mib", "rebalance_cooperative_ms", "rebalance_eager_ms", "hopping_events_per_second", "avro_events_per_second"} {
 		if num(k) == 0 {
 			t.Errorf("%s is 0", k)
 		}

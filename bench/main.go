@@ -10,6 +10,8 @@ package main
 
 import (
 	"bufio"
+	"cmp"
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -27,6 +29,10 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+
+	"github.com/gofaust/pageviews/internal/devregistry"
+	"github.com/gofaust/pageviews/internal/pageview"
+	"github.com/gofaust/pageviews/internal/schema"
 )
 
 type options struct {
@@ -42,6 +48,8 @@ type options struct {
 	commitInterval string
 	peer           string
 	hopping        bool
+	avro           bool
+	topic          string // the source topic runWorker waits on
 }
 
 func main() {
@@ -52,6 +60,7 @@ func main() {
 	flag.IntVar(&o.pages, "pages", 10_000, "distinct pages")
 	flag.IntVar(&o.partitions, "partitions", 8, "partitions of page_views")
 	flag.BoolVar(&o.bare, "bare", true, "also measure a bare sarama consumer")
+	flag.BoolVar(&o.avro, "avro", true, "also measure the worker over the same views written as registry-framed Avro (a dev schema registry in this process)")
 	flag.BoolVar(&o.hopping, "hopping", true, "also measure the worker with hopping windows of a quarter step (WINDOW_STEP=WINDOW_SIZE/4: 4 windows per event)")
 	flag.BoolVar(&o.recovery, "recovery", true, "also measure the recovery of an empty DATA_DIR from as many changelog records as -events")
 	flag.IntVar(&o.rebalanceRuns, "rebalance-runs", 3, "runs of the rebalance benchmark per protocol (a third worker joining two under load); 0 skips it")
@@ -87,6 +96,7 @@ func resultKeys() []string {
 	return []string{"events_per_second", "bare_records_per_second", "goka_events_per_second", "ratio_vs_goka", "ratio_vs_bare",
 		"recovery_records_per_second", "bare_changelog_records_per_second", "recovery_ratio", "cpu_seconds", "peak_rss_mib",
 		"hopping_events_per_second", "hopping_peak_rss_mib", "hopping_ratio",
+		"avro_events_per_second", "avro_peak_rss_mib", "avro_ratio",
 		"latency_p50_ms", "latency_p99_ms", "backlog_latency_p50_ms", "backlog_latency_p99_ms",
 		"rebalance_cooperative_ms", "rebalance_cooperative_partition_stop_ms", "rebalance_eager_ms", "rebalance_eager_partition_stop_ms"}
 }
@@ -139,6 +149,11 @@ func run(o options) (map[string]string, error) {
 	}
 	if o.hopping {
 		if err := hopping(o, addr, dir, agg, results); err != nil {
+			return nil, err
+		}
+	}
+	if o.avro {
+		if err := avroRun(o, addr, dir, agg, results); err != nil {
 			return nil, err
 		}
 	}
@@ -277,7 +292,7 @@ func runWorker(o options, addr, dataDir, group string, want int64, env ...string
 		profiled <- nil
 	}
 	var peak float64
-	end, err := waitCommitted(addr, group, o.partitions, want, cmd, func() {
+	end, err := waitCommitted(addr, cmp.Or(o.topic, "page_views"), group, o.partitions, want, cmd, func() {
 		peak = max(peak, rssHWM(cmd.Process.Pid))
 	})
 	if err != nil {
@@ -332,7 +347,7 @@ func steadyLatency(o options, addr, group string, want int64, cmd *exec.Cmd, sta
 	if err != nil {
 		return latencyFigures{}, 0, fmt.Errorf("steady load: %w", err)
 	}
-	if _, err := waitCommitted(addr, group, o.partitions, want+n, cmd, nil); err != nil {
+	if _, err := waitCommitted(addr, "page_views", group, o.partitions, want+n, cmd, nil); err != nil {
 		return latencyFigures{}, 0, fmt.Errorf("worker under steady load: %w", err)
 	}
 	time.Sleep(metricsDelay)
@@ -435,7 +450,7 @@ func runPeer(o options, addr, dataDir string) (float64, error) {
 		return 0, err
 	}
 	defer stopProcess(cmd)
-	end, err := waitCommitted(addr, "goka-pageviews", o.partitions, int64(o.events), cmd, nil)
+	end, err := waitCommitted(addr, "page_views", "goka-pageviews", o.partitions, int64(o.events), cmd, nil)
 	if err != nil {
 		return 0, err
 	}
@@ -445,7 +460,7 @@ func runPeer(o options, addr, dataDir string) (float64, error) {
 // waitCommitted polls a group's committed offsets on page_views until they
 // sum to want, and returns when that was seen. each, when set, runs at
 // every poll (the worker's RSS is sampled there).
-func waitCommitted(addr, group string, partitions int, want int64, cmd *exec.Cmd, each func()) (time.Time, error) {
+func waitCommitted(addr, topic, group string, partitions int, want int64, cmd *exec.Cmd, each func()) (time.Time, error) {
 	admin, err := sarama.NewClusterAdmin([]string{addr}, saramaConfig())
 	if err != nil {
 		return time.Time{}, err
@@ -463,10 +478,10 @@ func waitCommitted(addr, group string, partitions int, want int64, cmd *exec.Cmd
 		if each != nil {
 			each()
 		}
-		resp, err := admin.ListConsumerGroupOffsets(group, map[string][]int32{"page_views": parts})
+		resp, err := admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: parts})
 		if err == nil {
 			var sum int64
-			for _, b := range resp.Blocks["page_views"] {
+			for _, b := range resp.Blocks[topic] {
 				if b.Offset > 0 {
 					sum += b.Offset
 				}
@@ -568,4 +583,64 @@ func hopping(o options, addr, dir string, tumbling aggResult, results map[string
 	results["hopping_peak_rss_mib"] = fmt.Sprintf("%.1f", agg.rssMiB)
 	results["hopping_ratio"] = fmt.Sprintf("%.2f", agg.rate/tumbling.rate)
 	return nil
+}
+
+// avroRun runs the worker over the same views written as registry-framed
+// Avro to a topic of their own, with a dev schema registry served here, and
+// adds its figures next to the JSON ones.
+func avroRun(o options, addr, dir string, plain aggResult, results map[string]string) error {
+	reg, err := devregistry.Start(devregistry.Options{Addr: "127.0.0.1:0"})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = reg.Close() }()
+	const topic = "page_views_avro"
+	began := time.Now()
+	if err := preloadAvro(addr, reg.URL(), topic, o); err != nil {
+		return fmt.Errorf("preload Avro: %w", err)
+	}
+	fmt.Printf("preload:  %d Avro records in %.1fs\n", o.events, time.Since(began).Seconds())
+	o.latencyRate, o.cpuprofile, o.topic = 0, "", topic
+	agg, err := runWorker(o, addr, filepath.Join(dir, "avro"), "pageviews-avro", int64(o.events),
+		"PAGE_VIEWS_TOPIC="+topic, "SCHEMA_REGISTRY_URL="+reg.URL())
+	if err != nil {
+		return fmt.Errorf("Avro worker: %w", err)
+	}
+	fmt.Printf("avro:     %8.0f events/s  (registry-framed Avro, resolved to the worker's schema; %.2fs, cpu %.2fs, peak rss %.1f MiB)\n",
+		agg.rate, agg.seconds, agg.cpu, agg.rssMiB)
+	results["avro_events_per_second"] = fmt.Sprintf("%.0f", agg.rate)
+	results["avro_peak_rss_mib"] = fmt.Sprintf("%.1f", agg.rssMiB)
+	results["avro_ratio"] = fmt.Sprintf("%.2f", agg.rate/plain.rate)
+	return nil
+}
+
+// preloadAvro writes the benchmark's views to topic as a producer bound to
+// the registry at url writes them.
+func preloadAvro(addr, url, topic string, o options) error {
+	if err := createTopics(addr, o.partitions, topic); err != nil {
+		return err
+	}
+	reg, err := schema.Connect(schema.Options{URL: url})
+	if err != nil {
+		return err
+	}
+	codec := pageview.NewCodec()
+	if _, err := codec.Bind(context.Background(), reg, topic+"-value"); err != nil {
+		return err
+	}
+	p, err := newProducer(addr, saramaConfig())
+	if err != nil {
+		return err
+	}
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	for i := range o.events {
+		page := "/page/" + strconv.Itoa(i%o.pages)
+		v, err := codec.Encode(pageview.PageView{Page: page, Count: int64(i + 1), Timestamp: now})
+		if err != nil {
+			_ = p.close()
+			return err
+		}
+		p.Input() <- &sarama.ProducerMessage{Topic: topic, Key: sarama.StringEncoder(page), Value: sarama.ByteEncoder(v), Timestamp: now}
+	}
+	return p.close()
 }
