@@ -604,7 +604,7 @@ func avroRun(o options, addr, dir string, plain aggResult, results map[string]st
 	agg, err := runWorker(o, addr, filepath.Join(dir, "avro"), "pageviews-avro", int64(o.events),
 		"PAGE_VIEWS_TOPIC="+topic, "SCHEMA_REGISTRY_URL="+reg.URL())
 	if err != nil {
-		return fmt.Errorf("Avro worker: %w", err)
+		return fmt.Errorf("worker over Avro: %w", err)
 	}
 	fmt.Printf("avro:     %8.0f events/s  (registry-framed Avro, resolved to the worker's schema; %.2fs, cpu %.2fs, peak rss %.1f MiB)\n",
 		agg.rate, agg.seconds, agg.cpu, agg.rssMiB)

@@ -182,8 +182,7 @@ func TestEveryMetricEmitted(t *testing.T) {
 		t.Skip("end-to-end")
 	}
 	sink := newStatsdSink(t)
-	brokers := startDevBroker(t)
-	registry := startRegistry(t)
+	brokers, registry := startDevBroker(t), startRegistry(t)
 	vars := func() map[string]string {
 		return map[string]string{
 			"KAFKA_BROKERS":          brokers,

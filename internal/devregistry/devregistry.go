@@ -87,8 +87,9 @@ func (r *Registry) Close() error {
 
 // serve answers with srfake, and logs each registration it accepted.
 func (r *Registry) serve(w http.ResponseWriter, req *http.Request) {
-	subject, registers := strings.CutPrefix(req.URL.Path, "/subjects/")
-	if subject, registers = strings.CutSuffix(subject, "/versions"); !registers || req.Method != http.MethodPost || r.log == "" {
+	rest, underSubjects := strings.CutPrefix(req.URL.Path, "/subjects/")
+	subject, versions := strings.CutSuffix(rest, "/versions")
+	if !underSubjects || !versions || strings.Contains(subject, "/") || req.Method != http.MethodPost || r.log == "" {
 		r.reg.Handler().ServeHTTP(w, req)
 		return
 	}
