@@ -159,23 +159,31 @@ func TestRegistryClosedWindows(t *testing.T) {
 	}
 }
 
+// countingV1 starts a registry, a broker and a worker bound to the
+// registry, and has the worker count n framed v1 views of pages pages:
+// what the tests of a registry changing under a running worker start from.
+func countingV1(t *testing.T, n, pages int) (*registryServer, *broker, *harness.Worker, sarama.SyncProducer, func() int64, map[string]int64) {
+	t.Helper()
+	rs := serveRegistry(t)
+	b := startBroker(t)
+	w := startWorker(t, "worker", registryEnv(t, b, rs))
+	w.WaitReady(t, 60*time.Second)
+	v1 := boundID(t, w, b.topic+"-value")
+	committed := committedViews(t, b)
+	p := newProducer(t, b.addr)
+	want := map[string]int64{}
+	produce(t, p, avroViews(t, b.topic, v1Views(v1), "/v1", n, pages, want))
+	waitCommittedViews(t, committed, int64(n), 60*time.Second)
+	return rs, b, w, p, committed, want
+}
+
 // A schema registered while the worker runs, with an added optional field,
 // is read by the running worker: every record of the new version is
 // counted, none is dead-lettered, and the worker never restarts.
 func TestRegistryEvolution(t *testing.T) {
 	const before, after, pages = 100, 500, 10
-	rs := serveRegistry(t)
-	b := startBroker(t)
-	w := startWorker(t, "worker", registryEnv(t, b, rs))
-	w.WaitReady(t, 60*time.Second)
+	rs, b, w, p, committed, want := countingV1(t, before, pages)
 	subject := b.topic + "-value"
-	v1 := boundID(t, w, subject)
-	committed := committedViews(t, b)
-	p := newProducer(t, b.addr)
-	want := map[string]int64{}
-
-	produce(t, p, avroViews(t, b.topic, v1Views(v1), "/v1", before, pages, want))
-	waitCommittedViews(t, committed, before, 60*time.Second)
 
 	v2, version := rs.register(t, subject, pageViewV2Schema)
 	t.Logf("registered version %d (id %d) of %s while the worker runs", version, v2, subject)
@@ -278,18 +286,8 @@ func TestRegistryBadRecords(t *testing.T) {
 // address the partition goes on and every record is counted.
 func TestRegistryOutage(t *testing.T) {
 	const before, during, pages = 100, 200, 10
-	rs := serveRegistry(t)
-	b := startBroker(t)
-	w := startWorker(t, "worker", registryEnv(t, b, rs))
-	w.WaitReady(t, 60*time.Second)
+	rs, b, w, p, committed, want := countingV1(t, before, pages)
 	subject := b.topic + "-value"
-	v1 := boundID(t, w, subject)
-	committed := committedViews(t, b)
-	p := newProducer(t, b.addr)
-	want := map[string]int64{}
-
-	produce(t, p, avroViews(t, b.topic, v1Views(v1), "/v1", before, pages, want))
-	waitCommittedViews(t, committed, before, 60*time.Second)
 	v2, _ := rs.register(t, subject, pageViewV2Schema)
 
 	rs.stop()

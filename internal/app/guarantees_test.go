@@ -109,6 +109,21 @@ func (w *sumsWorker) totals(t *testing.T, want map[string]int64) map[string]int6
 	return got
 }
 
+// startCluster starts an in-process broker for the test (skipped with
+// -short) and returns its address.
+func startCluster(t *testing.T) []string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("runs workers against a broker")
+	}
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	return cluster.ListenAddrs()
+}
+
 func equal(a, b map[string]int64) bool {
 	if len(a) != len(b) {
 		return false
@@ -126,15 +141,7 @@ func equal(a, b map[string]int64) bool {
 // tables from their changelogs, and once /ready/ says so its answers are
 // already complete; amounts sent after the restart add up exactly.
 func TestGuaranteesOnAnotherApp(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs workers against a broker")
-	}
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
-	brokers := cluster.ListenAddrs()
+	brokers := startCluster(t)
 	for _, guarantee := range []string{"at_least_once", "exactly_once"} {
 		t.Run(guarantee, func(t *testing.T) {
 			topic := "amounts-" + guarantee
@@ -175,15 +182,7 @@ func TestGuaranteesOnAnotherApp(t *testing.T) {
 // dead-lettered or lost, and once the service is back every amount adds up
 // exactly, under both guarantees.
 func TestUnavailableServiceMakesThePartitionWait(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs workers against a broker")
-	}
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
-	brokers := cluster.ListenAddrs()
+	brokers := startCluster(t)
 	for _, guarantee := range []string{"at_least_once", "exactly_once"} {
 		t.Run(guarantee, func(t *testing.T) {
 			topic := "waits-" + guarantee
