@@ -88,6 +88,29 @@ func connect(t *testing.T, o schema.Options) *schema.Registry {
 	return reg
 }
 
+// bound is a codec bound to a registry served for the test, under the
+// subject views-value.
+type bound struct {
+	fake *srfake.Registry
+	url  string
+	stop func() // stops serving
+	reg  *schema.Registry
+	c    *schema.Codec[view]
+	b    schema.Binding
+}
+
+func newBound(t *testing.T) *bound {
+	t.Helper()
+	x := &bound{fake: srfake.NewRegistry(), c: newCodec()}
+	x.url, x.stop = serve(t, x.fake, "127.0.0.1:0")
+	x.reg = connect(t, schema.Options{URL: x.url})
+	var err error
+	if x.b, err = x.c.Bind(context.Background(), x.reg, "views-value"); err != nil {
+		t.Fatal(err)
+	}
+	return x
+}
+
 // frame is a registry-framed record of id.
 func frame(id int, body []byte) []byte {
 	b := make([]byte, 5, 5+len(body))
@@ -146,14 +169,9 @@ func TestBindRegistersThenFramesAndCaches(t *testing.T) {
 }
 
 func TestReadsANewerWriterByResolution(t *testing.T) {
-	fake := srfake.NewRegistry()
-	url, _ := serve(t, fake, "127.0.0.1:0")
-	reg := connect(t, schema.Options{URL: url})
-	c := newCodec()
-	if _, err := c.Bind(context.Background(), reg, "views-value"); err != nil {
-		t.Fatal(err)
-	}
-	id2, _, err := fake.RegisterSchema("views-value", sr.Schema{Schema: v2, Type: sr.TypeAvro})
+	x := newBound(t)
+	c := x.c
+	id2, _, err := x.fake.RegisterSchema("views-value", sr.Schema{Schema: v2, Type: sr.TypeAvro})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,14 +186,8 @@ func TestReadsANewerWriterByResolution(t *testing.T) {
 }
 
 func TestRecordsThatCanNeverBeReadAreInvalid(t *testing.T) {
-	fake := srfake.NewRegistry()
-	url, _ := serve(t, fake, "127.0.0.1:0")
-	reg := connect(t, schema.Options{URL: url})
-	c := newCodec()
-	b, err := c.Bind(context.Background(), reg, "views-value")
-	if err != nil {
-		t.Fatal(err)
-	}
+	x := newBound(t)
+	c, reg, b, fake := x.c, x.reg, x.b, x.fake
 	for range 3 {
 		_, err := c.Decode(frame(9999, []byte{2, 'x', 0}))
 		if !errors.Is(err, stream.ErrInvalid) || !errors.Is(err, schema.ErrUnknownSchema) {
@@ -203,13 +215,8 @@ func TestRecordsThatCanNeverBeReadAreInvalid(t *testing.T) {
 }
 
 func TestUnreachableRegistryIsUnavailableUntilItReturns(t *testing.T) {
-	fake := srfake.NewRegistry()
-	url, stop := serve(t, fake, "127.0.0.1:0")
-	reg := connect(t, schema.Options{URL: url})
-	c := newCodec()
-	if _, err := c.Bind(context.Background(), reg, "views-value"); err != nil {
-		t.Fatal(err)
-	}
+	x := newBound(t)
+	c, reg, fake, url, stop := x.c, x.reg, x.fake, x.url, x.stop
 	id2, _, err := fake.RegisterSchema("views-value", sr.Schema{Schema: v2, Type: sr.TypeAvro})
 	if err != nil {
 		t.Fatal(err)
