@@ -107,6 +107,21 @@ func (k *kafkaTruth) committed(group, topic string) map[int32]int64 {
 // arrived, or nothing arrived for a while.
 func (k *kafkaTruth) readCommitted(topic string) map[int32][][]byte {
 	k.t.Helper()
+	return k.readCommittedWhere(topic, nil)
+}
+
+// readKeys is readCommitted of a changelog without the records that hold
+// no table key: a windowed table's closed-up-to point per partition, whose
+// key starts with a zero byte (no key of a page does).
+func (k *kafkaTruth) readKeys(changelog string) map[int32][][]byte {
+	k.t.Helper()
+	return k.readCommittedWhere(changelog, func(m *sarama.ConsumerMessage) bool { return len(m.Key) == 0 || m.Key[0] != 0 })
+}
+
+// readCommittedWhere is readCommitted of the records keep keeps (nil:
+// all).
+func (k *kafkaTruth) readCommittedWhere(topic string, keep func(*sarama.ConsumerMessage) bool) map[int32][][]byte {
+	k.t.Helper()
 	cfg, err := kafka.NewConfig(kafka.Options{ClientID: "truth-reader", ReadCommitted: true})
 	if err != nil {
 		k.t.Fatal(err)
@@ -128,7 +143,7 @@ func (k *kafkaTruth) readCommitted(topic string) map[int32][][]byte {
 			continue
 		}
 		wg.Go(func() {
-			vals, err := readPartition(consumer, topic, p, hwm)
+			vals, err := readPartition(consumer, topic, p, hwm, keep)
 			mu.Lock()
 			defer mu.Unlock()
 			out[p] = vals
@@ -144,7 +159,7 @@ func (k *kafkaTruth) readCommitted(topic string) map[int32][][]byte {
 	return out
 }
 
-func readPartition(consumer sarama.Consumer, topic string, p int32, hwm int64) ([][]byte, error) {
+func readPartition(consumer sarama.Consumer, topic string, p int32, hwm int64, keep func(*sarama.ConsumerMessage) bool) ([][]byte, error) {
 	pc, err := consumer.ConsumePartition(topic, p, sarama.OffsetOldest)
 	if err != nil {
 		return nil, fmt.Errorf("consume %s/%d: %w", topic, p, err)
@@ -156,7 +171,9 @@ func readPartition(consumer sarama.Consumer, topic string, p int32, hwm int64) (
 	for {
 		select {
 		case m := <-pc.Messages():
-			vals = append(vals, m.Value)
+			if keep == nil || keep(m) {
+				vals = append(vals, m.Value)
+			}
 			if m.Offset >= hwm-1 {
 				return vals, nil
 			}
