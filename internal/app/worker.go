@@ -260,7 +260,8 @@ func (w *worker) bindSchemas(ctx context.Context) error {
 		}
 		return nil
 	}
-	reg, err := schema.Connect(schema.Options{URL: url, Username: w.cfg.RegistryUser, Password: w.cfg.RegistryPassword, CAFile: w.cfg.RegistryCAFile})
+	reg, err := schema.Connect(schema.Options{URL: url, Username: w.cfg.RegistryUser, Password: w.cfg.RegistryPassword,
+		CAFile: w.cfg.RegistryCAFile, UserAgent: w.cfg.Service})
 	if err != nil {
 		return err
 	}

@@ -31,7 +31,7 @@ func BenchmarkAgentHandle(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	a := &Agent{Tables: tables, Clock: clock}
+	a := &Agent{Tables: tables, Codec: NewCodec(), Clock: clock}
 	evs := make([]stream.Event, 1000)
 	for i := range evs {
 		pv := PageView{Page: "/page/" + strconv.Itoa(i), Count: int64(i), Timestamp: now}

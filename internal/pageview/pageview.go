@@ -60,10 +60,7 @@ type WindowCount struct {
 
 // NewWindowCodec is the closed-window topic's codec.
 func NewWindowCodec() *schema.Codec[WindowCount] {
-	return schema.NewCodec(windowSchema, func(w WindowCount) ([]byte, error) { return json.Marshal(w) }, func(b []byte) (w WindowCount, err error) {
-		err = jsonscan.Unmarshal(b, &w)
-		return w, err
-	})
+	return schema.NewCodec[WindowCount](windowSchema, nil, nil)
 }
 
 // MaxPageLen is the longest page a valid page view holds, in bytes.
@@ -97,19 +94,23 @@ func parse(b []byte, borrow bool) (pv PageView, err error) {
 	return pv, nil
 }
 
-// validate checks what every page view must hold, however it was encoded.
-func validate(pv PageView, now time.Time) error {
+// validate checks what every page view must hold, however it was encoded;
+// its errors wrap stream.ErrInvalid.
+func validate(pv PageView, now time.Time) (err error) {
 	switch {
 	case pv.Page == "":
-		return ErrNoPage
+		err = ErrNoPage
 	case len(pv.Page) > MaxPageLen:
-		return ErrPageTooLong
+		err = ErrPageTooLong
 	case !utf8.ValidString(pv.Page):
-		return ErrNotUTF8
+		err = ErrNotUTF8
 	case !pv.Timestamp.IsZero():
-		return window.CheckTime(pv.Timestamp, now)
+		err = window.CheckTime(pv.Timestamp, now)
 	}
-	return nil
+	if err != nil {
+		err = fmt.Errorf("%w: %w", stream.ErrInvalid, err)
+	}
+	return err
 }
 
 // decodeFast reads the common shape of a PageView (jsonscan); ok is false
@@ -162,7 +163,7 @@ type Tables struct {
 // Agent counts page views. It implements stream.Handler.
 type Agent struct {
 	Tables
-	Codec *schema.Codec[PageView] // nil: JSON only
+	Codec *schema.Codec[PageView] // NewCodec()
 	Clock func() time.Time
 	Late  func(*stream.Event) // a view for a closed window (it still counts in totals)
 }
@@ -175,9 +176,12 @@ func (a *Agent) Handle(ev *stream.Event) error {
 	if now.IsZero() {
 		now = a.Clock()
 	}
-	pv, err := a.decode(ev.Value, now)
+	pv, err := a.Codec.Decode(ev.Value)
+	if err == nil {
+		err = validate(pv, now)
+	}
 	if err != nil {
-		return err
+		return err // invalid, or the registry unavailable
 	}
 	if _, synthetic := ev.Header(SyntheticHeader); strings.HasPrefix(pv.Page, ReservedPrefix) && !synthetic {
 		return fmt.Errorf("%w: page %q is reserved for synthetic views, and the record has no %s header", stream.ErrInvalid, pv.Page, SyntheticHeader)
@@ -197,23 +201,6 @@ func (a *Agent) Handle(ev *stream.Event) error {
 		a.Late(ev)
 	}
 	return a.Totals.Update(ev.Partition, pv.Page, inc)
-}
-
-// decode reads and checks a view; errors wrap stream.ErrInvalid, or
-// stream.ErrUnavailable while the schema registry does not answer.
-func (a *Agent) decode(b []byte, now time.Time) (pv PageView, err error) {
-	if a.Codec != nil {
-		pv, err = a.Codec.Decode(b)
-	} else {
-		pv, err = parse(b, true)
-	}
-	if err == nil {
-		err = validate(pv, now)
-	}
-	if err != nil && !errors.Is(err, stream.ErrUnavailable) && !errors.Is(err, stream.ErrInvalid) {
-		err = fmt.Errorf("%w: %w", stream.ErrInvalid, err)
-	}
-	return pv, err
 }
 
 // The seed's report texts, and the count from which a page is trending.

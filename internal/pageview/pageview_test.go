@@ -594,7 +594,7 @@ func TestAgentHandle(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFixture(t)
 			var late []int32
-			a := &pageview.Agent{Tables: f.tables, Clock: f.clock.Now, Late: func(ev *stream.Event) { late = append(late, ev.Partition) }}
+			a := &pageview.Agent{Tables: f.tables, Codec: pageview.NewCodec(), Clock: f.clock.Now, Late: func(ev *stream.Event) { late = append(late, ev.Partition) }}
 			err := a.Handle(tt.ev)
 			p := tt.ev.Partition
 			if tt.invalid != nil {
@@ -646,7 +646,7 @@ func countKeys(t testing.TB, tb *table.Table[int64], p int32) int {
 
 func TestAgentCounts(t *testing.T) {
 	f := newFixture(t)
-	a := &pageview.Agent{Tables: f.tables, Clock: f.clock.Now}
+	a := &pageview.Agent{Tables: f.tables, Codec: pageview.NewCodec(), Clock: f.clock.Now}
 	evs := []*stream.Event{
 		event(0, `{"page":"/a","count":1,"timestamp":"2026-11-26T16:00:01Z"}`, t0),
 		event(0, `{"page":"/a","count":2,"timestamp":"2026-11-26T16:00:59.999Z"}`, t0),
@@ -685,7 +685,7 @@ func TestAgentCounts(t *testing.T) {
 func TestAgentLateView(t *testing.T) {
 	f := newFixture(t)
 	var late []int32
-	a := &pageview.Agent{Tables: f.tables, Clock: f.clock.Now, Late: func(ev *stream.Event) { late = append(late, ev.Partition) }}
+	a := &pageview.Agent{Tables: f.tables, Codec: pageview.NewCodec(), Clock: f.clock.Now, Late: func(ev *stream.Event) { late = append(late, ev.Partition) }}
 	// The worker's clock is ten minutes past t0, and so is the first view:
 	// it moves the stream time there, so the window of t0 has expired when
 	// the second arrives.
@@ -721,7 +721,7 @@ func TestAgentLateView(t *testing.T) {
 
 func TestAgentUnassignedPartition(t *testing.T) {
 	f := newFixture(t)
-	a := &pageview.Agent{Tables: f.tables, Clock: f.clock.Now}
+	a := &pageview.Agent{Tables: f.tables, Codec: pageview.NewCodec(), Clock: f.clock.Now}
 	err := a.Handle(event(7, `{"page":"/a"}`, t0))
 	if !errors.Is(err, table.ErrNotAssigned) {
 		t.Errorf("Handle on an unassigned partition = %v, want ErrNotAssigned", err)
@@ -736,7 +736,7 @@ func TestAgentUnassignedPartition(t *testing.T) {
 // timestamp as its event time, so the same guard must apply to it.
 func TestAgentFarFutureRecordTimestamp(t *testing.T) {
 	f := newFixture(t)
-	a := &pageview.Agent{Tables: f.tables, Clock: f.clock.Now}
+	a := &pageview.Agent{Tables: f.tables, Codec: pageview.NewCodec(), Clock: f.clock.Now}
 	f.view(t, 0, "/live", t0, 1)
 	err := a.Handle(event(0, `{"page":"/a"}`, t0.Add(24*time.Hour)))
 	if v, ok, _ := f.tables.Views.Get(0, "/live", win.Start(t0)); !ok || v != 1 {
@@ -749,7 +749,7 @@ func TestAgentFarFutureRecordTimestamp(t *testing.T) {
 
 func TestReportConcurrentWithAgent(t *testing.T) {
 	f := newFixture(t)
-	a := &pageview.Agent{Tables: f.tables, Clock: f.clock.Now}
+	a := &pageview.Agent{Tables: f.tables, Codec: pageview.NewCodec(), Clock: f.clock.Now}
 	r := f.reporter()
 	const n = 500
 	var wg sync.WaitGroup
@@ -847,7 +847,7 @@ func TestAgentFutureViewKeepsWindowsLive(t *testing.T) {
 	f := newFixture(t)
 	f.clock.Set(t0.Add(20 * time.Second))
 	var late []int32
-	a := &pageview.Agent{Tables: f.tables, Clock: f.clock.Now, Late: func(ev *stream.Event) { late = append(late, ev.Partition) }}
+	a := &pageview.Agent{Tables: f.tables, Codec: pageview.NewCodec(), Clock: f.clock.Now, Late: func(ev *stream.Event) { late = append(late, ev.Partition) }}
 	for _, ev := range []*stream.Event{
 		event(1, `{"page":"/a","timestamp":"2026-11-26T16:00:05Z"}`, t0),
 		event(1, `{"page":"/a","timestamp":"2026-11-26T16:30:00Z"}`, t0), // 30 minutes ahead
@@ -878,7 +878,7 @@ func TestAgentFutureViewKeepsWindowsLive(t *testing.T) {
 // record) cannot make the livecheck pass.
 func TestAgentReservedPageNeedsTheSyntheticHeader(t *testing.T) {
 	f := newFixture(t)
-	a := &pageview.Agent{Tables: f.tables, Clock: f.clock.Now}
+	a := &pageview.Agent{Tables: f.tables, Codec: pageview.NewCodec(), Clock: f.clock.Now}
 	page := pageview.LivecheckPage
 	value := `{"page":"` + page + `"}`
 

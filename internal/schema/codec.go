@@ -3,6 +3,8 @@ package schema
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/hamba/avro/v2"
 
+	"github.com/gofaust/pageviews/internal/jsonscan"
 	"github.com/gofaust/pageviews/internal/stream"
 )
 
@@ -41,11 +44,18 @@ type resolution struct {
 
 // NewCodec declares a codec of T: avroSchema is its Avro schema (JSON
 // text; it panics when that does not parse, a declaration bug), and the
-// JSON functions are its unbound form, which it also reads when bound.
+// JSON functions are its unbound form, which it also reads when bound; nil
+// ones are encoding/json's (and a strict reader's: jsonscan.Unmarshal).
 func NewCodec[T any](avroSchema string, encodeJSON func(T) ([]byte, error), decodeJSON func([]byte) (T, error)) *Codec[T] {
 	s, err := avro.Parse(avroSchema)
 	if err != nil {
 		panic(fmt.Sprintf("schema: the declared Avro schema does not parse: %v", err))
+	}
+	if encodeJSON == nil {
+		encodeJSON = func(v T) ([]byte, error) { return json.Marshal(v) }
+	}
+	if decodeJSON == nil {
+		decodeJSON = func(b []byte) (v T, err error) { return v, jsonscan.Unmarshal(b, &v) }
 	}
 	return &Codec[T]{text: avroSchema, reader: s, encodeJSON: encodeJSON, decodeJSON: decodeJSON, compat: avro.NewSchemaCompatibility()}
 }
@@ -91,7 +101,11 @@ func (c *Codec[T]) EncodeValue(v any) ([]byte, error) {
 // stream.ErrUnavailable while the registry does not answer.
 func (c *Codec[T]) Decode(b []byte) (T, error) {
 	if len(b) == 0 || b[0] != 0 {
-		return c.decodeJSON(b)
+		v, err := c.decodeJSON(b)
+		if err != nil && !errors.Is(err, stream.ErrInvalid) {
+			err = fmt.Errorf("%w: %w", stream.ErrInvalid, err)
+		}
+		return v, err
 	}
 	var v T
 	bd := c.bound.Load()

@@ -42,6 +42,8 @@ type Options struct {
 	CAFile string
 	// Timeout bounds one request; zero means 10s.
 	Timeout time.Duration
+	// UserAgent names the client to the registry (the service).
+	UserAgent string
 }
 
 // Registry is a registry client with a cache of writer schemas by id,
@@ -85,7 +87,9 @@ func Connect(o Options) (*Registry, error) {
 	opts := []sr.ClientOpt{
 		sr.URLs(o.URL),
 		sr.HTTPClient(&http.Client{Timeout: timeout, Transport: transport}),
-		sr.UserAgent("pageviews"),
+	}
+	if o.UserAgent != "" {
+		opts = append(opts, sr.UserAgent(o.UserAgent))
 	}
 	if o.Username != "" || o.Password != "" {
 		opts = append(opts, sr.BasicAuth(o.Username, o.Password))
