@@ -5,8 +5,12 @@
 #   docker build --build-arg VERSION=$(git describe --tags --always) -t pageviews .
 #
 # Pebble is pure Go, so the binary needs no cgo and no libc (CGO_ENABLED=0).
+#
+# Both base images are pinned by digest; Dependabot (the docker ecosystem)
+# moves tag and digest together. The Go image is the toolchain of go.mod's
+# `toolchain` line, the Go that CI tests (deploy/check/dockerfile_test.go).
 
-FROM --platform=$BUILDPLATFORM golang:1.26 AS build
+FROM --platform=$BUILDPLATFORM golang:1.26.8-bookworm@sha256:9fdc884aacc3bec89b20ffc69f4bb369c78210e3e4f600387b5128b12c199f81 AS build
 WORKDIR /src
 # Modules first: this layer stays cached until go.mod or go.sum change.
 COPY go.mod go.sum ./
@@ -25,7 +29,7 @@ RUN --mount=type=cache,target=/go/pkg/mod \
 # mounted over it (or none at all) is writable.
 RUN mkdir -p /out/data
 
-FROM gcr.io/distroless/static-debian12:nonroot
+FROM gcr.io/distroless/static-debian12:nonroot@sha256:afa5c872c891853ca7fcf1f12c3edb23f7eeef36189728842dd51042ff57f7ab
 ARG VERSION=dev
 ARG REVISION=unknown
 ARG CREATED=unknown

@@ -29,8 +29,8 @@ run: build ## run the worker on the embedded dev broker (nothing else to install
 	LOG_FORMAT=$${LOG_FORMAT:-text} $(BIN)/pageviews
 
 .PHONY: run-dev
-run-dev: ## docker compose: Kafka (KRaft), two workers, statsd_exporter, Prometheus, Grafana, Jaeger
-	docker compose up --build
+run-dev: ## docker compose: Kafka (KRaft), the schema registry, two workers, statsd_exporter, Prometheus, Grafana, Jaeger (traces on)
+	PAGEVIEWS_TRACES=otlp docker compose --profile observability up --build
 
 .PHONY: run-dev-tilt
 run-dev-tilt: ## Tilt on a local Kubernetes cluster: Kafka, the Helm chart, live updates
@@ -72,6 +72,13 @@ lint: ## go vet and staticcheck (pinned in tools/go.mod)
 	$(GO) vet ./...
 	$(TOOL) staticcheck ./...
 	@test -z "$$(gofmt -l cmd internal)" || { echo "gofmt needed:"; gofmt -l cmd internal; exit 1; }
+
+# One list for CI and for a laptop: the script holds the programs and their
+# Debian packages, and deploy/check/workflow_test.go holds the script to the
+# programs the tests look up and to the workflow jobs that run them.
+.PHONY: ci-deps
+ci-deps: ## install the system packages the tests need, when missing (.ci/deps: kcat, prometheus, shellcheck; with apt-get), as CI does
+	bash .ci/deps
 
 .PHONY: clean
 clean: ## remove build output and the local data directory

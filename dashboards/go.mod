@@ -2,6 +2,8 @@ module github.com/gofaust/pageviews/dashboards
 
 go 1.26.0
 
+toolchain go1.26.8
+
 replace github.com/gofaust/pageviews => ../
 
 require (

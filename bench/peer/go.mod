@@ -2,6 +2,8 @@ module github.com/gofaust/pageviews/bench/peer
 
 go 1.26.5
 
+toolchain go1.26.8
+
 require (
 	github.com/IBM/sarama v1.46.3
 	github.com/lovoo/goka v1.1.17

@@ -64,8 +64,9 @@ func goCmd(t testing.TB, dir string, env []string, args ...string) string {
 
 // TestBake generates a worker with every answer changed and checks that it
 // stands on its own: it vets and tests offline, its chart lints, its
-// dashboards and alerts use its metric namespace, and nothing in it names
-// the template outside the allow-list of template.json.
+// workflows pass the workflow tests, its dashboards and alerts use its
+// metric namespace, and nothing in it names the template outside the
+// allow-list of template.json.
 func TestBake(t *testing.T) {
 	if testing.Short() {
 		t.Skip("bake: builds and tests a generated project (make test runs it)")
@@ -102,6 +103,39 @@ func TestBake(t *testing.T) {
 	t.Run("go test -short", func(t *testing.T) {
 		goCmd(t, out, env, "test", "-short", "-count=1", "./...")
 	})
+	t.Run("workflow tests", func(t *testing.T) { workflowTests(t, out, env) })
+}
+
+// workflowTests runs, in the generated project's deploy/check, the tests of
+// its workflows, Dependabot configuration, CI packages and Dockerfile: held
+// to the generated code and Makefile as the template's are to its own (the
+// chart tests there need a rendered chart, which `make lint-deploy` of the
+// project makes). deploy/check's dependencies come from the module cache:
+// `make lint-deploy` in the template, or `go mod download` in its
+// deploy/check, puts them there.
+func workflowTests(t *testing.T, out string, env []string) {
+	dir := filepath.Join(out, "deploy", "check")
+	if _, err := os.Stat(filepath.Join(dir, "go.mod")); err != nil {
+		t.Fatalf("the generated project has no deploy/check module: %v", err)
+	}
+	cmd := exec.Command("go", "test", "-count=1",
+		"-run", "^(TestWorkflow.*|TestCIDeps.*|TestReleaseWorkflow|TestDependabot|TestDockerfile)$", ".")
+	cmd.Dir, cmd.Env = dir, env
+	start := time.Now()
+	output, err := cmd.CombinedOutput()
+	t.Logf("go test (the workflow tests, in %s): %s", dir, time.Since(start).Round(time.Millisecond))
+	switch {
+	case err != nil && bytes.Contains(output, []byte("disabled by GOPROXY=off")):
+		msg := "deploy/check's dependencies are not in the module cache (cd deploy/check && go mod download)"
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s, and CI=true: the workflow tests must run\n%s", msg, output)
+		}
+		t.Skipf("\n\n*** SKIPPING the generated project's workflow tests: %s ***\n", msg)
+	case err != nil:
+		t.Errorf("the generated project's workflow tests: %v\n%s", err, output)
+	case bytes.Contains(output, []byte("no tests to run")):
+		t.Errorf("the generated project's deploy/check has none of the workflow tests:\n%s", output)
+	}
 }
 
 // bakeProject generates a project from the template at root with answers,
@@ -350,7 +384,9 @@ func helmLint(t *testing.T, root, out string) {
 			kube = string(m[1])
 		}
 	}
-	rendered := goCmd(t, root, env, "tool", "-modfile="+toolsMod, "helm", "template", "clicks", chart, "--kube-version", kube)
+	// The chart has no default broker: an install must name one.
+	rendered := goCmd(t, root, env, "tool", "-modfile="+toolsMod, "helm", "template", "clicks", chart, "--kube-version", kube,
+		"--set", "kafka.brokers=kafka:9092")
 	for _, s := range []string{"name: clicks\n", "app.kubernetes.io/name: clicks", "value: \"click_events\"", "image: \"ghcr.io/acme/clicks:"} {
 		if !strings.Contains(rendered, s) {
 			t.Errorf("helm template lacks %q", s)

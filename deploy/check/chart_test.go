@@ -6,29 +6,63 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 )
 
+// rendering is one helm template run of one values set: the directory
+// `make lint-deploy` wrote it to names the Kubernetes version helm was told
+// (--kube-version) and whether the Prometheus Operator's API was there
+// (--api-versions monitoring.coreos.com/v1).
+type rendering struct {
+	dir        string // v1.37.2, v1.29.6, v1.37.2-monitoring
+	file       string // chart-default.yaml, chart-<ci values set>.yaml
+	kube       string // the Kubernetes version: 1.37.2
+	minor      int    // 1.<minor> of it
+	monitoring bool
+	objs       []map[string]any
+}
+
+func (r rendering) String() string { return r.dir + "/" + r.file }
+
+// renderingDirRE matches the directories of PAGEVIEWS_RENDERED_DIR.
+var renderingDirRE = regexp.MustCompile(`^v(1\.(\d+)\.\d+)(-monitoring)?$`)
+
 // renderedCharts reads the manifests `make lint-deploy` rendered with
-// `helm template` (one file per values set) from PAGEVIEWS_RENDERED_DIR.
-func renderedCharts(t *testing.T) map[string][]map[string]any {
+// `helm template` (one file per values set, one directory per Kubernetes
+// version and API set) from PAGEVIEWS_RENDERED_DIR.
+func renderedCharts(t *testing.T) []rendering {
 	t.Helper()
-	dir := os.Getenv("PAGEVIEWS_RENDERED_DIR")
-	if dir == "" {
+	root := os.Getenv("PAGEVIEWS_RENDERED_DIR")
+	if root == "" {
 		skipOrFail(t, "PAGEVIEWS_RENDERED_DIR is not set: run `make -f deploy/deploy.mk lint-deploy`, which renders the chart first")
 	}
-	files, err := filepath.Glob(filepath.Join(dir, "chart-*.yaml"))
+	dirs, err := os.ReadDir(root)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(files) == 0 {
-		t.Fatalf("no chart-*.yaml in %s", dir)
+	var out []rendering
+	for _, d := range dirs {
+		m := renderingDirRE.FindStringSubmatch(d.Name())
+		if !d.IsDir() || m == nil {
+			continue
+		}
+		minor, _ := strconv.Atoi(m[2])
+		files, err := filepath.Glob(filepath.Join(root, d.Name(), "chart-*.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(files) == 0 {
+			t.Fatalf("no chart-*.yaml in %s", filepath.Join(root, d.Name()))
+		}
+		for _, f := range files {
+			out = append(out, rendering{dir: d.Name(), file: filepath.Base(f), kube: m[1], minor: minor, monitoring: m[3] != "", objs: decodeAll(t, f)})
+		}
 	}
-	out := map[string][]map[string]any{}
-	for _, f := range files {
-		out[filepath.Base(f)] = decodeAll(t, f)
+	if len(out) == 0 {
+		t.Fatalf("no v1.<minor>.<patch>[-monitoring] directory of rendered charts in %s", root)
 	}
 	return out
 }
@@ -89,15 +123,17 @@ func named(objs []map[string]any, kind, name string) map[string]any {
 // and the rebalance strategy depend on (deploy/README.md), for every values
 // set lint-deploy renders.
 func TestChart(t *testing.T) {
-	for file, objs := range renderedCharts(t) {
-		t.Run(file, func(t *testing.T) {
+	for _, r := range renderedCharts(t) {
+		t.Run(r.String(), func(t *testing.T) {
+			objs := r.objs
 			sets := byKind(objs, "StatefulSet")
 			if len(sets) != 1 {
 				t.Fatalf("want one StatefulSet, got %d", len(sets))
 			}
 			checkStatefulSet(t, objs, sets[0])
-			checkRegistryValues(t, file, objs, sets[0])
-			if file == "chart-default.yaml" {
+			checkPreStop(t, r, sets[0])
+			checkRegistryValues(t, r.file, objs, sets[0])
+			if r.file == "chart-default.yaml" {
 				pdbs := byKind(objs, "PodDisruptionBudget")
 				if len(pdbs) != 1 || str(get(pdbs[0], "spec", "maxUnavailable")) != "50%" {
 					t.Errorf("default values: want one PodDisruptionBudget with maxUnavailable 50%%, got %v", pdbs)
@@ -258,15 +294,18 @@ func checkMountedFiles(t *testing.T, envs envVars, pod any, worker map[string]an
 	}
 }
 
-// checkShutdown checks that the kubelet's KILL comes after SHUTDOWN_TIMEOUT.
+// checkShutdown checks that the kubelet's KILL comes after the preStop
+// sleep and SHUTDOWN_TIMEOUT: the grace period counts from the start of the
+// preStop hook.
 func checkShutdown(t *testing.T, envs envVars, pod any) {
 	timeout, err := time.ParseDuration(envs.value("SHUTDOWN_TIMEOUT"))
 	if err != nil {
 		t.Errorf("SHUTDOWN_TIMEOUT=%q: %v", envs.value("SHUTDOWN_TIMEOUT"), err)
 	}
+	sleep, _ := get(workerContainer(t, pod), "lifecycle", "preStop", "sleep", "seconds").(int)
 	grace, _ := get(pod, "terminationGracePeriodSeconds").(int)
-	if time.Duration(grace)*time.Second <= timeout {
-		t.Errorf("terminationGracePeriodSeconds=%d is not above SHUTDOWN_TIMEOUT=%s", grace, timeout)
+	if time.Duration(grace)*time.Second <= time.Duration(sleep)*time.Second+timeout {
+		t.Errorf("terminationGracePeriodSeconds=%d is not above the preStop sleep (%ds) plus SHUTDOWN_TIMEOUT=%s", grace, sleep, timeout)
 	}
 }
 
@@ -397,7 +436,7 @@ func checkRegistry(t *testing.T, envs envVars) {
 	}
 }
 
-// registryWant is what each values set of ci/ must make of the schema
+// registryWant is what each values set must make of the schema
 // registry, so that lint-deploy renders every branch: the defaults none, the
 // nondefault values all settings from Secrets of the user's, the made-secret
 // values all settings from the Secret the chart makes. Other values sets are
@@ -406,6 +445,8 @@ var registryWant = map[string]struct {
 	set, madeSecret bool
 }{
 	"chart-default.yaml":            {},
+	"chart-minimal-values.yaml":     {},
+	"chart-sidecar-values.yaml":     {},
 	"chart-nondefault-values.yaml":  {set: true},
 	"chart-made-secret-values.yaml": {set: true, madeSecret: true},
 }

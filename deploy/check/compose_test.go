@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -18,16 +19,27 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
+// observability is the compose profile of Grafana and Jaeger.
+const observability = "observability"
+
 // loadCompose loads docker-compose.yml the way `docker compose` does
 // (schema validation, interpolation, merge keys, relative paths resolved),
-// with an empty environment so that the result does not depend on the shell.
-func loadCompose(tb testing.TB) *types.Project {
+// with an empty environment so that the result does not depend on the shell,
+// and the services of the given profiles besides those of none.
+func loadCompose(tb testing.TB, profiles ...string) *types.Project {
+	tb.Helper()
+	return loadComposeEnv(tb, nil, profiles...)
+}
+
+// loadComposeEnv is loadCompose in the environment env (KEY=value).
+func loadComposeEnv(tb testing.TB, env []string, profiles ...string) *types.Project {
 	tb.Helper()
 	root := repoRoot(tb)
 	opts, err := cli.NewProjectOptions(
 		[]string{filepath.Join(root, "docker-compose.yml")},
 		cli.WithWorkingDirectory(root),
-		cli.WithEnv(nil),
+		cli.WithEnv(env),
+		cli.WithProfiles(profiles),
 		cli.WithResolvedPaths(true),
 		cli.WithConsistency(true),
 	)
@@ -61,7 +73,7 @@ func env(s types.ServiceConfig, name string) string {
 // mounts: the Dockerfile and its context, the statsd mapping, the Prometheus
 // config, Grafana's provisioning and the dashboards directory.
 func TestComposeFilesExist(t *testing.T) {
-	p := loadCompose(t)
+	p := loadCompose(t, "*")
 	for name, s := range p.Services {
 		if s.Build != nil {
 			mustExist(t, s.Build.Context, true, name+" build context")
@@ -102,6 +114,7 @@ func TestComposeFilesExist(t *testing.T) {
 		{"deploy/grafana/provisioning/datasources", true},
 		{"deploy/grafana/provisioning/dashboards", true},
 		{"dashboards/grafana", true},
+		{"deploy/jaeger/config.yaml", false},
 	} {
 		if !mounted(p, filepath.Join(root, want.path)) {
 			t.Errorf("docker-compose.yml does not use %s", want.path)
@@ -365,7 +378,7 @@ func checkRegistryHealthcheck(t *testing.T, name string, sr types.ServiceConfig,
 // Prometheus scrapes statsd_exporter, and Grafana's provisioning points at
 // Prometheus and at the mounted dashboards directory.
 func TestComposeObservability(t *testing.T) {
-	p := loadCompose(t)
+	p := loadCompose(t, observability)
 	root := repoRoot(t)
 	checkStatsdExporter(t, p, root)
 	checkPrometheus(t, p, root)
@@ -527,4 +540,224 @@ func durationOf(tb testing.TB, s string) int64 {
 		tb.Fatalf("duration %q: %v", s, err)
 	}
 	return int64(d)
+}
+
+// TestComposeLoopback checks that every port of every service, in every
+// profile, is published on the host's loopback only: Grafana lets any
+// visitor in as an admin, and Kafka, the schema registry, Jaeger and the
+// workers take requests without credentials.
+func TestComposeLoopback(t *testing.T) {
+	p := loadCompose(t, "*")
+	published := 0
+	for name, s := range p.Services {
+		for _, port := range s.Ports {
+			published++
+			if port.HostIP != "127.0.0.1" {
+				t.Errorf("%s publishes container port %d on %s: bind it to 127.0.0.1 (\"127.0.0.1:%s:%d\")",
+					name, port.Target, cmp.Or(port.HostIP, "every interface"), cmp.Or(port.Published, "<port>"), port.Target)
+			}
+		}
+	}
+	if published == 0 {
+		t.Error("docker-compose.yml publishes no port at all")
+	}
+	// Grafana's anonymous admin is the reason: check it is what runs.
+	g := service(t, p, "grafana")
+	if env(g, "GF_AUTH_ANONYMOUS_ENABLED") == "true" && len(g.Ports) == 0 {
+		t.Error("grafana publishes no port: the host cannot reach it")
+	}
+}
+
+// TestComposeProfiles checks that Grafana and Jaeger run only with the
+// observability profile, and the rest of the stack with any: the workers,
+// Kafka and Prometheus must not depend on them (compose-go's consistency
+// check fails loading the file without the profile otherwise).
+func TestComposeProfiles(t *testing.T) {
+	optional := map[string]bool{"grafana": true, "jaeger": true}
+	base := loadCompose(t)
+	full := loadCompose(t, observability)
+	for name, s := range full.Services {
+		switch {
+		case optional[name]:
+			if !slices.Equal(s.Profiles, []string{observability}) {
+				t.Errorf("%s has profiles %v, want [%s]", name, s.Profiles, observability)
+			}
+			if _, ok := base.Services[name]; ok {
+				t.Errorf("%s runs without the %s profile", name, observability)
+			}
+		default:
+			if len(s.Profiles) > 0 {
+				t.Errorf("%s has profiles %v: only Grafana and Jaeger are optional", name, s.Profiles)
+			}
+			if _, ok := base.Services[name]; !ok {
+				t.Errorf("%s does not run without the %s profile", name, observability)
+			}
+		}
+	}
+	for name := range optional {
+		if _, ok := full.Services[name]; !ok {
+			t.Errorf("docker-compose.yml has no %s service in the %s profile", name, observability)
+		}
+	}
+}
+
+// jaegerConfig is the part of deploy/jaeger/config.yaml the checks read.
+type jaegerConfig struct {
+	Service struct {
+		Extensions []string `yaml:"extensions"`
+		Pipelines  map[string]struct {
+			Receivers []string `yaml:"receivers"`
+			Exporters []string `yaml:"exporters"`
+		} `yaml:"pipelines"`
+	} `yaml:"service"`
+	Extensions struct {
+		Storage struct {
+			Backends map[string]any `yaml:"backends"`
+		} `yaml:"jaeger_storage"`
+		Query struct {
+			Storage struct {
+				Traces string `yaml:"traces"`
+			} `yaml:"storage"`
+			HTTP struct {
+				Endpoint string `yaml:"endpoint"`
+			} `yaml:"http"`
+		} `yaml:"jaeger_query"`
+		Health struct {
+			HTTP struct {
+				Endpoint string `yaml:"endpoint"`
+			} `yaml:"http"`
+		} `yaml:"healthcheckv2"`
+	} `yaml:"extensions"`
+	Receivers struct {
+		OTLP struct {
+			Protocols struct {
+				GRPC struct {
+					Endpoint string `yaml:"endpoint"`
+				} `yaml:"grpc"`
+				HTTP struct {
+					Endpoint string `yaml:"endpoint"`
+				} `yaml:"http"`
+			} `yaml:"protocols"`
+		} `yaml:"otlp"`
+	} `yaml:"receivers"`
+	Exporters struct {
+		Storage struct {
+			TraceStorage string `yaml:"trace_storage"`
+		} `yaml:"jaeger_storage_exporter"`
+	} `yaml:"exporters"`
+}
+
+// readJaegerConfig reads deploy/jaeger/config.yaml and checks it: OTLP over
+// gRPC on 4317 and HTTP on 4318, into a storage backend it defines, which the
+// query service (the UI) reads; every listener on all of the container's
+// interfaces (Jaeger's own default is loopback, which a container's port
+// mapping cannot reach). It returns the config.
+func readJaegerConfig(t *testing.T) jaegerConfig {
+	var cfg jaegerConfig
+	readYAML(t, "deploy/jaeger/config.yaml", &cfg)
+	listeners := map[string]string{
+		"receivers.otlp.protocols.grpc": cfg.Receivers.OTLP.Protocols.GRPC.Endpoint,
+		"receivers.otlp.protocols.http": cfg.Receivers.OTLP.Protocols.HTTP.Endpoint,
+		"extensions.jaeger_query.http":  cfg.Extensions.Query.HTTP.Endpoint,
+		"extensions.healthcheckv2.http": cfg.Extensions.Health.HTTP.Endpoint,
+	}
+	for what, ep := range listeners {
+		host, _, err := net.SplitHostPort(ep)
+		if err != nil || host != "0.0.0.0" {
+			t.Errorf("deploy/jaeger/config.yaml: %s endpoint %q: want 0.0.0.0:<port>", what, ep)
+		}
+	}
+	if port(cfg.Receivers.OTLP.Protocols.GRPC.Endpoint) != "4317" || port(cfg.Receivers.OTLP.Protocols.HTTP.Endpoint) != "4318" {
+		t.Errorf("deploy/jaeger/config.yaml: OTLP on %q and %q, want the standard ports 4317 (gRPC) and 4318 (HTTP)",
+			cfg.Receivers.OTLP.Protocols.GRPC.Endpoint, cfg.Receivers.OTLP.Protocols.HTTP.Endpoint)
+	}
+	traces := cfg.Service.Pipelines["traces"]
+	if !slices.Contains(traces.Receivers, "otlp") || !slices.Contains(traces.Exporters, "jaeger_storage_exporter") {
+		t.Errorf("deploy/jaeger/config.yaml: the traces pipeline %+v does not take OTLP into Jaeger's storage", traces)
+	}
+	store := cfg.Exporters.Storage.TraceStorage
+	if _, ok := cfg.Extensions.Storage.Backends[store]; !ok || cfg.Extensions.Query.Storage.Traces != store {
+		t.Errorf("deploy/jaeger/config.yaml: the exporter writes to %q, the query service reads %q, the backends are %v",
+			store, cfg.Extensions.Query.Storage.Traces, cfg.Extensions.Storage.Backends)
+	}
+	for _, ext := range []string{"jaeger_storage", "jaeger_query"} {
+		if !slices.Contains(cfg.Service.Extensions, ext) {
+			t.Errorf("deploy/jaeger/config.yaml: extension %s is not enabled (service.extensions)", ext)
+		}
+	}
+	return cfg
+}
+
+// port is the port of a host:port endpoint.
+func port(endpoint string) string {
+	_, p, _ := net.SplitHostPort(endpoint)
+	return p
+}
+
+// TestComposeJaeger checks the compose Jaeger: v2 (the v1 all-in-one image
+// is end of life) at a pinned version, running deploy/jaeger/config.yaml,
+// publishing OTLP and the UI where the config listens, with a healthcheck on
+// its health endpoint; the workers send OTLP/HTTP to its receiver, but only
+// when PAGEVIEWS_TRACES=otlp asks, since Jaeger runs only in its profile.
+func TestComposeJaeger(t *testing.T) {
+	cfg := readJaegerConfig(t)
+	p := loadCompose(t, observability)
+	j := service(t, p, "jaeger")
+	if !regexp.MustCompile(`^jaegertracing/jaeger:2\.\d+\.\d+$`).MatchString(j.Image) {
+		t.Errorf("jaeger image %q: want jaegertracing/jaeger:2.x.y (Jaeger v2), a pinned version", j.Image)
+	}
+	target := mountTarget(j, filepath.Join(repoRoot(t), "deploy/jaeger/config.yaml"))
+	if target == "" || !slices.Equal([]string(j.Command), []string{"--config", target}) {
+		t.Errorf("jaeger does not run deploy/jaeger/config.yaml (mounted at %q, command %q)", target, j.Command)
+	}
+	targets := map[string]bool{}
+	for _, pt := range j.Ports {
+		targets[strconv.Itoa(int(pt.Target))] = true
+	}
+	for what, ep := range map[string]string{
+		"OTLP gRPC": cfg.Receivers.OTLP.Protocols.GRPC.Endpoint,
+		"OTLP HTTP": cfg.Receivers.OTLP.Protocols.HTTP.Endpoint,
+		"the UI":    cfg.Extensions.Query.HTTP.Endpoint,
+	} {
+		if !targets[port(ep)] {
+			t.Errorf("jaeger does not publish %s (%s)", what, ep)
+		}
+	}
+	if j.HealthCheck == nil || !strings.Contains(strings.Join(j.HealthCheck.Test, " "), ":"+port(cfg.Extensions.Health.HTTP.Endpoint)+"/status") {
+		t.Errorf("jaeger's healthcheck does not ask its health endpoint %s/status", cfg.Extensions.Health.HTTP.Endpoint)
+	}
+
+	// The workers: OTLP/HTTP to the receiver, off by default.
+	withTraces := loadComposeEnv(t, []string{"PAGEVIEWS_TRACES=otlp"}, observability)
+	for _, w := range []string{"worker-1", "worker-2"} {
+		s := service(t, p, w)
+		u, err := url.Parse(env(s, "OTEL_EXPORTER_OTLP_ENDPOINT"))
+		if err != nil || u.Hostname() != "jaeger" || u.Port() != port(cfg.Receivers.OTLP.Protocols.HTTP.Endpoint) || env(s, "OTEL_EXPORTER_OTLP_PROTOCOL") != "http/protobuf" {
+			t.Errorf("%s: OTLP to %q over %q, want http/protobuf to jaeger's HTTP receiver (%s)", w,
+				env(s, "OTEL_EXPORTER_OTLP_ENDPOINT"), env(s, "OTEL_EXPORTER_OTLP_PROTOCOL"), cfg.Receivers.OTLP.Protocols.HTTP.Endpoint)
+		}
+		if got := env(s, "OTEL_TRACES_EXPORTER"); got != "none" {
+			t.Errorf("%s: OTEL_TRACES_EXPORTER=%q by default, want none (Jaeger runs only in the %s profile)", w, got, observability)
+		}
+		if got := env(service(t, withTraces, w), "OTEL_TRACES_EXPORTER"); got != "otlp" {
+			t.Errorf("%s: OTEL_TRACES_EXPORTER=%q with PAGEVIEWS_TRACES=otlp, want otlp", w, got)
+		}
+		if _, ok := s.DependsOn["jaeger"]; ok {
+			t.Errorf("%s depends on jaeger, which runs only in the %s profile", w, observability)
+		}
+	}
+
+	// Grafana's Jaeger data source reads the query service.
+	var ds struct {
+		Datasources []struct{ Type, URL string } `yaml:"datasources"`
+	}
+	readYAML(t, "deploy/grafana/provisioning/datasources/datasources.yml", &ds)
+	for _, d := range ds.Datasources {
+		if d.Type != "jaeger" {
+			continue
+		}
+		if u, err := url.Parse(d.URL); err != nil || u.Hostname() != "jaeger" || u.Port() != port(cfg.Extensions.Query.HTTP.Endpoint) {
+			t.Errorf("Grafana's Jaeger data source %q does not point at jaeger's query service (%s)", d.URL, cfg.Extensions.Query.HTTP.Endpoint)
+		}
+	}
 }

@@ -3,6 +3,9 @@
 // the Tiltfile with Starlark and stub builtins, lint the Dockerfiles with
 // BuildKit's own parser and linter, load the statsd_exporter mapping with the
 // exporter's mapper, and check the Helm chart as rendered by helm template
-// (PAGEVIEWS_RENDERED_DIR) against what the worker reads. Every path these
-// files name must exist in the repository.
+// (PAGEVIEWS_RENDERED_DIR: per Kubernetes version, with and without the
+// Prometheus Operator's API) against what the worker reads and against the
+// operator's CRDs (PAGEVIEWS_MONITORING_CRDS), and run the pinned helm
+// (PAGEVIEWS_HELM) where a rendering must fail. Every path these files name
+// must exist in the repository.
 package check

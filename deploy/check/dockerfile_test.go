@@ -5,7 +5,9 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -66,11 +68,13 @@ func lintDockerfile(tb testing.TB, name string, dt []byte) []instructions.Stage 
 }
 
 // TestDockerfile lints the production Dockerfile and checks the shape the
-// chart relies on: a static build on golang:1.26, distroless nonroot at run
-// time, a numeric non-root user, port 8088, DATA_DIR=/data as a volume, the
-// OCI labels, the binary as entrypoint.
+// chart relies on: a static build on the Go of go.mod's toolchain line,
+// distroless nonroot at run time, both pinned by digest, a numeric non-root
+// user, port 8088, DATA_DIR=/data as a volume, the OCI labels, the binary as
+// entrypoint.
 func TestDockerfile(t *testing.T) {
-	dt, err := os.ReadFile(filepath.Join(repoRoot(t), "Dockerfile"))
+	root := repoRoot(t)
+	dt, err := os.ReadFile(filepath.Join(root, "Dockerfile"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,10 +82,17 @@ func TestDockerfile(t *testing.T) {
 	if len(stages) != 2 {
 		t.Fatalf("want a build stage and a runtime stage, got %d stages", len(stages))
 	}
-	if got := stages[0].BaseName; got != "golang:1.26" {
-		t.Errorf("build stage FROM %s, want golang:1.26", got)
+	checkPinnedImages(t, "Dockerfile", stages)
+	// The image's Go is the one CI tests and govulncheck judges: go.mod's
+	// toolchain (the official image sets GOTOOLCHAIN=local, so it would
+	// refuse an older one and never fetch a newer one).
+	want := goToolchain(t, filepath.Join(root, "go.mod"))
+	if m := goImageRE.FindStringSubmatch(stages[0].BaseName); m == nil {
+		t.Errorf("build stage FROM %s, want golang:%s[-<variant>]@sha256:<digest>", stages[0].BaseName, want)
+	} else if m[1] != want {
+		t.Errorf("build stage FROM %s: Go %s, but go.mod's toolchain is go%s: move them together", stages[0].BaseName, m[1], want)
 	}
-	if got := stages[1].BaseName; got != "gcr.io/distroless/static-debian12:nonroot" {
+	if got, _, _ := strings.Cut(stages[1].BaseName, "@"); got != "gcr.io/distroless/static-debian12:nonroot" {
 		t.Errorf("runtime stage FROM %s, want gcr.io/distroless/static-debian12:nonroot", got)
 	}
 	text := string(dt)
@@ -133,6 +144,34 @@ func TestDockerfile(t *testing.T) {
 	}
 	if entrypoint == "" {
 		t.Error("ENTRYPOINT is not the binary in exec form")
+	}
+}
+
+// goImageRE is the official Go image at a full Go version, with an
+// optional variant (bookworm, alpine3.22, ...): its version is group 1.
+var goImageRE = regexp.MustCompile(`^(?:docker\.io/)?(?:library/)?golang:(\d+\.\d+\.\d+)(?:-[a-z0-9.]+)?@sha256:[0-9a-f]{64}$`)
+
+// digestRE ends an image reference pinned by digest.
+var digestRE = regexp.MustCompile(`@sha256:[0-9a-f]{64}$`)
+
+// checkPinnedImages fails for every stage built FROM an image (not FROM an
+// earlier stage, nor scratch) that has no digest: a tag alone can move
+// under a release. Dependabot updates tag and digest together.
+func checkPinnedImages(t *testing.T, name string, stages []instructions.Stage) {
+	t.Helper()
+	earlier := map[string]bool{}
+	for i, st := range stages {
+		base := st.BaseName
+		switch {
+		case earlier[strings.ToLower(base)], base == "scratch":
+		case !digestRE.MatchString(base):
+			t.Errorf("%s: stage %d FROM %s is not pinned by digest (image:tag@sha256:...)", name, i, base)
+		case !strings.Contains(path.Base(strings.SplitN(base, "@", 2)[0]), ":"):
+			t.Errorf("%s: stage %d FROM %s has a digest but no tag: keep the tag, for readers and for Dependabot", name, i, base)
+		}
+		if st.Name != "" {
+			earlier[strings.ToLower(st.Name)] = true
+		}
 	}
 }
 

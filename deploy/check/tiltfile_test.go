@@ -2,9 +2,13 @@ package check
 
 import (
 	"fmt"
+	"maps"
+	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -53,6 +57,7 @@ type helmCall struct {
 type k8sResource struct {
 	workload     string
 	portForwards []int
+	hosts        []string // the host each forward binds, "" for Tilt's default (localhost)
 	deps         []string
 }
 
@@ -66,7 +71,10 @@ func (b blob) Truth() starlark.Bool  { return b.text != "" }
 func (b blob) Hash() (uint32, error) { return starlark.String(b.text).Hash() }
 
 // portForward is Tilt's port_forward() result.
-type portForward struct{ local, container int }
+type portForward struct {
+	local, container int
+	host             string
+}
 
 func (p portForward) String() string {
 	return fmt.Sprintf("port_forward(%d, %d)", p.local, p.container)
@@ -379,7 +387,7 @@ func (tl *tilt) portForward(_ *starlark.Thread, b *starlark.Builtin, args starla
 		}
 		c = n
 	}
-	return portForward{local, c}, nil
+	return portForward{local, c, host}, nil
 }
 
 // k8sResource records a k8s_resource: its workload, local ports and deps.
@@ -401,9 +409,11 @@ func (tl *tilt) k8sResource(_ *starlark.Thread, b *starlark.Builtin, args starla
 			switch pf := l.Index(i).(type) {
 			case portForward:
 				r.portForwards = append(r.portForwards, pf.local)
+				r.hosts = append(r.hosts, pf.host)
 			case starlark.Int:
 				n, _ := pf.Int64()
 				r.portForwards = append(r.portForwards, int(n))
+				r.hosts = append(r.hosts, "")
 			default:
 				return nil, fmt.Errorf("k8s_resource: port forward %s", pf)
 			}
@@ -547,6 +557,8 @@ func TestTiltfile(t *testing.T) {
 	checkTiltfilePaths(t, tl)
 	h := checkHelmCall(t, tl)
 	checkK8sResources(t, tl, h)
+	checkTiltObservability(t, tl, h)
+	checkTiltImages(t, tl)
 
 	// Hand the objects and the chart's settings to `make lint-deploy`, which
 	// validates them with kubeconform and renders the chart as Tilt would.
@@ -677,8 +689,13 @@ func checkK8sResources(t *testing.T, tl *tilt, h helmCall) {
 		if !workloads[r.workload] {
 			t.Errorf("k8s_resource(%q) names no workload; have %v", r.workload, keys(workloads))
 		}
-		for _, p := range r.portForwards {
+		for i, p := range r.portForwards {
 			forwarded[p] = r.workload
+			// Grafana lets any visitor in as an admin: nothing is forwarded
+			// beyond the developer's own machine.
+			if h := r.hosts[i]; h != "" && h != "localhost" && h != "127.0.0.1" {
+				t.Errorf("k8s_resource(%q) forwards port %d on host %q: keep Tilt's default, localhost", r.workload, p, h)
+			}
 		}
 		for _, d := range r.deps {
 			if !workloads[d] && !hasLocalResource(tl, d) {
@@ -691,6 +708,9 @@ func checkK8sResources(t *testing.T, tl *tilt, h helmCall) {
 	}
 	if forwarded[3000] != "grafana" {
 		t.Errorf("port 3000 is forwarded to %q, want grafana", forwarded[3000])
+	}
+	if forwarded[16686] != "jaeger" {
+		t.Errorf("port 16686 is forwarded to %q, want jaeger", forwarded[16686])
 	}
 }
 
@@ -779,4 +799,141 @@ func writeTiltOutputs(tb testing.TB, dir string, tl *tilt) {
 	}
 	write("helm-args.txt", strings.Join(args, "\n")+"\n")
 	write("Dockerfile.dev", tl.dockerBuilds[0].dockerfileContents)
+}
+
+// tiltServices lists the Services the Tiltfile deploys (its own objects and
+// deploy/kafka's) with their ports.
+func tiltServices(tl *tilt) map[string]map[string]bool {
+	out := map[string]map[string]bool{}
+	for _, o := range byKind(tl.objects, "Service") {
+		ports := map[string]bool{}
+		for _, p := range list(get(o, "spec", "ports")) {
+			ports[str(get(p, "port"))] = true
+		}
+		out[str(get(o, "metadata", "name"))] = ports
+	}
+	return out
+}
+
+// checkTiltObservability checks that whatever the telemetry points at is
+// deployed by the Tiltfile: every Grafana data source in its ConfigMaps (the
+// repository's provisioning, shared with docker-compose.yml) and the
+// workers' OTLP endpoint name a Service and one of its ports, and Jaeger
+// runs deploy/jaeger/config.yaml.
+func checkTiltObservability(t *testing.T, tl *tilt, h helmCall) {
+	services := tiltServices(tl)
+	reaches := func(what, raw string) {
+		u, err := url.Parse(raw)
+		if err != nil || u.Hostname() == "" || u.Port() == "" {
+			t.Errorf("%s: %q is not http://<service>:<port>", what, raw)
+			return
+		}
+		ports, ok := services[u.Hostname()]
+		if !ok {
+			t.Errorf("%s points at %s, a Service the Tiltfile never deploys (has %v)", what, u.Host, slices.Sorted(maps.Keys(services)))
+		} else if !ports[u.Port()] {
+			t.Errorf("%s points at port %s of Service %s, which does not expose it", what, u.Port(), u.Hostname())
+		}
+	}
+	datasources := 0
+	for _, cm := range byKind(tl.objects, "ConfigMap") {
+		data, _ := get(cm, "data").(map[string]any)
+		for key, v := range data {
+			var ds struct {
+				Datasources []struct{ Name, URL string } `yaml:"datasources"`
+			}
+			if !strings.HasSuffix(key, ".yml") && !strings.HasSuffix(key, ".yaml") || yaml.Unmarshal([]byte(str(v)), &ds) != nil {
+				continue
+			}
+			for _, d := range ds.Datasources {
+				datasources++
+				reaches("Grafana data source "+d.Name+" (ConfigMap "+str(get(cm, "metadata", "name"))+")", d.URL)
+			}
+		}
+	}
+	if datasources == 0 {
+		t.Error("no ConfigMap of the Tiltfile provisions Grafana data sources")
+	}
+	for _, kv := range h.set {
+		if key, value, _ := strings.Cut(kv, "="); key == "otel.endpoint" && value != "" {
+			reaches("the workers' otel.endpoint", value)
+		}
+	}
+
+	// Jaeger runs the repository's config, from a ConfigMap holding it.
+	config, err := os.ReadFile(inRepo(t, "deploy/jaeger/config.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var jaeger map[string]any
+	for _, d := range byKind(tl.objects, "Deployment") {
+		if str(get(d, "metadata", "name")) == "jaeger" {
+			jaeger = d
+		}
+	}
+	if jaeger == nil {
+		t.Fatal("the Tiltfile deploys no jaeger Deployment, which Grafana's Jaeger data source needs")
+	}
+	pod := get(jaeger, "spec", "template", "spec")
+	c := get(pod, "containers", 0)
+	if image := str(get(c, "image")); !regexp.MustCompile(`^jaegertracing/jaeger:2\.\d+\.\d+$`).MatchString(image) {
+		t.Errorf("jaeger image %q: want jaegertracing/jaeger:2.x.y", image)
+	}
+	args := fmt.Sprint(get(c, "args"))
+	runs := false
+	for _, m := range list(get(c, "volumeMounts")) {
+		for _, v := range list(get(pod, "volumes")) {
+			if str(get(v, "name")) != str(get(m, "name")) || get(v, "configMap") == nil {
+				continue
+			}
+			cm := named(tl.objects, "ConfigMap", str(get(v, "configMap", "name")))
+			data, _ := get(cm, "data").(map[string]any)
+			for key, content := range data {
+				if str(content) == string(config) && args == fmt.Sprint([]any{"--config", path.Join(str(get(m, "mountPath")), key)}) {
+					runs = true
+				}
+			}
+		}
+	}
+	if !runs {
+		t.Errorf("jaeger (args %s) does not run deploy/jaeger/config.yaml from a mounted ConfigMap", args)
+	}
+}
+
+// checkTiltImages checks that an image the Tiltfile (or deploy/kafka) runs
+// and docker-compose.yml runs too is the same version in both.
+func checkTiltImages(t *testing.T, tl *tilt) {
+	compose := map[string]string{}
+	for _, s := range loadCompose(t, "*").Services {
+		if repo, tag := splitImage(s.Image); tag != "" && s.Build == nil {
+			compose[repo] = tag
+		}
+	}
+	for _, o := range tl.objects {
+		pod := get(o, "spec", "template", "spec")
+		for _, c := range append(list(get(pod, "containers")), list(get(pod, "initContainers"))...) {
+			image := str(get(c, "image"))
+			repo, tag := splitImage(image)
+			if want, ok := compose[repo]; ok && tag != want {
+				t.Errorf("%s %s runs %s, but docker-compose.yml runs %s:%s", o["kind"], str(get(o, "metadata", "name")), image, repo, want)
+			}
+		}
+	}
+}
+
+// splitImage splits an image reference into its repository and its tag (with
+// any digest): registry.example.com:5000/team/app:1.2@sha256:... gives
+// registry.example.com:5000/team/app and 1.2@sha256:....
+func splitImage(image string) (repo, tag string) {
+	name, digest, _ := strings.Cut(image, "@")
+	slash := strings.LastIndex(name, "/")
+	if colon := strings.LastIndex(name, ":"); colon > slash {
+		repo, tag = name[:colon], name[colon+1:]
+	} else {
+		repo = name
+	}
+	if digest != "" {
+		tag += "@" + digest
+	}
+	return repo, tag
 }

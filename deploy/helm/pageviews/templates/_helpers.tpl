@@ -74,16 +74,64 @@ exact.
 {{- end }}
 
 {{/*
-terminationGracePeriodSeconds: SHUTDOWN_TIMEOUT plus headroom, so that the
-kubelet's KILL never cuts a warm shutdown (flush, commit, leave the group)
-short.
+pageviews.preStopSleepSeconds is the worker's preStop sleep, or 0 for none.
+The image has no shell and no sleep binary, so the hook is the kubelet's own
+sleep action: beta and on by default from Kubernetes 1.30 (PodLifecycleSleepAction).
+On 1.29 the API server would drop the field (the gate is alpha and off there),
+so the chart renders no hook at all rather than one that silently does nothing.
+*/}}
+{{- define "pageviews.preStopSleepSeconds" -}}
+{{- if and (gt (int .Values.worker.preStopSleepSeconds) 0) (semverCompare ">=1.30.0-0" .Capabilities.KubeVersion.Version) }}
+{{- int .Values.worker.preStopSleepSeconds }}
+{{- else -}}
+0
+{{- end }}
+{{- end }}
+
+{{/*
+terminationGracePeriodSeconds: the preStop sleep, then SHUTDOWN_TIMEOUT plus
+headroom, so that the kubelet's KILL never cuts a warm shutdown (flush,
+commit, leave the group) short. The grace period counts from the start of
+the preStop hook.
 */}}
 {{- define "pageviews.terminationGracePeriodSeconds" -}}
 {{- $timeout := include "pageviews.seconds" .Values.worker.shutdownTimeout | atoi }}
 {{- if le $timeout 0 }}
 {{- fail (printf "worker.shutdownTimeout=%q: want a positive duration such as 30s or 1m30s" .Values.worker.shutdownTimeout) }}
 {{- end }}
-{{- add $timeout .Values.worker.shutdownGraceExtraSeconds }}
+{{- add (include "pageviews.preStopSleepSeconds" . | atoi) $timeout .Values.worker.shutdownGraceExtraSeconds }}
+{{- end }}
+
+{{/*
+KAFKA_BROKERS. There is no default: an empty list would start the worker's
+embedded development broker in every pod, each with its own topics.
+*/}}
+{{- define "pageviews.brokers" -}}
+{{- required "kafka.brokers is required: give the Kafka brokers' host:port list, such as --set kafka.brokers=kafka:9092 (an empty list would start the embedded development broker in every pod)" .Values.kafka.brokers }}
+{{- end }}
+
+{{/*
+"true" when the Prometheus Operator's API is there and the statsd_exporter
+sidecar gives it something to scrape: the PodMonitor and the PrometheusRule
+are rendered only then (each also has its own switch).
+*/}}
+{{- define "pageviews.prometheusOperator" -}}
+{{- if and (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1") .Values.statsdExporter.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
+Labels of the helm test Job's pod: deliberately not the selector labels, so
+that the Services, the PodDisruptionBudget and the StatefulSet never take the
+test pod for a worker.
+*/}}
+{{- define "pageviews.testLabels" -}}
+helm.sh/chart: {{ include "pageviews.chart" . }}
+app.kubernetes.io/name: {{ include "pageviews.name" . }}-test
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ include "pageviews.version" . | quote }}
+app.kubernetes.io/component: test
+app.kubernetes.io/part-of: pageviews
+app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/* Kafka security: which Secrets hold what, and whether the chart makes one. */}}
