@@ -176,7 +176,13 @@ func (a *Agent) Handle(ev *stream.Event) error {
 	if now.IsZero() {
 		now = a.Clock()
 	}
-	pv, err := a.Codec.Decode(ev.Value)
+	var pv PageView
+	var err error
+	if b := ev.Value; len(b) > 0 && b[0] == 0 {
+		pv, err = a.Codec.Decode(b) // registry-framed Avro
+	} else if pv, err = parse(b, true); err != nil { // JSON directly: through the codec it cost +26% per event (BenchmarkAgentHandle)
+		err = fmt.Errorf("%w: %w", stream.ErrInvalid, err)
+	}
 	if err == nil {
 		err = validate(pv, now)
 	}
