@@ -1,11 +1,16 @@
 package pageview
 
 import (
+	"context"
 	"log/slog"
+	"net/http/httptest"
 	"strconv"
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/sr/srfake"
+
+	"github.com/gofaust/pageviews/internal/schema"
 	"github.com/gofaust/pageviews/internal/store"
 	"github.com/gofaust/pageviews/internal/stream"
 	"github.com/gofaust/pageviews/internal/table"
@@ -53,6 +58,37 @@ func BenchmarkDecode(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := Decode(v, now); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkDecodeAvro measures the codec on a registry-framed view of the
+// worker's own schema (the writer schema cached after the first record),
+// next to BenchmarkDecode's JSON.
+func BenchmarkDecodeAvro(b *testing.B) {
+	srv := httptest.NewServer(srfake.NewRegistry().Handler())
+	defer srv.Close()
+	reg, err := schema.Connect(schema.Options{URL: srv.URL})
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := NewCodec()
+	if _, err := c.Bind(context.Background(), reg, Topic+"-value"); err != nil {
+		b.Fatal(err)
+	}
+	now := time.Date(2026, 11, 26, 16, 0, 30, 0, time.UTC)
+	v, err := c.Encode(PageView{Page: "/some/page/path", Count: 12345, Timestamp: now})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		pv, err := c.Decode(v)
+		if err == nil {
+			err = validate(pv, now)
+		}
+		if err != nil {
 			b.Fatal(err)
 		}
 	}
