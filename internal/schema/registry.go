@@ -20,7 +20,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -125,18 +124,6 @@ func (r *Registry) Stats() Stats {
 	}
 	r.mu.Unlock()
 	return s
-}
-
-// IDs are the schema ids read so far, in order.
-func (r *Registry) IDs() []int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	ids := make([]int, 0, len(r.seen))
-	for id := range r.seen {
-		ids = append(ids, id)
-	}
-	sort.Ints(ids)
-	return ids
 }
 
 // ErrUnknownSchema is a framed record whose schema id the registry does
