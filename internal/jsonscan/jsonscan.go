@@ -11,6 +11,7 @@ import (
 	"errors"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // Scanner reads one flat JSON object, field by field:
@@ -90,6 +91,16 @@ func (s *Scanner) String() []byte {
 	v, i, ok := plainString(s.b, s.i)
 	s.i, s.bad = i, s.bad || !ok
 	return v
+}
+
+// Text is String as a string: a copy, or with shared, one that shares b's
+// memory (valid only while b is unchanged).
+func (s *Scanner) Text(shared bool) string {
+	v := s.String()
+	if shared {
+		return unsafe.String(unsafe.SliceData(v), len(v))
+	}
+	return string(v)
 }
 
 // Int reads the value as an integer of at most 18 digits, without a

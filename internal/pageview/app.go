@@ -2,8 +2,11 @@ package pageview
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -16,9 +19,8 @@ import (
 	"github.com/gofaust/pageviews/internal/web"
 )
 
-// Topic is the default page-views topic. Pages under ReservedPrefix are
-// synthetic views (the livecheck's): counted, never reported; /count/ refuses
-// them, and the agent takes one only with SyntheticHeader (naming the sender).
+// Topic is the default topic. Pages under ReservedPrefix are synthetic views (the livecheck's): counted,
+// never reported, refused by /count/, taken by the agent only with SyntheticHeader (naming the sender).
 const (
 	Topic           = "page_views"
 	ReservedPrefix  = "/_pageviews/"
@@ -26,9 +28,8 @@ const (
 	SyntheticHeader = "pageviews-synthetic"
 )
 
-// App declares the page-view worker: views from PAGE_VIEWS_TOPIC, two tables
-// and their agent, closed windows' counts to <topic>-windows, /count/,
-// /report/, the livecheck and a crontab that logs a summary.
+// App declares the worker: views from PAGE_VIEWS_TOPIC, two tables and their agent, closed
+// windows' counts to <topic>-windows, /count/, /report/, the livecheck and a summary crontab.
 func App() *app.App {
 	codec := NewCodec()
 	views := app.NewWindowed("views", table.Int64{}, app.Window{Var: "WINDOW", Size: time.Minute, Grace: 10 * time.Second, Expires: 5 * time.Minute}).
@@ -38,93 +39,203 @@ func App() *app.App {
 			}
 			return WindowCount{Page: page, Start: start, End: end, Count: n}
 		}).
-		Emits(NewWindowCodec())
+		Emits(schema.NewCodec[WindowCount](windowSchema, nil, nil))
 	totals := app.NewPlain("totals", table.Int64{})
 	return &app.App{
 		Name:   "pageviews",
 		Source: app.Topic{Var: "PAGE_VIEWS_TOPIC", Name: Topic, Codec: codec},
 		Tables: []app.TableDecl{views, totals},
 		Start: func(s *app.Services) (app.Parts, error) {
-			tables := Tables{Views: views.Table(), Totals: totals.Table()}
-			p := &pages{s: s, codec: codec, reporter: NewReporter(s, tables)}
+			r := NewReporter(s, Tables{Views: views.Table(), Totals: totals.Table()}, codec)
 			return app.Parts{
-				Agent:     &Agent{Tables: tables, Codec: codec, Clock: s.Clock, Late: s.Late("views")},
-				Pages:     []web.Page{{Path: "/count/", JSON: p.countPage}, {Path: "/report/", JSON: p.reportPage}},
-				Livecheck: app.ProbeOf(p.livecheck, p.livecheckCount),
-				Timers:    []app.Timer{{Name: "summary", Cron: "*/15 * * * *", Leader: true, Run: p.summary}},
+				Agent: &Agent{Tables: r.Tables, Codec: codec, Clock: s.Clock, Late: s.Late("views")},
+				Pages: []web.Page{{Path: "/count/", JSON: r.countPage}, {Path: "/report/", JSON: r.reportPage}},
+				Livecheck: app.ProbeOf(func(ctx context.Context) error { _, err := r.publish(ctx, LivecheckPage, "livecheck"); return err },
+					func(ctx context.Context) (int64, bool, error) { return r.Count(ctx, LivecheckPage) }), // the view, and its count
+				Timers: []app.Timer{{Name: "summary", Cron: "*/15 * * * *", Leader: true, Run: r.summary}},
 			}, nil
 		},
 	}
 }
 
-// pages serve /count/ and /report/; the livecheck and the summary use them.
-type pages struct {
-	s        *app.Services
-	codec    *schema.Codec[PageView]
-	reporter *Reporter
-	n        atomic.Int64 // this process's count of the views it sent
+// Reporter answers /report/ from the tables of owned partitions and the owners of others (app.Reads),
+// stale if one is missing or not ready; it publishes /count/'s views with codec.
+type Reporter struct {
+	Tables
+	s     *app.Services
+	codec *schema.Codec[PageView]
+	Reads *app.Reads[PageCounts]
+	n     atomic.Int64 // this process's count of the views it sent
 }
 
-// publish sends a view of page (synthetic, from sender, when set) and
-// returns the process's count of the users' views once the broker has it.
-func (o *pages) publish(ctx context.Context, page, sender string) (int64, error) {
-	pv := PageView{Page: page, Timestamp: o.s.Clock()}
-	m := &sarama.ProducerMessage{Topic: o.s.Config.Topic, Key: sarama.StringEncoder(page), Timestamp: pv.Timestamp}
+// NewReporter returns the reporter of tables through s.
+func NewReporter(s *app.Services, tables Tables, codec *schema.Codec[PageView]) *Reporter {
+	r := &Reporter{Tables: tables, s: s, codec: codec}
+	r.Reads = app.NewReads(s, "/report/", r.local, merge)
+	return r
+}
+
+// publish sends a view of page (synthetic from sender, if set); it returns the count of users' views sent.
+func (rp *Reporter) publish(ctx context.Context, page, sender string) (int64, error) {
+	pv := PageView{Page: page, Timestamp: rp.s.Clock()}
+	var hs []sarama.RecordHeader
 	if sender != "" {
-		m.Headers = []sarama.RecordHeader{{Key: []byte(SyntheticHeader), Value: []byte(sender)}}
+		hs = []sarama.RecordHeader{{Key: []byte(SyntheticHeader), Value: []byte(sender)}}
 	} else {
-		pv.Count = o.n.Add(1)
+		pv.Count = rp.n.Add(1)
 	}
-	v, err := o.codec.Encode(pv)
+	v, err := rp.codec.Encode(pv)
+	if err == nil {
+		_, _, err = rp.s.Producer.SendAndWait(ctx, &sarama.ProducerMessage{Topic: rp.s.Config.Topic,
+			Key: sarama.StringEncoder(page), Value: sarama.ByteEncoder(v), Timestamp: pv.Timestamp, Headers: hs})
+	}
 	if err != nil {
-		return 0, err
-	}
-	m.Value = sarama.ByteEncoder(v)
-	if _, _, err := o.s.Producer.SendAndWait(ctx, m); err != nil {
 		return 0, fmt.Errorf("publish page view: %w", err)
 	}
 	return pv.Count, nil
 }
 
-func (o *pages) countPage(r *http.Request) (any, error) {
-	page, err := web.Param(r, "page", "/", MaxPageLen)
+func (rp *Reporter) countPage(req *http.Request) (any, error) {
+	page, err := web.Param(req, "page", "/", MaxPageLen)
 	if err != nil {
 		return nil, err
 	}
 	if strings.HasPrefix(page, ReservedPrefix) {
 		return nil, web.Errorf(http.StatusBadRequest, "pages under %s are reserved for the worker's synthetic views", ReservedPrefix)
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second) // for the broker's ack
+	ctx, cancel := context.WithTimeout(req.Context(), 10*time.Second) // for the broker's ack
 	defer cancel()
-	n, err := o.publish(ctx, page, "")
+	n, err := rp.publish(ctx, page, "")
 	if err != nil {
 		return nil, web.Errorf(http.StatusServiceUnavailable, "page view not published: %v", err)
 	}
 	return map[string]int64{"count": n}, nil
 }
 
-func (o *pages) reportPage(r *http.Request) (any, error) {
-	page, err := web.Param(r, "page", "", MaxPageLen)
+func (rp *Reporter) reportPage(req *http.Request) (any, error) {
+	page, err := web.Param(req, "page", "", MaxPageLen)
 	if err != nil {
 		return nil, err
 	}
-	return o.reporter.Report(r.Context(), page)
+	return rp.Report(req.Context(), page)
 }
 
-// livecheck sends the livecheck's view; livecheckCount reads it back.
-func (o *pages) livecheck(ctx context.Context) error {
-	_, err := o.publish(ctx, LivecheckPage, "livecheck")
-	return err
-}
-
-func (o *pages) livecheckCount(ctx context.Context) (int64, bool, error) {
-	return o.reporter.Count(ctx, LivecheckPage)
-}
-
-func (o *pages) summary(ctx context.Context) error {
-	rep, err := o.reporter.Report(ctx, "")
+func (rp *Reporter) summary(ctx context.Context) error {
+	rep, err := rp.Report(ctx, "")
 	if err == nil {
-		o.s.Log.Info("table summary", "pages", len(rep.Pages), "views_total", rep.Count, "views_in_window", rep.Now, "stale", rep.Stale)
+		rp.s.Log.Info("table summary", "pages", len(rep.Pages), "views_total", rep.Count, "views_in_window", rep.Now, "stale", rep.Stale)
 	}
 	return err
+}
+
+// Report is what /report/ shows; in JSON, Now is named after the window.
+type Report struct {
+	Now               int64                 `json:"-"`
+	Count             int64                 `json:"count"`
+	Pages             map[string]PageReport `json:"pages"`
+	Stale             bool                  `json:"stale"`
+	MissingPartitions []int32               `json:"missing_partitions,omitempty"` // unread, left out of the numbers
+	Window            time.Duration         `json:"-"`                            // zero is taken as a minute
+}
+
+// PageReport is one page's line of the report.
+type PageReport struct {
+	Now    int64  `json:"-"`
+	Count  int64  `json:"count"`
+	Report string `json:"report"`
+}
+
+// MarshalJSON writes the report in the order of the HTTP contract.
+func (r Report) MarshalJSON() ([]byte, error) {
+	field := web.WindowField(Topic, r.Window)
+	pages := make(map[string]web.Ordered, len(r.Pages))
+	for k, pg := range r.Pages {
+		pages[k] = web.Ordered{field, pg.Now, "count", pg.Count, "report", pg.Report}
+	}
+	out := web.Ordered{field, r.Now, "count", r.Count, "pages", pages, "stale", r.Stale}
+	if len(r.MissingPartitions) > 0 {
+		out = append(out, "missing_partitions", r.MissingPartitions)
+	}
+	return json.Marshal(out)
+}
+
+// UnmarshalJSON reads a report whatever its window is called.
+func (r *Report) UnmarshalJSON(b []byte) error {
+	type plain Report
+	return web.UnmarshalWindowed(b, (*plain)(r), &r.Now)
+}
+
+// UnmarshalJSON reads a page's line whatever its window is called.
+func (p *PageReport) UnmarshalJSON(b []byte) error {
+	type plain PageReport
+	return web.UnmarshalWindowed(b, (*plain)(p), &p.Now)
+}
+
+// Counts are a page's views in some partitions: in the window of now, two minutes back, and in all.
+type Counts struct {
+	Now   int64 `json:"now"`
+	Back  int64 `json:"back"`
+	Count int64 `json:"count"`
+}
+
+func (c Counts) plus(d Counts) Counts {
+	return Counts{c.Now + d.Now, c.Back + d.Back, c.Count + d.Count}
+}
+
+// PageCounts are a partition's answer to a read (app.Reads), and their sum.
+type PageCounts struct {
+	Pages map[string]Counts `json:"pages"`
+}
+
+func merge(into, from PageCounts) PageCounts {
+	if into.Pages == nil {
+		into.Pages = map[string]Counts{}
+	}
+	for k, c := range from.Pages {
+		into.Pages[k] = into.Pages[k].plus(c)
+	}
+	return into
+}
+
+// Report is the report of every page, or only of page.
+func (rp *Reporter) Report(ctx context.Context, page string) (*Report, error) {
+	total, missing, err := rp.Reads.Sum(ctx, url.Values{"page": {page}})
+	if err != nil {
+		return nil, err
+	}
+	ready, _ := rp.s.Ready()
+	rep := &Report{Pages: map[string]PageReport{}, Window: rp.Views.Window().Size, MissingPartitions: missing, Stale: len(missing) > 0 || !ready}
+	for k, c := range total.Pages {
+		if c.Now == 0 && c.Count == 0 {
+			continue // only the window two minutes back: not a page of the report
+		}
+		rep.Pages[k] = PageReport{Now: c.Now, Count: c.Count, Report: Trend(c.Now, c.Back)}
+		rep.Now += c.Now
+		rep.Count += c.Count
+	}
+	return rep, nil
+}
+
+// Count is page's total, reserved pages included (the livecheck's), and whether all partitions answered.
+func (rp *Reporter) Count(ctx context.Context, page string) (int64, bool, error) {
+	total, missing, err := rp.Reads.Sum(ctx, url.Values{"page": {page}, "reserved": {"1"}})
+	return total.Pages[page].Count, len(missing) == 0, err
+}
+
+// local reads partition p whole or not at all: ?page= narrows it, ?reserved=1 adds ReservedPrefix.
+func (rp *Reporter) local(q url.Values, p int32) (PageCounts, error) {
+	page, reserved := q.Get("page"), q.Get("reserved") == "1"
+	out := PageCounts{Pages: map[string]Counts{}}
+	add := func(c Counts) func(string, int64) {
+		return func(k string, v int64) {
+			if (page == "" || k == page) && (reserved || !strings.HasPrefix(k, ReservedPrefix)) {
+				out.Pages[k] = out.Pages[k].plus(Counts{Now: c.Now * v, Back: c.Back * v, Count: c.Count * v})
+			}
+		}
+	}
+	now, w := rp.s.Clock(), rp.Views.Window()
+	err := errors.Join(rp.Totals.Scan(p, add(Counts{Count: 1})),
+		rp.Views.ScanWindow(p, w.Start(now), add(Counts{Now: 1})),
+		rp.Views.ScanWindow(p, w.Start(now.Add(-2*time.Minute)), add(Counts{Back: 1})))
+	return out, err
 }

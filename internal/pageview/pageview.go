@@ -1,6 +1,5 @@
-// Package pageview is the worker's domain: the PageView record and its codec,
-// the agent that counts views into a windowed and a totals table, the report,
-// /count/ and the livecheck's record. App declares it to the runtime.
+// Package pageview is the worker's domain, declared to the runtime by App: the PageView record and its codec,
+// the agent that counts views into a windowed and a totals table, the report, /count/ and the livecheck.
 package pageview
 
 import (
@@ -11,7 +10,6 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
-	"unsafe"
 
 	"github.com/gofaust/pageviews/internal/jsonscan"
 	"github.com/gofaust/pageviews/internal/schema"
@@ -20,8 +18,7 @@ import (
 	"github.com/gofaust/pageviews/internal/window"
 )
 
-// PageView is the value of a record on the page-views topic, keyed by page:
-// JSON, or Avro by the schema in pageview.avsc (NewCodec).
+// PageView is a record's value on the page-views topic, keyed by page: JSON, or Avro (pageview.avsc).
 type PageView struct {
 	Page string `json:"page" avro:"page"`
 	// Count is the sender's in-memory counter when it sent the view.
@@ -31,8 +28,7 @@ type PageView struct {
 	Timestamp time.Time `json:"timestamp,omitzero" avro:"timestamp"`
 }
 
-// The Avro schemas of the records, registered under <topic>-value and
-// <topic>-windows-value when a schema registry is configured.
+// The records' Avro schemas, registered under <topic>-value and <topic>-windows-value.
 var (
 	//go:embed pageview.avsc
 	sourceSchema string
@@ -40,17 +36,15 @@ var (
 	windowSchema string
 )
 
-// NewCodec is the page-views topic's codec: registry-framed Avro once the
-// runtime bound it to a registry, JSON otherwise; it reads both. The Page
-// it decodes from JSON shares the record's memory: copy it to keep it.
+// NewCodec is the page-views topic's codec: registry-framed Avro once bound to
+// a registry, JSON otherwise; it reads both. A Page from JSON shares the record's memory.
 func NewCodec() *schema.Codec[PageView] {
 	return schema.NewCodec(sourceSchema,
 		func(pv PageView) ([]byte, error) { return Encode(pv), nil },
 		func(b []byte) (PageView, error) { return parse(b, true) })
 }
 
-// WindowCount is a page's final count in a closed window: the value of a
-// record on the closed-window topic.
+// WindowCount is a page's final count in a closed window, on the closed-window topic.
 type WindowCount struct {
 	Page  string    `json:"page" avro:"page"`
 	Start time.Time `json:"window_start" avro:"window_start"`
@@ -58,23 +52,16 @@ type WindowCount struct {
 	Count int64     `json:"count" avro:"count"`
 }
 
-// NewWindowCodec is the closed-window topic's codec.
-func NewWindowCodec() *schema.Codec[WindowCount] {
-	return schema.NewCodec[WindowCount](windowSchema, nil, nil)
-}
-
-// MaxPageLen is the longest page a valid page view holds, in bytes.
+// MaxPageLen is the longest valid page in bytes; the errors make a page view invalid.
 const MaxPageLen = 1024
 
-// Errors that make a page view invalid.
 var (
 	ErrNoPage      = errors.New("page is missing")
 	ErrPageTooLong = fmt.Errorf("page is longer than %d bytes", MaxPageLen)
 	ErrNotUTF8     = jsonscan.ErrNotUTF8
 )
 
-// Decode parses and validates a PageView; now is the worker's clock, for
-// the future-timestamp check.
+// Decode parses and validates a PageView; now is the worker's clock.
 func Decode(b []byte, now time.Time) (PageView, error) {
 	pv, err := parse(b, false)
 	if err != nil {
@@ -94,8 +81,7 @@ func parse(b []byte, borrow bool) (pv PageView, err error) {
 	return pv, nil
 }
 
-// validate checks what every page view must hold, however it was encoded;
-// its errors wrap stream.ErrInvalid.
+// validate checks a page view however it was encoded; errors wrap stream.ErrInvalid.
 func validate(pv PageView, now time.Time) (err error) {
 	switch {
 	case pv.Page == "":
@@ -113,18 +99,13 @@ func validate(pv PageView, now time.Time) (err error) {
 	return err
 }
 
-// decodeFast reads the common shape of a PageView (jsonscan); ok is false
-// for anything else.
+// decodeFast reads the common shape of a PageView; ok is false for anything else.
 func decodeFast(b []byte, borrow bool) (pv PageView, ok bool) {
 	s := jsonscan.Object(b)
 	for s.Next() {
 		switch string(s.Key()) {
 		case "page":
-			if v := s.String(); borrow {
-				pv.Page = unsafe.String(unsafe.SliceData(v), len(v))
-			} else {
-				pv.Page = string(v)
-			}
+			pv.Page = s.Text(borrow)
 		case "count":
 			pv.Count = s.Int()
 		case "timestamp":
@@ -184,6 +165,9 @@ func (a *Agent) Handle(ev *stream.Event) error {
 		err = fmt.Errorf("%w: %w", stream.ErrInvalid, err)
 	}
 	if err == nil {
+		if pv.Timestamp.IsZero() {
+			pv.Timestamp = ev.Timestamp // the producer's clock, held to the same limits
+		}
 		err = validate(pv, now)
 	}
 	if err != nil {
@@ -192,14 +176,7 @@ func (a *Agent) Handle(ev *stream.Event) error {
 	if _, synthetic := ev.Header(SyntheticHeader); strings.HasPrefix(pv.Page, ReservedPrefix) && !synthetic {
 		return fmt.Errorf("%w: page %q is reserved for synthetic views, and the record has no %s header", stream.ErrInvalid, pv.Page, SyntheticHeader)
 	}
-	ts := pv.Timestamp
-	if ts.IsZero() { // the producer's clock, held to the same limits
-		ts = ev.Timestamp
-		if err := window.CheckTime(ts, now); err != nil {
-			return fmt.Errorf("%w: record timestamp: %w", stream.ErrInvalid, err)
-		}
-	}
-	applied, err := a.Views.UpdateAt(ev.Partition, pv.Page, ts, now, inc)
+	applied, err := a.Views.UpdateAt(ev.Partition, pv.Page, pv.Timestamp, now, inc)
 	if err != nil {
 		return err
 	}
@@ -217,8 +194,7 @@ const (
 	TrendingAt  = 5
 )
 
-// Trend is the seed's rule: trending from TrendingAt views in the window
-// of now, less popular when the window two minutes back held more.
+// Trend is the seed's rule: trending from TrendingAt views now, less popular if two minutes back held more.
 func Trend(now, twoMinutesBack int64) string {
 	switch {
 	case now >= TrendingAt:

@@ -22,6 +22,7 @@ import (
 	"github.com/gofaust/pageviews/internal/store"
 	"github.com/gofaust/pageviews/internal/stream"
 	"github.com/gofaust/pageviews/internal/table"
+	"github.com/gofaust/pageviews/internal/web"
 	"github.com/gofaust/pageviews/internal/window"
 )
 
@@ -373,7 +374,7 @@ func (f *fixture) reporter() *pageview.Reporter {
 	s := services(nil)
 	s.Partitions = func() (int32, error) { return 2, nil }
 	s.Clock, s.Owned = f.clock.Now, f.tables.Totals.Partitions
-	return pageview.NewReporter(s, f.tables)
+	return pageview.NewReporter(s, f.tables, pageview.NewCodec())
 }
 
 // view counts n views of page at ts in partition p, as the agent does.
@@ -918,8 +919,8 @@ func TestReportFieldFollowsTheWindow(t *testing.T) {
 		2 * time.Minute: "page_views_within_2_minutes", time.Hour: "page_views_within_1_hour",
 		90 * time.Second: "page_views_within_90_seconds", 1500 * time.Millisecond: "page_views_within_1500_milliseconds",
 	} {
-		if got := pageview.WindowField(size); got != want {
-			t.Errorf("WindowField(%s) = %q, want %q", size, got, want)
+		if got := web.WindowField(pageview.Topic, size); got != want {
+			t.Errorf("WindowField(%q, %s) = %q, want %q", pageview.Topic, size, got, want)
 		}
 	}
 	rep := pageview.Report{Now: 3, Count: 9, Window: 30 * time.Second, MissingPartitions: []int32{2},

@@ -171,7 +171,7 @@ func router(f *fixture, owners map[int32]string, owned ...int32) *pageview.Repor
 	if owned != nil {
 		s.Owned = func() []int32 { return owned }
 	}
-	return pageview.NewReporter(s, f.tables)
+	return pageview.NewReporter(s, f.tables, pageview.NewCodec())
 }
 
 // services are the runtime's, as far as the router uses them: this worker

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/heptiolabs/healthcheck"
+
+	"github.com/gofaust/pageviews/internal/window"
 )
 
 // Readiness tells whether the worker has joined and recovered.
@@ -231,6 +233,25 @@ func (o Ordered) MarshalJSON() ([]byte, error) {
 		b = append(append(append(b, k...), ':'), v...)
 	}
 	return append(b, '}'), nil
+}
+
+// WindowField is the JSON name of a count over the last window of size:
+// prefix_within_1_minute, prefix_within_30_seconds (window.Words).
+func WindowField(prefix string, size time.Duration) string {
+	return prefix + "_within_" + window.Words(size)
+}
+
+// UnmarshalWindowed decodes the object b into v, and the count it names
+// after its window (a WindowField, whatever the window) into n.
+func UnmarshalWindowed(b []byte, v any, n *int64) error {
+	var fields map[string]json.RawMessage
+	err := json.Unmarshal(b, &fields)
+	for k, f := range fields {
+		if strings.Contains(k, "_within_") {
+			err = errors.Join(err, json.Unmarshal(f, n))
+		}
+	}
+	return errors.Join(err, json.Unmarshal(b, v))
 }
 
 // Error writes the JSON error body every page answers with: {"error": msg}.
