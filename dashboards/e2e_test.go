@@ -228,9 +228,10 @@ func (st *stack) joinSecondWorker(t *testing.T) {
 }
 
 // restartSecondWorker stops the second worker (a warm shutdown: it hands
-// its partitions back) with its exporter, and brings it back with its data:
-// two more rebalances, so that rare events happen more than once on the
-// first worker. Prometheus sees a series grow only from its second event
+// its partitions back, and the first takes them over from its standby
+// copies) with its exporter, and brings it back with its data: two more
+// rebalances, so that rare events happen more than once on the first
+// worker. Prometheus sees a series grow only from its second event
 // on: statsd_exporter creates it at the first.
 func (st *stack) restartSecondWorker(t *testing.T) {
 	t.Helper()
@@ -264,6 +265,16 @@ func (st *stack) checkFacts(t *testing.T, procs []*harness.Proc) {
 		{"partitions handed over", `sum(pageviews_rebalance_return_latency_count{env="e2e"})`, 1},
 		{"livechecks succeeded", `sum(pageviews_livecheck_success{env="e2e"})`, 1},
 		{"standby copies kept", `sum(pageviews_standby_partitions{env="e2e"})`, 1},
+		{"standby copies' lag sampled", `count(pageviews_standby_lag{env="e2e"})`, 1},
+		// Every assignment reports what it replayed and what it started
+		// from: the second worker's first join starts from nothing and
+		// replays what the first wrote, and the first worker takes the
+		// second's partitions back from its standby copies when the
+		// second leaves. The second worker's first series leave with its
+		// first exporter, so these look over the whole scenario.
+		{"partitions taken over from nothing", `count(last_over_time(pageviews_assignment_replayed_records{env="e2e",copy="none"}[10m]))`, 1},
+		{"partitions taken over from standby copies", `count(last_over_time(pageviews_assignment_replayed_records{env="e2e",copy="standby"}[10m]))`, 1},
+		{"changelog records replayed to take partitions over", `sum(last_over_time(pageviews_assignment_replayed_records{env="e2e"}[10m]))`, 1},
 	}
 	factsBy := st.bud.within(60 * time.Second)
 	for _, f := range facts {

@@ -70,6 +70,11 @@ const (
 	rebalancesOverlay = "rebalances"
 )
 
+// replayStarts are the values of assignment_replayed_records' copy tag
+// (docs/metrics.md): what a worker started from when it took a partition
+// over.
+var replayStarts = []string{"standby", "local", "none"}
+
 // rebalanceBars overlays the rebalances on a Datadog widget, where Grafana
 // shows them as annotations: the worker sends no DogStatsD events.
 func rebalanceBars() DDQuery {
@@ -330,6 +335,25 @@ func Rows() []Row {
 				Do:      "Compare with the broker's fetch capacity; a slow replay of a small changelog points at the local disk.",
 				Prom:    []Query{{Expr: sparseRate(m.RecoveryRecords, "instance, table"), Legend: "{{instance}} {{table}}"}},
 				Datadog: []DDQuery{{Query: ddq("sum", m.RecoveryRecords, "", ddByWorker+",table", ".as_rate()"), Alias: "replayed"}},
+			},
+			{
+				Title: "Standby copy lag", Unit: "short", Width: 12,
+				Tells: "Changelog records each standby copy is behind the end of its changelog partition, per table and partition (the copy furthest behind, over the workers that keep one): what a failover of that partition to a standby holder would replay first. Only with TABLE_STANDBY_REPLICAS of 1 or more.",
+				Do:    "Good is near 0: a few records while changes arrive, and 1 at rest under exactly_once (a transaction's commit marker, which a read_committed copy never reads). A copy that stays far behind or climbs makes its failover slow: see the worker's log (standby copy lines), its CPU and the changelog's broker; PageviewsStandbyBehind fires after 10 minutes above 1000.",
+				Prom:  []Query{{Expr: gaugeBy("max", m.StandbyLag, "table, partition"), Legend: "{{table}} p{{partition}}"}},
+				Datadog: []DDQuery{
+					{Query: ddq("max", m.StandbyLag, "", "table,partition", ""), Alias: "behind"},
+					rebalanceBars(),
+				},
+			},
+			{
+				Title: "Records replayed to take partitions over", Viz: Bars, Unit: "short", Width: 12,
+				Tells: "Changelog records the workers replayed before processing the partitions assigned to them, per interval, by what each started from: standby (a live standby copy), local (a checkpoint an earlier run left on disk) or none (the changelog from its start).",
+				Do:    "With standby replicas, a failover should replay few records, under standby; local follows restarts that kept their volumes; none is expected at a worker's first start and after a lost volume. Many records under none or local after a failover mean the partition went to a worker without a live copy: check the standby copy lag and TABLE_STANDBY_REPLICAS.",
+				Prom:  []Query{{Expr: sparseIncreaseOver(m.ReplayedRecords, "copy", replayStarts), Legend: "{{copy}}"}},
+				Datadog: []DDQuery{
+					{Query: ddq("sum", m.ReplayedRecords, "", "copy", ".as_count()"), Alias: "replayed", Bars: true},
+				},
 			},
 		}},
 

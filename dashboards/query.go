@@ -105,6 +105,20 @@ func sparseIncrease(d *metrics.Def, suffix, by string) string {
 	return fmt.Sprintf("increase((%s)[$__rate_interval:])", aggregate("sum", by, series(d, suffix)))
 }
 
+// sparseIncreaseOver is sparseIncrease summed by one label whose values are
+// known in advance (what a partition was taken over from). Each value gets a
+// series of zeros from the metric's first event on, so that the first event
+// of a value shows too: without it, the first failover to standby copies
+// since the exporters started would create the sum's standby series, and
+// increase() would not see that step.
+func sparseIncreaseOver(d *metrics.Def, label string, values []string) string {
+	sum := aggregate("sum", label, v(d))
+	for _, val := range values {
+		sum += fmt.Sprintf(` or label_replace(0 * group(%s), %q, %q, "", "")`, v(d), label, val)
+	}
+	return fmt.Sprintf("increase((%s)[$__rate_interval:])", sum)
+}
+
 // sparseRate is sparseIncrease per second.
 func sparseRate(d *metrics.Def, by string) string {
 	return fmt.Sprintf("rate((%s)[$__rate_interval:])", aggregate("sum", by, v(d)))

@@ -138,8 +138,13 @@ func checkTestJob(t *testing.T, objs []map[string]any, job map[string]any) {
 	} else if deadline, _ := get(job, "spec", "activeDeadlineSeconds").(int); deadline <= n {
 		t.Errorf("activeDeadlineSeconds=%d would kill the Job before its own %ds timeout reports", deadline, n)
 	}
+	checkNotAWorker(t, objs, job)
+}
 
-	// The test pod must not count as a worker anywhere.
+// checkNotAWorker fails unless the test pod is left out of every selector
+// of the workers: it must not count as a worker anywhere.
+func checkNotAWorker(t *testing.T, objs []map[string]any, job map[string]any) {
+	t.Helper()
 	labels, _ := get(job, "spec", "template", "metadata", "labels").(map[string]any)
 	selectors := map[string]any{}
 	for _, o := range objs {

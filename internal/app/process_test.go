@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -281,6 +282,120 @@ func TestSumsStandbyFailover(t *testing.T) {
 			waitComplete(t, b, guarantee, amounts.total())
 			checkTailReplayed(t, b, mark, taken, copied, tables)
 		})
+	}
+}
+
+// TestSumsFailoverGoesToTheStandbyCopy: three worker processes with one
+// standby copy of each partition (TABLE_STANDBY_REPLICAS=1), placed by the
+// group's standby-aware strategy. The owner of the most partitions is
+// killed with SIGKILL while amounts flow: each partition it owned goes to
+// the worker that kept its copy, which replays under 1% of the changelogs,
+// and every total is exact.
+func TestSumsFailoverGoesToTheStandbyCopy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs worker processes against a broker")
+	}
+	brokers := startProcessBroker(t)
+	guarantee := "exactly_once"
+	vars := with(processVars(brokers, "failover", guarantee), "TABLE_STANDBY_REPLICAS", "1", "LOG_LEVEL", "debug")
+	amounts := newAmounts(t, brokers, vars["AMOUNTS_TOPIC"])
+	workers := []*workerProcess{
+		startWorkerProcess(t, "a", with(vars, "DATA_DIR", t.TempDir())),
+		startWorkerProcess(t, "b", with(vars, "DATA_DIR", t.TempDir())),
+		startWorkerProcess(t, "c", with(vars, "DATA_DIR", t.TempDir())),
+	}
+	for _, w := range workers {
+		w.peers = slices.DeleteFunc(slices.Clone(workers), func(o *workerProcess) bool { return o == w })
+		w.waitReady(t)
+	}
+	eventually(t, "the three share the partitions", func() (bool, string) {
+		var all []int32
+		var held []string
+		for _, w := range workers {
+			all = append(all, w.held()...)
+			held = append(held, fmt.Sprintf("%s: %v", w.name, w.held()))
+		}
+		slices.Sort(all)
+		return slices.Equal(all, allPartitions()) && !slices.ContainsFunc(workers, func(w *workerProcess) bool { return len(w.held()) == 0 }),
+			strings.Join(held, ", ")
+	}, workers...)
+	// Many keys, so the changelogs are long next to the tail a copy lags by.
+	amounts.bulk(t, 20_000)
+	amounts.send(t, 60)
+	waitCommitted(t, brokers, vars["KAFKA_GROUP"], vars["AMOUNTS_TOPIC"])
+	victim := slices.MaxFunc(workers, func(x, y *workerProcess) int { return cmp.Compare(len(x.held()), len(y.held())) })
+	taken := victim.held()
+	holders := map[int32]*workerProcess{}
+	eventually(t, "every partition of "+victim.name+" has a caught-up copy", func() (bool, string) {
+		for _, p := range taken {
+			for _, w := range workers {
+				if w != victim && w.copyCaughtUp(p) {
+					holders[p] = w
+				}
+			}
+		}
+		return len(holders) == len(taken), fmt.Sprintf("copies of %v caught up: %d", taken, len(holders))
+	}, workers...)
+	marks := map[*workerProcess]int{}
+	for _, w := range workers {
+		marks[w] = w.stdout.mark()
+	}
+	killWhileFlowing(t, victim, amounts, vars["KAFKA_GROUP"])
+	survivors := slices.DeleteFunc(slices.Clone(workers), func(w *workerProcess) bool { return w == victim })
+	for _, p := range taken {
+		holder := holders[p]
+		eventually(t, fmt.Sprintf("%s, which kept the copy of partition %d, holds it", holder.name, p), func() (bool, string) {
+			return slices.Contains(holder.held(), p), fmt.Sprintf("%s holds %v", holder.name, holder.held())
+		}, survivors...)
+		checkReplayedFromCopy(t, holder, marks[holder], p)
+	}
+	for _, w := range survivors {
+		waitComplete(t, w, guarantee, amounts.total())
+	}
+}
+
+// copyCaughtUp tells whether w runs a standby copy of partition p whose
+// tables have both caught up with their changelogs.
+func (p *workerProcess) copyCaughtUp(partition int32) bool {
+	running := false
+	for _, e := range p.stdout.entries(0, "standby copy started", "standby copy stopped") {
+		if n, ok := e.num("partition"); ok && int32(n) == partition {
+			running = e["msg"] == "standby copy started"
+		}
+	}
+	tables := map[string]bool{}
+	for _, e := range p.stdout.entries(0, "standby copy caught up") {
+		if n, ok := e.num("partition"); ok && int32(n) == partition {
+			tables[fmt.Sprint(e["table"])] = true
+		}
+	}
+	return running && len(tables) == 2
+}
+
+// checkReplayedFromCopy holds w's recovery of partition p, logged after
+// mark: from its standby copy, replaying under 1% of the changelogs.
+func checkReplayedFromCopy(t *testing.T, w *workerProcess, mark int, p int32) {
+	t.Helper()
+	var resumed logEntry
+	eventually(t, fmt.Sprintf("%s resumes partition %d", w.name, p), func() (bool, string) {
+		for _, e := range w.stdout.entries(mark, "partition resumed") {
+			if n, ok := e.num("partition"); ok && int32(n) == p {
+				resumed = e
+			}
+		}
+		return resumed != nil, "not yet"
+	}, w)
+	var end int64
+	for _, e := range w.stdout.entries(mark, "recovering") {
+		if n, ok := e.num("partition"); ok && int32(n) == p {
+			off, _ := e.num("end_offset")
+			end += off
+		}
+	}
+	replayed, _ := resumed.num("replayed")
+	t.Logf("%s took partition %d over from %v, replaying %d of the changelogs' %d records", w.name, p, resumed["copy"], replayed, end)
+	if resumed["copy"] != "standby" || replayed*100 >= end {
+		t.Errorf("%s recovered partition %d from %v replaying %d of %d changelog records; want from its standby copy, under 1%%", w.name, p, resumed["copy"], replayed, end)
 	}
 }
 
@@ -772,6 +887,22 @@ func (a *amounts) sumBelow(offsets map[int32]int64) int64 {
 		}
 	}
 	return s
+}
+
+// bulk sends n records of amount 1, each of its own key (not one of keys:
+// they lengthen the changelogs, and the totals checked leave them out).
+func (a *amounts) bulk(t *testing.T, n int) {
+	t.Helper()
+	const batch = 1000
+	for i := 0; i < n; i += batch {
+		var ms []*sarama.ProducerMessage
+		for j := i; j < min(i+batch, n); j++ {
+			ms = append(ms, &sarama.ProducerMessage{Topic: a.topic, Key: sarama.StringEncoder(fmt.Sprintf("bulk-%d", j)), Value: sarama.StringEncoder("1")})
+		}
+		if err := a.p.SendMessages(ms); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func (a *amounts) send(t *testing.T, n int) {

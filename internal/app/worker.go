@@ -356,7 +356,7 @@ func (w *worker) closeHTTP() error {
 }
 
 func (w *worker) connect(ctx context.Context) error {
-	cs, err := interruptible(ctx, "connect to kafka", func() (*clients, error) { return connect(w.cfg, w.brokers, w.self, w.changelogs) },
+	cs, err := interruptible(ctx, "connect to kafka", func() (*clients, error) { return connect(w.cfg, w.brokers, w.self, w.changelogs, standbys{w}) },
 		func(c *clients) { _ = c.close() })
 	if err != nil {
 		return err
@@ -548,6 +548,7 @@ func (w *worker) schedule(context.Context) error {
 		C: w.mc, Tables: stats, Store: w.db, Registry: w.registry,
 		Partitions: func() int { all, _ := state.Assigned(); return len(all) },
 		Standby:    func() int { return len(w.standby.Partitions()) },
+		StandbyLag: w.standby.Lag,
 	}
 	var generation int32
 	w.sched.Timer("gauges", cfg.MetricsInterval, false, func(context.Context) error {
@@ -705,7 +706,7 @@ type clients struct {
 	base                                       *sarama.Config // of the producer client, for transactional producers
 }
 
-func connect(cfg *config.Config, brokers []string, self string, changelogs []kafka.Topic) (*clients, error) {
+func connect(cfg *config.Config, brokers []string, self string, changelogs []kafka.Topic, sb kafka.Standbys) (*clients, error) {
 	// Changelog records go to the partition of their table's partition.
 	manual := make(map[string]bool, len(changelogs))
 	for _, t := range changelogs {
@@ -721,6 +722,10 @@ func connect(cfg *config.Config, brokers []string, self string, changelogs []kaf
 			ManualTopics:   manual,
 			SessionTimeout: cfg.SessionTimeout,
 			Advertise:      []byte(self),
+			// The group's strategy places the standby copies and sends a
+			// failed owner's partitions to the copies least behind.
+			StandbyReplicas: cfg.StandbyReplicas,
+			Standbys:        sb,
 			// Changelogs hold transactions under both guarantees (the
 			// fence; see internal/stream): recovery and standbys must not
 			// apply the records of aborted ones.
@@ -764,6 +769,14 @@ func (c *clients) close() error {
 	}
 	return errors.Join(errs...)
 }
+
+// standbys are the worker's standby copies as the group's strategy sees
+// them (kafka.Standbys): the clients come before the copies (startGroup),
+// and a group joins only after both.
+type standbys struct{ w *worker }
+
+func (s standbys) Behind() map[int32]int64         { return s.w.standby.Behind() }
+func (s standbys) Place(standby, assigned []int32) { s.w.standby.Place(standby, assigned) }
 
 // advertisedURL is where other workers reach this one: ADVERTISED_URL, or
 // the listen address with an unspecified host replaced by the hostname.

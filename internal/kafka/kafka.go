@@ -33,6 +33,10 @@ type Options struct {
 	// ReadCommitted makes consumers skip records of open and aborted
 	// transactions (exactly-once processing).
 	ReadCommitted bool
+	// StandbyReplicas and Standbys feed the standby-aware strategy (see
+	// NewStandbyStrategy); Standbys may be nil.
+	StandbyReplicas int
+	Standbys        Standbys
 }
 
 // NewConfig returns the sarama configuration of the worker: an idempotent
@@ -94,11 +98,7 @@ func NewConfig(o Options) (*sarama.Config, error) {
 	// and 0.6 s at 500 ms; two heartbeats a second per member cost the
 	// coordinator next to nothing.
 	c.Consumer.Group.Heartbeat.Interval = 500 * time.Millisecond
-	strategy := sarama.NewBalanceStrategySticky()
-	if o.Cooperative {
-		strategy = sarama.NewBalanceStrategyCooperativeSticky()
-	}
-	c.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{Advertise(strategy, o.Advertise)}
+	c.Consumer.Group.Rebalance.GroupStrategies = groupStrategies(o)
 	// A JoinGroup is parked by the coordinator for up to the rebalance
 	// timeout; a shorter read timeout abandons it and joins again, which
 	// can keep a rebalance from ever finishing.
@@ -112,6 +112,20 @@ func NewConfig(o Options) (*sarama.Config, error) {
 		return nil, fmt.Errorf("kafka client config: %w", err)
 	}
 	return c, nil
+}
+
+// groupStrategies are the standby-aware strategy and, second, sarama's
+// sticky one, which the coordinator picks while members of an older version
+// (that know only it) are still in the group, during a rolling upgrade.
+func groupStrategies(o Options) []sarama.BalanceStrategy {
+	fallback := sarama.NewBalanceStrategySticky()
+	if o.Cooperative {
+		fallback = sarama.NewBalanceStrategyCooperativeSticky()
+	}
+	return []sarama.BalanceStrategy{
+		Advertise(NewStandbyStrategy(o.Cooperative, o.StandbyReplicas, o.Standbys), o.Advertise),
+		Advertise(fallback, o.Advertise),
+	}
 }
 
 // Topic is a topic the worker needs.

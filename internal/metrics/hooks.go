@@ -75,6 +75,11 @@ func (h *StreamHooks) RecoveryProgress(tbl string, p int32, remaining int64, eta
 	h.C.Count(RecoveryRecords, replayed, tags...)
 }
 
+// Replayed implements stream.Hooks.
+func (h *StreamHooks) Replayed(p int32, records int64, copy string) {
+	h.C.Count(ReplayedRecords, records, Partition(p), Tag("copy", copy))
+}
+
 // Processed implements stream.Hooks.
 func (h *StreamHooks) Processed(p int32, n, dead int64) {
 	tags := h.tp(p)
@@ -170,6 +175,9 @@ type Sampler struct {
 	Store      interface{ Stats() store.Stats }
 	Partitions func() int
 	Standby    func() int
+	// StandbyLag calls its argument with each standby copy's distance to
+	// its changelog's end (stream.Standby.Lag).
+	StandbyLag func(func(table string, p int32, behind int64))
 	// Registry, if set, is the schema registry the codecs use.
 	Registry *schema.Registry
 
@@ -217,6 +225,11 @@ func (s *Sampler) Sample() {
 	}
 	if s.Standby != nil {
 		s.C.Gauge(StandbyPartitions, float64(s.Standby()))
+	}
+	if s.StandbyLag != nil {
+		s.StandbyLag(func(tbl string, p int32, behind int64) {
+			s.C.Gauge(StandbyLag, float64(behind), Tag("table", tbl), Partition(p))
+		})
 	}
 	metrics.Read(s.samples)
 	s.C.Gauge(Goroutines, float64(s.samples[0].Value.Uint64()))

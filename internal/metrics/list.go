@@ -57,6 +57,8 @@ var (
 	RecoveryETA            = def("recovery_eta_seconds", Gauge, "estimated seconds until recovery ends", "table", "partition")
 	RecoveryRecords        = def("recovery_records", Count, "changelog records replayed", "table", "partition")
 	StandbyPartitions      = def("standby_partitions", Gauge, "partitions this worker keeps standby copies of", "")
+	StandbyLag             = def("standby_lag", Gauge, "changelog records a standby copy is behind the end of its changelog partition, at the sample", "table", "partition")
+	ReplayedRecords        = def("assignment_replayed_records", Count, "changelog records replayed to take a partition over, per assignment; copy says what the worker started from: standby (a live standby copy), local (a checkpoint left on disk) or none", "partition", "copy")
 )
 
 // Data models and the schema registry.

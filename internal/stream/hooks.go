@@ -19,6 +19,10 @@ type Hooks interface {
 	// revocation.
 	Released(p int32, took time.Duration)
 	RecoveryProgress(table string, p int32, remaining int64, eta time.Duration, replayed int64)
+	// Replayed: recovery of partition p replayed records changelog records
+	// (all tables), starting from copy: "standby" (a running standby
+	// copy), "local" (a checkpoint in the store) or "none".
+	Replayed(p int32, records int64, copy string)
 	// Processed: n records processed and dead dead-lettered since the last
 	// report.
 	Processed(p int32, n, dead int64)
@@ -38,6 +42,7 @@ func (NopHooks) Resumed(int32, time.Duration, time.Duration)                 {}
 func (NopHooks) AssignFailed(int32)                                          {}
 func (NopHooks) Released(int32, time.Duration)                               {}
 func (NopHooks) RecoveryProgress(string, int32, int64, time.Duration, int64) {}
+func (NopHooks) Replayed(int32, int64, string)                               {}
 func (NopHooks) Processed(int32, int64, int64)                               {}
 func (NopHooks) EventRuntime(int32, time.Duration)                           {}
 func (NopHooks) EventLatency(int32, time.Duration)                           {}

@@ -51,9 +51,10 @@ type restoring struct {
 	start int64 // first offset to replay
 	// end is the offset recovery replays up to: the last stable offset,
 	// measured when it began.
-	end  int64
-	pc   sarama.PartitionConsumer
-	left atomic.Int64 // records left to replay, for the partition's progress
+	end    int64
+	pc     sarama.PartitionConsumer
+	left   atomic.Int64 // records left to replay, for the partition's progress
+	stored bool         // replay starts from a checkpoint in the store
 }
 
 // recover replays each table's changelog partition from the offset after the
@@ -77,8 +78,10 @@ func (w *partitionWorker) recover(ctx context.Context, msgs <-chan *sarama.Consu
 			return fmt.Errorf("recover %s: %w", t.Name(), err)
 		}
 		rs = append(rs, r)
-		total += r.end - r.start
+		total += max(r.end-r.start, 0)
+		w.fromStore = w.fromStore || r.stored
 	}
+	w.replayed = total
 	w.r.o.State.progress(w.p, total)
 	for _, r := range rs {
 		w.r.o.Hooks.RecoveryProgress(r.t.Name(), w.p, max(r.end-r.start, 0), -1, 0)
@@ -140,7 +143,7 @@ func (w *partitionWorker) prepare(ctx context.Context, t Table) (*restoring, err
 		return nil, err
 	}
 	log.Info("recovering", "from_offset", start, "end_offset", end, "records", max(end-start, 0), "stored", stored)
-	rs := &restoring{t: t, log: log, start: start, end: end}
+	rs := &restoring{t: t, log: log, start: start, end: end, stored: stored}
 	rs.left.Store(max(end-start, 0))
 	if start < end {
 		// The consumer of the partition's previous assignment may still be

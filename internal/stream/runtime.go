@@ -253,7 +253,7 @@ func (h *groupHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sara
 	w.claim = claim
 	w.assignedAt = time.Now()
 	defer func() { w.log.Info("partition released", "generation", sess.GenerationID()) }()
-	if err := w.run(claim); err != nil && !errors.Is(err, errDropped) {
+	if err := w.run(claim); err != nil && !errors.Is(err, errDropped) && !errors.Is(err, releasedError{}) {
 		err = fmt.Errorf("partition %d: %w", claim.Partition(), err)
 		r.o.Log.Error("partition failed; stopping the worker", "error", err)
 		r.fail(err)
@@ -292,6 +292,10 @@ type partitionWorker struct {
 	// tries it again.
 	blocked    *sarama.ConsumerMessage
 	blockedErr error
+	// What recovery started from: a running standby copy, a checkpoint in
+	// the store; and the changelog records it replayed.
+	fromCopy, fromStore bool
+	replayed            int64
 }
 
 func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
@@ -301,7 +305,7 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 	r.o.State.watch(w.p, func() int { return len(claim.Messages()) }, w.pos)
 	// The standby copy of this partition (if any) stops before recovery
 	// reads the store, and may start again once the partition is released.
-	r.o.Standby.Activate(w.p)
+	w.fromCopy = r.o.Standby.Activate(w.p)
 	defer r.o.Standby.Deactivate(w.p)
 	defer func() {
 		for _, t := range r.o.Tables {
@@ -375,7 +379,7 @@ func (w *partitionWorker) loop(ctx context.Context, msgs <-chan *sarama.Consumer
 				return w.drop(lost)
 			}
 			if ctx.Err() != nil {
-				return w.stop(ctx)
+				return w.release(ctx)
 			}
 			return err
 		}
@@ -441,14 +445,25 @@ func (w *partitionWorker) resumed() {
 		w.log.Info("all partitions processing", "rebalance_ms", took.Milliseconds(), "generation", gen, "partitions", n)
 		r.o.Hooks.AllProcessing(took, n)
 	}
+	copied := "none"
+	switch {
+	case w.fromCopy:
+		copied = "standby"
+	case w.fromStore:
+		copied = "local"
+	}
+	took := time.Since(w.assignedAt)
 	unprocessed := time.Duration(-1)
 	if at, ok := w.releasedAt(); ok {
 		unprocessed = max(time.Since(at), 0)
-		w.log.Info("partition resumed", "unprocessed_ms", unprocessed.Milliseconds(), "generation", w.sess.GenerationID())
+		w.log.Info("partition resumed", "unprocessed_ms", unprocessed.Milliseconds(), "generation", w.sess.GenerationID(),
+			"recovery_ms", took.Milliseconds(), "replayed", w.replayed, "copy", copied)
 	} else {
-		w.log.Info("partition resumed", "generation", w.sess.GenerationID(), "unprocessed", "unknown: no release recorded (the previous owner crashed, or the partition is new)")
+		w.log.Info("partition resumed", "generation", w.sess.GenerationID(), "unprocessed", "unknown: no release recorded (the previous owner crashed, or the partition is new)",
+			"recovery_ms", took.Milliseconds(), "replayed", w.replayed, "copy", copied)
 	}
-	r.o.Hooks.Resumed(w.p, time.Since(w.assignedAt), unprocessed)
+	r.o.Hooks.Replayed(w.p, w.replayed, copied)
+	r.o.Hooks.Resumed(w.p, took, unprocessed)
 }
 
 // releasedAt is when the partition was last released: as its previous
@@ -663,6 +678,21 @@ func (w *partitionWorker) stop(ctx context.Context) error {
 	}
 	return err
 }
+
+// release stops processing when the session ended while a flush failed,
+// and ends the partition's loop (a releasedError): a partition is released
+// once, and nothing of it is processed, flushed or committed after that.
+func (w *partitionWorker) release(ctx context.Context) error {
+	if err := w.stop(ctx); err != nil {
+		return err
+	}
+	return releasedError{}
+}
+
+// releasedError ends a partition's loop after release; it is not a failure.
+type releasedError struct{}
+
+func (releasedError) Error() string { return "partition released" }
 
 // drop ends processing of a partition whose member lost, or may have lost,
 // its membership: the updates since the last flush are not written (the

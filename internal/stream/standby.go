@@ -22,9 +22,12 @@ import (
 // partition is assigned to this worker, its recovery only replays the
 // changelog records that arrived since the copy's last checkpoint.
 //
-// Which worker keeps which copy follows from the group: members are ordered
-// by their advertised URL, and the Replicas members after a partition's
-// owner keep a copy of it.
+// Which worker keeps which copy is the group leader's choice (Place, from
+// the standby-aware strategy of internal/kafka, which also sends a failed
+// owner's partitions to the copy least behind: Behind). Until a placement
+// arrives (or while the group runs another strategy, in a rolling upgrade)
+// it follows from the group alone: members are ordered by their advertised
+// URL, and the Replicas members after a partition's owner keep a copy.
 type Standby struct {
 	Replicas int
 	Self     string
@@ -50,6 +53,21 @@ type Standby struct {
 	// mutex, since the copies set it while mu may be held waiting for them.
 	fatalMu sync.Mutex
 	fatal   error
+	// The copies' distance to their changelogs' ends, and the leader's
+	// placement: their own mutex, for the same reason (and so that the
+	// group's assignment never waits for a copy to stop).
+	posMu     sync.Mutex
+	behind    map[copyKey]int64
+	placed    []int32
+	placedSet bool
+	assigned  []int32 // with the placement: copies of these run on, none start
+	kick      chan struct{} // a placement arrived: reconcile now
+}
+
+// copyKey names the copy of one table partition.
+type copyKey struct {
+	table string
+	p     int32
 }
 
 type tailer struct {
@@ -65,6 +83,7 @@ func (s *Standby) Run(ctx context.Context) error {
 		return nil
 	}
 	s.init()
+	kick := s.kicks()
 	t := time.NewTicker(s.Every)
 	defer t.Stop()
 	var swept time.Time
@@ -96,6 +115,7 @@ func (s *Standby) Run(ctx context.Context) error {
 			s.mu.Unlock()
 			return nil
 		case <-t.C:
+		case <-kick:
 		}
 	}
 }
@@ -111,16 +131,88 @@ func (s *Standby) init() {
 
 // Activate is called by the runtime before it recovers partition p: the
 // standby copy of p stops (its last batch committed) and is not restarted
-// until Deactivate.
-func (s *Standby) Activate(p int32) {
+// until Deactivate. It reports whether a copy of p was running.
+func (s *Standby) Activate(p int32) bool {
 	if s == nil {
-		return
+		return false
 	}
 	s.init()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.active[p] = true
+	running := s.tailers[p] != nil
 	s.stopLocked(p)
+	return running
+}
+
+func (s *Standby) kicks() chan struct{} {
+	s.posMu.Lock()
+	defer s.posMu.Unlock()
+	if s.kick == nil {
+		s.kick = make(chan struct{}, 1)
+	}
+	return s.kick
+}
+
+// Place sets the partitions this worker keeps copies of, as the group's
+// leader placed them (kafka.Standbys); the copies follow at once. The copy
+// of a partition just assigned here runs on until Activate stops it, so
+// that its recovery starts from where the copy got to.
+func (s *Standby) Place(standby, assigned []int32) {
+	if s == nil {
+		return
+	}
+	kick := s.kicks()
+	s.posMu.Lock()
+	s.placed, s.assigned, s.placedSet = slices.Clone(standby), slices.Clone(assigned), true
+	s.posMu.Unlock()
+	select {
+	case kick <- struct{}{}:
+	default:
+	}
+}
+
+// Behind returns, for each partition with a running copy, how many
+// changelog records its copies (all tables) are behind (kafka.Standbys).
+func (s *Standby) Behind() map[int32]int64 {
+	if s == nil {
+		return nil
+	}
+	s.posMu.Lock()
+	defer s.posMu.Unlock()
+	out := make(map[int32]int64, len(s.behind))
+	for k, n := range s.behind {
+		out[k.p] += n
+	}
+	return out
+}
+
+// Lag calls fn with how far each running copy of a table partition is
+// behind its changelog's end.
+func (s *Standby) Lag(fn func(table string, p int32, behind int64)) {
+	if s == nil {
+		return
+	}
+	s.posMu.Lock()
+	defer s.posMu.Unlock()
+	for k, n := range s.behind {
+		fn(k.table, k.p, n)
+	}
+}
+
+// setBehind records the distance of table's copy of p to its changelog's
+// end; a negative n forgets the copy.
+func (s *Standby) setBehind(table string, p int32, n int64) {
+	s.posMu.Lock()
+	defer s.posMu.Unlock()
+	if s.behind == nil {
+		s.behind = map[copyKey]int64{}
+	}
+	if n < 0 {
+		delete(s.behind, copyKey{table, p})
+		return
+	}
+	s.behind[copyKey{table, p}] = n
 }
 
 // Deactivate is called by the runtime once it no longer processes p.
@@ -157,11 +249,26 @@ func (s *Standby) stopLocked(p int32) {
 	}
 }
 
-// desired computes the partitions this worker should keep copies of.
-func (s *Standby) desired() (map[int32]bool, error) {
+// desired computes the partitions this worker should keep copies of: the
+// leader's placement, else the rule of the group's order. keep are those
+// whose running copy may run on (just assigned here), but not start.
+func (s *Standby) desired() (want, keep map[int32]bool, err error) {
+	s.posMu.Lock()
+	placed, assigned, ok := s.placed, s.assigned, s.placedSet
+	s.posMu.Unlock()
+	if ok {
+		want, keep = make(map[int32]bool, len(placed)), make(map[int32]bool, len(assigned))
+		for _, p := range placed {
+			want[p] = true
+		}
+		for _, p := range assigned {
+			keep[p] = true
+		}
+		return want, keep, nil
+	}
 	owners, err := s.Owners()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	members := []string{s.Self}
 	for _, u := range owners {
@@ -170,9 +277,9 @@ func (s *Standby) desired() (map[int32]bool, error) {
 		}
 	}
 	slices.Sort(members)
-	want := map[int32]bool{}
+	want = map[int32]bool{}
 	if len(members) < 2 {
-		return want, nil
+		return want, nil, nil
 	}
 	for p, owner := range owners {
 		i := slices.Index(members, owner)
@@ -182,11 +289,11 @@ func (s *Standby) desired() (map[int32]bool, error) {
 			}
 		}
 	}
-	return want, nil
+	return want, nil, nil
 }
 
 func (s *Standby) reconcile(ctx context.Context) {
-	want, err := s.desired()
+	want, keep, err := s.desired()
 	if err != nil {
 		s.Log.Debug("standby: group members unknown", "error", err)
 		return
@@ -200,7 +307,7 @@ func (s *Standby) reconcile(ctx context.Context) {
 			continue
 		default:
 		}
-		if !want[p] || s.active[p] {
+		if !want[p] && !keep[p] || s.active[p] {
 			s.stopLocked(p)
 			s.Log.Info("standby copy stopped", "partition", p)
 		}
@@ -264,8 +371,10 @@ func (s *Standby) tailTable(ctx context.Context, t Table, p int32) error {
 	}
 	defer pc.AsyncClose()
 
-	c := &standbyCopy{s: s, t: t, p: p, b: s.DB.NewBatch(), last: start - 1, hwm: hwm}
+	c := &standbyCopy{s: s, t: t, p: p, b: s.DB.NewBatch(), last: start - 1, hwm: hwm, pc: pc}
 	defer func() { c.b.Discard() }()
+	defer s.setBehind(t.Name(), p, -1)
+	c.measure()
 	c.logCaughtUp(false)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -314,6 +423,7 @@ func (s *Standby) tailTable(ctx context.Context, t Table, p int32) error {
 			if err := c.commit(); err != nil {
 				return err
 			}
+			c.measure()
 			if quiet {
 				c.logCaughtUp(true)
 			}
@@ -346,6 +456,15 @@ type standbyCopy struct {
 	n        int
 	hwm      int64 // the end of the changelog when the copy started
 	caughtUp bool
+	pc       sarama.PartitionConsumer
+}
+
+// measure records how far the copy is behind the changelog's end, as the
+// consumer last saw it. A caught-up copy read read_committed may stay one
+// record short: a transaction's commit marker.
+func (c *standbyCopy) measure() {
+	end := max(c.pc.HighWaterMarkOffset(), c.hwm)
+	c.s.setBehind(c.t.Name(), c.p, max(end-c.last-1, 0))
 }
 
 // commit writes the records applied since the last commit, with their
