@@ -60,7 +60,7 @@ type Standby struct {
 	behind    map[copyKey]int64
 	placed    []int32
 	placedSet bool
-	assigned  []int32 // with the placement: copies of these run on, none start
+	assigned  []int32       // with the placement: copies of these run on, none start
 	kick      chan struct{} // a placement arrived: reconcile now
 }
 
