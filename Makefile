@@ -89,6 +89,10 @@ bench: build ## benchmark against a dev broker process: throughput (vs bare sara
 	cd bench/peer && $(GO) build -o ../../$(BIN)/goka-peer .
 	$(GO) run ./bench -worker $(BIN)/pageviews -broker $(BIN)/devbroker -peer $(BIN)/goka-peer
 
+.PHONY: bench-failover
+bench-failover: build ## benchmark failover: kill -9 of the owner of a partition holding 1M changelog records among three workers, cold and with standby copies, three runs (FAILOVER_RUNS=N; about 50 s a run)
+	$(GO) run ./bench -failover -partitions 3 -worker $(BIN)/pageviews -broker $(BIN)/devbroker
+
 .PHONY: bench-micro
 bench-micro: ## Go micro-benchmarks of the hot path: decode, window lookup, write-back cache, store commits, restore
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/...

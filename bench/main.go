@@ -3,7 +3,9 @@
 // every record is processed and committed, and prints events/s, CPU seconds
 // and peak RSS. With -bare it also measures a bare sarama consumer reading
 // the same records without processing (the ceiling), and with -recovery the
-// rebuild of an empty DATA_DIR from the changelogs the run produced.
+// rebuild of an empty DATA_DIR from the changelogs the run produced. With
+// -failover it runs only the failover benchmark instead (failover.go): the
+// owner of a partition killed, cold and with standby copies.
 //
 // It ends with machine-readable key=value lines.
 package main
@@ -50,6 +52,11 @@ type options struct {
 	hopping        bool
 	avro           bool
 	topic          string // the source topic runWorker waits on
+	// The failover benchmark, run instead of the others.
+	failover        bool
+	failoverRuns    int
+	failoverRecords int
+	failoverPages   int
 }
 
 func main() {
@@ -70,10 +77,25 @@ func main() {
 	flag.StringVar(&o.peer, "peer", "bin/goka-peer", "goka peer binary (bench/peer); empty skips it")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write CPU profiles of the worker: its aggregation to this file, its recovery to the file with .recovery appended")
 	flag.StringVar(&o.commitInterval, "commit-interval", "1s", "the worker's COMMIT_INTERVAL: the last commit comes up to one interval after the last event")
+	flag.BoolVar(&o.failover, "failover", false, "run only the failover benchmark: kill -9 of the owner of a partition with -failover-records changelog records among three workers, cold and with standby copies")
+	flag.IntVar(&o.failoverRuns, "failover-runs", envInt("FAILOVER_RUNS", 3), "runs of the failover benchmark, each setting from scratch")
+	flag.IntVar(&o.failoverRecords, "failover-records", 1_000_000, "changelog records (both tables) the killed partition holds at least")
+	// Beyond about 65,000 pages a partition the worker processes a round
+	// many times slower (it keeps fewer of them cached): rounds of fewer
+	// pages keep the load to seconds.
+	flag.IntVar(&o.failoverPages, "failover-pages", 50_000, "distinct pages of the failover load: it sends one view of each page in rounds, each round committed before the next, until the changelogs hold -failover-records records")
 	flag.Parse()
-	results, err := run(o)
+	var results map[string]string
+	var err error
+	keys := resultKeys()
+	if o.failover {
+		results, err = failoverBench(o)
+		keys = failoverKeys()
+	} else {
+		results, err = run(o)
+	}
 	// The machine-readable lines, last.
-	for _, k := range resultKeys() {
+	for _, k := range keys {
 		if v, ok := results[k]; ok {
 			fmt.Printf("%s=%s\n", k, v)
 		}

@@ -450,6 +450,8 @@ type fleet struct {
 	moves    []time.Time
 	warned   map[string]bool
 	warnings []string
+	// tap, when set before the workers start, is given every line too.
+	tap func(worker int, raw []byte)
 }
 
 func newFleet(partitions int) *fleet {
@@ -457,6 +459,9 @@ func newFleet(partitions int) *fleet {
 }
 
 func (f *fleet) line(worker int, raw []byte) {
+	if f.tap != nil {
+		f.tap(worker, raw)
+	}
 	var l struct {
 		Time          time.Time `json:"time"`
 		Level         string    `json:"level"`
