@@ -462,8 +462,12 @@ func processVars(brokers []string, name, guarantee string) map[string]string {
 		"LIVECHECK_INTERVAL":    "0",
 		"LOG_FORMAT":            "json",
 		"LOG_LEVEL":             "info",
+		// No standby copies unless a test asks: a successor must then
+		// rebuild from the changelogs or the store it is given, as the
+		// tests hold it to (the standby tests set 1).
+		"TABLE_STANDBY_REPLICAS": "0",
 		// Nothing of the machine's own settings reaches the worker.
-		"KAFKA_INSTANCE_ID": "", "ADVERTISED_URL": "", "TABLE_STANDBY_REPLICAS": "",
+		"KAFKA_INSTANCE_ID": "", "ADVERTISED_URL": "",
 		"DD_AGENT_HOST": "", "DD_DOGSTATSD_URL": "", "OTEL_TRACES_EXPORTER": "",
 		"OTEL_EXPORTER_OTLP_ENDPOINT": "", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "",
 	}
