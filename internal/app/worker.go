@@ -132,6 +132,7 @@ type worker struct {
 	standby     *stream.Standby
 	parts       Parts
 	livecheck   *livecheck
+	monitor     *monitor
 	rt          *stream.Runtime
 }
 
@@ -442,6 +443,7 @@ func (w *worker) startApp(context.Context) error {
 		return err
 	}
 	w.parts.Pages = s.withPeers(w.parts.Pages)
+	w.monitor = w.newMonitor(w.parts.Livecheck != nil)
 	handler := w.parts.Agent
 	if w.hooks.Handler != nil {
 		handler = w.hooks.Handler(handler)
@@ -461,7 +463,7 @@ func (w *worker) startApp(context.Context) error {
 		// busy with fetches that a commit would queue behind.
 		Committer: &kafka.OffsetCommitter{Client: w.clients.admin, Group: cfg.Group, InstanceID: cfg.InstanceID},
 		Metadata:  commitMetadata(w.admin, cfg.Group, cfg.Topic),
-		Hooks:     w.streamHooks,
+		Hooks:     monitorHooks{w.streamHooks, w.monitor}, // the metrics, and the monitor page's rebalances
 		Log:       w.log.With("component", "stream"),
 		Clock:     w.clock,
 	})
@@ -509,6 +511,7 @@ func (w *worker) services() *Services {
 
 // observeLivecheck counts one livecheck's outcome, and logs a failure.
 func (w *worker) observeLivecheck(ok bool, took time.Duration, err error) {
+	w.monitor.livechecked(ok, took, err)
 	if ok {
 		w.mc.Count(metrics.LivecheckSuccess, 1)
 		w.mc.Timing(metrics.LivecheckLatency, took)
@@ -572,9 +575,12 @@ func (w *worker) schedule(context.Context) error {
 // offsets, with the high watermark asked of the broker now: a worker that
 // stalls fetches nothing, so what its consumer last saw would hide its lag.
 // previous is the generation of the previous sample; it returns this one's.
+// The monitor page shows the same lag.
 func (w *worker) sampleGroup(previous int32) int32 {
 	s := w.state.Sample()
+	at := time.Now()
 	w.streamHooks.Group(s.Generation, previous, s.Rebalancing)
+	lags := make(map[int32]lagSample, len(s.Positions))
 	for p, pos := range s.Positions {
 		hwm, err := w.clients.admin.GetOffset(w.cfg.Topic, p, sarama.OffsetNewest)
 		if err != nil {
@@ -585,7 +591,11 @@ func (w *worker) sampleGroup(previous int32) int32 {
 			lag = max(time.Since(pos.LastRecord), 0)
 		}
 		w.streamHooks.Position(p, pos.Next-1, pos.Committed, hwm, lag)
+		if hwm >= 0 {
+			lags[p] = lagSample{records: max(hwm-pos.Next, 0), end: hwm, seconds: lag.Seconds()}
+		}
 	}
+	w.monitor.sampled(lags, at)
 	return max(previous, s.Generation)
 }
 
@@ -605,9 +615,10 @@ func (w *worker) serve(context.Context) error {
 	if w.livecheck != nil {
 		livecheck = w.livecheck.Check
 	}
-	route := web.Route(w.parts.Pages)
+	pages := append(slices.Clone(w.parts.Pages), w.monitor.pages(w.parts.Pages)...)
+	route := web.Route(pages)
 	w.front.Serve(tracing.HTTP(w.mc.HTTP((&web.Server{
-		Pages: w.parts.Pages, Readiness: state, Health: health, Livecheck: livecheck, Log: w.log.With("component", "web"),
+		Pages: pages, Readiness: state, Health: health, Livecheck: livecheck, Log: w.log.With("component", "web"),
 	}).Handler(), route), route))
 	return nil
 }

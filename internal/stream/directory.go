@@ -3,6 +3,8 @@ package stream
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -33,9 +35,10 @@ type Directory struct {
 	Topic string
 	TTL   time.Duration
 
-	mu     sync.Mutex
-	owners map[int32]string
-	at     time.Time
+	mu      sync.Mutex
+	owners  map[int32]string
+	members []Member // as the lookup of owners saw them
+	at      time.Time
 	// lookup is closed when the lookup in flight ends; nil when none is.
 	lookup chan struct{}
 	err    error // of the last lookup
@@ -77,7 +80,7 @@ func (d *Directory) Owners() (map[int32]string, error) {
 	d.lookup = done
 	d.mu.Unlock()
 
-	owners, err := d.describe()
+	owners, members, err := d.describe()
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -86,39 +89,61 @@ func (d *Directory) Owners() (map[int32]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.owners, d.at = owners, time.Now()
+	d.owners, d.members, d.at = owners, members, time.Now()
 	return owners, nil
 }
 
+// Member is one member of the group as the coordinator describes it: its
+// ids, its advertised URL ("" when it advertises none) and its partitions
+// of the source topic, in order.
+type Member struct {
+	ID, ClientID, Host, URL string
+	Partitions              []int32
+}
+
+// Members returns the group's members as the last lookup saw them, ordered
+// by member id; like Owners, it looks again once that answer is older than
+// TTL. The slice is shared: callers must not change it.
+func (d *Directory) Members() ([]Member, error) {
+	if _, err := d.Owners(); err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.members, nil
+}
+
 // describe reads the group's members and assignments from the coordinator.
-func (d *Directory) describe() (map[int32]string, error) {
+func (d *Directory) describe() (map[int32]string, []Member, error) {
 	groups, err := d.Admin.DescribeConsumerGroups([]string{d.Group})
 	if err != nil {
-		return nil, fmt.Errorf("describe group %s: %w", d.Group, err)
+		return nil, nil, fmt.Errorf("describe group %s: %w", d.Group, err)
 	}
 	if len(groups) != 1 {
-		return nil, fmt.Errorf("describe group %s: %d answers", d.Group, len(groups))
+		return nil, nil, fmt.Errorf("describe group %s: %d answers", d.Group, len(groups))
 	}
 	if !errors.Is(groups[0].Err, sarama.ErrNoError) {
-		return nil, fmt.Errorf("describe group %s: %w", d.Group, groups[0].Err)
+		return nil, nil, fmt.Errorf("describe group %s: %w", d.Group, groups[0].Err)
 	}
 	owners := map[int32]string{}
-	for _, m := range groups[0].Members {
+	var members []Member
+	for id, m := range groups[0].Members {
+		member := Member{ID: id, ClientID: m.ClientId, Host: m.ClientHost}
 		meta, err := m.GetMemberMetadata()
-		if err != nil || meta == nil {
-			continue
+		if err == nil && meta != nil {
+			member.URL = string(kafka.Advertised(meta.UserData))
 		}
-		url := kafka.Advertised(meta.UserData)
-		if len(url) == 0 {
+		if as, err := m.GetMemberAssignment(); err == nil && as != nil {
+			member.Partitions = slices.Sorted(slices.Values(as.Topics[d.Topic]))
+		}
+		members = append(members, member)
+		if member.URL == "" {
 			continue // a member that advertises nothing cannot be asked
 		}
-		as, err := m.GetMemberAssignment()
-		if err != nil || as == nil {
-			continue
-		}
-		for _, p := range as.Topics[d.Topic] {
-			owners[p] = string(url)
+		for _, p := range member.Partitions {
+			owners[p] = member.URL
 		}
 	}
-	return owners, nil
+	slices.SortFunc(members, func(a, b Member) int { return strings.Compare(a.ID, b.ID) })
+	return owners, members, nil
 }

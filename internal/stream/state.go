@@ -311,3 +311,50 @@ func (s *State) Recovered() []int32 {
 	}
 	return out
 }
+
+// PartitionView is one held partition as a status page shows it.
+type PartitionView struct {
+	Partition  int32
+	Recovering bool
+	Remaining  int64     // changelog records left to replay (-1: not measured yet)
+	Since      time.Time // when it was assigned (the runtime's clock)
+	Waiting    string    // why its recovery, or its next record, waits; "" when it does not
+	Stalled    string    // why it cannot commit; "" when it can
+	Position   Position  // Next is -1 until it processes
+}
+
+// View is the state as a status page reads it: the group and every held
+// partition, in order. Unlike Sample, reading it changes nothing, so a page
+// polling it never hides a rebalance from the metrics.
+type View struct {
+	Joined      bool
+	Generation  int32
+	Rebalancing bool
+	Partitions  []PartitionView
+}
+
+// View reads the state for a status page.
+func (s *State) View() View {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := View{Joined: s.joined, Generation: s.generation, Rebalancing: !s.stalled.IsZero()}
+	if s.live != nil {
+		v.Generation = max(v.Generation, s.live())
+	}
+	for p, ps := range s.parts {
+		pv := PartitionView{Partition: p, Recovering: ps.Recovering, Remaining: ps.Remaining, Since: ps.Since,
+			Position: Position{Next: -1, Committed: -1}}
+		if ps.Waiting != nil {
+			pv.Waiting = ps.Waiting.Error()
+		}
+		if ps.Stalled != nil {
+			pv.Stalled = ps.Stalled.Error()
+		}
+		if ps.pos != nil {
+			pv.Position = ps.pos.get()
+		}
+		v.Partitions = append(v.Partitions, pv)
+	}
+	slices.SortFunc(v.Partitions, func(a, b PartitionView) int { return int(a.Partition) - int(b.Partition) })
+	return v
+}
