@@ -104,8 +104,8 @@ test-external: build ## the e2e tests against a broker in its own process throug
 	KAFKA_BROKERS=127.0.0.1:19092 $(GO) test -count=1 ./e2e/
 
 .PHONY: bake
-bake: ## generate a worker from the template (newworker and gonew), then build, test and lint it offline
-	$(GO) test -count=1 -v -run 'TestBake|TestGonew|TestDefaultsReproduceTheTemplate|TestNestedModulesListed' ./cmd/newworker/
+bake: ## generate a worker from the template (newworker and gonew), then build, test and lint it offline; update one baked from an older commit
+	$(GO) test -count=1 -v -run 'TestBake|TestGonew|TestDefaultsReproduceTheTemplate|TestNestedModulesListed|TestUpdate' ./cmd/newworker/
 
 .PHONY: chaos
 chaos: ## the chaos suites: restarts, scaling, kill -9 and closed windows over rolling restarts (chaos/), and the crash tests of totals and closed windows (faults/) (about 8 minutes)

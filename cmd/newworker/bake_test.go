@@ -6,6 +6,7 @@ import (
 	"go/parser"
 	"go/token"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path"
@@ -76,6 +77,7 @@ func TestBake(t *testing.T) {
 	out := bakeProject(t, root, bake)
 
 	t.Run("layout", func(t *testing.T) { checkLayout(t, out) })
+	t.Run("record", func(t *testing.T) { checkRecord(t, out, bake) })
 	t.Run("settings", func(t *testing.T) { checkSettings(t, out, bake["partitions"]) })
 	t.Run("no template names", func(t *testing.T) { checkNoTemplateNames(t, tmpl, out) })
 	t.Run("metric namespace", func(t *testing.T) { checkNamespace(t, out) })
@@ -192,6 +194,46 @@ func checkLayout(t *testing.T, out string) {
 	}
 	if data, err := os.ReadFile(filepath.Join(out, ".github/workflows/ci.yml")); err == nil && regexp.MustCompile(`(?m)^  bake:`).Match(data) {
 		t.Error("ci.yml keeps the template's bake job")
+	}
+}
+
+// checkRecord reads .newworker.json back: the answers, a version update
+// can fetch again, and the hash of every file the bake wrote.
+func checkRecord(t *testing.T, out string, answers map[string]string) {
+	rec, err := readRecord(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(rec.Answers, answers) {
+		t.Errorf("recorded answers %v, want %v", rec.Answers, answers)
+	}
+	if !isCommit(rec.Version) && rec.Version != develVersion {
+		t.Errorf("recorded version %q: want the template checkout's commit (or devel outside git)", rec.Version)
+	}
+	n := 0
+	err = filepath.WalkDir(out, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(out, p)
+		rel = filepath.ToSlash(rel)
+		if rel == recordFile {
+			return nil
+		}
+		s, err := readState(out, rel)
+		if err != nil {
+			return err
+		}
+		if n++; rec.Files[rel] != s.hash() {
+			t.Errorf("%s: recorded hash %q, the file's %q", rel, rec.Files[rel], s.hash())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != len(rec.Files) || n < 50 {
+		t.Errorf("%d files in the project, %d in the record", n, len(rec.Files))
 	}
 }
 

@@ -22,6 +22,9 @@ type generator struct {
 	answers  map[string]string
 	version  string // the template's version, for the README
 	warn     func(format string, args ...any)
+	// written holds the sha256 of every file generate wrote, by
+	// slash-separated path: the record of the bake (.newworker.json).
+	written map[string]string
 
 	r  *renamer
 	gr *goRewriter
@@ -35,7 +38,7 @@ type srcFile struct {
 }
 
 func newGenerator(src, out string, t *Template, answers map[string]string, version string, warn func(string, ...any)) *generator {
-	g := &generator{src: src, out: out, t: t, answers: answers, version: version, warn: warn}
+	g := &generator{src: src, out: out, t: t, answers: answers, version: version, warn: warn, written: map[string]string{}}
 	g.r = newRenamer(t, answers)
 	g.gr = newGoRewriter(t, g.r, answers)
 	return g
@@ -97,6 +100,9 @@ func (g *generator) generate() error {
 	sort.SliceStable(files, func(i, j int) bool { return isGoCode(files[i]) && !isGoCode(files[j]) })
 	dests := map[string]string{}
 	for _, f := range files {
+		if f.rel == recordFile {
+			continue // a template made from a worker: the new project gets its own record
+		}
 		to := g.r.RenamePath(f.rel)
 		if other, ok := dests[to]; ok {
 			return fmt.Errorf("%s and %s would both become %s", other, f.rel, to)
@@ -142,7 +148,9 @@ func (g *generator) copyFile(f srcFile, to string) error {
 		if path.IsAbs(target) || inside == ".." || strings.HasPrefix(inside, "../") {
 			return fmt.Errorf("symbolic link to %s leaves the template", f.link)
 		}
-		return os.Symlink(filepath.FromSlash(g.r.RenamePath(target)), dst)
+		renamed := g.r.RenamePath(target)
+		g.written[to] = linkHash(renamed)
+		return os.Symlink(filepath.FromSlash(renamed), dst)
 	}
 	data, err := os.ReadFile(filepath.Join(g.src, filepath.FromSlash(f.rel)))
 	if err != nil {
@@ -173,6 +181,7 @@ func (g *generator) copyFile(f srcFile, to string) error {
 	if f.mode&0o111 != 0 || bytes.HasPrefix(data, []byte("#!")) {
 		mode = 0o755
 	}
+	g.written[to] = fileHash(data)
 	return os.WriteFile(dst, data, mode)
 }
 
@@ -274,6 +283,7 @@ func (g *generator) render() error {
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 			return err
 		}
+		g.written[rel] = fileHash(b.Bytes())
 		return os.WriteFile(dst, b.Bytes(), 0o644)
 	})
 }

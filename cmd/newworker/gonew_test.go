@@ -96,6 +96,9 @@ func runNewworkerAt(t *testing.T, tmpl *Template, version, proxy, gomodcache, ou
 	if want := "from " + tmpl.Module + " " + version; !strings.Contains(string(output), want) {
 		t.Errorf("output lacks %q:\n%s", want, output)
 	}
+	if rec, err := readRecord(out); err != nil || rec.Version != version {
+		t.Errorf("%s: %v, version %q, want %q", recordFile, err, rec.Version, version)
+	}
 	if strings.Contains(string(output), "warning") {
 		t.Errorf("warnings:\n%s", output)
 	}
@@ -114,6 +117,18 @@ func runNewworkerAt(t *testing.T, tmpl *Template, version, proxy, gomodcache, ou
 		if mod := modfile.ModulePath(data); mod != "example.com/acme/clicks/"+sub {
 			t.Errorf("%s/go.mod says module %q", sub, mod)
 		}
+	}
+	// The same command updates the worker to the version it was built
+	// from, through the module proxy: the same version, so nothing
+	// changes.
+	commitAll(t, out, "baked")
+	update := exec.Command("go", "run", tmpl.Module+"/cmd/newworker@"+version, "update")
+	update.Dir, update.Env = out, cmd.Env
+	if output, err := update.CombinedOutput(); err != nil || !strings.Contains(string(output), "0 files changed, 0 conflicts.") {
+		t.Errorf("go run newworker@%s update: %v\n%s", version, err, output)
+	}
+	if st := gitIn(t, out, "status", "--porcelain"); st != "" {
+		t.Errorf("an update to the same version changed the worker:\n%s", st)
 	}
 }
 

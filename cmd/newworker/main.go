@@ -13,6 +13,15 @@
 // The template is this module's source: the checkout it runs in (or
 // -from DIR), else the module version it was built from, fetched with
 // `go mod download -json` as gonew does.
+//
+// The new project keeps a record of its bake in .newworker.json: the
+// answers, the template's version and a hash of each file written. With
+// it, `newworker update` brings a later version of the template into the
+// project, keeping the project's own changes (a three-way merge):
+//
+//	newworker update -from ../pageviews            # a checkout
+//	newworker update -from github.com/gofaust/pageviews@v1.4.0
+//	go run github.com/gofaust/pageviews/cmd/newworker@latest update
 package main
 
 import (
@@ -82,7 +91,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.from, "from", "", "template directory (default: the checkout this runs in, else the module version it was built from)")
 	fs.BoolVar(&o.noInput, "no-input", false, "ask nothing: flags or the template's suggestions for every variable (needs -module)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: newworker [-module path] [-name name] [-topic topic] [-table table] [-window d] [-expires d] [-partitions n] [-org org] [-owner team] [-description text] [-out dir] [-from dir] [-no-input]")
+		fmt.Fprintln(stderr, "usage: newworker update [-from dir|module@version] [-dir worker] [-dry-run]")
+		fmt.Fprintln(stderr, "       newworker [-module path] [-name name] [-topic topic] [-table table] [-window d] [-expires d] [-partitions n] [-org org] [-owner team] [-description text] [-out dir] [-from dir] [-no-input]")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -107,6 +117,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 
 // run generates one project. stdin answers the questions unless -no-input.
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "update" {
+		return runUpdate(args[1:], stdout, stderr)
+	}
 	o, err := parseFlags(args, stderr)
 	if err != nil {
 		return err
@@ -150,7 +163,12 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	}
 
 	_, statErr := os.Stat(dst)
-	if err := newGenerator(src, dst, t, answers, version, warn).generate(); err != nil {
+	g := newGenerator(src, dst, t, answers, version, warn)
+	err = g.generate()
+	if err == nil {
+		err = writeRecord(dst, newRecord(found, t.Module, answers, g.written))
+	}
+	if err != nil {
 		// Leave nothing half-made behind.
 		if errors.Is(statErr, os.ErrNotExist) {
 			os.RemoveAll(dst)
@@ -168,6 +186,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "  make test\n")
 	fmt.Fprintf(stdout, "  make run      # then: curl 'localhost:8088/count/?page=/home'\n")
 	fmt.Fprintf(stdout, "Then make it yours: the record, the agent and the tables are in internal/pageview.\n")
+	fmt.Fprintf(stdout, "Commit %s with the rest: `newworker update` reads it to bring in later versions of the template.\n", recordFile)
 	return nil
 }
 

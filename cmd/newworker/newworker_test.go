@@ -299,7 +299,7 @@ func TestDefaultsReproduceTheTemplate(t *testing.T) {
 	if err != nil {
 		t.Fatalf("run: %v\n%s", err, stderr)
 	}
-	rendered := map[string]bool{"README.md": true, "CODEOWNERS": true, "catalog-info.yaml": true}
+	rendered := map[string]bool{"README.md": true, "CODEOWNERS": true, "catalog-info.yaml": true, recordFile: true}
 	n := 0
 	err = filepath.WalkDir(out, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() || d.Type()&fs.ModeSymlink != 0 {

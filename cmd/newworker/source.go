@@ -19,6 +19,10 @@ type found struct {
 	// download: its path and the commit it was made from, if the proxy
 	// says (the nested modules are fetched at the same commit).
 	module, hash string
+	// commit and modified are set for a git checkout: its commit, and
+	// whether it has changes not committed (see .newworker.json).
+	commit   string
+	modified bool
 }
 
 // findTemplate finds the template: -from, else the checkout the command
@@ -31,19 +35,10 @@ func findTemplate(from string) (found, error) {
 		if err != nil {
 			return found{}, err
 		}
-		return found{dir: dir, version: checkoutVersion(dir)}, nil
+		return checkout(dir), nil
 	}
-	modPath, modVersion, local := "", "", true
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		modPath, modVersion = bi.Main.Path, bi.Main.Version
-		// A version of the module proxy, not one go build stamped from a
-		// local repository (v0.0.0-...+dirty, with vcs settings).
-		local = modVersion == "" || modVersion == "(devel)"
-		for _, s := range bi.Settings {
-			local = local || s.Key == "vcs"
-		}
-	}
-	if !local {
+	modPath, modVersion, fromProxy := builtFrom()
+	if fromProxy {
 		info, err := download(modPath + "@" + modVersion)
 		if err != nil {
 			return found{}, err
@@ -56,7 +51,7 @@ func findTemplate(from string) (found, error) {
 	}
 	for d := wd; ; d = filepath.Dir(d) {
 		if _, err := os.Stat(filepath.Join(d, filepath.FromSlash(templateFile))); err == nil {
-			return found{dir: d, version: checkoutVersion(d)}, nil
+			return checkout(d), nil
 		}
 		if filepath.Dir(d) == d {
 			break
@@ -118,11 +113,24 @@ func assemble(f found, t *Template, warn func(string, ...any)) (string, error) {
 	return dir, nil
 }
 
-// checkoutVersion names a checkout by its commit when git can tell.
-func checkoutVersion(dir string) string {
-	out, err := exec.Command("git", "-C", dir, "rev-parse", "--short", "HEAD").Output()
-	if err != nil {
-		return "(checkout)"
+// checkout describes a template directory: its commit when git can tell.
+func checkout(dir string) found {
+	commit, modified := checkoutState(dir)
+	return found{dir: dir, version: checkoutLabel(commit), commit: commit, modified: modified}
+}
+
+// builtFrom returns the module this command was built from, and whether
+// that was a version of the module proxy (go run .../cmd/newworker@v1.2.0)
+// rather than a build of a local checkout (v0.0.0-...+dirty, with vcs
+// settings).
+func builtFrom() (path, version string, fromProxy bool) {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "", "", false
 	}
-	return "(checkout at " + strings.TrimSpace(string(out)) + ")"
+	fromProxy = bi.Main.Version != "" && bi.Main.Version != "(devel)"
+	for _, s := range bi.Settings {
+		fromProxy = fromProxy && s.Key != "vcs"
+	}
+	return bi.Main.Path, bi.Main.Version, fromProxy
 }
