@@ -787,6 +787,7 @@ func (c *clients) close() error {
 type standbys struct{ w *worker }
 
 func (s standbys) Behind() map[int32]int64         { return s.w.standby.Behind() }
+func (s standbys) Stored() map[int32]int64         { return s.w.standby.Stored() }
 func (s standbys) Place(standby, assigned []int32) { s.w.standby.Place(standby, assigned) }
 
 // advertisedURL is where other workers reach this one: ADVERTISED_URL, or

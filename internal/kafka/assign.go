@@ -21,6 +21,10 @@ type Standbys interface {
 	// Behind returns, for each partition this member keeps a live standby
 	// copy of, how many changelog records the copy is behind (all tables).
 	Behind() map[int32]int64
+	// Stored returns the same for the partitions whose state this member
+	// holds in its store without running a copy (it owned them before a
+	// restart, say): the group gives them back to it before others.
+	Stored() map[int32]int64
 	// Place gives the partitions this member should keep copies of, and
 	// those it was assigned: a copy of one of those may run on until the
 	// partition's recovery takes its place.
@@ -63,6 +67,7 @@ type memberData struct {
 	Generation int32           `json:"generation"`
 	Owned      []int32         `json:"owned,omitempty"`
 	Behind     map[int32]int64 `json:"behind,omitempty"`
+	Stored     map[int32]int64 `json:"stored,omitempty"`
 }
 
 // assignmentData is the leader's user data in a member's assignment.
@@ -84,7 +89,7 @@ func (s *standbyStrategy) SubscriptionUserData([]string) ([]byte, error) {
 	d := memberData{Generation: s.generation, Owned: s.owned}
 	s.mu.Unlock()
 	if s.standbys != nil {
-		d.Behind = s.standbys.Behind()
+		d.Behind, d.Stored = s.standbys.Behind(), s.standbys.Stored()
 	}
 	return json.Marshal(d)
 }
@@ -142,7 +147,8 @@ type groupState struct {
 	ids     []string                   // members, sorted
 	parts   []int32                    // partition numbers, sorted
 	current map[int32]string           // owner before this rebalance
-	behind  map[string]map[int32]int64 // each member's standby copies
+	behind  map[string]map[int32]int64 // each member's standby copies and stored state
+	stored  map[string]map[int32]bool  // of which in its store only
 	owner   map[int32]string           // owner after it
 	count   map[string]int
 	base    int // every member's share; extra of them take one more
@@ -151,7 +157,7 @@ type groupState struct {
 
 func newGroupState(members map[string]sarama.ConsumerGroupMemberMetadata, topics map[string][]int32) *groupState {
 	g := &groupState{
-		current: map[int32]string{}, behind: map[string]map[int32]int64{},
+		current: map[int32]string{}, behind: map[string]map[int32]int64{}, stored: map[string]map[int32]bool{},
 		owner: map[int32]string{}, count: map[string]int{},
 	}
 	for _, ps := range topics {
@@ -168,7 +174,15 @@ func newGroupState(members map[string]sarama.ConsumerGroupMemberMetadata, topics
 		meta := members[id]
 		var d memberData
 		_ = json.Unmarshal(meta.UserData, &d) // a member without it reports nothing
-		g.behind[id] = d.Behind
+		g.behind[id], g.stored[id] = d.Behind, map[int32]bool{}
+		for p, n := range d.Stored {
+			if _, copied := d.Behind[p]; !copied {
+				if g.behind[id] == nil {
+					g.behind[id] = map[int32]int64{}
+				}
+				g.behind[id][p], g.stored[id][p] = n, true
+			}
+		}
 		owned, gen := d.Owned, d.Generation
 		if len(meta.OwnedPartitions) > 0 { // the protocol's own record, under cooperative
 			owned = nil
@@ -274,10 +288,14 @@ func (g *groupState) assignFree() {
 }
 
 // better reports whether a should take p rather than b: a closer copy, then
-// fewer partitions (ties go to the first in order).
+// its state in the store (a member back from a restart gets its partitions
+// back), then fewer partitions (ties go to the first in order).
 func (g *groupState) better(a, b string, p int32) bool {
 	if la, lb := g.lag(a, p), g.lag(b, p); la != lb {
 		return la < lb
+	}
+	if sa, sb := g.stored[a][p], g.stored[b][p]; sa != sb {
+		return sa
 	}
 	return g.count[a] < g.count[b]
 }

@@ -216,6 +216,29 @@ func TestStandbyStrategyPlacesCopies(t *testing.T) {
 	}
 }
 
+// A static member back from a quick restart owns nothing, but its store
+// holds its partitions: it gets them back, ahead of a standby copy that is
+// as far along, and of members with fewer partitions.
+func TestStandbyStrategyGivesAMemberBackWhatItStores(t *testing.T) {
+	topics := map[string][]int32{"src": partitions(8)}
+	ms := metadata(t, []string{"src"}, map[string]member{
+		"w0": {owned: []int32{0, 1, 2}, generation: 5},
+		"w2": {owned: []int32{3, 7}, generation: 5, behind: map[int32]int64{5: 1}},
+	}, true)
+	d, err := json.Marshal(memberData{Generation: -1, Stored: map[int32]int64{4: 1, 5: 1, 6: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms["w1"] = sarama.ConsumerGroupMemberMetadata{Version: 1, Topics: []string{"src"}, UserData: d}
+	p, err := NewStandbyStrategy(true, 1, nil).Plan(ms, topics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := owners(t, p, "src"); got[4] != "w1" || got[5] != "w1" || got[6] != "w1" {
+		t.Errorf("owners %v: w1 should get back 4, 5 and 6, which its store holds", got)
+	}
+}
+
 // Of two members claiming a partition, the one of the newer generation
 // owns it (the other missed a rebalance).
 func TestStandbyStrategyResolvesStaleClaims(t *testing.T) {
@@ -233,6 +256,7 @@ type fakeStandbys struct {
 }
 
 func (f *fakeStandbys) Behind() map[int32]int64 { return f.behind }
+func (f *fakeStandbys) Stored() map[int32]int64 { return nil }
 func (f *fakeStandbys) Place(ps, _ []int32)     { f.placed = ps }
 
 // What a member reports and learns goes through the advertising wrapper

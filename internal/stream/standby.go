@@ -187,6 +187,57 @@ func (s *Standby) Behind() map[int32]int64 {
 	return out
 }
 
+// Stored returns, for each partition this worker neither processes nor
+// copies but holds in its store (every table checkpointed: it owned the
+// partition, or copied it, before), how many changelog records its state
+// is behind (kafka.Standbys). A worker restarted on its volume reports
+// the partitions it had, so the group can give them back to it.
+func (s *Standby) Stored() map[int32]int64 {
+	if s == nil || len(s.Tables) == 0 || s.DB == nil || s.Client == nil {
+		return nil
+	}
+	ps, err := s.Client.Partitions(s.Tables[0].Changelog())
+	if err != nil {
+		return nil // none reported: the group assigns as if nothing were stored
+	}
+	s.mu.Lock()
+	skip := map[int32]bool{}
+	for p := range s.active {
+		skip[p] = true
+	}
+	for p := range s.tailers {
+		skip[p] = true
+	}
+	s.mu.Unlock()
+	out := map[int32]int64{}
+	for _, p := range ps {
+		if skip[p] {
+			continue
+		}
+		if n, ok := s.storedBehind(p); ok {
+			out[p] = n
+		}
+	}
+	return out
+}
+
+// storedBehind is how far the stored state of partition p is behind its
+// changelogs' ends; ok is false unless every table has a checkpoint.
+func (s *Standby) storedBehind(p int32) (n int64, ok bool) {
+	for _, t := range s.Tables {
+		cp, ok, err := s.DB.Checkpoint(t.Name(), p)
+		if err != nil || !ok {
+			return 0, false
+		}
+		end, err := s.Client.GetOffset(t.Changelog(), p, sarama.OffsetNewest)
+		if err != nil {
+			return 0, false
+		}
+		n += max(end-cp.Offset-1, 0)
+	}
+	return n, true
+}
+
 // Lag calls fn with how far each running copy of a table partition is
 // behind its changelog's end.
 func (s *Standby) Lag(fn func(table string, p int32, behind int64)) {
