@@ -67,6 +67,7 @@ func TestDashboardsEndToEnd(t *testing.T) {
 	st.checkPanelQueries(t, procs, exprs, window)
 	st.checkVariableQueries(t, variableQueries, window)
 	st.checkAlertRules(t, procs)
+	st.checkAlertSignals(t, procs)
 	t.Logf("end to end in %s", time.Since(began).Round(time.Millisecond))
 }
 
@@ -239,6 +240,7 @@ func (st *stack) restartSecondWorker(t *testing.T) {
 	st.exporters[1].stop()
 	st.b = nil
 	st.held(t, "the first worker holds every partition", 8)
+	st.checkWorkerMissing(t)
 	load(t, []*harness.Worker{st.a}, "/r/", 32)
 	st.exporters[1].start(t, st.bud, st.dir)
 	st.b = harness.StartWorker(t, st.dir, "worker-b.run2", st.envB)
@@ -264,6 +266,11 @@ func (st *stack) checkFacts(t *testing.T, procs []*harness.Proc) {
 		{"a second generation", `max(pageviews_generation{env="e2e"})`, 2},
 		{"partitions handed over", `sum(pageviews_rebalance_return_latency_count{env="e2e"})`, 1},
 		{"livechecks succeeded", `sum(pageviews_livecheck_success{env="e2e"})`, 1},
+		{"offset commits counted", `sum(pageviews_commits{env="e2e"})`, 1},
+		// Each worker's own exporter keeps its gauges apart: both report
+		// a group of two, under their own instance.
+		{"each worker reports the group's two members", `count(pageviews_group_members{env="e2e"} == 2)`, 2},
+		{"each worker reports its store's memtables", `count(pageviews_pebble_memtable_bytes{env="e2e"} > 0)`, 2},
 		{"standby copies kept", `sum(pageviews_standby_partitions{env="e2e"})`, 1},
 		{"standby copies' lag sampled", `count(pageviews_standby_lag{env="e2e"})`, 1},
 		// Every assignment reports what it replayed and what it started
@@ -443,6 +450,86 @@ func (st *stack) checkAlertRules(t *testing.T, procs []*harness.Proc) {
 		}
 		return n == len(alertRules(t, st.root)), fmt.Sprintf("%d rules evaluated", n)
 	})
+}
+
+// checkWorkerMissing checks, while the second worker is down with its
+// exporter, that PageviewsWorkerMissing's expression names it: Prometheus
+// still has its target, which no longer answers (up is 0), and had its
+// metrics a moment ago.
+func (st *stack) checkWorkerMissing(t *testing.T) {
+	t.Helper()
+	expr := alertExpr(t, st.root, "PageviewsWorkerMissing")
+	eventually(t, st.bud.within(30*time.Second), "PageviewsWorkerMissing's expression names the stopped worker", st.running(), func() (bool, string) {
+		s, err := st.server.query(expr)
+		if err != nil {
+			t.Fatalf("PageviewsWorkerMissing: %v", err)
+		}
+		for _, x := range s {
+			if x.Metric["instance"] == st.instances[1] {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("%d series: %v", len(s), s)
+	})
+	if s, err := st.server.query(expr); err == nil {
+		for _, x := range s {
+			if x.Metric["instance"] == st.instances[0] {
+				t.Errorf("PageviewsWorkerMissing names the running worker %s: %v", st.instances[0], x.Metric)
+			}
+		}
+	}
+}
+
+// alertSignals are, for the alerts whose condition the scenario does not
+// meet (nothing lags a minute, stalls or fails to commit), their
+// expressions without the final threshold: what the rule compares, which
+// must be there for the rule to mean anything. PageviewsConsumerStuck's
+// lag is a panel's (the lag panels use the same current owner), so its
+// signal here is the commits it looks for.
+func alertSignals(t *testing.T, root string) map[string]string {
+	t.Helper()
+	threshold := regexp.MustCompile(`\s*>\s*[0-9.]+\s*$`)
+	out := map[string]string{}
+	for _, name := range []string{"PageviewsLagAboveSLO", "PageviewsCommitFailures", "PageviewsStoreWriteStalls"} {
+		expr := alertExpr(t, root, name)
+		if !threshold.MatchString(expr) {
+			t.Fatalf("%s does not end in a threshold: %s", name, expr)
+		}
+		out[name] = threshold.ReplaceAllString(expr, "")
+	}
+	stuck := alertExpr(t, root, "PageviewsConsumerStuck")
+	commits := regexp.MustCompile(`sum by \([^)]*\) \(increase\(pageviews_commits\[[0-9]+m\]\)\)`).FindString(stuck)
+	if commits == "" {
+		t.Fatalf("PageviewsConsumerStuck does not sum the increase of pageviews_commits: %s", stuck)
+	}
+	out["PageviewsConsumerStuck"] = commits
+	return out
+}
+
+// checkAlertSignals checks that what each new alert compares returns a
+// number on the server: its rule would fire if the condition came.
+func (st *stack) checkAlertSignals(t *testing.T, procs []*harness.Proc) {
+	for name, q := range alertSignals(t, st.root) {
+		eventually(t, st.bud.within(30*time.Second), name+"'s signal returns data: "+q, procs, func() (bool, string) {
+			s, err := st.server.query(q)
+			if err != nil {
+				t.Fatalf("%s: %s: %v", name, q, err)
+			}
+			return hasNumber(s), fmt.Sprintf("%d series: %v", len(s), s)
+		})
+	}
+}
+
+// alertExpr is the expression of the alert rule name.
+func alertExpr(t *testing.T, root, name string) string {
+	t.Helper()
+	for _, r := range alertRules(t, root) {
+		if r.Alert == name {
+			return strings.TrimSpace(r.Expr)
+		}
+	}
+	t.Fatalf("deploy/prometheus/alerts.yml has no rule %s", name)
+	return ""
 }
 
 // hasNumber reports whether a result holds at least one value that is a

@@ -27,6 +27,14 @@ type Panel struct {
 	Width     uint32 // of 24 columns
 	Prom      []Query
 	Datadog   []DDQuery
+	// Link makes each row of a table panel a link (Grafana's data links,
+	// which may name the row's fields: ${__data.fields.<label>}).
+	Link *Link
+}
+
+// Link is a data link of a table panel.
+type Link struct {
+	Title, URL string
 }
 
 // Query is one PromQL query of a Grafana panel.
@@ -61,10 +69,13 @@ type Row struct {
 }
 
 const (
-	byWorker          = "instance"
-	byTopic           = "topic"
-	byPartition       = "topic, partition"
-	ddByWorker        = DatadogWorkerTag
+	byWorker    = "instance"
+	byTopic     = "topic"
+	byPartition = "topic, partition"
+	ddByWorker  = DatadogWorkerTag
+	// workerRow groups a table panel by worker, keeping the monitor label
+	// that links the row to the worker's /monitor/ page.
+	workerRow         = "instance, monitor"
 	ddByPartition     = "topic,partition"
 	percentile99      = 0.99
 	rebalancesOverlay = "rebalances"
@@ -197,6 +208,13 @@ func Rows() []Row {
 				Prom:    []Query{{Expr: gaugeBy("sum", m.MessagesActive, byWorker), Legend: "{{instance}}"}},
 				Datadog: []DDQuery{{Query: ddq("sum", m.MessagesActive, "", ddByWorker, ""), Alias: "in flight"}},
 			},
+			{
+				Title: "Commit rate", Unit: "ops", Width: 24,
+				Tells:   "Source offset commits per second, per partition (each commit follows its changelog records and store batch), over the workers that held the partition.",
+				Do:      "Good is about one commit per COMMIT_INTERVAL on every partition that receives records; a partition with consumer lag and no commits is stuck (PageviewsConsumerStuck): see flush failures and that worker's log. An idle partition commits nothing, which is fine.",
+				Prom:    []Query{{Expr: rateBy(m.Commits, byPartition), Legend: "{{topic}} p{{partition}}"}},
+				Datadog: []DDQuery{{Query: ddq("sum", m.Commits, "", ddByPartition, ".as_rate()"), Alias: "commits"}},
+			},
 		}},
 
 		{Title: "Consumer lag", Panels: []Panel{
@@ -213,7 +231,7 @@ func Rows() []Row {
 			{
 				Title: "Consumer lag per partition (seconds)", Unit: "s", Width: 12,
 				Tells: "How old the last processed record of each lagging partition was: how stale the tables are; 0 when the partition is caught up.",
-				Do:    "Compare with how fresh /report/ must be; a partition whose age climbs steadily is not processing: see rebalance state and the worker's liveness.",
+				Do:    "Good is 0, or seconds under load; PageviewsLagAboveSLO fires after 5 minutes above 60s (one default window). A partition whose age climbs steadily is not processing: see its commits, rebalance state and the worker's liveness.",
 				Prom:  []Query{{Expr: aggregate("max", byPartition, owned(m.ConsumerLagSecs)), Legend: "{{topic}} p{{partition}}"}},
 				Datadog: []DDQuery{
 					{Query: ddq("max", m.ConsumerLagSecs, "", ddByPartition, ""), Alias: "lag"},
@@ -266,6 +284,37 @@ func Rows() []Row {
 				Do:      "Workers on different generations for long means one has not rejoined; a fast-climbing generation is a rebalance storm (session timeouts, crash loops).",
 				Prom:    []Query{{Expr: gaugeBy("max", m.Generation, byWorker), Legend: "{{instance}}"}},
 				Datadog: []DDQuery{{Query: ddq("max", m.Generation, "", ddByWorker, ""), Alias: "generation"}},
+			},
+			{
+				Title: "Group members", Unit: "short", Width: 8,
+				Tells: "Members of the consumer group as each worker last saw them (the coordinator's answer), against the workers whose metrics arrive.",
+				Do:    "Good is every worker seeing the same number, equal to the workers reporting. Fewer members than workers reporting is a worker that left the group or died without leaving (PageviewsWorkerMissing); more is a member outside this dashboard's selection.",
+				Prom: []Query{
+					{Expr: gaugeBy("max", m.GroupMembers, byWorker), Legend: "{{instance}} sees"},
+					{Expr: "count(" + gaugeBy("max", m.GroupMembers, byWorker) + ")", Legend: "workers reporting"},
+				},
+				Datadog: []DDQuery{
+					{Query: ddq("max", m.GroupMembers, "", ddByWorker, ""), Alias: "members seen"},
+				},
+			},
+			{
+				Title: "Workers in the group", Viz: Table, Width: 16,
+				Tells: "One row per worker: the members it sees, its generation, whether it is rebalancing (1) or processing (0), and the partitions it processes and keeps standby copies of. A row links to the worker's /monitor/ page (the monitor label: see dashboards/README.md).",
+				Do:    "Good is one generation and one member count on every row, rebalancing 0, and partitions adding up to the topic's count; a row that differs is the worker to open.",
+				Prom: []Query{
+					{Expr: gaugeBy("max", m.GroupMembers, workerRow), Column: "members"},
+					{Expr: gaugeBy("max", m.Generation, workerRow), Column: "generation"},
+					{Expr: gaugeBy("max", m.RebalanceState, workerRow), Column: "rebalancing"},
+					{Expr: gaugeBy("max", m.PartitionsAssigned, workerRow), Column: "partitions"},
+					{Expr: gaugeBy("max", m.StandbyPartitions, workerRow), Column: "standby"},
+				},
+				Datadog: []DDQuery{
+					{Query: ddq("max", m.GroupMembers, "", ddByWorker, ""), Alias: "members", Aggregator: "last"},
+					{Query: ddq("max", m.Generation, "", ddByWorker, ""), Alias: "generation", Aggregator: "last"},
+					{Query: ddq("max", m.RebalanceState, "", ddByWorker, ""), Alias: "rebalancing", Aggregator: "last"},
+					{Query: ddq("max", m.PartitionsAssigned, "", ddByWorker, ""), Alias: "partitions", Aggregator: "last"},
+				},
+				Link: &Link{Title: "Open ${__data.fields.instance}'s /monitor/ page", URL: "${__data.fields.monitor}"},
 			},
 			{
 				Title: "Rebalances", Viz: Bars, Unit: "short", Width: 8,
@@ -435,6 +484,49 @@ func Rows() []Row {
 			},
 		}},
 
+		{Title: "Local store (Pebble)", Panels: []Panel{
+			{
+				Title: "Pebble store size", Unit: "bytes", Width: 12,
+				Tells:   "Size of each worker's local Pebble store on disk.",
+				Do:      "Keep it well below the volume's size; it grows with the pages counted and the windows kept (WINDOW_EXPIRES).",
+				Prom:    []Query{{Expr: gaugeBy("max", m.StoreSize, byWorker), Legend: "{{instance}}"}},
+				Datadog: []DDQuery{{Query: ddq("max", m.StoreSize, "", ddByWorker, ""), Alias: "size"}},
+			},
+			{
+				Title: "Pebble memory", Unit: "bytes", Width: 12,
+				Tells: "Bytes in each worker's Pebble memtables (written, not yet flushed to disk) and in its block cache (data blocks read from disk).",
+				Do:    "Good is the memtables cycling up to their 32 MiB and back after each flush, and the cache at or below its 64 MiB. Memtables that stay large while writes stall mean flushes cannot keep up with the disk; a full cache with many table key retrievals means reads go to disk.",
+				Prom: []Query{
+					{Expr: gaugeBy("max", m.MemTableBytes, byWorker), Legend: "{{instance}} memtables"},
+					{Expr: gaugeBy("max", m.BlockCacheSize, byWorker), Legend: "{{instance}} block cache"},
+				},
+				Datadog: []DDQuery{
+					{Query: ddq("max", m.MemTableBytes, "", ddByWorker, ""), Alias: "memtables"},
+					{Query: ddq("max", m.BlockCacheSize, "", ddByWorker, ""), Alias: "block cache"},
+				},
+			},
+			{
+				Title: "Pebble compactions", Unit: "ops", Width: 12,
+				Tells:   "Compactions completed per second, per worker.",
+				Do:      "They follow the writes (changelog records per commit interval); a worker compacting far more than the others under the same load has a slower disk or a larger store.",
+				Prom:    []Query{{Expr: rateBy(m.Compactions, byWorker), Legend: "{{instance}}"}},
+				Datadog: []DDQuery{{Query: ddq("sum", m.Compactions, "", ddByWorker, ".as_rate()"), Alias: "compactions"}},
+			},
+			{
+				Title: "Pebble write stalls and background errors", Viz: Bars, Unit: "short", Width: 12,
+				Tells: "Write stalls (Pebble held writes back until flushes or compactions caught up) and background errors (flushes and compactions that failed and are retried), per worker and interval.",
+				Do:    "Good is none. Stalls that keep coming (PageviewsStoreWriteStalls) mean the disk cannot keep up: give the volume more IOPS. Background errors are a disk that is full or failing: see the worker's log (store background error) and the volume.",
+				Prom: []Query{
+					{Expr: increaseBy(m.WriteStalls, byWorker), Legend: "{{instance}} write stalls"},
+					{Expr: increaseBy(m.StoreBgErrors, byWorker), Legend: "{{instance}} background errors"},
+				},
+				Datadog: []DDQuery{
+					{Query: ddq("sum", m.WriteStalls, "", ddByWorker, ".as_count()"), Alias: "write stalls", Bars: true},
+					{Query: ddq("sum", m.StoreBgErrors, "", ddByWorker, ".as_count()"), Alias: "background errors", Bars: true},
+				},
+			},
+		}},
+
 		{Title: "Data models and the schema registry", Panels: []Panel{
 			{
 				Title: "Records by schema id", Unit: "ops", Width: 12,
@@ -522,7 +614,7 @@ func Rows() []Row {
 			},
 		}},
 
-		{Title: "Go runtime and Pebble", Collapsed: true, Panels: []Panel{
+		{Title: "Go runtime", Collapsed: true, Panels: []Panel{
 			{
 				Title: "Goroutines", Unit: "short", Width: 8,
 				Tells:   "Goroutines per worker.",
@@ -538,31 +630,11 @@ func Rows() []Row {
 				Datadog: []DDQuery{{Query: ddq("max", m.HeapBytes, "", ddByWorker, ""), Alias: "heap"}},
 			},
 			{
-				Title: "GC pause per sample", Unit: "s", Width: 8,
-				Tells:   "The largest GC pause time of one METRICS_INTERVAL seen in each interval (a sample: not the total GC time).",
-				Do:      "Pauses in the tens of milliseconds delay processing and heartbeats: lower the heap (fewer cached keys) or set GOMEMLIMIT.",
-				Prom:    []Query{{Expr: aggregate("max", byWorker, "max_over_time("+v(m.GCPause)+"[$__rate_interval])"), Legend: "{{instance}}"}},
-				Datadog: []DDQuery{{Query: ddq("max", m.GCPause, "", ddByWorker, ""), Alias: "gc pause"}},
-			},
-			{
-				Title: "Pebble store size", Unit: "bytes", Width: 12,
-				Tells:   "Size of each worker's local Pebble store on disk.",
-				Do:      "Keep it well below the volume's size; it grows with the pages counted and the windows kept (WINDOW_EXPIRES).",
-				Prom:    []Query{{Expr: gaugeBy("max", m.StoreSize, byWorker), Legend: "{{instance}}"}},
-				Datadog: []DDQuery{{Query: ddq("max", m.StoreSize, "", ddByWorker, ""), Alias: "size"}},
-			},
-			{
-				Title: "Pebble compactions and write stalls", Unit: "ops", Width: 12,
-				Tells: "Compactions completed and write stalls per second, per worker.",
-				Do:    "Write stalls mean the disk cannot keep up with compactions: give the volume more IOPS.",
-				Prom: []Query{
-					{Expr: rateBy(m.Compactions, byWorker), Legend: "{{instance}} compactions"},
-					{Expr: rateBy(m.WriteStalls, byWorker), Legend: "{{instance}} write stalls"},
-				},
-				Datadog: []DDQuery{
-					{Query: ddq("sum", m.Compactions, "", ddByWorker, ".as_rate()"), Alias: "compactions"},
-					{Query: ddq("sum", m.WriteStalls, "", ddByWorker, ".as_rate()"), Alias: "write stalls"},
-				},
+				Title: "Time in GC pauses", Unit: "percentunit", Width: 8,
+				Tells:   "The share of each worker's time spent in GC stop-the-world pauses: the rate of its total GC pause seconds.",
+				Do:      "Good is well under 1%; a few percent delays processing and heartbeats: lower the heap (fewer cached keys) or set GOMEMLIMIT.",
+				Prom:    []Query{{Expr: aggregate("max", byWorker, "rate("+v(m.GCPause)+"[$__rate_interval])"), Legend: "{{instance}}"}},
+				Datadog: []DDQuery{{Query: ddq("max", m.GCPause, "", ddByWorker, ""), Formula: "per_second(q)", Alias: "gc time"}},
 			},
 		}},
 	}

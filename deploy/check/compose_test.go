@@ -380,27 +380,61 @@ func checkRegistryHealthcheck(t *testing.T, name string, sr types.ServiceConfig,
 func TestComposeObservability(t *testing.T) {
 	p := loadCompose(t, observability)
 	root := repoRoot(t)
-	checkStatsdExporter(t, p, root)
-	checkPrometheus(t, p, root)
+	exporters := checkStatsdExporter(t, p, root)
+	checkPrometheus(t, p, root, exporters)
 	checkGrafana(t, p, root)
 }
 
-// checkStatsdExporter checks that statsd-exporter loads the mapping and
-// listens where the workers send.
-func checkStatsdExporter(t *testing.T, p *types.Project, root string) {
-	se := service(t, p, "statsd-exporter")
-	mapping := mountTarget(se, filepath.Join(root, "deploy/statsd/mapping.yml"))
-	if mapping == "" || !containsArg(se.Command, "--statsd.mapping-config="+mapping) {
-		t.Errorf("statsd-exporter does not load deploy/statsd/mapping.yml (mounted at %q, command %q)", mapping, se.Command)
+// composeWorkers are the workers of docker-compose.yml.
+func composeWorkers() []string { return []string{"worker-1", "worker-2"} }
+
+// checkStatsdExporter checks that every worker sends its metrics to a
+// statsd_exporter of its own, which loads the mapping and listens where
+// the worker sends. A gauge is one series per name and tags in an
+// exporter: two workers sending to one exporter would overwrite each
+// other's partitions assigned, generation, members and runtime gauges,
+// since nothing in their tags tells them apart. It returns the exporters,
+// by worker.
+func checkStatsdExporter(t *testing.T, p *types.Project, root string) map[string]string {
+	exporters := map[string]string{}
+	owner := map[string]string{}
+	for _, w := range composeWorkers() {
+		ws := service(t, p, w)
+		name := env(ws, "DD_AGENT_HOST")
+		if prev, ok := owner[name]; ok {
+			t.Errorf("%s and %s send DogStatsD to one exporter %q: their per-worker gauges would overwrite each other", prev, w, name)
+		}
+		owner[name], exporters[w] = w, name
+		se, ok := p.Services[name]
+		if !ok {
+			t.Errorf("%s: DD_AGENT_HOST=%q is not a service of docker-compose.yml", w, name)
+			continue
+		}
+		if !strings.HasPrefix(se.Image, "prom/statsd-exporter:") {
+			t.Errorf("%s: DD_AGENT_HOST=%q runs %q, not statsd_exporter", w, name, se.Image)
+		}
+		mapping := mountTarget(se, filepath.Join(root, "deploy/statsd/mapping.yml"))
+		if mapping == "" || !containsArg(se.Command, "--statsd.mapping-config="+mapping) {
+			t.Errorf("%s does not load deploy/statsd/mapping.yml (mounted at %q, command %q)", name, mapping, se.Command)
+		}
+		if env(ws, "DD_DOGSTATSD_PORT") != "9125" || !containsArg(se.Command, "--statsd.listen-udp=:9125") {
+			t.Errorf("%s and %s disagree on the DogStatsD port (9125/udp)", w, name)
+		}
+		if !containsArg(se.Command, "--web.listen-address=:9102") {
+			t.Errorf("%s does not serve its metrics on :9102 (command %q)", name, se.Command)
+		}
+		if _, ok := ws.DependsOn[name]; !ok {
+			t.Errorf("%s does not depend on its exporter %s", w, name)
+		}
 	}
-	if w := service(t, p, "worker-1"); env(w, "DD_DOGSTATSD_PORT") != "9125" || !containsArg(se.Command, "--statsd.listen-udp=:9125") {
-		t.Error("workers and statsd-exporter disagree on the DogStatsD port (9125/udp)")
-	}
+	return exporters
 }
 
 // checkPrometheus checks that prometheus mounts its configuration and
-// scrapes statsd-exporter, and only services of the compose file.
-func checkPrometheus(t *testing.T, p *types.Project, root string) {
+// scrapes every worker's exporter in the pageviews job, each as a target of
+// its own (its instance label names the worker), and only services of the
+// compose file.
+func checkPrometheus(t *testing.T, p *types.Project, root string, exporters map[string]string) {
 	prom := service(t, p, "prometheus")
 	if mountTarget(prom, filepath.Join(root, "deploy/prometheus/prometheus.yml")) == "" {
 		t.Error("prometheus does not mount deploy/prometheus/prometheus.yml")
@@ -408,13 +442,14 @@ func checkPrometheus(t *testing.T, p *types.Project, root string) {
 	var promCfg struct {
 		ScrapeConfigs []struct {
 			JobName       string `yaml:"job_name"`
+			HonorLabels   bool   `yaml:"honor_labels"`
 			StaticConfigs []struct {
 				Targets []string `yaml:"targets"`
 			} `yaml:"static_configs"`
 		} `yaml:"scrape_configs"`
 	}
 	readYAML(t, "deploy/prometheus/prometheus.yml", &promCfg)
-	scrapesExporter := false
+	scraped := map[string]int{}
 	for _, sc := range promCfg.ScrapeConfigs {
 		for _, st := range sc.StaticConfigs {
 			for _, target := range st.Targets {
@@ -423,8 +458,8 @@ func checkPrometheus(t *testing.T, p *types.Project, root string) {
 					t.Errorf("prometheus target %q: %v", target, err)
 					continue
 				}
-				if host == "statsd-exporter" && port == "9102" {
-					scrapesExporter = true
+				if sc.JobName == "pageviews" && port == "9102" && sc.HonorLabels {
+					scraped[host]++
 				}
 				if _, ok := p.Services[host]; !ok && host != "localhost" {
 					t.Errorf("prometheus target %q is not a service of docker-compose.yml", target)
@@ -432,8 +467,10 @@ func checkPrometheus(t *testing.T, p *types.Project, root string) {
 			}
 		}
 	}
-	if !scrapesExporter {
-		t.Error("prometheus does not scrape statsd-exporter:9102")
+	for w, e := range exporters {
+		if scraped[e] != 1 {
+			t.Errorf("prometheus's pageviews job (honor_labels) scrapes %s:9102, %s's exporter, %d times, want once", e, w, scraped[e])
+		}
 	}
 }
 

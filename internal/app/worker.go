@@ -552,6 +552,10 @@ func (w *worker) schedule(context.Context) error {
 		Partitions: func() int { all, _ := state.Assigned(); return len(all) },
 		Standby:    func() int { return len(w.standby.Partitions()) },
 		StandbyLag: w.standby.Lag,
+		// The directory's cached description of the group: the members
+		// the coordinator knows, which a worker that died without leaving
+		// stays among until its session times out.
+		Members: func() (int, bool) { ms, err := w.directory.Members(); return len(ms), err == nil },
 	}
 	var generation int32
 	w.sched.Timer("gauges", cfg.MetricsInterval, false, func(context.Context) error {

@@ -117,6 +117,7 @@ func (h *StreamHooks) Position(p int32, read, committed, hwm int64, lag time.Dur
 
 // Committed implements stream.Hooks.
 func (h *StreamHooks) Committed(p int32, took time.Duration) {
+	h.C.Count(Commits, 1, h.tp(p)...)
 	h.C.Timing(CommitLatency, took, h.tp(p)...)
 }
 
@@ -130,6 +131,9 @@ func (h *StreamHooks) Zero(partitions []int32, topics []string, windowed ...stri
 	for _, p := range partitions {
 		h.C.Count(AssignmentsError, 0, Partition(p))
 		h.C.Count(Stalls, 0, h.tp(p)...)
+		// A partition that never commits still has its series, so that
+		// "no commit" reads as a flat count rather than no data.
+		h.C.Count(Commits, 0, h.tp(p)...)
 		h.C.Count(DeadLetters, 0, h.tp(p)...)
 		for _, w := range windowed {
 			h.C.Count(LateEvents, 0, Tag("table", w), Partition(p))
@@ -180,12 +184,14 @@ type Sampler struct {
 	StandbyLag func(func(table string, p int32, behind int64))
 	// Registry, if set, is the schema registry the codecs use.
 	Registry *schema.Registry
+	// Members, if set, counts the group's members as the worker last saw
+	// them (stream.Directory.Members); ok is false when it could not tell.
+	Members func() (n int, ok bool)
 
 	last    map[string]table.Stats
 	lastDB  store.Stats
 	lastReg schema.Stats
 	samples []metrics.Sample
-	lastGC  float64
 }
 
 // Sample emits one round.
@@ -211,17 +217,18 @@ func (s *Sampler) Sample() {
 		s.last[name] = st
 	}
 	if s.Store != nil {
-		st := s.Store.Stats()
-		s.C.Gauge(StoreSize, float64(st.DiskBytes))
-		s.C.Count(Compactions, st.Compactions-s.lastDB.Compactions)
-		s.C.Count(WriteStalls, st.WriteStalls-s.lastDB.WriteStalls)
-		s.lastDB = st
+		s.sampleStore()
 	}
 	if s.Registry != nil {
 		s.sampleRegistry()
 	}
 	if s.Partitions != nil {
 		s.C.Gauge(PartitionsAssigned, float64(s.Partitions()))
+	}
+	if s.Members != nil {
+		if n, ok := s.Members(); ok {
+			s.C.Gauge(GroupMembers, float64(n))
+		}
 	}
 	if s.Standby != nil {
 		s.C.Gauge(StandbyPartitions, float64(s.Standby()))
@@ -235,10 +242,29 @@ func (s *Sampler) Sample() {
 	s.C.Gauge(Goroutines, float64(s.samples[0].Value.Uint64()))
 	s.C.Gauge(HeapBytes, float64(s.samples[1].Value.Uint64()))
 	if h := s.samples[2].Value; h.Kind() == metrics.KindFloat64Histogram {
-		total := histTotal(h.Float64Histogram())
-		s.C.Gauge(GCPause, max(total-s.lastGC, 0))
-		s.lastGC = total
+		// The running total, not the pause since the previous sample: a
+		// backend keeps one value per scrape or flush, so only a total
+		// lets it derive the time spent in GC (rate() in Prometheus,
+		// per_second() in Datadog). DogStatsD counts are integers, too
+		// coarse for seconds, hence a gauge that only grows (the runtime's
+		// histogram counts every pause since the start).
+		s.C.Gauge(GCPause, histTotal(h.Float64Histogram()))
 	}
+}
+
+// sampleStore sends the store's size and memory, and counts its
+// compactions, write stalls and background errors since the previous
+// sample (0 when there were none, so that their panels and alerts read 0
+// rather than no data).
+func (s *Sampler) sampleStore() {
+	st := s.Store.Stats()
+	s.C.Gauge(StoreSize, float64(st.DiskBytes))
+	s.C.Gauge(MemTableBytes, float64(st.MemTableBytes))
+	s.C.Gauge(BlockCacheSize, float64(st.BlockCacheBytes))
+	s.C.Count(Compactions, st.Compactions-s.lastDB.Compactions)
+	s.C.Count(WriteStalls, st.WriteStalls-s.lastDB.WriteStalls)
+	s.C.Count(StoreBgErrors, st.BackgroundErrors-s.lastDB.BackgroundErrors)
+	s.lastDB = st
 }
 
 // sampleRegistry counts the registry's lookups, errors and cache hits,

@@ -15,6 +15,7 @@ var (
 	EventRuntime     = def("event_runtime", Timing, "time the agent took for one event (1 in 64 events measured)", "topic", "partition")
 	EventLatency     = def("event_latency", Timing, "time from a source record's timestamp to the agent's table update (1 in 64 events measured)", "topic", "partition")
 	CommitLatency    = def("commit_latency", Timing, "time of one commit: changelog acks, store batch and offset commit", "topic", "partition")
+	Commits          = def("commits", Count, "source offset commits done (each after its changelog records and store batch)", "topic", "partition")
 	SendLatency      = def("send_latency", Timing, "time from producing a record to its acknowledgement", "topic")
 	SendErrors       = def("send_errors", Count, "records the broker did not acknowledge", "topic")
 	ReadOffset       = def("read_offset", Gauge, "offset of the last source record processed", "topic", "partition")
@@ -39,6 +40,9 @@ var (
 	StoreSize      = def("pebble_size_bytes", Gauge, "size of the local Pebble store on disk", "")
 	Compactions    = def("pebble_compactions", Count, "Pebble compactions completed", "")
 	WriteStalls    = def("pebble_write_stalls", Count, "Pebble write stalls", "")
+	StoreBgErrors  = def("pebble_background_errors", Count, "Pebble background errors: flushes and compactions that failed and are retried", "")
+	MemTableBytes  = def("pebble_memtable_bytes", Gauge, "bytes Pebble's memtables and flushable batches take, at the sample", "")
+	BlockCacheSize = def("pebble_block_cache_bytes", Gauge, "bytes of data blocks in Pebble's block cache, at the sample", "")
 )
 
 // Group membership, rebalancing and recovery.
@@ -46,6 +50,7 @@ var (
 	Rebalances             = def("rebalances", Count, "group generations this worker joined", "")
 	RebalanceState         = def("rebalance_state", Gauge, "1 while this worker does not process everything it holds (joining, revoking, recovering), or did not at some point since the previous sample, else 0", "")
 	Generation             = def("generation", Gauge, "the consumer group generation this worker is in", "")
+	GroupMembers           = def("group_members", Gauge, "members of the consumer group as this worker last saw them (the coordinator's description, cached for a second), at the sample", "")
 	RebalanceReturnLatency = def("rebalance_return_latency", Timing, "time from a revocation to the partition being flushed and released", "partition")
 	RebalanceEndLatency    = def("rebalance_end_latency", Timing, "time from the worker stopping processing until every held partition processes again", "")
 	PartitionsAssigned     = def("partitions_assigned", Gauge, "source partitions this worker holds", "")
@@ -78,5 +83,5 @@ var (
 	LivecheckLatency = def("livecheck_latency", Timing, "time from publishing a synthetic view to seeing it in the table", "")
 	Goroutines       = def("go_goroutines", Gauge, "goroutines", "")
 	HeapBytes        = def("go_heap_bytes", Gauge, "bytes of allocated heap objects", "")
-	GCPause          = def("go_gc_pause_seconds", Gauge, "GC pause time since the previous sample", "")
+	GCPause          = def("go_gc_pause_seconds", Gauge, "total GC pause time since the worker started: cumulative, so its rate() is the share of time in GC pauses", "")
 )

@@ -41,6 +41,9 @@ type DB struct {
 	lock   *pebble.Lock
 	dir    string
 	stalls *atomic.Int64
+	// bgErrors counts Pebble's background errors (failed flushes and
+	// compactions), which it retries and reports only to its listener.
+	bgErrors *atomic.Int64
 }
 
 // Stats are what the store reports for gauges.
@@ -48,9 +51,17 @@ type Stats struct {
 	DiskBytes   uint64
 	Compactions int64
 	WriteStalls int64
+	// BackgroundErrors counts failed background flushes and compactions:
+	// Pebble retries them, so only this count and the log show them.
+	BackgroundErrors int64
+	// MemTableBytes and BlockCacheBytes are what Pebble holds in memory:
+	// its memtables, and the data blocks it caches.
+	MemTableBytes   uint64
+	BlockCacheBytes int64
 }
 
-// Stats returns the store's size and cumulative compaction and stall counts.
+// Stats returns the store's size, its memory, and cumulative compaction,
+// stall and background error counts.
 // The size is that of the files in the store's directory: Pebble's own
 // figure leaves out the write-ahead log it is writing, which holds
 // everything since the last flush of its memtable.
@@ -64,7 +75,11 @@ func (d *DB) Stats() Stats {
 		}
 		return nil // a file removed while walked is not counted
 	})
-	return Stats{DiskBytes: size, Compactions: d.pdb.Metrics().Compact.Count, WriteStalls: d.stalls.Load()}
+	m := d.pdb.Metrics()
+	return Stats{
+		DiskBytes: size, Compactions: m.Compact.Count, WriteStalls: d.stalls.Load(),
+		BackgroundErrors: d.bgErrors.Load(), MemTableBytes: m.MemTable.Size, BlockCacheBytes: m.BlockCache.Size,
+	}
 }
 
 // Open opens the store in dir, creating it when missing. The directory is
@@ -274,7 +289,7 @@ func lockHolder(path string) int {
 }
 
 func open(dir string, lock *pebble.Lock, fs vfs.FS, log *slog.Logger) (*DB, error) {
-	stalls := new(atomic.Int64)
+	stalls, bgErrors := new(atomic.Int64), new(atomic.Int64)
 	background := &rateLimited{log: log, interval: time.Second}
 	opts := &pebble.Options{
 		// Pebble's 4 MiB memtables make a recovery write each record many
@@ -311,6 +326,7 @@ func open(dir string, lock *pebble.Lock, fs vfs.FS, log *slog.Logger) (*DB, erro
 			// each time; on a full disk that would be thousands of lines a
 			// second.
 			BackgroundError: func(err error) {
+				bgErrors.Add(1)
 				background.Error("store background error", "dir", dir, "error", err)
 			},
 			WriteStallBegin: func(info pebble.WriteStallBeginInfo) {
@@ -335,7 +351,7 @@ func open(dir string, lock *pebble.Lock, fs vfs.FS, log *slog.Logger) (*DB, erro
 		_ = pdb.Close()
 		return nil, fmt.Errorf("check pebble %s: %w", dir, err)
 	}
-	return &DB{pdb: pdb, lock: lock, dir: dir, stalls: stalls}, nil
+	return &DB{pdb: pdb, lock: lock, dir: dir, stalls: stalls, bgErrors: bgErrors}, nil
 }
 
 // Close flushes memtables, closes the store and releases its directory.

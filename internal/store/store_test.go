@@ -809,3 +809,17 @@ func TestPartitionsWithACheckpoint(t *testing.T) {
 		t.Errorf("Partitions(absent) = %v", got)
 	}
 }
+
+// TestStatsMemory checks that Stats reports Pebble's memory: an open store
+// has a memtable (its block cache fills only as blocks are read) and no
+// background error.
+func TestStatsMemory(t *testing.T) {
+	db := openDB(t, t.TempDir())
+	if err := db.SetDefinition("views", "tumbling 1m"); err != nil {
+		t.Fatal(err)
+	}
+	st := db.Stats()
+	if st.MemTableBytes == 0 || st.BlockCacheBytes < 0 || st.BackgroundErrors != 0 {
+		t.Errorf("stats %+v: want memtable bytes above 0 and no background error", st)
+	}
+}
