@@ -34,6 +34,13 @@ type groupView struct {
 	// MembersError is why the members could not be read (the coordinator
 	// moving, a rebalance): the page keeps the ones it had.
 	MembersError string `json:"members_error,omitempty"`
+	// MembersStale: the members, as the coordinator was last asked (a
+	// cached answer, up to the directory's cache time old, or older while a
+	// lookup is slow), disagree with what this worker holds now: it is
+	// missing or listed twice, or listed with other partitions. During a
+	// rebalance one side or the other is behind the group; the page marks
+	// the list stale rather than show it as current.
+	MembersStale bool `json:"members_stale,omitempty"`
 }
 
 type memberView struct {
@@ -178,6 +185,7 @@ func (m *monitor) build() *monitorState {
 			st.Group.Members = append(st.Group.Members, memberView{ID: mb.ID, ClientID: mb.ClientID, Host: mb.Host,
 				URL: mb.URL, Partitions: nonNil(mb.Partitions), Self: mb.URL == m.self})
 		}
+		st.Group.MembersStale = membersStale(st.Group.Members, view)
 	}
 	var processing []int32
 	for _, pv := range view.Partitions {
@@ -196,6 +204,25 @@ func (m *monitor) build() *monitorState {
 	st.Partitions = append(st.Partitions, m.standbys()...)
 	st.Tables, st.Charts = m.readTables(processing)
 	return st
+}
+
+// membersStale tells whether members disagree with the partitions this
+// worker holds in view (processing or recovering): a list that does not
+// name this worker exactly once, with exactly those partitions, is not the
+// group as it is now.
+func membersStale(members []memberView, view stream.View) bool {
+	held := make([]int32, 0, len(view.Partitions))
+	for _, pv := range view.Partitions {
+		held = append(held, pv.Partition)
+	}
+	self, stale := 0, false
+	for _, mb := range members {
+		if mb.Self {
+			self++
+			stale = stale || !slices.Equal(mb.Partitions, held)
+		}
+	}
+	return stale || self != 1
 }
 
 // partitions are the rows of the partitions the runtime holds; m.mu is

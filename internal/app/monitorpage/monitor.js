@@ -57,13 +57,18 @@
     const state = !g.joined ? ['joining', 'warn'] : g.rebalancing ? ['rebalancing', 'warn'] : ['stable', 'good'];
     const ready = g.ready ? el('span', { class: 'good' }, 'ready') : el('span', { class: 'warn' }, 'not ready: ' + (g.reason || ''));
     const fact = (k, ...v) => [el('dt', null, k), el('dd', null, ...v)];
+    // A member list that disagrees with what this worker holds lags the
+    // group (a rebalance under way): shown, but marked stale.
+    const membersNote = g.members_error ? ' (stale: ' + g.members_error + ')' :
+      g.members_stale ? ' (stale: the group list does not match the partitions held here yet)' : null;
     fill('group',
       fact('group', el('span', { class: 'mono' }, g.name)),
       fact('generation', num(g.generation)),
       fact('state', el('span', { class: state[1] }, state[0]), ' · ', ready),
-      fact('members', num(g.members.length), g.members_error ? el('span', { class: 'warn' }, ' (stale: ' + g.members_error + ')') : null));
+      fact('members', num(g.members.length), membersNote ? el('span', { class: 'warn' }, membersNote) : null));
     if (g.members_error) return; // keep the members shown last
-    fill('members-body', g.members.map((m) => el('tr', { class: m.self ? 'self' : null },
+    const rowClass = (m) => [m.self && 'self', g.members_stale && 'stale'].filter(Boolean).join(' ') || null;
+    fill('members-body', g.members.map((m) => el('tr', { class: rowClass(m) },
       el('td', { class: 'mono', title: 'client id: ' + m.client_id }, m.id, m.self ? ' (this worker)' : ''),
       el('td', null, link(m.url)),
       el('td', { class: 'mono' }, m.host),
