@@ -61,6 +61,13 @@ type rebalanceResult struct {
 	// processing it again.
 	GapMillis []float64
 	MedianGap float64
+	// StoppedMillis is, per run, the work the rebalance stopped: the sum
+	// over the partitions assigned after t0 of the time each went
+	// unprocessed (as in GapMillis). It is what the two protocols are
+	// compared by: cooperative stops fewer partitions, eager stops them
+	// for less long each.
+	StoppedMillis []float64
+	MedianStopped float64
 	// Stopped is, per run, how many partitions were released after t0:
 	// every partition with the eager protocol, only those that moved with
 	// the cooperative one.
@@ -97,11 +104,13 @@ func rebalanceBench(workerBin, brokerAddr, protocol string, partitions int, runs
 		res.Millis = append(res.Millis, ms(fig.took))
 		res.JoinMillis = append(res.JoinMillis, ms(fig.join))
 		res.GapMillis = append(res.GapMillis, ms(fig.gap))
+		res.StoppedMillis = append(res.StoppedMillis, ms(fig.stoppedFor))
 		res.Stopped = append(res.Stopped, fig.stopped)
 		res.Generations = append(res.Generations, fig.generations)
 	}
 	res.Median = median(res.Millis)
 	res.MedianGap = median(res.GapMillis)
+	res.MedianStopped = median(res.StoppedMillis)
 	return res, nil
 }
 
@@ -124,6 +133,7 @@ type runFigures struct {
 	took        time.Duration
 	join        time.Duration
 	gap         time.Duration
+	stoppedFor  time.Duration // summed over the partitions
 	stopped     int
 	generations int
 	warnings    []string
@@ -202,8 +212,8 @@ func rebalanceRun(workerBin, brokerAddr, protocol string, partitions, run int, d
 	if _, err := waitFor(rebalanceTimeout, workers, func() (bool, string) { return f.settled(3, t0) }); err != nil {
 		return fig, fmt.Errorf("three workers did not settle: %w", err)
 	}
-	t1, began, gap, stopped := f.figures(t0)
-	fig.took, fig.join, fig.gap, fig.stopped = t1.Sub(t0), began.Sub(t0), gap, stopped
+	t1, began, gap, total, stopped := f.figures(t0)
+	fig.took, fig.join, fig.gap, fig.stoppedFor, fig.stopped = t1.Sub(t0), began.Sub(t0), gap, total, stopped
 	fig.generations = int(f.generation() - gen0)
 	if err := waitAdvanced(admin, group, topic, partitions, workers); err != nil {
 		return fig, fmt.Errorf("after the rebalance: %w", err)
@@ -585,9 +595,9 @@ func (f *fleet) settled(n int, t0 time.Time) (bool, string) {
 
 // figures returns, for a settled group, when the last partition assigned
 // after t0 resumed (t1), when the rebalance showed first after t0, the
-// longest unprocessed time among the partitions assigned after t0, and how
-// many partitions were released after t0.
-func (f *fleet) figures(t0 time.Time) (t1, began time.Time, gap time.Duration, stopped int) {
+// longest unprocessed time among the partitions assigned after t0 and the
+// sum of those times, and how many partitions were released after t0.
+func (f *fleet) figures(t0 time.Time) (t1, began time.Time, gap, total time.Duration, stopped int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, at := range f.moves {
@@ -608,6 +618,7 @@ func (f *fleet) figures(t0 time.Time) (t1, began time.Time, gap time.Duration, s
 				g = h.resumed.Sub(rel)
 			}
 			gap = max(gap, g)
+			total += max(g, 0)
 		}
 	}
 	for _, at := range f.released {
@@ -615,5 +626,5 @@ func (f *fleet) figures(t0 time.Time) (t1, began time.Time, gap time.Duration, s
 			stopped++
 		}
 	}
-	return t1, began, gap, stopped
+	return t1, began, gap, total, stopped
 }

@@ -93,11 +93,15 @@ func NewConfig(o Options) (*sarama.Config, error) {
 	}
 	// A member learns of a rebalance from its next heartbeat. Under
 	// cooperative rebalancing the partitions that move wait for two rounds,
-	// the second announced by heartbeat only. In the rebalance benchmark a
-	// moved partition stood still for 3.1 s at sarama's 3 s, 1.1 s at 1 s
-	// and 0.6 s at 500 ms; two heartbeats a second per member cost the
-	// coordinator next to nothing.
-	c.Consumer.Group.Heartbeat.Interval = 500 * time.Millisecond
+	// the second announced by heartbeat only, so the interval is most of
+	// what a moved partition stands still. In the rebalance benchmark
+	// (docs/benchmarks.md, two workers, a third joining) the two moved
+	// partitions stood still 3.1 s each at sarama's 3 s, 0.7 s at 500 ms
+	// and 0.23 s at 100 ms; only at 100 ms does a cooperative rebalance
+	// stop less work than an eager one (the sum over partitions of the
+	// time each stands still). Ten heartbeats a second per member are
+	// small requests the coordinator answers from memory.
+	c.Consumer.Group.Heartbeat.Interval = 100 * time.Millisecond
 	c.Consumer.Group.Rebalance.GroupStrategies = groupStrategies(o)
 	// A JoinGroup is parked by the coordinator for up to the rebalance
 	// timeout; a shorter read timeout abandons it and joins again, which

@@ -420,7 +420,10 @@ func (s *Standby) tailTable(ctx context.Context, t Table, p int32) error {
 	if err != nil {
 		return fmt.Errorf("consume %s/%d from %d: %w", topic, p, start, err)
 	}
-	defer pc.AsyncClose()
+	// Closed before the tailer is done, so that a recovery of p that
+	// Activate lets start does not find the changelog partition still
+	// being consumed (sarama lets one consumer read a partition once).
+	defer func() { _ = pc.Close() }()
 
 	c := &standbyCopy{s: s, t: t, p: p, b: s.DB.NewBatch(), last: start - 1, hwm: hwm, pc: pc}
 	defer func() { c.b.Discard() }()
