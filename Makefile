@@ -93,6 +93,18 @@ bench: build ## benchmark against a dev broker process: throughput (vs bare sara
 bench-failover: build ## benchmark failover: kill -9 of the owner of a partition holding 1M changelog records among three workers, cold and with standby copies, three runs (FAILOVER_RUNS=N; about 50 s a run)
 	$(GO) run ./bench -failover -partitions 3 -worker $(BIN)/pageviews -broker $(BIN)/devbroker
 
+.PHONY: bench-scale
+bench-scale: build ## benchmark the worker at scale: pages 10k/100k/1M, partitions 8/32/64, events 1M/10M, one varied at a time (roughly 10 minutes); writes docs/bench-scale.svg and the Scale section of docs/benchmarks.md (SCALE_FLAGS='-scale-events 1000000' for fewer settings)
+	$(GO) run ./bench -scale -worker $(BIN)/pageviews -broker $(BIN)/devbroker \
+	  -scale-svg docs/bench-scale.svg -scale-docs docs/benchmarks.md $(SCALE_FLAGS)
+
+SOAK_MINUTES ?= 30
+SOAK_DOCS    ?= docs/benchmarks.md
+
+.PHONY: soak
+soak: build ## soak: one worker with its default windows under 20,000 views/s for SOAK_MINUTES (30) minutes, its RSS sampled every 10 s; rewrites the Soak figures of docs/benchmarks.md (SOAK_DOCS= to leave them)
+	$(GO) run ./bench -soak -soak-minutes $(SOAK_MINUTES) -worker $(BIN)/pageviews -broker $(BIN)/devbroker -soak-docs "$(SOAK_DOCS)"
+
 .PHONY: bench-micro
 bench-micro: ## Go micro-benchmarks of the hot path: decode, window lookup, write-back cache, store commits, restore
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/...

@@ -84,6 +84,18 @@ func main() {
 	// many times slower (it keeps fewer of them cached): rounds of fewer
 	// pages keep the load to seconds.
 	flag.IntVar(&o.failoverPages, "failover-pages", 50_000, "distinct pages of the failover load: it sends one view of each page in rounds, each round committed before the next, until the changelogs hold -failover-records records")
+	flag.BoolVar(&scaleCfg.on, "scale", false, "run only the scale benchmark: throughput, peak RSS, p99 latency and recovery with one of pages, partitions and events varied at a time from -pages, -partitions and -events")
+	flag.StringVar(&scaleCfg.pages, "scale-pages", "10000,100000,1000000", "distinct pages of the scale benchmark (comma-separated)")
+	flag.StringVar(&scaleCfg.partitions, "scale-partitions", "8,32,64", "partitions of the scale benchmark (comma-separated)")
+	flag.StringVar(&scaleCfg.events, "scale-events", "1000000,10000000", "events of the scale benchmark (comma-separated)")
+	flag.StringVar(&scaleCfg.svg, "scale-svg", "", "write the scale benchmark's chart (SVG) to this file; empty skips it")
+	flag.StringVar(&scaleCfg.docs, "scale-docs", "", "rewrite the scale section of this markdown file (between <!-- scale:begin --> and <!-- scale:end -->); empty skips it")
+	flag.StringVar(&scaleCfg.memLimit, "scale-memlimit", "410MiB", "GOMEMLIMIT of the scale benchmark's worker, by default what it sets itself in the chart's container (80% of 512 MiB); empty runs it without")
+	flag.BoolVar(&soakCfg.on, "soak", false, "run only the soak: one worker with its default windows under a steady load for -soak-minutes, its RSS sampled every 10 s")
+	flag.Float64Var(&soakCfg.minutes, "soak-minutes", 30, "how long the soak's load runs, in minutes (at least 2)")
+	flag.IntVar(&soakCfg.rate, "soak-rate", 20_000, "page views per second of the soak's load")
+	flag.IntVar(&soakCfg.pages, "soak-pages", 10_000, "distinct pages of the soak's load")
+	flag.StringVar(&soakCfg.docs, "soak-docs", "", "rewrite the soak section of this markdown file (between <!-- soak:begin --> and <!-- soak:end -->); empty skips it")
 	flag.Parse()
 	var results map[string]string
 	var err error
@@ -91,6 +103,11 @@ func main() {
 	if o.failover {
 		results, err = failoverBench(o)
 		keys = failoverKeys()
+	} else if scaleCfg.on {
+		results, keys, err = scaleBench(o, scaleCfg)
+	} else if soakCfg.on {
+		results, err = soakBench(o, soakCfg)
+		keys = soakKeys()
 	} else {
 		results, err = run(o)
 	}
@@ -120,7 +137,8 @@ func resultKeys() []string {
 		"hopping_events_per_second", "hopping_peak_rss_mib", "hopping_ratio",
 		"avro_events_per_second", "avro_peak_rss_mib", "avro_ratio",
 		"latency_p50_ms", "latency_p99_ms", "backlog_latency_p50_ms", "backlog_latency_p99_ms",
-		"rebalance_cooperative_ms", "rebalance_cooperative_partition_stop_ms", "rebalance_eager_ms", "rebalance_eager_partition_stop_ms"}
+		"rebalance_cooperative_ms", "rebalance_cooperative_partition_stop_ms", "rebalance_eager_ms", "rebalance_eager_partition_stop_ms",
+		"coop_stopped_partition_ms", "eager_stopped_partition_ms"}
 }
 
 // run measures and prints what it measures; it returns the figures by key.
@@ -581,10 +599,13 @@ func rebalances(o options, addr string, results map[string]string) error {
 			for i := range rb.Millis {
 				rebal[i] = rb.Millis[i] - rb.JoinMillis[i]
 			}
-			fmt.Printf("rebalance %-12s %5.0f ms median from a third worker joining until every partition processes again (runs %s; %.0f ms from its start); longest stop of one partition %.0f ms; partitions stopped %v\n",
-				protocol+":", median(rebal), joinMillis(rebal), rb.Median, rb.MedianGap, rb.Stopped)
+			fmt.Printf("rebalance %-12s %5.0f ms median from a third worker joining until every partition processes again (runs %s; %.0f ms from its start); longest stop of one partition %.0f ms; partitions stopped %v, for %s partition-ms in all\n",
+				protocol+":", median(rebal), joinMillis(rebal), rb.Median, rb.MedianGap, rb.Stopped, joinMillis(rb.StoppedMillis))
 			results["rebalance_"+protocol+"_ms"] = fmt.Sprintf("%.0f", median(rebal))
 			results["rebalance_"+protocol+"_partition_stop_ms"] = fmt.Sprintf("%.0f", rb.MedianGap)
+			// The sum over partitions of the time each stood still.
+			short := map[string]string{"cooperative": "coop", "eager": "eager"}[protocol]
+			results[short+"_stopped_partition_ms"] = fmt.Sprintf("%.0f", rb.MedianStopped)
 		}
 	}
 	return nil

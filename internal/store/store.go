@@ -307,10 +307,15 @@ func open(dir string, lock *pebble.Lock, fs vfs.FS, log *slog.Logger) (*DB, erro
 		L0CompactionThreshold: 16,
 		L0StopWritesThreshold: 48,
 		// Pebble counts the memtables against its block cache, so the
-		// cache must hold them and leave room for blocks: 64 MiB, of which
-		// a 32 MiB memtable leaves half to data blocks. It is also the
-		// bound of Pebble's memory, memtables included.
-		CacheSize: 64 << 20,
+		// cache must hold them and leave room for blocks. While a full
+		// memtable is flushed the next one fills: 96 MiB leaves 32 MiB to
+		// data and filter blocks even then. At 64 MiB two memtables took
+		// it all, and with 1 M distinct pages (every key new, so every
+		// update a store lookup that reads each level-0 table's filter)
+		// the filters were read from disk again for every lookup: 9,000
+		// events/s against 124,000 at 96 MiB (docs/benchmarks.md, Scale).
+		// It is also the bound of Pebble's memory, memtables included.
+		CacheSize: 96 << 20,
 		Lock:      lock,
 		FS:        fs,
 		Logger:    pebbleLogger{log},
