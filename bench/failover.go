@@ -776,6 +776,7 @@ func startMetricSink(keep ...string) (*metricSink, error) {
 	if err != nil {
 		return nil, err
 	}
+	_ = conn.SetReadBuffer(8 << 20) // a burst of samples must not be dropped
 	s := &metricSink{conn: conn, keep: keep, done: make(chan struct{})}
 	go s.read()
 	return s, nil
@@ -806,13 +807,14 @@ func (s *metricSink) read() {
 	}
 }
 
-// since returns the samples of name tagged tag that arrived at or after t.
+// since returns the samples of name tagged tag (any, if empty) that
+// arrived at or after t.
 func (s *metricSink) since(t time.Time, name, tag string) []metricSample {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []metricSample
 	for _, m := range s.samples {
-		if m.name == name && !m.at.Before(t) && slices.Contains(m.tags, tag) {
+		if m.name == name && !m.at.Before(t) && (tag == "" || slices.Contains(m.tags, tag)) {
 			out = append(out, m)
 		}
 	}

@@ -4,18 +4,16 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 )
 
 // latencyMetric is the worker's DogStatsD timing of the time from a
 // record's timestamp to its table update, sent for 1 event in 64.
-const latencyMetric = "pageviews.event_latency:"
+const latencyMetric = "pageviews.event_latency"
 
 // metricsDelay is how long the worker's metrics client may hold a sample:
 // it aggregates for 2 s and flushes its buffer every second.
@@ -23,70 +21,23 @@ const metricsDelay = 3500 * time.Millisecond
 
 // statsdSink is a DogStatsD listener on UDP that keeps the worker's
 // end-to-end latency samples with the time they arrived.
-type statsdSink struct {
-	conn *net.UDPConn
-	mu   sync.Mutex
-	at   []time.Time
-	ms   []float64
-	done chan struct{}
-}
+type statsdSink struct{ *metricSink }
 
 func startStatsd() (*statsdSink, error) {
-	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	m, err := startMetricSink(latencyMetric)
 	if err != nil {
 		return nil, err
 	}
-	_ = conn.SetReadBuffer(8 << 20)
-	s := &statsdSink{conn: conn, done: make(chan struct{})}
-	go s.read()
-	return s, nil
+	return &statsdSink{m}, nil
 }
 
-func (s *statsdSink) url() string { return "udp://" + s.conn.LocalAddr().String() }
-
-func (s *statsdSink) read() {
-	defer close(s.done)
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := s.conn.Read(buf)
-		if err != nil {
-			return
-		}
-		now := time.Now()
-		for line := range bytes.SplitSeq(buf[:n], []byte("\n")) {
-			rest, ok := bytes.CutPrefix(line, []byte(latencyMetric))
-			if !ok {
-				continue
-			}
-			// The client aggregates: one line packs many samples,
-			// name:v1:v2:...|ms|#tags.
-			values, kind, _ := strings.Cut(string(rest), "|")
-			if !strings.HasPrefix(kind, "ms") {
-				continue
-			}
-			s.mu.Lock()
-			for value := range strings.SplitSeq(values, ":") {
-				if v, err := strconv.ParseFloat(value, 64); err == nil {
-					s.at = append(s.at, now)
-					s.ms = append(s.ms, v)
-				}
-			}
-			s.mu.Unlock()
-		}
-	}
-}
-
-// since returns the samples that arrived at or after t.
+// since returns the latency samples (ms) that arrived at or after t.
 func (s *statsdSink) since(t time.Time) []float64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	i, _ := slices.BinarySearchFunc(s.at, t, func(a, b time.Time) int { return a.Compare(b) })
-	return slices.Clone(s.ms[i:])
-}
-
-func (s *statsdSink) close() {
-	_ = s.conn.Close()
-	<-s.done
+	var ms []float64
+	for _, m := range s.metricSink.since(t, latencyMetric, "") {
+		ms = append(ms, m.value)
+	}
+	return ms
 }
 
 // percentiles returns the q-quantiles of xs (nearest rank).

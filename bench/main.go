@@ -143,18 +143,11 @@ func resultKeys() []string {
 
 // run measures and prints what it measures; it returns the figures by key.
 func run(o options) (map[string]string, error) {
-	dir, err := os.MkdirTemp("", "pageviews-bench-")
+	dir, addr, done, err := brokerIn(o, "pageviews-bench-")
 	if err != nil {
 		return nil, err
 	}
-	if !o.keep {
-		defer os.RemoveAll(dir)
-	}
-	broker, addr, err := startBroker(o.broker, filepath.Join(dir, "broker"))
-	if err != nil {
-		return nil, err
-	}
-	defer stopProcess(broker)
+	defer done()
 
 	fmt.Printf("machine: %d cores; events=%d pages=%d partitions=%d commit_interval=%s\n", numCPU(), o.events, o.pages, o.partitions, o.commitInterval)
 	began := time.Now()
@@ -204,6 +197,25 @@ func run(o options) (map[string]string, error) {
 		return nil, err
 	}
 	return results, nil
+}
+
+// brokerIn makes a temporary directory (kept with -keep) and starts a dev
+// broker in it; done stops the broker and removes the directory.
+func brokerIn(o options, prefix string) (dir, addr string, done func(), err error) {
+	if dir, err = os.MkdirTemp("", prefix); err != nil {
+		return "", "", nil, err
+	}
+	remove := func() {
+		if !o.keep {
+			os.RemoveAll(dir)
+		}
+	}
+	broker, addr, err := startBroker(o.broker, filepath.Join(dir, "broker"))
+	if err != nil {
+		remove()
+		return "", "", nil, err
+	}
+	return dir, addr, func() { stopProcess(broker); remove() }, nil
 }
 
 func numCPU() int {

@@ -147,18 +147,11 @@ func scaleBench(o options, cfg scaleConfig) (map[string]string, []string, error)
 
 // runScalePoint measures one setting on a broker of its own.
 func runScalePoint(o options, p *scalePoint, memLimit string) error {
-	dir, err := os.MkdirTemp("", "pageviews-scale-")
+	dir, addr, done, err := brokerIn(o, "pageviews-scale-")
 	if err != nil {
 		return err
 	}
-	if !o.keep {
-		defer os.RemoveAll(dir)
-	}
-	broker, addr, err := startBroker(o.broker, filepath.Join(dir, "broker"))
-	if err != nil {
-		return err
-	}
-	defer stopProcess(broker)
+	defer done()
 	o.pages, o.partitions, o.events = p.pages, p.partitions, p.events
 	o.cpuprofile, o.topic = "", ""
 	began := time.Now()

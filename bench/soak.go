@@ -73,18 +73,11 @@ func soakBench(o options, cfg soakConfig) (map[string]string, error) {
 	}
 	fmt.Printf("machine: %d cores; soak: %d views/s over %d pages on %d partitions for %s; default windows; commit_interval=%s\n",
 		numCPU(), cfg.rate, cfg.pages, o.partitions, d, o.commitInterval)
-	dir, err := os.MkdirTemp("", "pageviews-soak-")
+	dir, addr, done, err := brokerIn(o, "pageviews-soak-")
 	if err != nil {
 		return nil, err
 	}
-	if !o.keep {
-		defer os.RemoveAll(dir)
-	}
-	broker, addr, err := startBroker(o.broker, filepath.Join(dir, "broker"))
-	if err != nil {
-		return nil, err
-	}
-	defer stopProcess(broker)
+	defer done()
 	if err := createTopics(addr, o.partitions, "page_views"); err != nil {
 		return nil, err
 	}

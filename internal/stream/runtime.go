@@ -282,6 +282,7 @@ type partitionWorker struct {
 	// processed meanwhile, sent once it is done (the producer is its).
 	inflight   *inflightFlush
 	deadQueued []deadLetter
+	lastFlush  time.Time               // when the last flush was done
 	pending    *sarama.ConsumerMessage // a source record received during recovery
 	txp        *kafka.Producer         // this partition's transactional producer
 
@@ -379,48 +380,13 @@ func (w *partitionWorker) loop(ctx context.Context, msgs <-chan *sarama.Consumer
 	// load the interval alone sets the pace and keeps the coalescing.
 	idle := time.NewTimer(time.Hour)
 	defer idle.Stop()
-	lastFlush := time.Now()
-	failed := func(err error) error {
-		var lost *lostError
-		if errors.As(err, &lost) {
-			return w.drop(lost)
-		}
-		if ctx.Err() != nil {
-			return w.release(ctx)
-		}
-		return err
-	}
-	// commit flushes and commits in the loop, after the flush in flight;
-	// one that failed is done again.
-	commit := func() error {
-		if err := w.flushRetrying(ctx, w.settle()); err != nil {
-			return failed(err)
-		}
-		lastFlush = time.Now()
-		w.report()
-		return nil
-	}
-	// commitBehind starts a flush whose commit goes on in the background
-	// (see flushBehind), after the one in flight.
-	commitBehind := func() error {
-		if err := w.settle(); err != nil {
-			return commit() // done again, in the loop
-		}
-		if err := w.flushBehind(ctx); err != nil {
-			return failed(err)
-		}
-		return nil
-	}
+	w.lastFlush = time.Now()
 	for {
 		select {
 		case err := <-w.inflightDone():
-			if err := w.settled(err); err != nil {
-				if err := w.flushRetrying(ctx, err); err != nil {
-					return failed(err)
-				}
+			if err := w.landed(ctx, err); err != nil {
+				return err
 			}
-			lastFlush = time.Now()
-			w.report()
 		case m, ok := <-msgs:
 			revoked, err := w.take(m, ok, msgs)
 			if err != nil {
@@ -429,7 +395,7 @@ func (w *partitionWorker) loop(ctx context.Context, msgs <-chan *sarama.Consumer
 			if !revoked && w.blocked != nil {
 				// What came before the record is committed, so a long
 				// wait holds no open transaction or unflushed state.
-				if err := commit(); err != nil {
+				if err := w.commit(ctx); err != nil {
 					return err
 				}
 				revoked, err = w.await(ctx, msgs)
@@ -446,11 +412,11 @@ func (w *partitionWorker) loop(ctx context.Context, msgs <-chan *sarama.Consumer
 			if w.last == w.flushed {
 				break
 			}
-			if wait := r.o.CommitInterval/4 - time.Since(lastFlush); wait > 0 {
+			if wait := r.o.CommitInterval/4 - time.Since(w.lastFlush); wait > 0 {
 				idle.Reset(wait) // committed a moment ago: commit once that is a quarter interval old
 				break
 			}
-			if err := commitBehind(); err != nil {
+			if err := w.commitBehind(ctx); err != nil {
 				return err
 			}
 		case <-ticker.C:
@@ -458,13 +424,65 @@ func (w *partitionWorker) loop(ctx context.Context, msgs <-chan *sarama.Consumer
 				ticker.Reset(r.o.CommitInterval)
 				phased = true
 			}
-			if err := commitBehind(); err != nil {
+			if err := w.commitBehind(ctx); err != nil {
 				return err
 			}
 		case <-ctx.Done():
 			return w.stop(ctx)
 		}
 	}
+}
+
+// commit flushes and commits in the loop, after the flush in flight; one
+// that failed is done again.
+func (w *partitionWorker) commit(ctx context.Context) error {
+	if err := w.flushRetrying(ctx, w.settle()); err != nil {
+		return w.failed(ctx, err)
+	}
+	w.lastFlush = time.Now()
+	w.report()
+	return nil
+}
+
+// commitBehind starts a flush whose commit goes on in the background (see
+// flushBehind), after the one in flight.
+func (w *partitionWorker) commitBehind(ctx context.Context) error {
+	if w.inflight != nil {
+		if err := w.landed(ctx, <-w.inflight.done); err != nil {
+			return err
+		}
+	}
+	if err := w.flushBehind(ctx); err != nil {
+		return w.failed(ctx, err)
+	}
+	return nil
+}
+
+// landed ends the flush in flight, which ended with err; one that failed
+// is done again in the loop.
+func (w *partitionWorker) landed(ctx context.Context, err error) error {
+	if err := w.settled(err); err != nil {
+		if err := w.flushRetrying(ctx, err); err != nil {
+			return w.failed(ctx, err)
+		}
+	}
+	w.lastFlush = time.Now()
+	w.report()
+	return nil
+}
+
+// failed ends the loop after a flush that could not be done: a member
+// that lost its place drops the partition, a session that ended releases
+// it, and any other failure stops the partition.
+func (w *partitionWorker) failed(ctx context.Context, err error) error {
+	var lost *lostError
+	if errors.As(err, &lost) {
+		return w.drop(lost)
+	}
+	if ctx.Err() != nil {
+		return w.release(ctx)
+	}
+	return err
 }
 
 // resumed marks the partition recovered and logs how long it went
