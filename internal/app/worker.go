@@ -84,7 +84,7 @@ func (w *worker) actors() []actor {
 		{"topics", w.createTopics, nil},
 		{"producer", w.startProducer, func() error { return w.producer.Close() }},
 		// The group, the changelog consumer, the standbys.
-		{"group", w.startGroup, func() error { return w.restore.Close() }},
+		{"group", w.startGroup, func() error { return errors.Join(w.restore.Close(), w.copies.Close()) }},
 		{"app", w.startApp, nil}, // the app's parts and the stream runtime
 		{"timers", w.schedule, nil},
 		{"pages", w.serve, nil},
@@ -127,6 +127,7 @@ type worker struct {
 	producer    *kafka.Producer
 	group       sarama.ConsumerGroup
 	restore     sarama.Consumer
+	copies      sarama.Consumer // the standby copies' changelog consumer
 	state       *stream.State
 	directory   *stream.Directory
 	standby     *stream.Standby
@@ -413,9 +414,13 @@ func (w *worker) startGroup(context.Context) error {
 	if err != nil {
 		return fmt.Errorf("kafka admin: %w", err)
 	}
-	// Last: nothing fails after it, so the stop closes it.
+	// Last: nothing fails after them, so the stop closes them.
 	if w.restore, err = sarama.NewConsumerFromClient(cs.restore); err != nil {
 		return fmt.Errorf("kafka changelog consumer: %w", err)
+	}
+	if w.copies, err = sarama.NewConsumerFromClient(cs.copies); err != nil {
+		_ = w.restore.Close()
+		return fmt.Errorf("kafka standby consumer: %w", err)
 	}
 	w.state = stream.NewState()
 	w.directory = &stream.Directory{Admin: dirAdmin, Group: cfg.Group, Topic: cfg.Topic, TTL: time.Second}
@@ -427,7 +432,12 @@ func (w *worker) startGroup(context.Context) error {
 	}
 	w.standby = &stream.Standby{
 		Replicas: cfg.StandbyReplicas, Self: w.self, Owners: w.directory.Owners, Tables: standbyTables,
-		Client: cs.admin, Restore: w.restore, DB: w.db,
+		// Not the recoveries' consumer: caught-up copies long-poll (up to
+		// MaxWaitTime a fetch), and sarama holds a connection for the whole
+		// of a request, so a recovery's offset lookups and first fetch
+		// queued behind them; and a copy's consumer, still closing when
+		// its partition is assigned here, held the recovery of it back.
+		Client: cs.admin, Restore: w.copies, DB: w.db,
 		Log: w.log.With("component", "standby"), Every: 2 * time.Second, SweepEvery: sweepEvery(w.cfg),
 	}
 	return nil
@@ -717,8 +727,8 @@ var errAbandoned = errors.New("warm shutdown did not finish")
 // a produce acknowledgement on a shared connection, and a JoinGroup held
 // during a rebalance never delays an owner lookup.
 type clients struct {
-	admin, producer, group, restore, directory sarama.Client
-	base                                       *sarama.Config // of the producer client, for transactional producers
+	admin, producer, group, restore, copies, directory sarama.Client
+	base                                               *sarama.Config // of the producer client, for transactional producers
 }
 
 func connect(cfg *config.Config, brokers []string, self string, changelogs []kafka.Topic, sb kafka.Standbys) (*clients, error) {
@@ -744,7 +754,7 @@ func connect(cfg *config.Config, brokers []string, self string, changelogs []kaf
 			// Changelogs hold transactions under both guarantees (the
 			// fence; see internal/stream): recovery and standbys must not
 			// apply the records of aborted ones.
-			ReadCommitted: cfg.Guarantee == config.ExactlyOnce || role == "restore",
+			ReadCommitted: cfg.Guarantee == config.ExactlyOnce || role == "restore" || role == "copies",
 			Security: kafka.Security{
 				TLS: cfg.TLS, CAFile: cfg.TLSCAFile, CertFile: cfg.TLSCertFile, KeyFile: cfg.TLSKeyFile,
 				ServerName: cfg.TLSServerName, SASLMechanism: cfg.SASLMechanism, User: cfg.SASLUser, Password: cfg.SASLPassword,
@@ -766,7 +776,7 @@ func connect(cfg *config.Config, brokers []string, self string, changelogs []kaf
 	for _, x := range []struct {
 		c    *sarama.Client
 		role string
-	}{{&cs.admin, "admin"}, {&cs.producer, "producer"}, {&cs.group, "group"}, {&cs.restore, "restore"}, {&cs.directory, "directory"}} {
+	}{{&cs.admin, "admin"}, {&cs.producer, "producer"}, {&cs.group, "group"}, {&cs.restore, "restore"}, {&cs.copies, "copies"}, {&cs.directory, "directory"}} {
 		if *x.c, err = mk(x.role); err != nil {
 			_ = cs.close()
 			return nil, err
@@ -777,7 +787,7 @@ func connect(cfg *config.Config, brokers []string, self string, changelogs []kaf
 
 func (c *clients) close() error {
 	var errs []error
-	for _, cl := range []sarama.Client{c.directory, c.restore, c.group, c.producer, c.admin} {
+	for _, cl := range []sarama.Client{c.directory, c.copies, c.restore, c.group, c.producer, c.admin} {
 		if cl != nil && !cl.Closed() {
 			errs = append(errs, cl.Close())
 		}

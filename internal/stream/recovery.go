@@ -39,6 +39,11 @@ const (
 	// knows are there asks again, and stallLogEvery how often it says so.
 	stallCheck    = time.Second
 	stallLogEvery = 5 * time.Second
+	// closingPoll is how often a replay asks again for a changelog
+	// partition whose previous consumer is closing, closingTries how many
+	// times before it counts as waiting (300 ms).
+	closingPoll  = 5 * time.Millisecond
+	closingTries = 60
 )
 
 // errRevoked ends a recovery whose partition was taken away meanwhile.
@@ -146,15 +151,28 @@ func (w *partitionWorker) prepare(ctx context.Context, t Table) (*restoring, err
 	rs := &restoring{t: t, log: log, start: start, end: end, stored: stored}
 	rs.left.Store(max(end-start, 0))
 	if start < end {
-		// The consumer of the partition's previous assignment may still be
-		// closing ("already being consumed"): that passes.
+		// The consumer of the partition's previous assignment here may
+		// still be closing ("already being consumed"): it
+		// lets go once its fetch in flight returns, within the fetch wait
+		// (100 ms). Asked again every few milliseconds meanwhile, so that
+		// a partition moving to its standby holder is not held up for
+		// patiently's first pause.
 		err := patiently(ctx, log, waiting, func() (err error) {
-			rs.pc, err = w.r.o.Restore.ConsumePartition(t.Changelog(), w.p, start)
-			var cerr sarama.ConfigurationError
-			if errors.As(err, &cerr) && strings.Contains(err.Error(), "already being consumed") {
-				return &transient{err}
+			for tries := 0; ; tries++ {
+				rs.pc, err = w.r.o.Restore.ConsumePartition(t.Changelog(), w.p, start)
+				var cerr sarama.ConfigurationError
+				if !errors.As(err, &cerr) || !strings.Contains(err.Error(), "already being consumed") {
+					return err
+				}
+				if tries == closingTries {
+					return &transient{err}
+				}
+				select {
+				case <-time.After(closingPoll):
+				case <-ctx.Done():
+					return ctx.Err()
+				}
 			}
-			return err
 		})
 		if err != nil {
 			return nil, fmt.Errorf("consume %s/%d from %d: %w", t.Changelog(), w.p, start, err)

@@ -35,8 +35,10 @@ type Standby struct {
 	// Tables are separate instances of the worker's tables over the same
 	// store: a partition is held by the active instance or the standby one,
 	// never both.
-	Tables  []Table
-	Client  sarama.Client
+	Tables []Table
+	Client sarama.Client
+	// Restore reads the changelogs; not the recoveries' consumer (see
+	// tailTable).
 	Restore sarama.Consumer
 	DB      *store.DB
 	Log     *slog.Logger
@@ -420,10 +422,10 @@ func (s *Standby) tailTable(ctx context.Context, t Table, p int32) error {
 	if err != nil {
 		return fmt.Errorf("consume %s/%d from %d: %w", topic, p, start, err)
 	}
-	// Closed before the tailer is done, so that a recovery of p that
-	// Activate lets start does not find the changelog partition still
-	// being consumed (sarama lets one consumer read a partition once).
-	defer func() { _ = pc.Close() }()
+	// Not waited for: Activate holds the standby's lock while the tailer
+	// ends, and the consumer lets go only after its fetch in flight
+	// returns. Recoveries read with a consumer of their own.
+	defer pc.AsyncClose()
 
 	c := &standbyCopy{s: s, t: t, p: p, b: s.DB.NewBatch(), last: start - 1, hwm: hwm, pc: pc}
 	defer func() { c.b.Discard() }()
