@@ -94,7 +94,7 @@ bench-failover: build ## benchmark failover: kill -9 of the owner of a partition
 	$(GO) run ./bench -failover -partitions 3 -worker $(BIN)/pageviews -broker $(BIN)/devbroker
 
 .PHONY: bench-scale
-bench-scale: build ## benchmark the worker at scale: pages 10k/100k/1M, partitions 8/32/64, events 1M/10M, one varied at a time (roughly 10 minutes); writes docs/bench-scale.svg and the Scale section of docs/benchmarks.md (SCALE_FLAGS='-scale-events 1000000' for fewer settings)
+bench-scale: build ## benchmark the worker at scale: pages 10k/100k/1M, partitions 8/32/64, events 1M/10M, one varied at a time (about 3 minutes); writes docs/bench-scale.svg and the Scale section of docs/benchmarks.md (SCALE_FLAGS='-scale-events 1000000' for fewer settings)
 	$(GO) run ./bench -scale -worker $(BIN)/pageviews -broker $(BIN)/devbroker \
 	  -scale-svg docs/bench-scale.svg -scale-docs docs/benchmarks.md $(SCALE_FLAGS)
 
