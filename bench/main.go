@@ -407,13 +407,17 @@ func steadyLatency(o options, addr, group string, want int64, cmd *exec.Cmd, sta
 }
 
 // rssHWM returns the peak resident set size of pid in MiB.
-func rssHWM(pid int) float64 {
+func rssHWM(pid int) float64 { return procStatusMiB(pid, "VmHWM:") }
+
+// procStatusMiB returns the field (a size in kB, such as "VmRSS:") of
+// pid's /proc status in MiB, 0 when pid is gone.
+func procStatusMiB(pid int, field string) float64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmHWM:" {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == field {
 			kb, _ := strconv.ParseFloat(f[1], 64)
 			return kb / 1024
 		}

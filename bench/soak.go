@@ -342,19 +342,7 @@ func printSoakSample(s soakSample, rate float64) {
 }
 
 // rssNow returns the resident set size of pid in MiB, 0 when it is gone.
-func rssNow(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseFloat(f[1], 64)
-			return kb / 1024
-		}
-	}
-	return 0
-}
+func rssNow(pid int) float64 { return procStatusMiB(pid, "VmRSS:") }
 
 // rssFigures returns the baseline and end RSS of a soak of length d: each
 // the mean of the samples in a minute, the minute around 5 minutes in (the
