@@ -32,6 +32,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
+	"github.com/cockroachdb/pebble/v2/sstable"
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
@@ -44,6 +45,8 @@ type DB struct {
 	// bgErrors counts Pebble's background errors (failed flushes and
 	// compactions), which it retries and reports only to its listener.
 	bgErrors *atomic.Int64
+	writer   sstable.WriterOptions // for the table files of NewLoadBatch
+	fs       vfs.FS
 }
 
 // Stats are what the store reports for gauges.
@@ -346,6 +349,10 @@ func open(dir string, lock *pebble.Lock, fs vfs.FS, log *slog.Logger) (*DB, erro
 	for i := range opts.Levels {
 		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
+	// Table files a crash left unfinished before their ingestion.
+	if err := fs.RemoveAll(filepath.Join(dir, loadDir)); err != nil {
+		return nil, fmt.Errorf("clear %s: %w", filepath.Join(dir, loadDir), err)
+	}
 	pdb, err := pebble.Open(dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("open pebble %s: %w", dir, err)
@@ -356,7 +363,11 @@ func open(dir string, lock *pebble.Lock, fs vfs.FS, log *slog.Logger) (*DB, erro
 		_ = pdb.Close()
 		return nil, fmt.Errorf("check pebble %s: %w", dir, err)
 	}
-	return &DB{pdb: pdb, lock: lock, dir: dir, stalls: stalls, bgErrors: bgErrors}, nil
+	// The table files of NewLoadBatch are written as Pebble writes its own
+	// (Open fills in the defaults of a copy of opts, so fill in this one's).
+	opts.EnsureDefaults()
+	writer := opts.MakeWriterOptions(0, pdb.FormatMajorVersion().MaxTableFormat())
+	return &DB{pdb: pdb, lock: lock, dir: dir, stalls: stalls, bgErrors: bgErrors, writer: writer, fs: fs}, nil
 }
 
 // Close flushes memtables, closes the store and releases its directory.
@@ -578,6 +589,11 @@ func (d *DB) WipePartition(table string, partition int32) error {
 type Batch struct {
 	b   *pebble.Batch
 	key []byte // scratch for the store keys of SetData and DeleteData
+	// load, when not nil, holds the data writes of a batch of NewLoadBatch
+	// until a range deletion is made (ranged); db ingests them.
+	db     *DB
+	load   *loading
+	ranged bool
 }
 
 // NewBatch starts a batch.
@@ -593,12 +609,20 @@ func (b *Batch) Delete(key []byte) error { return b.b.Delete(key, nil) }
 // so the caller may reuse them at once.
 func (b *Batch) SetData(table string, partition int32, userKey, value []byte) error {
 	b.key = AppendDataKey(b.key[:0], table, partition, userKey)
+	if b.load != nil && !b.ranged {
+		b.load.add(b.key, value, false)
+		return nil
+	}
 	return b.b.Set(b.key, value, nil)
 }
 
 // DeleteData removes userKey of a table partition.
 func (b *Batch) DeleteData(table string, partition int32, userKey []byte) error {
 	b.key = AppendDataKey(b.key[:0], table, partition, userKey)
+	if b.load != nil && !b.ranged {
+		b.load.add(b.key, nil, true)
+		return nil
+	}
 	return b.b.Delete(b.key, nil)
 }
 
@@ -607,6 +631,7 @@ func (b *Batch) DeleteData(table string, partition int32, userKey []byte) error 
 // one range deletion.
 func (b *Batch) DeleteBelow(table string, partition int32, userKey []byte) error {
 	lo, _ := dataBounds(table, partition)
+	b.ranged = true
 	return b.b.DeleteRange(lo, DataKey(table, partition, userKey), nil)
 }
 
@@ -620,11 +645,22 @@ func (b *Batch) SetCheckpoint(table string, partition int32, cp Checkpoint) erro
 }
 
 // Len is the number of operations in the batch.
-func (b *Batch) Len() int { return int(b.b.Count()) }
+func (b *Batch) Len() int {
+	if b.load != nil {
+		return int(b.b.Count()) + len(b.load.ops)
+	}
+	return int(b.b.Count())
+}
 
 // Commit applies the batch atomically and syncs it (see the package doc).
+// A batch of NewLoadBatch ingests its data writes first.
 func (b *Batch) Commit() error {
-	defer b.b.Close()
+	defer b.close()
+	if b.load != nil {
+		if err := b.ingest(); err != nil {
+			return err
+		}
+	}
 	return b.b.Commit(pebble.Sync)
 }
 
@@ -633,13 +669,29 @@ func (b *Batch) Commit() error {
 // it, and the next synced Commit makes every earlier batch durable too. For
 // batches that carry their own checkpoint and may be redone, such as a
 // recovery's.
+//
+// A batch of NewLoadBatch that wrote a table file is synced all the same:
+// the file is on disk already, and Pebble holds small unsynced writes in
+// its buffer until a block fills, so an unsynced checkpoint would be lost
+// to a crash together with the progress of every file before it.
 func (b *Batch) CommitUnsynced() error {
-	defer b.b.Close()
+	defer b.close()
+	if b.load != nil && len(b.load.ops) > 0 {
+		if err := b.ingest(); err != nil {
+			return err
+		}
+		return b.b.Commit(pebble.Sync)
+	}
 	return b.b.Commit(pebble.NoSync)
 }
 
 // Discard drops the batch without applying it.
-func (b *Batch) Discard() { _ = b.b.Close() }
+func (b *Batch) Discard() { b.close() }
+
+func (b *Batch) close() {
+	_ = b.b.Close()
+	b.release()
+}
 
 // pebbleLogger routes Pebble's logs through slog.
 type pebbleLogger struct{ log *slog.Logger }

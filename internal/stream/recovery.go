@@ -21,6 +21,12 @@ const (
 	// (with a checkpoint) while recovering, so a crash during a long
 	// recovery resumes where it stopped.
 	restoreBatch = 20000
+	// loadFrom is the length of replay from which recovery writes its
+	// batches as table files the store ingests (store.NewLoadBatch),
+	// skipping the memtable, as it does for every rebuild of a partition
+	// the store holds nothing of. A shorter catch-up of a stored partition,
+	// such as a restart's, is not worth a file per table partition.
+	loadFrom = restoreBatch
 	// progressEvery is how often a long recovery logs its progress.
 	progressEvery = 5 * time.Second
 	// quietCheck is how long a replay waits for a record before it asks
@@ -275,7 +281,9 @@ func replayRange(ctx context.Context, t Table, client sarama.Client, p int32, lo
 // checkpoint never passes what was applied or shown to be a gap.
 func (w *partitionWorker) replay(ctx context.Context, rs *restoring, all []*restoring) error {
 	r := w.r
-	rp := &replayer{w: w, rs: rs, all: all, b: r.o.DB.NewBatch(), last: rs.start - 1}
+	rp := &replayer{w: w, rs: rs, all: all, last: rs.start - 1}
+	rp.load = rs.pc != nil && (!rs.stored || rs.end-rs.start >= loadFrom)
+	rp.b = rp.newBatch()
 	defer func() { rp.b.Discard() }()
 	if rs.pc == nil {
 		// Nothing to replay: still report the finished recovery (0 left).
@@ -340,6 +348,7 @@ type replayer struct {
 	// b holds what was applied since the last commit; last is the offset
 	// of the last record applied or shown to be a gap.
 	b              *store.Batch
+	load           bool // b is a store.NewLoadBatch
 	last, replayed int64
 	began, nextLog time.Time
 	dc             definitionChecker
@@ -355,7 +364,8 @@ type replayer struct {
 // commit writes the batch with its checkpoint (last). The batches along the
 // way need not wait for the disk: a crash loses at most some of them, and
 // the next recovery resumes from the last that made it. The final one is
-// synced, which makes every earlier one durable too.
+// synced, which makes every earlier one durable too. (A load batch's table
+// file is durable once ingested, and its checkpoint is synced with it.)
 func (rp *replayer) commit(final bool) error {
 	if err := rp.rs.t.Recovered(rp.w.p, rp.b, rp.last); err != nil {
 		return err
@@ -367,8 +377,15 @@ func (rp *replayer) commit(final bool) error {
 	if err := commit(); err != nil {
 		return err
 	}
-	rp.b = rp.w.r.o.DB.NewBatch()
+	rp.b = rp.newBatch()
 	return nil
+}
+
+func (rp *replayer) newBatch() *store.Batch {
+	if rp.load {
+		return rp.w.r.o.DB.NewLoadBatch()
+	}
+	return rp.w.r.o.DB.NewBatch()
 }
 
 // apply applies m and what is already buffered behind it (up to 1024
