@@ -2,7 +2,6 @@ package store
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -44,8 +43,8 @@ type loadOp struct {
 
 // loading holds the data writes of a batch made by NewLoadBatch.
 type loading struct {
-	arena []byte
-	ops   []loadOp
+	arena    []byte
+	ops, tmp []loadOp
 }
 
 func (l *loading) key(op loadOp) []byte { return l.arena[op.off : op.off+int(op.klen)] }
@@ -62,12 +61,8 @@ func (l *loading) add(key, value []byte, del bool) {
 
 // sorted orders the writes by key, keeping only the last write of each key.
 func (l *loading) sorted() []loadOp {
-	slices.SortFunc(l.ops, func(a, b loadOp) int {
-		if c := bytes.Compare(l.key(a), l.key(b)); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.off, b.off) // the order they were written in
-	})
+	l.tmp = slices.Grow(l.tmp[:0], len(l.ops))[:len(l.ops)]
+	l.radix(l.ops, l.tmp, 0)
 	out := l.ops[:0]
 	for i, op := range l.ops {
 		if i+1 < len(l.ops) && bytes.Equal(l.key(op), l.key(l.ops[i+1])) {
@@ -76,6 +71,64 @@ func (l *loading) sorted() []loadOp {
 		out = append(out, op)
 	}
 	return out
+}
+
+// smallSort is the size below which radix sorts by comparisons.
+const smallSort = 24
+
+// radix sorts ops, whose keys agree in their first depth bytes, by the rest
+// of their keys, and keeps writes of equal keys in the order they were
+// made; tmp is scratch of the same length. It sorts by one byte at a time
+// (most significant first): the keys of a batch share long prefixes, and a
+// comparison sort compared those prefixes again and again (a quarter of a
+// recovery's CPU).
+func (l *loading) radix(ops, tmp []loadOp, depth int) {
+	for len(ops) > smallSort {
+		// Bucket 0 holds the keys that end here; bucket 1+b those whose
+		// byte at depth is b.
+		var starts [258]int
+		for _, op := range ops {
+			starts[l.bucket(op, depth)+1]++
+		}
+		if starts[l.bucket(ops[0], depth)+1] == len(ops) {
+			if l.bucket(ops[0], depth) == 0 {
+				return // all equal: in the order they were written
+			}
+			depth++ // every key has the same byte here
+			continue
+		}
+		for b := 1; b < len(starts); b++ {
+			starts[b] += starts[b-1]
+		}
+		next := starts
+		for _, op := range ops {
+			b := l.bucket(op, depth)
+			tmp[next[b]] = op
+			next[b]++
+		}
+		copy(ops, tmp)
+		for b := 1; b < 257; b++ {
+			if lo, hi := starts[b], starts[b+1]; hi-lo > 1 {
+				l.radix(ops[lo:hi], tmp[lo:hi], depth+1)
+			}
+		}
+		return
+	}
+	// Insertion sort, moving a write only past greater keys: stable.
+	for i := 1; i < len(ops); i++ {
+		for j := i; j > 0 && bytes.Compare(l.key(ops[j-1])[depth:], l.key(ops[j])[depth:]) > 0; j-- {
+			ops[j-1], ops[j] = ops[j], ops[j-1]
+		}
+	}
+}
+
+// bucket is radix's bucket of op at depth: 0 when its key has no byte
+// there, else 1 + the byte.
+func (l *loading) bucket(op loadOp, depth int) int {
+	if depth >= int(op.klen) {
+		return 0
+	}
+	return 1 + int(l.arena[op.off+depth])
 }
 
 // NewLoadBatch starts a batch for a bulk load such as a long recovery: its

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/gofaust/pageviews/internal/store"
@@ -20,20 +21,25 @@ type loadStep struct {
 
 // randomSteps makes writes to one table partition over few keys, so keys
 // are overwritten and deleted within a batch and across batches, with the
-// occasional range deletion (as a windowed table's expiry) and commit.
-func randomSteps(rng *rand.Rand, n int) []loadStep {
+// occasional range deletion (as a windowed table's expiry) and commit
+// (commitPerMille of the steps). Keys are of many lengths, prefixes of
+// each other, and hold zero and 0xff bytes.
+func randomSteps(rng *rand.Rand, n, keys, commitPerMille int) []loadStep {
 	steps := make([]loadStep, 0, n)
 	for i := range n {
-		key := "k" + strconv.Itoa(rng.IntN(40))
-		switch r := rng.IntN(100); {
-		case r < 70:
+		k := rng.IntN(keys)
+		key := strings.Repeat("p", k%3) + strconv.Itoa(k) + strings.Repeat("\x00", k%2) + strings.Repeat("\xff", k%5/4)
+		switch r := rng.IntN(1000); {
+		case r < commitPerMille:
+			steps = append(steps, loadStep{kind: 3})
+		case r < 700:
 			steps = append(steps, loadStep{kind: 0, key: key, value: "v" + strconv.Itoa(i)})
-		case r < 88:
+		case r < 880:
 			steps = append(steps, loadStep{kind: 1, key: key})
-		case r < 92:
+		case r < 900:
 			steps = append(steps, loadStep{kind: 2, key: key})
 		default:
-			steps = append(steps, loadStep{kind: 3})
+			steps = append(steps, loadStep{kind: 0, key: key, value: "w" + strconv.Itoa(i)})
 		}
 	}
 	return append(steps, loadStep{kind: 3})
@@ -76,8 +82,14 @@ func TestLoadBatchReadsAsABatch(t *testing.T) {
 	fillNeighbours(t, plain)
 	fillNeighbours(t, load)
 	before := snapshot(t, load)
-	for seed := range uint64(50) {
-		steps := randomSteps(rand.New(rand.NewPCG(seed, 7)), 300)
+	for seed := range uint64(60) {
+		// Small batches over few keys, then large ones (sorted by radix
+		// passes rather than comparisons) over many.
+		n, keys, commits := 300, 40, 80
+		if seed >= 40 {
+			n, keys, commits = 5000, 3000, 2
+		}
+		steps := randomSteps(rand.New(rand.NewPCG(seed, 7)), n, keys, commits)
 		want := applySteps(t, plain, plain.NewBatch, steps)
 		got := applySteps(t, load, load.NewLoadBatch, steps)
 		if !slices.Equal(got, want) {
