@@ -96,12 +96,15 @@ func NewConfig(o Options) (*sarama.Config, error) {
 	// the second announced by heartbeat only, so the interval is most of
 	// what a moved partition stands still. In the rebalance benchmark
 	// (docs/benchmarks.md, two workers, a third joining) the two moved
-	// partitions stood still 3.1 s each at sarama's 3 s, 0.7 s at 500 ms
-	// and 0.23 s at 100 ms; only at 100 ms does a cooperative rebalance
-	// stop less work than an eager one (the sum over partitions of the
-	// time each stands still). Ten heartbeats a second per member are
-	// small requests the coordinator answers from memory.
-	c.Consumer.Group.Heartbeat.Interval = 100 * time.Millisecond
+	// partitions stood still 3.1 s each at sarama's 3 s, 0.7 s at 500 ms,
+	// 0.16 to 0.27 s at 100 ms and 0.10 to 0.17 s at 50 ms. A cooperative
+	// rebalance must stop less work than an eager one (the sum over
+	// partitions of the time each stands still): at 100 ms it did in only
+	// some runs (medians of five: 315 against 340, 424 against 366
+	// partition-ms), at 50 ms in every one (218 against 376, 329 against
+	// 393). Twenty heartbeats a second per member are small requests the
+	// coordinator answers from memory.
+	c.Consumer.Group.Heartbeat.Interval = 50 * time.Millisecond
 	c.Consumer.Group.Rebalance.GroupStrategies = groupStrategies(o)
 	// A JoinGroup is parked by the coordinator for up to the rebalance
 	// timeout; a shorter read timeout abandons it and joins again, which

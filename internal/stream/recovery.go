@@ -23,9 +23,10 @@ const (
 	restoreBatch = 20000
 	// loadFrom is the length of replay from which recovery writes its
 	// batches as table files the store ingests (store.NewLoadBatch),
-	// skipping the memtable, as it does for every rebuild of a partition
-	// the store holds nothing of. A shorter catch-up of a stored partition,
-	// such as a restart's, is not worth a file per table partition.
+	// skipping the memtable. A shorter replay, such as a restart's
+	// catch-up or a small partition moving in a rebalance, is not worth a
+	// file and its syncs: they added tens of milliseconds to the stop of
+	// each partition a cooperative rebalance moves.
 	loadFrom = restoreBatch
 	// progressEvery is how often a long recovery logs its progress.
 	progressEvery = 5 * time.Second
@@ -282,7 +283,7 @@ func replayRange(ctx context.Context, t Table, client sarama.Client, p int32, lo
 func (w *partitionWorker) replay(ctx context.Context, rs *restoring, all []*restoring) error {
 	r := w.r
 	rp := &replayer{w: w, rs: rs, all: all, last: rs.start - 1}
-	rp.load = rs.pc != nil && (!rs.stored || rs.end-rs.start >= loadFrom)
+	rp.load = rs.pc != nil && rs.end-rs.start >= loadFrom
 	rp.b = rp.newBatch()
 	defer func() { rp.b.Discard() }()
 	if rs.pc == nil {
