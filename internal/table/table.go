@@ -38,7 +38,7 @@ type Int64 struct{}
 func (Int64) Append(dst []byte, v int64) []byte { return strconv.AppendInt(dst, v, 10) }
 
 // Decode implements Codec.
-func (Int64) Decode(b []byte) (int64, error) { return strconv.ParseInt(string(b), 10, 64) }
+func (Int64) Decode(b []byte) (int64, error) { return parseDecimal(b) }
 
 // ErrNotAssigned is returned when a partition is used that this worker does
 // not hold.
@@ -478,4 +478,23 @@ func (t *Table[V]) Recovered(p int32, b *store.Batch, offset int64) error {
 		pt.offset = offset
 	}
 	return b.SetCheckpoint(t.name, p, pt.checkpoint())
+}
+
+// parseDecimal is strconv.ParseInt(string(b), 10, 64) without the string
+// copy: changelog keys and values are parsed once a record during recovery,
+// and the copy was a sizeable part of it. What the fast path does not take
+// (a sign, anything but digits, 19 digits or more) goes to strconv, so the
+// results and errors are strconv's.
+func parseDecimal(b []byte) (int64, error) {
+	if len(b) == 0 || len(b) > 18 {
+		return strconv.ParseInt(string(b), 10, 64)
+	}
+	var n int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return strconv.ParseInt(string(b), 10, 64)
+		}
+		n = n*10 + int64(c-'0') // at most 18 digits: no overflow
+	}
+	return n, nil
 }

@@ -1165,3 +1165,21 @@ func TestWindowedCheckDefinition(t *testing.T) {
 		t.Errorf("a recorded field the table does not have: %v", err)
 	}
 }
+
+// Int64's Decode (which windowed changelog keys share) agrees with
+// strconv.ParseInt on results and errors.
+func TestInt64DecodeIsParseInt(t *testing.T) {
+	inputs := []string{"", "0", "7", "007", "-1", "+5", "-", "+", " 1", "1 ", "1_000", "12a",
+		"999999999999999999", "9223372036854775807", "9223372036854775808", "-9223372036854775808",
+		"-9223372036854775809", "99999999999999999999", "99999999999999999999x", "1700000000000"}
+	for i := range 2000 {
+		inputs = append(inputs, strconv.FormatInt(int64(i)*int64(i)*7919*104729, 10), strconv.Itoa(-i*31))
+	}
+	for _, in := range inputs {
+		want, wantErr := strconv.ParseInt(in, 10, 64)
+		got, err := table.Int64{}.Decode([]byte(in))
+		if got != want || fmt.Sprint(err) != fmt.Sprint(wantErr) {
+			t.Errorf("Decode(%q) = %d, %v; strconv.ParseInt: %d, %v", in, got, err, want, wantErr)
+		}
+	}
+}

@@ -146,7 +146,7 @@ func windowFromChangelog(dst, k []byte) ([]byte, error) {
 	if i < 0 {
 		return dst, errWindowKey
 	}
-	start, err := strconv.ParseInt(string(k[i+1:]), 10, 64)
+	start, err := parseDecimal(k[i+1:])
 	if err != nil {
 		return dst, errWindowKey
 	}
