@@ -47,6 +47,7 @@ type options struct {
 	latencyFor     time.Duration
 	keep           bool
 	cpuprofile     string
+	profileFor     time.Duration
 	commitInterval string
 	peer           string
 	hopping        bool
@@ -76,6 +77,7 @@ func main() {
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory")
 	flag.StringVar(&o.peer, "peer", "bin/goka-peer", "goka peer binary (bench/peer); empty skips it")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write CPU profiles of the worker: its aggregation to this file, its recovery to the file with .recovery appended")
+	flag.DurationVar(&o.profileFor, "cpuprofile-for", 2*time.Second, "how long each -cpuprofile profile samples, from the worker's start (whole seconds)")
 	flag.StringVar(&o.commitInterval, "commit-interval", "1s", "the worker's COMMIT_INTERVAL: the last commit comes up to one interval after the last event")
 	flag.BoolVar(&o.failover, "failover", false, "run only the failover benchmark: kill -9 of the owner of a partition with -failover-records changelog records among three workers, cold and with standby copies")
 	flag.IntVar(&o.failoverRuns, "failover-runs", envInt("FAILOVER_RUNS", 3), "runs of the failover benchmark, each setting from scratch")
@@ -339,7 +341,7 @@ func runWorker(o options, addr, dataDir, group string, want int64, env ...string
 	}
 	profiled := make(chan error, 1)
 	if o.cpuprofile != "" {
-		go func() { profiled <- fetchProfile(o.cpuprofile) }()
+		go func() { profiled <- fetchProfile(o.cpuprofile, o.profileFor) }()
 	} else {
 		profiled <- nil
 	}
@@ -471,11 +473,11 @@ func bareConsume(addr string, topics []string, partitions int) (float64, error) 
 }
 
 // fetchProfile records 2 seconds of the worker's CPU profile.
-func fetchProfile(path string) error {
+func fetchProfile(path string, d time.Duration) error {
 	var resp *http.Response
 	var err error
 	for range 500 { // the worker may not be listening yet
-		if resp, err = http.Get("http://127.0.0.1:6061/debug/pprof/profile?seconds=2"); err == nil {
+		if resp, err = http.Get("http://127.0.0.1:6061/debug/pprof/profile?seconds=" + strconv.Itoa(max(1, int(d.Seconds())))); err == nil {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)

@@ -139,7 +139,7 @@ func recoverWorker(o options, addr, dataDir string) (records int64, seconds, cpu
 	defer stopProcess(cmd)
 	profiled := make(chan error, 1)
 	if o.cpuprofile != "" {
-		go func() { profiled <- fetchProfile(o.cpuprofile + ".recovery") }()
+		go func() { profiled <- fetchProfile(o.cpuprofile+".recovery", o.profileFor) }()
 	} else {
 		profiled <- nil
 	}

@@ -15,6 +15,7 @@ package table
 import (
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -127,6 +128,10 @@ type part[V any] struct {
 	valBuf   []byte
 	// expiredTo is the expiry cut-off of the last expiry (windowed tables).
 	expiredTo int64
+	// rangedTo is the cut-off of the last expiry range deletion stored,
+	// ranging that of the one the last Flush's batch holds; both are
+	// math.MinInt64 when there is none.
+	ranging, rangedTo int64
 	// Windowed tables close windows: every window starting before closed
 	// is closed and its result emitted (durable: in the store's checkpoint
 	// and the changelog). closing is where the last Flush closed up to,
@@ -138,6 +143,9 @@ type part[V any] struct {
 	observed int64
 	starts   []int64
 }
+
+// forgetRanges makes the next expiry delete its range again.
+func (pt *part[V]) forgetRanges() { pt.ranging, pt.rangedTo = math.MinInt64, math.MinInt64 }
 
 // checkpoint is the partition's checkpoint; pt.mu is held.
 func (pt *part[V]) checkpoint() store.Checkpoint {
@@ -173,6 +181,7 @@ func (c *core[V]) Assign(p int32) (store.Checkpoint, bool, error) {
 		return cp, false, err
 	}
 	pt := &part[V]{cache: make(map[string]*entry[V]), offset: -1}
+	pt.forgetRanges()
 	if ok {
 		pt.offset, pt.watermark, pt.closed = cp.Offset, cp.Watermark, cp.Closed
 	}
@@ -212,6 +221,7 @@ func (c *core[V]) Wipe(p int32) error {
 		clear(pt.cache)
 		pt.dirty, pt.offset, pt.watermark = nil, -1, 0
 		pt.closed, pt.closing, pt.wallClose = 0, 0, 0
+		pt.forgetRanges()
 		pt.mu.Unlock()
 	}
 	return nil
@@ -389,6 +399,7 @@ func (c *core[V]) Flushed(p int32) {
 	defer pt.mu.Unlock()
 	pt.flushing = pt.flushing[:0]
 	pt.closed = max(pt.closed, pt.closing)
+	pt.rangedTo = max(pt.rangedTo, pt.ranging)
 	if len(pt.cache) > maxCleanEntries {
 		for k, e := range pt.cache {
 			if !e.dirty {

@@ -1028,6 +1028,64 @@ func TestWindowedExpiryOfDirtyWindow(t *testing.T) {
 	wantGet(t, "store after Write: /new", v, ok, err, 1, true)
 }
 
+// TestWindowedExpiryAfterFailedFlush: a flush whose store batch never
+// committed did not delete the expired window, so the next flush must,
+// though the expiry cut-off has not moved since; and a replay that writes an
+// expired window again (a copy caught up from the changelog) is deleted at
+// the next flush with the same cut-off.
+func TestWindowedExpiryAfterFailedFlush(t *testing.T) {
+	db := newDB(t)
+	c := &clock{now: t0}
+	tb := newViews(db, win, c)
+	assign(t, tb, 0)
+	updateAt(t, tb, 0, "/old", t0)
+	commitFlush(t, db, tb, 0, t0, 0)
+	updateAt(t, tb, 0, "/new", t0.Add(10*time.Minute))
+
+	// The flush that expires window t0: its batch is dropped, as when the
+	// store write fails.
+	if _, err := tb.Flush(0, t0); err != nil {
+		t.Fatal(err)
+	}
+	b := db.NewBatch()
+	if err := tb.Write(0, b, 1); err != nil {
+		t.Fatal(err)
+	}
+	b.Discard()
+	stored := func(when string, key string, start int64, want bool) {
+		t.Helper()
+		peek := newViews(db, forever, c)
+		assign(t, peek, 0)
+		v, ok, err := peek.Get(0, key, start)
+		if err != nil || ok != want {
+			t.Errorf("%s: store holds %s@%d = %d, %v, %v; want held %v", when, key, start, v, ok, err, want)
+		}
+	}
+	stored("after the failed flush", "/old", t0ms, true)
+
+	// The flush done again, and one more with nothing new: both at the same
+	// cut-off.
+	commitFlush(t, db, tb, 0, t0, 1)
+	stored("after the flush done again", "/old", t0ms, false)
+	stored("after the flush done again", "/new", t0ms+10*60_000, true)
+
+	// A replay writes the expired window again; the next flush, at the
+	// same cut-off, deletes it.
+	b = db.NewBatch()
+	if err := tb.Restore(0, b, fmt.Appendf(nil, "/old|%d", t0ms), []byte("7"), t0.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	stored("after the replay", "/old", t0ms, true)
+	updateAt(t, tb, 0, "/new", t0.Add(10*time.Minute))
+	commitFlush(t, db, tb, 0, t0, 2)
+	stored("after the flush that followed the replay", "/old", t0ms, false)
+	v, ok, err := tb.Get(0, "/new", t0ms+10*60_000)
+	wantGet(t, "Get(/new)", v, ok, err, 2, true)
+}
+
 func TestWindowedRecoveredExpires(t *testing.T) {
 	db := newDB(t)
 	c := &clock{now: t0}

@@ -363,6 +363,16 @@ func (t *Windowed[V]) expire(p int32, pt *part[V], b *store.Batch) error {
 		return nil
 	}
 	first := t.win.FirstLive(pt.watermark)
+	// Every range deletion starts at the partition's first key, so one
+	// that committed covers whatever an equal cut-off would delete again,
+	// and a window written below it since (only a late update to a
+	// window that expired before it closed) goes with the next cut-off.
+	// Repeating it at every flush left a range tombstone in each memtable
+	// and level-0 table, which every store lookup then had to check.
+	if first <= pt.rangedTo {
+		return nil
+	}
+	pt.ranging = first
 	if err := b.DeleteBelow(t.name, p, appendWindowKey(nil, first, "")); err != nil {
 		return err
 	}
@@ -417,6 +427,7 @@ func (t *Windowed[V]) Restore(p int32, b *store.Batch, key, value []byte, ts tim
 	if ms := ts.UnixMilli(); ms > pt.watermark {
 		pt.watermark = ms
 	}
+	pt.forgetRanges() // the replay may write expired windows again
 	if string(key) == closedKey {
 		below, err := strconv.ParseInt(string(value), 10, 64)
 		if err != nil {
