@@ -26,6 +26,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -47,7 +48,14 @@ type DB struct {
 	bgErrors *atomic.Int64
 	writer   sstable.WriterOptions // for the table files of NewLoadBatch
 	fs       vfs.FS
+	// closing guards Keys, which background work calls, against Close:
+	// Pebble must not close with an iterator open.
+	closing sync.RWMutex
+	closed  bool
 }
+
+// ErrClosed is what Keys returns once Close has begun.
+var ErrClosed = errors.New("store closed")
 
 // Stats are what the store reports for gauges.
 type Stats struct {
@@ -376,6 +384,9 @@ func open(dir string, lock *pebble.Lock, fs vfs.FS, log *slog.Logger) (*DB, erro
 // Close flushes memtables, closes the store and releases its directory.
 func (d *DB) Close() error {
 	defer d.lock.Close()
+	d.closing.Lock()
+	d.closed = true
+	d.closing.Unlock()
 	if err := d.pdb.Flush(); err != nil {
 		_ = d.pdb.Close()
 		return fmt.Errorf("flush store: %w", err)
@@ -544,6 +555,39 @@ func (d *DB) scan(table string, partition int32, lo, hi []byte, fn func(userKey,
 		}
 	}
 	return it.Close()
+}
+
+// Keys calls fn with up to limit user keys of a table partition, in order,
+// from the first after the user key after (from the first key when after
+// is nil). It returns the last key it passed to fn and whether the
+// partition holds more; after Close it returns ErrClosed.
+func (d *DB) Keys(table string, partition int32, after []byte, limit int, fn func(userKey []byte)) (last []byte, more bool, err error) {
+	d.closing.RLock()
+	defer d.closing.RUnlock()
+	if d.closed {
+		return nil, false, ErrClosed
+	}
+	lo, hi := dataBounds(table, partition)
+	if after != nil {
+		// The smallest key greater than after: after with a zero byte.
+		lo = append(AppendDataKey(nil, table, partition, after), 0)
+	}
+	it, err := d.pdb.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return nil, false, err
+	}
+	skip := len(prefix(kindData, table, partition, 0))
+	n := 0
+	ok := it.First()
+	for ; ok && n < limit; ok = it.Next() {
+		last = append(last[:0], it.Key()[skip:]...)
+		fn(last)
+		n++
+	}
+	if err := it.Close(); err != nil {
+		return nil, false, err
+	}
+	return last, ok, nil
 }
 
 // upperBound returns the smallest key greater than every key with prefix p.

@@ -823,3 +823,55 @@ func TestStatsMemory(t *testing.T) {
 		t.Errorf("stats %+v: want memtable bytes above 0 and no background error", st)
 	}
 }
+
+// TestKeysPages: Keys yields a partition's user keys in order, limit at a
+// time from after the last one, none of a neighbour's; after Close it
+// returns ErrClosed.
+func TestKeysPages(t *testing.T) {
+	dir := t.TempDir()
+	db, _, err := store.Open(dir, discardLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := db.NewBatch()
+	var want []string
+	for i := range 25 {
+		k := fmt.Sprintf("k%02d", i)
+		want = append(want, k)
+		for _, p := range []int32{2, 3, 4} {
+			if err := b.SetData("views", p, []byte(k), []byte("1")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := b.SetData("totals", 3, []byte(k), []byte("1")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	var after []byte
+	for pages := 1; ; pages++ {
+		last, more, err := db.Keys("views", 3, after, 10, func(k []byte) { got = append(got, string(k)) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !more {
+			if pages != 3 {
+				t.Errorf("%d pages of 10 for 25 keys, want 3", pages)
+			}
+			break
+		}
+		after = slices.Clone(last)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("Keys = %q, want %q", got, want)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := db.Keys("views", 3, nil, 10, func([]byte) {}); !errors.Is(err, store.ErrClosed) {
+		t.Errorf("Keys after Close = %v, want ErrClosed", err)
+	}
+}

@@ -81,7 +81,10 @@ type core[V any] struct {
 	mu    sync.RWMutex
 	parts map[int32]*part[V]
 
-	retrieved, updated, deleted, expired atomic.Int64
+	retrieved, updated, deleted, expired, skipped atomic.Int64
+	// filtering counts the partitions with a key filter (built or being
+	// built), whose data writes must add their keys to it.
+	filtering atomic.Int32
 }
 
 // Stats are a table's cumulative counters and its cache size.
@@ -90,6 +93,7 @@ type Stats struct {
 	Updated   int64 // keys flushed to the changelog
 	Deleted   int64 // keys deleted by changelog tombstones
 	Expired   int64 // windows expired
+	Skipped   int64 // store lookups skipped: the key filter had never seen the key
 	Cached    int   // keys in the write-back caches
 }
 
@@ -97,7 +101,7 @@ type Stats struct {
 func (c *core[V]) Stats() Stats {
 	st := Stats{
 		Retrieved: c.retrieved.Load(), Updated: c.updated.Load(),
-		Deleted: c.deleted.Load(), Expired: c.expired.Load(),
+		Deleted: c.deleted.Load(), Expired: c.expired.Load(), Skipped: c.skipped.Load(),
 	}
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -128,6 +132,18 @@ type part[V any] struct {
 	valBuf   []byte
 	// expiredTo is the expiry cut-off of the last expiry (windowed tables).
 	expiredTo int64
+	// filter, once built, answers whether the store may hold a key, so a
+	// cache miss of a key it has never seen skips the store lookup;
+	// building is the next filter, while its keys are read from the store
+	// (from the partition's first update, and after a flush once the
+	// filter holds twice the keys it was built with: deleted keys stay in
+	// it). A build reads the store, so it starts only when every key
+	// written so far is there.
+	// Every data write adds its key to both. builtKeys is the filter's
+	// keys when built; unfiltered is set when a build failed.
+	filter, building *keyFilter
+	builtKeys        int
+	unfiltered       bool
 	// rangedTo is the cut-off of the last expiry range deletion stored,
 	// ranging that of the one the last Flush's batch holds; both are
 	// math.MinInt64 when there is none.
@@ -195,8 +211,95 @@ func (c *core[V]) Assign(p int32) (store.Checkpoint, bool, error) {
 // assignment; unflushed updates are dropped, so flush first.
 func (c *core[V]) Revoke(p int32) {
 	c.mu.Lock()
+	pt := c.parts[p]
 	delete(c.parts, p)
 	c.mu.Unlock()
+	if pt != nil {
+		pt.mu.Lock()
+		c.dropFilter(pt) // a build in progress stops
+		pt.mu.Unlock()
+	}
+}
+
+// startBuild starts building partition pt's key filter from the store, in
+// the background; pt.mu is held. Until it is built, the filter in use (if
+// any) answers.
+func (c *core[V]) startBuild(p int32, pt *part[V], capacity int) {
+	if pt.filter == nil {
+		c.filtering.Add(1)
+	}
+	f := newKeyFilter(capacity)
+	pt.building = f
+	go c.build(p, pt, f)
+}
+
+// buildChunk is how many keys a build reads from the store at a time, and
+// adds with the partition locked.
+const buildChunk = 1024
+
+// builtChunk, when set (by tests), is called after each chunk a build adds.
+var builtChunk func()
+
+// build adds every key the store holds for partition pt to f, then makes f
+// the partition's filter. A write made meanwhile adds its key itself, so a
+// key stored before or during the build is in f; one the scan reads and a
+// write adds again is counted once.
+func (c *core[V]) build(p int32, pt *part[V], f *keyFilter) {
+	hashes := make([]uint64, 0, buildChunk)
+	var after []byte
+	for {
+		hashes = hashes[:0]
+		last, more, err := c.db.Keys(c.name, p, after, buildChunk, func(k []byte) {
+			hashes = append(hashes, hashKey(k))
+		})
+		after = append(after[:0], last...)
+		pt.mu.Lock()
+		if pt.building != f { // revoked, or replaced
+			pt.mu.Unlock()
+			return
+		}
+		if err != nil {
+			// The table works without a filter: every miss reads the
+			// store, as before there was one. The lookups that follow
+			// report a failing store.
+			pt.unfiltered = true
+			c.dropFilter(pt)
+			pt.mu.Unlock()
+			return
+		}
+		for _, h := range hashes {
+			f.add(h)
+		}
+		if !more {
+			pt.filter, pt.building, pt.builtKeys = f, nil, f.keys
+		}
+		pt.mu.Unlock()
+		if !more {
+			return
+		}
+		if builtChunk != nil {
+			builtChunk()
+		}
+	}
+}
+
+// dropFilter forgets partition pt's filters; pt.mu is held.
+func (c *core[V]) dropFilter(pt *part[V]) {
+	if pt.filter != nil || pt.building != nil {
+		c.filtering.Add(-1)
+	}
+	pt.filter, pt.building = nil, nil
+}
+
+// remember adds a key written to the store to partition pt's filters;
+// pt.mu is held.
+func (c *core[V]) remember(p int32, pt *part[V], h uint64) {
+	if pt.building != nil {
+		pt.building.add(h)
+	}
+	if pt.filter != nil {
+		pt.filter.add(h)
+	}
 }
 
 // Partitions lists the partitions this worker holds.
@@ -237,6 +340,11 @@ func (c *core[V]) update(p int32, pt *part[V], userKey []byte, fn func(V) V) err
 		}
 		return nil
 	}
+	if pt.filter == nil && pt.building == nil && !pt.unfiltered {
+		// Started here, not at Assign: a partition's updates begin once
+		// its recovery is stored, and never run beside a replay into it.
+		c.startBuild(p, pt, 0)
+	}
 	v, _, err := c.load(p, pt, userKey)
 	if err != nil {
 		return err
@@ -250,6 +358,10 @@ func (c *core[V]) update(p int32, pt *part[V], userKey []byte, fn func(V) V) err
 // load reads userKey from the store; pt.mu is held.
 func (c *core[V]) load(p int32, pt *part[V], userKey []byte) (V, bool, error) {
 	var zero V
+	if pt.filter != nil && !pt.filter.mayHold(hashKey(userKey)) {
+		c.skipped.Add(1)
+		return zero, false, nil
+	}
 	buf, ok, err := c.db.Get(pt.valBuf[:0], store.DataKey(c.name, p, userKey))
 	pt.valBuf = buf
 	if err != nil {
@@ -376,6 +488,9 @@ func (c *core[V]) write(p int32, b *store.Batch, offset int64, expire func(pt *p
 		if err := b.SetData(c.name, p, []byte(f.key), f.value); err != nil {
 			return err
 		}
+		if pt.filter != nil || pt.building != nil {
+			c.remember(p, pt, hashString(f.key))
+		}
 	}
 	if expire != nil {
 		if err := expire(pt); err != nil {
@@ -400,6 +515,12 @@ func (c *core[V]) Flushed(p int32) {
 	pt.flushing = pt.flushing[:0]
 	pt.closed = max(pt.closed, pt.closing)
 	pt.rangedTo = max(pt.rangedTo, pt.ranging)
+	// Build the filter again once it has grown to twice its keys: it keeps
+	// the keys of expired windows. Only here, with every key written so far
+	// in the store, which the build reads.
+	if pt.filter != nil && pt.building == nil && pt.filter.keys > 2*pt.builtKeys+firstFilterKeys {
+		c.startBuild(p, pt, pt.filter.keys)
+	}
 	if len(pt.cache) > maxCleanEntries {
 		for k, e := range pt.cache {
 			if !e.dirty {
@@ -472,8 +593,22 @@ func (t *Table[V]) Write(p int32, b *store.Batch, offset int64) error {
 
 // Restore applies one changelog record to batch b during recovery.
 func (t *Table[V]) Restore(p int32, b *store.Batch, key, value []byte, _ time.Time) error {
-	_, err := t.restore(p, b, key, value, nil)
-	return err
+	uk, err := t.restore(p, b, key, value, nil)
+	if err != nil || value == nil || t.filtering.Load() == 0 {
+		// No partition has a filter: the usual case of a replay, which
+		// runs before its partition's first update starts one.
+		return err
+	}
+	pt, err := t.part(p)
+	if err != nil {
+		return err
+	}
+	pt.mu.Lock()
+	if pt.filter != nil || pt.building != nil {
+		t.remember(p, pt, hashKey(uk))
+	}
+	pt.mu.Unlock()
+	return nil
 }
 
 // Recovered finishes recovery of partition p once the store holds every
