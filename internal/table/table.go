@@ -15,6 +15,7 @@ package table
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"strconv"
 	"strings"
@@ -78,8 +79,12 @@ type core[V any] struct {
 	toChangelog   func(dst, userKey []byte) []byte
 	fromChangelog func(dst, changelogKey []byte) ([]byte, error)
 
-	mu    sync.RWMutex
-	parts map[int32]*part[V]
+	// parts maps partitions to their state. Assign and Revoke, rare,
+	// replace the map under mu; every update reads it without a lock (a
+	// read lock's shared counter, written by every partition's goroutine,
+	// cost more than the lookup).
+	mu    sync.Mutex
+	parts atomic.Pointer[map[int32]*part[V]]
 
 	retrieved, updated, deleted, expired, skipped atomic.Int64
 	// filtering counts the partitions with a key filter (built or being
@@ -103,9 +108,7 @@ func (c *core[V]) Stats() Stats {
 		Retrieved: c.retrieved.Load(), Updated: c.updated.Load(),
 		Deleted: c.deleted.Load(), Expired: c.expired.Load(), Skipped: c.skipped.Load(),
 	}
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	for _, pt := range c.parts {
+	for _, pt := range *c.parts.Load() {
 		pt.mu.Lock()
 		st.Cached += len(pt.cache)
 		pt.mu.Unlock()
@@ -180,9 +183,7 @@ func (c *core[V]) Name() string { return c.name }
 func (c *core[V]) Changelog() string { return c.changelog }
 
 func (c *core[V]) part(p int32) (*part[V], error) {
-	c.mu.RLock()
-	pt := c.parts[p]
-	c.mu.RUnlock()
+	pt := (*c.parts.Load())[p]
 	if pt == nil {
 		return nil, fmt.Errorf("table %s partition %d: %w", c.name, p, ErrNotAssigned)
 	}
@@ -201,19 +202,14 @@ func (c *core[V]) Assign(p int32) (store.Checkpoint, bool, error) {
 	if ok {
 		pt.offset, pt.watermark, pt.closed = cp.Offset, cp.Watermark, cp.Closed
 	}
-	c.mu.Lock()
-	c.parts[p] = pt
-	c.mu.Unlock()
+	c.setPart(p, pt)
 	return cp, ok, nil
 }
 
 // Revoke forgets partition p. Its store contents stay for a later
 // assignment; unflushed updates are dropped, so flush first.
 func (c *core[V]) Revoke(p int32) {
-	c.mu.Lock()
-	pt := c.parts[p]
-	delete(c.parts, p)
-	c.mu.Unlock()
+	pt := c.setPart(p, nil)
 	if pt != nil {
 		pt.mu.Lock()
 		c.dropFilter(pt) // a build in progress stops
@@ -302,12 +298,28 @@ func (c *core[V]) remember(p int32, pt *part[V], h uint64) {
 	}
 }
 
+// setPart replaces partition p's state with pt (nil removes it) and
+// returns the state it replaced.
+func (c *core[V]) setPart(p int32, pt *part[V]) *part[V] {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := *c.parts.Load()
+	m := maps.Clone(old)
+	prev := m[p]
+	if pt == nil {
+		delete(m, p)
+	} else {
+		m[p] = pt
+	}
+	c.parts.Store(&m)
+	return prev
+}
+
 // Partitions lists the partitions this worker holds.
 func (c *core[V]) Partitions() []int32 {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	out := make([]int32, 0, len(c.parts))
-	for p := range c.parts {
+	m := *c.parts.Load()
+	out := make([]int32, 0, len(m))
+	for p := range m {
 		out = append(out, p)
 	}
 	return out
@@ -555,12 +567,13 @@ type Table[V any] struct {
 // New returns a plain table named name, backed by changelog.
 func New[V any](name, changelog string, codec Codec[V], db *store.DB) *Table[V] {
 	ident := func(dst, k []byte) []byte { return append(dst, k...) }
-	return &Table[V]{core[V]{
+	t := &Table[V]{core[V]{
 		name: name, changelog: changelog, codec: codec, db: db,
 		toChangelog:   ident,
 		fromChangelog: func(dst, k []byte) ([]byte, error) { return append(dst, k...), nil },
-		parts:         make(map[int32]*part[V]),
 	}}
+	t.parts.Store(&map[int32]*part[V]{})
+	return t
 }
 
 // Update applies fn to the value of key in partition p (the zero value when

@@ -59,16 +59,17 @@ const MaxClockSkew = 5 * time.Second
 
 // NewWindowed returns a windowed table. clock gives wall-clock time for Now.
 func NewWindowed[V any](name, changelog string, codec Codec[V], db *store.DB, win window.Hopping, clock func() time.Time) *Windowed[V] {
-	return &Windowed[V]{
+	t := &Windowed[V]{
 		core: core[V]{
 			name: name, changelog: changelog, codec: codec, db: db,
 			toChangelog:   windowToChangelog,
 			fromChangelog: windowFromChangelog,
-			parts:         make(map[int32]*part[V]),
 		},
 		win:   win,
 		clock: clock,
 	}
+	t.parts.Store(&map[int32]*part[V]{})
+	return t
 }
 
 // Window returns the table's window definition.
