@@ -443,15 +443,17 @@ func Rows() []Row {
 			},
 			{
 				Title: "Table key operations", Unit: "ops", Width: 12,
-				Tells: "Keys read from the store (cache misses), written to the changelog and store, and deleted (tombstones replayed), per table.",
-				Do:    "Many retrievals per update mean the cache is too small for the key space a partition sees.",
+				Tells: "Keys read from the store (cache misses), cache misses the key filter spared a store lookup (keys the store never held), keys written to the changelog and store, and deleted (tombstones replayed), per table.",
+				Do:    "Many retrievals per update mean the cache is too small for the key space a partition sees; skipped lookups are new keys, which cost no read.",
 				Prom: []Query{
 					{Expr: rateBy(m.KeysRetrieved, "table"), Legend: "{{table}} retrieved"},
+					{Expr: rateBy(m.LookupsSkipped, "table"), Legend: "{{table}} lookup skipped"},
 					{Expr: rateBy(m.KeysUpdated, "table"), Legend: "{{table}} updated"},
 					{Expr: rateBy(m.KeysDeleted, "table"), Legend: "{{table}} deleted"},
 				},
 				Datadog: []DDQuery{
 					{Query: ddq("sum", m.KeysRetrieved, "", "table", ".as_rate()"), Alias: "retrieved"},
+					{Query: ddq("sum", m.LookupsSkipped, "", "table", ".as_rate()"), Alias: "lookup skipped"},
 					{Query: ddq("sum", m.KeysUpdated, "", "table", ".as_rate()"), Alias: "updated"},
 					{Query: ddq("sum", m.KeysDeleted, "", "table", ".as_rate()"), Alias: "deleted"},
 				},

@@ -208,6 +208,7 @@ func (s *Sampler) Sample() {
 		st, prev := t.Stats(), s.last[name]
 		tag := Tag("table", name)
 		s.C.Count(KeysRetrieved, st.Retrieved-prev.Retrieved, tag)
+		s.C.Count(LookupsSkipped, st.Skipped-prev.Skipped, tag)
 		s.C.Count(KeysUpdated, st.Updated-prev.Updated, tag)
 		s.C.Count(KeysDeleted, st.Deleted-prev.Deleted, tag)
 		if d := st.Expired - prev.Expired; d > 0 || prev == (table.Stats{}) {

@@ -31,6 +31,7 @@ var (
 // Tables and state.
 var (
 	KeysRetrieved  = def("table_keys_retrieved", Count, "table keys read from the store (cache misses)", "table")
+	LookupsSkipped = def("table_lookups_skipped", Count, "cache misses that skipped the store lookup: the partition's key filter had never seen the key (a key's first update)", "table")
 	KeysUpdated    = def("table_keys_updated", Count, "table keys written to the changelog and store", "table")
 	KeysDeleted    = def("table_keys_deleted", Count, "table keys deleted (changelog tombstones replayed)", "table")
 	WindowExpiries = def("window_expiries", Count, "windows removed because they expired", "table")
