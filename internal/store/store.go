@@ -303,18 +303,12 @@ func open(dir string, lock *pebble.Lock, fs vfs.FS, log *slog.Logger) (*DB, erro
 	stalls, bgErrors := new(atomic.Int64), new(atomic.Int64)
 	background := &rateLimited{log: log, interval: time.Second}
 	opts := &pebble.Options{
-		// Pebble's 4 MiB memtables made a recovery write each record many
-		// times over (flushes of small overlapping tables, then their
-		// compactions); 32 MiB took a 1 M-record recovery from about 0.7
-		// to 1.1 M records/s. Long replays now bypass the memtable
-		// (NewLoadBatch), and the tables' key filters spare new keys the
-		// lookups that made more level-0 tables costly (8 MiB memtables
-		// were 72,000 against 123,000 events/s at 1 M pages before the
-		// filters, 177,000-179,000 against 160,000-170,000 after). The
-		// memtables are most of the live heap (on the Go heap without
-		// cgo), so 8 MiB halves the worker's RSS under steady load (about
-		// 150 against 300 MiB in the soak) for the same throughput and
-		// recovery at 10,000 pages.
+		// 4 MiB memtables made a recovery write each record many times
+		// over; long replays now bypass them (NewLoadBatch), and the key
+		// filters spare new keys the lookups that more level-0 tables made
+		// dear (1 M pages: 177,000-179,000 events/s at 8 MiB, 160,000-
+		// 170,000 at 32). They are most of the live heap without cgo: 8
+		// MiB halves RSS in the soak, at the same speed at 10,000 pages.
 		MemTableSize: 8 << 20,
 		// A recovery flushes memtable after memtable into level 0. With
 		// Pebble's threshold of 4 files it also compacted them while

@@ -281,15 +281,18 @@ func (c *core[V]) build(p int32, pt *part[V], f *keyFilter) {
 
 // dropFilter forgets partition pt's filters; pt.mu is held.
 func (c *core[V]) dropFilter(pt *part[V]) {
-	if pt.filter != nil || pt.building != nil {
+	if pt.filtered() {
 		c.filtering.Add(-1)
 	}
 	pt.filter, pt.building = nil, nil
 }
 
-// remember adds a key written to the store to partition pt's filters;
-// pt.mu is held.
-func (c *core[V]) remember(p int32, pt *part[V], h uint64) {
+// filtered reports whether pt has a filter, built or being built, that a
+// data write must add its key to; pt.mu is held.
+func (pt *part[V]) filtered() bool { return pt.filter != nil || pt.building != nil }
+
+// remember adds a key written to the store to pt's filters; pt.mu is held.
+func (pt *part[V]) remember(h uint64) {
 	if pt.building != nil {
 		pt.building.add(h)
 	}
@@ -500,8 +503,8 @@ func (c *core[V]) write(p int32, b *store.Batch, offset int64, expire func(pt *p
 		if err := b.SetData(c.name, p, []byte(f.key), f.value); err != nil {
 			return err
 		}
-		if pt.filter != nil || pt.building != nil {
-			c.remember(p, pt, hashString(f.key))
+		if pt.filtered() {
+			pt.remember(hashString(f.key))
 		}
 	}
 	if expire != nil {
@@ -617,8 +620,8 @@ func (t *Table[V]) Restore(p int32, b *store.Batch, key, value []byte, _ time.Ti
 		return err
 	}
 	pt.mu.Lock()
-	if pt.filter != nil || pt.building != nil {
-		t.remember(p, pt, hashKey(uk))
+	if pt.filtered() {
+		pt.remember(hashKey(uk))
 	}
 	pt.mu.Unlock()
 	return nil

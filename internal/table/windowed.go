@@ -438,8 +438,8 @@ func (t *Windowed[V]) Restore(p int32, b *store.Batch, key, value []byte, ts tim
 		return nil
 	}
 	pt.scratch, err = t.restore(p, b, key, value, pt.scratch)
-	if err == nil && value != nil && (pt.filter != nil || pt.building != nil) {
-		t.remember(p, pt, hashKey(pt.scratch))
+	if err == nil && value != nil && pt.filtered() {
+		pt.remember(hashKey(pt.scratch))
 	}
 	return err
 }
