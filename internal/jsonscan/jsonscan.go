@@ -7,6 +7,7 @@
 package jsonscan
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"time"
@@ -141,7 +142,15 @@ func plainString(b []byte, i int) ([]byte, int, bool) {
 	if i >= len(b) || b[i] != '"' {
 		return nil, i, false
 	}
-	for j := i + 1; j < len(b); j++ {
+	j := i + 1
+	// Eight bytes at a time while none of them ends the string or makes it
+	// one this scanner refuses; the loop below finds which one does.
+	for ; j+8 <= len(b); j += 8 {
+		if special(binary.LittleEndian.Uint64(b[j:])) {
+			break
+		}
+	}
+	for ; j < len(b); j++ {
 		switch c := b[j]; {
 		case c == '"':
 			return b[i+1 : j], j + 1, true
@@ -152,26 +161,51 @@ func plainString(b []byte, i int) ([]byte, int, bool) {
 	return nil, i, false
 }
 
+// special reports whether any of the eight bytes in x is '"', '\\', a
+// control character (below 0x20) or not ASCII (0x80 and above).
+func special(x uint64) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	zeroIn := func(v uint64) uint64 { return (v - ones) & ^v & highs } // a zero byte in v
+	below20 := (x - 0x20*ones) & ^x & highs                            // a byte below 0x20
+	return (x&highs | below20 | zeroIn(x^('"'*ones)) | zeroIn(x^('\\'*ones))) != 0
+}
+
 // MillisUTC parses exactly "2006-01-02T15:04:05.000Z", a valid date.
 func MillisUTC(s []byte) (time.Time, bool) {
 	if len(s) != 24 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':' || s[19] != '.' || s[23] != 'Z' {
 		return time.Time{}, false
 	}
-	ok := true
-	num := func(from, to int) int {
-		n := 0
-		for _, c := range s[from:to] {
-			ok = ok && c >= '0' && c <= '9'
-			n = n*10 + int(c-'0')
-		}
-		return n
-	}
-	year, month, day := num(0, 4), num(5, 7), num(8, 10)
-	hour, minute, sec, ms := num(11, 13), num(14, 16), num(17, 19), num(20, 23)
-	if !ok || month < 1 || month > 12 || day < 1 || day > daysIn(month, year) || hour > 23 || minute > 59 || sec > 59 {
+	c := (*[24]byte)(s)
+	v := func(i int) byte { return c[i] - '0' } // a digit's value; above 9 (wrapped) if not a digit
+	if max(v(0), v(1), v(2), v(3), v(5), v(6), v(8), v(9), v(11), v(12), v(14), v(15), v(17), v(18), v(20), v(21), v(22)) > 9 {
 		return time.Time{}, false
 	}
-	return time.Date(year, time.Month(month), day, hour, minute, sec, ms*int(time.Millisecond), time.UTC), true
+	d := func(i int) int { return int(v(i)) }
+	year := d(0)*1000 + d(1)*100 + d(2)*10 + d(3)
+	month, day := d(5)*10+d(6), d(8)*10+d(9)
+	hour, minute, sec := d(11)*10+d(12), d(14)*10+d(15), d(17)*10+d(18)
+	ms := d(20)*100 + d(21)*10 + d(22)
+	if month < 1 || month > 12 || day < 1 || day > daysIn(month, year) || hour > 23 || minute > 59 || sec > 59 {
+		return time.Time{}, false
+	}
+	secs := (daysSinceEpoch(year, month, day)*24+int64(hour))*3600 + int64(minute)*60 + int64(sec)
+	return time.UnixMilli(secs*1000 + int64(ms)).UTC(), true
+}
+
+// daysSinceEpoch counts the days from 1970-01-01 to a date of the
+// proleptic Gregorian calendar (year 0 to 9999): whole 400-year cycles,
+// then years counted from March, so that February's leap day is the last
+// day of a year.
+func daysSinceEpoch(year, month, day int) int64 {
+	if month <= 2 {
+		year--
+	}
+	year += 400 // year 0's January and February belong to year -1
+	cycle := year / 400
+	yoc := year - cycle*400                            // year of cycle, 0-399
+	doy := (153*((month+9)%12)+2)/5 + day - 1          // day of the year from March 1
+	doc := yoc*365 + yoc/4 - yoc/100 + doy             // day of the cycle
+	return int64(cycle-1)*146097 + int64(doc) - 719468 // 719468: days from 0000-03-01 to 1970-01-01
 }
 
 func daysIn(month, year int) int {

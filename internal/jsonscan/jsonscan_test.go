@@ -89,8 +89,30 @@ func FuzzObjectAgrees(f *testing.F) {
 }
 
 // FuzzMillisUTC: MillisUTC accepts only what time.Parse reads the same.
+// TestMillisUTCEveryDay reads a time of every day of the years 0000 to
+// 9999 (each at another time of day) and compares with the time it wrote.
+func TestMillisUTCEveryDay(t *testing.T) {
+	const layout = "2006-01-02T15:04:05.000Z07:00"
+	end := time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
+	step := 24*time.Hour + time.Hour + time.Minute + time.Second + time.Millisecond
+	n := 0
+	var buf []byte
+	for ts := time.Date(0, 1, 1, 0, 0, 0, 0, time.UTC); ts.Before(end); ts = ts.Add(step) {
+		buf = ts.AppendFormat(buf[:0], layout)
+		got, ok := jsonscan.MillisUTC(buf)
+		if !ok || !got.Equal(ts) {
+			t.Fatalf("%s: MillisUTC %v, %v", buf, got, ok)
+		}
+		n++
+	}
+	if n < 3_400_000 {
+		t.Fatalf("only %d days read", n)
+	}
+}
+
 func FuzzMillisUTC(f *testing.F) {
-	for _, s := range []string{"2026-11-26T16:00:00.123Z", "2024-02-29T23:59:59.999Z", "2023-02-29T00:00:00.000Z", "2026-13-01T00:00:00.000Z"} {
+	for _, s := range []string{"2026-11-26T16:00:00.123Z", "2024-02-29T23:59:59.999Z", "2023-02-29T00:00:00.000Z", "2026-13-01T00:00:00.000Z",
+		"0000-01-01T00:00:00.000Z", "0000-02-29T12:00:00.000Z", "1900-02-29T00:00:00.000Z", "1969-12-31T23:59:59.999Z", "9999-12-31T23:59:59.999Z", "2026-1:-01T00:00:00.000Z"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {

@@ -68,7 +68,7 @@ func NewWindowed[V any](name, changelog string, codec Codec[V], db *store.DB, wi
 		win:   win,
 		clock: clock,
 	}
-	t.parts.Store(&map[int32]*part[V]{})
+	t.parts.Store(&[]*part[V]{})
 	return t
 }
 

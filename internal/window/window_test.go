@@ -1,6 +1,7 @@
 package window_test
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -243,5 +244,30 @@ func TestWords(t *testing.T) {
 		if got := window.Words(size); got != want {
 			t.Errorf("Words(%v) = %q, want %q", size, got, want)
 		}
+	}
+}
+
+func TestCheckTimeBounds(t *testing.T) {
+	first := time.Date(0, 1, 1, 0, 0, 0, 0, time.UTC)
+	after := time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
+	far := after.Add(time.Hour) // no bound below is in the future
+	for _, c := range []struct {
+		ts   time.Time
+		want error
+	}{
+		{first, nil},
+		{first.Add(-time.Nanosecond), window.ErrBadTime},
+		{first.In(time.FixedZone("east", 3600)), nil},
+		{after.Add(-time.Nanosecond), nil},
+		{after, window.ErrBadTime},
+		{far.Add(window.MaxFuture + time.Second), window.ErrBadTime},
+	} {
+		if err := window.CheckTime(c.ts, far); !errors.Is(err, c.want) {
+			t.Errorf("CheckTime(%s): %v, want %v", c.ts.Format(time.RFC3339Nano), err, c.want)
+		}
+	}
+	now := time.Date(2026, 12, 6, 3, 0, 0, 0, time.UTC)
+	if err := window.CheckTime(now.Add(window.MaxFuture+time.Millisecond), now); !errors.Is(err, window.ErrFuture) {
+		t.Errorf("an hour and a millisecond ahead: %v, want %v", err, window.ErrFuture)
 	}
 }
