@@ -26,6 +26,17 @@ import (
 // commits ahead of its interval.
 const idleCommit = 50 * time.Millisecond
 
+// A partition that has just worked through a backlog (drainedBacklog
+// records or more since its last flush, and the broker holds nothing
+// more) commits after drainedIdle without records, and without the
+// quarter-interval spacing: the records decide how often that can be, at
+// most once per drainedBacklog of them, so a sparse stream is not
+// committed more often than before.
+const (
+	drainedBacklog = 4096
+	drainedIdle    = 5 * time.Millisecond
+)
+
 // Options wire a Runtime.
 type Options struct {
 	Topic           string // the source topic
@@ -407,12 +418,12 @@ func (w *partitionWorker) loop(ctx context.Context, msgs <-chan *sarama.Consumer
 				return w.stop(ctx)
 			}
 			r.o.State.beat(w.p)
-			idle.Reset(idleCommit)
+			idle.Reset(w.idleFor(msgs))
 		case <-idle.C:
 			if w.last == w.flushed {
 				break
 			}
-			if wait := r.o.CommitInterval/4 - time.Since(w.lastFlush); wait > 0 {
+			if wait := r.o.CommitInterval/4 - time.Since(w.lastFlush); wait > 0 && !w.drained(msgs) {
 				idle.Reset(wait) // committed a moment ago: commit once that is a quarter interval old
 				break
 			}
@@ -431,6 +442,28 @@ func (w *partitionWorker) loop(ctx context.Context, msgs <-chan *sarama.Consumer
 			return w.stop(ctx)
 		}
 	}
+}
+
+// drained reports whether the partition has worked through a backlog: at
+// least drainedBacklog records since its last flush (or the one in
+// flight), none waiting in msgs and none more in the broker as of the
+// last fetch (a transaction's commit marker may follow the last record).
+func (w *partitionWorker) drained(msgs <-chan *sarama.ConsumerMessage) bool {
+	since := w.flushed
+	if w.inflight != nil {
+		since = w.inflight.upto
+	}
+	return w.last-since >= drainedBacklog && len(msgs) == 0 &&
+		w.claim != nil && w.claim.HighWaterMarkOffset() <= w.last+2
+}
+
+// idleFor is how long the partition waits without records before it
+// commits ahead of its interval.
+func (w *partitionWorker) idleFor(msgs <-chan *sarama.ConsumerMessage) time.Duration {
+	if w.drained(msgs) {
+		return drainedIdle
+	}
+	return idleCommit
 }
 
 // commit flushes and commits in the loop, after the flush in flight; one
