@@ -821,6 +821,19 @@ func (s *metricSink) since(t time.Time, name, tag string) []metricSample {
 	return out
 }
 
+// lastMiB is the last value of gauge name that arrived, in MiB (0 if
+// none has).
+func (s *metricSink) lastMiB(name string) float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := len(s.samples) - 1; i >= 0; i-- {
+		if s.samples[i].name == name {
+			return s.samples[i].value / (1 << 20)
+		}
+	}
+	return 0
+}
+
 func (s *metricSink) close() {
 	_ = s.conn.Close()
 	<-s.done

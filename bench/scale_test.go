@@ -160,7 +160,7 @@ func TestSoakRSSWindows(t *testing.T) {
 		case at >= 4*time.Minute:
 			rss = 70
 		}
-		samples = append(samples, soakSample{at: at, rssMiB: rss})
+		samples = append(samples, soakSample{at: at, rssMiB: rss, cacheMiB: rss / 10})
 	}
 	baseAt, base, end := rssFigures(samples, 12*time.Minute)
 	if baseAt != 5*time.Minute || base < 64 || base > 66 || end < 77 || end > 80 {
@@ -174,6 +174,9 @@ func TestSoakRSSWindows(t *testing.T) {
 	}
 	if got := meanRSS(samples[:2], time.Hour, 2*time.Hour); got != 50 {
 		t.Errorf("meanRSS without samples in the window = %g, want the nearest one's", got)
+	}
+	if base, end := memoryFigures(samples, 12*time.Minute, memoryParts[1]); base < 6.4 || base > 6.6 || end < 7.7 || end > 8 {
+		t.Errorf("block cache figures %g, %g; want a tenth of the RSS figures", base, end)
 	}
 }
 

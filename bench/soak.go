@@ -42,7 +42,18 @@ type soakSample struct {
 	produced  int64         // views handed to the producer so far
 	committed int64         // the group's committed offsets, summed
 	end       int64         // the topic's high watermarks, summed
+	// What the worker last reported of its memory (DogStatsD gauges, sent
+	// every METRICS_INTERVAL), in MiB: Go heap objects, Pebble's block
+	// cache and memtables. 0 before the first report.
+	heapMiB, cacheMiB, memtableMiB float64
 }
+
+// The worker's gauges the soak follows besides its RSS.
+const (
+	heapMetric     = "pageviews.go_heap_bytes"
+	cacheMetric    = "pageviews.pebble_block_cache_bytes"
+	memtableMetric = "pageviews.pebble_memtable_bytes"
+)
 
 // soakFigures are the soak's results.
 type soakFigures struct {
@@ -52,6 +63,8 @@ type soakFigures struct {
 	behindMax        int64   // the most views the producer was behind its schedule
 	baseAt           time.Duration
 	baseMiB, endMiB  float64
+	// The same two means of the heap, block cache and memtable gauges.
+	baseParts, endParts [3]float64
 	peakMiB          float64 // VmHWM
 	latency          latencyFigures
 	minuteMeans      []float64
@@ -81,10 +94,11 @@ func soakBench(o options, cfg soakConfig) (map[string]string, error) {
 	if err := createTopics(addr, o.partitions, "page_views"); err != nil {
 		return nil, err
 	}
-	statsd, err := startStatsd()
+	sink, err := startMetricSink(latencyMetric, heapMetric, cacheMetric, memtableMetric)
 	if err != nil {
 		return nil, err
 	}
+	statsd := &statsdSink{sink}
 	defer statsd.close()
 	w, err := startSoakWorker(o, addr, filepath.Join(dir, "worker"), statsd.url())
 	if err != nil {
@@ -192,7 +206,7 @@ func soakRun(o options, cfg soakConfig, addr string, d time.Duration, w *soakWor
 		n, err := paceLoad(addr, cfg.pages, cfg.rate, d, &produced, &behind)
 		loaded <- loadResult{n, err}
 	}()
-	fmt.Printf("%8s %9s %12s %12s %10s %12s\n", "elapsed", "rss MiB", "produced", "committed", "lag", "views/s")
+	fmt.Printf("%8s %9s %8s %8s %8s %12s %12s %10s %12s\n", "elapsed", "rss MiB", "heap", "cache", "memtab", "produced", "committed", "lag", "views/s")
 	samples := []soakSample{probe.sample(w.cmd.Process.Pid, 0, 0)}
 	printSoakSample(samples[0], 0)
 	tick := time.NewTicker(soakInterval)
@@ -206,6 +220,7 @@ func soakRun(o options, cfg soakConfig, addr string, d time.Duration, w *soakWor
 			return fig, errors.New("worker exited during the soak")
 		case now := <-tick.C:
 			s := probe.sample(w.cmd.Process.Pid, now.Sub(start), produced.Load())
+			s.heapMiB, s.cacheMiB, s.memtableMiB = statsd.lastMiB(heapMetric), statsd.lastMiB(cacheMetric), statsd.lastMiB(memtableMetric)
 			if s.rssMiB == 0 {
 				return fig, errors.New("worker gone: no VmRSS")
 			}
@@ -230,6 +245,9 @@ func soakRun(o options, cfg soakConfig, addr string, d time.Duration, w *soakWor
 	time.Sleep(metricsDelay)
 	fig.latency = figuresOf(statsd.since(start))
 	fig.baseAt, fig.baseMiB, fig.endMiB = rssFigures(samples, d)
+	for i, part := range memoryParts {
+		fig.baseParts[i], fig.endParts[i] = memoryFigures(samples, d, part)
+	}
 	fig.minuteMeans = minuteMeans(samples, d)
 	return fig, nil
 }
@@ -338,7 +356,8 @@ func (l *lagProbe) waitCommitted(want int64, exited <-chan struct{}, timeout tim
 }
 
 func printSoakSample(s soakSample, rate float64) {
-	fmt.Printf("%8s %9.1f %12d %12d %10d %12.0f\n", s.at.Round(time.Second), s.rssMiB, s.produced, s.committed, s.end-s.committed, rate)
+	fmt.Printf("%8s %9.1f %8.1f %8.1f %8.1f %12d %12d %10d %12.0f\n", s.at.Round(time.Second), s.rssMiB, s.heapMiB, s.cacheMiB, s.memtableMiB,
+		s.produced, s.committed, s.end-s.committed, rate)
 }
 
 // rssNow returns the resident set size of pid in MiB, 0 when it is gone.
@@ -348,26 +367,52 @@ func rssNow(pid int) float64 { return procStatusMiB(pid, "VmRSS:") }
 // the mean of the samples in a minute, the minute around 5 minutes in (the
 // middle of a run shorter than 10 minutes) and the last one.
 func rssFigures(samples []soakSample, d time.Duration) (baseAt time.Duration, base, end float64) {
-	baseAt = 5 * time.Minute
-	if d < 10*time.Minute {
-		baseAt = d / 2
-	}
-	// The first sample, taken before the load, is in neither.
-	base = meanRSS(samples, max(baseAt-30*time.Second, 1), baseAt+30*time.Second)
-	end = meanRSS(samples, max(d-time.Minute, 1), d)
+	baseAt = soakBaseline(d)
+	base, end = memoryFigures(samples, d, func(s soakSample) float64 { return s.rssMiB })
 	return baseAt, base, end
+}
+
+// soakBaseline is when a soak of length d takes its baseline: 5 minutes
+// in, or the middle of a run shorter than 10 minutes.
+func soakBaseline(d time.Duration) time.Duration {
+	if d < 10*time.Minute {
+		return d / 2
+	}
+	return 5 * time.Minute
+}
+
+// memoryParts read the heap, block cache and memtable gauges of a sample.
+var memoryParts = [3]func(soakSample) float64{
+	func(s soakSample) float64 { return s.heapMiB },
+	func(s soakSample) float64 { return s.cacheMiB },
+	func(s soakSample) float64 { return s.memtableMiB },
+}
+
+// memoryFigures returns the mean of field over the minute around the
+// baseline and over the last minute of a soak of length d.
+func memoryFigures(samples []soakSample, d time.Duration, field func(soakSample) float64) (base, end float64) {
+	baseAt := soakBaseline(d)
+	// The first sample, taken before the load, is in neither.
+	base = meanOf(samples, max(baseAt-30*time.Second, 1), baseAt+30*time.Second, field)
+	end = meanOf(samples, max(d-time.Minute, 1), d, field)
+	return base, end
 }
 
 // meanRSS is the mean RSS of the samples taken in [from, to]; without any,
 // the RSS of the sample nearest to the middle.
 func meanRSS(samples []soakSample, from, to time.Duration) float64 {
+	return meanOf(samples, from, to, func(s soakSample) float64 { return s.rssMiB })
+}
+
+// meanOf is meanRSS of another field.
+func meanOf(samples []soakSample, from, to time.Duration, field func(soakSample) float64) float64 {
 	var sum float64
 	var n int
 	var nearest soakSample
 	mid := (from + to) / 2
 	for i, s := range samples {
 		if s.at >= from && s.at <= to {
-			sum += s.rssMiB
+			sum += field(s)
 			n++
 		}
 		if i == 0 || (s.at-mid).Abs() < (nearest.at-mid).Abs() {
@@ -375,7 +420,7 @@ func meanRSS(samples []soakSample, from, to time.Duration) float64 {
 		}
 	}
 	if n == 0 {
-		return nearest.rssMiB
+		return field(nearest)
 	}
 	return sum / float64(n)
 }
@@ -398,9 +443,22 @@ func printSoak(f soakFigures) {
 	}
 	fmt.Printf("rss: %.1f MiB around %s, %.1f MiB over the last minute, growth %+.1f MiB; peak (VmHWM) %.1f MiB\n",
 		f.baseMiB, f.baseAt, f.endMiB, f.endMiB-f.baseMiB, f.peakMiB)
+	fmt.Printf("of which (the worker's gauges, same minutes): %s\n", partsLine(f))
 	fmt.Printf("rss by minute (MiB): %s\n", joinFixed(f.minuteMeans))
 	fmt.Printf("latency over the soak: p50 %.1f ms, p99 %.1f ms (%d samples)\n", f.latency.p50, f.latency.p99, f.latency.samples)
 	fmt.Printf("worker log: %d warnings, %d errors\n", f.warnings, f.errors)
+}
+
+// partNames name memoryParts.
+var partNames = [3]string{"Go heap objects", "Pebble block cache", "Pebble memtables"}
+
+// partsLine tells how each gauge moved between the baseline and the end.
+func partsLine(f soakFigures) string {
+	parts := make([]string, len(partNames))
+	for i, name := range partNames {
+		parts[i] = fmt.Sprintf("%s %.1f -> %.1f MiB (%+.1f)", name, f.baseParts[i], f.endParts[i], f.endParts[i]-f.baseParts[i])
+	}
+	return strings.Join(parts, "; ")
 }
 
 func joinFixed(xs []float64) string {
@@ -440,6 +498,9 @@ func soakDocs(f soakFigures, cfg soakConfig, at time.Time) string {
 	fmt.Fprintf(&b, "| RSS MiB over the last minute | %.1f |\n", f.endMiB)
 	fmt.Fprintf(&b, "| RSS growth MiB after the baseline | %+.1f |\n", f.endMiB-f.baseMiB)
 	fmt.Fprintf(&b, "| peak RSS MiB (VmHWM) | %.1f |\n", f.peakMiB)
+	for i, name := range partNames {
+		fmt.Fprintf(&b, "| %s MiB, baseline -> last minute | %.1f -> %.1f |\n", name, f.baseParts[i], f.endParts[i])
+	}
 	fmt.Fprintf(&b, "| latency p50 / p99 ms | %.1f / %.1f |\n", f.latency.p50, f.latency.p99)
 	fmt.Fprintf(&b, "| worker log warnings / errors | %d / %d |\n", f.warnings, f.errors)
 	fmt.Fprintf(&b, "\nRSS MiB, mean of each minute: %s.\n", joinFixed(f.minuteMeans))
