@@ -57,18 +57,18 @@ const (
 
 // soakFigures are the soak's results.
 type soakFigures struct {
-	minutes          float64
-	views            int64
-	rate             float64 // views/s achieved
-	behindMax        int64   // the most views the producer was behind its schedule
-	baseAt           time.Duration
-	baseMiB, endMiB  float64
+	minutes         float64
+	views           int64
+	rate            float64 // views/s achieved
+	behindMax       int64   // the most views the producer was behind its schedule
+	baseAt          time.Duration
+	baseMiB, endMiB float64
 	// The same two means of the heap, block cache and memtable gauges.
 	baseParts, endParts [3]float64
-	peakMiB          float64 // VmHWM
-	latency          latencyFigures
-	minuteMeans      []float64
-	warnings, errors int // worker log lines at those levels
+	peakMiB             float64 // VmHWM
+	latency             latencyFigures
+	minuteMeans         []float64
+	warnings, errors    int // worker log lines at those levels
 }
 
 // soakKeys are the soak's machine-readable figures, in the order printed.
