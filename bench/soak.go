@@ -368,7 +368,7 @@ func rssNow(pid int) float64 { return procStatusMiB(pid, "VmRSS:") }
 // middle of a run shorter than 10 minutes) and the last one.
 func rssFigures(samples []soakSample, d time.Duration) (baseAt time.Duration, base, end float64) {
 	baseAt = soakBaseline(d)
-	base, end = memoryFigures(samples, d, func(s soakSample) float64 { return s.rssMiB })
+	base, end = memoryFigures(samples, d, rssOf)
 	return baseAt, base, end
 }
 
@@ -401,8 +401,10 @@ func memoryFigures(samples []soakSample, d time.Duration, field func(soakSample)
 // meanRSS is the mean RSS of the samples taken in [from, to]; without any,
 // the RSS of the sample nearest to the middle.
 func meanRSS(samples []soakSample, from, to time.Duration) float64 {
-	return meanOf(samples, from, to, func(s soakSample) float64 { return s.rssMiB })
+	return meanOf(samples, from, to, rssOf)
 }
+
+func rssOf(s soakSample) float64 { return s.rssMiB }
 
 // meanOf is meanRSS of another field.
 func meanOf(samples []soakSample, from, to time.Duration, field func(soakSample) float64) float64 {

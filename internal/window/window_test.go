@@ -247,6 +247,8 @@ func TestWords(t *testing.T) {
 	}
 }
 
+// TestCheckTimeBounds: the years 0000 to 9999 in UTC, to the nanosecond,
+// whatever the zone, and no further than MaxFuture ahead.
 func TestCheckTimeBounds(t *testing.T) {
 	first := time.Date(0, 1, 1, 0, 0, 0, 0, time.UTC)
 	after := time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
