@@ -862,7 +862,7 @@ func connectHint(cfg *config.Config, err error) string {
 // producer, under both guarantees. The transactional id is stable per
 // partition, so whichever worker owns the partition next fences the
 // previous owner.
-func transactions(cfg *config.Config, cs *clients, brokers []string, onAck func(string, time.Duration, error)) func(p int32) (*kafka.Producer, error) {
+func transactions(cfg *config.Config, cs *clients, brokers []string, onAck func(string, int, time.Duration, error)) func(p int32) (*kafka.Producer, error) {
 	return func(p int32) (*kafka.Producer, error) {
 		tp, err := kafka.NewTransactionalProducer(brokers, cs.base, fmt.Sprintf("%s-%s-%d", cfg.Group, cfg.Topic, p), cfg.CommitInterval)
 		if err != nil {

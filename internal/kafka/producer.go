@@ -25,8 +25,11 @@ type Producer struct {
 	// closeOnce makes Close safe to call again (sarama's is not).
 	closeOnce sync.Once
 	closeErr  error
-	// OnAck observes every record's outcome (metrics); set it before use.
-	OnAck func(topic string, latency time.Duration, err error)
+	// OnAck observes records' outcomes (metrics): n records of topic,
+	// acknowledged (err nil) or failed, latency their mean time from Send.
+	// Acknowledgements come in bursts, one call per topic of a burst. Set
+	// it before use.
+	OnAck func(topic string, n int, latency time.Duration, err error)
 	// MaxMessageBytes is the largest record (sarama's ByteSize) the
 	// producer takes; larger ones it refuses without sending them.
 	MaxMessageBytes int
@@ -51,7 +54,11 @@ func NewAck(n int) *Ack {
 	return a
 }
 
-func (a *Ack) finish(partition int32, offset int64, err error) {
+func (a *Ack) finish(partition int32, offset int64, err error) { a.finishN(partition, offset, 1, err) }
+
+// finishN ends n records of the group, of one partition; offset is the
+// highest of them.
+func (a *Ack) finishN(partition int32, offset int64, n int, err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err != nil && a.err == nil {
@@ -65,7 +72,7 @@ func (a *Ack) finish(partition int32, offset int64, err error) {
 			a.offsets[partition] = offset
 		}
 	}
-	a.pending--
+	a.pending -= n
 	if a.pending == 0 {
 		close(a.done)
 	}
@@ -236,13 +243,25 @@ func wrap(ap sarama.AsyncProducer, c *sarama.Config) *Producer {
 	p.wg.Add(2)
 	go func() {
 		defer p.wg.Done()
+		burst := make([]*sarama.ProducerMessage, 0, maxBurst)
 		for m := range ap.Successes() {
-			if a, ok := m.Metadata.(*Ack); ok {
-				if p.OnAck != nil {
-					p.OnAck(m.Topic, time.Since(a.sent), nil)
+			// Take what else is waiting, and finish it together: a flush's
+			// records are acknowledged a produce request at a time.
+			burst = append(burst[:0], m)
+		more:
+			for len(burst) < maxBurst {
+				select {
+				case m, ok := <-ap.Successes():
+					if !ok {
+						break more
+					}
+					burst = append(burst, m)
+				default:
+					break more
 				}
-				a.finish(m.Partition, m.Offset, nil)
 			}
+			p.acknowledged(burst)
+			clear(burst)
 		}
 	}()
 	go func() {
@@ -250,7 +269,7 @@ func wrap(ap sarama.AsyncProducer, c *sarama.Config) *Producer {
 		for e := range ap.Errors() {
 			if a, ok := e.Msg.Metadata.(*Ack); ok {
 				if p.OnAck != nil {
-					p.OnAck(e.Msg.Topic, time.Since(a.sent), e.Err)
+					p.OnAck(e.Msg.Topic, 1, time.Since(a.sent), e.Err)
 				}
 				a.finish(e.Msg.Partition, -1, e.Err)
 			}
@@ -258,6 +277,70 @@ func wrap(ap sarama.AsyncProducer, c *sarama.Config) *Producer {
 	}()
 	return p
 }
+
+// maxBurst bounds the acknowledgements finished together.
+const maxBurst = 1024
+
+// acknowledged finishes a burst of acknowledged records: each run of
+// records of one Ack and partition at once, and OnAck once per topic.
+func (p *Producer) acknowledged(msgs []*sarama.ProducerMessage) {
+	now := time.Now()
+	type sent struct {
+		n       int
+		latency time.Duration
+	}
+	var topics map[string]*sent // most bursts are of one topic: first holds it
+	var firstTopic string
+	var first sent
+	for i := 0; i < len(msgs); {
+		m := msgs[i]
+		a, ok := m.Metadata.(*Ack)
+		j, highest := i+1, m.Offset
+		for ok && j < len(msgs) && msgs[j].Metadata == m.Metadata && msgs[j].Partition == m.Partition && msgs[j].Topic == m.Topic {
+			highest = max(highest, msgs[j].Offset)
+			j++
+		}
+		n := j - i
+		i = j
+		if !ok {
+			continue
+		}
+		a.finishN(m.Partition, highest, n, nil)
+		if p.OnAck == nil {
+			continue
+		}
+		latency := time.Duration(n) * now.Sub(a.sent)
+		switch {
+		case first.n == 0 || m.Topic == firstTopic:
+			firstTopic, first.n, first.latency = m.Topic, first.n+n, first.latency+latency
+		case topics == nil:
+			topics = map[string]*sent{m.Topic: {n, latency}}
+		case topics[m.Topic] == nil:
+			topics[m.Topic] = &sent{n, latency}
+		default:
+			topics[m.Topic].n += n
+			topics[m.Topic].latency += latency
+		}
+	}
+	if first.n > 0 {
+		p.OnAck(firstTopic, first.n, first.latency/time.Duration(first.n), nil)
+	}
+	for topic, s := range topics {
+		p.OnAck(topic, s.n, s.latency/time.Duration(s.n), nil)
+	}
+}
+
+// Bytes is a record's key or value for sarama, like sarama.ByteEncoder,
+// but held by pointer: a ByteEncoder stored in the Encoder interface costs
+// an allocation of its own, and a flush of many records allocates their
+// Bytes in one slice.
+type Bytes struct{ B []byte }
+
+// Encode implements sarama.Encoder.
+func (b *Bytes) Encode() ([]byte, error) { return b.B, nil }
+
+// Length implements sarama.Encoder.
+func (b *Bytes) Length() int { return len(b.B) }
 
 // ErrClosed is returned when sending on a closed producer.
 var ErrClosed = errors.New("producer closed")

@@ -159,14 +159,15 @@ func (h *StreamHooks) Late(tbl string, p int32) {
 	h.C.Count(LateEvents, 1, Tag("table", tbl), Partition(p))
 }
 
-// OnAck observes one produced record (kafka.Producer.OnAck).
-func (c *Client) OnAck(topic string, latency time.Duration, err error) {
+// OnAck observes n produced records of topic (kafka.Producer.OnAck):
+// acknowledged, latency their mean, or failed.
+func (c *Client) OnAck(topic string, n int, latency time.Duration, err error) {
 	t := Tag("topic", topic)
 	if err != nil {
-		c.Count(SendErrors, 1, t)
+		c.Count(SendErrors, int64(n), t)
 		return
 	}
-	c.Count(MessagesSent, 1, t)
+	c.Count(MessagesSent, int64(n), t)
 	c.Timing(SendLatency, latency, t)
 }
 

@@ -16,7 +16,7 @@ var (
 	EventLatency     = def("event_latency", Timing, "time from a source record's timestamp to the agent's table update (1 in 64 events measured)", "topic", "partition")
 	CommitLatency    = def("commit_latency", Timing, "time of one commit: changelog acks, store batch and offset commit", "topic", "partition")
 	Commits          = def("commits", Count, "source offset commits done (each after its changelog records and store batch)", "topic", "partition")
-	SendLatency      = def("send_latency", Timing, "time from producing a record to its acknowledgement", "topic")
+	SendLatency      = def("send_latency", Timing, "time from producing records to their acknowledgement: one sample per burst of acknowledgements of a topic, the mean of its records", "topic")
 	SendErrors       = def("send_errors", Count, "records the broker did not acknowledge", "topic")
 	ReadOffset       = def("read_offset", Gauge, "offset of the last source record processed", "topic", "partition")
 	CommittedOffset  = def("committed_offset", Gauge, "last committed source offset", "topic", "partition")

@@ -1502,17 +1502,24 @@ func (w *partitionWorker) send(prod *kafka.Producer, now time.Time) ([]*kafka.Ac
 		if err != nil {
 			return nil, fmt.Errorf("flush %s: %w", t.Name(), err)
 		}
+		// One allocation each for the flush's messages and their keys and
+		// values, rather than three a record.
 		msgs := make([]*sarama.ProducerMessage, len(recs))
+		backing := make([]sarama.ProducerMessage, len(recs))
+		encoded := make([]kafka.Bytes, 2*len(recs))
 		var hs headerCache
 		for j, rec := range recs {
-			msgs[j] = &sarama.ProducerMessage{
+			key, value := &encoded[2*j], &encoded[2*j+1]
+			key.B, value.B = rec.Key, rec.Value
+			backing[j] = sarama.ProducerMessage{
 				Topic:     t.Changelog(),
 				Partition: w.p,
-				Key:       sarama.ByteEncoder(rec.Key),
-				Value:     sarama.ByteEncoder(rec.Value),
+				Key:       key,
+				Value:     value,
 				Headers:   hs.of(rec.Headers),
 				Timestamp: rec.Timestamp,
 			}
+			msgs[j] = &backing[j]
 			if rec.Topic != "" { // a closed window's result, partitioned by its key
 				msgs[j].Topic = rec.Topic
 			}
