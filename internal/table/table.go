@@ -21,6 +21,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/gofaust/pageviews/internal/store"
 )
@@ -28,6 +29,9 @@ import (
 // Codec turns values into bytes and back. The same bytes are stored locally
 // and written to the changelog.
 type Codec[V any] interface {
+	// Append appends v's encoding to dst and returns the extended slice,
+	// as strconv's Append functions do; a flush encodes many values into
+	// one buffer this way.
 	Append(dst []byte, v V) []byte
 	Decode(b []byte) (V, error)
 }
@@ -120,6 +124,7 @@ func (c *core[V]) Stats() Stats {
 }
 
 type entry[V any] struct {
+	key   string // the cache's key, so a flush reads the dirty list without a lookup
 	val   V
 	dirty bool
 }
@@ -127,9 +132,9 @@ type entry[V any] struct {
 type part[V any] struct {
 	mu        sync.Mutex
 	cache     map[string]*entry[V]
-	dirty     []string // keys of dirty entries, in first-update order
-	watermark int64    // newest event time (Unix ms) seen, for expiry
-	offset    int64    // changelog offset of the last record the store holds; -1 for none
+	dirty     []*entry[V] // dirty entries, in first-update order; expiry clears an entry's flag as it drops it
+	watermark int64       // newest event time (Unix ms) seen, for expiry
+	offset    int64       // changelog offset of the last record the store holds; -1 for none
 	// flushing holds what the last Flush handed out, as sent: Write stores
 	// exactly these values, so the store never holds a value the changelog
 	// lacks. Flushed clears it.
@@ -138,6 +143,9 @@ type part[V any] struct {
 	valBuf   []byte
 	// expiredTo is the expiry cut-off of the last expiry (windowed tables).
 	expiredTo int64
+	// evictedBelow is the window start below which the cache holds no
+	// entries: closed windows' (windowed tables: Windowed.Flushed).
+	evictedBelow int64
 	// filter, once built, answers whether the store may hold a key, so a
 	// cache miss of a key it has never seen skips the store lookup;
 	// building is the next filter, while its keys are read from the store
@@ -348,7 +356,7 @@ func (c *core[V]) Wipe(p int32) error {
 		pt.mu.Lock()
 		clear(pt.cache)
 		pt.dirty, pt.offset, pt.watermark = nil, -1, 0
-		pt.closed, pt.closing, pt.wallClose = 0, 0, 0
+		pt.closed, pt.closing, pt.wallClose, pt.evictedBelow = 0, 0, 0, 0
 		pt.forgetRanges()
 		pt.mu.Unlock()
 	}
@@ -361,7 +369,7 @@ func (c *core[V]) update(p int32, pt *part[V], userKey []byte, fn func(V) V) err
 		e.val = fn(e.val)
 		if !e.dirty {
 			e.dirty = true
-			pt.dirty = append(pt.dirty, string(userKey))
+			pt.dirty = append(pt.dirty, e)
 		}
 		return nil
 	}
@@ -375,8 +383,9 @@ func (c *core[V]) update(p int32, pt *part[V], userKey []byte, fn func(V) V) err
 		return err
 	}
 	k := string(userKey)
-	pt.cache[k] = &entry[V]{val: fn(v), dirty: true}
-	pt.dirty = append(pt.dirty, k)
+	e := &entry[V]{key: k, val: fn(v), dirty: true}
+	pt.cache[k] = e
+	pt.dirty = append(pt.dirty, e)
 	return nil
 }
 
@@ -479,25 +488,39 @@ func (c *core[V]) Flush(p int32, ts time.Time) ([]Record, error) {
 	for _, f := range pt.flushing {
 		if e := pt.cache[f.key]; e != nil && !e.dirty {
 			e.dirty = true
-			pt.dirty = append(pt.dirty, f.key)
+			pt.dirty = append(pt.dirty, e)
 		}
 	}
 	pt.flushing = pt.flushing[:0]
 	recs := make([]Record, 0, len(pt.dirty))
-	for _, k := range pt.dirty {
-		e := pt.cache[k]
-		if e == nil || !e.dirty { // expired while dirty
+	var buf []byte // the records' keys and values, flushChunk bytes at a time rather than two allocations each
+	for _, e := range pt.dirty {
+		if !e.dirty { // expired while dirty
 			continue
 		}
 		e.dirty = false
-		v := c.codec.Append(nil, e.val)
-		pt.flushing = append(pt.flushing, flushed{key: k, value: v})
-		recs = append(recs, Record{Key: c.toChangelog(nil, []byte(k)), Value: v, Timestamp: ts})
+		if cap(buf)-len(buf) < 2*len(e.key)+32 {
+			buf = make([]byte, 0, max(flushChunk, 2*len(e.key)+32))
+		}
+		// Each append may outgrow buf into a new array: what earlier
+		// records hold stays in the old one.
+		n := len(buf)
+		buf = c.toChangelog(buf, unsafe.Slice(unsafe.StringData(e.key), len(e.key))) // read, not kept
+		key := buf[n:len(buf):len(buf)]
+		n = len(buf)
+		buf = c.codec.Append(buf, e.val)
+		v := buf[n:len(buf):len(buf)]
+		pt.flushing = append(pt.flushing, flushed{key: e.key, value: v})
+		recs = append(recs, Record{Key: key, Value: v, Timestamp: ts})
 	}
+	clear(pt.dirty) // let go of entries the cache drops
 	pt.dirty = pt.dirty[:0]
 	c.updated.Add(int64(len(recs)))
 	return recs, nil
 }
+
+// flushChunk is the size of the buffers a flush encodes its records into.
+const flushChunk = 32 << 10
 
 // write adds the flushed values and the checkpoint to batch b. offset is the
 // highest changelog offset acknowledged for this flush, or -1 when the flush

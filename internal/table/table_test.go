@@ -1140,6 +1140,52 @@ func TestWindowedScanWindowMergesCacheOverStore(t *testing.T) {
 	}
 }
 
+// TestWindowedCacheDropsClosedWindows: after a flush, the cache drops the
+// clean entries of closed windows (which no update can reach), keeps dirty
+// ones, and what it dropped reads from the store.
+func TestWindowedCacheDropsClosedWindows(t *testing.T) {
+	db := newDB(t)
+	c := &clock{now: t0}
+	tb := newViews(db, window.Hopping{Size: time.Minute, Expires: 5 * time.Minute}, c)
+	assign(t, tb, 0)
+	cached := func(want int) {
+		t.Helper()
+		if got := tb.Stats().Cached; got != want {
+			t.Errorf("Cached = %d, want %d", got, want)
+		}
+	}
+	updateAt(t, tb, 0, "/a", t0)
+	updateAt(t, tb, 0, "/b", t0)
+	commitFlush(t, db, tb, 0, t0, 1)
+	cached(2)
+
+	if _, err := tb.Flush(0, t0); err != nil {
+		t.Fatal(err)
+	}
+	updateAt(t, tb, 0, "/b", t0.Add(10*time.Second)) // dirty when its window closes
+	updateAt(t, tb, 0, "/c", t0.Add(time.Minute))    // closes window t0
+	b := db.NewBatch()
+	if err := tb.Write(0, b, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	tb.Flushed(0)
+	cached(2) // /b of t0 (dirty) and /c; /a of t0 dropped
+
+	before := tb.Stats().Retrieved
+	v, ok, err := tb.Get(0, "/a", t0ms)
+	wantGet(t, "Get(/a, t0) from the store", v, ok, err, 1, true)
+	if got := tb.Stats().Retrieved - before; got != 1 {
+		t.Errorf("Get(/a, t0) read the store %d times, want 1", got)
+	}
+	commitFlush(t, db, tb, 0, t0, 3)
+	cached(1) // /b of t0 flushed, then dropped
+	v, ok, err = tb.Get(0, "/b", t0ms)
+	wantGet(t, "Get(/b, t0)", v, ok, err, 2, true)
+}
+
 func TestWindowedNegativeWindows(t *testing.T) {
 	// Windows before the epoch sort before later ones in the store, so
 	// expiry by range deletion removes them and only them.

@@ -382,12 +382,46 @@ func (t *Windowed[V]) expire(p int32, pt *part[V], b *store.Batch) error {
 		t.expired.Add((first - pt.expiredTo) / t.win.Every().Milliseconds())
 	}
 	pt.expiredTo = first
-	for k := range pt.cache {
+	for k, e := range pt.cache {
 		if windowStartOf([]byte(k)) < first {
+			e.dirty = false // not flushed: its window is gone
 			delete(pt.cache, k)
 		}
 	}
 	return nil
+}
+
+// Flushed ends the last flush once the store batch holding it has
+// committed (core.Flushed), and drops from the cache the clean entries of
+// closed windows: no update reaches them again, and reads of them go to
+// the store. The cache then holds about one window's keys instead of
+// every window's until it expires, and its memory levels off after the
+// first window rather than growing until the first expiry.
+func (t *Windowed[V]) Flushed(p int32) {
+	t.core.Flushed(p)
+	pt, err := t.part(p)
+	if err != nil {
+		return
+	}
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	below := t.openFrom(pt)
+	if below <= pt.evictedBelow || below == math.MinInt64 {
+		return // once per window closed: the scan reads the whole cache
+	}
+	kept := false
+	for k, e := range pt.cache {
+		if windowStartOf([]byte(k)) < below {
+			if e.dirty {
+				kept = true // updated before its window closed: after the next flush
+			} else {
+				delete(pt.cache, k)
+			}
+		}
+	}
+	if !kept {
+		pt.evictedBelow = below
+	}
 }
 
 // ExpireStale deletes from the store the windows of partition p, which
