@@ -107,28 +107,32 @@ func (s *Scanner) Text(shared bool) string {
 // Int reads the value as an integer of at most 18 digits, without a
 // fraction or an exponent.
 func (s *Scanner) Int() int64 {
-	b, i := s.b, s.i
+	n, i, ok := Int(s.b, s.i)
+	s.i, s.bad = i, s.bad || !ok
+	return n
+}
+
+// Int reads an integer as Scanner.Int does, from b[i:]; next is the index
+// after it.
+func Int(b []byte, i int) (n int64, next int, ok bool) {
 	neg := i < len(b) && b[i] == '-'
 	if neg {
 		i++
 	}
 	start := i
-	var n int64
 	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
 		n = n*10 + int64(b[i]-'0')
 		i++
 	}
-	s.i = i
 	digits := i - start
 	if digits == 0 || digits > 18 || (digits > 1 && b[start] == '0') ||
 		(i < len(b) && (b[i] == '.' || b[i] == 'e' || b[i] == 'E')) {
-		s.bad = true
-		return 0
+		return 0, i, false
 	}
 	if neg {
 		n = -n
 	}
-	return n
+	return n, i, true
 }
 
 func space(b []byte, i int) int {
@@ -137,6 +141,11 @@ func space(b []byte, i int) int {
 	}
 	return i
 }
+
+// PlainString reads a string as Scanner.String does, from the quote at
+// b[i]; next is the index after the closing quote. With Int, it reads a
+// value of one fixed shape ahead of a Scanner, as the example's decoder does.
+func PlainString(b []byte, i int) (v []byte, next int, ok bool) { return plainString(b, i) }
 
 func plainString(b []byte, i int) ([]byte, int, bool) {
 	if i >= len(b) || b[i] != '"' {
