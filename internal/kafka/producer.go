@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -244,6 +245,7 @@ func wrap(ap sarama.AsyncProducer, c *sarama.Config) *Producer {
 	go func() {
 		defer p.wg.Done()
 		burst := make([]*sarama.ProducerMessage, 0, maxBurst)
+		var topics []topicAcks
 		for m := range ap.Successes() {
 			// Take what else is waiting, and finish it together: a flush's
 			// records are acknowledged a produce request at a time.
@@ -260,7 +262,7 @@ func wrap(ap sarama.AsyncProducer, c *sarama.Config) *Producer {
 					break more
 				}
 			}
-			p.acknowledged(burst)
+			topics = p.acknowledged(burst, topics)
 			clear(burst)
 		}
 	}()
@@ -282,16 +284,11 @@ func wrap(ap sarama.AsyncProducer, c *sarama.Config) *Producer {
 const maxBurst = 1024
 
 // acknowledged finishes a burst of acknowledged records: each run of
-// records of one Ack and partition at once, and OnAck once per topic.
-func (p *Producer) acknowledged(msgs []*sarama.ProducerMessage) {
+// records of one Ack and partition at once, and OnAck once per topic. It
+// sums the topics in topics' memory and returns it for the next burst.
+func (p *Producer) acknowledged(msgs []*sarama.ProducerMessage, topics []topicAcks) []topicAcks {
 	now := time.Now()
-	type sent struct {
-		n       int
-		latency time.Duration
-	}
-	var topics map[string]*sent // most bursts are of one topic: first holds it
-	var firstTopic string
-	var first sent
+	topics = topics[:0]
 	for i := 0; i < len(msgs); {
 		m := msgs[i]
 		a, ok := m.Metadata.(*Ack)
@@ -309,25 +306,28 @@ func (p *Producer) acknowledged(msgs []*sarama.ProducerMessage) {
 		if p.OnAck == nil {
 			continue
 		}
-		latency := time.Duration(n) * now.Sub(a.sent)
-		switch {
-		case first.n == 0 || m.Topic == firstTopic:
-			firstTopic, first.n, first.latency = m.Topic, first.n+n, first.latency+latency
-		case topics == nil:
-			topics = map[string]*sent{m.Topic: {n, latency}}
-		case topics[m.Topic] == nil:
-			topics[m.Topic] = &sent{n, latency}
-		default:
-			topics[m.Topic].n += n
-			topics[m.Topic].latency += latency
+		// A burst holds the records of a few topics (a flush's changelogs
+		// and its closed windows' results): searched, not hashed.
+		k := slices.IndexFunc(topics, func(t topicAcks) bool { return t.topic == m.Topic })
+		if k < 0 {
+			k = len(topics)
+			topics = append(topics, topicAcks{topic: m.Topic})
 		}
+		topics[k].n += n
+		topics[k].latency += time.Duration(n) * now.Sub(a.sent)
 	}
-	if first.n > 0 {
-		p.OnAck(firstTopic, first.n, first.latency/time.Duration(first.n), nil)
+	for _, t := range topics {
+		p.OnAck(t.topic, t.n, t.latency/time.Duration(t.n), nil)
 	}
-	for topic, s := range topics {
-		p.OnAck(topic, s.n, s.latency/time.Duration(s.n), nil)
-	}
+	return topics
+}
+
+// topicAcks sums a burst's acknowledgements of one topic: records, and the
+// sum of their latencies.
+type topicAcks struct {
+	topic   string
+	n       int
+	latency time.Duration
 }
 
 // Bytes is a record's key or value for sarama, like sarama.ByteEncoder,
