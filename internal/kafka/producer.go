@@ -245,7 +245,6 @@ func wrap(ap sarama.AsyncProducer, c *sarama.Config) *Producer {
 	go func() {
 		defer p.wg.Done()
 		burst := make([]*sarama.ProducerMessage, 0, maxBurst)
-		var topics []topicAcks
 		for m := range ap.Successes() {
 			// Take what else is waiting, and finish it together: a flush's
 			// records are acknowledged a produce request at a time.
@@ -262,7 +261,7 @@ func wrap(ap sarama.AsyncProducer, c *sarama.Config) *Producer {
 					break more
 				}
 			}
-			topics = p.acknowledged(burst, topics)
+			p.acknowledged(burst)
 			clear(burst)
 		}
 	}()
@@ -284,11 +283,10 @@ func wrap(ap sarama.AsyncProducer, c *sarama.Config) *Producer {
 const maxBurst = 1024
 
 // acknowledged finishes a burst of acknowledged records: each run of
-// records of one Ack and partition at once, and OnAck once per topic. It
-// sums the topics in topics' memory and returns it for the next burst.
-func (p *Producer) acknowledged(msgs []*sarama.ProducerMessage, topics []topicAcks) []topicAcks {
+// records of one Ack and partition at once, and OnAck once per topic.
+func (p *Producer) acknowledged(msgs []*sarama.ProducerMessage) {
 	now := time.Now()
-	topics = topics[:0]
+	topics := make([]topicAcks, 0, 4) // a flush's changelogs and results: on the stack
 	for i := 0; i < len(msgs); {
 		m := msgs[i]
 		a, ok := m.Metadata.(*Ack)
@@ -319,7 +317,6 @@ func (p *Producer) acknowledged(msgs []*sarama.ProducerMessage, topics []topicAc
 	for _, t := range topics {
 		p.OnAck(t.topic, t.n, t.latency/time.Duration(t.n), nil)
 	}
-	return topics
 }
 
 // topicAcks sums a burst's acknowledgements of one topic: records, and the
