@@ -121,11 +121,44 @@ func (rp *Reporter) reportPage(req *http.Request) (any, error) {
 }
 
 func (rp *Reporter) summary(ctx context.Context) error {
-	rep, err := rp.Report(ctx, "")
+	sum, err := rp.Summary(ctx)
 	if err == nil {
-		rp.s.Log.Info("table summary", "pages", len(rep.Pages), "views_total", rep.Count, "views_in_window", rep.Now, "stale", rep.Stale)
+		rp.s.Log.Info("table summary", "pages", sum.Pages, "views_total", sum.Count, "views_in_window", sum.Now, "stale", sum.Stale)
 	}
 	return err
+}
+
+// Summary is the report's sums without its pages: what the summary timer logs.
+type Summary struct {
+	// Pages are the pages with views, reserved ones left out, counted in each partition: a page is in
+	// one partition (its key's), unless the source topic gained partitions since its first views.
+	Pages int64 `json:"pages"`
+	Count int64 `json:"count"`
+	Now   int64 `json:"now"` // views in the window of now
+	Stale bool  `json:"stale"`
+}
+
+// Summary sums the report as the tables are read (?summary=1, answered by owners as well), keeping no page:
+// with a million pages the report would build a million-entry map for four numbers.
+func (rp *Reporter) Summary(ctx context.Context) (Summary, error) {
+	total, missing, err := rp.Reads.Sum(ctx, url.Values{"summary": {"1"}})
+	if err != nil {
+		return Summary{}, err
+	}
+	var sum Summary
+	if total.Sum != nil {
+		sum = *total.Sum
+	}
+	for _, c := range total.Pages { // from owners of an earlier version, which answer every page
+		if c.Now != 0 || c.Count != 0 {
+			sum.Pages++
+			sum.Now += c.Now
+			sum.Count += c.Count
+		}
+	}
+	ready, _ := rp.s.Ready()
+	sum.Stale = len(missing) > 0 || !ready
+	return sum, nil
 }
 
 // Report is what /report/ shows; in JSON, Now is named after the window.
@@ -182,17 +215,27 @@ func (c Counts) plus(d Counts) Counts {
 	return Counts{c.Now + d.Now, c.Back + d.Back, c.Count + d.Count}
 }
 
-// PageCounts are a partition's answer to a read (app.Reads), and their sum.
+// PageCounts are a partition's answer to a read (app.Reads), and their sum: counts by page, or for
+// ?summary=1 only their Sum.
 type PageCounts struct {
 	Pages map[string]Counts `json:"pages"`
+	Sum   *Summary          `json:"sum,omitempty"`
 }
 
 func merge(into, from PageCounts) PageCounts {
-	if into.Pages == nil {
+	if into.Pages == nil && len(from.Pages) > 0 {
 		into.Pages = map[string]Counts{}
 	}
 	for k, c := range from.Pages {
 		into.Pages[k] = into.Pages[k].plus(c)
+	}
+	if from.Sum != nil {
+		if into.Sum == nil {
+			into.Sum = &Summary{}
+		}
+		into.Sum.Pages += from.Sum.Pages
+		into.Sum.Count += from.Sum.Count
+		into.Sum.Now += from.Sum.Now
 	}
 	return into
 }
@@ -222,8 +265,12 @@ func (rp *Reporter) Count(ctx context.Context, page string) (int64, bool, error)
 	return total.Pages[page].Count, len(missing) == 0, err
 }
 
-// local reads partition p whole or not at all: ?page= narrows it, ?reserved=1 adds ReservedPrefix.
+// local reads partition p whole or not at all: ?page= narrows it, ?reserved=1 adds ReservedPrefix,
+// ?summary=1 sums it.
 func (rp *Reporter) local(q url.Values, p int32) (PageCounts, error) {
+	if q.Get("summary") == "1" {
+		return rp.sumLocal(p)
+	}
 	page, reserved := q.Get("page"), q.Get("reserved") == "1"
 	out := PageCounts{Pages: map[string]Counts{}}
 	add := func(c Counts) func(string, int64) {
@@ -238,4 +285,24 @@ func (rp *Reporter) local(q url.Values, p int32) (PageCounts, error) {
 		rp.Views.ScanWindow(p, w.Start(now), add(Counts{Now: 1})),
 		rp.Views.ScanWindow(p, w.Start(now.Add(-2*time.Minute)), add(Counts{Back: 1})))
 	return out, err
+}
+
+// sumLocal is partition p's Summary. A page has views if it has a total, as every page in a window has.
+func (rp *Reporter) sumLocal(p int32) (PageCounts, error) {
+	var sum Summary
+	err := rp.Totals.Scan(p, func(k string, v int64) {
+		if v != 0 && !strings.HasPrefix(k, ReservedPrefix) {
+			sum.Pages++
+			sum.Count += v
+		}
+	})
+	if err == nil {
+		w := rp.Views.Window()
+		err = rp.Views.ScanWindow(p, w.Start(rp.s.Clock()), func(k string, v int64) {
+			if !strings.HasPrefix(k, ReservedPrefix) {
+				sum.Now += v
+			}
+		})
+	}
+	return PageCounts{Sum: &sum}, err
 }

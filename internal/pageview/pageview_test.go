@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"net/url"
 	"reflect"
 	"strings"
 	"sync"
@@ -468,6 +469,43 @@ func TestReport(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The summary timer's sums, read without building the report, are the report's.
+func TestSummaryIsTheReportsSums(t *testing.T) {
+	f := newFixture(t)
+	f.fill(t)
+	r := f.reporter()
+	rep, err := r.Report(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := r.Summary(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := pageview.Summary{Pages: pagesByPartition(t, r), Count: rep.Count, Now: rep.Now, Stale: rep.Stale}
+	if sum != want || sum.Pages <= int64(len(rep.Pages)) || sum.Now == 0 { // the fixture has /home in two partitions
+		t.Errorf("Summary = %+v, want the report's %+v", sum, want)
+	}
+}
+
+// pagesByPartition counts the pages of each partition's report, summed.
+func pagesByPartition(t *testing.T, r *pageview.Reporter) int64 {
+	t.Helper()
+	parts, missing, err := r.Reads.All(context.Background(), url.Values{})
+	if err != nil || len(missing) > 0 {
+		t.Fatalf("read every partition: missing %v, %v", missing, err)
+	}
+	var n int64
+	for _, pc := range parts {
+		for _, c := range pc.Pages {
+			if c.Now != 0 || c.Count != 0 {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 func TestReportFollowsTheClock(t *testing.T) {

@@ -201,9 +201,10 @@ func TestRouterAsksPeers(t *testing.T) {
 		t.Run(fmt.Sprintf("earlier=%v", earlier), func(t *testing.T) {
 			peerReads := router(f, nil, 1).Reads
 			peer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if earlier { // it answers the sum of the partitions, whatever it is asked
+				if earlier { // it answers the sum of the partitions, whatever it is asked, and knows no summary
 					q := r.URL.Query()
 					q.Del("by_partition")
+					q.Del("summary")
 					r.URL.RawQuery = q.Encode()
 				}
 				peerReads.ServePeer(w, r)
@@ -216,6 +217,10 @@ func TestRouterAsksPeers(t *testing.T) {
 			}
 			if rep.Stale || !maps.Equal(rep.Pages, whole.Pages) || rep.Now != whole.Now || rep.Count != whole.Count {
 				t.Errorf("routed report = %+v, want %+v", rep, whole)
+			}
+			sum, err := rt.Summary(context.Background())
+			if want := (pageview.Summary{Pages: pagesByPartition(t, f.reporter()), Count: whole.Count, Now: whole.Now}); err != nil || sum != want {
+				t.Errorf("routed summary = %+v, %v; want %+v", sum, err, want)
 			}
 		})
 	}
