@@ -138,6 +138,10 @@ type Summary struct {
 	Stale bool  `json:"stale"`
 }
 
+func (s Summary) plus(d Summary) Summary {
+	return Summary{Pages: s.Pages + d.Pages, Count: s.Count + d.Count, Now: s.Now + d.Now}
+}
+
 // Summary sums the report as the tables are read (?summary=1, answered by owners as well), keeping no page:
 // with a million pages the report would build a million-entry map for four numbers.
 func (rp *Reporter) Summary(ctx context.Context) (Summary, error) {
@@ -151,9 +155,7 @@ func (rp *Reporter) Summary(ctx context.Context) (Summary, error) {
 	}
 	for _, c := range total.Pages { // from owners of an earlier version, which answer every page
 		if c.Now != 0 || c.Count != 0 {
-			sum.Pages++
-			sum.Now += c.Now
-			sum.Count += c.Count
+			sum = sum.plus(Summary{Pages: 1, Count: c.Count, Now: c.Now})
 		}
 	}
 	ready, _ := rp.s.Ready()
@@ -230,12 +232,12 @@ func merge(into, from PageCounts) PageCounts {
 		into.Pages[k] = into.Pages[k].plus(c)
 	}
 	if from.Sum != nil {
-		if into.Sum == nil {
-			into.Sum = &Summary{}
+		var sum Summary
+		if into.Sum != nil {
+			sum = *into.Sum
 		}
-		into.Sum.Pages += from.Sum.Pages
-		into.Sum.Count += from.Sum.Count
-		into.Sum.Now += from.Sum.Now
+		sum = sum.plus(*from.Sum)
+		into.Sum = &sum
 	}
 	return into
 }
