@@ -37,6 +37,13 @@ const (
 	drainedIdle    = 5 * time.Millisecond
 )
 
+// A partition commits ahead of its interval once its tables hold maxDirty
+// changed keys; it counts them every dirtyCheckEvery records.
+const (
+	maxDirty        = 32768
+	dirtyCheckEvery = 1024
+)
+
 // Options wire a Runtime.
 type Options struct {
 	Topic           string // the source topic
@@ -282,8 +289,10 @@ type partitionWorker struct {
 	sess sarama.ConsumerGroupSession
 	log  *slog.Logger
 
-	last    int64 // offset of the last processed source record
-	flushed int64 // offset of the last flushed source record
+	last int64 // offset of the last processed source record
+	// dirtyCheck is the offset from which cacheFull counts again.
+	dirtyCheck int64
+	flushed    int64 // offset of the last flushed source record
 	// uncommitted: the last flush is durable but the coordinator did not
 	// take its offset; the next flush commits it again.
 	uncommitted bool
@@ -420,6 +429,11 @@ func (w *partitionWorker) loop(ctx context.Context, msgs <-chan *sarama.Consumer
 				return w.stop(ctx)
 			}
 			r.o.State.beat(w.p)
+			if w.cacheFull() {
+				if err := w.commitBehind(ctx); err != nil {
+					return err
+				}
+			}
 			idle.Reset(w.idleFor(msgs))
 		case <-idle.C:
 			if w.last == w.flushed || w.fetchGap() {
@@ -469,6 +483,25 @@ func (w *partitionWorker) drained(msgs <-chan *sarama.ConsumerMessage) bool {
 // anywhere from 350,000 to 520,000 events/s; 720,000 to 780,000 without).
 func (w *partitionWorker) fetchGap() bool {
 	return w.claim != nil && w.claim.HighWaterMarkOffset() > w.last+2
+}
+
+// cacheFull reports whether the partition's tables hold maxDirty changed
+// keys or more, checked once every dirtyCheckEvery records: the write-back
+// cache is bounded by keys as well as by the interval. With every event a
+// new key (a million pages) an interval's keys, and the flush's records
+// beside them, took the heap to the worker's memory limit.
+func (w *partitionWorker) cacheFull() bool {
+	if w.last < w.dirtyCheck {
+		return false
+	}
+	w.dirtyCheck = w.last + dirtyCheckEvery
+	n := 0
+	for _, t := range w.r.o.Tables {
+		if d, ok := t.(dirtyCounter); ok {
+			n += d.Dirty(w.p)
+		}
+	}
+	return n >= maxDirty
 }
 
 // idleFor is how long the partition waits without records before it
@@ -1645,6 +1678,12 @@ func (c *headerCache) of(hs []table.Header) []sarama.RecordHeader {
 		}
 	}
 	return c.to
+}
+
+// dirtyCounter is a table that tells how many keys of a partition changed
+// since its last flush.
+type dirtyCounter interface {
+	Dirty(p int32) int
 }
 
 // definitionChecker is a table whose changelog records carry its

@@ -578,6 +578,18 @@ func (c *core[V]) Flushed(p int32) {
 	}
 }
 
+// Dirty is how many keys of partition p changed since they were last
+// handed out by Flush.
+func (c *core[V]) Dirty(p int32) int {
+	pt, err := c.part(p)
+	if err != nil {
+		return 0
+	}
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	return len(pt.dirty)
+}
+
 // Restore applies one changelog record during recovery to batch b. A nil
 // value deletes the key.
 func (c *core[V]) restore(p int32, b *store.Batch, key, value []byte, scratch []byte) ([]byte, error) {

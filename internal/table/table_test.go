@@ -318,7 +318,13 @@ func TestTableFlushCoalesces(t *testing.T) {
 			for _, k := range tt.updates {
 				update(t, tb, 2, k, inc)
 			}
+			if got := tb.Dirty(2); got != len(tt.want) {
+				t.Errorf("Dirty = %d before the flush, want %d (the keys changed)", got, len(tt.want))
+			}
 			recs := commitFlush(t, db, tb, 2, t0, int64(len(tt.want)))
+			if got := tb.Dirty(2); got != 0 {
+				t.Errorf("Dirty = %d after the flush, want 0", got)
+			}
 			if got := records(recs); !slices.Equal(got, tt.want) {
 				t.Errorf("Flush = %q, want %q", got, tt.want)
 			}
