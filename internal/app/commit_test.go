@@ -144,7 +144,7 @@ func TestFetchGapIsNotQuiet(t *testing.T) {
 
 // keysIn returns n keys that sarama's hash partitioner puts in partition p
 // of topic's partitions.
-func keysIn(topic string, p int32, partitions int32, n int) []string {
+func keysIn(topic string, p, partitions int32, n int) []string {
 	hash := sarama.NewHashPartitioner(topic)
 	var keys []string
 	for i := 0; len(keys) < n; i++ {
@@ -156,8 +156,8 @@ func keysIn(topic string, p int32, partitions int32, n int) []string {
 	return keys
 }
 
-// producer is a sync producer that sends to the partition a message
-// names; transactional with a transactional ID.
+// producer is a sync producer that sends each message to the partition
+// the message names; transactional when given a transactional ID.
 func producer(t *testing.T, brokers []string, transactionalID string) sarama.SyncProducer {
 	t.Helper()
 	conf := sarama.NewConfig()
