@@ -1,10 +1,6 @@
 package stream
 
-import (
-	"testing"
-
-	"github.com/gofaust/pageviews/internal/table"
-)
+import "testing"
 
 // dirtyTable is a table that reports n changed keys in every partition.
 type dirtyTable struct {
@@ -36,9 +32,3 @@ func TestCacheFullCountsEveryTable(t *testing.T) {
 		t.Fatalf("not full with %d changed keys %d records after the last count", totals+windows, w.last)
 	}
 }
-
-// The runtime's tables count their changed keys.
-var (
-	_ dirtyCounter = (*table.Table[int64])(nil)
-	_ dirtyCounter = (*table.Windowed[int64])(nil)
-)

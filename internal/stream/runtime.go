@@ -469,8 +469,7 @@ func (w *partitionWorker) drained(msgs <-chan *sarama.ConsumerMessage) bool {
 	if w.inflight != nil {
 		since = w.inflight.upto
 	}
-	return w.last-since >= drainedBacklog && len(msgs) == 0 &&
-		w.claim != nil && w.claim.HighWaterMarkOffset() <= w.last+2
+	return w.last-since >= drainedBacklog && len(msgs) == 0 && w.claim != nil && !w.fetchGap()
 }
 
 // fetchGap reports whether the broker held records past the last one
@@ -497,9 +496,7 @@ func (w *partitionWorker) cacheFull() bool {
 	w.dirtyCheck = w.last + dirtyCheckEvery
 	n := 0
 	for _, t := range w.r.o.Tables {
-		if d, ok := t.(dirtyCounter); ok {
-			n += d.Dirty(w.p)
-		}
+		n += t.Dirty(w.p)
 	}
 	return n >= maxDirty
 }
@@ -1678,12 +1675,6 @@ func (c *headerCache) of(hs []table.Header) []sarama.RecordHeader {
 		}
 	}
 	return c.to
-}
-
-// dirtyCounter is a table that tells how many keys of a partition changed
-// since its last flush.
-type dirtyCounter interface {
-	Dirty(p int32) int
 }
 
 // definitionChecker is a table whose changelog records carry its

@@ -136,6 +136,8 @@ type Table interface {
 	Flush(p int32, now time.Time) ([]table.Record, error)
 	Write(p int32, b *store.Batch, offset int64) error
 	Flushed(p int32)
+	// Dirty is how many keys of partition p changed since its last Flush.
+	Dirty(p int32) int
 	Restore(p int32, b *store.Batch, key, value []byte, ts time.Time) error
 	Recovered(p int32, b *store.Batch, offset int64) error
 }
