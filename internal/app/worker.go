@@ -604,7 +604,7 @@ func (w *worker) sampleGroup(previous int32) int32 {
 		if hwm > pos.Next && !pos.LastRecord.IsZero() {
 			lag = max(time.Since(pos.LastRecord), 0)
 		}
-		w.streamHooks.Position(p, pos.Next-1, pos.Committed, hwm, lag)
+		w.streamHooks.Position(p, pos.Next-1, pos.Committed, pos.Active(), hwm, lag)
 		if hwm >= 0 {
 			lags[p] = lagSample{records: max(hwm-pos.Next, 0), end: hwm, seconds: lag.Seconds()}
 		}

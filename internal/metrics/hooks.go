@@ -97,17 +97,18 @@ func (h *StreamHooks) EventRuntime(p int32, d time.Duration) { h.C.Timing(EventR
 func (h *StreamHooks) EventLatency(p int32, d time.Duration) { h.C.Timing(EventLatency, d, h.tp(p)...) }
 
 // Position sends one sample of partition p: the last offset processed,
-// the next committed, the broker's high watermark (negative: unknown) and
-// the age of the last record processed while the partition lags.
-func (h *StreamHooks) Position(p int32, read, committed, hwm int64, lag time.Duration) {
+// the next committed, the records processed and not committed, the
+// broker's high watermark (negative: unknown) and the age of the last
+// record processed while the partition lags.
+func (h *StreamHooks) Position(p int32, read, committed, active, hwm int64, lag time.Duration) {
 	tags := h.tp(p)
 	if read >= 0 {
 		h.C.Gauge(ReadOffset, float64(read), tags...)
 	}
 	if committed >= 0 {
 		h.C.Gauge(CommittedOffset, float64(committed), tags...)
-		h.C.Gauge(MessagesActive, float64(max(read+1-committed, 0)), tags...)
 	}
+	h.C.Gauge(MessagesActive, float64(active), tags...)
 	if hwm >= 0 {
 		h.C.Gauge(EndOffset, float64(hwm), tags...)
 		h.C.Gauge(ConsumerLag, float64(max(hwm-(read+1), 0)), tags...)

@@ -9,7 +9,7 @@ package metrics
 // Consuming and processing (the set of Faust's StatsdMonitor).
 var (
 	MessagesReceived = def("messages_received", Count, "source records received from Kafka", "topic", "partition")
-	MessagesActive   = def("messages_active", Gauge, "source records processed but not yet committed, at the sample", "topic", "partition")
+	MessagesActive   = def("messages_active", Gauge, "source records processed but not yet committed (by a group with no commit yet: since the partition's first record), at the sample", "topic", "partition")
 	MessagesSent     = def("messages_sent", Count, "records the broker acknowledged (source records, changelogs, dead letters, closed-window results)", "topic")
 	Events           = def("events", Count, "events the agent processed", "topic", "partition")
 	EventRuntime     = def("event_runtime", Timing, "time the agent took for one event (1 in 64 events measured)", "topic", "partition")

@@ -370,6 +370,7 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 	r.o.State.beat(w.p)
 	if w.pending != nil {
 		w.now = r.o.Clock()
+		w.begin(w.pending)
 		if err := w.process(w.pending); err != nil {
 			return err
 		}
@@ -653,11 +654,22 @@ func (w *partitionWorker) report() {
 	w.r.o.State.beat(w.p)
 }
 
+// begin notes m as the claim's first record, if it is: a group with no
+// committed offset counts its records in flight from there.
+func (w *partitionWorker) begin(m *sarama.ConsumerMessage) {
+	if w.pos.from.Load() < 0 {
+		w.pos.from.Store(m.Offset)
+	}
+}
+
 // take processes m (ok false: the partition was revoked) and what is
 // already buffered behind it, up to 1024 records, without going back to
 // the select of loop. One clock reading serves them all.
 func (w *partitionWorker) take(m *sarama.ConsumerMessage, ok bool, msgs <-chan *sarama.ConsumerMessage) (revoked bool, err error) {
 	w.now = w.r.o.Clock()
+	if ok {
+		w.begin(m)
+	}
 	defer func() {
 		w.pos.next.Store(w.last + 1)
 		if !w.lastTS.IsZero() {

@@ -31,27 +31,43 @@ type State struct {
 
 // Position is how far a partition got: the next offset to process, the
 // next offset committed (-1: not yet known) and the timestamp of the last
-// record processed.
+// record processed. From is the offset the partition's claim took its
+// first record at (-1: none yet), which is where a group with no
+// committed offset starts.
 type Position struct {
-	Next, Committed int64
-	LastRecord      time.Time
+	Next, Committed, From int64
+	LastRecord            time.Time
+}
+
+// Active is the count of records processed and not committed: since the
+// committed offset, or, until the group's first commit of the partition,
+// since the claim's first record (0 before it).
+func (p Position) Active() int64 {
+	switch {
+	case p.Committed >= 0:
+		return max(p.Next-p.Committed, 0)
+	case p.From >= 0:
+		return max(p.Next-p.From, 0)
+	}
+	return 0
 }
 
 // position is a partition loop's Position, written by the loop and read
 // by samples.
 type position struct {
-	next, committed, lastTS atomic.Int64
+	next, committed, from, lastTS atomic.Int64
 }
 
 func newPosition() *position {
 	p := &position{}
 	p.next.Store(-1)
 	p.committed.Store(-1)
+	p.from.Store(-1)
 	return p
 }
 
 func (p *position) get() Position {
-	pos := Position{Next: p.next.Load(), Committed: p.committed.Load()}
+	pos := Position{Next: p.next.Load(), Committed: p.committed.Load(), From: p.from.Load()}
 	if ts := p.lastTS.Load(); ts != 0 {
 		pos.LastRecord = time.Unix(0, ts)
 	}
