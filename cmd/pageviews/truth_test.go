@@ -98,8 +98,8 @@ func TestHandoffMetricsTellTheTruth(t *testing.T) {
 
 // TestCatchUpMetricsTellTheTruth: a worker starts behind a preloaded topic
 // and commits rarely. While it catches up, messages_active (processed, not
-// committed) is above 0; at the end it is 0 again, consumer_lag is 0 and end_offset is the broker's high
-// watermark.
+// committed) is above 0; at the end it is 0 again, consumer_lag is 0 and
+// end_offset is the broker's high watermark.
 func TestCatchUpMetricsTellTheTruth(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")

@@ -654,10 +654,11 @@ func (w *partitionWorker) report() {
 	w.r.o.State.beat(w.p)
 }
 
-// begin notes m as the claim's first record, if it is: a group with no
+// begin notes m as the claim's first record, if it is (the claim has
+// processed nothing: offsets are never negative): a group with no
 // committed offset counts its records in flight from there.
 func (w *partitionWorker) begin(m *sarama.ConsumerMessage) {
-	if w.pos.from.Load() < 0 {
+	if w.last < 0 {
 		w.pos.from.Store(m.Offset)
 	}
 }
