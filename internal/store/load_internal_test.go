@@ -58,3 +58,39 @@ func BenchmarkLoadSorted(b *testing.B) {
 		l.sorted()
 	}
 }
+
+// FuzzLoadSorted sorts writes whose keys are cut from the input, many of
+// them prefixes of each other or sharing long prefixes, and checks the
+// result as TestLoadSortedKeepsLastWrite does.
+func FuzzLoadSorted(f *testing.F) {
+	f.Add([]byte("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab"), uint8(3))
+	f.Add([]byte("\x00\x00\x00\x01\x00\x00\x00\x01\x00\x00\x00\x02"), uint8(5))
+	f.Add(bytes.Repeat([]byte("views\x00\x00\x00\x00\x03/page/1"), 8), uint8(7))
+	f.Fuzz(func(t *testing.T, data []byte, step uint8) {
+		l := new(loading)
+		// Keys are windows of the input of lengths 0 to 11 (so some end
+		// where others go on), moving by step, over the input repeated
+		// so that a batch is larger than smallSort.
+		n := len(data)
+		if n == 0 {
+			return
+		}
+		for i := range 4 * n {
+			at := i * int(step%16+1) % n
+			k := data[at:min(n, at+i%12)]
+			l.add(append([]byte("prefix"), k...), []byte{byte(i)}, i%7 == 0)
+		}
+		want := slices.Clone(l.ops)
+		slices.SortStableFunc(want, func(a, b loadOp) int { return bytes.Compare(l.key(a), l.key(b)) })
+		var last []loadOp
+		for i, op := range want {
+			if i+1 < len(want) && bytes.Equal(l.key(op), l.key(want[i+1])) {
+				continue
+			}
+			last = append(last, op)
+		}
+		if got := l.sorted(); !slices.Equal(got, last) {
+			t.Fatalf("%d writes: the sort kept %d, a stable comparison sort %d, or their order differs", len(want), len(got), len(last))
+		}
+	})
+}
