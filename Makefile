@@ -56,6 +56,7 @@ test: ## run every test (race detector on): the worker, the dashboards, faults a
 	@# fail with "context deadline exceeded" while a worker is busy.
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 50000x ./internal/pageview
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeFastAgrees$$' -fuzztime 50000x ./internal/pageview
+	$(GO) test -run '^$$' -fuzz '^FuzzLoadSorted$$' -fuzztime 50000x ./internal/store
 	$(MAKE) test-dashboards
 	cd faults && $(GO) test -race -count=1 -timeout 15m ./...
 
