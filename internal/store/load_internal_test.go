@@ -24,6 +24,24 @@ func windowLoad(rng *rand.Rand, n int) *loading {
 	return l
 }
 
+// checkSorted checks l.sorted against a stable comparison sort of l's
+// writes: keys in order, and of equal keys only the last write.
+func checkSorted(t *testing.T, l *loading) {
+	t.Helper()
+	ops := slices.Clone(l.ops)
+	slices.SortStableFunc(ops, func(a, b loadOp) int { return bytes.Compare(l.key(a), l.key(b)) })
+	var last []loadOp
+	for i, op := range ops {
+		if i+1 < len(ops) && bytes.Equal(l.key(op), l.key(ops[i+1])) {
+			continue
+		}
+		last = append(last, op)
+	}
+	if got := l.sorted(); !slices.Equal(got, last) {
+		t.Fatalf("%d writes: the sort kept %d writes, a stable comparison sort %d, or their order differs", len(ops), len(got), len(last))
+	}
+}
+
 // TestLoadSortedKeepsLastWrite checks the radix sort against a stable
 // comparison sort: keys in order, and of equal keys only the last write.
 func TestLoadSortedKeepsLastWrite(t *testing.T) {
@@ -33,18 +51,7 @@ func TestLoadSortedKeepsLastWrite(t *testing.T) {
 		// Keys of lengths that end inside others' shared prefixes.
 		l.add([]byte{kindData}, []byte("a"), false)
 		l.add(appendPrefix(nil, kindData, "views", 3), []byte("b"), false)
-		want := slices.Clone(l.ops)
-		slices.SortStableFunc(want, func(a, b loadOp) int { return bytes.Compare(l.key(a), l.key(b)) })
-		var last []loadOp
-		for i, op := range want {
-			if i+1 < len(want) && bytes.Equal(l.key(op), l.key(want[i+1])) {
-				continue
-			}
-			last = append(last, op)
-		}
-		if got := l.sorted(); !slices.Equal(got, last) {
-			t.Fatalf("%d writes: the sort kept %d writes, a stable comparison sort %d, or their order differs", n+2, len(got), len(last))
-		}
+		checkSorted(t, l)
 	}
 }
 
@@ -80,17 +87,6 @@ func FuzzLoadSorted(f *testing.F) {
 			k := data[at:min(n, at+i%12)]
 			l.add(append([]byte("prefix"), k...), []byte{byte(i)}, i%7 == 0)
 		}
-		want := slices.Clone(l.ops)
-		slices.SortStableFunc(want, func(a, b loadOp) int { return bytes.Compare(l.key(a), l.key(b)) })
-		var last []loadOp
-		for i, op := range want {
-			if i+1 < len(want) && bytes.Equal(l.key(op), l.key(want[i+1])) {
-				continue
-			}
-			last = append(last, op)
-		}
-		if got := l.sorted(); !slices.Equal(got, last) {
-			t.Fatalf("%d writes: the sort kept %d, a stable comparison sort %d, or their order differs", len(want), len(got), len(last))
-		}
+		checkSorted(t, l)
 	})
 }
