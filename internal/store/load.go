@@ -83,45 +83,43 @@ const smallSort = 24
 // comparison sort compared those prefixes again and again (a quarter of a
 // recovery's CPU).
 func (l *loading) radix(ops, tmp []loadOp, depth int) {
-	for len(ops) > smallSort {
-		// Bytes every key shares are skipped in one pass, not counted a
-		// byte at a time: a table's keys share its prefix, and pages
-		// their own (a fifth of the sort's time in a recovery batch).
-		depth = l.shared(ops, depth)
-		// Bucket 0 holds the keys that end here; bucket 1+b those whose
-		// byte at depth is b.
-		var starts [258]int
-		for _, op := range ops {
-			starts[l.bucket(op, depth)+1]++
-		}
-		if starts[l.bucket(ops[0], depth)+1] == len(ops) {
-			if l.bucket(ops[0], depth) == 0 {
-				return // all equal: in the order they were written
-			}
-			depth++ // every key has the same byte here
-			continue
-		}
-		for b := 1; b < len(starts); b++ {
-			starts[b] += starts[b-1]
-		}
-		next := starts
-		for _, op := range ops {
-			b := l.bucket(op, depth)
-			tmp[next[b]] = op
-			next[b]++
-		}
-		copy(ops, tmp)
-		for b := 1; b < 257; b++ {
-			if lo, hi := starts[b], starts[b+1]; hi-lo > 1 {
-				l.radix(ops[lo:hi], tmp[lo:hi], depth+1)
+	if len(ops) <= smallSort {
+		// Insertion sort, moving a write only past greater keys: stable.
+		for i := 1; i < len(ops); i++ {
+			for j := i; j > 0 && bytes.Compare(l.key(ops[j-1])[depth:], l.key(ops[j])[depth:]) > 0; j-- {
+				ops[j-1], ops[j] = ops[j], ops[j-1]
 			}
 		}
 		return
 	}
-	// Insertion sort, moving a write only past greater keys: stable.
-	for i := 1; i < len(ops); i++ {
-		for j := i; j > 0 && bytes.Compare(l.key(ops[j-1])[depth:], l.key(ops[j])[depth:]) > 0; j-- {
-			ops[j-1], ops[j] = ops[j], ops[j-1]
+	// Bytes every key shares are skipped in one pass, not counted a byte
+	// at a time: a table's keys share its prefix, and pages their own (a
+	// fifth of the sort's time in a recovery batch). Past them, the keys
+	// differ or the shortest ends, so they fall into two buckets or more,
+	// unless all are equal.
+	depth = l.shared(ops, depth)
+	// Bucket 0 holds the keys that end here; bucket 1+b those whose byte
+	// at depth is b.
+	var starts [258]int
+	for _, op := range ops {
+		starts[l.bucket(op, depth)+1]++
+	}
+	if starts[1] == len(ops) {
+		return // all equal: in the order they were written
+	}
+	for b := 1; b < len(starts); b++ {
+		starts[b] += starts[b-1]
+	}
+	next := starts
+	for _, op := range ops {
+		b := l.bucket(op, depth)
+		tmp[next[b]] = op
+		next[b]++
+	}
+	copy(ops, tmp)
+	for b := 1; b < 257; b++ {
+		if lo, hi := starts[b], starts[b+1]; hi-lo > 1 {
+			l.radix(ops[lo:hi], tmp[lo:hi], depth+1)
 		}
 	}
 }
