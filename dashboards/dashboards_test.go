@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -217,6 +218,18 @@ func TestPanelsInBothBackends(t *testing.T) {
 			}
 			if (p.Viz == Stat) && len(p.Datadog) != 1 {
 				t.Errorf("stat panel %q needs exactly one Datadog query", p.Title)
+			}
+			if p.Viz == Table {
+				var prom, dd []string
+				for _, q := range p.Prom {
+					prom = append(prom, q.Column)
+				}
+				for _, q := range p.Datadog {
+					dd = append(dd, q.Alias)
+				}
+				if !slices.Equal(prom, dd) {
+					t.Errorf("table %q: columns %q in Grafana, %q in Datadog, want the same", p.Title, prom, dd)
+				}
 			}
 		}
 	}

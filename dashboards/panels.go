@@ -313,6 +313,7 @@ func Rows() []Row {
 					{Query: ddq("max", m.Generation, "", ddByWorker, ""), Alias: "generation", Aggregator: "last"},
 					{Query: ddq("max", m.RebalanceState, "", ddByWorker, ""), Alias: "rebalancing", Aggregator: "last"},
 					{Query: ddq("max", m.PartitionsAssigned, "", ddByWorker, ""), Alias: "partitions", Aggregator: "last"},
+					{Query: ddq("max", m.StandbyPartitions, "", ddByWorker, ""), Alias: "standby", Aggregator: "last"},
 				},
 				Link: &Link{Title: "Open ${__data.fields.instance}'s /monitor/ page", URL: "${__data.fields.monitor}"},
 			},
