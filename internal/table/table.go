@@ -570,9 +570,14 @@ func (c *core[V]) Flushed(p int32) {
 		c.startBuild(p, pt, pt.filter.keys)
 	}
 	if len(pt.cache) > maxCleanEntries {
-		for k, e := range pt.cache {
-			if !e.dirty {
-				delete(pt.cache, k)
+		// Drop the clean entries: empty the map and put back the dirty
+		// ones, every one of which the dirty list holds. At a million
+		// keys most of the cache is clean here, and clearing it costs a
+		// fraction of deleting each entry in a walk over it.
+		clear(pt.cache)
+		for _, e := range pt.dirty {
+			if e.dirty {
+				pt.cache[e.key] = e
 			}
 		}
 	}
