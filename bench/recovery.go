@@ -39,8 +39,8 @@ type recoveryResult struct {
 // recoveryBench fills the changelogs with n records (pages × windows in the
 // views changelog plus one total per page), rebuilds an empty DATA_DIR from
 // them with a worker, and consumes the same changelogs with a bare sarama
-// consumer.
-func recoveryBench(o options, addr, dataDir string, n int) (recoveryResult, error) {
+// consumer. env is added to the worker's environment.
+func recoveryBench(o options, addr, dataDir string, n int, env ...string) (recoveryResult, error) {
 	var res recoveryResult
 	pages := n / (recoveryWindows + 1)
 	began := time.Now()
@@ -51,7 +51,7 @@ func recoveryBench(o options, addr, dataDir string, n int) (recoveryResult, erro
 	fmt.Printf("recovery preload: %d changelog records (%d pages × %d windows + %d totals) in %.1fs\n",
 		written, pages, recoveryWindows, pages, time.Since(began).Seconds())
 
-	res.records, res.seconds, res.cpu, res.rssMiB, err = recoverWorker(o, addr, dataDir)
+	res.records, res.seconds, res.cpu, res.rssMiB, err = recoverWorker(o, addr, dataDir, env...)
 	if err != nil {
 		return res, err
 	}
@@ -118,13 +118,15 @@ func preloadChangelogs(addr string, partitions, pages int) (int64, error) {
 // recoverWorker starts a worker of the group "recovery" with an empty
 // DATA_DIR and reads from its log how many changelog records it replayed and
 // how long that took: from the first "recovering" line to the last
-// "recovered" line, every table partition restoring at once.
-func recoverWorker(o options, addr, dataDir string) (records int64, seconds, cpu, rssMiB float64, err error) {
+// "recovered" line, every table partition restoring at once. env is added
+// to the worker's environment.
+func recoverWorker(o options, addr, dataDir string, env ...string) (records int64, seconds, cpu, rssMiB float64, err error) {
 	cmd := exec.Command(o.worker)
 	cmd.Env = append(os.Environ(),
 		"KAFKA_BROKERS="+addr, "DATA_DIR="+dataDir, "WEB_ADDR=127.0.0.1:0", "KAFKA_GROUP="+recoveryGroup,
 		"PAGE_VIEWS_TOPIC="+recoverySource, "LOG_FORMAT=json", "PARTITIONS="+strconv.Itoa(o.partitions),
 		"WINDOW_SIZE=1h", "WINDOW_EXPIRES=24h", "LIVECHECK_INTERVAL=0")
+	cmd.Env = append(cmd.Env, env...)
 	if o.cpuprofile != "" {
 		cmd.Env = append(cmd.Env, "PPROF_ADDR=127.0.0.1:6061")
 	}

@@ -168,7 +168,7 @@ func runScalePoint(o options, p *scalePoint, memLimit string) error {
 		return fmt.Errorf("worker: %w", err)
 	}
 	p.rate, p.rssMiB, p.p99 = agg.rate, agg.rssMiB, agg.steady.p99
-	rec, err := recoveryBench(o, addr, filepath.Join(dir, "recovery"), o.events)
+	rec, err := recoveryBench(o, addr, filepath.Join(dir, "recovery"), o.events, env...)
 	if err != nil {
 		return fmt.Errorf("recovery: %w", err)
 	}
