@@ -2,13 +2,9 @@ package table
 
 import (
 	"fmt"
-	"io"
-	"log/slog"
 	"strconv"
 	"testing"
 	"time"
-
-	"github.com/gofaust/pageviews/internal/store"
 )
 
 // TestFlushedBoundsTheCache fills a partition's cache past maxCleanEntries,
@@ -17,11 +13,7 @@ import (
 // dropped value is read back from the store, and that the next Flush hands
 // out the dirty keys with their latest values.
 func TestFlushedBoundsTheCache(t *testing.T) {
-	db, _, err := store.Open(t.TempDir(), slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
+	db := openStore(t)
 	tb := New("totals", "totals-changelog", Int64{}, db)
 	if _, _, err := tb.Assign(0); err != nil {
 		t.Fatal(err)

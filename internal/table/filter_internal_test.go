@@ -49,11 +49,7 @@ func TestKeyFilterHoldsEveryKey(t *testing.T) {
 // the store's keys, writes new keys, and lets it finish: the filter it
 // makes holds the stored keys and the new ones.
 func TestBuildKeepsKeysWrittenMeanwhile(t *testing.T) {
-	db, _, err := store.Open(t.TempDir(), slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
+	db := openStore(t)
 	inc := func(v int64) int64 { return v + 1 }
 	flush := func(tb *Table[int64], offset int64) {
 		t.Helper()
@@ -138,4 +134,16 @@ func waitFilter(t *testing.T, tb *Table[int64]) *part[int64] {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// openStore opens a store in a temporary directory for the test, closed
+// at its end.
+func openStore(t *testing.T) *store.DB {
+	t.Helper()
+	db, _, err := store.Open(t.TempDir(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	return db
 }
