@@ -118,7 +118,8 @@ func preloadChangelogs(addr string, partitions, pages int) (int64, error) {
 // recoverWorker starts a worker of the group "recovery" with an empty
 // DATA_DIR and reads from its log how many changelog records it replayed and
 // how long that took: from the first "recovering" line to the last
-// "recovered" line, every table partition restoring at once. env is added
+// "recovered" line (up to stream.DefaultRecovering partitions replay at
+// once, each with all its tables; the others wait their turn). env is added
 // to the worker's environment.
 func recoverWorker(o options, addr, dataDir string, env ...string) (records int64, seconds, cpu, rssMiB float64, err error) {
 	cmd := exec.Command(o.worker)

@@ -66,6 +66,12 @@ func startWorker(t testing.TB, vars map[string]string, clock func() time.Time) *
 // waiting for it to be ready, so a test can watch its start and recovery.
 func launchWorker(t testing.TB, vars map[string]string, clock func() time.Time) *worker {
 	t.Helper()
+	return launchWorkerWith(t, vars, app.Hooks{Clock: clock})
+}
+
+// launchWorkerWith is launchWorker with test hooks into the worker.
+func launchWorkerWith(t testing.TB, vars map[string]string, hooks app.Hooks) *worker {
+	t.Helper()
 	cfg, err := loadConfig(env(vars))
 	if err != nil {
 		t.Fatal(err)
@@ -75,9 +81,8 @@ func launchWorker(t testing.TB, vars map[string]string, clock func() time.Time) 
 	ctx, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel
 	addr := make(chan string, 1)
-	go func() {
-		w.done <- runWorker(ctx, cfg, log, app.Hooks{Clock: clock, Listening: func(a string) { addr <- a }})
-	}()
+	hooks.Listening = func(a string) { addr <- a }
+	go func() { w.done <- runWorker(ctx, cfg, log, hooks) }()
 	select {
 	case a := <-addr:
 		w.base = "http://" + a

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -78,13 +79,13 @@ func (w *lineWatcher) wait(t testing.TB, msg string, timeout time.Duration) map[
 	}
 }
 
-// all returns every log line whose msg is msg.
-func (w *lineWatcher) all(msg string) []map[string]any {
+// all returns every log line whose msg is one of msgs, in the log's order.
+func (w *lineWatcher) all(msgs ...string) []map[string]any {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var out []map[string]any
 	for _, l := range w.lines {
-		if l["msg"] == msg {
+		if msg, _ := l["msg"].(string); slices.Contains(msgs, msg) {
 			out = append(out, l)
 		}
 	}

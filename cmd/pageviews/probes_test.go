@@ -1,10 +1,8 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -30,24 +28,7 @@ func status(t testing.TB, url string) (int, string) {
 // startWorkerWith is startWorker with test hooks into the worker.
 func startWorkerWith(t testing.TB, vars map[string]string, hooks app.Hooks) *worker {
 	t.Helper()
-	cfg, err := loadConfig(env(vars))
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := &worker{logs: newLineWatcher(), done: make(chan error, 1)}
-	log := slog.New(slog.NewJSONHandler(w.logs, nil))
-	ctx, cancel := context.WithCancel(context.Background())
-	w.cancel = cancel
-	addr := make(chan string, 1)
-	hooks.Listening = func(a string) { addr <- a }
-	go func() { w.done <- runWorker(ctx, cfg, log, hooks) }()
-	select {
-	case a := <-addr:
-		w.base = "http://" + a
-	case err := <-w.done:
-		t.Fatalf("worker stopped before listening: %v\n%s", err, w.logs)
-	}
-	t.Cleanup(func() { w.stop(t) })
+	w := launchWorkerWith(t, vars, hooks)
 	waitReady(t, w.base, 30*time.Second)
 	return w
 }

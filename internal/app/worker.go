@@ -45,6 +45,9 @@ type Hooks struct {
 	Runtime   func(*stream.Runtime)
 	// Handler wraps the agent (tests inject stalls with it).
 	Handler func(stream.Handler) stream.Handler
+	// Recovering is how many partitions replay their changelogs at once;
+	// 0 is stream.DefaultRecovering.
+	Recovering int
 }
 
 // RunWorker wires the worker of a and runs it until ctx ends. Shutdown
@@ -471,11 +474,12 @@ func (w *worker) startApp(context.Context) error {
 		OffsetsAfter: cfg.Guarantee != config.ExactlyOnce,
 		// The admin client's connection is mostly idle; the group's is
 		// busy with fetches that a commit would queue behind.
-		Committer: &kafka.OffsetCommitter{Client: w.clients.admin, Group: cfg.Group, InstanceID: cfg.InstanceID},
-		Metadata:  commitMetadata(w.admin, cfg.Group, cfg.Topic),
-		Hooks:     monitorHooks{w.streamHooks, w.monitor}, // the metrics, and the monitor page's rebalances
-		Log:       w.log.With("component", "stream"),
-		Clock:     w.clock,
+		Committer:  &kafka.OffsetCommitter{Client: w.clients.admin, Group: cfg.Group, InstanceID: cfg.InstanceID},
+		Metadata:   commitMetadata(w.admin, cfg.Group, cfg.Topic),
+		Hooks:      monitorHooks{w.streamHooks, w.monitor}, // the metrics, and the monitor page's rebalances
+		Log:        w.log.With("component", "stream"),
+		Clock:      w.clock,
+		Recovering: w.hooks.Recovering,
 	})
 	if w.hooks.Runtime != nil {
 		w.hooks.Runtime(w.rt)

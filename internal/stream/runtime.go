@@ -88,6 +88,9 @@ type Options struct {
 	Metadata func(p int32) (string, bool)
 	Log      *slog.Logger
 	Clock    func() time.Time
+	// Recovering is how many partitions replay their changelogs at once
+	// (0: DefaultRecovering); the others wait their turn (see takeSlot).
+	Recovering int
 }
 
 // ReleaseMetadata is the commit metadata of a partition released at t.
@@ -123,6 +126,8 @@ type Runtime struct {
 	// released are the partitions this process released, when and in
 	// which generation.
 	released map[int32]release
+	// slots holds a token per partition replaying its changelogs.
+	slots chan struct{}
 }
 
 type release struct {
@@ -138,7 +143,10 @@ func New(o Options) *Runtime {
 	if o.Hooks == nil {
 		o.Hooks = NopHooks{}
 	}
-	return &Runtime{o: o, fatal: make(chan error, 1)}
+	if o.Recovering <= 0 {
+		o.Recovering = DefaultRecovering
+	}
+	return &Runtime{o: o, fatal: make(chan error, 1), slots: make(chan struct{}, o.Recovering)}
 }
 
 // Run consumes until ctx ends or a partition fails in a way the runtime
