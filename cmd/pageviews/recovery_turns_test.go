@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -85,6 +86,11 @@ func TestRecoveryWaitingTurnRevoked(t *testing.T) {
 	a.logs.wait(t, "recovery waits its turn: other partitions are replaying", 60*time.Second)
 	eventually(t, 60*time.Second, "the replay in turn is held up", func() (bool, string) {
 		return h.Hits() > 0, fmt.Sprintf("%d fetches faulted", h.Hits())
+	})
+	eventually(t, 60*time.Second, "/ready/ says a partition waits its turn", func() (bool, string) {
+		var r struct{ Reason string }
+		getJSON(t, a.base+"/ready/", &r)
+		return strings.Contains(r.Reason, "waits its turn"), r.Reason
 	})
 	b := launchWorkerWith(t, turnVars(t, c), app.Hooks{Recovering: 1})
 	// The group gives the second worker half the partitions once the

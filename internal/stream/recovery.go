@@ -176,8 +176,8 @@ const DefaultRecovering = 16
 
 // takeSlot waits until fewer than Options.Recovering partitions replay,
 // and returns what gives the slot back. Partitions take slots in the order
-// they ask; one that waits says so in the log, and the records it has left
-// show on the monitor meanwhile.
+// they ask; one that waits says so in the log and in /ready/'s reason, and
+// the records it has left show on the monitor meanwhile.
 func (w *partitionWorker) takeSlot(ctx context.Context, records int64) (release func(), err error) {
 	slots := w.r.slots
 	release = func() { <-slots }
@@ -186,6 +186,8 @@ func (w *partitionWorker) takeSlot(ctx context.Context, records int64) (release 
 	case slots <- struct{}{}:
 	default:
 		w.log.Info("recovery waits its turn: other partitions are replaying", "records", records, "at_once", cap(slots))
+		w.r.o.State.waiting(w.p, fmt.Errorf("partition %d waits its turn to replay (%d at once)", w.p, cap(slots)))
+		defer w.r.o.State.waiting(w.p, nil)
 		select {
 		case slots <- struct{}{}:
 			if ctx.Err() != nil { // both were ready, and select took the slot
