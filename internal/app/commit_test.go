@@ -53,6 +53,11 @@ func sendBatch(t *testing.T, brokers []string, topic string, want map[string]int
 	t.Helper()
 	pc := sarama.NewConfig()
 	pc.Producer.Return.Successes = true
+	// Held until all n are buffered: by default sarama sends what it has
+	// as soon as it can, and on a busy machine the backlog went out in two
+	// requests, so that the worker drained the first part, committed it,
+	// and waited for the interval with the rest.
+	pc.Producer.Flush.Messages = n
 	p, err := sarama.NewSyncProducer(brokers, pc)
 	if err != nil {
 		t.Fatal(err)
