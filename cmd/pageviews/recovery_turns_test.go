@@ -116,3 +116,51 @@ func TestRecoveryWaitingTurnRevoked(t *testing.T) {
 		}
 	}
 }
+
+// TestStandbyCopiesTakeTurns: standby copies catch up one at a time when
+// told to, each giving its turn back once it has caught up, and every copy
+// still catches up; the partitions then fail over to them with every count.
+func TestStandbyCopiesTakeTurns(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	c := startFaultBroker(t)
+	vars := func() map[string]string {
+		v := turnVars(t, c)
+		v["TABLE_STANDBY_REPLICAS"] = "1"
+		v["LOG_LEVEL"] = "debug" // a copy's turn is logged at debug
+		return v
+	}
+	a := startWorker(t, vars(), time.Now)
+	want := countViews(t, a.base, 10, 5)
+	b := startWorkerWith(t, vars(), app.Hooks{Recovering: 1})
+
+	// Each of b's copies of a's two partitions, both tables, catches up.
+	eventually(t, 60*time.Second, "the second worker's copies catch up", func() (bool, string) {
+		caught := map[string]bool{}
+		for _, l := range b.logs.all("standby copy caught up") {
+			caught[fmt.Sprint(l["partition"], l["table"])] = true
+		}
+		return len(caught) == 4, fmt.Sprintf("%d table copies caught up, want 4", len(caught))
+	})
+	if len(b.logs.all("standby copy waits its turn: other copies are catching up")) == 0 {
+		t.Fatalf("no standby copy waited for its turn, with one copy catching up at a time\n%s", b.logs)
+	}
+	// In the log's order, no copy starts catching up while another's turn
+	// has not ended.
+	var open any
+	for _, l := range b.logs.all("standby copy catching up", "standby copy's turn ends") {
+		p := l["partition"]
+		switch {
+		case l["msg"] == "standby copy catching up" && open != nil:
+			t.Fatalf("the copy of partition %v started catching up during the turn of partition %v\n%s", p, open, b.logs)
+		case l["msg"] == "standby copy catching up":
+			open = p
+		case p == open:
+			open = nil
+		}
+	}
+	a.stop(t)
+	readyReasons(t, b, 90*time.Second)
+	waitCounts(t, b.base, want)
+}

@@ -45,8 +45,9 @@ type Hooks struct {
 	Runtime   func(*stream.Runtime)
 	// Handler wraps the agent (tests inject stalls with it).
 	Handler func(stream.Handler) stream.Handler
-	// Recovering is how many partitions replay their changelogs at once;
-	// 0 is stream.DefaultRecovering.
+	// Recovering is how many partitions replay their changelogs at once,
+	// and how many standby copies catch up at once; 0 is
+	// stream.DefaultRecovering.
 	Recovering int
 }
 
@@ -442,6 +443,7 @@ func (w *worker) startGroup(context.Context) error {
 		// its partition is assigned here, held the recovery of it back.
 		Client: cs.admin, Restore: w.copies, DB: w.db,
 		Log: w.log.With("component", "standby"), Every: 2 * time.Second, SweepEvery: sweepEvery(w.cfg),
+		CatchingUp: w.hooks.Recovering,
 	}
 	return nil
 }

@@ -179,27 +179,59 @@ const DefaultRecovering = 16
 // they ask; one that waits says so in the log and in /ready/'s reason, and
 // the records it has left show on the monitor meanwhile.
 func (w *partitionWorker) takeSlot(ctx context.Context, records int64) (release func(), err error) {
-	slots := w.r.slots
-	release = func() { <-slots }
 	asked := time.Now()
-	select {
-	case slots <- struct{}{}:
-	default:
-		w.log.Info("recovery waits its turn: other partitions are replaying", "records", records, "at_once", cap(slots))
-		w.r.o.State.waiting(w.p, fmt.Errorf("partition %d waits its turn to replay (%d at once)", w.p, cap(slots)))
-		defer w.r.o.State.waiting(w.p, nil)
-		select {
-		case slots <- struct{}{}:
-			if ctx.Err() != nil { // both were ready, and select took the slot
-				release()
-				return nil, context.Cause(ctx)
-			}
-		case <-ctx.Done():
-			return nil, context.Cause(ctx)
-		}
+	release, err = w.r.turns.take(ctx, func() {
+		n := cap(w.r.turns)
+		w.log.Info("recovery waits its turn: other partitions are replaying", "records", records, "at_once", n)
+		w.r.o.State.waiting(w.p, fmt.Errorf("partition %d waits its turn to replay (%d at once)", w.p, n))
+	})
+	w.r.o.State.waiting(w.p, nil)
+	if err != nil {
+		return nil, err
 	}
 	w.log.Info("replaying", "records", records, "waited", time.Since(asked).Round(time.Millisecond).String())
 	return release, nil
+}
+
+// turns bounds how many replays run at once: each takes a turn, and gives
+// it back when it no longer needs to read fast (its consumers' buffers
+// and store batches are what a turn bounds).
+type turns chan struct{}
+
+func newTurns(n int) turns {
+	if n <= 0 {
+		n = DefaultRecovering
+	}
+	return make(turns, n)
+}
+
+// take returns once a turn is free, in the order of asking, or with why
+// ctx ended; waiting, when set, runs first if the turn must be waited
+// for. release gives the turn back; calling it again does nothing.
+func (t turns) take(ctx context.Context, waiting func()) (release func(), err error) {
+	select {
+	case t <- struct{}{}:
+		return t.releaser(), nil
+	default:
+	}
+	if waiting != nil {
+		waiting()
+	}
+	select {
+	case t <- struct{}{}:
+		if ctx.Err() != nil { // both were ready, and select took the turn
+			<-t
+			return nil, context.Cause(ctx)
+		}
+		return t.releaser(), nil
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+}
+
+func (t turns) releaser() func() {
+	var once sync.Once
+	return func() { once.Do(func() { <-t }) }
 }
 
 // prepare reads the stored checkpoint and the changelog's offsets and

@@ -126,8 +126,8 @@ type Runtime struct {
 	// released are the partitions this process released, when and in
 	// which generation.
 	released map[int32]release
-	// slots holds a token per partition replaying its changelogs.
-	slots chan struct{}
+	// turns are the partitions replaying their changelogs.
+	turns turns
 }
 
 type release struct {
@@ -143,10 +143,7 @@ func New(o Options) *Runtime {
 	if o.Hooks == nil {
 		o.Hooks = NopHooks{}
 	}
-	if o.Recovering <= 0 {
-		o.Recovering = DefaultRecovering
-	}
-	return &Runtime{o: o, fatal: make(chan error, 1), slots: make(chan struct{}, o.Recovering)}
+	return &Runtime{o: o, fatal: make(chan error, 1), turns: newTurns(o.Recovering)}
 }
 
 // Run consumes until ctx ends or a partition fails in a way the runtime

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -47,6 +48,13 @@ type Standby struct {
 	// SweepEvery is how often the expired windows of the partitions held
 	// neither here nor as copies are deleted (sweep); 0 never.
 	SweepEvery time.Duration
+	// CatchingUp is how many copies catch up at once (0:
+	// DefaultRecovering), as recoveries take turns: a copy far behind
+	// reads as fast as a recovery and buffers as much. The others wait
+	// their turn; a copy gives its turn back once it has caught up, or
+	// goes quiet.
+	CatchingUp int
+	turns      turns
 
 	mu      sync.Mutex
 	active  map[int32]bool // partitions the runtime processes here
@@ -128,6 +136,7 @@ func (s *Standby) init() {
 	if s.active == nil {
 		s.active = map[int32]bool{}
 		s.tailers = map[int32]*tailer{}
+		s.turns = newTurns(s.CatchingUp)
 	}
 }
 
@@ -390,8 +399,29 @@ func (s *Standby) reconcile(ctx context.Context) {
 }
 
 // tail follows every table's changelog partition p into the store until ctx
-// ends, committing a batch with a checkpoint at least every second.
+// ends, committing a batch with a checkpoint at least every second. It
+// starts once the copy has a turn to catch up (CatchingUp), and gives the
+// turn back when every table's copy has settled.
 func (s *Standby) tail(ctx context.Context, p int32) error {
+	release, err := s.turns.take(ctx, func() {
+		s.Log.Info("standby copy waits its turn: other copies are catching up", "partition", p, "at_once", cap(s.turns))
+	})
+	if err != nil {
+		return err
+	}
+	s.Log.Debug("standby copy catching up", "partition", p)
+	end := sync.OnceFunc(func() {
+		s.Log.Debug("standby copy's turn ends", "partition", p)
+		release()
+	})
+	defer end()
+	var unsettled atomic.Int32
+	unsettled.Store(int32(len(s.Tables)))
+	settled := func() {
+		if unsettled.Add(-1) == 0 {
+			end()
+		}
+	}
 	// One table's copy failing stops the others, so that the copy of the
 	// partition fails as a whole and the next reconcile starts it again.
 	ctx, cancel := context.WithCancel(ctx)
@@ -400,7 +430,7 @@ func (s *Standby) tail(ctx context.Context, p int32) error {
 	errs := make(chan error, len(s.Tables))
 	for _, t := range s.Tables {
 		wg.Go(func() {
-			if err := s.tailTable(ctx, t, p); err != nil {
+			if err := s.tailTable(ctx, t, p, settled); err != nil {
 				errs <- fmt.Errorf("%s: %w", t.Name(), err)
 				cancel()
 			}
@@ -411,7 +441,9 @@ func (s *Standby) tail(ctx context.Context, p int32) error {
 	return <-errs
 }
 
-func (s *Standby) tailTable(ctx context.Context, t Table, p int32) error {
+// tailTable keeps the copy of t's partition p; settled is called once,
+// when the copy has caught up or gone quiet.
+func (s *Standby) tailTable(ctx context.Context, t Table, p int32, settled func()) error {
 	defer t.Revoke(p) // also after a failed start: Revoke of a partition not held is a no-op
 	start, hwm, _, err := replayRange(ctx, t, s.Client, p, s.Log.With("partition", p, "table", t.Name()), nil)
 	if err != nil {
@@ -427,7 +459,7 @@ func (s *Standby) tailTable(ctx context.Context, t Table, p int32) error {
 	// returns. Recoveries read with a consumer of their own.
 	defer pc.AsyncClose()
 
-	c := &standbyCopy{s: s, t: t, p: p, b: s.DB.NewBatch(), last: start - 1, hwm: hwm, pc: pc}
+	c := &standbyCopy{s: s, t: t, p: p, b: s.DB.NewBatch(), last: start - 1, hwm: hwm, pc: pc, settled: settled}
 	defer func() { c.b.Discard() }()
 	defer s.setBehind(t.Name(), p, -1)
 	c.measure()
@@ -458,6 +490,9 @@ func (s *Standby) tailTable(ctx context.Context, t Table, p int32) error {
 				return err
 			}
 			c.last, c.n = m.Offset, c.n+1
+			if c.last+2 >= c.hwm {
+				c.settle() // one offset left at most: nearly always a commit marker
+			}
 			if c.n >= restoreBatch {
 				if err := c.commit(); err != nil {
 					return err
@@ -482,6 +517,7 @@ func (s *Standby) tailTable(ctx context.Context, t Table, p int32) error {
 			c.measure()
 			if quiet {
 				c.logCaughtUp(true)
+				c.settle() // waiting on a broker buffers nothing
 			}
 		case <-ctx.Done():
 			return c.commit()
@@ -513,6 +549,15 @@ type standbyCopy struct {
 	hwm      int64 // the end of the changelog when the copy started
 	caughtUp bool
 	pc       sarama.PartitionConsumer
+	settled  func() // nil once called
+}
+
+// settle tells tail, once, that the copy no longer needs its turn.
+func (c *standbyCopy) settle() {
+	if c.settled != nil {
+		c.settled()
+		c.settled = nil
+	}
 }
 
 // measure records how far the copy is behind the changelog's end, as the
@@ -546,6 +591,9 @@ func (c *standbyCopy) commit() error {
 // be one offset short of it: a transaction's commit marker, which a
 // read_committed consumer never receives.
 func (c *standbyCopy) logCaughtUp(quiet bool) {
+	if c.last+2 >= c.hwm {
+		c.settle()
+	}
 	if !c.caughtUp && (c.last+1 >= c.hwm || quiet && c.last+2 >= c.hwm) {
 		c.caughtUp = true
 		c.s.Log.Info("standby copy caught up", "partition", c.p, "table", c.t.Name(), "offset", c.last)
