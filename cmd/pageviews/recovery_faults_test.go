@@ -124,6 +124,17 @@ func seedChangelogs(t *testing.T, vars map[string]string) map[string]int64 {
 	return want
 }
 
+// seededBroker starts an in-process broker and seeds its changelogs with a
+// worker of vars (seedChangelogs); it skips the test in -short mode.
+func seededBroker(t *testing.T, vars func(testing.TB, *kfake.Cluster) map[string]string) (*kfake.Cluster, map[string]int64) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	c := startFaultBroker(t)
+	return c, seedChangelogs(t, vars(t, c))
+}
+
 // TestRecoveryWaitsOutLeaderMove: the changelog's leader answers the
 // recovery's fetches NOT_LEADER_OR_FOLLOWER a few times, as during a
 // rolling broker restart, and sarama backs off between tries. Recovery must
@@ -131,11 +142,7 @@ func seedChangelogs(t *testing.T, vars map[string]string) map[string]int64 {
 // it used to take a quiet spell for the end of the changelog and claim
 // records it never read.
 func TestRecoveryWaitsOutLeaderMove(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
-	c := startFaultBroker(t)
-	want := seedChangelogs(t, faultVars(t, c))
+	c, want := seededBroker(t, faultVars)
 
 	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: viewsChangelog, Err: kerr.NotLeaderForPartition, Count: 3},
 		kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: totalsChangelog, Err: kerr.NotLeaderForPartition, Count: 3})
@@ -159,11 +166,7 @@ func TestRecoveryWaitsOutLeaderMove(t *testing.T) {
 // TestRecoverySurvivesFetchErrors: transient fetch errors during recovery
 // (sarama retries them itself) must not stop the worker.
 func TestRecoverySurvivesFetchErrors(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
-	c := startFaultBroker(t)
-	want := seedChangelogs(t, faultVars(t, c))
+	c, want := seededBroker(t, faultVars)
 
 	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: viewsChangelog, Err: kerr.UnknownServerError, Count: 2},
 		kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: totalsChangelog, Err: kerr.UnknownServerError, Count: 2})
@@ -180,11 +183,7 @@ func TestRecoverySurvivesFetchErrors(t *testing.T) {
 // whose offset fell out of range. Recovery starts it again instead of
 // failing the worker, and loses nothing the changelog still holds.
 func TestRecoveryAfterOffsetOutOfRange(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
-	c := startFaultBroker(t)
-	want := seedChangelogs(t, faultVars(t, c))
+	c, want := seededBroker(t, faultVars)
 
 	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: viewsChangelog, Err: kerr.OffsetOutOfRange, Count: 1})
 	defer h.Remove()

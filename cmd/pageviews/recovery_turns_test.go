@@ -18,7 +18,7 @@ import (
 // with the partitions a worker is given. These tests run it with one at a
 // time, against the in-process broker.
 
-func turnVars(t *testing.T, c *kfake.Cluster) map[string]string {
+func turnVars(t testing.TB, c *kfake.Cluster) map[string]string {
 	v := faultVars(t, c)
 	v["PARTITIONS"] = "4"
 	return v
@@ -27,11 +27,7 @@ func turnVars(t *testing.T, c *kfake.Cluster) map[string]string {
 // TestRecoveryTakesTurns: partitions recovering one at a time never replay
 // side by side, and together restore every count.
 func TestRecoveryTakesTurns(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
-	c := startFaultBroker(t)
-	want := seedChangelogs(t, turnVars(t, c))
+	c, want := seededBroker(t, turnVars)
 
 	b := launchWorkerWith(t, turnVars(t, c), app.Hooks{Recovering: 1}) // an empty store: replays everything
 	readyReasons(t, b, 90*time.Second)
@@ -74,11 +70,7 @@ func TestRecoveryTakesTurns(t *testing.T) {
 // worker gets its share while the replay in turn is still held up, and
 // not stop the worker; both workers then recover every count.
 func TestRecoveryWaitingTurnRevoked(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
-	c := startFaultBroker(t)
-	want := seedChangelogs(t, turnVars(t, c))
+	c, want := seededBroker(t, turnVars)
 
 	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: viewsChangelog, Err: kerr.NotLeaderForPartition, Count: -1})
 	defer h.Remove()

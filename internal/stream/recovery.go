@@ -77,23 +77,7 @@ type restoring struct {
 func (w *partitionWorker) recover(ctx context.Context, msgs <-chan *sarama.ConsumerMessage) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	// Meanwhile the claim may deliver a source record (kept for after
-	// recovery; at most one is held) or be revoked.
-	done := make(chan struct{})
-	var watcher sync.WaitGroup
-	watcher.Go(func() {
-		select {
-		case m, ok := <-msgs:
-			if !ok {
-				cancel(errRevoked)
-				return
-			}
-			w.pending = m
-		case <-done:
-		}
-	})
-	defer watcher.Wait()
-	defer close(done)
+	defer w.watchClaim(msgs, cancel)()
 	var rs []*restoring
 	defer func() {
 		for _, r := range rs {
@@ -154,6 +138,30 @@ func (w *partitionWorker) recover(ctx context.Context, msgs <-chan *sarama.Consu
 	}
 	w.r.o.State.progress(w.p, 0)
 	return nil
+}
+
+// watchClaim keeps, while a recovery runs, the one source record the claim
+// may deliver meanwhile (w.pending, for after recovery), or cancels the
+// recovery with errRevoked when the claim is revoked. The returned func
+// stops watching; w.pending may be read once it has returned.
+func (w *partitionWorker) watchClaim(msgs <-chan *sarama.ConsumerMessage, cancel context.CancelCauseFunc) (stop func()) {
+	done := make(chan struct{})
+	var watcher sync.WaitGroup
+	watcher.Go(func() {
+		select {
+		case m, ok := <-msgs:
+			if !ok {
+				cancel(errRevoked)
+				return
+			}
+			w.pending = m
+		case <-done:
+		}
+	})
+	return func() {
+		close(done)
+		watcher.Wait()
+	}
 }
 
 // stopped is err, or why ctx ended when it did (a revocation, errRevoked).

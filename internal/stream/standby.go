@@ -490,9 +490,7 @@ func (s *Standby) tailTable(ctx context.Context, t Table, p int32, settled func(
 				return err
 			}
 			c.last, c.n = m.Offset, c.n+1
-			if c.last+2 >= c.hwm {
-				c.settle() // one offset left at most: nearly always a commit marker
-			}
+			c.settleNearEnd()
 			if c.n >= restoreBatch {
 				if err := c.commit(); err != nil {
 					return err
@@ -552,6 +550,18 @@ type standbyCopy struct {
 	settled  func() // nil once called
 }
 
+// nearEnd reports whether at most one offset of the end the copy measured
+// at its start is left: nearly always a transaction's commit marker,
+// which a read_committed consumer never receives.
+func (c *standbyCopy) nearEnd() bool { return c.last+2 >= c.hwm }
+
+// settleNearEnd settles the copy once it is near its end.
+func (c *standbyCopy) settleNearEnd() {
+	if c.nearEnd() {
+		c.settle()
+	}
+}
+
 // settle tells tail, once, that the copy no longer needs its turn.
 func (c *standbyCopy) settle() {
 	if c.settled != nil {
@@ -591,10 +601,8 @@ func (c *standbyCopy) commit() error {
 // be one offset short of it: a transaction's commit marker, which a
 // read_committed consumer never receives.
 func (c *standbyCopy) logCaughtUp(quiet bool) {
-	if c.last+2 >= c.hwm {
-		c.settle()
-	}
-	if !c.caughtUp && (c.last+1 >= c.hwm || quiet && c.last+2 >= c.hwm) {
+	c.settleNearEnd()
+	if !c.caughtUp && (c.last+1 >= c.hwm || quiet && c.nearEnd()) {
 		c.caughtUp = true
 		c.s.Log.Info("standby copy caught up", "partition", c.p, "table", c.t.Name(), "offset", c.last)
 	}
