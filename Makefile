@@ -86,7 +86,7 @@ clean: ## remove build output and the local data directory
 	rm -rf $(BIN) data
 
 .PHONY: bench
-bench: build ## benchmark against a dev broker process: throughput (vs bare sarama and a goka peer), latency, recovery, rebalances (BENCH_EVENTS=N for a shorter run)
+bench: build ## benchmark against a dev broker process: throughput (vs bare sarama and a goka peer), latency, recovery, rebalances (BENCH_EVENTS=N for a shorter run, BENCH_RUNS=N throughput and recovery runs beside the bare consumer, 3 by default)
 	cd bench/peer && $(GO) build -o ../../$(BIN)/goka-peer .
 	$(GO) run ./bench -worker $(BIN)/pageviews -broker $(BIN)/devbroker -peer $(BIN)/goka-peer
 

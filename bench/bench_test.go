@@ -11,7 +11,8 @@ import (
 
 // TestBenchRuns runs the whole benchmark on a small load (no goka peer: it
 // is a module of its own) so that it cannot rot unnoticed as the worker
-// changes: every figure must come out and make sense. It asserts no speed.
+// changes: every figure must come out and make sense, with the throughput
+// and recovery runs taken twice each. It asserts no speed.
 func TestBenchRuns(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a broker and six workers")
@@ -27,7 +28,7 @@ func TestBenchRuns(t *testing.T) {
 	const events = 20_000
 	results, err := run(options{
 		worker: filepath.Join(bin, "pageviews"), broker: filepath.Join(bin, "devbroker"),
-		events: events, pages: 200, partitions: 8, bare: true, recovery: true, hopping: true, avro: true,
+		events: events, pages: 200, partitions: 8, runs: 2, bare: true, recovery: true, hopping: true, avro: true,
 		rebalanceRuns: 1, latencyRate: 2000, latencyFor: time.Second, commitInterval: "1s",
 	})
 	if err != nil {

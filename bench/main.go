@@ -53,6 +53,7 @@ type options struct {
 	hopping        bool
 	avro           bool
 	topic          string // the source topic runWorker waits on
+	runs           int    // throughput and recovery runs, each beside a bare one
 	// The failover benchmark, run instead of the others.
 	failover        bool
 	failoverRuns    int
@@ -67,6 +68,7 @@ func main() {
 	flag.IntVar(&o.events, "events", envInt("BENCH_EVENTS", 1_000_000), "page views to preload")
 	flag.IntVar(&o.pages, "pages", 10_000, "distinct pages")
 	flag.IntVar(&o.partitions, "partitions", 8, "partitions of page_views")
+	flag.IntVar(&o.runs, "runs", envInt("BENCH_RUNS", 3), "runs of the throughput and of the recovery benchmark, each followed by a bare consumer's run: the figures are medians, and each ratio the median of the runs' ratios to the bare run beside them")
 	flag.BoolVar(&o.bare, "bare", true, "also measure a bare sarama consumer")
 	flag.BoolVar(&o.avro, "avro", true, "also measure the worker over the same views written as registry-framed Avro (a dev schema registry in this process)")
 	flag.BoolVar(&o.hopping, "hopping", true, "also measure the worker with hopping windows of a quarter step (WINDOW_STEP=WINDOW_SIZE/4: 4 windows per event)")
@@ -158,12 +160,11 @@ func run(o options) (map[string]string, error) {
 	}
 	fmt.Printf("preload: %d records in %.1fs\n", o.events, time.Since(began).Seconds())
 
-	agg, err := runWorker(o, addr, filepath.Join(dir, "worker"), "pageviews", int64(o.events))
+	results := map[string]string{}
+	agg, err := throughput(o, addr, dir, results)
 	if err != nil {
-		return nil, fmt.Errorf("worker: %w", err)
+		return nil, err
 	}
-	fmt.Printf("worker:   %8.0f events/s  (%.2fs, cpu %.2fs, peak rss %.1f MiB)\n",
-		agg.rate, agg.seconds, agg.cpu, agg.rssMiB)
 	fmt.Printf("latency over the backlog: p50 %.0f ms, p99 %.0f ms (%d samples; mostly the wait in the backlog)\n",
 		agg.backlog.p50, agg.backlog.p99, agg.backlog.samples)
 	if agg.steadyEvents > 0 {
@@ -171,13 +172,8 @@ func run(o options) (map[string]string, error) {
 			o.latencyRate, agg.steady.p50, agg.steady.p99, agg.steady.samples, agg.steadyEvents)
 	}
 
-	results := map[string]string{
-		"events_per_second":      fmt.Sprintf("%.0f", agg.rate),
-		"peak_rss_mib":           fmt.Sprintf("%.1f", agg.rssMiB),
-		"cpu_seconds":            fmt.Sprintf("%.2f", agg.cpu),
-		"backlog_latency_p50_ms": fmt.Sprintf("%.0f", agg.backlog.p50),
-		"backlog_latency_p99_ms": fmt.Sprintf("%.0f", agg.backlog.p99),
-	}
+	results["backlog_latency_p50_ms"] = fmt.Sprintf("%.0f", agg.backlog.p50)
+	results["backlog_latency_p99_ms"] = fmt.Sprintf("%.0f", agg.backlog.p99)
 	if agg.steadyEvents > 0 {
 		results["latency_p50_ms"] = fmt.Sprintf("%.1f", agg.steady.p50)
 		results["latency_p99_ms"] = fmt.Sprintf("%.1f", agg.steady.p99)
@@ -301,6 +297,69 @@ type aggResult struct {
 	// under a steady load below capacity once the backlog is processed.
 	backlog, steady latencyFigures
 	steadyEvents    int64
+}
+
+// throughput runs the worker over the preloaded events o.runs times, each
+// with a group and DATA_DIR of its own, and with -bare a bare consumer of
+// the same events after each. Taking turns, each worker run is compared
+// with a bare run taken moments later, so a machine whose speed drifts
+// within minutes moves both sides of each ratio alike; ratio_vs_bare is the
+// median of the runs' ratios. The first run alone measures the latencies
+// and takes the CPU profile. It adds the throughput figures to results and
+// returns the first run's, with the medians' rate and CPU and the highest
+// peak RSS.
+func throughput(o options, addr, dir string, results map[string]string) (aggResult, error) {
+	var first aggResult
+	var rates, cpus, bares, ratios []float64
+	for i := range max(1, o.runs) {
+		run, group, data := o, "pageviews", "worker"
+		if i > 0 {
+			run.latencyRate, run.cpuprofile = 0, ""
+			group, data = fmt.Sprintf("pageviews-run%d", i+1), fmt.Sprintf("worker-run%d", i+1)
+		}
+		agg, err := runWorker(run, addr, filepath.Join(dir, data), group, int64(o.events))
+		if err != nil {
+			return first, fmt.Errorf("worker, run %d: %w", i+1, err)
+		}
+		fmt.Printf("worker:   %8.0f events/s  (run %d; %.2fs, cpu %.2fs, peak rss %.1f MiB)\n",
+			agg.rate, i+1, agg.seconds, agg.cpu, agg.rssMiB)
+		if i == 0 {
+			first = agg
+		}
+		rates, cpus = append(rates, agg.rate), append(cpus, agg.cpu)
+		first.rssMiB = max(first.rssMiB, agg.rssMiB)
+		if !o.bare {
+			continue
+		}
+		bare, err := bareConsume(addr, []string{"page_views"}, o.partitions)
+		if err != nil {
+			return first, fmt.Errorf("bare consumer, run %d: %w", i+1, err)
+		}
+		fmt.Printf("bare:     %8.0f records/s (run %d; sarama consumer, no processing)\n", bare, i+1)
+		bares, ratios = append(bares, bare), append(ratios, agg.rate/bare)
+	}
+	first.rate, first.cpu = median(rates), median(cpus)
+	fmt.Printf("worker:   %8.0f events/s  (median of %d runs; cpu %.2fs, peak rss %.1f MiB)\n",
+		first.rate, len(rates), first.cpu, first.rssMiB)
+	results["events_per_second"] = fmt.Sprintf("%.0f", first.rate)
+	results["peak_rss_mib"] = fmt.Sprintf("%.1f", first.rssMiB)
+	results["cpu_seconds"] = fmt.Sprintf("%.2f", first.cpu)
+	if o.bare {
+		fmt.Printf("bare:     %8.0f records/s (median); ratio_vs_bare %.2f, the median of the runs' %s\n",
+			median(bares), median(ratios), joinRatios(ratios))
+		results["bare_records_per_second"] = fmt.Sprintf("%.0f", median(bares))
+		results["ratio_vs_bare"] = fmt.Sprintf("%.2f", median(ratios))
+	}
+	return first, nil
+}
+
+// joinRatios lists ratios as "0.81 / 0.77 / 0.84".
+func joinRatios(ratios []float64) string {
+	s := make([]string, len(ratios))
+	for i, r := range ratios {
+		s[i] = fmt.Sprintf("%.2f", r)
+	}
+	return strings.Join(s, " / ")
 }
 
 // runWorker runs the worker until the group's committed offsets cover want
@@ -569,18 +628,9 @@ func joinMillis(xs []float64) string {
 }
 
 // comparisons runs what the worker's rate is compared with, as o asks:
-// a bare sarama consumer, the goka peer, and recovery against a bare
-// changelog consume. They add their figures to results.
+// the goka peer, and recovery against a bare changelog consume. They add
+// their figures to results.
 func comparisons(o options, addr, dir string, worker float64, results map[string]string) error {
-	if o.bare {
-		rate, err := bareConsume(addr, []string{"page_views"}, o.partitions)
-		if err != nil {
-			return fmt.Errorf("bare consumer: %w", err)
-		}
-		fmt.Printf("bare:     %8.0f records/s (sarama consumer, no processing)\n", rate)
-		results["bare_records_per_second"] = fmt.Sprintf("%.0f", rate)
-		results["ratio_vs_bare"] = fmt.Sprintf("%.2f", worker/rate)
-	}
 	if o.peer != "" {
 		rate, err := runPeer(o, addr, filepath.Join(dir, "peer"))
 		if err != nil {
@@ -595,12 +645,13 @@ func comparisons(o options, addr, dir string, worker float64, results map[string
 		if err != nil {
 			return fmt.Errorf("recovery: %w", err)
 		}
-		fmt.Printf("recovery: %8.0f records/s (%d changelog records into an empty DATA_DIR in %.2fs, cpu %.2fs, peak rss %.1f MiB)\n",
-			rec.rate, rec.records, rec.seconds, rec.cpu, rec.rssMiB)
-		fmt.Printf("bare changelog consume: %8.0f records/s\n", rec.bare)
+		fmt.Printf("recovery: %8.0f records/s (median of %d runs; %d changelog records into an empty DATA_DIR in %.2fs, cpu %.2fs, peak rss %.1f MiB)\n",
+			rec.rate, len(rec.ratios), rec.records, rec.seconds, rec.cpu, rec.rssMiB)
+		fmt.Printf("bare changelog consume: %8.0f records/s (median); recovery_ratio %.2f, the median of the runs' %s\n",
+			rec.bare, median(rec.ratios), joinRatios(rec.ratios))
 		results["recovery_records_per_second"] = fmt.Sprintf("%.0f", rec.rate)
 		results["bare_changelog_records_per_second"] = fmt.Sprintf("%.0f", rec.bare)
-		results["recovery_ratio"] = fmt.Sprintf("%.2f", rec.rate/rec.bare)
+		results["recovery_ratio"] = fmt.Sprintf("%.2f", median(rec.ratios))
 	}
 	return nil
 }

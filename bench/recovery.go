@@ -28,18 +28,20 @@ const (
 )
 
 type recoveryResult struct {
-	records int64   // changelog records replayed
-	rate    float64 // the worker's records/s
-	bare    float64 // a bare consume of the same changelogs, records/s
-	seconds float64
-	cpu     float64
-	rssMiB  float64
+	records int64     // changelog records replayed
+	rate    float64   // the worker's records/s, the runs' median
+	bare    float64   // a bare consume of the same changelogs, records/s, the runs' median
+	ratios  []float64 // each run's rate against the bare consume after it
+	seconds float64   // the runs' median
+	cpu     float64   // the runs' median
+	rssMiB  float64   // the highest of the runs
 }
 
 // recoveryBench fills the changelogs with n records (pages × windows in the
-// views changelog plus one total per page), rebuilds an empty DATA_DIR from
-// them with a worker, and consumes the same changelogs with a bare sarama
-// consumer. env is added to the worker's environment.
+// views changelog plus one total per page), then o.runs times rebuilds an
+// empty DATA_DIR from them with a worker and consumes the same changelogs
+// with a bare sarama consumer, in turns (see throughput). env is added to
+// the worker's environment.
 func recoveryBench(o options, addr, dataDir string, n int, env ...string) (recoveryResult, error) {
 	var res recoveryResult
 	pages := n / (recoveryWindows + 1)
@@ -50,19 +52,33 @@ func recoveryBench(o options, addr, dataDir string, n int, env ...string) (recov
 	}
 	fmt.Printf("recovery preload: %d changelog records (%d pages × %d windows + %d totals) in %.1fs\n",
 		written, pages, recoveryWindows, pages, time.Since(began).Seconds())
-
-	res.records, res.seconds, res.cpu, res.rssMiB, err = recoverWorker(o, addr, dataDir, env...)
-	if err != nil {
-		return res, err
+	var rates, bares, seconds, cpus []float64
+	for i := range max(1, o.runs) {
+		run, dir := o, dataDir
+		if i > 0 {
+			run.cpuprofile, dir = "", fmt.Sprintf("%s-run%d", dataDir, i+1)
+		}
+		records, secs, cpu, rss, err := recoverWorker(run, addr, dir, env...)
+		if err != nil {
+			return res, fmt.Errorf("run %d: %w", i+1, err)
+		}
+		if records != written {
+			return res, fmt.Errorf("run %d: the worker replayed %d changelog records, %d were written", i+1, records, written)
+		}
+		bare, err := bareConsume(addr, []string{recoveryViews, recoveryTotals}, o.partitions)
+		if err != nil {
+			return res, fmt.Errorf("bare changelog consumer, run %d: %w", i+1, err)
+		}
+		rate := float64(records) / secs
+		if o.runs > 1 {
+			fmt.Printf("recovery: %8.0f records/s (run %d; %.2fs, cpu %.2fs, peak rss %.1f MiB); bare changelog consume %.0f records/s\n",
+				rate, i+1, secs, cpu, rss, bare)
+		}
+		res.records, res.rssMiB = records, max(res.rssMiB, rss)
+		rates, bares, seconds, cpus = append(rates, rate), append(bares, bare), append(seconds, secs), append(cpus, cpu)
+		res.ratios = append(res.ratios, rate/bare)
 	}
-	if res.records != written {
-		return res, fmt.Errorf("the worker replayed %d changelog records, %d were written", res.records, written)
-	}
-	res.rate = float64(res.records) / res.seconds
-	res.bare, err = bareConsume(addr, []string{recoveryViews, recoveryTotals}, o.partitions)
-	if err != nil {
-		return res, fmt.Errorf("bare changelog consumer: %w", err)
-	}
+	res.rate, res.bare, res.seconds, res.cpu = median(rates), median(bares), median(seconds), median(cpus)
 	return res, nil
 }
 

@@ -153,7 +153,7 @@ func runScalePoint(o options, p *scalePoint, memLimit string) error {
 	}
 	defer done()
 	o.pages, o.partitions, o.events = p.pages, p.partitions, p.events
-	o.cpuprofile, o.topic = "", ""
+	o.cpuprofile, o.topic, o.runs = "", "", 1
 	began := time.Now()
 	if err := preload(addr, o); err != nil {
 		return fmt.Errorf("preload: %w", err)
