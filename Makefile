@@ -94,6 +94,10 @@ bench: build ## benchmark against a dev broker process: throughput (vs bare sara
 bench-failover: build ## benchmark failover: kill -9 of the owner of a partition holding 1M changelog records among three workers, cold and with standby copies, three runs (FAILOVER_RUNS=N; about 50 s a run)
 	$(GO) run ./bench -failover -partitions 3 -worker $(BIN)/pageviews -broker $(BIN)/devbroker
 
+.PHONY: bench-warmup
+bench-warmup: build ## benchmark a worker joining one that holds 64 partitions with 1M changelog records: how long until it has recovered its half and caught up standby copies of the other (about 15 s)
+	$(GO) run ./bench -warmup -partitions 64 -worker $(BIN)/pageviews -broker $(BIN)/devbroker
+
 .PHONY: bench-scale
 bench-scale: build ## benchmark the worker at scale: pages 10k/100k/1M, partitions 8/32/64, events 1M/10M, one varied at a time (about 3 minutes); writes docs/bench-scale.svg and the Scale section of docs/benchmarks.md (SCALE_FLAGS='-scale-events 1000000' for fewer settings)
 	$(GO) run ./bench -scale -worker $(BIN)/pageviews -broker $(BIN)/devbroker \

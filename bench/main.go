@@ -59,6 +59,8 @@ type options struct {
 	failoverRuns    int
 	failoverRecords int
 	failoverPages   int
+	// The warm-up benchmark, run instead of the others.
+	warmup bool
 }
 
 func main() {
@@ -88,6 +90,7 @@ func main() {
 	// many times slower (it keeps fewer of them cached): rounds of fewer
 	// pages keep the load to seconds.
 	flag.IntVar(&o.failoverPages, "failover-pages", 50_000, "distinct pages of the failover load: it sends one view of each page in rounds, each round committed before the next, until the changelogs hold -failover-records records")
+	flag.BoolVar(&o.warmup, "warmup", false, "run only the warm-up benchmark: a worker joins one that holds every partition, with -events changelog records over -partitions, and recovers its share and catches up standby copies of the rest")
 	flag.BoolVar(&scaleCfg.on, "scale", false, "run only the scale benchmark: throughput, peak RSS, p99 latency and recovery with one of pages, partitions and events varied at a time from -pages, -partitions and -events")
 	flag.StringVar(&scaleCfg.pages, "scale-pages", "10000,100000,1000000", "distinct pages of the scale benchmark (comma-separated)")
 	flag.StringVar(&scaleCfg.partitions, "scale-partitions", "8,32,64", "partitions of the scale benchmark (comma-separated)")
@@ -107,6 +110,9 @@ func main() {
 	if o.failover {
 		results, err = failoverBench(o)
 		keys = failoverKeys()
+	} else if o.warmup {
+		results, err = warmupBench(o)
+		keys = warmupKeys()
 	} else if scaleCfg.on {
 		results, keys, err = scaleBench(o, scaleCfg)
 	} else if soakCfg.on {
