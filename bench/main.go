@@ -311,19 +311,23 @@ type aggResult struct {
 // with a bare run taken moments later, so a machine whose speed drifts
 // within minutes moves both sides of each ratio alike; ratio_vs_bare is the
 // median of the runs' ratios. The first run alone measures the latencies
-// and takes the CPU profile. It adds the throughput figures to results and
+// and takes the CPU profile; the others, and the bare consumer after each,
+// take every record in the topic, its steady load's included. It adds the throughput figures to results and
 // returns the first run's, with the medians' rate and CPU and the highest
 // peak RSS.
 func throughput(o options, addr, dir string, results map[string]string) (aggResult, error) {
 	var first aggResult
 	var rates, cpus, bares, ratios []float64
 	for i := range max(1, o.runs) {
-		run, group, data := o, "pageviews", "worker"
+		run, group, data, want := o, "pageviews", "worker", int64(o.events)
 		if i > 0 {
+			// The first run's steady load is in the topic too: the
+			// later runs take it as part of their backlog.
 			run.latencyRate, run.cpuprofile = 0, ""
 			group, data = fmt.Sprintf("pageviews-run%d", i+1), fmt.Sprintf("worker-run%d", i+1)
+			want += first.steadyEvents
 		}
-		agg, err := runWorker(run, addr, filepath.Join(dir, data), group, int64(o.events))
+		agg, err := runWorker(run, addr, filepath.Join(dir, data), group, want)
 		if err != nil {
 			return first, fmt.Errorf("worker, run %d: %w", i+1, err)
 		}
