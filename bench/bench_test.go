@@ -9,14 +9,10 @@ import (
 	"time"
 )
 
-// TestBenchRuns runs the whole benchmark on a small load (no goka peer: it
-// is a module of its own) so that it cannot rot unnoticed as the worker
-// changes: every figure must come out and make sense, with the throughput
-// and recovery runs taken twice each. It asserts no speed.
-func TestBenchRuns(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a broker and six workers")
-	}
+// buildBinaries builds the worker and the dev broker for a test, and
+// returns their paths.
+func buildBinaries(t *testing.T) (worker, broker string) {
+	t.Helper()
 	bin := t.TempDir()
 	for _, pkg := range []string{"pageviews", "devbroker"} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, pkg), "../cmd/"+pkg)
@@ -25,9 +21,21 @@ func TestBenchRuns(t *testing.T) {
 			t.Fatalf("build %s: %v\n%s", pkg, err, out)
 		}
 	}
+	return filepath.Join(bin, "pageviews"), filepath.Join(bin, "devbroker")
+}
+
+// TestBenchRuns runs the whole benchmark on a small load (no goka peer: it
+// is a module of its own) so that it cannot rot unnoticed as the worker
+// changes: every figure must come out and make sense, with the throughput
+// and recovery runs taken twice each. It asserts no speed.
+func TestBenchRuns(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a broker and six workers")
+	}
+	worker, broker := buildBinaries(t)
 	const events = 20_000
 	results, err := run(options{
-		worker: filepath.Join(bin, "pageviews"), broker: filepath.Join(bin, "devbroker"),
+		worker: worker, broker: broker,
 		events: events, pages: 200, partitions: 8, runs: 2, bare: true, recovery: true, hopping: true, avro: true,
 		rebalanceRuns: 1, latencyRate: 2000, latencyFor: time.Second, commitInterval: "1s",
 	})

@@ -1,9 +1,6 @@
 package main
 
 import (
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"testing"
 )
@@ -15,17 +12,10 @@ func TestWarmupRuns(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a broker and two workers")
 	}
-	bin := t.TempDir()
-	for _, pkg := range []string{"pageviews", "devbroker"} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, pkg), "../cmd/"+pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v\n%s", pkg, err, out)
-		}
-	}
+	worker, broker := buildBinaries(t)
 	const partitions = 6
 	results, err := warmupBench(options{
-		worker: filepath.Join(bin, "pageviews"), broker: filepath.Join(bin, "devbroker"),
+		worker: worker, broker: broker,
 		events: 20_000, partitions: partitions,
 	})
 	if err != nil {
