@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -159,31 +160,42 @@ func (f *spaceFile) SyncTo(length int64) (bool, error) {
 	return full, f.fs.check(err)
 }
 
-// rateLimited logs at most one line per interval for a recurring error,
+// rateLimited logs at most one line per interval for a recurring event,
 // and says how many it left out. Pebble reports every failed background
-// write; on a full disk that is one line per retry.
+// write; on a full disk that is one line per retry. It reports every write
+// stall too: a replay or a catch-up that outruns the flushes meets one
+// after another.
 type rateLimited struct {
 	log      *slog.Logger
 	interval time.Duration
+	now      func() time.Time // time.Now when nil
 
 	mu      sync.Mutex
 	last    time.Time
 	dropped int
 }
 
-func (r *rateLimited) Error(msg string, args ...any) {
+func (r *rateLimited) Error(msg string, args ...any) { r.logAt(slog.LevelError, msg, args...) }
+
+func (r *rateLimited) Warn(msg string, args ...any) { r.logAt(slog.LevelWarn, msg, args...) }
+
+func (r *rateLimited) logAt(level slog.Level, msg string, args ...any) {
+	now := time.Now
+	if r.now != nil {
+		now = r.now
+	}
 	r.mu.Lock()
-	now := time.Now()
-	if !r.last.IsZero() && now.Sub(r.last) < r.interval {
+	at := now()
+	if !r.last.IsZero() && at.Sub(r.last) < r.interval {
 		r.dropped++
 		r.mu.Unlock()
 		return
 	}
 	dropped := r.dropped
-	r.last, r.dropped = now, 0
+	r.last, r.dropped = at, 0
 	r.mu.Unlock()
 	if dropped > 0 {
 		args = append(args, "repeats_not_logged", dropped)
 	}
-	r.log.Error(msg, args...)
+	r.log.Log(context.Background(), level, msg, args...)
 }

@@ -302,6 +302,7 @@ func lockHolder(path string) int {
 func open(dir string, lock *pebble.Lock, fs vfs.FS, log *slog.Logger) (*DB, error) {
 	stalls, bgErrors := new(atomic.Int64), new(atomic.Int64)
 	background := &rateLimited{log: log, interval: time.Second}
+	stallLog := &rateLimited{log: log, interval: time.Second}
 	opts := &pebble.Options{
 		// 4 MiB memtables made a recovery write each record many times
 		// over; long replays now bypass them (NewLoadBatch), and the key
@@ -348,7 +349,7 @@ func open(dir string, lock *pebble.Lock, fs vfs.FS, log *slog.Logger) (*DB, erro
 			},
 			WriteStallBegin: func(info pebble.WriteStallBeginInfo) {
 				stalls.Add(1)
-				log.Warn("store write stall", "reason", info.Reason)
+				stallLog.Warn("store write stall", "reason", info.Reason)
 			},
 		},
 	}
