@@ -111,89 +111,101 @@ func startWarmupWorker(o options, addr, dataDir string) (*exec.Cmd, <-chan []byt
 	return cmd, logLines(out), nil
 }
 
-// watchWarmup reads a worker's log until it is warm: it processes its share
-// of the partitions ("partition resumed", after their recovery), none of its
-// partitions is still recovering, and, with copies, every other partition's
-// standby copy has caught up (both tables). The clock runs from its "joined
-// group" line.
-func watchWarmup(cmd *exec.Cmd, lines <-chan []byte, partitions, share int, copies bool) (warmupFigures, error) {
-	var f warmupFigures
+// warmupLog is what a worker's log has said so far of its partitions.
+type warmupLog struct {
+	f      warmupFigures
+	joined time.Time
 	// Assigned partitions, whether each has resumed; the tables whose
 	// standby copy caught up, by partition.
-	assigned, caught := map[int]bool{}, map[int]map[string]bool{}
-	warm := func() bool {
-		mine, others := 0, 0
-		for p := range partitions {
-			resumed, ok := assigned[p]
-			switch {
-			case ok && !resumed:
-				return false
-			case ok:
-				mine++
-			case copies && len(caught[p]) == 2:
-				others++
-			}
-		}
-		return mine >= share && mine+others == partitions
+	assigned map[int]bool
+	caught   map[int]map[string]bool
+}
+
+// line notes one JSON log line.
+func (w *warmupLog) line(raw []byte) {
+	var l struct {
+		Time      time.Time `json:"time"`
+		Msg       string    `json:"msg"`
+		Partition *int      `json:"partition"`
+		Table     string    `json:"table"`
 	}
-	var joined time.Time
+	if json.Unmarshal(raw, &l) != nil {
+		return
+	}
+	switch {
+	case l.Msg == "joined group" && w.joined.IsZero():
+		w.joined = l.Time
+	case l.Msg == "recovery waits its turn: other partitions are replaying":
+		w.f.recoveryWaits++
+	case l.Msg == "standby copy waits its turn: other copies are catching up":
+		w.f.copyWaits++
+	case l.Partition == nil:
+	case l.Msg == "partition assigned":
+		w.assigned[*l.Partition] = false
+	case l.Msg == "partition released":
+		delete(w.assigned, *l.Partition)
+	case l.Msg == "partition resumed":
+		w.assigned[*l.Partition] = true
+		w.f.seconds = l.Time.Sub(w.joined).Seconds()
+	case l.Msg == "standby copy caught up":
+		if w.caught[*l.Partition] == nil {
+			w.caught[*l.Partition] = map[string]bool{}
+		}
+		w.caught[*l.Partition][l.Table] = true
+		w.f.seconds = l.Time.Sub(w.joined).Seconds()
+	}
+}
+
+// warm reports whether the worker processes at least share of the
+// partitions, none of its partitions is still recovering, and, with
+// copies, every other partition's copy has caught up (both tables).
+func (w *warmupLog) warm(partitions, share int, copies bool) bool {
+	mine, others := 0, 0
+	for p := range partitions {
+		resumed, ok := w.assigned[p]
+		switch {
+		case ok && !resumed:
+			return false
+		case ok:
+			mine++
+		case copies && len(w.caught[p]) == 2:
+			others++
+		}
+	}
+	return mine >= share && mine+others == partitions
+}
+
+// watchWarmup reads a worker's log until it is warm (warmupLog.warm). The
+// clock runs from its "joined group" line.
+func watchWarmup(cmd *exec.Cmd, lines <-chan []byte, partitions, share int, copies bool) (warmupFigures, error) {
+	w := &warmupLog{assigned: map[int]bool{}, caught: map[int]map[string]bool{}}
 	timeout := time.After(10 * time.Minute)
 	sample := time.NewTicker(20 * time.Millisecond)
 	defer sample.Stop()
-	for !warm() {
+	for !w.warm(partitions, share, copies) {
 		select {
 		case raw, ok := <-lines:
 			if !ok {
-				return f, errors.New("exited before it was warm")
+				return w.f, errors.New("exited before it was warm")
 			}
-			var l struct {
-				Time      time.Time `json:"time"`
-				Msg       string    `json:"msg"`
-				Partition *int      `json:"partition"`
-				Table     string    `json:"table"`
-			}
-			if json.Unmarshal(raw, &l) != nil {
-				continue
-			}
-			switch {
-			case l.Msg == "joined group" && joined.IsZero():
-				joined = l.Time
-			case l.Partition == nil:
-			case l.Msg == "partition assigned":
-				assigned[*l.Partition] = false
-			case l.Msg == "partition released":
-				delete(assigned, *l.Partition)
-			case l.Msg == "partition resumed":
-				assigned[*l.Partition] = true
-				f.seconds = l.Time.Sub(joined).Seconds()
-			case l.Msg == "standby copy caught up":
-				if caught[*l.Partition] == nil {
-					caught[*l.Partition] = map[string]bool{}
-				}
-				caught[*l.Partition][l.Table] = true
-				f.seconds = l.Time.Sub(joined).Seconds()
-			case l.Msg == "recovery waits its turn: other partitions are replaying":
-				f.recoveryWaits++
-			case l.Msg == "standby copy waits its turn: other copies are catching up":
-				f.copyWaits++
-			}
+			w.line(raw)
 		case <-sample.C:
-			f.rssMiB = max(f.rssMiB, rssHWM(cmd.Process.Pid))
+			w.f.rssMiB = max(w.f.rssMiB, rssHWM(cmd.Process.Pid))
 		case <-timeout:
-			return f, fmt.Errorf("not warm after 10 minutes: %d partitions assigned, %d with copies catching up", len(assigned), len(caught))
+			return w.f, fmt.Errorf("not warm after 10 minutes: %d partitions assigned, %d with copies catching up", len(w.assigned), len(w.caught))
 		}
 	}
-	f.rssMiB = max(f.rssMiB, rssHWM(cmd.Process.Pid))
+	w.f.rssMiB = max(w.f.rssMiB, rssHWM(cmd.Process.Pid))
 	for p := range partitions {
-		if _, mine := assigned[p]; mine {
-			f.recovered++
-		} else if len(caught[p]) == 2 {
-			f.caughtUp++
+		if _, mine := w.assigned[p]; mine {
+			w.f.recovered++
+		} else if len(w.caught[p]) == 2 {
+			w.f.caughtUp++
 		}
 	}
 	go func() {
 		for range lines {
 		}
 	}()
-	return f, nil
+	return w.f, nil
 }
