@@ -301,8 +301,6 @@ func lockHolder(path string) int {
 
 func open(dir string, lock *pebble.Lock, fs vfs.FS, log *slog.Logger) (*DB, error) {
 	stalls, bgErrors := new(atomic.Int64), new(atomic.Int64)
-	background := &rateLimited{log: log, interval: time.Second}
-	stallLog := &rateLimited{log: log, interval: time.Second}
 	opts := &pebble.Options{
 		// 4 MiB memtables made a recovery write each record many times
 		// over; long replays now bypass them (NewLoadBatch), and the key
@@ -328,30 +326,11 @@ func open(dir string, lock *pebble.Lock, fs vfs.FS, log *slog.Logger) (*DB, erro
 		// the filters were read from disk again for every lookup: 9,000
 		// events/s against 124,000 at 96 MiB (docs/benchmarks.md, Scale).
 		// It is also the bound of Pebble's memory, memtables included.
-		CacheSize: 96 << 20,
-		Lock:      lock,
-		FS:        fs,
-		Logger:    pebbleLogger{log},
-		EventListener: &pebble.EventListener{
-			// Pebble's default treats a checksum mismatch as fatal. Report it
-			// as an error instead: Open then wipes the store, and a read in a
-			// running worker fails its partition, whose restart rebuilds the
-			// state from the changelog.
-			DataCorruption: func(info pebble.DataCorruptionInfo) {
-				log.Error("store data corruption", "path", info.Path, "error", info.Details)
-			},
-			// A failing background write is retried at once and reported
-			// each time; on a full disk that would be thousands of lines a
-			// second.
-			BackgroundError: func(err error) {
-				bgErrors.Add(1)
-				background.Error("store background error", "dir", dir, "error", err)
-			},
-			WriteStallBegin: func(info pebble.WriteStallBeginInfo) {
-				stalls.Add(1)
-				stallLog.Warn("store write stall", "reason", info.Reason)
-			},
-		},
+		CacheSize:     96 << 20,
+		Lock:          lock,
+		FS:            fs,
+		Logger:        pebbleLogger{log},
+		EventListener: listener(dir, log, stalls, bgErrors),
 	}
 	// A key the store does not hold but a table's key filter lets through
 	// (a false positive, or a key since deleted) is looked up and not
@@ -379,6 +358,34 @@ func open(dir string, lock *pebble.Lock, fs vfs.FS, log *slog.Logger) (*DB, erro
 	opts.EnsureDefaults()
 	writer := opts.MakeWriterOptions(0, pdb.FormatMajorVersion().MaxTableFormat())
 	return &DB{pdb: pdb, lock: lock, dir: dir, stalls: stalls, bgErrors: bgErrors, writer: writer, fs: fs}, nil
+}
+
+// listener reports Pebble's events: corruption and background errors at
+// error level, write stalls as warnings, each counted in stalls and
+// bgErrors; background errors and stalls log at most a line a second.
+func listener(dir string, log *slog.Logger, stalls, bgErrors *atomic.Int64) *pebble.EventListener {
+	background := &rateLimited{log: log, interval: time.Second}
+	stallLog := &rateLimited{log: log, interval: time.Second}
+	return &pebble.EventListener{
+		// Pebble's default treats a checksum mismatch as fatal. Report it
+		// as an error instead: Open then wipes the store, and a read in a
+		// running worker fails its partition, whose restart rebuilds the
+		// state from the changelog.
+		DataCorruption: func(info pebble.DataCorruptionInfo) {
+			log.Error("store data corruption", "path", info.Path, "error", info.Details)
+		},
+		// A failing background write is retried at once and reported
+		// each time; on a full disk that would be thousands of lines a
+		// second.
+		BackgroundError: func(err error) {
+			bgErrors.Add(1)
+			background.Error("store background error", "dir", dir, "error", err)
+		},
+		WriteStallBegin: func(info pebble.WriteStallBeginInfo) {
+			stalls.Add(1)
+			stallLog.Warn("store write stall", "reason", info.Reason)
+		},
+	}
 }
 
 // Close flushes memtables, closes the store and releases its directory.
