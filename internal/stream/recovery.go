@@ -394,9 +394,15 @@ func (w *partitionWorker) replay(ctx context.Context, rs *restoring, all []*rest
 	rp.b = rp.newBatch()
 	defer func() { rp.b.Discard() }()
 	if rs.pc == nil {
-		// Nothing to replay: still report the finished recovery (0 left).
+		// Nothing to replay: still report the finished recovery (0 left),
+		// and close the "recovering" line as a replay does, so that every
+		// table's recovery in the log ends with a "recovered" line.
 		r.o.Hooks.RecoveryProgress(rs.t.Name(), w.p, 0, 0, 0)
-		return rp.commit(true)
+		if err := rp.commit(true); err != nil {
+			return err
+		}
+		rs.log.Info("recovered", "records", 0, "seconds", 0, "records_per_second", 0)
+		return nil
 	}
 	rp.began = time.Now() // recovery takes wall time, whatever the event clock
 	rp.nextLog = rp.began.Add(progressEvery)
