@@ -87,8 +87,8 @@ func (w *worker) actors() []actor {
 		{"kafka clients", w.connect, func() error { return w.clients.close() }},
 		{"topics", w.createTopics, nil},
 		{"producer", w.startProducer, func() error { return w.producer.Close() }},
-		// The group, the changelog consumer, the standbys.
-		{"group", w.startGroup, func() error { return errors.Join(w.restore.Close(), w.copies.Close()) }},
+		// The group, the recoveries' changelog reader, the standbys.
+		{"group", w.startGroup, func() error { return w.copies.Close() }},
 		{"app", w.startApp, nil}, // the app's parts and the stream runtime
 		{"timers", w.schedule, nil},
 		{"pages", w.serve, nil},
@@ -130,8 +130,8 @@ type worker struct {
 	sched       *stream.Scheduler
 	producer    *kafka.Producer
 	group       sarama.ConsumerGroup
-	restore     sarama.Consumer
-	copies      sarama.Consumer // the standby copies' changelog consumer
+	restore     kafka.RangeReader // the recoveries' changelog reads
+	copies      sarama.Consumer   // the standby copies' changelog consumer
 	state       *stream.State
 	directory   *stream.Directory
 	standby     *stream.Standby
@@ -418,12 +418,11 @@ func (w *worker) startGroup(context.Context) error {
 	if err != nil {
 		return fmt.Errorf("kafka admin: %w", err)
 	}
-	// Last: nothing fails after them, so the stop closes them.
-	if w.restore, err = sarama.NewConsumerFromClient(cs.restore); err != nil {
-		return fmt.Errorf("kafka changelog consumer: %w", err)
-	}
+	// Recoveries read their changelog ranges with fetches of their own (a
+	// sarama consumer waits 100 ms before its first fetch of a partition).
+	w.restore = kafka.RangeReader{Client: cs.restore}
+	// Last: nothing fails after it, so the stop closes it.
 	if w.copies, err = sarama.NewConsumerFromClient(cs.copies); err != nil {
-		_ = w.restore.Close()
 		return fmt.Errorf("kafka standby consumer: %w", err)
 	}
 	w.state = stream.NewState()

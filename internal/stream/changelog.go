@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/IBM/sarama"
+
+	"github.com/gofaust/pageviews/internal/kafka"
 )
 
 // lastStableOffset returns the last stable offset of topic partition p:
@@ -29,7 +31,7 @@ func lastStableOffset(client sarama.Client, topic string, p int32) (int64, error
 	case block == nil:
 		return 0, sarama.ErrIncompleteResponse
 	case !errors.Is(block.Err, sarama.ErrNoError):
-		if leaderMoved(block.Err) {
+		if kafka.LeaderMoved(block.Err) {
 			_ = client.RefreshMetadata(topic)
 		}
 		return 0, block.Err
@@ -39,14 +41,6 @@ func lastStableOffset(client sarama.Client, topic string, p int32) (int64, error
 		return block.Offsets[0], nil
 	}
 	return 0, sarama.ErrIncompleteResponse
-}
-
-// leaderMoved reports whether a partition error means the client's idea of
-// the partition's leader is out of date.
-func leaderMoved(err error) bool {
-	return errors.Is(err, sarama.ErrNotLeaderForPartition) || errors.Is(err, sarama.ErrLeaderNotAvailable) ||
-		errors.Is(err, sarama.ErrUnknownTopicOrPartition) || errors.Is(err, sarama.ErrFencedLeaderEpoch) ||
-		errors.Is(err, sarama.ErrUnknownLeaderEpoch)
 }
 
 // probeFetchBytes bounds one probe fetch. The broker still returns a first
@@ -93,7 +87,9 @@ func probeFetch(client sarama.Client, topic string, p int32, from int64) (*saram
 	if err != nil {
 		return nil, err
 	}
-	req := &sarama.FetchRequest{Version: fetchVersion(client.Config().Version), MaxBytes: probeFetchBytes, Isolation: sarama.ReadCommitted}
+	// A full fetch outside any fetch session (epoch -1), as sarama's consumer asks.
+	req := &sarama.FetchRequest{Version: kafka.FetchVersion(client.Config().Version), MaxBytes: probeFetchBytes,
+		Isolation: sarama.ReadCommitted, SessionEpoch: -1}
 	req.AddBlock(topic, p, from, probeFetchBytes, -1)
 	resp, err := broker.Fetch(req)
 	if err != nil {
@@ -105,25 +101,12 @@ func probeFetch(client sarama.Client, topic string, p int32, from int64) (*saram
 		return nil, sarama.ErrIncompleteResponse
 	}
 	if !errors.Is(block.Err, sarama.ErrNoError) {
-		if leaderMoved(block.Err) {
+		if kafka.LeaderMoved(block.Err) {
 			_ = client.RefreshMetadata(topic)
 		}
 		return nil, block.Err
 	}
 	return block, nil
-}
-
-// fetchVersion is the Fetch version sarama's consumer uses for version v
-// (topic names, not IDs).
-func fetchVersion(v sarama.KafkaVersion) int16 {
-	switch {
-	case v.IsAtLeast(sarama.V2_7_0_0):
-		return 12
-	case v.IsAtLeast(sarama.V2_3_0_0):
-		return 11
-	default:
-		return 4
-	}
 }
 
 // scanBlock looks through one fetch answer for the first deliverable record

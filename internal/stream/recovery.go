@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,11 +45,6 @@ const (
 	// knows are there asks again, and stallLogEvery how often it says so.
 	stallCheck    = time.Second
 	stallLogEvery = 5 * time.Second
-	// closingPoll is how often a replay asks again for a changelog
-	// partition whose previous consumer is closing, closingTries how many
-	// times before it counts as waiting (300 ms).
-	closingPoll  = 5 * time.Millisecond
-	closingTries = 60
 )
 
 // errRevoked ends a recovery whose partition was taken away meanwhile.
@@ -108,9 +102,7 @@ func (w *partitionWorker) recover(ctx context.Context, msgs <-chan *sarama.Consu
 		}
 		defer release()
 		for _, r := range rs {
-			if err := w.open(ctx, r); err != nil {
-				return stopped(ctx, fmt.Errorf("recover %s: %w", r.t.Name(), err))
-			}
+			w.open(r)
 		}
 	}
 	// Every table's replay runs at once: a changelog that nobody reads
@@ -258,41 +250,11 @@ func (w *partitionWorker) prepare(ctx context.Context, t Table) (*restoring, err
 	return rs, nil
 }
 
-// open starts the partition consumer of a replay with anything to replay.
-func (w *partitionWorker) open(ctx context.Context, rs *restoring) error {
-	if rs.start >= rs.end {
-		return nil
+// open starts the changelog reader of a replay with anything to replay.
+func (w *partitionWorker) open(rs *restoring) {
+	if rs.start < rs.end {
+		rs.pc = w.r.o.Restore.ConsumeRange(rs.t.Changelog(), w.p, rs.start, rs.end)
 	}
-	t := rs.t
-	waiting := func(err error) { w.r.o.State.waiting(w.p, err) }
-	defer waiting(nil)
-	// The consumer of the partition's previous assignment here may
-	// still be closing ("already being consumed"): it
-	// lets go once its fetch in flight returns, within the fetch wait
-	// (100 ms). Asked again every few milliseconds meanwhile, so that
-	// a partition moving to its standby holder is not held up for
-	// patiently's first pause.
-	err := patiently(ctx, rs.log, waiting, func() (err error) {
-		for tries := 0; ; tries++ {
-			rs.pc, err = w.r.o.Restore.ConsumePartition(t.Changelog(), w.p, rs.start)
-			var cerr sarama.ConfigurationError
-			if !errors.As(err, &cerr) || !strings.Contains(err.Error(), "already being consumed") {
-				return err
-			}
-			if tries == closingTries {
-				return &transient{err}
-			}
-			select {
-			case <-time.After(closingPoll):
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-	})
-	if err != nil {
-		return fmt.Errorf("consume %s/%d from %d: %w", t.Changelog(), w.p, rs.start, err)
-	}
-	return nil
 }
 
 // transient marks an error that passes by itself, for patiently.
@@ -588,8 +550,8 @@ func (rp *replayer) finish() error {
 	return nil
 }
 
-// reopen starts the changelog consumer again after sarama closed it, which
-// it does after a fatal fetch error: the offset fell out of range because
+// reopen starts the changelog reader again after it closed, which it does
+// after a fatal fetch error: the offset fell out of range because
 // retention, DeleteRecords or a recreated topic removed records. Records
 // that are gone cannot be replayed; the replay goes on from the log start.
 func (w *partitionWorker) reopen(rs *restoring, last *int64) error {
@@ -630,11 +592,7 @@ func (w *partitionWorker) reopen(rs *restoring, last *int64) error {
 		return nil
 	}
 	*last = from - 1
-	pc, err := w.r.o.Restore.ConsumePartition(topic, w.p, from)
-	if err != nil {
-		return fmt.Errorf("consume %s/%d from %d: %w", topic, w.p, from, err)
-	}
-	rs.pc = pc
+	rs.pc = w.r.o.Restore.ConsumeRange(topic, w.p, from, rs.end)
 	return nil
 }
 

@@ -44,6 +44,13 @@ const (
 	dirtyCheckEvery = 1024
 )
 
+// Changelogs reads the changelog ranges that recoveries replay
+// (kafka.RangeReader): records from offset from up to end, in order, on a
+// consumer closed by the replay.
+type Changelogs interface {
+	ConsumeRange(topic string, p int32, from, end int64) sarama.PartitionConsumer
+}
+
 // Options wire a Runtime.
 type Options struct {
 	Topic           string // the source topic
@@ -54,7 +61,7 @@ type Options struct {
 
 	Group   sarama.ConsumerGroup // consumes Topic
 	Client  sarama.Client        // reads changelog offsets
-	Restore sarama.Consumer      // replays changelogs
+	Restore Changelogs           // replays changelogs
 	DB      *store.DB
 	State   *State
 	// Transactions returns the transactional producer of partition p (a

@@ -1,0 +1,335 @@
+package kafka
+
+import (
+	"cmp"
+	"errors"
+	"math"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/IBM/sarama"
+)
+
+// RangeReader reads offset ranges of partitions, such as the changelog
+// records a recovery replays, with fetch requests of its own on its
+// client's broker connections, one partition a request.
+//
+// sarama's consumer gathers the partitions asked of it for 100 ms before
+// it fetches for them, so every replay began with a 100 ms wait: most of a
+// short replay (2,000 records took 0.11 s), and paid again by each of the
+// replays that take turns. A range reader fetches at once, and stops at the
+// end of its range instead of polling past it: the fetches of the replays
+// of one broker share a connection, where a fetch waiting on the broker for
+// records holds up the others.
+type RangeReader struct {
+	Client sarama.Client
+}
+
+// ConsumeRange reads topic partition p from offset from up to end
+// (exclusive). It delivers what a sarama partition consumer would, below
+// end: records only (no transaction markers, nothing of aborted transactions when the
+// client reads committed), in offset order, none below from. Fetch errors
+// are sent on Errors and tried again after the client's consumer retry
+// backoff; an offset out of range is sent there too and then closes
+// Messages, as sarama's does. Otherwise Messages stays open, past end as
+// well, until AsyncClose or Close.
+func (r RangeReader) ConsumeRange(topic string, p int32, from, end int64) sarama.PartitionConsumer {
+	conf := r.Client.Config()
+	c := &rangeConsumer{
+		client: r.Client, conf: conf, topic: topic, p: p, end: end,
+		msgs: make(chan *sarama.ConsumerMessage, conf.ChannelBufferSize),
+		errs: make(chan *sarama.ConsumerError, conf.ChannelBufferSize),
+		quit: make(chan struct{}), done: make(chan struct{}),
+	}
+	c.hwm.Store(-1)
+	go c.run(from)
+	return c
+}
+
+// rangeConsumer is one range being read; it implements
+// sarama.PartitionConsumer.
+type rangeConsumer struct {
+	client sarama.Client
+	conf   *sarama.Config
+	topic  string
+	p      int32
+	end    int64
+	msgs   chan *sarama.ConsumerMessage
+	errs   chan *sarama.ConsumerError
+	hwm    atomic.Int64
+	quit   chan struct{}
+	closed sync.Once
+	done   chan struct{}
+}
+
+func (c *rangeConsumer) run(offset int64) {
+	defer close(c.done)
+	defer close(c.errs)
+	defer close(c.msgs)
+	size := c.conf.Consumer.Fetch.Default
+	retries := 0
+	for offset < c.end {
+		block, err := c.fetch(offset, size)
+		if err != nil {
+			c.report(err)
+			if errors.Is(err, sarama.ErrOffsetOutOfRange) {
+				return // what sarama does: the caller starts again elsewhere
+			}
+			if !c.wait(c.backoff(retries)) {
+				return
+			}
+			retries++
+			continue
+		}
+		retries = 0
+		c.hwm.Store(block.HighWaterMarkOffset)
+		next, ok := c.deliver(block, offset)
+		if !ok {
+			return
+		}
+		switch {
+		case next > offset:
+			offset, size = next, c.conf.Consumer.Fetch.Default
+		case partial(block):
+			// A batch larger than the fetch size came back cut off: ask
+			// for more (brokers since KIP-74 return a first batch whole).
+			if size = grow(size, c.conf.Consumer.Fetch.Max); size < 0 {
+				c.report(sarama.ErrMessageTooLarge)
+				return
+			}
+		}
+	}
+	<-c.quit // the range is read: nothing more to fetch
+}
+
+// fetch asks the partition's leader for records from offset.
+func (c *rangeConsumer) fetch(offset int64, size int32) (*sarama.FetchResponseBlock, error) {
+	broker, err := c.client.Leader(c.topic, c.p)
+	if err != nil {
+		return nil, err
+	}
+	req := &sarama.FetchRequest{
+		Version:     FetchVersion(c.conf.Version),
+		MinBytes:    c.conf.Consumer.Fetch.Min,
+		MaxWaitTime: int32(c.conf.Consumer.MaxWaitTime / time.Millisecond),
+		MaxBytes:    c.conf.Consumer.Fetch.MaxBytes,
+		Isolation:   c.conf.Consumer.IsolationLevel,
+		// A full fetch outside any fetch session, as sarama's consumer asks.
+		SessionID: 0, SessionEpoch: -1,
+		RackID: c.conf.RackID,
+	}
+	req.AddBlock(c.topic, c.p, offset, size, -1)
+	resp, err := broker.Fetch(req)
+	if err != nil {
+		_ = broker.Close() // the client opens it again
+		return nil, err
+	}
+	block := resp.GetBlock(c.topic, c.p)
+	switch {
+	case block == nil:
+		return nil, sarama.ErrIncompleteResponse
+	case !errors.Is(block.Err, sarama.ErrNoError):
+		if LeaderMoved(block.Err) {
+			_ = c.client.RefreshMetadata(c.topic)
+		}
+		return nil, block.Err
+	}
+	return block, nil
+}
+
+// deliver sends the records of block at or after offset on Messages, and
+// returns the offset after the last complete batch; ok is false when the
+// consumer was closed meanwhile.
+func (c *rangeConsumer) deliver(block *sarama.FetchResponseBlock, offset int64) (next int64, ok bool) {
+	next = offset
+	readCommitted := c.conf.Consumer.IsolationLevel == sarama.ReadCommitted
+	txns := slices.SortedFunc(slices.Values(block.AbortedTransactions), func(a, b *sarama.AbortedTransaction) int {
+		return cmp.Compare(a.FirstOffset, b.FirstOffset)
+	})
+	aborted := map[int64]bool{} // producers inside an aborted transaction
+	for _, recs := range block.RecordsSet {
+		if rb := recs.RecordBatch; rb != nil {
+			if rb.PartialTrailingRecord {
+				break
+			}
+			last := rb.FirstOffset + int64(rb.LastOffsetDelta)
+			for len(txns) > 0 && txns[0].FirstOffset <= last {
+				aborted[txns[0].ProducerID] = true
+				txns = txns[1:]
+			}
+			next = max(next, last+1)
+			switch {
+			case rb.Control:
+				delete(aborted, rb.ProducerID) // a marker ends the producer's transaction
+				continue
+			case readCommitted && rb.IsTransactional && aborted[rb.ProducerID]:
+				continue
+			}
+			for _, r := range rb.Records {
+				at := rb.FirstOffset + r.OffsetDelta
+				if at < offset || at >= c.end {
+					continue
+				}
+				ts := rb.FirstTimestamp.Add(r.TimestampDelta)
+				if rb.LogAppendTime {
+					ts = rb.MaxTimestamp
+				}
+				m := &sarama.ConsumerMessage{Topic: c.topic, Partition: c.p, Key: r.Key, Value: r.Value, Offset: at, Timestamp: ts, Headers: r.Headers}
+				if !c.send(m) {
+					return next, false
+				}
+			}
+			continue
+		}
+		if recs.MsgSet == nil || recs.MsgSet.PartialTrailingMessage {
+			continue
+		}
+		for _, mb := range recs.MsgSet.Messages { // the format before 0.11
+			for _, m := range legacyMessages(mb) {
+				next = max(next, m.Offset+1)
+				if m.Offset >= offset && m.Offset < c.end {
+					m.Topic, m.Partition = c.topic, c.p
+					if !c.send(m) {
+						return next, false
+					}
+				}
+			}
+		}
+	}
+	return next, true
+}
+
+// legacyMessages are the messages of a message block of the format before
+// 0.11, a compressed wrapper's inner messages with their absolute offsets.
+func legacyMessages(mb *sarama.MessageBlock) []*sarama.ConsumerMessage {
+	msg := func(off int64, m *sarama.Message) *sarama.ConsumerMessage {
+		return &sarama.ConsumerMessage{Key: m.Key, Value: m.Value, Offset: off, Timestamp: m.Timestamp}
+	}
+	if mb.Msg == nil {
+		return nil
+	}
+	if mb.Msg.Set == nil {
+		return []*sarama.ConsumerMessage{msg(mb.Offset, mb.Msg)}
+	}
+	inner := mb.Msg.Set.Messages
+	var out []*sarama.ConsumerMessage
+	for _, im := range inner {
+		off := im.Offset
+		if mb.Msg.Version >= 1 { // inner offsets relative to the wrapper's, which is the last one's
+			off = mb.Offset - inner[len(inner)-1].Offset + im.Offset
+		}
+		if im.Msg != nil {
+			out = append(out, msg(off, im.Msg))
+		}
+	}
+	return out
+}
+
+func (c *rangeConsumer) send(m *sarama.ConsumerMessage) bool {
+	select {
+	case c.msgs <- m:
+		return true
+	case <-c.quit:
+		return false
+	}
+}
+
+// report sends err on Errors, if the client returns errors and there is
+// room: a reader that does not read them must not stall the fetches.
+func (c *rangeConsumer) report(err error) {
+	if !c.conf.Consumer.Return.Errors {
+		return
+	}
+	select {
+	case c.errs <- &sarama.ConsumerError{Topic: c.topic, Partition: c.p, Err: err}:
+	default:
+	}
+}
+
+func (c *rangeConsumer) backoff(retries int) time.Duration {
+	if f := c.conf.Consumer.Retry.BackoffFunc; f != nil {
+		return f(retries)
+	}
+	return c.conf.Consumer.Retry.Backoff
+}
+
+// wait waits d, or until the consumer is closed (false).
+func (c *rangeConsumer) wait(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-c.quit:
+		return false
+	}
+}
+
+// partial reports whether block holds nothing but a batch cut off by the
+// fetch size.
+func partial(block *sarama.FetchResponseBlock) bool {
+	if block.Partial {
+		return true
+	}
+	if len(block.RecordsSet) != 1 {
+		return false
+	}
+	r := block.RecordsSet[0]
+	return (r.RecordBatch != nil && r.RecordBatch.PartialTrailingRecord) || (r.MsgSet != nil && r.MsgSet.PartialTrailingMessage)
+}
+
+// grow doubles a fetch size, up to limit when it is set; -1 when it is
+// there already.
+func grow(size, limit int32) int32 {
+	if limit > 0 && size >= limit {
+		return -1
+	}
+	n := int32(min(int64(size)*2, math.MaxInt32))
+	if limit > 0 {
+		n = min(n, limit)
+	}
+	return n
+}
+
+func (c *rangeConsumer) AsyncClose() { c.closed.Do(func() { close(c.quit) }) }
+
+func (c *rangeConsumer) Close() error {
+	c.AsyncClose()
+	<-c.done
+	return nil
+}
+
+func (c *rangeConsumer) Messages() <-chan *sarama.ConsumerMessage { return c.msgs }
+func (c *rangeConsumer) Errors() <-chan *sarama.ConsumerError     { return c.errs }
+
+// HighWaterMarkOffset is the partition's high watermark as of the last
+// fetch, -1 before the first.
+func (c *rangeConsumer) HighWaterMarkOffset() int64 { return c.hwm.Load() }
+
+// A range is read to its end, never paused.
+func (c *rangeConsumer) Pause()         {}
+func (c *rangeConsumer) Resume()        {}
+func (c *rangeConsumer) IsPaused() bool { return false }
+
+// LeaderMoved reports whether a partition error means the client's idea of
+// the partition's leader is out of date.
+func LeaderMoved(err error) bool {
+	return errors.Is(err, sarama.ErrNotLeaderForPartition) || errors.Is(err, sarama.ErrLeaderNotAvailable) ||
+		errors.Is(err, sarama.ErrUnknownTopicOrPartition) || errors.Is(err, sarama.ErrFencedLeaderEpoch) ||
+		errors.Is(err, sarama.ErrUnknownLeaderEpoch)
+}
+
+// FetchVersion is the Fetch version sarama's consumer uses for version v
+// (topic names, not IDs).
+func FetchVersion(v sarama.KafkaVersion) int16 {
+	switch {
+	case v.IsAtLeast(sarama.V2_7_0_0):
+		return 12
+	case v.IsAtLeast(sarama.V2_3_0_0):
+		return 11
+	default:
+		return 4
+	}
+}
