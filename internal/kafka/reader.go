@@ -143,62 +143,85 @@ func (c *rangeConsumer) fetch(offset int64, size int32) (*sarama.FetchResponseBl
 // returns the offset after the last complete batch; ok is false when the
 // consumer was closed meanwhile.
 func (c *rangeConsumer) deliver(block *sarama.FetchResponseBlock, offset int64) (next int64, ok bool) {
-	next = offset
+	ok = true
 	readCommitted := c.conf.Consumer.IsolationLevel == sarama.ReadCommitted
+	next = EachBatch(block, offset, readCommitted, func(rb *sarama.RecordBatch, ms *sarama.MessageSet) bool {
+		for _, m := range batchMessages(rb, ms) {
+			if m.Offset >= offset && m.Offset < c.end {
+				m.Topic, m.Partition = c.topic, c.p
+				if ok = c.send(m); !ok {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	return next, ok
+}
+
+// EachBatch calls fn with each complete batch of block that a consumer is
+// given, in order: not a transaction marker, and when readCommitted not
+// part of an aborted transaction. A batch of the message format before
+// 0.11 comes as ms, rb nil. It stops when fn returns false, and returns the
+// offset after the last complete batch it came to, markers and aborted
+// batches included, at least from.
+func EachBatch(block *sarama.FetchResponseBlock, from int64, readCommitted bool, fn func(rb *sarama.RecordBatch, ms *sarama.MessageSet) bool) int64 {
+	next := from
 	txns := slices.SortedFunc(slices.Values(block.AbortedTransactions), func(a, b *sarama.AbortedTransaction) int {
 		return cmp.Compare(a.FirstOffset, b.FirstOffset)
 	})
 	aborted := map[int64]bool{} // producers inside an aborted transaction
 	for _, recs := range block.RecordsSet {
-		if rb := recs.RecordBatch; rb != nil {
-			if rb.PartialTrailingRecord {
-				break
-			}
-			last := rb.FirstOffset + int64(rb.LastOffsetDelta)
-			for len(txns) > 0 && txns[0].FirstOffset <= last {
-				aborted[txns[0].ProducerID] = true
-				txns = txns[1:]
-			}
-			next = max(next, last+1)
-			switch {
-			case rb.Control:
-				delete(aborted, rb.ProducerID) // a marker ends the producer's transaction
-				continue
-			case readCommitted && rb.IsTransactional && aborted[rb.ProducerID]:
+		rb, ms := recs.RecordBatch, recs.MsgSet
+		if rb == nil {
+			if ms == nil || ms.PartialTrailingMessage || len(ms.Messages) == 0 {
 				continue
 			}
-			for _, r := range rb.Records {
-				at := rb.FirstOffset + r.OffsetDelta
-				if at < offset || at >= c.end {
-					continue
-				}
-				ts := rb.FirstTimestamp.Add(r.TimestampDelta)
-				if rb.LogAppendTime {
-					ts = rb.MaxTimestamp
-				}
-				m := &sarama.ConsumerMessage{Topic: c.topic, Partition: c.p, Key: r.Key, Value: r.Value, Offset: at, Timestamp: ts, Headers: r.Headers}
-				if !c.send(m) {
-					return next, false
-				}
+			next = max(next, ms.Messages[len(ms.Messages)-1].Offset+1) // a wrapper's offset is its last message's
+			if !fn(nil, ms) {
+				return next
 			}
 			continue
 		}
-		if recs.MsgSet == nil || recs.MsgSet.PartialTrailingMessage {
-			continue
+		if rb.PartialTrailingRecord {
+			break
 		}
-		for _, mb := range recs.MsgSet.Messages { // the format before 0.11
-			for _, m := range legacyMessages(mb) {
-				next = max(next, m.Offset+1)
-				if m.Offset >= offset && m.Offset < c.end {
-					m.Topic, m.Partition = c.topic, c.p
-					if !c.send(m) {
-						return next, false
-					}
-				}
-			}
+		last := rb.FirstOffset + int64(rb.LastOffsetDelta)
+		for len(txns) > 0 && txns[0].FirstOffset <= last {
+			aborted[txns[0].ProducerID] = true
+			txns = txns[1:]
+		}
+		next = max(next, last+1)
+		switch {
+		case rb.Control:
+			delete(aborted, rb.ProducerID) // a marker ends the producer's transaction
+		case readCommitted && rb.IsTransactional && aborted[rb.ProducerID]:
+		case !fn(rb, nil):
+			return next
 		}
 	}
-	return next, true
+	return next
+}
+
+// batchMessages are the messages of a batch that EachBatch gives, without
+// topic and partition.
+func batchMessages(rb *sarama.RecordBatch, ms *sarama.MessageSet) []*sarama.ConsumerMessage {
+	var out []*sarama.ConsumerMessage
+	if rb != nil {
+		out = make([]*sarama.ConsumerMessage, 0, len(rb.Records))
+		for _, r := range rb.Records {
+			ts := rb.FirstTimestamp.Add(r.TimestampDelta)
+			if rb.LogAppendTime {
+				ts = rb.MaxTimestamp
+			}
+			out = append(out, &sarama.ConsumerMessage{Key: r.Key, Value: r.Value, Offset: rb.FirstOffset + r.OffsetDelta, Timestamp: ts, Headers: r.Headers})
+		}
+		return out
+	}
+	for _, mb := range ms.Messages {
+		out = append(out, legacyMessages(mb)...)
+	}
+	return out
 }
 
 // legacyMessages are the messages of a message block of the format before

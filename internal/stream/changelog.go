@@ -67,9 +67,9 @@ func nextRecord(client sarama.Client, topic string, p int32, from, end int64) (i
 		if err != nil {
 			return 0, err
 		}
-		next, pos, err := scanBlock(block, from, end)
-		if err != nil || next < end {
-			return next, err
+		next, pos := scanBlock(block, from, end)
+		if next < end {
+			return next, nil
 		}
 		if pos <= from {
 			// Nothing came back at from: the log holds no batch there (all
@@ -112,48 +112,22 @@ func probeFetch(client sarama.Client, topic string, p int32, from int64) (*saram
 // scanBlock looks through one fetch answer for the first deliverable record
 // in [from, end). next is its offset, or end when the answer holds none;
 // pos is the offset after the last complete batch it looked at.
-func scanBlock(block *sarama.FetchResponseBlock, from, end int64) (next, pos int64, err error) {
-	pos = from
-	aborted := map[int64]bool{} // producers inside an aborted transaction
-	txns := block.AbortedTransactions
-	for _, recs := range block.RecordsSet {
-		rb := recs.RecordBatch
+func scanBlock(block *sarama.FetchResponseBlock, from, end int64) (next, pos int64) {
+	next = end
+	pos = kafka.EachBatch(block, from, true, func(rb *sarama.RecordBatch, _ *sarama.MessageSet) bool {
 		if rb == nil {
 			// The old message format has no gaps worth telling apart: take
 			// the answer as holding a record at from.
-			if recs.MsgSet != nil && len(recs.MsgSet.Messages) > 0 {
-				return from, pos, nil
-			}
-			continue
-		}
-		if rb.PartialTrailingRecord {
-			break
-		}
-		last := rb.FirstOffset + int64(rb.LastOffsetDelta)
-		for len(txns) > 0 && txns[0].FirstOffset <= last {
-			aborted[txns[0].ProducerID] = true
-			txns = txns[1:]
-		}
-		if last >= pos {
-			pos = last + 1
-		}
-		if rb.Control {
-			// A commit or abort marker ends the producer's transaction.
-			delete(aborted, rb.ProducerID)
-			continue
-		}
-		if rb.IsTransactional && aborted[rb.ProducerID] {
-			continue
+			next = from
+			return false
 		}
 		for _, r := range rb.Records {
-			off := rb.FirstOffset + r.OffsetDelta
-			switch {
-			case off >= end:
-				return end, pos, nil
-			case off >= from:
-				return off, pos, nil
+			if off := rb.FirstOffset + r.OffsetDelta; off >= from {
+				next = min(off, end)
+				return false
 			}
 		}
-	}
-	return end, pos, nil
+		return true
+	})
+	return next, pos
 }
