@@ -9,9 +9,13 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/IBM/sarama"
+
+	"github.com/gofaust/pageviews/internal/kafka"
 )
 
 // The recovery benchmark has topics of its own, so it neither disturbs nor
@@ -32,9 +36,15 @@ type recoveryResult struct {
 	rate    float64   // the worker's records/s, the runs' median
 	bare    float64   // a bare consume of the same changelogs, records/s, the runs' median
 	ratios  []float64 // each run's rate against the bare consume after it
-	seconds float64   // the runs' median
-	cpu     float64   // the runs' median
-	rssMiB  float64   // the highest of the runs
+	// A read of the same changelogs with the worker's own reader
+	// (kafka.RangeReader, which skips sarama's 100 ms wait before a first
+	// fetch), records/s, the runs' median, and each run's rate against it:
+	// what the replay's own work costs.
+	ranged       float64
+	rangedRatios []float64
+	seconds      float64 // the runs' median
+	cpu          float64 // the runs' median
+	rssMiB       float64 // the highest of the runs
 }
 
 // recoveryBench fills the changelogs with n records (pages × windows in the
@@ -52,7 +62,7 @@ func recoveryBench(o options, addr, dataDir string, n int, env ...string) (recov
 	}
 	fmt.Printf("recovery preload: %d changelog records (%d pages × %d windows + %d totals) in %.1fs\n",
 		written, pages, recoveryWindows, pages, time.Since(began).Seconds())
-	var rates, bares, seconds, cpus []float64
+	var rates, bares, rangeds, seconds, cpus []float64
 	for i := range max(1, o.runs) {
 		run, dir := o, dataDir
 		if i > 0 {
@@ -69,17 +79,63 @@ func recoveryBench(o options, addr, dataDir string, n int, env ...string) (recov
 		if err != nil {
 			return res, fmt.Errorf("bare changelog consumer, run %d: %w", i+1, err)
 		}
+		ranged, err := rangeRead(addr, []string{recoveryViews, recoveryTotals}, o.partitions)
+		if err != nil {
+			return res, fmt.Errorf("changelog range read, run %d: %w", i+1, err)
+		}
 		rate := float64(records) / secs
 		if o.runs > 1 {
-			fmt.Printf("recovery: %8.0f records/s (run %d; %.2fs, cpu %.2fs, peak rss %.1f MiB); bare changelog consume %.0f records/s\n",
-				rate, i+1, secs, cpu, rss, bare)
+			fmt.Printf("recovery: %8.0f records/s (run %d; %.2fs, cpu %.2fs, peak rss %.1f MiB); bare changelog consume %.0f records/s; range read %.0f records/s\n",
+				rate, i+1, secs, cpu, rss, bare, ranged)
 		}
 		res.records, res.rssMiB = records, max(res.rssMiB, rss)
 		rates, bares, seconds, cpus = append(rates, rate), append(bares, bare), append(seconds, secs), append(cpus, cpu)
-		res.ratios = append(res.ratios, rate/bare)
+		res.ratios, res.rangedRatios = append(res.ratios, rate/bare), append(res.rangedRatios, rate/ranged)
+		rangeds = append(rangeds, ranged)
 	}
-	res.rate, res.bare, res.seconds, res.cpu = median(rates), median(bares), median(seconds), median(cpus)
+	res.rate, res.bare, res.seconds, res.cpu, res.ranged = median(rates), median(bares), median(seconds), median(cpus), median(rangeds)
 	return res, nil
+}
+
+// rangeRead reads every record of the topics' partitions, all at once, with
+// the reader the worker's recoveries use and the worker's client settings
+// for it, doing nothing with them.
+func rangeRead(addr string, topics []string, partitions int) (float64, error) {
+	cfg, err := kafka.NewConfig(kafka.Options{ClientID: "bench-range-read", ReadCommitted: true})
+	if err != nil {
+		return 0, err
+	}
+	client, err := sarama.NewClient([]string{addr}, cfg)
+	if err != nil {
+		return 0, err
+	}
+	defer client.Close()
+	var total atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for _, topic := range topics {
+		for p := range int32(partitions) {
+			hwm, err := client.GetOffset(topic, p, sarama.OffsetNewest)
+			if err != nil {
+				return 0, err
+			}
+			if hwm == 0 {
+				continue
+			}
+			pc := kafka.RangeReader{Client: client}.ConsumeRange(topic, p, 0, hwm)
+			wg.Go(func() {
+				defer pc.AsyncClose()
+				for m := range pc.Messages() {
+					total.Add(1)
+					if m.Offset+1 >= hwm {
+						return
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	return float64(total.Load()) / time.Since(start).Seconds(), nil
 }
 
 // preloadChangelogs writes the changelogs in the worker's format: views keys
