@@ -137,15 +137,18 @@ func seededBroker(t *testing.T, vars func(testing.TB, *kfake.Cluster) map[string
 
 // TestRecoveryWaitsOutLeaderMove: the changelog's leader answers the
 // recovery's fetches NOT_LEADER_OR_FOLLOWER a few times, as during a
-// rolling broker restart, and sarama backs off between tries. Recovery must
+// rolling broker restart, and the reader backs off between tries. Recovery must
 // wait for the records, say why while it waits, and restore every count:
 // it used to take a quiet spell for the end of the changelog and claim
 // records it never read.
 func TestRecoveryWaitsOutLeaderMove(t *testing.T) {
 	c, want := seededBroker(t, faultVars)
 
-	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: viewsChangelog, Err: kerr.NotLeaderForPartition, Count: 3},
-		kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: totalsChangelog, Err: kerr.NotLeaderForPartition, Count: 3})
+	// A dozen refusals a changelog, shared by its two partitions: the
+	// reader's backoff doubles from 10 ms, so the wait lasts some 600 ms,
+	// long enough for /ready/ (read every 20 ms) to be seen saying why.
+	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: viewsChangelog, Err: kerr.NotLeaderForPartition, Count: 12},
+		kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, Topic: totalsChangelog, Err: kerr.NotLeaderForPartition, Count: 12})
 	defer h.Remove()
 	b := launchWorker(t, faultVars(t, c), time.Now) // an empty store: replays everything
 	reasons := readyReasons(t, b, 90*time.Second)

@@ -31,8 +31,8 @@ type RangeReader struct {
 // (exclusive). It delivers what a sarama partition consumer would, below
 // end: records only (no transaction markers, nothing of aborted transactions when the
 // client reads committed), in offset order, none below from. Fetch errors
-// are sent on Errors and tried again after the client's consumer retry
-// backoff; an offset out of range is sent there too and then closes
+// are sent on Errors and tried again after a backoff (retryFirst,
+// doubling); an offset out of range is sent there too and then closes
 // Messages, as sarama's does. Otherwise Messages stays open, past end as
 // well, until AsyncClose or Close.
 func (r RangeReader) ConsumeRange(topic string, p int32, from, end int64) sarama.PartitionConsumer {
@@ -69,9 +69,19 @@ func (c *rangeConsumer) run(offset int64) {
 	defer close(c.errs)
 	defer close(c.msgs)
 	size := c.conf.Consumer.Fetch.Default
-	retries := 0
+	retries, opening := 0, 0
 	for offset < c.end {
 		block, err := c.fetch(offset, size)
+		if errors.Is(err, sarama.ErrNotConnected) && opening < openingTries {
+			// Another reader is opening the client's connection to the
+			// broker: sarama's Open lets a second caller through before
+			// the first holds the connection. Not worth a report.
+			opening++
+			if !c.wait(openingPoll) {
+				return
+			}
+			continue
+		}
 		if err != nil {
 			c.report(err)
 			if errors.Is(err, sarama.ErrOffsetOutOfRange) {
@@ -83,7 +93,7 @@ func (c *rangeConsumer) run(offset int64) {
 			retries++
 			continue
 		}
-		retries = 0
+		retries, opening = 0, 0
 		c.hwm.Store(block.HighWaterMarkOffset)
 		next, ok := c.deliver(block, offset)
 		if !ok {
@@ -123,7 +133,13 @@ func (c *rangeConsumer) fetch(offset int64, size int32) (*sarama.FetchResponseBl
 	req.AddBlock(c.topic, c.p, offset, size, -1)
 	resp, err := broker.Fetch(req)
 	if err != nil {
-		_ = broker.Close() // the client opens it again
+		// Readers started together race to open the client's connection
+		// (the one that loses sees it not connected yet); closing it would
+		// fail the others' fetches too. After any other error the client
+		// opens it again.
+		if !errors.Is(err, sarama.ErrNotConnected) {
+			_ = broker.Close()
+		}
 		return nil, err
 	}
 	block := resp.GetBlock(c.topic, c.p)
@@ -271,11 +287,24 @@ func (c *rangeConsumer) report(err error) {
 	}
 }
 
+// A reader whose fetch finds the connection not open yet asks again every
+// openingPoll, openingTries times, before it reports the error.
+const (
+	openingPoll  = time.Millisecond
+	openingTries = 100
+)
+
+// retryFirst is how long a reader waits after a failed fetch; each failure
+// in a row doubles it, up to the client's consumer retry backoff (sarama's
+// 2 s, which its consumer waits every time): a connection still opening or
+// a leader that moved a moment ago is usually there by the next try.
+const retryFirst = 10 * time.Millisecond
+
 func (c *rangeConsumer) backoff(retries int) time.Duration {
 	if f := c.conf.Consumer.Retry.BackoffFunc; f != nil {
 		return f(retries)
 	}
-	return c.conf.Consumer.Retry.Backoff
+	return min(retryFirst<<min(retries, 16), max(c.conf.Consumer.Retry.Backoff, retryFirst))
 }
 
 // wait waits d, or until the consumer is closed (false).

@@ -87,7 +87,6 @@ func readerClient(t *testing.T, addr string) sarama.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Consumer.Retry.Backoff = 10 * time.Millisecond
 	cl, err := sarama.NewClient([]string{addr}, cfg)
 	if err != nil {
 		t.Fatal(err)
