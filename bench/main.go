@@ -511,6 +511,16 @@ func bareConsume(addr string, topics []string, partitions int) (float64, error) 
 		return 0, err
 	}
 	defer consumer.Close()
+	return readAll(client, topics, partitions, func(topic string, p int32, _ int64) (sarama.PartitionConsumer, error) {
+		return consumer.ConsumePartition(topic, p, sarama.OffsetOldest)
+	})
+}
+
+// readAll reads every record below the high watermark of each partition of
+// the topics at once, each with the consumer open returns, doing nothing
+// with them, and returns the records read per second, from the first
+// offset lookup.
+func readAll(client sarama.Client, topics []string, partitions int, open func(topic string, p int32, hwm int64) (sarama.PartitionConsumer, error)) (float64, error) {
 	var total atomic.Int64
 	var wg sync.WaitGroup
 	start := time.Now()
@@ -523,7 +533,7 @@ func bareConsume(addr string, topics []string, partitions int) (float64, error) 
 			if hwm == 0 {
 				continue
 			}
-			pc, err := consumer.ConsumePartition(topic, p, sarama.OffsetOldest)
+			pc, err := open(topic, p, hwm)
 			if err != nil {
 				return 0, err
 			}

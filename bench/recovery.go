@@ -9,8 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -110,32 +108,9 @@ func rangeRead(addr string, topics []string, partitions int) (float64, error) {
 		return 0, err
 	}
 	defer client.Close()
-	var total atomic.Int64
-	var wg sync.WaitGroup
-	start := time.Now()
-	for _, topic := range topics {
-		for p := range int32(partitions) {
-			hwm, err := client.GetOffset(topic, p, sarama.OffsetNewest)
-			if err != nil {
-				return 0, err
-			}
-			if hwm == 0 {
-				continue
-			}
-			pc := kafka.RangeReader{Client: client}.ConsumeRange(topic, p, 0, hwm)
-			wg.Go(func() {
-				defer pc.AsyncClose()
-				for m := range pc.Messages() {
-					total.Add(1)
-					if m.Offset+1 >= hwm {
-						return
-					}
-				}
-			})
-		}
-	}
-	wg.Wait()
-	return float64(total.Load()) / time.Since(start).Seconds(), nil
+	return readAll(client, topics, partitions, func(topic string, p int32, hwm int64) (sarama.PartitionConsumer, error) {
+		return kafka.RangeReader{Client: client}.ConsumeRange(topic, p, 0, hwm), nil
+	})
 }
 
 // preloadChangelogs writes the changelogs in the worker's format: views keys
