@@ -29,12 +29,12 @@ type RangeReader struct {
 
 // ConsumeRange reads topic partition p from offset from up to end
 // (exclusive). It delivers what a sarama partition consumer would, below
-// end: records only (no transaction markers, nothing of aborted transactions when the
-// client reads committed), in offset order, none below from. Fetch errors
-// are sent on Errors and tried again after a backoff (retryFirst,
-// doubling); an offset out of range is sent there too and then closes
-// Messages, as sarama's does. Otherwise Messages stays open, past end as
-// well, until AsyncClose or Close.
+// end: records only (no transaction markers, nothing of aborted
+// transactions when the client reads committed), in offset order, none
+// below from. Fetch errors are sent on Errors and tried again after a
+// backoff (retryFirst, doubling); an offset out of range is sent there too
+// and then closes Messages, as sarama's does. Otherwise Messages stays
+// open, past end as well, until AsyncClose or Close.
 func (r RangeReader) ConsumeRange(topic string, p int32, from, end int64) sarama.PartitionConsumer {
 	conf := r.Client.Config()
 	c := &rangeConsumer{
@@ -116,24 +116,32 @@ func (c *rangeConsumer) run(offset int64) {
 
 // fetch asks the partition's leader for records from offset.
 func (c *rangeConsumer) fetch(offset int64, size int32) (*sarama.FetchResponseBlock, error) {
-	broker, err := c.client.Leader(c.topic, c.p)
-	if err != nil {
-		return nil, err
-	}
 	req := &sarama.FetchRequest{
 		Version:     FetchVersion(c.conf.Version),
 		MinBytes:    c.conf.Consumer.Fetch.Min,
 		MaxWaitTime: int32(c.conf.Consumer.MaxWaitTime / time.Millisecond),
 		MaxBytes:    c.conf.Consumer.Fetch.MaxBytes,
 		Isolation:   c.conf.Consumer.IsolationLevel,
-		// A full fetch outside any fetch session, as sarama's consumer asks.
-		SessionID: 0, SessionEpoch: -1,
-		RackID: c.conf.RackID,
+		RackID:      c.conf.RackID,
 	}
 	req.AddBlock(c.topic, c.p, offset, size, -1)
+	return FetchPartition(c.client, req, c.topic, c.p)
+}
+
+// FetchPartition sends req, a fetch of topic partition p alone, to the
+// partition's leader as a full fetch outside any fetch session (as
+// sarama's consumer asks), and returns the answer for p. A partition error
+// is returned as the error, after a metadata refresh when it says the
+// leader moved.
+func FetchPartition(client sarama.Client, req *sarama.FetchRequest, topic string, p int32) (*sarama.FetchResponseBlock, error) {
+	broker, err := client.Leader(topic, p)
+	if err != nil {
+		return nil, err
+	}
+	req.SessionID, req.SessionEpoch = 0, -1
 	resp, err := broker.Fetch(req)
 	if err != nil {
-		// Readers started together race to open the client's connection
+		// Fetches started together race to open the client's connection
 		// (the one that loses sees it not connected yet); closing it would
 		// fail the others' fetches too. After any other error the client
 		// opens it again.
@@ -142,13 +150,13 @@ func (c *rangeConsumer) fetch(offset int64, size int32) (*sarama.FetchResponseBl
 		}
 		return nil, err
 	}
-	block := resp.GetBlock(c.topic, c.p)
+	block := resp.GetBlock(topic, p)
 	switch {
 	case block == nil:
 		return nil, sarama.ErrIncompleteResponse
 	case !errors.Is(block.Err, sarama.ErrNoError):
 		if LeaderMoved(block.Err) {
-			_ = c.client.RefreshMetadata(c.topic)
+			_ = client.RefreshMetadata(topic)
 		}
 		return nil, block.Err
 	}
@@ -160,12 +168,31 @@ func (c *rangeConsumer) fetch(offset int64, size int32) (*sarama.FetchResponseBl
 // consumer was closed meanwhile.
 func (c *rangeConsumer) deliver(block *sarama.FetchResponseBlock, offset int64) (next int64, ok bool) {
 	ok = true
+	take := func(m *sarama.ConsumerMessage) bool {
+		if m.Offset < offset || m.Offset >= c.end {
+			return true
+		}
+		m.Topic, m.Partition = c.topic, c.p
+		ok = c.send(m)
+		return ok
+	}
 	readCommitted := c.conf.Consumer.IsolationLevel == sarama.ReadCommitted
 	next = EachBatch(block, offset, readCommitted, func(rb *sarama.RecordBatch, ms *sarama.MessageSet) bool {
-		for _, m := range batchMessages(rb, ms) {
-			if m.Offset >= offset && m.Offset < c.end {
-				m.Topic, m.Partition = c.topic, c.p
-				if ok = c.send(m); !ok {
+		if rb != nil {
+			for _, r := range rb.Records {
+				ts := rb.FirstTimestamp.Add(r.TimestampDelta)
+				if rb.LogAppendTime {
+					ts = rb.MaxTimestamp
+				}
+				if !take(&sarama.ConsumerMessage{Key: r.Key, Value: r.Value, Offset: rb.FirstOffset + r.OffsetDelta, Timestamp: ts, Headers: r.Headers}) {
+					return false
+				}
+			}
+			return true
+		}
+		for _, mb := range ms.Messages {
+			for _, m := range legacyMessages(mb) {
+				if !take(m) {
 					return false
 				}
 			}
@@ -217,27 +244,6 @@ func EachBatch(block *sarama.FetchResponseBlock, from int64, readCommitted bool,
 		}
 	}
 	return next
-}
-
-// batchMessages are the messages of a batch that EachBatch gives, without
-// topic and partition.
-func batchMessages(rb *sarama.RecordBatch, ms *sarama.MessageSet) []*sarama.ConsumerMessage {
-	var out []*sarama.ConsumerMessage
-	if rb != nil {
-		out = make([]*sarama.ConsumerMessage, 0, len(rb.Records))
-		for _, r := range rb.Records {
-			ts := rb.FirstTimestamp.Add(r.TimestampDelta)
-			if rb.LogAppendTime {
-				ts = rb.MaxTimestamp
-			}
-			out = append(out, &sarama.ConsumerMessage{Key: r.Key, Value: r.Value, Offset: rb.FirstOffset + r.OffsetDelta, Timestamp: ts, Headers: r.Headers})
-		}
-		return out
-	}
-	for _, mb := range ms.Messages {
-		out = append(out, legacyMessages(mb)...)
-	}
-	return out
 }
 
 // legacyMessages are the messages of a message block of the format before

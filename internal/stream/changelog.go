@@ -83,30 +83,9 @@ func nextRecord(client sarama.Client, topic string, p int32, from, end int64) (i
 }
 
 func probeFetch(client sarama.Client, topic string, p int32, from int64) (*sarama.FetchResponseBlock, error) {
-	broker, err := client.Leader(topic, p)
-	if err != nil {
-		return nil, err
-	}
-	// A full fetch outside any fetch session (epoch -1), as sarama's consumer asks.
-	req := &sarama.FetchRequest{Version: kafka.FetchVersion(client.Config().Version), MaxBytes: probeFetchBytes,
-		Isolation: sarama.ReadCommitted, SessionEpoch: -1}
+	req := &sarama.FetchRequest{Version: kafka.FetchVersion(client.Config().Version), MaxBytes: probeFetchBytes, Isolation: sarama.ReadCommitted}
 	req.AddBlock(topic, p, from, probeFetchBytes, -1)
-	resp, err := broker.Fetch(req)
-	if err != nil {
-		_ = broker.Close()
-		return nil, err
-	}
-	block := resp.GetBlock(topic, p)
-	if block == nil {
-		return nil, sarama.ErrIncompleteResponse
-	}
-	if !errors.Is(block.Err, sarama.ErrNoError) {
-		if kafka.LeaderMoved(block.Err) {
-			_ = client.RefreshMetadata(topic)
-		}
-		return nil, block.Err
-	}
-	return block, nil
+	return kafka.FetchPartition(client, req, topic, p)
 }
 
 // scanBlock looks through one fetch answer for the first deliverable record
