@@ -88,7 +88,7 @@ func (w *worker) actors() []actor {
 		{"topics", w.createTopics, nil},
 		{"producer", w.startProducer, func() error { return w.producer.Close() }},
 		// The group, the recoveries' changelog reader, the standbys.
-		{"group", w.startGroup, func() error { return w.copies.Close() }},
+		{"group", w.startGroup, func() error { return errors.Join(w.copies.Close(), w.tails.Close()) }},
 		{"app", w.startApp, nil}, // the app's parts and the stream runtime
 		{"timers", w.schedule, nil},
 		{"pages", w.serve, nil},
@@ -132,6 +132,8 @@ type worker struct {
 	group       sarama.ConsumerGroup
 	restore     kafka.RangeReader // the recoveries' changelog reads
 	copies      sarama.Consumer   // the standby copies' changelog consumer
+	sources     kafka.Follower    // reads the claimed source partitions
+	tails       sarama.Consumer   // the sources' consumer past their backlogs
 	state       *stream.State
 	directory   *stream.Directory
 	standby     *stream.Standby
@@ -421,8 +423,18 @@ func (w *worker) startGroup(context.Context) error {
 	// Recoveries read their changelog ranges with fetches of their own (a
 	// sarama consumer waits 100 ms before its first fetch of a partition).
 	w.restore = kafka.RangeReader{Client: cs.restore}
-	// Last: nothing fails after it, so the stop closes it.
+	// Last: nothing fails after them, so the stop closes them.
+	if w.tails, err = sarama.NewConsumerFromClient(cs.group); err != nil {
+		return fmt.Errorf("kafka source consumer: %w", err)
+	}
+	// A claimed partition's backlog is read with fetches of its own (on
+	// the restore client's connection, not behind a JoinGroup on the
+	// group's), as the group's consumer would read it; what follows, with
+	// the group client's consumer, as the claim's own would.
+	w.sources = kafka.Follower{Reader: kafka.RangeReader{Client: cs.restore,
+		Uncommitted: cs.group.Config().Consumer.IsolationLevel == sarama.ReadUncommitted}, Tail: w.tails}
 	if w.copies, err = sarama.NewConsumerFromClient(cs.copies); err != nil {
+		_ = w.tails.Close()
 		return fmt.Errorf("kafka standby consumer: %w", err)
 	}
 	w.state = stream.NewState()
@@ -469,7 +481,7 @@ func (w *worker) startApp(context.Context) error {
 		// JoinGroup for as long as a rebalance lasts; nor the restore
 		// consumer's, where a lookup would queue behind its long-polling
 		// fetches (up to MaxWaitTime each).
-		Client: w.clients.admin, Restore: w.restore, DB: w.db,
+		Client: w.clients.admin, Restore: w.restore, Sources: w.sources, Cooperative: cfg.Rebalance == "cooperative", DB: w.db,
 		State: w.state, Standby: w.standby, GroupID: cfg.Group,
 		Transactions: transactions(cfg, w.clients, w.brokers, w.mc.OnAck),
 		OffsetsAfter: cfg.Guarantee != config.ExactlyOnce,

@@ -25,6 +25,9 @@ import (
 // records holds up the others.
 type RangeReader struct {
 	Client sarama.Client
+	// Uncommitted reads as read_uncommitted, whatever the client's
+	// isolation level: a source read as its group's consumer reads it.
+	Uncommitted bool
 }
 
 // ConsumeRange reads topic partition p from offset from up to end
@@ -37,14 +40,24 @@ type RangeReader struct {
 // open, past end as well, until AsyncClose or Close.
 func (r RangeReader) ConsumeRange(topic string, p int32, from, end int64) sarama.PartitionConsumer {
 	conf := r.Client.Config()
+	c := r.newRange(topic, p, end, make(chan *sarama.ConsumerMessage, conf.ChannelBufferSize),
+		make(chan *sarama.ConsumerError, conf.ChannelBufferSize))
+	c.owned = true
+	go c.run(from)
+	return c
+}
+
+// newRange returns a range reader delivering to msgs and errs, not started.
+func (r RangeReader) newRange(topic string, p int32, end int64, msgs chan *sarama.ConsumerMessage, errs chan *sarama.ConsumerError) *rangeConsumer {
 	c := &rangeConsumer{
-		client: r.Client, conf: conf, topic: topic, p: p, end: end,
-		msgs: make(chan *sarama.ConsumerMessage, conf.ChannelBufferSize),
-		errs: make(chan *sarama.ConsumerError, conf.ChannelBufferSize),
-		quit: make(chan struct{}), done: make(chan struct{}),
+		client: r.Client, conf: r.Client.Config(), topic: topic, p: p, end: end, msgs: msgs, errs: errs,
+		quit: make(chan struct{}), read: make(chan struct{}), done: make(chan struct{}),
+	}
+	c.isolation = c.conf.Consumer.IsolationLevel
+	if r.Uncommitted {
+		c.isolation = sarama.ReadUncommitted
 	}
 	c.hwm.Store(-1)
-	go c.run(from)
 	return c
 }
 
@@ -56,21 +69,50 @@ type rangeConsumer struct {
 	topic  string
 	p      int32
 	end    int64
-	msgs   chan *sarama.ConsumerMessage
-	errs   chan *sarama.ConsumerError
-	hwm    atomic.Int64
-	quit   chan struct{}
-	closed sync.Once
-	done   chan struct{}
+	// isolation is the fetches' isolation level.
+	isolation sarama.IsolationLevel
+	msgs      chan *sarama.ConsumerMessage
+	errs      chan *sarama.ConsumerError
+	hwm       atomic.Int64
+	quit      chan struct{}
+	closed    sync.Once
+	// owned: the reader closes msgs and errs when it stops (a Follower's
+	// reader shares them with what comes after it).
+	owned bool
+	// read is closed when the reader stops fetching: the range read, an
+	// offset out of range (outOfRange), a record too large, or closed.
+	read       chan struct{}
+	outOfRange bool
+	onFetch    func(hwm int64) // called after each fetch, if set
+	held       *atomic.Bool    // when set and true, no fetch (a Follower paused)
+	done       chan struct{}
 }
 
 func (c *rangeConsumer) run(offset int64) {
 	defer close(c.done)
-	defer close(c.errs)
-	defer close(c.msgs)
+	if c.owned {
+		defer close(c.errs)
+		defer close(c.msgs)
+	}
+	if !c.fetchRange(offset) {
+		return
+	}
+	<-c.quit // the range is read: nothing more to fetch
+}
+
+// fetchRange delivers the range from offset; it returns false when the
+// reader was closed, or stopped at an error.
+func (c *rangeConsumer) fetchRange(offset int64) bool {
+	defer close(c.read)
 	size := c.conf.Consumer.Fetch.Default
 	retries, opening := 0, 0
 	for offset < c.end {
+		if c.held != nil && c.held.Load() {
+			if !c.wait(heldPoll) {
+				return false
+			}
+			continue
+		}
 		block, err := c.fetch(offset, size)
 		if errors.Is(err, sarama.ErrNotConnected) && opening < openingTries {
 			// Another reader is opening the client's connection to the
@@ -78,26 +120,30 @@ func (c *rangeConsumer) run(offset int64) {
 			// the first holds the connection. Not worth a report.
 			opening++
 			if !c.wait(openingPoll) {
-				return
+				return false
 			}
 			continue
 		}
 		if err != nil {
 			c.report(err)
 			if errors.Is(err, sarama.ErrOffsetOutOfRange) {
-				return // what sarama does: the caller starts again elsewhere
+				c.outOfRange = true
+				return false // what sarama does: the caller starts again elsewhere
 			}
 			if !c.wait(c.backoff(retries)) {
-				return
+				return false
 			}
 			retries++
 			continue
 		}
 		retries, opening = 0, 0
 		c.hwm.Store(block.HighWaterMarkOffset)
+		if c.onFetch != nil {
+			c.onFetch(block.HighWaterMarkOffset)
+		}
 		next, ok := c.deliver(block, offset)
 		if !ok {
-			return
+			return false
 		}
 		switch {
 		case next > offset:
@@ -107,11 +153,11 @@ func (c *rangeConsumer) run(offset int64) {
 			// for more (brokers since KIP-74 return a first batch whole).
 			if size = grow(size, c.conf.Consumer.Fetch.Max); size < 0 {
 				c.report(sarama.ErrMessageTooLarge)
-				return
+				return false
 			}
 		}
 	}
-	<-c.quit // the range is read: nothing more to fetch
+	return true
 }
 
 // fetch asks the partition's leader for records from offset.
@@ -121,7 +167,7 @@ func (c *rangeConsumer) fetch(offset int64, size int32) (*sarama.FetchResponseBl
 		MinBytes:    c.conf.Consumer.Fetch.Min,
 		MaxWaitTime: int32(c.conf.Consumer.MaxWaitTime / time.Millisecond),
 		MaxBytes:    c.conf.Consumer.Fetch.MaxBytes,
-		Isolation:   c.conf.Consumer.IsolationLevel,
+		Isolation:   c.isolation,
 		RackID:      c.conf.RackID,
 	}
 	req.AddBlock(c.topic, c.p, offset, size, -1)
@@ -176,7 +222,7 @@ func (c *rangeConsumer) deliver(block *sarama.FetchResponseBlock, offset int64) 
 		ok = c.send(m)
 		return ok
 	}
-	readCommitted := c.conf.Consumer.IsolationLevel == sarama.ReadCommitted
+	readCommitted := c.isolation == sarama.ReadCommitted
 	next = EachBatch(block, offset, readCommitted, func(rb *sarama.RecordBatch, ms *sarama.MessageSet) bool {
 		if rb != nil {
 			for _, r := range rb.Records {
@@ -293,6 +339,9 @@ func (c *rangeConsumer) report(err error) {
 	}
 }
 
+// A held reader looks again every heldPoll whether it may fetch.
+const heldPoll = 10 * time.Millisecond
+
 // A reader whose fetch finds the connection not open yet asks again every
 // openingPoll, openingTries times, before it reports the error.
 const (
@@ -306,11 +355,14 @@ const (
 // a leader that moved a moment ago is usually there by the next try.
 const retryFirst = 10 * time.Millisecond
 
-func (c *rangeConsumer) backoff(retries int) time.Duration {
-	if f := c.conf.Consumer.Retry.BackoffFunc; f != nil {
+func (c *rangeConsumer) backoff(retries int) time.Duration { return retryAfter(c.conf, retries) }
+
+// retryAfter is how long to wait after retries failures in a row.
+func retryAfter(conf *sarama.Config, retries int) time.Duration {
+	if f := conf.Consumer.Retry.BackoffFunc; f != nil {
 		return f(retries)
 	}
-	return min(retryFirst<<min(retries, 16), max(c.conf.Consumer.Retry.Backoff, retryFirst))
+	return min(retryFirst<<min(retries, 16), max(conf.Consumer.Retry.Backoff, retryFirst))
 }
 
 // wait waits d, or until the consumer is closed (false).

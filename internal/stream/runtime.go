@@ -51,6 +51,32 @@ type Changelogs interface {
 	ConsumeRange(topic string, p int32, from, end int64) sarama.PartitionConsumer
 }
 
+// Sources read the source topic's partitions for their claims
+// (kafka.Follower): from offset from on (or where sarama.OffsetOldest or
+// OffsetNewest is), in order, until closed. A claim's own consumer is then
+// paused and only tells of the partition's release.
+type Sources interface {
+	Follow(topic string, p int32, from int64) (sarama.PartitionConsumer, error)
+}
+
+// source is what a partition loop reads its records from: the claim's
+// consumer or a Sources one.
+type source interface {
+	Messages() <-chan *sarama.ConsumerMessage
+	HighWaterMarkOffset() int64
+	Pause()
+	Resume()
+}
+
+// claimSource reads a claim through its own consumer.
+type claimSource struct {
+	sarama.ConsumerGroupClaim
+	group sarama.ConsumerGroup
+}
+
+func (c claimSource) Pause()  { c.group.Pause(map[string][]int32{c.Topic(): {c.Partition()}}) }
+func (c claimSource) Resume() { c.group.Resume(map[string][]int32{c.Topic(): {c.Partition()}}) }
+
 // Options wire a Runtime.
 type Options struct {
 	Topic           string // the source topic
@@ -62,8 +88,19 @@ type Options struct {
 	Group   sarama.ConsumerGroup // consumes Topic
 	Client  sarama.Client        // reads changelog offsets
 	Restore Changelogs           // replays changelogs
-	DB      *store.DB
-	State   *State
+	// Sources read the claimed partitions; nil reads them through the
+	// claims' consumers.
+	Sources Sources
+	// Cooperative: the group's protocol is cooperative, where a partition
+	// released while the session goes on is told by its claim's Messages
+	// closing. With Sources, the claims' consumers then stay open (paused)
+	// to tell it; under the eager protocol the session's end tells every
+	// release, and they are closed at once, so that the end of a session
+	// does not wait on their closing (sarama's consumer looks at paused
+	// partitions every 100 ms).
+	Cooperative bool
+	DB          *store.DB
+	State       *State
 	// Transactions returns the transactional producer of partition p (a
 	// stable transactional id per partition, so the next owner fences this
 	// one; see "The membership fence"). Each commit interval is one
@@ -133,6 +170,10 @@ type Runtime struct {
 	// released are the partitions this process released, when and in
 	// which generation.
 	released map[int32]release
+	// sources are the partitions' sources (with Options.Sources), paused
+	// while the runtime is (Pause).
+	sources map[int32]source
+	paused  bool
 	// turns are the partitions replaying their changelogs.
 	turns turns
 }
@@ -165,14 +206,7 @@ func (r *Runtime) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		for err := range r.o.Group.Errors() {
-			// sarama retries what it can and reports the rest here; an
-			// error that trying again cannot cure (not authorized, say)
-			// would otherwise leave its partitions silently unprocessed.
-			if kafka.Fatal(err) {
-				r.fail(fmt.Errorf("consumer group: %w", err))
-				continue
-			}
-			r.o.Log.Warn("consumer group error", "error", err)
+			r.consumerError(err)
 		}
 	})
 	var runErr error
@@ -231,10 +265,115 @@ func (r *Runtime) Run(ctx context.Context) error {
 
 // Pause stops fetching from every partition this worker holds; processing
 // of what was fetched goes on, and the worker stays in its group.
-func (r *Runtime) Pause() { r.o.Group.PauseAll() }
+func (r *Runtime) Pause() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.paused = true
+	if r.o.Sources == nil {
+		r.o.Group.PauseAll()
+	}
+	for _, s := range r.sources {
+		s.Pause()
+	}
+}
 
-// Resume undoes Pause.
-func (r *Runtime) Resume() { r.o.Group.ResumeAll() }
+// Resume undoes Pause. The claims' own consumers stay paused when Sources
+// read the partitions.
+func (r *Runtime) Resume() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.paused = false
+	if r.o.Sources == nil {
+		r.o.Group.ResumeAll()
+	}
+	for _, s := range r.sources {
+		s.Resume()
+	}
+}
+
+// openSource returns what partition worker w reads its claim's records
+// from, and what closes it.
+func (r *Runtime) openSource(w *partitionWorker, claim sarama.ConsumerGroupClaim) (source, func(), error) {
+	if r.o.Sources == nil {
+		return claimSource{claim, r.o.Group}, func() {}, nil
+	}
+	// The claim's consumer is paused before its first fetch (so is its
+	// partition in the group's consumer, across assignments).
+	r.o.Group.Pause(map[string][]int32{claim.Topic(): {w.p}})
+	pc, err := r.o.Sources.Follow(claim.Topic(), w.p, claim.InitialOffset())
+	if err != nil {
+		return nil, nil, err
+	}
+	r.mu.Lock()
+	if r.sources == nil {
+		r.sources = map[int32]source{}
+	}
+	r.sources[w.p] = pc
+	if r.paused {
+		pc.Pause()
+	}
+	r.mu.Unlock()
+	stop := make(chan struct{})
+	if c, ok := claim.(interface{ AsyncClose() }); ok && !r.o.Cooperative {
+		c.AsyncClose() // the session's end tells the release
+	} else {
+		go watchRelease(claim, pc, stop)
+	}
+	go func() {
+		for e := range pc.Errors() {
+			r.consumerError(e)
+		}
+	}()
+	return pc, func() {
+		close(stop)
+		r.mu.Lock()
+		delete(r.sources, w.p)
+		r.mu.Unlock()
+		// Not waited for: the claim's release waits on this partition,
+		// and the rebalance on the release.
+		pc.AsyncClose()
+	}, nil
+}
+
+// watchRelease closes pc once the claim's Messages close, which tells the
+// partition's release, unless stop closes first.
+func watchRelease(claim sarama.ConsumerGroupClaim, pc sarama.PartitionConsumer, stop <-chan struct{}) {
+	released := claim.Messages()
+	for {
+		select {
+		case _, ok := <-released:
+			if !ok {
+				pc.AsyncClose()
+				return
+			}
+			// Fetched before the pause: the source reads it too.
+		case <-stop:
+			return
+		}
+	}
+}
+
+// consumerError handles an error the consumers report: one that trying
+// again cannot cure (not authorized, say) stops the worker, since it would
+// otherwise leave its partitions silently unprocessed; sarama and the
+// sources retry the rest.
+func (r *Runtime) consumerError(err error) {
+	if kafka.Fatal(err) {
+		r.fail(fmt.Errorf("consumer group: %w", err))
+		return
+	}
+	r.o.Log.Warn("consumer group error", "error", err)
+}
+
+// resumeSource resumes w's source after a pause of its own, unless the
+// runtime is paused.
+func (w *partitionWorker) resumeSource() {
+	w.r.mu.Lock()
+	defer w.r.mu.Unlock()
+	if !w.r.paused {
+		w.src.Resume()
+	}
+}
 
 // fail stops the worker: a partition hit an error it cannot get past, and
 // leaving it unprocessed while the member still holds it would stall it.
@@ -319,6 +458,7 @@ type partitionWorker struct {
 	txp        *kafka.Producer         // this partition's transactional producer
 
 	claim      sarama.ConsumerGroupClaim
+	src        source // the claim's records
 	assignedAt time.Time
 	processed  int64     // records processed since the last report to the hooks
 	deadCount  int64     // of which dead-lettered
@@ -340,7 +480,13 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 	r := w.r
 	r.o.State.assign(w.p, r.o.Clock())
 	defer r.o.State.revoke(w.p)
-	r.o.State.watch(w.p, func() int { return len(claim.Messages()) }, w.pos)
+	src, closeSource, err := r.openSource(w, claim)
+	if err != nil {
+		return err
+	}
+	defer closeSource()
+	w.src = src
+	r.o.State.watch(w.p, func() int { return len(src.Messages()) }, w.pos)
 	// The standby copy of this partition (if any) stops before recovery
 	// reads the store, and may start again once the partition is released.
 	w.fromCopy = r.o.Standby.Activate(w.p)
@@ -364,7 +510,7 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 		}
 	}()
 	ctx := w.sess.Context()
-	if err := w.recover(ctx, claim.Messages()); err != nil {
+	if err := w.recover(ctx, src.Messages()); err != nil {
 		if ctx.Err() != nil || errors.Is(err, errRevoked) {
 			w.log.Info("recovery stopped: partition revoked or worker stopping")
 			return nil // nothing was processed, so nothing to flush
@@ -391,7 +537,7 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 	// Whatever ends the loop, a flush still in flight finishes before
 	// the producer closes and the tables let the partition go.
 	defer w.waitInflight()
-	return w.loop(ctx, claim.Messages())
+	return w.loop(ctx, src.Messages())
 }
 
 // loop processes the partition's records and commits every commit
@@ -482,7 +628,7 @@ func (w *partitionWorker) drained(msgs <-chan *sarama.ConsumerMessage) bool {
 	if w.inflight != nil {
 		since = w.inflight.upto
 	}
-	return w.last-since >= drainedBacklog && len(msgs) == 0 && w.claim != nil && !w.fetchGap()
+	return w.last-since >= drainedBacklog && len(msgs) == 0 && w.src != nil && !w.fetchGap()
 }
 
 // fetchGap reports whether the broker held records past the last one
@@ -494,7 +640,7 @@ func (w *partitionWorker) drained(msgs <-chan *sarama.ConsumerMessage) bool {
 // more pauses (at 100,000 pages the benchmark's worker settled at
 // anywhere from 350,000 to 520,000 events/s; 720,000 to 780,000 without).
 func (w *partitionWorker) fetchGap() bool {
-	return w.claim != nil && w.claim.HighWaterMarkOffset() > w.last+2
+	return w.src != nil && w.src.HighWaterMarkOffset() > w.last+2
 }
 
 // cacheFull reports whether the partition's tables hold maxDirty changed
@@ -725,9 +871,8 @@ const (
 // processes them). The session ending ends it too.
 func (w *partitionWorker) await(ctx context.Context, msgs <-chan *sarama.ConsumerMessage) (revoked bool, err error) {
 	r := w.r
-	topic := map[string][]int32{r.o.Topic: {w.p}}
-	r.o.Group.Pause(topic)
-	defer r.o.Group.Resume(topic)
+	w.src.Pause()
+	defer w.resumeSource()
 	defer r.o.State.waiting(w.p, nil)
 	queue := []*sarama.ConsumerMessage{w.blocked}
 	cause := w.blockedErr
@@ -1538,7 +1683,7 @@ type windowCloser interface {
 // answers, so a record it does not count came after the window closed.
 func (w *partitionWorker) windowsDue() bool {
 	r := w.r
-	if r.o.Client == nil || w.claim == nil || w.claim.HighWaterMarkOffset() > w.last+1 || len(w.claim.Messages()) > 0 {
+	if r.o.Client == nil || w.src == nil || w.src.HighWaterMarkOffset() > w.last+1 || len(w.src.Messages()) > 0 {
 		return false
 	}
 	now := r.o.Clock()

@@ -26,6 +26,8 @@ type staleClaim struct {
 
 func (c staleClaim) HighWaterMarkOffset() int64               { return c.hwm }
 func (c staleClaim) Messages() <-chan *sarama.ConsumerMessage { return nil }
+func (c staleClaim) Pause()                                   {}
+func (c staleClaim) Resume()                                  {}
 
 // A partition closes its windows on the wall clock only when the broker,
 // not the claim's last fetch, says nothing is left to process: records
@@ -60,7 +62,7 @@ func TestWallClockClosesOnlyWhatTheBrokerConfirms(t *testing.T) {
 
 	// The first record processed; the claim's last fetch saw no more, but
 	// the broker holds two more.
-	w.last, w.claim = 0, staleClaim{hwm: 1}
+	w.last, w.src = 0, staleClaim{hwm: 1}
 	if w.windowsDue() || !views.DueAt(0, wall) {
 		t.Fatal("a window closed on the wall clock while the broker held records not processed")
 	}
@@ -69,7 +71,7 @@ func TestWallClockClosesOnlyWhatTheBrokerConfirms(t *testing.T) {
 	}
 
 	// All three processed: the window closes.
-	w.last, w.claim = 2, staleClaim{hwm: 3}
+	w.last, w.src = 2, staleClaim{hwm: 3}
 	if !w.windowsDue() {
 		t.Fatal("the window did not close on the wall clock once everything was processed")
 	}

@@ -1,0 +1,334 @@
+package kafka
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/IBM/sarama"
+)
+
+// Follower reads a partition from an offset on, for as long as it is
+// asked to, as a consumer group's claim does, but without the wait before
+// the first record.
+//
+// A sarama consumer gathers the partitions asked of it for 100 ms before
+// it fetches for them, then hands every record over through a select with
+// a timer in it. A worker that starts, or is given a partition, with a
+// backlog behind it paid both on all of it: a million records took 0.65 to
+// 0.85 s, of which 0.1 s went by before the first. A Follower reads what
+// the partition holds when it starts with a RangeReader (fetches at once,
+// one channel send a record), and what comes after with a sarama partition
+// consumer of Tail, opened at once where the backlog ends and paused until
+// then, so that its 100 ms pass while the backlog is read and it does not
+// hold up the fetches of the others on its broker.
+type Follower struct {
+	Reader RangeReader     // the backlog; its client answers the offset lookups
+	Tail   sarama.Consumer // what comes after it
+}
+
+// Follow starts reading topic partition p from offset from, or from where
+// sarama.OffsetOldest or sarama.OffsetNewest is. The consumer it returns
+// delivers the records in order, none twice. Its errors are those of the
+// backlog's fetches (tried again, as RangeReader's) and of the tail's
+// consumer; an offset out of range goes on from the offset the client's
+// Consumer.Offsets.Initial names, as a consumer group resets a claim.
+// Pause and Resume hold back its fetches.
+func (f Follower) Follow(topic string, p int32, from int64) (sarama.PartitionConsumer, error) {
+	conf := f.Reader.Client.Config()
+	c := &follow{
+		f: f, topic: topic, p: p,
+		msgs:  make(chan *sarama.ConsumerMessage, conf.ChannelBufferSize),
+		errs:  make(chan *sarama.ConsumerError, conf.ChannelBufferSize),
+		quit:  make(chan struct{}),
+		done:  make(chan struct{}),
+		reset: conf.Consumer.Offsets.Initial,
+	}
+	c.hwm.Store(-1)
+	go c.run(from)
+	return c, nil
+}
+
+// openTail opens the tail at offset, paused.
+func (f Follower) openTail(topic string, p int32, offset int64) (sarama.PartitionConsumer, error) {
+	pc, err := f.Tail.ConsumePartition(topic, p, offset)
+	if err != nil {
+		return nil, fmt.Errorf("follow %s/%d from %d: %w", topic, p, offset, err)
+	}
+	pc.Pause()
+	return pc, nil
+}
+
+// follow is one partition being followed; it implements
+// sarama.PartitionConsumer.
+type follow struct {
+	f       Follower
+	topic   string
+	p       int32
+	end     int64          // where the backlog ends and the tail starts
+	reset   int64          // Consumer.Offsets.Initial
+	backlog *rangeConsumer // nil once read
+	hwm     atomic.Int64   // the backlog's last fetch's high watermark
+	msgs    chan *sarama.ConsumerMessage
+	errs    chan *sarama.ConsumerError
+	quit    chan struct{}
+	closed  sync.Once
+	done    chan struct{}
+
+	mu      sync.Mutex
+	tail    sarama.PartitionConsumer // replaced if it stops on its own
+	tailing bool                     // the backlog is read
+	paused  bool
+	held    atomic.Bool  // paused, for the backlog's reader
+	next    atomic.Int64 // the offset after the last record the tail delivered
+}
+
+func (c *follow) run(from int64) {
+	defer close(c.done)
+	defer close(c.errs)
+	defer close(c.msgs)
+	for tries := 0; ; tries++ {
+		err := c.start(from)
+		if err == nil {
+			break
+		}
+		c.report(err)
+		if !c.wait(retryAfter(c.f.Reader.Client.Config(), tries)) {
+			return
+		}
+	}
+	defer func() { _ = c.currentTail().Close() }()
+	if !c.readBacklog() {
+		return
+	}
+	c.mu.Lock()
+	c.tailing = true
+	if !c.paused {
+		c.tail.Resume()
+	}
+	c.mu.Unlock()
+	c.next.Store(c.end)
+	for c.forward() {
+		if !c.reopenTail() {
+			return
+		}
+	}
+}
+
+// start finds where the backlog ends, opens the tail there and starts
+// reading the backlog.
+func (c *follow) start(from int64) error {
+	client := c.f.Reader.Client
+	var err error
+	if from < 0 {
+		if from, err = client.GetOffset(c.topic, c.p, from); err != nil {
+			return fmt.Errorf("follow %s/%d: find the offset to start from: %w", c.topic, c.p, err)
+		}
+	}
+	end, err := client.GetOffset(c.topic, c.p, sarama.OffsetNewest)
+	if err != nil {
+		return fmt.Errorf("follow %s/%d: find the end of the backlog: %w", c.topic, c.p, err)
+	}
+	tail, err := c.f.openTail(c.topic, c.p, max(end, from))
+	if errors.Is(err, sarama.ErrOffsetOutOfRange) { // past the end: from the reset offset
+		if from, err = c.resetOffset(); err == nil {
+			tail, err = c.f.openTail(c.topic, c.p, max(end, from))
+		}
+	}
+	if err != nil {
+		return err
+	}
+	c.end = max(end, from)
+	c.hwm.Store(end)
+	c.mu.Lock()
+	c.tail = tail
+	c.mu.Unlock()
+	if from < c.end {
+		c.startBacklog(from)
+	}
+	return nil
+}
+
+// readBacklog waits until the backlog is read, starting it again from the
+// reset offset if its offset fell out of range; false if closed meanwhile.
+func (c *follow) readBacklog() bool {
+	for c.backlog != nil {
+		select {
+		case <-c.backlog.read:
+		case <-c.quit:
+			_ = c.backlog.Close()
+			return false
+		}
+		_ = c.backlog.Close() // read: it stops
+		if !c.backlog.outOfRange {
+			c.backlog = nil
+			break
+		}
+		from, err := c.resetOffset()
+		for tries := 0; err != nil; tries++ {
+			c.report(err)
+			if !c.wait(retryAfter(c.f.Reader.Client.Config(), tries)) {
+				return false
+			}
+			from, err = c.resetOffset()
+		}
+		c.backlog = nil
+		if from < c.end {
+			c.startBacklog(from)
+		}
+	}
+	return true
+}
+
+// startBacklog reads the backlog from offset from.
+func (c *follow) startBacklog(from int64) {
+	c.backlog = c.f.Reader.newRange(c.topic, c.p, c.end, c.msgs, c.errs)
+	c.backlog.onFetch = func(hwm int64) { c.hwm.Store(hwm) }
+	c.backlog.held = &c.held
+	go c.backlog.run(from)
+}
+
+// resetOffset is the offset the client's Consumer.Offsets.Initial names.
+func (c *follow) resetOffset() (int64, error) {
+	off, err := c.f.Reader.Client.GetOffset(c.topic, c.p, c.reset)
+	if err != nil {
+		return 0, fmt.Errorf("follow %s/%d: offset out of range, and the offset to reset to is unknown: %w", c.topic, c.p, err)
+	}
+	return off, nil
+}
+
+// forward hands the tail's records and errors on until the follow is
+// closed (false) or the tail stops on its own (true).
+func (c *follow) forward() bool {
+	tail := c.currentTail()
+	msgs, errs := tail.Messages(), tail.Errors()
+	for {
+		select {
+		case m, ok := <-msgs:
+			if !ok {
+				return true
+			}
+			select {
+			case c.msgs <- m:
+				c.next.Store(m.Offset + 1)
+			case <-c.quit:
+				return false
+			}
+		case e, ok := <-errs:
+			if !ok {
+				errs = nil
+				continue
+			}
+			c.report(e.Err)
+		case <-c.quit:
+			return false
+		}
+	}
+}
+
+// reopenTail opens the tail again where it stopped, or at the reset offset
+// if that is out of range (sarama's consumer stops at an offset out of
+// range); false if closed meanwhile.
+func (c *follow) reopenTail() bool {
+	for {
+		_ = c.currentTail().Close()
+		off := c.next.Load()
+		tail, err := c.f.openTail(c.topic, c.p, off)
+		if errors.Is(err, sarama.ErrOffsetOutOfRange) {
+			if off, err = c.resetOffset(); err == nil {
+				tail, err = c.f.openTail(c.topic, c.p, off)
+			}
+		}
+		if err == nil {
+			c.mu.Lock()
+			c.tail = tail
+			if !c.paused {
+				tail.Resume()
+			}
+			c.mu.Unlock()
+			return true
+		}
+		c.report(fmt.Errorf("the tail's consumer stopped, and opening it again failed: %w", err))
+		if !c.wait(retryAfter(c.f.Reader.Client.Config(), 8)) {
+			return false
+		}
+	}
+}
+
+func (c *follow) currentTail() sarama.PartitionConsumer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.tail
+}
+
+// report sends err on Errors if there is room.
+func (c *follow) report(err error) {
+	select {
+	case c.errs <- &sarama.ConsumerError{Topic: c.topic, Partition: c.p, Err: err}:
+	default:
+	}
+}
+
+// wait waits d, or until closed (false).
+func (c *follow) wait(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-c.quit:
+		return false
+	}
+}
+
+func (c *follow) AsyncClose() { c.closed.Do(func() { close(c.quit) }) }
+
+func (c *follow) Close() error {
+	c.AsyncClose()
+	<-c.done
+	return nil
+}
+
+func (c *follow) Messages() <-chan *sarama.ConsumerMessage { return c.msgs }
+func (c *follow) Errors() <-chan *sarama.ConsumerError     { return c.errs }
+
+// HighWaterMarkOffset is the partition's high watermark as of the last
+// fetch (or the lookup at the start).
+func (c *follow) HighWaterMarkOffset() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.tailing {
+		return c.tail.HighWaterMarkOffset()
+	}
+	return c.hwm.Load()
+}
+
+// Pause holds back the fetches, the backlog's and the tail's: what was
+// fetched is still delivered.
+func (c *follow) Pause() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.paused = true
+	c.held.Store(true)
+	if c.tailing {
+		c.tail.Pause()
+	}
+}
+
+func (c *follow) Resume() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.paused = false
+	c.held.Store(false)
+	if c.tailing {
+		c.tail.Resume()
+	}
+}
+
+func (c *follow) IsPaused() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.paused
+}

@@ -1,0 +1,110 @@
+package kafka_test
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+
+	"github.com/gofaust/pageviews/internal/kafka"
+)
+
+// follower returns a Follower on its own clients of addr, as the worker
+// has one: the backlog read committed, the tail uncommitted.
+func follower(t *testing.T, addr string) kafka.Follower {
+	t.Helper()
+	tails, err := sarama.NewConsumerFromClient(readerClient(t, addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tails.Close() })
+	return kafka.Follower{Reader: kafka.RangeReader{Client: readerClient(t, addr)}, Tail: tails}
+}
+
+func produce(t *testing.T, addr string, ks ...string) {
+	t.Helper()
+	cfg := sarama.NewConfig()
+	cfg.Version = kafka.Version
+	cfg.Producer.Return.Successes = true
+	p, err := sarama.NewSyncProducer([]string{addr}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	for _, k := range ks {
+		if _, _, err := p.SendMessage(&sarama.ProducerMessage{Topic: "log", Key: sarama.StringEncoder(k), Value: sarama.StringEncoder("v-" + k)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestFollowerReadsBacklogThenTail: a partition is followed from the
+// oldest offset through its backlog and on into records produced later,
+// each once, in order, committed ones only; a pause holds the tail back.
+func TestFollowerReadsBacklogThenTail(t *testing.T) {
+	_, addr := rangeLog(t)
+	pc, err := follower(t, addr).Follow("log", 0, sarama.OffsetOldest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	backlog := append(keys("k", 0, 10), keys("k", 10, 17)...)
+	if got := keysOf(take(t, pc, len(backlog))); !slices.Equal(got, backlog) {
+		t.Errorf("backlog %v, want %v", got, backlog)
+	}
+
+	produce(t, addr, keys("t", 0, 3)...)
+	got := take(t, pc, 3)
+	if !slices.Equal(keysOf(got), keys("t", 0, 3)) {
+		t.Errorf("tail %v, want t0 to t2", keysOf(got))
+	}
+	if hwm := pc.HighWaterMarkOffset(); hwm != got[2].Offset+1 {
+		t.Errorf("high watermark %d, want %d", hwm, got[2].Offset+1)
+	}
+
+	pc.Pause()
+	time.Sleep(300 * time.Millisecond) // past a fetch already asked for
+	produce(t, addr, "p0")
+	select {
+	case m := <-pc.Messages():
+		t.Fatalf("record %s delivered while paused", m.Key)
+	case <-time.After(500 * time.Millisecond):
+	}
+	pc.Resume()
+	if got := keysOf(take(t, pc, 1)); !slices.Equal(got, []string{"p0"}) {
+		t.Errorf("after the pause %v, want p0", got)
+	}
+}
+
+// TestFollowerFromTheEnd: a partition followed from its end has no
+// backlog, and from an offset inside it reads the rest of it first.
+func TestFollowerFromTheEnd(t *testing.T) {
+	_, addr := rangeLog(t)
+	f := follower(t, addr)
+	end, err := readerClient(t, addr).GetOffset("log", 0, sarama.OffsetNewest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	atEnd, err := f.Follow("log", 0, end)
+	if err != nil {
+		t.Fatal(err)
+	}
+	produce(t, addr, "e0")
+	if got := keysOf(take(t, atEnd, 1)); !slices.Equal(got, []string{"e0"}) {
+		t.Errorf("from the end %v, want e0", got)
+	}
+	if err := atEnd.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The same partition again, once the first let it go, from k15.
+	rest, err := f.Follow("log", 0, end-3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rest.Close()
+	if got := keysOf(take(t, rest, 3)); !slices.Equal(got, []string{"k15", "k16", "e0"}) {
+		t.Errorf("from %d %v, want k15 k16 e0", end-3, got)
+	}
+}
