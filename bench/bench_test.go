@@ -63,7 +63,7 @@ func TestBenchRuns(t *testing.T) {
 			t.Errorf("%s=%v is negative", k, v)
 		}
 	}
-	for _, k := range []string{"events_per_second", "bare_records_per_second", "recovery_records_per_second",
+	for _, k := range []string{"events_per_second", "bare_records_per_second", "source_range_read_records_per_second", "recovery_records_per_second",
 		"bare_changelog_records_per_second", "range_read_records_per_second", "peak_rss_mib", "rebalance_cooperative_ms", "rebalance_eager_ms", "hopping_events_per_second", "avro_events_per_second"} {
 		if num(k) == 0 {
 			t.Errorf("%s is 0", k)

@@ -143,6 +143,7 @@ func envInt(name string, def int) int {
 // resultKeys are the machine-readable figures, in the order printed.
 func resultKeys() []string {
 	return []string{"events_per_second", "bare_records_per_second", "goka_events_per_second", "ratio_vs_goka", "ratio_vs_bare",
+		"source_range_read_records_per_second", "ratio_vs_range_read",
 		"recovery_records_per_second", "bare_changelog_records_per_second", "recovery_ratio",
 		"range_read_records_per_second", "recovery_ratio_vs_range_read", "cpu_seconds", "peak_rss_mib",
 		"hopping_events_per_second", "hopping_peak_rss_mib", "hopping_ratio",
@@ -318,7 +319,7 @@ type aggResult struct {
 // peak RSS.
 func throughput(o options, addr, dir string, results map[string]string) (aggResult, error) {
 	var first aggResult
-	var rates, cpus, bares, ratios []float64
+	var rates, cpus, bares, ratios, rangeds, rangedRatios []float64
 	for i := range max(1, o.runs) {
 		run, group, data, want := o, "pageviews", "worker", int64(o.events)
 		if i > 0 {
@@ -346,8 +347,13 @@ func throughput(o options, addr, dir string, results map[string]string) (aggResu
 		if err != nil {
 			return first, fmt.Errorf("bare consumer, run %d: %w", i+1, err)
 		}
-		fmt.Printf("bare:     %8.0f records/s (run %d; sarama consumer, no processing)\n", bare, i+1)
+		ranged, err := rangeRead(addr, []string{"page_views"}, o.partitions, false)
+		if err != nil {
+			return first, fmt.Errorf("range read, run %d: %w", i+1, err)
+		}
+		fmt.Printf("bare:     %8.0f records/s (run %d; sarama consumer, no processing); range read %.0f records/s (the worker's backlog reader)\n", bare, i+1, ranged)
 		bares, ratios = append(bares, bare), append(ratios, agg.rate/bare)
+		rangeds, rangedRatios = append(rangeds, ranged), append(rangedRatios, agg.rate/ranged)
 	}
 	first.rate, first.cpu = median(rates), median(cpus)
 	fmt.Printf("worker:   %8.0f events/s  (median of %d runs; cpu %.2fs, peak rss %.1f MiB)\n",
@@ -360,6 +366,10 @@ func throughput(o options, addr, dir string, results map[string]string) (aggResu
 			median(bares), median(ratios), joinRatios(ratios))
 		results["bare_records_per_second"] = fmt.Sprintf("%.0f", median(bares))
 		results["ratio_vs_bare"] = fmt.Sprintf("%.2f", median(ratios))
+		fmt.Printf("range read: %8.0f records/s (median; the worker's backlog reader, no processing); ratio_vs_range_read %.2f, the median of the runs' %s\n",
+			median(rangeds), median(rangedRatios), joinRatios(rangedRatios))
+		results["source_range_read_records_per_second"] = fmt.Sprintf("%.0f", median(rangeds))
+		results["ratio_vs_range_read"] = fmt.Sprintf("%.2f", median(rangedRatios))
 	}
 	return first, nil
 }

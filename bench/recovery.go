@@ -77,7 +77,7 @@ func recoveryBench(o options, addr, dataDir string, n int, env ...string) (recov
 		if err != nil {
 			return res, fmt.Errorf("bare changelog consumer, run %d: %w", i+1, err)
 		}
-		ranged, err := rangeRead(addr, []string{recoveryViews, recoveryTotals}, o.partitions)
+		ranged, err := rangeRead(addr, []string{recoveryViews, recoveryTotals}, o.partitions, true)
 		if err != nil {
 			return res, fmt.Errorf("changelog range read, run %d: %w", i+1, err)
 		}
@@ -96,10 +96,11 @@ func recoveryBench(o options, addr, dataDir string, n int, env ...string) (recov
 }
 
 // rangeRead reads every record of the topics' partitions, all at once, with
-// the reader the worker's recoveries use and the worker's client settings
-// for it, doing nothing with them.
-func rangeRead(addr string, topics []string, partitions int) (float64, error) {
-	cfg, err := kafka.NewConfig(kafka.Options{ClientID: "bench-range-read", ReadCommitted: true})
+// the reader the worker's recoveries and backlogs use and the worker's
+// client settings for it (read_committed for changelogs), doing nothing
+// with them.
+func rangeRead(addr string, topics []string, partitions int, readCommitted bool) (float64, error) {
+	cfg, err := kafka.NewConfig(kafka.Options{ClientID: "bench-range-read", ReadCommitted: readCommitted})
 	if err != nil {
 		return 0, err
 	}
