@@ -30,11 +30,11 @@ func TestDrainedBacklogCommitsAtOnce(t *testing.T) {
 			want := map[string]int64{}
 			// One produce request: the first fetch already shows the
 			// whole backlog in the partition's high watermark.
-			sendBatch(t, brokers, topic, want, 5000, 0)
+			sendBatch(t, brokers, topic, want, 5000, 0, 7)
 			w.waitTotals(t, want)
 			waitCommitted(t, brokers, group, topic)
 
-			sendBatch(t, brokers, topic, want, 10, 5000)
+			sendBatch(t, brokers, topic, want, 10, 5000, 7)
 			w.waitTotals(t, want)
 			committed, _, err := committedOffsets(brokers, group, topic)
 			if err != nil {
@@ -47,9 +47,31 @@ func TestDrainedBacklogCommitsAtOnce(t *testing.T) {
 	}
 }
 
+// TestBacklogEndAfterAnEarlyCommit: a backlog of more new keys than a
+// partition's cache holds commits once on the way (the cache full), and
+// the few thousand records after that are committed as soon as the
+// backlog is worked through, not a quarter interval after that commit.
+func TestBacklogEndAfterAnEarlyCommit(t *testing.T) {
+	brokers := startCluster(t)
+	const topic, group = "full-backlog", "full-backlog"
+	w := startSums(t, map[string]string{
+		"KAFKA_BROKERS": brokers[0], "WEB_ADDR": "127.0.0.1:0", "DATA_DIR": t.TempDir(),
+		"PARTITIONS": "1", "COMMIT_INTERVAL": "1h", "LIVECHECK_INTERVAL": "0",
+		"KAFKA_GROUP": group, "AMOUNTS_TOPIC": topic,
+	})
+	w.waitReady(t)
+	want := map[string]int64{}
+	// 34,000 keys: the cache is full from 32,768 (checked every 1,024
+	// records), which leaves fewer than the 4,096 records after it that
+	// would count as a backlog of their own.
+	sendBatch(t, brokers, topic, want, 34000, 0, 34000)
+	w.waitTotals(t, want)
+	waitCommitted(t, brokers, group, topic)
+}
+
 // sendBatch sends n amounts from the from-th on in one produce request,
-// and adds them to want.
-func sendBatch(t *testing.T, brokers []string, topic string, want map[string]int64, n, from int) {
+// over keys accounts, and adds them to want.
+func sendBatch(t *testing.T, brokers []string, topic string, want map[string]int64, n, from, keys int) {
 	t.Helper()
 	pc := sarama.NewConfig()
 	pc.Producer.Return.Successes = true
@@ -58,6 +80,10 @@ func sendBatch(t *testing.T, brokers []string, topic string, want map[string]int
 	// requests, so that the worker drained the first part, committed it,
 	// and waited for the interval with the rest.
 	pc.Producer.Flush.Messages = n
+	// sarama counts a record at its largest encoding (about 50 bytes
+	// here), and a batch it thinks too big goes out at once and leaves
+	// the rest short of n for ever; the broker checks the real size.
+	pc.Producer.MaxMessageBytes = 4 << 20
 	p, err := sarama.NewSyncProducer(brokers, pc)
 	if err != nil {
 		t.Fatal(err)
@@ -65,7 +91,7 @@ func sendBatch(t *testing.T, brokers []string, topic string, want map[string]int
 	defer p.Close()
 	msgs := make([]*sarama.ProducerMessage, 0, n)
 	for i := from; i < from+n; i++ {
-		key, amount := fmt.Sprintf("acct-%d", i%7), int64(i%50-10)
+		key, amount := fmt.Sprintf("acct-%d", i%keys), int64(i%50-10)
 		msgs = append(msgs, &sarama.ProducerMessage{Topic: topic, Partition: 0, Key: sarama.StringEncoder(key),
 			Value: sarama.StringEncoder(strconv.FormatInt(amount, 10))})
 		want[key] += amount
