@@ -35,7 +35,7 @@ func runtimeDocs() map[string]string {
 		"WEB_ADDR":                           "HTTP address",
 		"PPROF_ADDR":                         "serve `net/http/pprof` on this (private) address; empty: off",
 		"DATA_DIR":                           "local state (Pebble in `state/`, the embedded broker in `kafka/`)",
-		"COMMIT_INTERVAL":                    "how often table changes are flushed and source offsets committed; a partition that goes quiet (the broker holds nothing more of it as of its last fetch) commits sooner: 50 ms after its last record (at most every quarter interval), or 5 ms after when it has just worked through a backlog (4,096 records or more since its last commit, and nothing more in the broker); and at once when its tables hold 32,768 changed keys",
+		"COMMIT_INTERVAL":                    "how often table changes are flushed and source offsets committed; a partition that goes quiet (the broker holds nothing more of it as of its last fetch) commits sooner: 50 ms after its last record (at most every quarter interval), or 5 ms after when it has just worked through a backlog (4,096 records or more since its last commit or since it was last quiet, and nothing more in the broker); and at once when its tables hold 32,768 changed keys",
 		"SHUTDOWN_TIMEOUT":                   "bound on a warm shutdown",
 		"DD_DOGSTATSD_URL":                   "where DogStatsD metrics go: `udp://host:port` or `unix:///path`; wins over `DD_AGENT_HOST`",
 		"DD_AGENT_HOST":                      "host of the DogStatsD agent; empty (and no `DD_DOGSTATSD_URL`): metrics off",
