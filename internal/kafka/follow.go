@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/IBM/sarama"
 )
@@ -38,14 +37,8 @@ type Follower struct {
 // Pause and Resume hold back its fetches.
 func (f Follower) Follow(topic string, p int32, from int64) (sarama.PartitionConsumer, error) {
 	conf := f.Reader.Client.Config()
-	c := &follow{
-		f: f, topic: topic, p: p,
-		msgs:  make(chan *sarama.ConsumerMessage, conf.ChannelBufferSize),
-		errs:  make(chan *sarama.ConsumerError, conf.ChannelBufferSize),
-		quit:  make(chan struct{}),
-		done:  make(chan struct{}),
-		reset: conf.Consumer.Offsets.Initial,
-	}
+	c := &follow{f: f, topic: topic, p: p, reset: conf.Consumer.Offsets.Initial}
+	c.pipe.init(make(chan *sarama.ConsumerMessage, conf.ChannelBufferSize), make(chan *sarama.ConsumerError, conf.ChannelBufferSize))
 	c.hwm.Store(-1)
 	go c.run(from)
 	return c, nil
@@ -71,11 +64,7 @@ type follow struct {
 	reset   int64          // Consumer.Offsets.Initial
 	backlog *rangeConsumer // nil once read
 	hwm     atomic.Int64   // the backlog's last fetch's high watermark
-	msgs    chan *sarama.ConsumerMessage
-	errs    chan *sarama.ConsumerError
-	quit    chan struct{}
-	closed  sync.Once
-	done    chan struct{}
+	pipe
 
 	mu      sync.Mutex
 	tail    sarama.PartitionConsumer // replaced if it stops on its own
@@ -271,29 +260,6 @@ func (c *follow) report(err error) {
 	}
 }
 
-// wait waits d, or until closed (false).
-func (c *follow) wait(d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-c.quit:
-		return false
-	}
-}
-
-func (c *follow) AsyncClose() { c.closed.Do(func() { close(c.quit) }) }
-
-func (c *follow) Close() error {
-	c.AsyncClose()
-	<-c.done
-	return nil
-}
-
-func (c *follow) Messages() <-chan *sarama.ConsumerMessage { return c.msgs }
-func (c *follow) Errors() <-chan *sarama.ConsumerError     { return c.errs }
-
 // HighWaterMarkOffset is the partition's high watermark as of the last
 // fetch (or the lookup at the start).
 func (c *follow) HighWaterMarkOffset() int64 {
@@ -307,22 +273,20 @@ func (c *follow) HighWaterMarkOffset() int64 {
 
 // Pause holds back the fetches, the backlog's and the tail's: what was
 // fetched is still delivered.
-func (c *follow) Pause() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.paused = true
-	c.held.Store(true)
-	if c.tailing {
-		c.tail.Pause()
-	}
-}
+func (c *follow) Pause() { c.hold(true) }
 
-func (c *follow) Resume() {
+func (c *follow) Resume() { c.hold(false) }
+
+func (c *follow) hold(paused bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.paused = false
-	c.held.Store(false)
-	if c.tailing {
+	c.paused = paused
+	c.held.Store(paused)
+	switch {
+	case !c.tailing:
+	case paused:
+		c.tail.Pause()
+	default:
 		c.tail.Resume()
 	}
 }

@@ -49,10 +49,8 @@ func (r RangeReader) ConsumeRange(topic string, p int32, from, end int64) sarama
 
 // newRange returns a range reader delivering to msgs and errs, not started.
 func (r RangeReader) newRange(topic string, p int32, end int64, msgs chan *sarama.ConsumerMessage, errs chan *sarama.ConsumerError) *rangeConsumer {
-	c := &rangeConsumer{
-		client: r.Client, conf: r.Client.Config(), topic: topic, p: p, end: end, msgs: msgs, errs: errs,
-		quit: make(chan struct{}), read: make(chan struct{}), done: make(chan struct{}),
-	}
+	c := &rangeConsumer{client: r.Client, conf: r.Client.Config(), topic: topic, p: p, end: end, read: make(chan struct{})}
+	c.pipe.init(msgs, errs)
 	c.isolation = c.conf.Consumer.IsolationLevel
 	if r.Uncommitted {
 		c.isolation = sarama.ReadUncommitted
@@ -71,11 +69,8 @@ type rangeConsumer struct {
 	end    int64
 	// isolation is the fetches' isolation level.
 	isolation sarama.IsolationLevel
-	msgs      chan *sarama.ConsumerMessage
-	errs      chan *sarama.ConsumerError
-	hwm       atomic.Int64
-	quit      chan struct{}
-	closed    sync.Once
+	pipe
+	hwm atomic.Int64
 	// owned: the reader closes msgs and errs when it stops (a Follower's
 	// reader shares them with what comes after it).
 	owned bool
@@ -85,7 +80,6 @@ type rangeConsumer struct {
 	outOfRange bool
 	onFetch    func(hwm int64) // called after each fetch, if set
 	held       *atomic.Bool    // when set and true, no fetch (a Follower paused)
-	done       chan struct{}
 }
 
 func (c *rangeConsumer) run(offset int64) {
@@ -365,18 +359,6 @@ func retryAfter(conf *sarama.Config, retries int) time.Duration {
 	return min(retryFirst<<min(retries, 16), max(conf.Consumer.Retry.Backoff, retryFirst))
 }
 
-// wait waits d, or until the consumer is closed (false).
-func (c *rangeConsumer) wait(d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-c.quit:
-		return false
-	}
-}
-
 // partial reports whether block holds nothing but a batch cut off by the
 // fetch size.
 func partial(block *sarama.FetchResponseBlock) bool {
@@ -402,17 +384,6 @@ func grow(size, limit int32) int32 {
 	}
 	return n
 }
-
-func (c *rangeConsumer) AsyncClose() { c.closed.Do(func() { close(c.quit) }) }
-
-func (c *rangeConsumer) Close() error {
-	c.AsyncClose()
-	<-c.done
-	return nil
-}
-
-func (c *rangeConsumer) Messages() <-chan *sarama.ConsumerMessage { return c.msgs }
-func (c *rangeConsumer) Errors() <-chan *sarama.ConsumerError     { return c.errs }
 
 // HighWaterMarkOffset is the partition's high watermark as of the last
 // fetch, -1 before the first.
@@ -441,5 +412,43 @@ func FetchVersion(v sarama.KafkaVersion) int16 {
 		return 11
 	default:
 		return 4
+	}
+}
+
+// pipe is what the partition consumers of this package deliver through,
+// and how they are stopped: AsyncClose closes quit, and the consumer's
+// goroutine closes done when it has stopped.
+type pipe struct {
+	msgs   chan *sarama.ConsumerMessage
+	errs   chan *sarama.ConsumerError
+	quit   chan struct{}
+	closed sync.Once
+	done   chan struct{}
+}
+
+func (c *pipe) init(msgs chan *sarama.ConsumerMessage, errs chan *sarama.ConsumerError) {
+	c.msgs, c.errs, c.quit, c.done = msgs, errs, make(chan struct{}), make(chan struct{})
+}
+
+func (c *pipe) AsyncClose() { c.closed.Do(func() { close(c.quit) }) }
+
+func (c *pipe) Close() error {
+	c.AsyncClose()
+	<-c.done
+	return nil
+}
+
+func (c *pipe) Messages() <-chan *sarama.ConsumerMessage { return c.msgs }
+func (c *pipe) Errors() <-chan *sarama.ConsumerError     { return c.errs }
+
+// wait waits d, or until the consumer is closed (false).
+func (c *pipe) wait(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-c.quit:
+		return false
 	}
 }
