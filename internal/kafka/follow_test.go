@@ -108,3 +108,42 @@ func TestFollowerFromTheEnd(t *testing.T) {
 		t.Errorf("from %d %v, want k15 k16 e0", end-3, got)
 	}
 }
+
+// TestFollowerFromBeforeTheLogStart: an offset the broker no longer holds
+// (records deleted, as retention does) goes on from the oldest it holds,
+// as a group's claim resets, and the backlog from there is read whole.
+func TestFollowerFromBeforeTheLogStart(t *testing.T) {
+	_, addr := rangeLog(t)
+	admin, err := sarama.NewClusterAdminFromClient(readerClient(t, addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.DeleteRecords("log", map[int32]int64{0: 5}); err != nil {
+		t.Fatal(err)
+	}
+	f := follower(t, addr)
+	oldest, err := f.Follow("log", 0, sarama.OffsetOldest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := keysOf(take(t, oldest, 12)) // k5 to k16
+	if want[0] != "k5" {
+		t.Fatalf("the oldest record kept is %s, want k5", want[0])
+	}
+	if err := oldest.Close(); err != nil { // one consumer of a partition at a time
+		t.Fatal(err)
+	}
+
+	gone, err := f.Follow("log", 0, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gone.Close()
+	if got := keysOf(take(t, gone, len(want))); !slices.Equal(got, want) {
+		t.Errorf("from a deleted offset %v, want %v", got, want)
+	}
+	produce(t, addr, "t0")
+	if got := keysOf(take(t, gone, 1)); !slices.Equal(got, []string{"t0"}) {
+		t.Errorf("then %v, want t0", got)
+	}
+}
