@@ -35,13 +35,13 @@ type Follower struct {
 // consumer; an offset out of range goes on from the offset the client's
 // Consumer.Offsets.Initial names, as a consumer group resets a claim.
 // Pause and Resume hold back its fetches.
-func (f Follower) Follow(topic string, p int32, from int64) (sarama.PartitionConsumer, error) {
+func (f Follower) Follow(topic string, p int32, from int64) sarama.PartitionConsumer {
 	conf := f.Reader.Client.Config()
 	c := &follow{f: f, topic: topic, p: p, reset: conf.Consumer.Offsets.Initial}
 	c.pipe.init(make(chan *sarama.ConsumerMessage, conf.ChannelBufferSize), make(chan *sarama.ConsumerError, conf.ChannelBufferSize))
 	c.hwm.Store(-1)
 	go c.run(from)
-	return c, nil
+	return c
 }
 
 // openTail opens the tail at offset, paused.

@@ -44,10 +44,7 @@ func produce(t *testing.T, addr string, ks ...string) {
 // each once, in order, committed ones only; a pause holds the tail back.
 func TestFollowerReadsBacklogThenTail(t *testing.T) {
 	_, addr := rangeLog(t)
-	pc, err := follower(t, addr).Follow("log", 0, sarama.OffsetOldest)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pc := follower(t, addr).Follow("log", 0, sarama.OffsetOldest)
 	defer pc.Close()
 	backlog := append(keys("k", 0, 10), keys("k", 10, 17)...)
 	if got := keysOf(take(t, pc, len(backlog))); !slices.Equal(got, backlog) {
@@ -86,10 +83,7 @@ func TestFollowerFromTheEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	atEnd, err := f.Follow("log", 0, end)
-	if err != nil {
-		t.Fatal(err)
-	}
+	atEnd := f.Follow("log", 0, end)
 	produce(t, addr, "e0")
 	if got := keysOf(take(t, atEnd, 1)); !slices.Equal(got, []string{"e0"}) {
 		t.Errorf("from the end %v, want e0", got)
@@ -99,10 +93,7 @@ func TestFollowerFromTheEnd(t *testing.T) {
 	}
 
 	// The same partition again, once the first let it go, from k15.
-	rest, err := f.Follow("log", 0, end-3)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rest := f.Follow("log", 0, end-3)
 	defer rest.Close()
 	if got := keysOf(take(t, rest, 3)); !slices.Equal(got, []string{"k15", "k16", "e0"}) {
 		t.Errorf("from %d %v, want k15 k16 e0", end-3, got)
@@ -122,10 +113,7 @@ func TestFollowerFromBeforeTheLogStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := follower(t, addr)
-	oldest, err := f.Follow("log", 0, sarama.OffsetOldest)
-	if err != nil {
-		t.Fatal(err)
-	}
+	oldest := f.Follow("log", 0, sarama.OffsetOldest)
 	want := keysOf(take(t, oldest, 12)) // k5 to k16
 	if want[0] != "k5" {
 		t.Fatalf("the oldest record kept is %s, want k5", want[0])
@@ -134,10 +122,7 @@ func TestFollowerFromBeforeTheLogStart(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	gone, err := f.Follow("log", 0, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	gone := f.Follow("log", 0, 2)
 	defer gone.Close()
 	if got := keysOf(take(t, gone, len(want))); !slices.Equal(got, want) {
 		t.Errorf("from a deleted offset %v, want %v", got, want)

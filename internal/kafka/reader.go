@@ -124,7 +124,7 @@ func (c *rangeConsumer) fetchRange(offset int64) bool {
 				c.outOfRange = true
 				return false // what sarama does: the caller starts again elsewhere
 			}
-			if !c.wait(c.backoff(retries)) {
+			if !c.wait(retryAfter(c.conf, retries)) {
 				return false
 			}
 			retries++
@@ -348,8 +348,6 @@ const (
 // 2 s, which its consumer waits every time): a connection still opening or
 // a leader that moved a moment ago is usually there by the next try.
 const retryFirst = 10 * time.Millisecond
-
-func (c *rangeConsumer) backoff(retries int) time.Duration { return retryAfter(c.conf, retries) }
 
 // retryAfter is how long to wait after retries failures in a row.
 func retryAfter(conf *sarama.Config, retries int) time.Duration {

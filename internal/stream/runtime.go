@@ -56,7 +56,7 @@ type Changelogs interface {
 // OffsetNewest is), in order, until closed. A claim's own consumer is then
 // paused and only tells of the partition's release.
 type Sources interface {
-	Follow(topic string, p int32, from int64) (sarama.PartitionConsumer, error)
+	Follow(topic string, p int32, from int64) sarama.PartitionConsumer
 }
 
 // source is what a partition loop reads its records from: the claim's
@@ -265,45 +265,42 @@ func (r *Runtime) Run(ctx context.Context) error {
 
 // Pause stops fetching from every partition this worker holds; processing
 // of what was fetched goes on, and the worker stays in its group.
-func (r *Runtime) Pause() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.paused = true
-	if r.o.Sources == nil {
-		r.o.Group.PauseAll()
-	}
-	for _, s := range r.sources {
-		s.Pause()
-	}
-}
+func (r *Runtime) Pause() { r.hold(true) }
 
 // Resume undoes Pause. The claims' own consumers stay paused when Sources
 // read the partitions.
-func (r *Runtime) Resume() {
+func (r *Runtime) Resume() { r.hold(false) }
+
+func (r *Runtime) hold(paused bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.paused = false
-	if r.o.Sources == nil {
+	r.paused = paused
+	switch {
+	case r.o.Sources != nil:
+	case paused:
+		r.o.Group.PauseAll()
+	default:
 		r.o.Group.ResumeAll()
 	}
 	for _, s := range r.sources {
-		s.Resume()
+		if paused {
+			s.Pause()
+		} else {
+			s.Resume()
+		}
 	}
 }
 
 // openSource returns what partition worker w reads its claim's records
 // from, and what closes it.
-func (r *Runtime) openSource(w *partitionWorker, claim sarama.ConsumerGroupClaim) (source, func(), error) {
+func (r *Runtime) openSource(w *partitionWorker, claim sarama.ConsumerGroupClaim) (source, func()) {
 	if r.o.Sources == nil {
-		return claimSource{claim, r.o.Group}, func() {}, nil
+		return claimSource{claim, r.o.Group}, func() {}
 	}
 	// The claim's consumer is paused before its first fetch (so is its
 	// partition in the group's consumer, across assignments).
 	r.o.Group.Pause(map[string][]int32{claim.Topic(): {w.p}})
-	pc, err := r.o.Sources.Follow(claim.Topic(), w.p, claim.InitialOffset())
-	if err != nil {
-		return nil, nil, err
-	}
+	pc := r.o.Sources.Follow(claim.Topic(), w.p, claim.InitialOffset())
 	r.mu.Lock()
 	if r.sources == nil {
 		r.sources = map[int32]source{}
@@ -332,7 +329,7 @@ func (r *Runtime) openSource(w *partitionWorker, claim sarama.ConsumerGroupClaim
 		// Not waited for: the claim's release waits on this partition,
 		// and the rebalance on the release.
 		pc.AsyncClose()
-	}, nil
+	}
 }
 
 // watchRelease closes pc once the claim's Messages close, which tells the
@@ -481,10 +478,7 @@ func (w *partitionWorker) run(claim sarama.ConsumerGroupClaim) error {
 	r := w.r
 	r.o.State.assign(w.p, r.o.Clock())
 	defer r.o.State.revoke(w.p)
-	src, closeSource, err := r.openSource(w, claim)
-	if err != nil {
-		return err
-	}
+	src, closeSource := r.openSource(w, claim)
 	defer closeSource()
 	w.src = src
 	r.o.State.watch(w.p, func() int { return len(src.Messages()) }, w.pos)
@@ -597,12 +591,11 @@ func (w *partitionWorker) loop(ctx context.Context, msgs <-chan *sarama.Consumer
 			}
 			idle.Reset(w.idleFor(msgs))
 		case <-idle.C:
-			if w.last == w.flushed || w.fetchGap() {
-				w.quiet = w.last
-				break
-			}
 			drained := w.drained(msgs)
 			w.quiet = w.last
+			if w.last == w.flushed || w.fetchGap() {
+				break
+			}
 			if wait := r.o.CommitInterval/4 - time.Since(w.lastFlush); wait > 0 && !drained {
 				idle.Reset(wait) // committed a moment ago: commit once that is a quarter interval old
 				break
