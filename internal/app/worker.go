@@ -132,7 +132,7 @@ type worker struct {
 	group       sarama.ConsumerGroup
 	restore     kafka.RangeReader // the recoveries' changelog reads
 	copies      sarama.Consumer   // the standby copies' changelog consumer
-	sources     kafka.Follower    // reads the claimed source partitions
+	sources     *kafka.Follower   // reads the claimed source partitions
 	tails       sarama.Consumer   // the sources' consumer past their backlogs
 	state       *stream.State
 	directory   *stream.Directory
@@ -431,8 +431,8 @@ func (w *worker) startGroup(context.Context) error {
 	// the restore client's connection, not behind a JoinGroup on the
 	// group's), as the group's consumer would read it; what follows, with
 	// the group client's consumer, as the claim's own would.
-	w.sources = kafka.Follower{Reader: kafka.RangeReader{Client: cs.restore,
-		Uncommitted: cs.group.Config().Consumer.IsolationLevel == sarama.ReadUncommitted}, Tail: w.tails}
+	w.sources = kafka.NewFollower(kafka.RangeReader{Client: cs.restore,
+		Uncommitted: cs.group.Config().Consumer.IsolationLevel == sarama.ReadUncommitted}, w.tails)
 	if w.copies, err = sarama.NewConsumerFromClient(cs.copies); err != nil {
 		_ = w.tails.Close()
 		return fmt.Errorf("kafka standby consumer: %w", err)

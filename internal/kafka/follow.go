@@ -26,6 +26,23 @@ import (
 type Follower struct {
 	Reader RangeReader     // the backlog; its client answers the offset lookups
 	Tail   sarama.Consumer // what comes after it
+
+	mu   sync.Mutex
+	last map[topicPartition]*follow // the latest follow of each partition, until it stops
+}
+
+// errClosed: the follow was closed before it started.
+var errClosed = errors.New("closed")
+
+type topicPartition struct {
+	topic string
+	p     int32
+}
+
+// NewFollower returns a Follower reading backlogs with reader and what
+// follows them with tail.
+func NewFollower(reader RangeReader, tail sarama.Consumer) *Follower {
+	return &Follower{Reader: reader, Tail: tail, last: map[topicPartition]*follow{}}
 }
 
 // Follow starts reading topic partition p from offset from, or from where
@@ -35,17 +52,34 @@ type Follower struct {
 // consumer; an offset out of range goes on from the offset the client's
 // Consumer.Offsets.Initial names, as a consumer group resets a claim.
 // Pause and Resume hold back its fetches.
-func (f Follower) Follow(topic string, p int32, from int64) sarama.PartitionConsumer {
+//
+// A partition followed again before its previous follow has stopped (one
+// closed, but not waited for) is read once that one has let go of it:
+// sarama's consumer takes a partition only once at a time.
+func (f *Follower) Follow(topic string, p int32, from int64) sarama.PartitionConsumer {
 	conf := f.Reader.Client.Config()
 	c := &follow{f: f, topic: topic, p: p, reset: conf.Consumer.Offsets.Initial}
 	c.pipe.init(make(chan *sarama.ConsumerMessage, conf.ChannelBufferSize), make(chan *sarama.ConsumerError, conf.ChannelBufferSize))
 	c.hwm.Store(-1)
+	f.mu.Lock()
+	c.prev = f.last[topicPartition{topic, p}]
+	f.last[topicPartition{topic, p}] = c
+	f.mu.Unlock()
 	go c.run(from)
 	return c
 }
 
+// stopped forgets c, the partition's latest follow until then.
+func (f *Follower) stopped(c *follow) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.last[topicPartition{c.topic, c.p}] == c {
+		delete(f.last, topicPartition{c.topic, c.p})
+	}
+}
+
 // openTail opens the tail at offset, paused.
-func (f Follower) openTail(topic string, p int32, offset int64) (sarama.PartitionConsumer, error) {
+func (f *Follower) openTail(topic string, p int32, offset int64) (sarama.PartitionConsumer, error) {
 	pc, err := f.Tail.ConsumePartition(topic, p, offset)
 	if err != nil {
 		return nil, fmt.Errorf("follow %s/%d from %d: %w", topic, p, offset, err)
@@ -57,9 +91,10 @@ func (f Follower) openTail(topic string, p int32, offset int64) (sarama.Partitio
 // follow is one partition being followed; it implements
 // sarama.PartitionConsumer.
 type follow struct {
-	f       Follower
+	f       *Follower
 	topic   string
 	p       int32
+	prev    *follow        // the partition's follow before this one, until it has stopped
 	end     int64          // where the backlog ends and the tail starts
 	reset   int64          // Consumer.Offsets.Initial
 	backlog *rangeConsumer // nil once read
@@ -76,12 +111,16 @@ type follow struct {
 
 func (c *follow) run(from int64) {
 	defer close(c.done)
+	defer c.f.stopped(c)
 	defer close(c.errs)
 	defer close(c.msgs)
 	for tries := 0; ; tries++ {
 		err := c.start(from)
 		if err == nil {
 			break
+		}
+		if err == errClosed {
+			return
 		}
 		c.report(err)
 		if !c.wait(retryAfter(c.f.Reader.Client.Config(), tries)) {
@@ -119,6 +158,14 @@ func (c *follow) start(from int64) error {
 	end, err := client.GetOffset(c.topic, c.p, sarama.OffsetNewest)
 	if err != nil {
 		return fmt.Errorf("follow %s/%d: find the end of the backlog: %w", c.topic, c.p, err)
+	}
+	if c.prev != nil { // its tail closes before it stops
+		select {
+		case <-c.prev.done:
+			c.prev = nil
+		case <-c.quit:
+			return errClosed
+		}
 	}
 	tail, err := c.f.openTail(c.topic, c.p, max(end, from))
 	if errors.Is(err, sarama.ErrOffsetOutOfRange) { // past the end: from the reset offset

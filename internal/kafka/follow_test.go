@@ -12,14 +12,14 @@ import (
 
 // follower returns a Follower on its own clients of addr, as the worker
 // has one: the backlog read committed, the tail uncommitted.
-func follower(t *testing.T, addr string) kafka.Follower {
+func follower(t *testing.T, addr string) *kafka.Follower {
 	t.Helper()
 	tails, err := sarama.NewConsumerFromClient(readerClient(t, addr))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tails.Close() })
-	return kafka.Follower{Reader: kafka.RangeReader{Client: readerClient(t, addr)}, Tail: tails}
+	return kafka.NewFollower(kafka.RangeReader{Client: readerClient(t, addr)}, tails)
 }
 
 func produce(t *testing.T, addr string, ks ...string) {
@@ -130,5 +130,34 @@ func TestFollowerFromBeforeTheLogStart(t *testing.T) {
 	produce(t, addr, "t0")
 	if got := keysOf(take(t, gone, 1)); !slices.Equal(got, []string{"t0"}) {
 		t.Errorf("then %v, want t0", got)
+	}
+}
+
+// TestFollowerAfterAnUnfinishedClose: a partition followed again while
+// its previous follow is still closing (a runtime lets a released
+// partition's source go without waiting, and the group may hand the
+// partition straight back) starts once the previous one has let the
+// partition go, without an error, and reads on from where it is asked to.
+func TestFollowerAfterAnUnfinishedClose(t *testing.T) {
+	_, addr := rangeLog(t)
+	f := follower(t, addr)
+	first := f.Follow("log", 0, sarama.OffsetOldest)
+	backlog := take(t, first, 17)
+	first.AsyncClose()
+
+	from := backlog[15].Offset
+	again := f.Follow("log", 0, from)
+	defer again.Close()
+	if got, want := keysOf(take(t, again, 2)), keysOf(backlog[15:]); !slices.Equal(got, want) {
+		t.Errorf("followed again from %d: %v, want %v", from, got, want)
+	}
+	produce(t, addr, "t0")
+	if got := keysOf(take(t, again, 1)); !slices.Equal(got, []string{"t0"}) {
+		t.Errorf("then %v, want t0", got)
+	}
+	select {
+	case e := <-again.Errors():
+		t.Errorf("error while the previous follow closed: %v", e.Err)
+	default:
 	}
 }
