@@ -72,6 +72,10 @@ type Standby struct {
 	placedSet bool
 	assigned  []int32       // with the placement: copies of these run on, none start
 	kick      chan struct{} // a placement arrived: reconcile now
+	// The changelog consumers of copies that ended, until they have let
+	// go of their partitions (closeLater).
+	closingMu sync.Mutex
+	closing   map[copyKey]chan struct{}
 }
 
 // copyKey names the copy of one table partition.
@@ -450,14 +454,14 @@ func (s *Standby) tailTable(ctx context.Context, t Table, p int32, settled func(
 		return err
 	}
 	topic := t.Changelog()
+	if err := s.closed(ctx, copyKey{t.Name(), p}); err != nil {
+		return err
+	}
 	pc, err := s.Restore.ConsumePartition(topic, p, start)
 	if err != nil {
 		return fmt.Errorf("consume %s/%d from %d: %w", topic, p, start, err)
 	}
-	// Not waited for: Activate holds the standby's lock while the tailer
-	// ends, and the consumer lets go only after its fetch in flight
-	// returns. Recoveries read with a consumer of their own.
-	defer pc.AsyncClose()
+	defer s.closeLater(copyKey{t.Name(), p}, pc)
 
 	c := &standbyCopy{s: s, t: t, p: p, b: s.DB.NewBatch(), last: start - 1, hwm: hwm, pc: pc, settled: settled}
 	defer func() { c.b.Discard() }()
@@ -520,6 +524,49 @@ func (s *Standby) tailTable(ctx context.Context, t Table, p int32, settled func(
 		case <-ctx.Done():
 			return c.commit()
 		}
+	}
+}
+
+// closeLater closes the consumer of copy k without waiting for it:
+// Activate holds the standby's lock while the copy ends, and the consumer
+// lets go only after its fetch in flight returns, which for a copy at its
+// changelog's end is a long poll. (Recoveries read with a consumer of
+// their own.)
+func (s *Standby) closeLater(k copyKey, pc sarama.PartitionConsumer) {
+	done := make(chan struct{})
+	s.closingMu.Lock()
+	if s.closing == nil {
+		s.closing = map[copyKey]chan struct{}{}
+	}
+	s.closing[k] = done
+	s.closingMu.Unlock()
+	go func() {
+		_ = pc.Close()
+		s.closingMu.Lock()
+		if s.closing[k] == done {
+			delete(s.closing, k)
+		}
+		s.closingMu.Unlock()
+		close(done)
+	}()
+}
+
+// closed waits until the last consumer of copy k has let go of its
+// partition: sarama's consumer takes a partition once at a time, so a copy
+// started again at once (its partition assigned here and taken away again)
+// would fail to open its own.
+func (s *Standby) closed(ctx context.Context, k copyKey) error {
+	s.closingMu.Lock()
+	done := s.closing[k]
+	s.closingMu.Unlock()
+	if done == nil {
+		return nil
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
