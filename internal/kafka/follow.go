@@ -20,8 +20,8 @@ import (
 // 0.85 s, of which 0.1 s went by before the first. A Follower reads what
 // the partition holds when it starts with a RangeReader (fetches at once,
 // one channel send a record), and what comes after with a sarama partition
-// consumer of Tail, opened at once where the backlog ends and paused until
-// then, so that its 100 ms pass while the backlog is read and it does not
+// consumer of Tail, opened where the backlog ends while the backlog is read
+// and paused until then, so that its 100 ms pass meanwhile and it does not
 // hold up the fetches of the others on its broker.
 type Follower struct {
 	Reader RangeReader     // the backlog; its client answers the offset lookups
@@ -30,9 +30,6 @@ type Follower struct {
 	mu   sync.Mutex
 	last map[topicPartition]*follow // the latest follow of each partition, until it stops
 }
-
-// errClosed: the follow was closed before it started.
-var errClosed = errors.New("closed")
 
 type topicPartition struct {
 	topic string
@@ -119,16 +116,21 @@ func (c *follow) run(from int64) {
 		if err == nil {
 			break
 		}
-		if err == errClosed {
-			return
-		}
 		c.report(err)
 		if !c.wait(retryAfter(c.f.Reader.Client.Config(), tries)) {
 			return
 		}
 	}
-	defer func() { _ = c.currentTail().Close() }()
-	if !c.readBacklog() {
+	defer func() {
+		if tail := c.currentTail(); tail != nil {
+			_ = tail.Close()
+		}
+	}()
+	// The tail is opened while the backlog is read: it is not needed
+	// before the backlog's end, and sarama's offset lookups for it go
+	// over the group's connection, which a rebalance may hold.
+	c.next.Store(c.end)
+	if !c.awaitPrevious() || !c.openTail() || !c.readBacklog() {
 		return
 	}
 	c.mu.Lock()
@@ -137,16 +139,15 @@ func (c *follow) run(from int64) {
 		c.tail.Resume()
 	}
 	c.mu.Unlock()
-	c.next.Store(c.end)
 	for c.forward() {
-		if !c.reopenTail() {
+		_ = c.currentTail().Close()
+		if !c.openTail() {
 			return
 		}
 	}
 }
 
-// start finds where the backlog ends, opens the tail there and starts
-// reading the backlog.
+// start finds where the backlog ends and starts reading it.
 func (c *follow) start(from int64) error {
 	client := c.f.Reader.Client
 	var err error
@@ -159,32 +160,33 @@ func (c *follow) start(from int64) error {
 	if err != nil {
 		return fmt.Errorf("follow %s/%d: find the end of the backlog: %w", c.topic, c.p, err)
 	}
-	if c.prev != nil { // its tail closes before it stops
-		select {
-		case <-c.prev.done:
-			c.prev = nil
-		case <-c.quit:
-			return errClosed
+	if from > end { // past the end (a topic made again, say): from the reset offset
+		if from, err = c.resetOffset(); err != nil {
+			return err
 		}
-	}
-	tail, err := c.f.openTail(c.topic, c.p, max(end, from))
-	if errors.Is(err, sarama.ErrOffsetOutOfRange) { // past the end: from the reset offset
-		if from, err = c.resetOffset(); err == nil {
-			tail, err = c.f.openTail(c.topic, c.p, max(end, from))
-		}
-	}
-	if err != nil {
-		return err
 	}
 	c.end = max(end, from)
 	c.hwm.Store(end)
-	c.mu.Lock()
-	c.tail = tail
-	c.mu.Unlock()
 	if from < c.end {
 		c.startBacklog(from)
 	}
 	return nil
+}
+
+// awaitPrevious waits until the partition's previous follow, if it is
+// still closing, has let go of it (its tail closes before it stops);
+// false if closed meanwhile.
+func (c *follow) awaitPrevious() bool {
+	if c.prev == nil {
+		return true
+	}
+	select {
+	case <-c.prev.done:
+		c.prev = nil
+		return true
+	case <-c.quit:
+		return false
+	}
 }
 
 // readBacklog waits until the backlog is read, starting it again from the
@@ -264,12 +266,12 @@ func (c *follow) forward() bool {
 	}
 }
 
-// reopenTail opens the tail again where it stopped, or at the reset offset
-// if that is out of range (sarama's consumer stops at an offset out of
-// range); false if closed meanwhile.
-func (c *follow) reopenTail() bool {
-	for {
-		_ = c.currentTail().Close()
+// openTail opens the tail at the offset after the last record delivered,
+// or at the reset offset if that is out of range (sarama's consumer stops
+// at an offset out of range); false if closed meanwhile. It is resumed if
+// the backlog is read and the follow not paused.
+func (c *follow) openTail() bool {
+	for tries := 0; ; tries++ {
 		off := c.next.Load()
 		tail, err := c.f.openTail(c.topic, c.p, off)
 		if errors.Is(err, sarama.ErrOffsetOutOfRange) {
@@ -280,14 +282,14 @@ func (c *follow) reopenTail() bool {
 		if err == nil {
 			c.mu.Lock()
 			c.tail = tail
-			if !c.paused {
+			if c.tailing && !c.paused {
 				tail.Resume()
 			}
 			c.mu.Unlock()
 			return true
 		}
-		c.report(fmt.Errorf("the tail's consumer stopped, and opening it again failed: %w", err))
-		if !c.wait(retryAfter(c.f.Reader.Client.Config(), 8)) {
+		c.report(fmt.Errorf("open the tail's consumer: %w", err))
+		if !c.wait(retryAfter(c.f.Reader.Client.Config(), tries)) {
 			return false
 		}
 	}

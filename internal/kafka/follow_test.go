@@ -161,3 +161,25 @@ func TestFollowerAfterAnUnfinishedClose(t *testing.T) {
 	default:
 	}
 }
+
+// TestFollowerFromPastTheEnd: an offset past the partition's end (its
+// topic made again, say) goes on from the offset Consumer.Offsets.Initial
+// names, the oldest here, as a group's claim resets: the whole log is read,
+// then what comes after.
+func TestFollowerFromPastTheEnd(t *testing.T) {
+	_, addr := rangeLog(t)
+	end, err := readerClient(t, addr).GetOffset("log", 0, sarama.OffsetNewest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc := follower(t, addr).Follow("log", 0, end+100)
+	defer pc.Close()
+	want := append(keys("k", 0, 10), keys("k", 10, 17)...)
+	if got := keysOf(take(t, pc, len(want))); !slices.Equal(got, want) {
+		t.Errorf("from past the end %v, want %v", got, want)
+	}
+	produce(t, addr, "t0")
+	if got := keysOf(take(t, pc, 1)); !slices.Equal(got, []string{"t0"}) {
+		t.Errorf("then %v, want t0", got)
+	}
+}
