@@ -1,7 +1,6 @@
 package stream
 
 import (
-	"bytes"
 	"log/slog"
 	"strconv"
 	"sync"
@@ -14,24 +13,6 @@ import (
 	"github.com/gofaust/pageviews/internal/store"
 	"github.com/gofaust/pageviews/internal/table"
 )
-
-// lockedBuffer is a log's output that the test reads while the log writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // slowToLetGo is a consumer whose partition consumers let go of their
 // partitions 200 ms after they are closed, as sarama's do when a fetch is
@@ -107,10 +88,9 @@ func TestStandbyCopyStartedAgainWhileItsConsumerCloses(t *testing.T) {
 	}
 	defer db.Close()
 
-	var warnings lockedBuffer
 	s := &Standby{Replicas: 1, Tables: []Table{table.New("totals", "totals-changelog", table.Int64{}, db)},
 		Client: client, Restore: restore, DB: db, Every: time.Hour, // reconciles only when placed
-		Log: slog.New(slog.NewTextHandler(&warnings, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+		Log: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	s.Place([]int32{0}, nil)
 	done := make(chan error, 1)
 	go func() { done <- s.Run(t.Context()) }()
@@ -135,7 +115,7 @@ func TestStandbyCopyStartedAgainWhileItsConsumerCloses(t *testing.T) {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("the copy did not reach offset %d (behind %d); warnings: %s", end, behind, warnings.String())
+				t.Fatalf("the copy did not reach offset %d (behind %d)", end, behind)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
@@ -146,10 +126,7 @@ func TestStandbyCopyStartedAgainWhileItsConsumerCloses(t *testing.T) {
 	s.Deactivate(0)
 	s.Place([]int32{0}, nil) // ...and is wanted back at once
 	send("/c", 1)
-	caughtUp(3)
-	if w := warnings.String(); w != "" {
-		t.Errorf("warnings while the copy started again: %s", w)
-	}
+	caughtUp(3) // a copy that failed would wait for the next reconcile, an hour away
 	select {
 	case err := <-done:
 		t.Fatalf("standby stopped: %v", err)
