@@ -75,8 +75,8 @@ func (f *Follower) stopped(c *follow) {
 	}
 }
 
-// openTail opens the tail at offset, paused.
-func (f *Follower) openTail(topic string, p int32, offset int64) (sarama.PartitionConsumer, error) {
+// pausedTail opens a consumer of the tail at offset, paused.
+func (f *Follower) pausedTail(topic string, p int32, offset int64) (sarama.PartitionConsumer, error) {
 	pc, err := f.Tail.ConsumePartition(topic, p, offset)
 	if err != nil {
 		return nil, fmt.Errorf("follow %s/%d from %d: %w", topic, p, offset, err)
@@ -273,10 +273,10 @@ func (c *follow) forward() bool {
 func (c *follow) openTail() bool {
 	for tries := 0; ; tries++ {
 		off := c.next.Load()
-		tail, err := c.f.openTail(c.topic, c.p, off)
+		tail, err := c.f.pausedTail(c.topic, c.p, off)
 		if errors.Is(err, sarama.ErrOffsetOutOfRange) {
 			if off, err = c.resetOffset(); err == nil {
-				tail, err = c.f.openTail(c.topic, c.p, off)
+				tail, err = c.f.pausedTail(c.topic, c.p, off)
 			}
 		}
 		if err == nil {
