@@ -39,7 +39,7 @@ type topicPartition struct {
 // NewFollower returns a Follower reading backlogs with reader and what
 // follows them with tail.
 func NewFollower(reader RangeReader, tail sarama.Consumer) *Follower {
-	return &Follower{Reader: reader, Tail: tail, last: map[topicPartition]*follow{}}
+	return &Follower{Reader: reader, Tail: tail}
 }
 
 // Follow starts reading topic partition p from offset from, or from where
@@ -59,6 +59,9 @@ func (f *Follower) Follow(topic string, p int32, from int64) sarama.PartitionCon
 	c.pipe.init(make(chan *sarama.ConsumerMessage, conf.ChannelBufferSize), make(chan *sarama.ConsumerError, conf.ChannelBufferSize))
 	c.hwm.Store(-1)
 	f.mu.Lock()
+	if f.last == nil {
+		f.last = map[topicPartition]*follow{}
+	}
 	c.prev = f.last[topicPartition{topic, p}]
 	f.last[topicPartition{topic, p}] = c
 	f.mu.Unlock()

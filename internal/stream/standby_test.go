@@ -9,7 +9,6 @@ import (
 
 	"github.com/IBM/sarama"
 
-	"github.com/gofaust/pageviews/internal/kafka"
 	"github.com/gofaust/pageviews/internal/store"
 	"github.com/gofaust/pageviews/internal/table"
 )
@@ -67,15 +66,7 @@ func TestStandbyCopyStartedAgainWhileItsConsumerCloses(t *testing.T) {
 	// The copies read on a client of their own, as the worker's do: on
 	// the one that answers the offset lookups, a lookup would queue behind
 	// the long-polling fetch, so no copy could start before that returned.
-	cfg, err := kafka.NewConfig(kafka.Options{ClientID: "copies", ManualTopics: map[string]bool{"totals-changelog": true}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	copies, err := sarama.NewClient([]string{client.Brokers()[0].Addr()}, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer copies.Close()
+	copies := testClient(t, []string{client.Brokers()[0].Addr()}, "copies", "totals-changelog")
 	consumer, err := sarama.NewConsumerFromClient(copies)
 	if err != nil {
 		t.Fatal(err)

@@ -160,18 +160,27 @@ func kfakeClient(t *testing.T, partitions int32, topic string) (sarama.Client, s
 		t.Fatal(err)
 	}
 	t.Cleanup(cluster.Close)
-	cfg, err := kafka.NewConfig(kafka.Options{ClientID: "windows-test", ManualTopics: map[string]bool{topic: true}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := sarama.NewClient(cluster.ListenAddrs(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := testClient(t, cluster.ListenAddrs(), "windows-test", topic)
 	prod, err := sarama.NewSyncProducerFromClient(client)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = prod.Close(); _ = client.Close() })
+	t.Cleanup(func() { _ = prod.Close() })
 	return client, prod
+}
+
+// testClient is a client of the worker's configuration on addrs, closed
+// when the test ends.
+func testClient(t *testing.T, addrs []string, id, topic string) sarama.Client {
+	t.Helper()
+	cfg, err := kafka.NewConfig(kafka.Options{ClientID: id, ManualTopics: map[string]bool{topic: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := sarama.NewClient(addrs, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.Close() })
+	return client
 }
