@@ -25,10 +25,10 @@ import (
 // hold up the fetches of the others on its broker.
 type Follower struct {
 	Reader RangeReader     // the backlog; its client answers the offset lookups
-	Tail   sarama.Consumer // what comes after it
+	Tail   sarama.Consumer // what comes after it; nothing else may consume its partitions
 
-	mu   sync.Mutex
-	last map[topicPartition]*follow // the latest follow of each partition, until it stops
+	once sync.Once
+	tail *Exclusive // Tail, one consumer of a partition at a time
 }
 
 type topicPartition struct {
@@ -51,36 +51,23 @@ func NewFollower(reader RangeReader, tail sarama.Consumer) *Follower {
 // Pause and Resume hold back its fetches.
 //
 // A partition followed again before its previous follow has stopped (one
-// closed, but not waited for) is read once that one has let go of it:
-// sarama's consumer takes a partition only once at a time.
+// closed, but not waited for) reads its backlog at once, and opens its tail
+// once the previous tail has let go of the partition (Exclusive).
 func (f *Follower) Follow(topic string, p int32, from int64) sarama.PartitionConsumer {
 	conf := f.Reader.Client.Config()
 	c := &follow{f: f, topic: topic, p: p, reset: conf.Consumer.Offsets.Initial}
 	c.pipe.init(make(chan *sarama.ConsumerMessage, conf.ChannelBufferSize), make(chan *sarama.ConsumerError, conf.ChannelBufferSize))
 	c.hwm.Store(-1)
-	f.mu.Lock()
-	if f.last == nil {
-		f.last = map[topicPartition]*follow{}
-	}
-	c.prev = f.last[topicPartition{topic, p}]
-	f.last[topicPartition{topic, p}] = c
-	f.mu.Unlock()
+	f.once.Do(func() { f.tail = NewExclusive(f.Tail) })
 	go c.run(from)
 	return c
 }
 
-// stopped forgets c, the partition's latest follow until then.
-func (f *Follower) stopped(c *follow) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.last[topicPartition{c.topic, c.p}] == c {
-		delete(f.last, topicPartition{c.topic, c.p})
-	}
-}
-
-// pausedTail opens a consumer of the tail at offset, paused.
-func (f *Follower) pausedTail(topic string, p int32, offset int64) (sarama.PartitionConsumer, error) {
-	pc, err := f.Tail.ConsumePartition(topic, p, offset)
+// pausedTail opens a consumer of the tail at offset, paused, once the
+// partition's previous one has let go of it; ErrStopped if stop is closed
+// first.
+func (f *Follower) pausedTail(stop <-chan struct{}, topic string, p int32, offset int64) (sarama.PartitionConsumer, error) {
+	pc, err := f.tail.Consume(stop, topic, p, offset)
 	if err != nil {
 		return nil, fmt.Errorf("follow %s/%d from %d: %w", topic, p, offset, err)
 	}
@@ -94,7 +81,6 @@ type follow struct {
 	f       *Follower
 	topic   string
 	p       int32
-	prev    *follow        // the partition's follow before this one, until it has stopped
 	end     int64          // where the backlog ends and the tail starts
 	reset   int64          // Consumer.Offsets.Initial
 	backlog *rangeConsumer // nil once read
@@ -111,7 +97,6 @@ type follow struct {
 
 func (c *follow) run(from int64) {
 	defer close(c.done)
-	defer c.f.stopped(c)
 	defer close(c.errs)
 	defer close(c.msgs)
 	for tries := 0; ; tries++ {
@@ -133,7 +118,7 @@ func (c *follow) run(from int64) {
 	// before the backlog's end, and sarama's offset lookups for it go
 	// over the group's connection, which a rebalance may hold.
 	c.next.Store(c.end)
-	if !c.awaitPrevious() || !c.openTail() || !c.readBacklog() {
+	if !c.openTail() || !c.readBacklog() {
 		return
 	}
 	c.mu.Lock()
@@ -174,22 +159,6 @@ func (c *follow) start(from int64) error {
 		c.startBacklog(from)
 	}
 	return nil
-}
-
-// awaitPrevious waits until the partition's previous follow, if it is
-// still closing, has let go of it (its tail closes before it stops);
-// false if closed meanwhile.
-func (c *follow) awaitPrevious() bool {
-	if c.prev == nil {
-		return true
-	}
-	select {
-	case <-c.prev.done:
-		c.prev = nil
-		return true
-	case <-c.quit:
-		return false
-	}
 }
 
 // readBacklog waits until the backlog is read, starting it again from the
@@ -276,11 +245,14 @@ func (c *follow) forward() bool {
 func (c *follow) openTail() bool {
 	for tries := 0; ; tries++ {
 		off := c.next.Load()
-		tail, err := c.f.pausedTail(c.topic, c.p, off)
+		tail, err := c.f.pausedTail(c.quit, c.topic, c.p, off)
 		if errors.Is(err, sarama.ErrOffsetOutOfRange) {
 			if off, err = c.resetOffset(); err == nil {
-				tail, err = c.f.pausedTail(c.topic, c.p, off)
+				tail, err = c.f.pausedTail(c.quit, c.topic, c.p, off)
 			}
+		}
+		if errors.Is(err, ErrStopped) {
+			return false
 		}
 		if err == nil {
 			c.mu.Lock()

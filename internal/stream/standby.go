@@ -39,7 +39,7 @@ type Standby struct {
 	Tables []Table
 	Client sarama.Client
 	// Restore reads the changelogs; not the recoveries' consumer (see
-	// tailTable).
+	// tailTable). Nothing else may consume its partitions.
 	Restore sarama.Consumer
 	DB      *store.DB
 	Log     *slog.Logger
@@ -55,6 +55,11 @@ type Standby struct {
 	// goes quiet.
 	CatchingUp int
 	turns      turns
+	// copies hands out Restore's partitions: a copy started again at
+	// once (its partition assigned here and taken away again, as quick
+	// rebalances do) waits for its last consumer to let go of the
+	// partition, rather than failing and waiting for the next reconcile.
+	copies *kafka.Exclusive
 
 	mu      sync.Mutex
 	active  map[int32]bool // partitions the runtime processes here
@@ -72,10 +77,6 @@ type Standby struct {
 	placedSet bool
 	assigned  []int32       // with the placement: copies of these run on, none start
 	kick      chan struct{} // a placement arrived: reconcile now
-	// The changelog consumers of copies that ended, until they have let
-	// go of their partitions (closeLater).
-	closingMu sync.Mutex
-	closing   map[copyKey]chan struct{}
 }
 
 // copyKey names the copy of one table partition.
@@ -141,6 +142,7 @@ func (s *Standby) init() {
 		s.active = map[int32]bool{}
 		s.tailers = map[int32]*tailer{}
 		s.turns = newTurns(s.CatchingUp)
+		s.copies = kafka.NewExclusive(s.Restore)
 	}
 }
 
@@ -454,14 +456,18 @@ func (s *Standby) tailTable(ctx context.Context, t Table, p int32, settled func(
 		return err
 	}
 	topic := t.Changelog()
-	if err := s.closed(ctx, copyKey{t.Name(), p}); err != nil {
-		return err
+	pc, err := s.copies.Consume(ctx.Done(), topic, p, start)
+	if errors.Is(err, kafka.ErrStopped) {
+		return ctx.Err()
 	}
-	pc, err := s.Restore.ConsumePartition(topic, p, start)
 	if err != nil {
 		return fmt.Errorf("consume %s/%d from %d: %w", topic, p, start, err)
 	}
-	defer s.closeLater(copyKey{t.Name(), p}, pc)
+	// Not waited for: Activate holds the standby's lock while the copy
+	// ends, and the consumer lets go only after its fetch in flight
+	// returns, which for a copy at its changelog's end is a long poll.
+	// (Recoveries read with a consumer of their own.)
+	defer pc.AsyncClose()
 
 	c := &standbyCopy{s: s, t: t, p: p, b: s.DB.NewBatch(), last: start - 1, hwm: hwm, pc: pc, settled: settled}
 	defer func() { c.b.Discard() }()
@@ -524,49 +530,6 @@ func (s *Standby) tailTable(ctx context.Context, t Table, p int32, settled func(
 		case <-ctx.Done():
 			return c.commit()
 		}
-	}
-}
-
-// closeLater closes the consumer of copy k without waiting for it:
-// Activate holds the standby's lock while the copy ends, and the consumer
-// lets go only after its fetch in flight returns, which for a copy at its
-// changelog's end is a long poll. (Recoveries read with a consumer of
-// their own.)
-func (s *Standby) closeLater(k copyKey, pc sarama.PartitionConsumer) {
-	done := make(chan struct{})
-	s.closingMu.Lock()
-	if s.closing == nil {
-		s.closing = map[copyKey]chan struct{}{}
-	}
-	s.closing[k] = done
-	s.closingMu.Unlock()
-	go func() {
-		_ = pc.Close()
-		s.closingMu.Lock()
-		if s.closing[k] == done {
-			delete(s.closing, k)
-		}
-		s.closingMu.Unlock()
-		close(done)
-	}()
-}
-
-// closed waits until the last consumer of copy k has let go of its
-// partition: sarama's consumer takes a partition once at a time, so a copy
-// started again at once (its partition assigned here and taken away again)
-// would fail to open its own.
-func (s *Standby) closed(ctx context.Context, k copyKey) error {
-	s.closingMu.Lock()
-	done := s.closing[k]
-	s.closingMu.Unlock()
-	if done == nil {
-		return nil
-	}
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }
 
