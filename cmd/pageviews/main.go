@@ -1,5 +1,5 @@
 // Command pageviews is the page-view worker: it publishes page views from
-// /count/, counts them per page and tumbling window in Kafka-backed tables,
+// /count/, counts them per page and window in Kafka-backed tables,
 // and reports them on /report/. See the README for the settings.
 package main
 

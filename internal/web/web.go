@@ -1,5 +1,6 @@
-// Package web serves the worker's HTTP pages: the seed's /, /ready/, /count/
-// and /report/, and the Kubernetes probes /live and /ready.
+// Package web serves the worker's HTTP pages: the runtime's /, /ready/ and
+// /livecheck, the Kubernetes probes /live and /ready, and the pages an app
+// declares (Page), such as the example's /count/ and /report/.
 package web
 
 import (
