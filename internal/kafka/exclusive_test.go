@@ -11,18 +11,6 @@ import (
 	"github.com/gofaust/pageviews/internal/kafka"
 )
 
-// exclusive returns an Exclusive over a sarama consumer of its own client
-// of addr.
-func exclusive(t *testing.T, addr string) *kafka.Exclusive {
-	t.Helper()
-	c, err := sarama.NewConsumerFromClient(readerClient(t, addr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return kafka.NewExclusive(c)
-}
-
 // deadline is closed after d: a stop for waits that must end well before.
 func deadline(t *testing.T, d time.Duration) <-chan struct{} {
 	ch := make(chan struct{})
@@ -37,7 +25,7 @@ func deadline(t *testing.T, d time.Duration) <-chan struct{} {
 // own offset once the first consumer is closed.
 func TestExclusiveWaitsForThePartitionsConsumer(t *testing.T) {
 	_, addr := rangeLog(t)
-	e := exclusive(t, addr)
+	e := kafka.NewExclusive(consumer(t, addr))
 	first, err := e.Consume(nil, "log", 0, sarama.OffsetOldest)
 	if err != nil {
 		t.Fatal(err)
@@ -78,7 +66,7 @@ func TestExclusiveWaitsForThePartitionsConsumer(t *testing.T) {
 // (an offset past the end) leaves the partition free for the next.
 func TestExclusiveGivesBackAPartitionItFailedToOpen(t *testing.T) {
 	_, addr := rangeLog(t)
-	e := exclusive(t, addr)
+	e := kafka.NewExclusive(consumer(t, addr))
 	if pc, err := e.Consume(nil, "log", 0, 1000); !errors.Is(err, sarama.ErrOffsetOutOfRange) {
 		if pc != nil {
 			pc.Close()

@@ -14,12 +14,18 @@ import (
 // has one: the backlog read committed, the tail uncommitted.
 func follower(t *testing.T, addr string) *kafka.Follower {
 	t.Helper()
-	tails, err := sarama.NewConsumerFromClient(readerClient(t, addr))
+	return kafka.NewFollower(kafka.RangeReader{Client: readerClient(t, addr)}, consumer(t, addr))
+}
+
+// consumer returns a sarama consumer on a client of its own of addr.
+func consumer(t *testing.T, addr string) sarama.Consumer {
+	t.Helper()
+	c, err := sarama.NewConsumerFromClient(readerClient(t, addr))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { tails.Close() })
-	return kafka.NewFollower(kafka.RangeReader{Client: readerClient(t, addr)}, tails)
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 func produce(t *testing.T, addr string, ks ...string) {
