@@ -1,7 +1,10 @@
 package dashboards
 
 import (
+	"fmt"
+
 	m "github.com/gofaust/pageviews/internal/metrics"
+	"github.com/gofaust/pageviews/internal/store"
 )
 
 // Viz is how a panel draws its queries.
@@ -498,7 +501,8 @@ func Rows() []Row {
 			{
 				Title: "Pebble memory", Unit: "bytes", Width: 12,
 				Tells: "Bytes in each worker's Pebble memtables (written, not yet flushed to disk) and in its block cache (data blocks read from disk).",
-				Do:    "Good is the memtables cycling up to their 32 MiB and back after each flush, and the cache at or below its 64 MiB. Memtables that stay large while writes stall mean flushes cannot keep up with the disk; a full cache with many table key retrievals means reads go to disk.",
+				Do: fmt.Sprintf("Good is the memtables cycling up to %d MiB (%d while a full one is flushed) and back after each flush, and the cache at or below %d MiB less the memtables, whose room Pebble reserves in it. Memtables that stay large while writes stall mean flushes cannot keep up with the disk; a full cache with many table key retrievals means reads go to disk.",
+					store.MemTableSize>>20, 2*store.MemTableSize>>20, store.CacheSize>>20),
 				Prom: []Query{
 					{Expr: gaugeBy("max", m.MemTableBytes, byWorker), Legend: "{{instance}} memtables"},
 					{Expr: gaugeBy("max", m.BlockCacheSize, byWorker), Legend: "{{instance}} block cache"},

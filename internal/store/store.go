@@ -299,6 +299,14 @@ func lockHolder(path string) int {
 	return int(lk.Pid)
 }
 
+// The store's memory and its level-0 bound, which the dashboards' advice
+// quotes; open says why each is what it is.
+const (
+	MemTableSize = 8 << 20  // one memtable; a second fills while a full one is flushed
+	CacheSize    = 96 << 20 // Pebble's block cache, the memtables' room reserved in it
+	L0StopWrites = 48       // level-0 files at which Pebble stops writes (a stall)
+)
+
 func open(dir string, lock *pebble.Lock, fs vfs.FS, log *slog.Logger) (*DB, error) {
 	stalls, bgErrors := new(atomic.Int64), new(atomic.Int64)
 	opts := &pebble.Options{
@@ -308,14 +316,14 @@ func open(dir string, lock *pebble.Lock, fs vfs.FS, log *slog.Logger) (*DB, erro
 		// dear (1 M pages: 177,000-179,000 events/s at 8 MiB, 160,000-
 		// 170,000 at 32). They are most of the live heap without cgo: 8
 		// MiB halves RSS in the soak, at the same speed at 10,000 pages.
-		MemTableSize: 8 << 20,
+		MemTableSize: MemTableSize,
 		// A recovery flushes memtable after memtable into level 0. With
 		// Pebble's threshold of 4 files it also compacted them while
 		// replaying; 16 leaves that for later, when the worker has CPU to
 		// spare: 1.7 -> 1.4 CPU s for a 1 M-record recovery (median of 4).
 		// Reads only reach the store on a cache miss.
 		L0CompactionThreshold: 16,
-		L0StopWritesThreshold: 48,
+		L0StopWritesThreshold: L0StopWrites,
 		// Pebble counts the memtables against its block cache, so the
 		// cache must hold them and leave room for blocks. While a full
 		// memtable is flushed the next one fills: with 32 MiB memtables
@@ -326,7 +334,7 @@ func open(dir string, lock *pebble.Lock, fs vfs.FS, log *slog.Logger) (*DB, erro
 		// the filters were read from disk again for every lookup: 9,000
 		// events/s against 124,000 at 96 MiB (docs/benchmarks.md, Scale).
 		// It is also the bound of Pebble's memory, memtables included.
-		CacheSize:     96 << 20,
+		CacheSize:     CacheSize,
 		Lock:          lock,
 		FS:            fs,
 		Logger:        pebbleLogger{log},
