@@ -452,7 +452,7 @@ func (w *worker) startGroup(context.Context) error {
 		// of a request, so a recovery's offset lookups and first fetch
 		// queued behind them; and a copy's consumer, still closing when
 		// its partition is assigned here, held the recovery of it back.
-		Client: cs.admin, Restore: w.copies, DB: w.db,
+		Client: cs.admin, Reader: kafka.RangeReader{Client: cs.copies}, Restore: w.copies, DB: w.db,
 		Log: w.log.With("component", "standby"), Every: 2 * time.Second, SweepEvery: sweepEvery(w.cfg),
 		CatchingUp: w.hooks.Recovering,
 	}

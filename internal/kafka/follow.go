@@ -26,6 +26,11 @@ import (
 type Follower struct {
 	Reader RangeReader     // the backlog; its client answers the offset lookups
 	Tail   sarama.Consumer // what comes after it; nothing else may consume its partitions
+	// StopOutOfRange stops a follow at an offset out of range, as a sarama
+	// partition consumer does: the error on Errors, then Messages closed
+	// (a standby copy starts again from what it stored). Otherwise it goes
+	// on from the offset Consumer.Offsets.Initial names.
+	StopOutOfRange bool
 
 	once sync.Once
 	tail *Exclusive // Tail, one consumer of a partition at a time
@@ -47,8 +52,8 @@ func NewFollower(reader RangeReader, tail sarama.Consumer) *Follower {
 // delivers the records in order, none twice. Its errors are those of the
 // backlog's fetches (tried again, as RangeReader's) and of the tail's
 // consumer; an offset out of range goes on from the offset the client's
-// Consumer.Offsets.Initial names, as a consumer group resets a claim.
-// Pause and Resume hold back its fetches.
+// Consumer.Offsets.Initial names, as a consumer group resets a claim
+// (unless StopOutOfRange). Pause and Resume hold back its fetches.
 //
 // A partition followed again before its previous follow has stopped (one
 // closed, but not waited for) reads its backlog at once, and opens its tail
@@ -105,6 +110,9 @@ func (c *follow) run(from int64) {
 			break
 		}
 		c.report(err)
+		if errors.Is(err, sarama.ErrOffsetOutOfRange) {
+			return // StopOutOfRange
+		}
 		if !c.wait(retryAfter(c.f.Reader.Client.Config(), tries)) {
 			return
 		}
@@ -128,7 +136,18 @@ func (c *follow) run(from int64) {
 	}
 	c.mu.Unlock()
 	for c.forward() {
-		_ = c.currentTail().Close()
+		err := c.currentTail().Close()
+		if c.f.StopOutOfRange {
+			// What stopped it: sarama's consumer stops on its own only
+			// at an error it does not retry.
+			var errs sarama.ConsumerErrors
+			if errors.As(err, &errs) {
+				for _, e := range errs {
+					c.report(e.Err)
+				}
+			}
+			return
+		}
 		if !c.openTail() {
 			return
 		}
@@ -149,6 +168,9 @@ func (c *follow) start(from int64) error {
 		return fmt.Errorf("follow %s/%d: find the end of the backlog: %w", c.topic, c.p, err)
 	}
 	if from > end { // past the end (a topic made again, say): from the reset offset
+		if c.f.StopOutOfRange {
+			return fmt.Errorf("follow %s/%d from %d, past the end %d: %w", c.topic, c.p, from, end, sarama.ErrOffsetOutOfRange)
+		}
 		if from, err = c.resetOffset(); err != nil {
 			return err
 		}
@@ -175,6 +197,9 @@ func (c *follow) readBacklog() bool {
 		if !c.backlog.outOfRange {
 			c.backlog = nil
 			break
+		}
+		if c.f.StopOutOfRange { // the reader reported it
+			return false
 		}
 		from, err := c.resetOffset()
 		for tries := 0; err != nil; tries++ {
@@ -246,6 +271,10 @@ func (c *follow) openTail() bool {
 	for tries := 0; ; tries++ {
 		off := c.next.Load()
 		tail, err := c.f.pausedTail(c.quit, c.topic, c.p, off)
+		if errors.Is(err, sarama.ErrOffsetOutOfRange) && c.f.StopOutOfRange {
+			c.report(err)
+			return false
+		}
 		if errors.Is(err, sarama.ErrOffsetOutOfRange) {
 			if off, err = c.resetOffset(); err == nil {
 				tail, err = c.f.pausedTail(c.quit, c.topic, c.p, off)

@@ -1,6 +1,7 @@
 package kafka_test
 
 import (
+	"errors"
 	"slices"
 	"testing"
 	"time"
@@ -187,5 +188,49 @@ func TestFollowerFromPastTheEnd(t *testing.T) {
 	produce(t, addr, "t0")
 	if got := keysOf(take(t, pc, 1)); !slices.Equal(got, []string{"t0"}) {
 		t.Errorf("then %v, want t0", got)
+	}
+}
+
+// TestFollowerStopsOutOfRange: with StopOutOfRange, an offset the broker
+// no longer holds, or one past the end, stops the follow as a sarama
+// partition consumer stops: the error on Errors, Messages closed, nothing
+// delivered.
+func TestFollowerStopsOutOfRange(t *testing.T) {
+	_, addr := rangeLog(t)
+	admin, err := sarama.NewClusterAdminFromClient(readerClient(t, addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.DeleteRecords("log", map[int32]int64{0: 5}); err != nil {
+		t.Fatal(err)
+	}
+	end, err := readerClient(t, addr).GetOffset("log", 0, sarama.OffsetNewest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := follower(t, addr)
+	f.StopOutOfRange = true
+	for _, from := range []int64{2, end + 100} {
+		pc := f.Follow("log", 0, from)
+		select {
+		case m, ok := <-pc.Messages():
+			if ok {
+				pc.Close()
+				t.Fatalf("from %d: delivered %s at %d, want Messages closed", from, m.Key, m.Offset)
+			}
+		case <-time.After(30 * time.Second):
+			pc.Close()
+			t.Fatalf("from %d: still following after 30 s, want it stopped", from)
+		}
+		var errs []error
+		for e := range pc.Errors() {
+			errs = append(errs, e.Err)
+		}
+		if !slices.ContainsFunc(errs, func(err error) bool { return errors.Is(err, sarama.ErrOffsetOutOfRange) }) {
+			t.Errorf("from %d: errors %v, want one out of range", from, errs)
+		}
+		if err := pc.Close(); err != nil {
+			t.Errorf("from %d: Close: %v", from, err)
+		}
 	}
 }

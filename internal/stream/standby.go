@@ -38,8 +38,10 @@ type Standby struct {
 	// never both.
 	Tables []Table
 	Client sarama.Client
-	// Restore reads the changelogs; not the recoveries' consumer (see
-	// tailTable). Nothing else may consume its partitions.
+	// Reader reads a copy's changelog up to its end when the copy starts,
+	// and Restore what comes after; not the recoveries' (see tailTable).
+	// Nothing else may consume Restore's partitions.
+	Reader  kafka.RangeReader
 	Restore sarama.Consumer
 	DB      *store.DB
 	Log     *slog.Logger
@@ -55,11 +57,12 @@ type Standby struct {
 	// goes quiet.
 	CatchingUp int
 	turns      turns
-	// copies hands out Restore's partitions: a copy started again at
-	// once (its partition assigned here and taken away again, as quick
-	// rebalances do) waits for its last consumer to let go of the
-	// partition, rather than failing and waiting for the next reconcile.
-	copies *kafka.Exclusive
+	// copies follows the changelogs with Reader and Restore. A copy
+	// started again at once (its partition assigned here and taken away
+	// again, as quick rebalances do) waits for its last consumer to let go
+	// of the partition (kafka.Exclusive), rather than failing and waiting
+	// for the next reconcile.
+	copies *kafka.Follower
 
 	mu      sync.Mutex
 	active  map[int32]bool // partitions the runtime processes here
@@ -142,7 +145,8 @@ func (s *Standby) init() {
 		s.active = map[int32]bool{}
 		s.tailers = map[int32]*tailer{}
 		s.turns = newTurns(s.CatchingUp)
-		s.copies = kafka.NewExclusive(s.Restore)
+		s.copies = kafka.NewFollower(s.Reader, s.Restore)
+		s.copies.StopOutOfRange = true
 	}
 }
 
@@ -456,13 +460,7 @@ func (s *Standby) tailTable(ctx context.Context, t Table, p int32, settled func(
 		return err
 	}
 	topic := t.Changelog()
-	pc, err := s.copies.Consume(ctx.Done(), topic, p, start)
-	if errors.Is(err, kafka.ErrStopped) {
-		return ctx.Err()
-	}
-	if err != nil {
-		return fmt.Errorf("consume %s/%d from %d: %w", topic, p, start, err)
-	}
+	pc := s.copies.Follow(topic, p, start)
 	// Not waited for: Activate holds the standby's lock while the copy
 	// ends, and the consumer lets go only after its fetch in flight
 	// returns, which for a copy at its changelog's end is a long poll.
@@ -482,10 +480,11 @@ func (s *Standby) tailTable(ctx context.Context, t Table, p int32, settled func(
 		select {
 		case m, ok := <-pc.Messages():
 			if !ok {
-				// sarama closes the consumer after a fatal error (offset
-				// out of range: retention, DeleteRecords, a recreated
-				// topic). Keep what was copied; the next reconcile starts
-				// the copy again from its checkpoint or the log start.
+				// The follow stops at an error it does not retry (an
+				// offset out of range: retention, DeleteRecords, a
+				// recreated topic). Keep what was copied; the next
+				// reconcile starts the copy again from its checkpoint or
+				// the log start.
 				if err := c.commit(); err != nil {
 					return err
 				}

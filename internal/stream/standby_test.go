@@ -9,6 +9,7 @@ import (
 
 	"github.com/IBM/sarama"
 
+	"github.com/gofaust/pageviews/internal/kafka"
 	"github.com/gofaust/pageviews/internal/store"
 	"github.com/gofaust/pageviews/internal/table"
 )
@@ -80,7 +81,7 @@ func TestStandbyCopyStartedAgainWhileItsConsumerCloses(t *testing.T) {
 	defer db.Close()
 
 	s := &Standby{Replicas: 1, Tables: []Table{table.New("totals", "totals-changelog", table.Int64{}, db)},
-		Client: client, Restore: restore, DB: db, Every: time.Hour, // reconciles only when placed
+		Client: client, Reader: kafka.RangeReader{Client: copies}, Restore: restore, DB: db, Every: time.Hour, // reconciles only when placed
 		Log: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	s.Place([]int32{0}, nil)
 	done := make(chan error, 1)

@@ -129,7 +129,7 @@ func TestSweepExpiresCopiesLeftBehind(t *testing.T) {
 	}
 
 	copies := table.NewWindowed("views", "views-changelog", table.Int64{}, db, win, func() time.Time { return start })
-	s := &Standby{Tables: []Table{copies}, Client: client, Restore: restore, DB: db, Log: slog.New(slog.DiscardHandler), Every: time.Second}
+	s := &Standby{Tables: []Table{copies}, Client: client, Reader: kafka.RangeReader{Client: client}, Restore: restore, DB: db, Log: slog.New(slog.DiscardHandler), Every: time.Second}
 	s.init()
 	s.Activate(1) // processed here: not the sweep's
 	s.sweep(t.Context())
