@@ -110,8 +110,8 @@ func (c *follow) run(from int64) {
 			break
 		}
 		c.report(err)
-		if errors.Is(err, sarama.ErrOffsetOutOfRange) {
-			return // StopOutOfRange
+		if c.f.StopOutOfRange && errors.Is(err, sarama.ErrOffsetOutOfRange) {
+			return
 		}
 		if !c.wait(retryAfter(c.f.Reader.Client.Config(), tries)) {
 			return
@@ -184,7 +184,8 @@ func (c *follow) start(from int64) error {
 }
 
 // readBacklog waits until the backlog is read, starting it again from the
-// reset offset if its offset fell out of range; false if closed meanwhile.
+// reset offset if its offset fell out of range; false if closed meanwhile,
+// or stopped out of range (StopOutOfRange).
 func (c *follow) readBacklog() bool {
 	for c.backlog != nil {
 		select {
@@ -265,8 +266,9 @@ func (c *follow) forward() bool {
 
 // openTail opens the tail at the offset after the last record delivered,
 // or at the reset offset if that is out of range (sarama's consumer stops
-// at an offset out of range); false if closed meanwhile. It is resumed if
-// the backlog is read and the follow not paused.
+// at an offset out of range); false if closed meanwhile, or stopped out of
+// range (StopOutOfRange). It is resumed if the backlog is read and the
+// follow not paused.
 func (c *follow) openTail() bool {
 	for tries := 0; ; tries++ {
 		off := c.next.Load()
