@@ -63,15 +63,23 @@ func goCmd(t testing.TB, dir string, env []string, args ...string) string {
 	return string(out)
 }
 
+// requireBake skips a test that bakes the template unless BAKE=1 (make
+// bake): each builds and tests a generated worker, minutes on a cold
+// machine, too long for make test.
+func requireBake(t *testing.T, what string) {
+	t.Helper()
+	if os.Getenv("BAKE") != "1" {
+		t.Skipf("%s: set BAKE=1 (make bake) to run it", what)
+	}
+}
+
 // TestBake generates a worker with every answer changed and checks that it
 // stands on its own: it vets and tests offline, its chart lints, its
 // workflows pass the workflow tests, its dashboards and alerts use its
 // metric namespace, and nothing in it names the template outside the
 // allow-list of template.json.
 func TestBake(t *testing.T) {
-	if testing.Short() {
-		t.Skip("bake: builds and tests a generated project (make test runs it)")
-	}
+	requireBake(t, "bake: builds and tests a generated project")
 	t.Parallel()
 	root, tmpl := templateRoot(t)
 	out := bakeProject(t, root, bake)

@@ -25,9 +25,7 @@ const gonewFallback = "v0.51.0"
 // from the module cache (the x/tools that tools/go.mod pins for
 // staticcheck), used as a file:// proxy.
 func TestGonew(t *testing.T) {
-	if testing.Short() {
-		t.Skip("gonew: builds a generated project (make test runs it)")
-	}
+	requireBake(t, "gonew: builds a generated project")
 	t.Parallel()
 	root, tmpl := templateRoot(t)
 	tmp := t.TempDir()

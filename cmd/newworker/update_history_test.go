@@ -26,9 +26,7 @@ const firstRecordedVersion = "6dda690ad330bfd845a71175564bfd5980a2686f"
 // It needs the template's git history: a clone, not a shallow one (the
 // workflow's checkout fetches it whole). Without it, it skips loudly.
 func TestUpdateFromFirstRecordedVersion(t *testing.T) {
-	if testing.Short() {
-		t.Skip("update from an earlier version: bakes this template twice (make test runs it)")
-	}
+	requireBake(t, "update from an earlier version: bakes this template twice")
 	t.Parallel()
 	root, _ := templateRoot(t)
 	if !hasCommit(root, firstRecordedVersion) {

@@ -226,9 +226,7 @@ func checkUpdatedRules(t *testing.T, worker string) {
 // changes, keeps the worker's and stops at the one conflict; resolved, the
 // worker builds and its tests pass; the update to C is clean.
 func TestUpdate(t *testing.T) {
-	if testing.Short() {
-		t.Skip("update: bakes this template and builds the worker (make test runs it)")
-	}
+	requireBake(t, "update: bakes this template and builds the worker")
 	t.Parallel()
 	start := time.Now()
 	root, _ := templateRoot(t)

@@ -131,7 +131,7 @@ type worker struct {
 	producer    *kafka.Producer
 	group       sarama.ConsumerGroup
 	restore     kafka.RangeReader // the recoveries' changelog reads
-	copies      sarama.Consumer   // the standby copies' changelog consumer
+	copies      sarama.Consumer   // the standby copies' changelog consumer past their backlogs
 	sources     *kafka.Follower   // reads the claimed source partitions
 	tails       sarama.Consumer   // the sources' consumer past their backlogs
 	state       *stream.State

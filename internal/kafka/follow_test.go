@@ -107,18 +107,26 @@ func TestFollowerFromTheEnd(t *testing.T) {
 	}
 }
 
-// TestFollowerFromBeforeTheLogStart: an offset the broker no longer holds
-// (records deleted, as retention does) goes on from the oldest it holds,
-// as a group's claim resets, and the backlog from there is read whole.
-func TestFollowerFromBeforeTheLogStart(t *testing.T) {
+// rangeLogFrom is rangeLog with the records below offset start deleted, as
+// retention deletes them.
+func rangeLogFrom(t *testing.T, start int64) string {
+	t.Helper()
 	_, addr := rangeLog(t)
 	admin, err := sarama.NewClusterAdminFromClient(readerClient(t, addr))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := admin.DeleteRecords("log", map[int32]int64{0: 5}); err != nil {
+	if err := admin.DeleteRecords("log", map[int32]int64{0: start}); err != nil {
 		t.Fatal(err)
 	}
+	return addr
+}
+
+// TestFollowerFromBeforeTheLogStart: an offset the broker no longer holds
+// (records deleted, as retention does) goes on from the oldest it holds,
+// as a group's claim resets, and the backlog from there is read whole.
+func TestFollowerFromBeforeTheLogStart(t *testing.T) {
+	addr := rangeLogFrom(t, 5)
 	f := follower(t, addr)
 	oldest := f.Follow("log", 0, sarama.OffsetOldest)
 	want := keysOf(take(t, oldest, 12)) // k5 to k16
@@ -196,14 +204,7 @@ func TestFollowerFromPastTheEnd(t *testing.T) {
 // partition consumer stops: the error on Errors, Messages closed, nothing
 // delivered.
 func TestFollowerStopsOutOfRange(t *testing.T) {
-	_, addr := rangeLog(t)
-	admin, err := sarama.NewClusterAdminFromClient(readerClient(t, addr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := admin.DeleteRecords("log", map[int32]int64{0: 5}); err != nil {
-		t.Fatal(err)
-	}
+	addr := rangeLogFrom(t, 5)
 	end, err := readerClient(t, addr).GetOffset("log", 0, sarama.OffsetNewest)
 	if err != nil {
 		t.Fatal(err)
