@@ -64,10 +64,6 @@ test: ## run every test (race detector on): the worker, the dashboards, faults a
 test-faults: ## the fault matrix: each Kafka request the worker makes under a retriable error, a move and a fatal error, in each phase (minutes; FAULT_MATRIX_ONLY=<regexp> for some cells)
 	FAULT_MATRIX=1 $(GO) test -count=1 -v -timeout 45m -run '^TestFaultMatrix$$' ./cmd/pageviews
 
-.PHONY: test-bench
-test-bench: ## run the benchmark harness on a small load (worker and broker processes): every figure comes out and makes sense; it asserts no speed (a few minutes cold: not in make test)
-	BENCH_HARNESS=1 $(GO) test -count=1 -timeout 20m -run '^(TestBenchRuns|TestWarmupRuns)$$' ./bench
-
 .PHONY: test-short
 test-short: ## run the unit tests only
 	$(GO) test -short -count=1 ./...

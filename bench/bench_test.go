@@ -9,17 +9,6 @@ import (
 	"time"
 )
 
-// requireHarness skips a test that runs the benchmark itself on a small
-// load unless BENCH_HARNESS=1 (make test-bench): it builds the worker and
-// the broker and runs them, minutes on a cold machine, too long for make
-// test.
-func requireHarness(t *testing.T, what string) {
-	t.Helper()
-	if os.Getenv("BENCH_HARNESS") != "1" {
-		t.Skipf("%s: set BENCH_HARNESS=1 (make test-bench) to run it", what)
-	}
-}
-
 // buildBinaries builds the worker and the dev broker for a test, and
 // returns their paths.
 func buildBinaries(t *testing.T) (worker, broker string) {
@@ -40,7 +29,9 @@ func buildBinaries(t *testing.T) (worker, broker string) {
 // changes: every figure must come out and make sense, with the throughput
 // and recovery runs taken twice each. It asserts no speed.
 func TestBenchRuns(t *testing.T) {
-	requireHarness(t, "starts a broker and six workers")
+	if testing.Short() {
+		t.Skip("starts a broker and six workers")
+	}
 	worker, broker := buildBinaries(t)
 	const events = 20_000
 	results, err := run(options{

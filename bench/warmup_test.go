@@ -10,7 +10,9 @@ import (
 // cannot rot unnoticed: the second worker must end with half the partitions
 // its own and a caught-up copy of each of the others. It asserts no speed.
 func TestWarmupRuns(t *testing.T) {
-	requireHarness(t, "starts a broker and two workers")
+	if testing.Short() {
+		t.Skip("starts a broker and two workers")
+	}
 	worker, broker := buildBinaries(t)
 	const partitions = 6
 	results, err := warmupBench(options{
