@@ -118,6 +118,12 @@ func (c *follow) run(from int64) {
 		}
 	}
 	defer func() {
+		// The backlog's reader delivers on Messages, which closes when
+		// run returns: it must have stopped first (a follow closed while
+		// its tail waits for the previous one to let go of the partition).
+		if c.backlog != nil {
+			_ = c.backlog.Close()
+		}
 		if tail := c.currentTail(); tail != nil {
 			_ = tail.Close()
 		}
