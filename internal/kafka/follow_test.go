@@ -177,6 +177,55 @@ func TestFollowerAfterAnUnfinishedClose(t *testing.T) {
 	}
 }
 
+// TestFollowerClosedWhileItsTailWaits: a follow closed while its tail
+// waits for the partition's previous consumer to let go, and its backlog's
+// reader waits for room on a full Messages, stops that reader before it
+// closes Messages: Close returns, and Messages holds what was delivered,
+// then closes. The reader went on sending on the closed channel and
+// panicked (three revoke cells of the fault matrix found it).
+func TestFollowerClosedWhileItsTailWaits(t *testing.T) {
+	_, addr := rangeLog(t)
+	cfg, err := kafka.NewConfig(kafka.Options{ClientID: "reader-test", ReadCommitted: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ChannelBufferSize = 4 // the backlog, 17 records, fills it
+	cl, err := sarama.NewClient([]string{addr}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	f := kafka.NewFollower(kafka.RangeReader{Client: cl}, consumer(t, addr))
+
+	holder := f.Follow("log", 0, sarama.OffsetNewest)
+	defer holder.Close()
+	produce(t, addr, "t0")
+	take(t, holder, 1) // its tail holds the partition
+
+	pc := f.Follow("log", 0, sarama.OffsetOldest)
+	for deadline := time.Now().Add(30 * time.Second); len(pc.Messages()) < cap(pc.Messages()); {
+		if time.Now().After(deadline) {
+			pc.Close()
+			t.Fatalf("the backlog filled %d of Messages' %d in 30 s", len(pc.Messages()), cap(pc.Messages()))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	closed := make(chan struct{})
+	go func() { pc.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close has not returned after 30 s")
+	}
+	var got []string
+	for m := range pc.Messages() {
+		got = append(got, string(m.Key))
+	}
+	if want := keys("k", 0, 4); !slices.Equal(got, want) {
+		t.Errorf("delivered %v, want %v", got, want)
+	}
+}
+
 // TestFollowerFromPastTheEnd: an offset past the partition's end (its
 // topic made again, say) goes on from the offset Consumer.Offsets.Initial
 // names, the oldest here, as a group's claim resets: the whole log is read,
