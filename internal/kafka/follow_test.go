@@ -197,10 +197,14 @@ func TestFollowerClosedWhileItsTailWaits(t *testing.T) {
 	t.Cleanup(func() { cl.Close() })
 	f := kafka.NewFollower(kafka.RangeReader{Client: cl}, consumer(t, addr))
 
-	holder := f.Follow("log", 0, sarama.OffsetNewest)
+	end, err := cl.GetOffset("log", 0, sarama.OffsetNewest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder := f.Follow("log", 0, end)
 	defer holder.Close()
 	produce(t, addr, "t0")
-	take(t, holder, 1) // its tail holds the partition
+	take(t, holder, 1) // its tail is open (before its backlog is read) and holds the partition
 
 	pc := f.Follow("log", 0, sarama.OffsetOldest)
 	for deadline := time.Now().Add(30 * time.Second); len(pc.Messages()) < cap(pc.Messages()); {
