@@ -282,41 +282,57 @@ func wrap(ap sarama.AsyncProducer, c *sarama.Config) *Producer {
 // maxBurst bounds the acknowledgements finished together.
 const maxBurst = 1024
 
-// acknowledged finishes a burst of acknowledged records: each run of
-// records of one Ack and partition at once, and OnAck once per topic.
+// acknowledged finishes a burst of acknowledged records: OnAck once per
+// topic, then each run of records of one Ack and partition at once. OnAck
+// comes first so that a caller its Ack wakes finds its records counted.
 func (p *Producer) acknowledged(msgs []*sarama.ProducerMessage) {
-	now := time.Now()
-	topics := make([]topicAcks, 0, 4) // a flush's changelogs and results: on the stack
+	if p.OnAck != nil {
+		now := time.Now()
+		topics := make([]topicAcks, 0, 4) // a flush's changelogs and results: on the stack
+		for i := 0; i < len(msgs); {
+			m := msgs[i]
+			j, _ := runEnd(msgs, i)
+			n := j - i
+			i = j
+			a, ok := m.Metadata.(*Ack)
+			if !ok {
+				continue
+			}
+			// A burst holds the records of a few topics (a flush's
+			// changelogs and its closed windows' results): searched, not
+			// hashed.
+			k := slices.IndexFunc(topics, func(t topicAcks) bool { return t.topic == m.Topic })
+			if k < 0 {
+				k = len(topics)
+				topics = append(topics, topicAcks{topic: m.Topic})
+			}
+			topics[k].n += n
+			topics[k].latency += time.Duration(n) * now.Sub(a.sent)
+		}
+		for _, t := range topics {
+			p.OnAck(t.topic, t.n, t.latency/time.Duration(t.n), nil)
+		}
+	}
 	for i := 0; i < len(msgs); {
 		m := msgs[i]
-		a, ok := m.Metadata.(*Ack)
-		j, highest := i+1, m.Offset
-		for ok && j < len(msgs) && msgs[j].Metadata == m.Metadata && msgs[j].Partition == m.Partition && msgs[j].Topic == m.Topic {
-			highest = max(highest, msgs[j].Offset)
-			j++
+		j, highest := runEnd(msgs, i)
+		if a, ok := m.Metadata.(*Ack); ok {
+			a.finishN(m.Partition, highest, j-i, nil)
 		}
-		n := j - i
 		i = j
-		if !ok {
-			continue
-		}
-		a.finishN(m.Partition, highest, n, nil)
-		if p.OnAck == nil {
-			continue
-		}
-		// A burst holds the records of a few topics (a flush's changelogs
-		// and its closed windows' results): searched, not hashed.
-		k := slices.IndexFunc(topics, func(t topicAcks) bool { return t.topic == m.Topic })
-		if k < 0 {
-			k = len(topics)
-			topics = append(topics, topicAcks{topic: m.Topic})
-		}
-		topics[k].n += n
-		topics[k].latency += time.Duration(n) * now.Sub(a.sent)
 	}
-	for _, t := range topics {
-		p.OnAck(t.topic, t.n, t.latency/time.Duration(t.n), nil)
+}
+
+// runEnd returns the end of the run of records from msgs[i] on that share
+// its Ack, topic and partition, and the highest offset among them.
+func runEnd(msgs []*sarama.ProducerMessage, i int) (int, int64) {
+	m := msgs[i]
+	j, highest := i+1, m.Offset
+	for j < len(msgs) && msgs[j].Metadata == m.Metadata && msgs[j].Partition == m.Partition && msgs[j].Topic == m.Topic {
+		highest = max(highest, msgs[j].Offset)
+		j++
 	}
+	return j, highest
 }
 
 // topicAcks sums a burst's acknowledgements of one topic: records, and the
