@@ -46,19 +46,38 @@ broker: build ## run the dev broker alone on 127.0.0.1:9092 and the dev schema r
 	$(BIN)/devbroker -addr 127.0.0.1:9092 -data-dir data/devbroker -topics page_views -partitions 8 \
 	  -registry-addr 127.0.0.1:8081 -registry-data-dir data/devregistry
 
+# What make test runs after the race detector's pass, side by side: they
+# mostly wait on brokers and processes, and each builds in a mode of its
+# own. A copy made with plain gonew has neither nested module.
+TEST_AFTER_RACE := test-membership \
+  $(if $(wildcard dashboards/dashboards.mk),test-dashboards) \
+  $(if $(wildcard faults/go.mod),test-faults-short)
+
 .PHONY: test
-test: ## run every test (race detector on): the worker, the dashboards, faults and bad input; slow suites have their own targets
+test: ## run the tests (race detector on): the worker, the dashboards, faults and bad input, the fuzzers' seeds; slow suites have their own targets (make fuzz, chaos, bake, ...)
 	$(GO) test -race -count=1 -timeout 20m ./...
-	@# The membership fence tests, without the race detector (see the top of
-	@# cmd/pageviews/membership_test.go).
+	@$(MAKE) --no-print-directory -j3 --output-sync=target $(TEST_AFTER_RACE)
+
+.PHONY: test-membership
+test-membership: ## the membership fence tests, without the race detector (see the top of cmd/pageviews/membership_test.go)
 	$(GO) test -count=1 -timeout 10m -run '^(TestExpelled|TestRecoverySkipsAbortedTransactions)' ./cmd/pageviews
-	@# A count of inputs, not a duration: a fuzz run cut by its deadline can
-	@# fail with "context deadline exceeded" while a worker is busy.
+
+.PHONY: test-faults-short
+test-faults-short: ## faults/ on real processes, race detector on: bad input, lifecycle, network faults, the short exactly-once tests
+	cd faults && $(GO) test -race -count=1 -timeout 15m ./...
+
+# A count of inputs, not a duration: a fuzz run cut by its deadline can fail
+# with "context deadline exceeded" while a worker is busy. Their seeds run in
+# make test; this builds everything again with the fuzzer's instrumentation
+# (about 3 minutes on a cold 2-core machine), so it has a target of its own.
+.PHONY: fuzz
+fuzz: ## run the fuzzers, 50,000 inputs each: the page-view decoders, the JSON scanner, the store's sorted load
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 50000x ./internal/pageview
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeFastAgrees$$' -fuzztime 50000x ./internal/pageview
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEncodedAgrees$$' -fuzztime 50000x ./internal/pageview
+	$(GO) test -run '^$$' -fuzz '^FuzzObjectAgrees$$' -fuzztime 50000x ./internal/jsonscan
+	$(GO) test -run '^$$' -fuzz '^FuzzMillisUTC$$' -fuzztime 50000x ./internal/jsonscan
 	$(GO) test -run '^$$' -fuzz '^FuzzLoadSorted$$' -fuzztime 50000x ./internal/store
-	$(MAKE) test-dashboards
-	cd faults && $(GO) test -race -count=1 -timeout 15m ./...
 
 .PHONY: test-faults
 test-faults: ## the fault matrix: each Kafka request the worker makes under a retriable error, a move and a fatal error, in each phase (minutes; FAULT_MATRIX_ONLY=<regexp> for some cells)
