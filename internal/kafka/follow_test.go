@@ -185,16 +185,9 @@ func TestFollowerAfterAnUnfinishedClose(t *testing.T) {
 // panicked (three revoke cells of the fault matrix found it).
 func TestFollowerClosedWhileItsTailWaits(t *testing.T) {
 	_, addr := rangeLog(t)
-	cfg, err := kafka.NewConfig(kafka.Options{ClientID: "reader-test", ReadCommitted: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.ChannelBufferSize = 4 // the backlog, 17 records, fills it
-	cl, err := sarama.NewClient([]string{addr}, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cl.Close() })
+	cl := readerClientWith(t, addr, func(cfg *sarama.Config) {
+		cfg.ChannelBufferSize = 4 // the backlog, 17 records, fills it
+	})
 	f := kafka.NewFollower(kafka.RangeReader{Client: cl}, consumer(t, addr))
 
 	end, err := cl.GetOffset("log", 0, sarama.OffsetNewest)

@@ -83,10 +83,17 @@ func keys(prefix string, from, to int) []string {
 
 func readerClient(t *testing.T, addr string) sarama.Client {
 	t.Helper()
+	return readerClientWith(t, addr, func(*sarama.Config) {})
+}
+
+// readerClientWith is readerClient with its config changed by change.
+func readerClientWith(t *testing.T, addr string, change func(*sarama.Config)) sarama.Client {
+	t.Helper()
 	cfg, err := kafka.NewConfig(kafka.Options{ClientID: "reader-test", ReadCommitted: true})
 	if err != nil {
 		t.Fatal(err)
 	}
+	change(cfg)
 	cl, err := sarama.NewClient([]string{addr}, cfg)
 	if err != nil {
 		t.Fatal(err)
