@@ -54,8 +54,11 @@ TEST_AFTER_RACE := test-membership \
   $(if $(wildcard faults/go.mod),test-faults-short)
 
 .PHONY: test
+# The race pass runs four test binaries at a time (-p 4; go's default is the
+# core count): most of its tests wait on brokers, workers and timers, and on
+# 2 cores four at a time finish in 117 s against 190 s for two.
 test: ## run the tests (race detector on): the worker, the dashboards, faults and bad input, the fuzzers' seeds; slow suites have their own targets (make fuzz, chaos, bake, ...)
-	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -p 4 -count=1 -timeout 20m ./...
 	@$(MAKE) --no-print-directory -j3 --output-sync=target $(TEST_AFTER_RACE)
 
 .PHONY: test-membership
