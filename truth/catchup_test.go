@@ -158,13 +158,12 @@ func (s *scenario) catchUpHTTP(w *worker) {
 		w.Report(s.t)
 	}
 	// The client aggregates for 100 ms and flushes every second: wait until
-	// every request is in (up to 30 s), then one flush more, so that one
-	// too many would show as well.
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if k.sum("http_requests", nil) >= requests && len(k.find("http_latency", map[string]string{"path": "/report/"})) >= requests {
-			break
-		}
-	}
+	// every request is in, then one flush more, so that one too many would
+	// show as well.
+	s.eventually("every request counted", 30*time.Second, func() (bool, string) {
+		n, lat := k.sum("http_requests", nil), len(values(k.find("http_latency", map[string]string{"path": "/report/"})))
+		return n >= requests && lat >= requests, fmt.Sprintf("%d requests, %d latencies", n, lat)
+	})
 	time.Sleep(1500 * time.Millisecond)
 	reqs := k.sum("http_requests", nil)
 	ok200 := k.sum("http_requests", map[string]string{"path": "/report/", "status_code": "200"})
